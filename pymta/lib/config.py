@@ -1,0 +1,260 @@
+"""Configuration: every parameter declared once (name, type, default, doc).
+
+The file is TOML (``pymail.toml``).  Top-level keys and ``[section]`` keys map
+to dotted names (``smtpd.max_message_size``).  Relative paths are resolved
+against ``root``, and a relative ``root`` against the config file's folder, so
+a setup made by ``pymail init DIR`` can be moved as a whole.
+
+Programs find their file through ``-C FILE``, then ``$PYMAIL_CONFIG``, then
+``/etc/pymail/pymail.toml`` (``find_config_file``).  ``man/pymail.toml.5``
+documents every key; ``pymail config check`` validates a file against this
+table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG_FILE = "/etc/pymail/pymail.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists (key, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # "str", "int", "float", "bool", "list", "path", "listen", "choice:a|b"
+    default: object
+    doc: str
+
+
+PARAMS: tuple[Param, ...] = (
+    # -- identity and places -------------------------------------------------
+    Param("hostname", "str", "localhost", "Name this system gives itself in greetings, Received: headers and Maildir file names."),
+    Param("domains", "list", [], "Local domains: mail for them is delivered here; mail for any other domain is relayed."),
+    Param("root", "path", "/var/lib/pymail", "Root folder; the relative paths below are taken from here. A relative root is taken from the config file's folder."),
+    Param("paths.queue", "path", "queue", "The mail queue (see pymail(7) for its layout)."),
+    Param("paths.mail", "path", "mail", "The mail store: a user's Maildir is MAIL/<domain>/<user>/."),
+    Param("paths.users", "path", "users", "The users file, in Dovecot passwd-file format (pymail-users(5))."),
+    Param("paths.aliases", "path", "aliases", "The aliases file, in /etc/aliases format (aliases(5))."),
+    Param("paths.tls_cert", "path", "tls/cert.pem", "PEM certificate chain for STARTTLS and implicit TLS."),
+    Param("paths.tls_key", "path", "tls/key.pem", "PEM private key for paths.tls_cert."),
+    # -- listeners used by `pymail run` ---------------------------------------
+    Param("listen.smtp", "listen", "127.0.0.1:2525", "SMTP (MX) listener for `pymail run`; empty to disable."),
+    Param("listen.submission", "listen", "127.0.0.1:2587", "Submission listener (AUTH required before MAIL)."),
+    Param("listen.smtps", "listen", "127.0.0.1:2465", "Submission over implicit TLS."),
+    Param("listen.pop3", "listen", "127.0.0.1:2110", "POP3 listener (when pypop-pop3d is installed)."),
+    Param("listen.pop3s", "listen", "127.0.0.1:2995", "POP3 over implicit TLS."),
+    Param("listen.imap", "listen", "127.0.0.1:2143", "IMAP listener (when pyimap-imapd is installed)."),
+    Param("listen.imaps", "listen", "127.0.0.1:2993", "IMAP over implicit TLS."),
+    # -- authentication ---------------------------------------------------------
+    Param("auth.allow_plaintext", "bool", False, "Allow passwords (AUTH, USER/PASS, LOGIN) over connections without TLS from non-loopback peers."),
+    Param("auth.allow_plaintext_loopback", "bool", True, "Allow passwords without TLS from 127.0.0.0/8 and ::1."),
+    Param("auth.allow_plain_scheme", "bool", False, "Accept {PLAIN}/{CLEARTEXT} password entries in the users file."),
+    Param("auth.failure_delay", "float", 1.0, "Seconds a failed login waits before its answer; doubled for each further failure in a session, up to 8 times."),
+    # -- smtpd -------------------------------------------------------------------
+    Param("smtpd.max_message_size", "int", 25 * 1024 * 1024, "Largest message accepted, in octets; advertised as SIZE."),
+    Param("smtpd.max_recipients", "int", 100, "Recipients per message (RFC 5321 4.5.3.1.8 asks for at least 100)."),
+    Param("smtpd.max_command_line", "int", 2048, "Longest command line in octets including CRLF (RFC 5321 4.5.3.1.4 says 512, plus room for ESMTP parameters)."),
+    Param("smtpd.max_text_line", "int", 8192, "Longest line of message text including CRLF; longer lines get 500 5.5.2 (RFC 5321 4.5.3.1.6 says 1000)."),
+    Param("smtpd.max_errors", "int", 10, "Protocol errors in one session before it is closed with 421."),
+    Param("smtpd.command_timeout", "float", 300.0, "Seconds to wait for a command (RFC 5321 4.5.3.2.7 says 5 minutes)."),
+    Param("smtpd.data_timeout", "float", 600.0, "Seconds to wait for the next block of message text."),
+    Param("smtpd.tls_handshake_timeout", "float", 30.0, "Seconds a TLS handshake may take."),
+    Param("smtpd.max_sessions", "int", 100, "Concurrent sessions of one listening smtpd process; more get 421."),
+    Param("smtpd.trusted_networks", "list", ["127.0.0.0/8", "::1/128"], "Client networks allowed to relay without AUTH (like Postfix mynetworks)."),
+    Param("smtpd.require_tls_for_auth", "bool", True, "Offer AUTH only over TLS (unless auth.allow_plaintext*)."),
+    # -- queue runner -------------------------------------------------------------
+    Param("qrunner.scan_interval", "float", 60.0, "Seconds between safety scans of the queue when nothing wakes the runner."),
+    Param("qrunner.retry_min", "float", 300.0, "First retry delay for a deferred recipient, in seconds; doubled each attempt."),
+    Param("qrunner.retry_max", "float", 14400.0, "Largest retry delay, in seconds."),
+    Param("qrunner.max_lifetime", "float", 5 * 86400.0, "Seconds a message may stay in the queue before it is bounced."),
+    Param("qrunner.concurrency", "int", 8, "Deliveries the runner makes at once."),
+    # -- local delivery -------------------------------------------------------------
+    Param("deliver.mode", "choice:inprocess|exec", "inprocess", "inprocess: the runner writes Maildirs itself (fast, one uid); exec: it runs pymda-deliver per recipient (needed when mailboxes belong to different uids)."),
+)
+
+PARAM_BY_NAME = {p.name: p for p in PARAMS}
+SECTIONS = {p.name.split(".")[0] for p in PARAMS if "." in p.name}
+
+
+def find_config_file(option: str | None = None) -> Path:
+    """-C FILE, then $PYMAIL_CONFIG, then /etc/pymail/pymail.toml."""
+    if option:
+        return Path(option)
+    env = os.environ.get("PYMAIL_CONFIG")
+    if env:
+        return Path(env)
+    return Path(DEFAULT_CONFIG_FILE)
+
+
+def _flatten(data: dict) -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in SECTIONS:
+            for sub, subvalue in value.items():
+                flat[f"{key}.{sub}"] = subvalue
+        else:
+            flat[key] = value
+    return flat
+
+
+def _check_value(param: Param, value) -> tuple[object, str | None]:
+    kind = param.type
+    if kind in ("str", "path"):
+        if not isinstance(value, str):
+            return None, "must be a string"
+        if "\x00" in value:
+            return None, "must not contain NUL"
+        return value, None
+    if kind == "listen":
+        if not isinstance(value, str):
+            return None, "must be a string HOST:PORT (or empty)"
+        if value:
+            try:
+                parse_listen(value)
+            except ValueError as exc:
+                return None, str(exc)
+        return value, None
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, "must be an integer"
+        if value < 0:
+            return None, "must not be negative"
+        return value, None
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, "must be a number"
+        if value < 0:
+            return None, "must not be negative"
+        return float(value), None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            return None, "must be true or false"
+        return value, None
+    if kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None, "must be a list of strings"
+        return list(value), None
+    if kind.startswith("choice:"):
+        choices = kind[7:].split("|")
+        if value not in choices:
+            return None, f"must be one of {', '.join(choices)}"
+        return value, None
+    raise AssertionError(kind)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT', '[v6]:PORT' or ':PORT' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class Config:
+    """A loaded, validated configuration.  ``cfg["smtpd.max_recipients"]``."""
+
+    def __init__(self, values: dict, path: Path | None = None) -> None:
+        self._values = values
+        self.path = path
+
+    def __getitem__(self, name: str):
+        return self._values[name]
+
+    def get(self, name: str, default=None):
+        return self._values.get(name, default)
+
+    def items(self):
+        return self._values.items()
+
+    @property
+    def root(self) -> Path:
+        return Path(self._values["root"])
+
+    def path_of(self, name: str) -> Path:
+        """A ``paths.*`` parameter as an absolute path."""
+        return self.root / self._values[f"paths.{name}"]
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.path_of("queue")
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.path_of("mail")
+
+    @property
+    def domains(self) -> list[str]:
+        return self._values["domains"]
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self._local_domains
+
+    @property
+    def _local_domains(self) -> frozenset:
+        cached = self.__dict__.get("_ld")
+        if cached is None:
+            cached = frozenset(d.lower().rstrip(".") for d in self._values["domains"])
+            self.__dict__["_ld"] = cached
+        return cached
+
+
+def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, str]]]:
+    """Validate parsed TOML; return (values with defaults, problems)."""
+    problems: list[tuple[str, str]] = []
+    values = {p.name: p.default for p in PARAMS}
+    for key, value in _flatten(data).items():
+        param = PARAM_BY_NAME.get(key)
+        if param is None:
+            problems.append((key, "unknown key"))
+            continue
+        checked, error = _check_value(param, value)
+        if error:
+            problems.append((key, error))
+        else:
+            values[key] = checked
+    for domain in values["domains"]:
+        if not domain or "/" in domain or domain.startswith(".") or ".." in domain or any(c.isspace() for c in domain):
+            problems.append(("domains", f"{domain!r} is not a domain name"))
+    for net in values["smtpd.trusted_networks"]:
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(("smtpd.trusted_networks", f"{net!r} is not a network"))
+    root = Path(values["root"])
+    if not root.is_absolute():
+        base = path.parent if path is not None else Path.cwd()
+        root = base.resolve() / root
+    values["root"] = str(root)
+    return values, problems
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate a config file; raise ConfigError with every problem."""
+    file = find_config_file(str(path) if path is not None else None)
+    try:
+        with open(file, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([("(file)", f"{file}: no such file")]) from None
+    except PermissionError:
+        raise ConfigError([("(file)", f"{file}: permission denied")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("(file)", f"{file}: {exc}")]) from None
+    values, problems = check(data, file.resolve())
+    if problems:
+        raise ConfigError(problems)
+    return Config(values, file)

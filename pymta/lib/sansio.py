@@ -1,0 +1,108 @@
+"""The contract between a sans-I/O protocol machine and the drivers that run it.
+
+A protocol (SMTP, POP3, IMAP) never touches a socket.  The driver feeds it
+bytes and carries out the *actions* it returns, in order:
+
+* ``bytes``        -- send these bytes to the peer.
+* ``Stream(it)``   -- send every chunk the iterable yields (large bodies are
+                      produced lazily so a 50 MB message never sits in memory).
+* ``Job(fn, *a)``  -- slow work (fsync, password hashing).  The blocking
+                      driver calls ``fn(*a)`` directly; the asyncio driver runs
+                      it in a thread.  The result goes back through
+                      ``protocol.job_done(result)``, which returns more actions.
+                      While a job is outstanding the driver does not call
+                      ``data_received``: the protocol keeps any input it has
+                      already buffered and resumes it in ``job_done``.
+* ``STARTTLS``     -- flush, then run the TLS handshake; plaintext the client
+                      pipelined behind the command is thrown away (the
+                      protocol drops its own buffer, the driver drops its
+                      own), then ``protocol.tls_started(info)`` is called.
+* ``CLOSE``        -- flush and close the connection.
+
+``protocol.timeout`` is the number of seconds the driver waits for the next
+input in the current phase; when it expires the driver calls
+``protocol.timed_out()``.  Every protocol method returns a list of actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+STARTTLS = _Marker("STARTTLS")
+CLOSE = _Marker("CLOSE")
+
+
+class Job:
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn, *args) -> None:
+        self.fn = fn
+        self.args = args
+
+    def run(self):
+        return self.fn(*self.args)
+
+    def __repr__(self) -> str:
+        return f"Job({getattr(self.fn, '__name__', self.fn)!r})"
+
+
+class Stream:
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks) -> None:
+        self.chunks = chunks
+
+
+@dataclass
+class ConnectionInfo:
+    """What a protocol may know about its connection (never the socket)."""
+
+    peer_ip: str = "unknown"
+    peer_port: int = 0
+    local_ip: str = ""
+    local_port: int = 0
+    service: str = ""  # listener name: "smtp", "submission", "smtps", ...
+    tls: bool = False
+    tls_version: str = ""
+    tls_cipher: str = ""
+    tls_available: bool = False  # the driver can do STARTTLS
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.peer_ip.startswith("127.") or self.peer_ip in ("::1", "unix", "local")
+
+
+class Protocol:
+    """Base class: the defaults a protocol machine may keep."""
+
+    timeout: float = 300.0
+
+    def connection_made(self, info: ConnectionInfo) -> list:
+        return []
+
+    def data_received(self, data: bytes) -> list:  # b"" means end of input
+        raise NotImplementedError
+
+    def job_done(self, result) -> list:
+        return []
+
+    def tls_started(self, info: ConnectionInfo) -> list:
+        return []
+
+    def timed_out(self) -> list:
+        return [CLOSE]
+
+    def connection_lost(self) -> None:
+        """The peer went away (or the driver gave up); release resources."""
