@@ -1,0 +1,221 @@
+"""Maildir and Maildir++: the one place that knows the format.
+
+Writing follows the DJB rules: create ``tmp/<unique>`` with O_EXCL, write,
+fsync, rename into ``new/``, fsync the directory.  No lock is taken, so
+delivery works over NFS and never blocks a reader.
+
+File names carry sizes so readers never open a file to learn them
+(Dovecot's convention)::
+
+    <sec>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>,W=<crlf_size>[:2,<flags>]
+
+``S`` is the size on disk (LF line ends), ``W`` the RFC 822 size with CRLF
+line ends (what POP3 LIST and IMAP RFC822.SIZE report).  Folders are
+Maildir++: ``.Name`` and ``.Parent.Child`` directories beside ``new/cur/tmp``
+of the INBOX, each with an empty ``maildirfolder`` file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from pathlib import Path
+
+SUBDIRS = ("tmp", "new", "cur")
+_counter = 0
+_hostname = None
+
+
+class MaildirError(Exception):
+    """A Maildir could not be written; ``temporary`` says whether to retry."""
+
+    def __init__(self, message: str, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+def _host() -> str:
+    # '/' and ':' would break the name (DJB: replace them)
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+    return _hostname
+
+
+def unique_name() -> str:
+    global _counter
+    _counter += 1
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    rand = int.from_bytes(os.urandom(3), "big")
+    return f"{sec}.M{usec}P{os.getpid()}Q{_counter}R{rand:06x}.{_host()}"
+
+
+def ensure_maildir(path: Path, folder: bool = False) -> None:
+    """Create a Maildir (and for a ++ folder its ``maildirfolder`` marker)."""
+    path = Path(path)
+    for sub in SUBDIRS:
+        os.makedirs(path / sub, mode=0o700, exist_ok=True)
+    if folder:
+        marker = path / "maildirfolder"
+        if not marker.exists():
+            marker.touch(mode=0o600)
+
+
+def folder_path(maildir: Path, folder: str) -> Path:
+    """The directory of Maildir++ folder ``folder`` ("INBOX", "Lists.python" or "Lists/python").
+
+    Raises MaildirError(temporary=False) for names that could leave the
+    Maildir: empty parts, '.' or '..', '/' tricks, control characters.
+    """
+    if folder.upper() == "INBOX" or folder == "":
+        return Path(maildir)
+    parts = folder.replace("/", ".").split(".")
+    for part in parts:
+        if part in ("", ".", "..") or any(ord(c) < 32 or c == "\x7f" for c in part):
+            raise MaildirError(f"bad folder name {folder!r}", temporary=False)
+    return Path(maildir) / ("." + ".".join(parts))
+
+
+def crlf_size(data: bytes) -> int:
+    """Size of ``data`` (LF line ends) on the wire with CRLF line ends."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True) -> Path:
+    """Write a message into ``maildir/new`` and return its final path.
+
+    ``chunks`` is an iterable of bytes with LF line ends (or one bytes
+    object).  Raises MaildirError: temporary for disk/permission trouble so
+    the caller defers (never a half-written file in new/).
+    """
+    maildir = Path(maildir)
+    if isinstance(chunks, (bytes, bytearray, memoryview)):
+        chunks = (bytes(chunks),)
+    for attempt in range(2):
+        name = unique_name()
+        tmp = maildir / "tmp" / name
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            break
+        except FileNotFoundError:
+            if attempt:
+                raise MaildirError(f"{maildir}: cannot create tmp file") from None
+            try:
+                ensure_maildir(maildir, folder=folder)
+            except OSError as exc:
+                raise MaildirError(f"{maildir}: {exc.strerror}") from None
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise MaildirError(f"{tmp}: {exc.strerror}") from None
+    else:
+        raise MaildirError(f"{maildir}: could not find a unique name")
+    size = wsize = 0
+    try:
+        last = b""
+        for chunk in chunks:
+            if not chunk:
+                continue
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            size += len(chunk)
+            wsize += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+            if last == b"\r" and chunk[:1] == b"\n":
+                wsize -= 1  # CRLF split across chunks
+            last = chunk[-1:]
+        if fsync:
+            os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise MaildirError(f"{tmp}: {exc.strerror}", temporary=True) from None
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    final = maildir / "new" / f"{name},S={size},W={wsize}"
+    try:
+        os.rename(tmp, final)
+        if fsync:
+            fsync_dir(maildir / "new")
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise MaildirError(f"{final}: {exc.strerror}") from None
+    return final
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def parse_name(name: str) -> tuple[str, dict, str]:
+    """Split a Maildir file name into (base, fields, flags).
+
+    ``1700000000.M1P2Q3.host,S=120,W=123:2,FS`` ->
+    (``1700000000.M1P2Q3.host,S=120,W=123``, {"S": "120", "W": "123"}, "FS").
+    The base name (everything before ``:2,``) is what stays stable across
+    moves from new/ to cur/ and flag changes: POP3's UIDL uses it.
+    """
+    base, sep, info = name.partition(":")
+    flags = info[2:] if sep and info.startswith("2,") else ""
+    fields = {}
+    for part in base.split(",")[1:]:
+        key, eq, value = part.partition("=")
+        if eq:
+            fields[key] = value
+    return base, fields, flags
+
+
+def message_sizes(path: Path, name: str | None = None) -> tuple[int, int]:
+    """(size on disk, CRLF size) from the name, or by reading when absent."""
+    name = name or Path(path).name
+    _, fields, _ = parse_name(name)
+    size = fields.get("S")
+    wsize = fields.get("W")
+    if size and size.isdigit() and wsize and wsize.isdigit():
+        return int(size), int(wsize)
+    with open(path, "rb") as fh:
+        data_size = 0
+        crlf = 0
+        last = b""
+        while chunk := fh.read(1 << 16):
+            data_size += len(chunk)
+            crlf += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+            if last == b"\r" and chunk[:1] == b"\n":
+                crlf -= 1
+            last = chunk[-1:]
+    return data_size, crlf
+
+
+def list_messages(maildir: Path) -> list[tuple[str, Path]]:
+    """(subdir, path) of every message in new/ and cur/, oldest name first."""
+    out = []
+    for sub in ("new", "cur"):
+        try:
+            names = os.listdir(Path(maildir) / sub)
+        except FileNotFoundError:
+            continue
+        out.extend((sub, Path(maildir) / sub / n) for n in names if not n.startswith("."))
+    out.sort(key=lambda item: item[1].name)
+    return out

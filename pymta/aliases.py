@@ -1,0 +1,175 @@
+"""The aliases file, in /etc/aliases format.
+
+::
+
+    # comment
+    postmaster: alice
+    team:       alice, bob@example.test,
+                carol@elsewhere.example      (continuation: leading space)
+    list:       :include:/etc/pymail/list.members
+
+A name without ``@`` applies to every local domain; ``name@domain`` only to
+that domain.  Targets are addresses (a bare name means the same local part
+in the recipient's domain), ``:include:FILE`` (one target per line), and
+``|command`` / ``/path/to/mbox`` (handled by local delivery, see aliases(5)).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_DEPTH = 10  # Postfix's limit on alias nesting is similar; stops loops
+
+
+class AliasError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # "address", "pipe", "file"
+    value: str
+
+
+def split_targets(text: str) -> list[str]:
+    """Comma-separated targets; commas inside double quotes do not split."""
+    out, cur, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur).strip())
+    return [t for t in out if t]
+
+
+def parse(text: str, source: str = "aliases") -> tuple[dict[str, list[str]], list[tuple[int, str]]]:
+    """Parse aliases text; return (table, problems as (line number, message))."""
+    table: dict[str, list[str]] = {}
+    problems: list[tuple[int, str]] = []
+    entries: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0] in " \t":
+            if not entries:
+                problems.append((number, "continuation line with no alias before it"))
+                continue
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+        else:
+            entries.append((number, line.strip()))
+    for number, entry in entries:
+        name, sep, rest = entry.partition(":")
+        name = name.strip().strip('"').lower()
+        if not sep or not name:
+            problems.append((number, "expected 'name: target, ...'"))
+            continue
+        if any(c.isspace() or c in "\x00/" for c in name):
+            problems.append((number, f"bad alias name {name!r}"))
+            continue
+        targets = split_targets(rest)
+        if not targets:
+            problems.append((number, f"alias {name!r} has no targets"))
+            continue
+        if name in table:
+            problems.append((number, f"duplicate alias {name!r}"))
+        table[name] = targets
+    return table, problems
+
+
+class Aliases:
+    """The aliases file, re-read when it changes."""
+
+    def __init__(self, path: os.PathLike | str | None) -> None:
+        self.path = Path(path) if path else None
+        self._key = None
+        self._table: dict[str, list[str]] = {}
+
+    def table(self) -> dict[str, list[str]]:
+        if self.path is None:
+            return {}
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._key, self._table = None, {}
+            return self._table
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key != self._key:
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
+                self._table, _ = parse(fh.read(), str(self.path))
+            self._key = key
+        return self._table
+
+    def lookup(self, address: str) -> list[str] | None:
+        """The targets for ``address`` (``local@domain``), or None."""
+        local, _, domain = address.rpartition("@")
+        table = self.table()
+        local = local.lower()
+        base = local.split("+", 1)[0]
+        for key in (f"{local}@{domain.lower()}", local, f"{base}@{domain.lower()}", base):
+            if key in table:
+                return table[key]
+        return None
+
+    def expand(self, address: str, is_local) -> list[tuple[str, Target]]:
+        """Expand ``address`` recursively into (original, Target) pairs.
+
+        ``is_local(addr)`` says whether an address is in a local domain
+        (only those are looked up again).  An alias that names itself is
+        delivered to the user of that name, as sendmail does.
+        """
+        out: list[tuple[str, Target]] = []
+        seen: set[str] = set()
+
+        def walk(addr: str, depth: int) -> None:
+            key = addr.lower()
+            if key in seen:
+                return
+            seen.add(key)
+            targets = self.lookup(addr) if is_local(addr) else None
+            if targets is None or depth >= MAX_DEPTH:
+                out.append((address, Target("address", addr)))
+                return
+            domain = addr.rpartition("@")[2]
+            for raw in targets:
+                for target in self._resolve(raw, domain, depth):
+                    if target.kind != "address":
+                        out.append((address, target))
+                    elif target.value.lower() == key:
+                        out.append((address, target))  # "alice: alice, bob" keeps a copy
+                    else:
+                        walk(target.value, depth + 1)
+
+        walk(address, 0)
+        return out
+
+    def _resolve(self, raw: str, domain: str, depth: int) -> list[Target]:
+        raw = raw.strip()
+        if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+            raw = raw[1:-1]
+        if raw.startswith("|"):
+            return [Target("pipe", raw[1:].strip())]
+        if raw.startswith("/"):
+            return [Target("file", raw)]
+        if raw.lower().startswith(":include:"):
+            if depth >= MAX_DEPTH:
+                return []
+            path = raw[len(":include:"):].strip()
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    lines = [l.strip() for l in fh if l.strip() and not l.lstrip().startswith("#")]
+            except OSError:
+                return []
+            out = []
+            for line in lines:
+                for item in split_targets(line):
+                    out.extend(self._resolve(item, domain, depth + 1))
+            return out
+        if "@" not in raw:
+            raw = f"{raw}@{domain}"
+        return [Target("address", raw)]

@@ -1,0 +1,121 @@
+"""The skeleton every network daemon shares (smtpd, pop3d, imapd).
+
+It reads the command line and the config, then picks the mode the way the
+program was started:
+
+1. ``--listen HOST:PORT``    -> asyncio server on sockets it opens itself;
+2. ``LISTEN_FDS`` set for us -> asyncio server on systemd's sockets (Accept=no);
+3. otherwise                 -> one session on fd 0/1 (inetd, Accept=yes),
+                                blocking, without importing asyncio.
+
+``build(cfg, service)`` returns a factory: a function of no arguments
+returning a fresh protocol object for each connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pymta.lib import log, sysexits
+
+
+def arg_parser(prog: str, description: str, default_service: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-C", dest="config", metavar="FILE",
+                        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
+    parser.add_argument("--listen", action="append", metavar="HOST:PORT", default=[],
+                        help="listen on HOST:PORT (repeatable); without it, use systemd's LISTEN_FDS "
+                             "sockets, else serve the one connection on stdin/stdout (inetd)")
+    parser.add_argument("--tls", action="store_true", help="implicit TLS: handshake before the greeting")
+    parser.add_argument("--service", default=None, metavar="NAME",
+                        help=f"listener name, which picks the policy (default: {default_service})")
+    return parser
+
+
+def tls_loader(cfg):
+    """A function returning the server SSLContext, or None when no cert is configured.
+
+    The ``ssl`` module is imported only when the function is called.
+    """
+    cert, key = cfg.path_of("tls_cert"), cfg.path_of("tls_key")
+    if not (os.path.exists(cert) and os.path.exists(key)):
+        return None
+
+    def load():
+        from pymta.lib import tls
+
+        return tls.server_context(cert, key)
+
+    return load
+
+
+def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, timeout_key: str) -> int:
+    log.set_program(prog)
+    from pymta.lib import config
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        for key, message in exc.problems:
+            log.error(f"config: {key}: {message}")
+        return sysexits.EX_CONFIG
+    service = args.service
+    tls = tls_loader(cfg)
+    if args.tls and tls is None:
+        log.error(f"--tls needs {cfg.path_of('tls_cert')} and {cfg.path_of('tls_key')}")
+        return sysexits.EX_CONFIG
+    factory = build(cfg, service)
+    handshake_timeout = cfg["smtpd.tls_handshake_timeout"]
+
+    sockets = []
+    if args.listen:
+        from pymta.lib.activation import open_listener
+
+        for spec in args.listen:
+            try:
+                host, port = config.parse_listen(spec)
+                sockets.append(open_listener(host, port))
+            except (ValueError, OSError) as exc:
+                log.error(f"cannot listen on {spec}: {exc}")
+                return sysexits.EX_OSERR
+    else:
+        from pymta.lib.activation import listen_fds
+
+        sockets = listen_fds()
+    if sockets:
+        from pymta.lib import driver_async
+
+        where = ", ".join(_sockname(s) for s in sockets)
+        log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''})")
+        try:
+            driver_async.run(factory, sockets, service=service, tls=tls, implicit_tls=args.tls,
+                             handshake_timeout=handshake_timeout, max_sessions=cfg[max_sessions_key],
+                             busy_reply=busy_reply)
+        except KeyboardInterrupt:
+            pass
+        log.info("stopped")
+        return sysexits.EX_OK
+
+    from pymta.lib import driver_blocking
+    from pymta.lib.activation import inetd_socket
+
+    sock = inetd_socket()
+    if sock is not None:
+        driver_blocking.serve_socket(sock, factory(), service=service, tls=tls, implicit_tls=args.tls,
+                                     handshake_timeout=handshake_timeout)
+    else:
+        if args.tls:
+            log.error("--tls needs a socket on stdin")
+            return sysexits.EX_USAGE
+        driver_blocking.serve_pipes(factory(), service=service)
+    return sysexits.EX_OK
+
+
+def _sockname(sock) -> str:
+    try:
+        name = sock.getsockname()
+        return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+    except OSError:
+        return "?"

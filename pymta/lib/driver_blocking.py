@@ -1,0 +1,176 @@
+"""Run one protocol session with blocking I/O: the inetd / ``Accept=yes`` path.
+
+One connection, one process, then exit.  ``tls`` is a function returning
+an ``ssl.SSLContext``, called only when a session needs TLS, so sessions
+without it never import ``ssl``.  No asyncio and no threads are
+imported here: every inetd connection pays for what this path imports.
+The connection is a socket (inetd, systemd) or a pair of pipes
+(``sendmail -bs`` on stdin/stdout); only a socket can do TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+from collections import deque
+
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
+
+RECV_SIZE = 65536
+
+
+class _SocketIO:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self, timeout: float) -> bytes | None:
+        """Bytes, b"" at end of input, or None on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except (socket.timeout, TimeoutError):
+            return None
+        except OSError:
+            return b""
+
+    def send(self, data: bytes) -> bool:
+        self.sock.settimeout(300)
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _PipeIO:
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd, self.wfd = rfd, wfd
+
+    def recv(self, timeout: float) -> bytes | None:
+        try:
+            ready, _, _ = select.select([self.rfd], [], [], timeout)
+            if not ready:
+                return None
+            return os.read(self.rfd, RECV_SIZE)
+        except OSError:
+            return b""
+
+    def send(self, data: bytes) -> bool:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.wfd, view):]
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        pass
+
+
+def socket_info(sock: socket.socket, service: str) -> ConnectionInfo:
+    info = ConnectionInfo(service=service)
+    try:
+        peer = sock.getpeername()
+        if isinstance(peer, tuple):
+            info.peer_ip, info.peer_port = peer[0], peer[1]
+        else:
+            info.peer_ip = "unix"
+        local = sock.getsockname()
+        if isinstance(local, tuple):
+            info.local_ip, info.local_port = local[0], local[1]
+    except OSError:
+        pass
+    if info.peer_ip.startswith("::ffff:"):
+        info.peer_ip = info.peer_ip[7:]
+    return info
+
+
+def _tls_info(info: ConnectionInfo, tls_sock) -> None:
+    info.tls = True
+    info.tls_version = tls_sock.version() or ""
+    cipher = tls_sock.cipher()
+    info.tls_cipher = cipher[0] if cipher else ""
+
+
+def serve_socket(sock: socket.socket, protocol, *, service: str = "", tls=None, implicit_tls: bool = False,
+                 handshake_timeout: float = 30.0) -> None:
+    info = socket_info(sock, service)
+    info.tls_available = tls is not None and not implicit_tls
+    if implicit_tls:
+        sock.settimeout(handshake_timeout)
+        try:
+            sock = tls().wrap_socket(sock, server_side=True)
+        except (OSError, ValueError):
+            sock.close()
+            return
+        _tls_info(info, sock)
+    _run(_SocketIO(sock), protocol, info, tls, handshake_timeout)
+
+
+def serve_pipes(protocol, *, rfd: int = 0, wfd: int = 1, service: str = "local") -> None:
+    info = ConnectionInfo(peer_ip="local", service=service)
+    _run(_PipeIO(rfd, wfd), protocol, info, None, 0)
+
+
+def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> None:
+    pending = deque(protocol.connection_made(info))
+    out: list[bytes] = []
+    eof = False
+    try:
+        while True:
+            while pending:
+                action = pending.popleft()
+                if isinstance(action, (bytes, bytearray)):
+                    out.append(action)
+                    continue
+                if out and not io.send(b"".join(out)):
+                    return
+                out.clear()
+                if isinstance(action, Job):
+                    pending.extend(protocol.job_done(action.run()))
+                elif isinstance(action, Stream):
+                    for chunk in action.chunks:
+                        if not io.send(chunk):
+                            return
+                elif action is STARTTLS:
+                    if tls is None or not isinstance(io, _SocketIO):
+                        return
+                    sock = io.sock
+                    sock.settimeout(handshake_timeout)
+                    try:
+                        # Anything the client sent after STARTTLS is still in the
+                        # kernel: the handshake reads it as TLS and fails.
+                        tls_sock = tls().wrap_socket(sock, server_side=True)
+                    except (OSError, ValueError):
+                        return
+                    io = _SocketIO(tls_sock)
+                    _tls_info(info, tls_sock)
+                    info.tls_available = False
+                    pending.extend(protocol.tls_started(info))
+                elif action is CLOSE:
+                    return
+            if out:
+                if not io.send(b"".join(out)):
+                    return
+                out.clear()
+            if eof:
+                return
+            data = io.recv(protocol.timeout)
+            if data is None:
+                pending.extend(protocol.timed_out())
+                continue
+            if not data:
+                eof = True
+            pending.extend(protocol.data_received(data))
+    finally:
+        protocol.connection_lost()
+        io.close()

@@ -1,0 +1,420 @@
+"""The mail queue: the one place that knows its on-disk format.
+
+Layout under the queue directory (see pymail(7))::
+
+    tmp/ID             being written; never read by anyone else
+    new/ID             committed, not yet tried  (the commit point)
+    deferred/MIN/ID    waiting for a retry; MIN = retry time // 60
+    hold/ID            held by the admin
+    corrupt/ID         quarantined: unreadable entries
+    state/ID           per-recipient progress, JSON, written by the runner
+    wake.sock          datagram socket the runner listens on
+
+A message file is one JSON envelope line, ``\\n``, then the message with LF
+line ends.  JSON cannot contain a raw newline, so the envelope can never be
+confused with the message (the Exim CVE-2020-28021 class), and addresses
+are refused if they hold CR, LF or NUL before they get here.
+
+The file moves between states by ``rename`` and is never rewritten; only
+``state/ID`` changes (tmp + fsync + rename), so a crash at any moment leaves
+either the old or the new state, never a torn one.  A runner holds
+``flock`` on the open message file while it works on it: two runners never
+deliver the same entry, and a killed runner's lock vanishes with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DIRS = ("tmp", "new", "deferred", "hold", "corrupt", "state")
+ENVELOPE_MAX = 4 * 1024 * 1024  # an envelope line longer than this is corrupt
+
+
+class QueueError(Exception):
+    """The queue could not take the message: temporary (disk full, permissions)."""
+
+
+def make_queue_id() -> str:
+    """Sortable (time first) and unique enough; O_EXCL settles collisions."""
+    us = time.time_ns() // 1000
+    return f"{us:013X}{int.from_bytes(os.urandom(3), 'big'):06X}"
+
+
+def is_queue_id(text: str) -> bool:
+    return len(text) == 19 and all(c in "0123456789ABCDEF" for c in text)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _clean_field(value: str, what: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError(f"{what} contains CR, LF or NUL")
+    return value
+
+
+@dataclass
+class Envelope:
+    sender: str
+    recipients: list[str]
+    queue_id: str = ""
+    arrival: float = 0.0
+    meta: dict = field(default_factory=dict)  # client, helo, auth user, protocol, ...
+
+    def to_line(self) -> bytes:
+        _clean_field(self.sender, "sender")
+        for rcpt in self.recipients:
+            _clean_field(rcpt, "recipient")
+        record = {"v": 1, "id": self.queue_id, "arrival": self.arrival, "sender": self.sender,
+                  "recipients": self.recipients, "meta": self.meta}
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> "Envelope":
+        record = json.loads(line)
+        if not isinstance(record, dict) or record.get("v") != 1:
+            raise ValueError("unknown envelope version")
+        env = cls(sender=record["sender"], recipients=list(record["recipients"]),
+                  queue_id=record["id"], arrival=float(record["arrival"]), meta=record.get("meta") or {})
+        if not isinstance(env.sender, str) or not all(isinstance(r, str) for r in env.recipients):
+            raise ValueError("bad envelope field types")
+        return env
+
+
+class Queue:
+    def __init__(self, path: os.PathLike | str) -> None:
+        self.path = Path(path)
+
+    # -- setup ---------------------------------------------------------------
+    def create(self) -> None:
+        for sub in DIRS:
+            os.makedirs(self.path / sub, mode=0o750, exist_ok=True)
+
+    @property
+    def wake_socket(self) -> Path:
+        return self.path / "wake.sock"
+
+    # -- the door: writing -----------------------------------------------------
+    def writer(self, sender: str, recipients: list[str], meta: dict | None = None) -> "QueueWriter":
+        return QueueWriter(self, sender, recipients, meta or {})
+
+    def enqueue(self, sender: str, recipients: list[str], chunks, meta: dict | None = None) -> str:
+        """Queue a whole message in one call; returns the queue ID."""
+        writer = self.writer(sender, recipients, meta)
+        try:
+            if isinstance(chunks, (bytes, bytearray)):
+                chunks = (chunks,)
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def wake(self, queue_id: str = "") -> None:
+        """Tell a running qrunner there is work; silent if none listens."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.sendto(queue_id.encode() or b"*", str(self.wake_socket))
+        except OSError:
+            pass
+
+    # -- the runner's side --------------------------------------------------------
+    def new_ids(self) -> list[str]:
+        return sorted(n for n in _listdir(self.path / "new") if is_queue_id(n))
+
+    def due_ids(self, now: float | None = None) -> list[tuple[str, str]]:
+        """(bucket, id) of deferred entries whose retry time has come.
+
+        Only the buckets at or before ``now`` are listed, so the cost is
+        driven by what is due, not by the size of the deferred queue.
+        """
+        limit = int((time.time() if now is None else now) // 60)
+        out = []
+        for bucket in sorted(_listdir(self.path / "deferred")):
+            if not bucket.isdigit():
+                continue
+            if int(bucket) > limit:
+                break
+            names = _listdir(self.path / "deferred" / bucket)
+            if not names:
+                _rmdir_quietly(self.path / "deferred" / bucket)
+            out.extend((bucket, n) for n in sorted(names) if is_queue_id(n))
+        return out
+
+    def locate(self, queue_id: str) -> Path | None:
+        """Where entry ``queue_id`` is now (new, deferred or hold), or None."""
+        if not is_queue_id(queue_id):
+            return None
+        for sub in ("new", "hold"):
+            path = self.path / sub / queue_id
+            if path.exists():
+                return path
+        for bucket in _listdir(self.path / "deferred"):
+            path = self.path / "deferred" / bucket / queue_id
+            if path.exists():
+                return path
+        return None
+
+    def all_entries(self) -> list[tuple[str, Path]]:
+        """(state, path) of every entry: for mailq and the queue tools."""
+        out = []
+        for sub in ("new", "hold"):
+            out.extend((sub, self.path / sub / n) for n in _listdir(self.path / sub) if is_queue_id(n))
+        for bucket in _listdir(self.path / "deferred"):
+            d = self.path / "deferred" / bucket
+            out.extend(("deferred", d / n) for n in _listdir(d) if is_queue_id(n))
+        out.sort(key=lambda item: item[1].name)
+        return out
+
+    def open_entry(self, path: Path, lock: bool = True) -> "Entry | None":
+        """Open and (by default) lock an entry; None if gone or locked by another runner."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        fh = os.fdopen(fd, "rb")
+        if lock:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                return None
+            # It may have moved or gone while we waited for the lock.
+            try:
+                if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
+                    fh.close()
+                    return None
+            except FileNotFoundError:
+                fh.close()
+                return None
+        line = fh.readline(ENVELOPE_MAX)
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("no envelope line")
+            envelope = Envelope.from_line(line)
+        except (ValueError, KeyError, TypeError) as exc:
+            fh.close()
+            raise CorruptEntry(path, str(exc)) from None
+        return Entry(self, path, fh, envelope, len(line))
+
+    def quarantine(self, path: Path) -> Path:
+        target = self.path / "corrupt" / path.name
+        os.makedirs(target.parent, exist_ok=True)
+        os.rename(path, target)
+        return target
+
+    # -- per-recipient state -------------------------------------------------------
+    def state_path(self, queue_id: str) -> Path:
+        return self.path / "state" / queue_id
+
+    def read_state(self, queue_id: str) -> dict | None:
+        try:
+            with open(self.state_path(queue_id), "rb") as fh:
+                state = json.load(fh)
+            return state if isinstance(state, dict) else None
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return None  # a torn state cannot happen (rename); an unreadable one restarts from the envelope
+
+    def write_state(self, queue_id: str, state: dict) -> None:
+        path = self.state_path(queue_id)
+        tmp = self.path / "tmp" / f"{queue_id}.state.{os.getpid()}"
+        data = json.dumps(state, ensure_ascii=True, separators=(",", ":")).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+
+    def remove(self, entry: "Entry") -> None:
+        """Delivery finished for every recipient: the entry goes away."""
+        os.unlink(entry.path)
+        fsync_dir(entry.path.parent)
+        try:
+            os.unlink(self.state_path(entry.envelope.queue_id))
+        except FileNotFoundError:
+            pass
+
+    def defer(self, entry: "Entry", when: float) -> Path:
+        bucket = f"{int(when // 60):010d}"
+        target_dir = self.path / "deferred" / bucket
+        os.makedirs(target_dir, exist_ok=True)
+        target = target_dir / entry.path.name
+        if target != entry.path:
+            os.rename(entry.path, target)
+            fsync_dir(target_dir)
+            entry.path = target
+        return target
+
+    def move(self, queue_id: str, to: str, when: float | None = None) -> bool:
+        """Admin moves: 'hold', 'new' (release / flush). False if not found."""
+        path = self.locate(queue_id)
+        if path is None:
+            return False
+        target = self.path / to / queue_id
+        os.makedirs(target.parent, exist_ok=True)
+        os.rename(path, target)
+        return True
+
+
+class CorruptEntry(Exception):
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class Entry:
+    """An open, locked queue entry.  ``message_chunks()`` streams the message."""
+
+    def __init__(self, queue: Queue, path: Path, fh, envelope: Envelope, offset: int) -> None:
+        self.queue = queue
+        self.path = path
+        self.fh = fh
+        self.envelope = envelope
+        self.offset = offset
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fh.fileno()).st_size - self.offset
+
+    def message_chunks(self, chunk_size: int = 1 << 16):
+        fd = self.fh.fileno()
+        pos = self.offset
+        while True:
+            chunk = os.pread(fd, chunk_size, pos)
+            if not chunk:
+                return
+            pos += len(chunk)
+            yield chunk
+
+    def read_message(self) -> bytes:
+        return b"".join(self.message_chunks())
+
+    def close(self) -> None:
+        self.fh.close()  # releases the flock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class QueueWriter:
+    """Streams one message into ``tmp/``; ``commit()`` makes it durable.
+
+    ``commit`` returns only after the file is fsynced, renamed into ``new/``
+    and ``new/`` itself is fsynced: that is the moment a 250 may be sent.
+    Any failure removes the partial file and raises QueueError.
+    """
+
+    def __init__(self, queue: Queue, sender: str, recipients: list[str], meta: dict) -> None:
+        self.queue = queue
+        self.closed = False
+        self.fd = -1
+        for _ in range(5):
+            qid = make_queue_id()
+            tmp = queue.path / "tmp" / qid
+            try:
+                self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise QueueError(f"cannot create queue file: {exc.strerror}") from None
+        else:
+            raise QueueError("cannot create a unique queue file")
+        self.queue_id = qid
+        self.tmp = tmp
+        self.envelope = Envelope(sender, list(recipients), qid, time.time(), meta)
+        self._buf = bytearray()
+        try:
+            self._buf += self.envelope.to_line()
+        except ValueError as exc:
+            self.abort()
+            raise QueueError(str(exc)) from None
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= 1 << 16:
+            self._flush()
+
+    def _flush(self) -> None:
+        view = memoryview(self._buf)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            self.abort()
+            raise QueueError(f"cannot write queue file: {exc.strerror}") from None
+        finally:
+            view.release()
+        self._buf.clear()
+
+    def commit(self) -> str:
+        if self.closed:
+            raise QueueError("queue file already closed")
+        try:
+            self._flush()
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            final = self.queue.path / "new" / self.queue_id
+            os.rename(self.tmp, final)
+            fsync_dir(final.parent)
+        except QueueError:
+            raise
+        except OSError as exc:
+            self.abort()
+            raise QueueError(f"cannot commit queue file: {exc.strerror}") from None
+        self.closed = True
+        self.queue.wake(self.queue_id)
+        return self.queue_id
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _rmdir_quietly(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

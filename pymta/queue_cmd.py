@@ -1,0 +1,73 @@
+"""pymta-queue: the door into the queue for programs (sendmail, forwards, scripts).
+
+::
+
+    pymta-queue [-C FILE] [-f SENDER] [--] RECIPIENT... < message
+
+The message is read from stdin (CRLF or LF line ends; stored with LF),
+written with ``pymta.queue.QueueWriter`` -- the same code smtpd uses in
+process -- and the program exits 0 only once the entry is fsynced and
+renamed into ``new/``.  The submitting uid is recorded in the envelope.
+Exit codes: 0 queued, 64 usage, 65 bad address, 75 temporary failure
+(disk full, unwritable queue: nothing was queued, try again), 78 config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pymta.lib import log, sysexits
+from pymta.lib.lineends import crlf_to_lf
+
+
+def valid_address(address: str, allow_null: bool = False) -> bool:
+    if address == "":
+        return allow_null
+    if any(c in address for c in "\r\n\x00<>") or any(c.isspace() for c in address):
+        return False
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and len(address) <= 320
+
+
+def main(argv: list[str] | None = None) -> int:
+    log.set_program("pymta-queue")
+    parser = argparse.ArgumentParser(prog="pymta-queue", description="Put the message on standard input into the pymail queue.")
+    parser.add_argument("-C", dest="config", metavar="FILE", help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
+    parser.add_argument("-f", dest="sender", default="", metavar="SENDER", help="envelope sender (default: empty, the null sender <>)")
+    parser.add_argument("recipients", nargs="+", metavar="RECIPIENT", help="envelope recipients, user@domain")
+    args = parser.parse_args(argv)
+    if not valid_address(args.sender, allow_null=True):
+        log.error(f"bad sender address {args.sender!r}")
+        return sysexits.EX_DATAERR
+    for rcpt in args.recipients:
+        if not valid_address(rcpt):
+            log.error(f"bad recipient address {rcpt!r}")
+            return sysexits.EX_DATAERR
+
+    from pymta.lib import config
+    from pymta.queue import Queue, QueueError
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        for key, message in exc.problems:
+            log.error(f"config: {key}: {message}")
+        return sysexits.EX_CONFIG
+    meta = {"client": "local", "uid": os.getuid(), "service": "pickup"}
+    try:
+        qid = Queue(cfg.queue_dir).enqueue(args.sender, args.recipients, crlf_to_lf(sys.stdin.buffer), meta)
+    except QueueError as exc:
+        log.error(f"message not queued: {exc}")
+        return sysexits.EX_TEMPFAIL
+    except OSError as exc:
+        log.error(f"message not queued: cannot read input: {exc}")
+        return sysexits.EX_TEMPFAIL
+    log.info(f"uid={os.getuid()}, from=<{args.sender}>, nrcpt={len(args.recipients)} (queued)", qid)
+    print(qid)
+    return sysexits.EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""pymta-smtpd: the ESMTP server program.
+
+The SMTP dialogue is ``pymta.smtp_server`` (sans-I/O); this module is the
+policy behind it -- who may relay, which recipients exist, how passwords
+are checked, where messages go (the queue) -- and the program's ``main``.
+
+Services: ``smtp`` (port 25: mail for local users, relay only for trusted
+networks or after AUTH), ``submission`` and ``smtps`` (AUTH required before
+MAIL; smtps is implicit TLS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+from pymta.lib import log
+from pymta.queue import Queue, QueueError
+from pymta.smtp_server import Reply, SMTPServer, SMTPSettings
+
+SUBMISSION_SERVICES = ("submission", "smtps")
+
+
+class _Sink:
+    """Queue writer that turns a write failure into a failed commit.
+
+    The SMTP machine keeps draining DATA after a disk error and answers once
+    (451) at the end; this is where the error waits until then.
+    """
+
+    def __init__(self, open_writer) -> None:
+        self.error: Exception | None = None
+        self.writer = None
+        self.size = 0
+        try:
+            self.writer = open_writer()
+            self.queue_id = self.writer.queue_id
+        except (QueueError, OSError) as exc:
+            self.error = exc
+            self.queue_id = "NOQUEUE"
+
+    def write(self, data: bytes) -> None:
+        if self.error is None:
+            try:
+                self.writer.write(data)
+                self.size += len(data)
+            except (QueueError, OSError) as exc:
+                self.error = exc
+
+    def commit(self) -> str:
+        if self.error is not None:
+            raise QueueError(str(self.error))
+        return self.writer.commit()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+class SMTPBackend:
+    def __init__(self, cfg, service: str) -> None:
+        self.cfg = cfg
+        self.service = service
+        self.queue = Queue(cfg.queue_dir)
+        self._users = None
+        self._aliases = None
+        self._trusted = None
+
+    # Loaded on first use: an inetd session that only says QUIT pays nothing.
+    @property
+    def users(self):
+        if self._users is None:
+            from pymta.lib.users import UsersFile
+
+            self._users = UsersFile(self.cfg.path_of("users"))
+        return self._users
+
+    @property
+    def aliases(self):
+        if self._aliases is None:
+            from pymta.aliases import Aliases
+
+            self._aliases = Aliases(self.cfg.path_of("aliases"))
+        return self._aliases
+
+    def is_trusted(self, ip: str) -> bool:
+        if ip == "local":  # sendmail -bs: a local user on a pipe
+            return True
+        if self._trusted is None:
+            import ipaddress
+
+            self._trusted = [ipaddress.ip_network(n, strict=False) for n in self.cfg["smtpd.trusted_networks"]]
+        if not self._trusted:
+            return False
+        import ipaddress
+
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+    def plaintext_auth_ok(self, info) -> bool:
+        if self.cfg["auth.allow_plaintext"] or not self.cfg["smtpd.require_tls_for_auth"]:
+            return True
+        return self.cfg["auth.allow_plaintext_loopback"] and info.is_loopback
+
+    # -- the machine's backend interface ------------------------------------------
+    def check_sender(self, session, envelope, address: str):
+        return None
+
+    def check_recipient(self, session, envelope, address: str):
+        local, _, domain = address.rpartition("@")
+        if not local or not domain:
+            return Reply(501, "5.1.3", "Bad recipient address syntax")
+        if self.cfg.is_local_domain(domain):
+            if self.users.exists(address) or self.aliases.lookup(address) is not None:
+                return None
+            return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table")
+        if session.auth_user or self.is_trusted(session.info.peer_ip):
+            return None
+        return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+
+    def authenticate(self, session, username: str, password: str) -> bool:
+        ok = self.users.verify(username, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
+        info = session.info
+        if ok:
+            log.info(f"client=[{info.peer_ip}], sasl_username={username}, auth ok")
+        else:
+            # Explain failures in the log (LESSONS 29), and make guessing slow.
+            log.warning(f"client=[{info.peer_ip}], sasl_username={username}, auth failed "
+                        f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
+            time.sleep(self.cfg["auth.failure_delay"])
+        return ok
+
+    def open_message(self, session, envelope):
+        meta = {"client": session.info.peer_ip, "helo": session.helo or "", "service": self.service}
+        if session.auth_user:
+            meta["auth"] = session.auth_user
+        sink = _Sink(lambda: self.queue.writer(envelope.mail_from, envelope.rcpt_to, meta))
+        sink.write(self.received_header(session, envelope, sink.queue_id))
+        return _LoggingSink(sink, session, envelope)
+
+    def received_header(self, session, envelope, queue_id: str) -> bytes:
+        info = session.info
+        proto = ("ESMTP" if session.esmtp else "SMTP") + ("S" if info.tls else "") + ("A" if session.auth_user else "")
+        helo = _printable(session.helo or "unknown")
+        lines = [f"Received: from {helo} ([{info.peer_ip}])",
+                 f"\tby {self.cfg['hostname']} (pymail) with {proto} id {queue_id}"]
+        if info.tls:
+            lines.append(f"\t(using {info.tls_version} with cipher {info.tls_cipher})")
+        if session.auth_user:
+            lines.append(f"\t(authenticated as {_printable(session.auth_user)})")
+        rcpt = f"\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else "\t"
+        lines.append(f"{rcpt}; {time.strftime('%a, %d %b %Y %H:%M:%S %z')}")
+        return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+
+class _LoggingSink:
+    """Logs the Postfix-style line for each queued message."""
+
+    def __init__(self, sink: _Sink, session, envelope) -> None:
+        self.sink = sink
+        self.session = session
+        self.envelope = envelope
+        self.queue_id = sink.queue_id
+        self.write = sink.write
+
+    def commit(self) -> str:
+        try:
+            qid = self.sink.commit()
+        except QueueError as exc:
+            log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
+            raise
+        auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
+        log.info(f"client={_printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
+                 f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)} (queued)", qid)
+        return qid
+
+    def abort(self) -> None:
+        self.sink.abort()
+
+
+def _printable(text: str) -> str:
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in text)[:255]
+
+
+def build(cfg, service: str):
+    backend = SMTPBackend(cfg, service)
+    base = SMTPSettings(
+        hostname=cfg["hostname"],
+        max_message_size=cfg["smtpd.max_message_size"],
+        max_recipients=cfg["smtpd.max_recipients"],
+        max_command_line=cfg["smtpd.max_command_line"],
+        max_text_line=cfg["smtpd.max_text_line"],
+        max_errors=cfg["smtpd.max_errors"],
+        command_timeout=cfg["smtpd.command_timeout"],
+        data_timeout=cfg["smtpd.data_timeout"],
+        require_auth=service in SUBMISSION_SERVICES,
+    )
+
+    class Session(SMTPServer):
+        def connection_made(self, info):
+            # Whether a password may cross this connection depends on the peer.
+            self.settings = dataclasses.replace(base, auth_plaintext_ok=backend.plaintext_auth_ok(info))
+            return super().connection_made(info)
+
+    return lambda: Session(base, backend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pymta.lib import daemon
+
+    parser = daemon.arg_parser("pymta-smtpd", "The pymail ESMTP server.", "smtp (smtps with --tls)")
+    args = parser.parse_args(argv)
+    if args.service is None:
+        args.service = "smtps" if args.tls else "smtp"
+    return daemon.run("pymta-smtpd", args, build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n",
+                      max_sessions_key="smtpd.max_sessions", timeout_key="smtpd.command_timeout")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
