@@ -66,6 +66,7 @@ class SMTPBackend:
         self._users = None
         self._aliases = None
         self._trusted = None
+        self._guard = None
 
     # Loaded on first use: an inetd session that only says QUIT pays nothing.
     @property
@@ -131,7 +132,13 @@ class SMTPBackend:
             # Explain failures in the log (LESSONS 29), and make guessing slow.
             log.warning(f"client=[{info.peer_ip}], sasl_username={username}, auth failed "
                         f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
-            time.sleep(self.cfg["auth.failure_delay"])
+        if self._guard is None:
+            from pymta.lib.authguard import AuthGuard
+
+            self._guard = AuthGuard(self.cfg)
+        delay = self._guard.record(info.peer_ip, username, ok)
+        if delay:
+            time.sleep(delay)
         return ok
 
     def open_message(self, session, envelope):
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.service is None:
         args.service = "smtps" if args.tls else "smtp"
     return daemon.run("pymta-smtpd", args, build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n",
-                      max_sessions_key="smtpd.max_sessions", timeout_key="smtpd.command_timeout")
+                      max_sessions_key="smtpd.max_sessions")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def tls_loader(cfg):
     return load
 
 
-def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, timeout_key: str) -> int:
+def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str) -> int:
     log.set_program(prog)
     from pymta.lib import config
 

@@ -1,0 +1,79 @@
+"""Slow down password guessing, per client address and per account.
+
+Under inetd every connection is a new process, so the memory of recent
+failures lives on disk: one tiny file per client address and per account
+under ``ROOT/run/authfail/`` holding ``<failures> <last failure time>``.
+Races between processes only lose a count, never lock anyone out.
+
+Every daemon calls ``record(ip, account, ok)`` after a password check and
+waits the returned number of seconds before answering (in a Job, so other
+sessions of a listening daemon go on).  The wait doubles with each recent
+failure from that address or for that account: 1, 2, 4, ... up to
+``auth.max_failure_delay``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+
+class AuthGuard:
+    def __init__(self, cfg) -> None:
+        self.dir = Path(cfg.root) / "run" / "authfail"
+        self.base = cfg["auth.failure_delay"]
+        self.maximum = cfg["auth.max_failure_delay"]
+        self.window = cfg["auth.failure_window"]
+
+    def _path(self, kind: str, value: str) -> Path:
+        digest = hashlib.sha256(f"{kind}:{value.lower()}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return self.dir / digest
+
+    def _read(self, path: Path, now: float) -> int:
+        try:
+            with open(path, "rb") as fh:
+                count, last = fh.read(64).split()
+            if now - float(last) > self.window:
+                return 0
+            return int(count)
+        except (OSError, ValueError):
+            return 0
+
+    def _write(self, path: Path, count: int, now: float) -> None:
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                fh.write(f"{count} {now:.0f}".encode())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a full disk must not stop logins; it only loses the count
+
+    def failures(self, peer_ip: str, account: str | None) -> int:
+        now = time.time()
+        counts = [self._read(self._path("ip", peer_ip), now)]
+        if account:
+            counts.append(self._read(self._path("user", account), now))
+        return max(counts)
+
+    def record(self, peer_ip: str, account: str | None, ok: bool) -> float:
+        """Note the outcome of a login; return seconds to wait before answering."""
+        now = time.time()
+        keys = [self._path("ip", peer_ip)] + ([self._path("user", account)] if account else [])
+        if ok:
+            # Forget the account's failures, not the address's: one valid
+            # password must not buy an address a fresh run at other accounts.
+            if account:
+                try:
+                    os.unlink(keys[-1])
+                except OSError:
+                    pass
+            return 0.0
+        worst = 0
+        for path in keys:
+            count = self._read(path, now) + 1
+            self._write(path, count, now)
+            worst = max(worst, count)
+        return min(self.maximum, self.base * 2 ** (worst - 1))
