@@ -103,9 +103,9 @@ class SMTPBackend:
         return any(addr in net for net in self._trusted)
 
     def plaintext_auth_ok(self, info) -> bool:
-        if self.cfg["auth.allow_plaintext"] or not self.cfg["smtpd.require_tls_for_auth"]:
-            return True
-        return self.cfg["auth.allow_plaintext_loopback"] and info.is_loopback
+        from pymta.lib.authguard import plaintext_allowed
+
+        return not self.cfg["smtpd.require_tls_for_auth"] or plaintext_allowed(self.cfg, info)
 
     # -- the machine's backend interface ------------------------------------------
     def check_sender(self, session, envelope, address: str):

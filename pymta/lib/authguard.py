@@ -77,3 +77,14 @@ class AuthGuard:
             self._write(path, count, now)
             worst = max(worst, count)
         return min(self.maximum, self.base * 2 ** (worst - 1))
+
+
+def plaintext_allowed(cfg, info) -> bool:
+    """May a password cross this connection (``info``: sansio.ConnectionInfo)?
+
+    Over TLS always; without TLS only when the config allows it, for
+    loopback peers by default.  SMTP, POP3 and IMAP all ask here.
+    """
+    if info.tls or cfg["auth.allow_plaintext"]:
+        return True
+    return cfg["auth.allow_plaintext_loopback"] and info.is_loopback
