@@ -112,6 +112,8 @@ class SMTPBackend:
         return None
 
     def check_recipient(self, session, envelope, address: str):
+        if address.lower() == "postmaster":
+            return None  # RFC 5321 4.5.1: <Postmaster> without a domain must work
         local, _, domain = address.rpartition("@")
         if not local or not domain:
             return Reply(501, "5.1.3", "Bad recipient address syntax")
@@ -122,6 +124,11 @@ class SMTPBackend:
         if session.auth_user or self.is_trusted(session.info.peer_ip):
             return None
         return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+
+    def qualify(self, address: str) -> str:
+        if "@" in address:
+            return address
+        return f"{address}@{self.cfg.domains[0]}" if self.cfg.domains else f"{address}@{self.cfg['hostname']}"
 
     def authenticate(self, session, username: str, password: str) -> bool:
         ok = self.users.verify(username, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
@@ -145,7 +152,8 @@ class SMTPBackend:
         meta = {"client": session.info.peer_ip, "helo": session.helo or "", "service": self.service}
         if session.auth_user:
             meta["auth"] = session.auth_user
-        sink = _Sink(lambda: self.queue.writer(envelope.mail_from, envelope.rcpt_to, meta))
+        rcpts = [self.qualify(r) for r in envelope.rcpt_to]
+        sink = _Sink(lambda: self.queue.writer(envelope.mail_from, rcpts, meta))
         sink.write(self.received_header(session, envelope, sink.queue_id))
         return _LoggingSink(sink, session, envelope)
 

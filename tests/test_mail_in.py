@@ -259,3 +259,16 @@ def test_full_queue_disk_gives_451_and_no_entry(mailsys):
                               b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
     assert codes(reply) == [250, 250, 250, 354, 451, 221]
     assert not list((mailsys.root / "queue" / "new").iterdir())
+
+
+def test_bare_postmaster_is_accepted_and_delivered(mailsys):
+    """RFC 5321 4.5.1: RCPT TO:<Postmaster> with no domain must be accepted."""
+    port = mailsys.start_smtpd("listen")
+    mailsys.start_qrunner()
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.docmd("MAIL", "FROM:<carol@remote.example>")[0] == 250
+        assert smtp.docmd("RCPT", "TO:<Postmaster>")[0] == 250
+        assert smtp.data(b"Subject: to the postmaster\r\n\r\nhi\r\n")[0] == 250
+    [path] = mailsys.wait_messages(1)  # the aliases file sends postmaster to alice
+    assert b"Subject: to the postmaster" in path.read_bytes()

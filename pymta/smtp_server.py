@@ -1,0 +1,753 @@
+"""The ESMTP server as a sans-I/O state machine (see ``pymta.lib.sansio``).
+
+Bytes in, replies and actions out; no sockets, no threads.  Policy (who may
+send, which recipients exist, where the message goes) lives in the *backend*
+the driver passes in; this module only knows the protocol:
+RFC 5321 (SMTP), 1870 (SIZE), 2920 (PIPELINING), 3207 (STARTTLS),
+3463 (enhanced codes), 4954 (AUTH), 6152 (8BITMIME), 6531 (SMTPUTF8).
+
+Three input modes share one bounded receive buffer: command lines, AUTH
+continuation lines, and message text.  Every mode has a line cap; an
+over-long line is answered once and the rest of it is discarded as it
+arrives, so the buffer never holds more than one capped line of incomplete
+input (qmail CVE-2005-1513: every buffer has a limit).
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pymta.lib.address import AddressError, parse_path, split_path
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol
+
+
+class Reply(NamedTuple):
+    code: int
+    enhanced: str
+    text: str
+
+
+class TempFailure(Exception):
+    """A backend's "try again later": the client gets a 4xx reply."""
+
+
+@dataclass
+class SMTPSettings:
+    hostname: str
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_command_line: int = 2048  # includes CRLF
+    max_text_line: int = 8192  # includes CRLF
+    max_errors: int = 10
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    require_auth: bool = False  # submission: AUTH before MAIL (530 5.7.0)
+    auth_plaintext_ok: bool = False  # AUTH allowed without TLS on this connection
+    software: str = "pymail"
+
+
+@dataclass
+class Session:
+    """Per connection; replaced after STARTTLS (RFC 3207 4.2)."""
+
+    info: ConnectionInfo
+    helo: str | None = None
+    esmtp: bool = False
+    auth_user: str | None = None
+
+
+@dataclass
+class Envelope:
+    """Per transaction; replaced on RSET, HELO/EHLO and after DATA."""
+
+    mail_from: str | None = None  # None: no MAIL yet; "" is the null sender <>
+    rcpt_to: list[str] = field(default_factory=list)
+    size: int | None = None  # declared with SIZE=
+    body: str | None = None  # "7BIT" / "8BITMIME"
+    smtputf8: bool = False
+
+
+# RFC 4954 4: an AUTH exchange line may be up to 12288 octets.
+MAX_AUTH_LINE = 12288
+# Message text goes to the sink in pieces of about this size.
+WRITE_CHUNK = 64 * 1024
+
+# Input modes.
+_COMMAND, _DATA, _AUTH_PLAIN, _AUTH_LOGIN_USER, _AUTH_LOGIN_PASS = range(5)
+# DATA sub-states, aiosmtpd's _DataState plus bare newlines (aiosmtpd#9,
+# CVE-2023-51764): after the first problem keep draining to CRLF.CRLF, then
+# send exactly one reply.
+_NOMINAL, _BAD_NEWLINE, _TOO_LONG, _TOO_MUCH, _LOCAL_ERROR = range(5)
+_DATA_FAILURES = {
+    _BAD_NEWLINE: Reply(550, "5.6.0", "Message contains bare CR or LF; refused (see RFC 5321 2.3.8)"),
+    _TOO_LONG: Reply(500, "5.5.2", "Line too long"),
+    _TOO_MUCH: Reply(552, "5.3.4", "Message size exceeds fixed limit"),
+    _LOCAL_ERROR: Reply(451, "4.3.0", "Requested action aborted: local error in processing"),
+}
+_LOCAL_ERROR_REPLY = _DATA_FAILURES[_LOCAL_ERROR]
+
+# verb -> (handler, needs HELO/EHLO, needs AUTH when settings.require_auth,
+#          arguments may hold UTF-8 (RFC 6531 mailboxes))
+_COMMANDS = {
+    b"HELO": ("_cmd_helo", False, False, False),
+    b"EHLO": ("_cmd_ehlo", False, False, False),
+    b"MAIL": ("_cmd_mail", True, True, True),
+    b"RCPT": ("_cmd_rcpt", False, False, True),
+    b"DATA": ("_cmd_data", False, False, False),
+    b"RSET": ("_cmd_rset", False, False, False),
+    b"NOOP": ("_cmd_noop", False, False, False),
+    b"QUIT": ("_cmd_quit", False, False, False),
+    b"VRFY": ("_cmd_vrfy", False, False, True),
+    b"EXPN": ("_cmd_not_implemented", False, False, True),
+    b"BDAT": ("_cmd_not_implemented", False, False, False),
+    b"HELP": ("_cmd_help", False, False, False),
+    b"STARTTLS": ("_cmd_starttls", False, False, False),
+    b"AUTH": ("_cmd_auth", False, False, False),
+}
+
+# EHLO keywords in order: (keyword, condition method or None, required keyword).
+# A keyword whose requirement is not offered is dropped (aiosmtpd#216).
+_CAPABILITIES = (
+    ("PIPELINING", None, None),
+    ("SIZE", None, None),
+    ("8BITMIME", None, None),
+    ("ENHANCEDSTATUSCODES", None, None),
+    ("SMTPUTF8", None, "8BITMIME"),  # RFC 6531 3.1
+    ("STARTTLS", "_starttls_offered", None),
+    ("AUTH", "_auth_offered", None),
+)
+
+_MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
+# Bytes never allowed in a command line: controls (CR, LF, NUL, TAB...).
+_CONTROLS = bytes(range(32)) + b"\x7f"
+
+
+class SMTPServer(Protocol):
+    def __init__(self, settings: SMTPSettings, backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.session = Session(ConnectionInfo())
+        self.envelope = Envelope()
+        self.timeout = settings.command_timeout
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf already known to hold no LF (never rescan)
+        self._skipping = False  # discarding the rest of an over-long line
+        self._skip_cr = False  # last discarded byte was CR
+        self._mode = _COMMAND
+        self._errors = 0
+        self._closed = False
+        self._awaiting_tls = False
+        self._job = None  # what a pending Job is for: "commit" / "auth"
+        self._out: list[bytes] = []  # replies of the current batch
+        self._marker = None  # Job / STARTTLS / CLOSE ending the current batch
+        # DATA state
+        self._sink = None
+        self._dstate = _NOMINAL
+        self._size = 0
+        self._prev_crlf = True  # the last line ended in CRLF (CRLF.CRLF detection)
+        self._pending = bytearray()  # text batched for sink.write
+        self._login_user = b""
+
+    # -- driver interface --------------------------------------------------------
+
+    def connection_made(self, info: ConnectionInfo) -> list:
+        self.session = Session(info)
+        s = self.settings
+        return [f"220 {s.hostname} ESMTP {s.software}\r\n".encode()]
+
+    def data_received(self, data: bytes) -> list:
+        if self._closed:
+            return []
+        if not data:
+            self._abort_sink()
+            self._closed = True
+            return [CLOSE]
+        if self._awaiting_tls:
+            return []  # plaintext after STARTTLS is never read (CVE-2011-0411)
+        self._buf += data
+        if self._job is not None:
+            return []  # the driver should not feed us now; keep it for job_done
+        return self._process()
+
+    def job_done(self, result) -> list:
+        kind, self._job = self._job, None
+        if kind == "commit":
+            self._sink = None
+            if result:
+                self._send(250, "2.0.0", f"Ok: queued as {result}")
+            else:
+                self._send(*_LOCAL_ERROR_REPLY)
+        elif kind == "auth":
+            user, ok = result
+            if ok:
+                self.session.auth_user = user
+                self._send(235, "2.7.0", "Authentication successful")
+            elif ok is None:
+                self._send(454, "4.7.0", "Temporary authentication failure")
+            else:
+                self._send(535, "5.7.8", "Authentication credentials invalid")
+        self._check_errors()
+        return self._process()
+
+    def tls_started(self, info: ConnectionInfo) -> list:
+        self._awaiting_tls = False
+        self._buf.clear()
+        self._scanned = 0
+        self._skipping = False
+        self.session = Session(info)  # forget HELO and AUTH (RFC 3207 4.2)
+        self.envelope = Envelope()
+        return []
+
+    def timed_out(self) -> list:
+        self._send(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
+        self._close()
+        return self._flush()
+
+    def connection_lost(self) -> None:
+        self._abort_sink()
+        self._closed = True
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _process(self) -> list:
+        while not (self._closed or self._awaiting_tls or self._job is not None):
+            if self._mode == _DATA:
+                progressed = self._data_step()
+            else:
+                progressed = self._line_step()
+            self._check_errors()
+            if not progressed:
+                break
+        return self._flush()
+
+    def _flush(self) -> list:
+        actions = [b"".join(self._out)] if self._out else []
+        if self._marker is not None:
+            actions.append(self._marker)
+        self._out = []
+        self._marker = None
+        return actions
+
+    def _send(self, code: int, enhanced: str, text: str) -> None:
+        if code >= 400:
+            self._errors += 1
+        self._out.append(f"{code} {enhanced} {text}\r\n".encode() if enhanced else f"{code} {text}\r\n".encode())
+
+    def _check_errors(self) -> None:
+        if self._errors >= self.settings.max_errors and not self._closed:
+            self._send(421, "4.7.0", f"{self.settings.hostname} Error: too many errors")
+            self._close()
+
+    def _close(self) -> None:
+        self._abort_sink()
+        self._closed = True
+        self._marker = CLOSE
+
+    def _read_line(self, cap: int):
+        """Next line (terminator included), None if incomplete, False if over ``cap``."""
+        buf = self._buf
+        if self._skipping:
+            i = buf.find(b"\n")
+            if i < 0:
+                buf.clear()
+                return None
+            del buf[: i + 1]
+            self._skipping = False
+            self._scanned = 0
+        i = buf.find(b"\n", self._scanned)
+        if i < 0:
+            if len(buf) >= cap:  # even the terminator would not fit
+                buf.clear()
+                self._skipping = True
+                self._scanned = 0
+                return False
+            self._scanned = len(buf)
+            return None
+        line = bytes(buf[: i + 1])
+        del buf[: i + 1]
+        self._scanned = 0
+        return line if i < cap else False
+
+    def _line_step(self) -> bool:
+        if self._mode == _COMMAND:
+            line = self._read_line(self.settings.max_command_line)
+            if line is None:
+                return False
+            if line is False:
+                self._send(500, "5.5.2", "Line too long")
+            else:
+                self._command(_chomp(line).rstrip(b" "))
+            return True
+        line = self._read_line(MAX_AUTH_LINE)
+        if line is None:
+            return False
+        step, self._mode = self._mode, _COMMAND
+        if line is False:
+            self._send(500, "5.5.6", "Authentication Exchange line is too long")  # RFC 4954 6
+        else:
+            self._auth_continue(_chomp(line).strip(b" \t"), step)
+        return True
+
+    # -- commands ------------------------------------------------------------------
+
+    def _command(self, line: bytes) -> None:
+        verb, _, arg = line.partition(b" ")
+        entry = _COMMANDS.get(verb.upper())
+        if entry is None:
+            if verb.isascii() and verb.translate(None, _CONTROLS) == verb:
+                self._send(500, "5.5.2", "Error: command not recognized")
+            else:
+                self._send(500, "5.5.2", "Error: invalid characters in command")
+            return
+        handler, needs_helo, needs_auth, utf8 = entry
+        if arg.translate(None, _CONTROLS) != arg or not (utf8 or arg.isascii()):
+            self._send(500, "5.5.2", "Error: invalid characters in command")
+            return
+        try:
+            text = arg.decode("utf-8").strip(" ")
+        except UnicodeDecodeError:
+            self._send(500, "5.5.2", "Error: invalid characters in command")
+            return
+        if needs_helo and self.session.helo is None:
+            self._send(503, "5.5.1", "Error: send HELO/EHLO first")
+        elif needs_auth and self.settings.require_auth and self.session.auth_user is None:
+            self._send(530, "5.7.0", "Authentication required")
+        else:
+            getattr(self, handler)(text)
+
+    def _cmd_helo(self, arg: str) -> None:
+        if not arg:
+            self._send(501, "5.5.4", "Syntax: HELO hostname")
+            return
+        self._new_transaction()
+        self.session.helo, self.session.esmtp = arg, False
+        self._send(250, "", self.settings.hostname)
+
+    def _cmd_ehlo(self, arg: str) -> None:
+        if not arg:
+            self._send(501, "5.5.4", "Syntax: EHLO hostname")
+            return
+        self._new_transaction()
+        self.session.helo, self.session.esmtp = arg, True
+        lines = [self.settings.hostname] + self._capabilities()
+        self._out.append("".join(f"250-{t}\r\n" for t in lines[:-1]).encode() + f"250 {lines[-1]}\r\n".encode())
+
+    def _capabilities(self) -> list[str]:
+        offered: list[str] = []
+        for keyword, condition, requires in _CAPABILITIES:
+            if condition and not getattr(self, condition)():
+                continue
+            if requires and requires not in offered:
+                continue
+            offered.append(keyword)
+        texts = {"SIZE": f"SIZE {self.settings.max_message_size}", "AUTH": "AUTH PLAIN LOGIN"}
+        return [texts.get(k, k) for k in offered]
+
+    def _starttls_offered(self) -> bool:
+        info = self.session.info
+        return info.tls_available and not info.tls
+
+    def _auth_possible(self) -> bool:
+        return self.session.info.tls or self.settings.auth_plaintext_ok
+
+    def _auth_offered(self) -> bool:
+        return self._auth_possible() and self.session.auth_user is None
+
+    def _cmd_mail(self, arg: str) -> None:
+        env = self.envelope
+        if env.mail_from is not None:
+            self._send(503, "5.5.1", "Error: nested MAIL command")
+            return
+        if arg[:5].upper() != "FROM:":
+            self._send(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+            return
+        try:
+            path, rest = split_path(arg[5:].lstrip(" "))
+        except AddressError:
+            self._send(501, "5.1.7", "Bad sender address syntax")
+            return
+        params = self._parse_params(rest, _MAIL_PARAMS)
+        if params is None:
+            return
+        size = params.get("SIZE")
+        if size is not None and (not size.isascii() or not size.isdigit() or len(size) > 20):
+            self._send(501, "5.5.4", "Bad SIZE syntax")
+            return
+        body = params.get("BODY")
+        if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
+            self._send(501, "5.5.4", "Unsupported BODY type")
+            return
+        if "SMTPUTF8" in params and params["SMTPUTF8"] is not None:
+            self._send(501, "5.5.4", "SMTPUTF8 takes no value")
+            return
+        if size is not None and int(size) > self.settings.max_message_size:
+            self._send(552, "5.3.4", "Message size exceeds fixed limit")
+            return
+        smtputf8 = "SMTPUTF8" in params
+        address = self._parse_address(path, True, smtputf8, "5.1.7", "Bad sender address syntax")
+        if address is None:
+            return
+        candidate = Envelope(address, [], int(size) if size is not None else None, body and body.upper(), smtputf8)
+        reply = self._backend_check("check_sender", candidate, address)
+        if reply is not None:
+            self._send(*reply)
+            return
+        self.envelope = candidate
+        self._send(250, "2.1.0", "Ok")
+
+    def _cmd_rcpt(self, arg: str) -> None:
+        env = self.envelope
+        if env.mail_from is None:
+            self._send(503, "5.5.1", "Error: need MAIL command")
+            return
+        if arg[:3].upper() != "TO:":
+            self._send(501, "5.5.4", "Syntax: RCPT TO:<address>")
+            return
+        try:
+            path, rest = split_path(arg[3:].lstrip(" "))
+        except AddressError:
+            self._send(501, "5.1.3", "Bad recipient address syntax")
+            return
+        if self._parse_params(rest, ()) is None:  # no DSN: no RCPT parameters
+            return
+        if path.lower() == "<postmaster>":  # RFC 5321 4.1.1.3: MUST be accepted
+            address = "postmaster"
+        else:
+            address = self._parse_address(path, False, env.smtputf8, "5.1.3", "Bad recipient address syntax")
+            if address is None:
+                return
+        if len(env.rcpt_to) >= self.settings.max_recipients:
+            self._send(452, "4.5.3", "Error: too many recipients")
+            return
+        reply = self._backend_check("check_recipient", env, address)
+        if reply is not None:
+            self._send(*reply)
+            return
+        if address not in env.rcpt_to:  # one copy per recipient
+            env.rcpt_to.append(address)
+        self._send(250, "2.1.5", "Ok")
+
+    def _parse_address(self, path: str, allow_null: bool, smtputf8: bool, enhanced: str, text: str) -> str | None:
+        try:
+            return parse_path(path, allow_null=allow_null, smtputf8=smtputf8)
+        except AddressError:
+            pass
+        if not smtputf8 and not path.isascii():
+            try:
+                parse_path(path, allow_null=allow_null, smtputf8=True)
+            except AddressError:
+                pass
+            else:  # valid, but only with SMTPUTF8 (RFC 6531 3.5, 5.6.7)
+                self._send(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8")
+                return None
+        self._send(501, enhanced, text)
+        return None
+
+    def _parse_params(self, text: str, known: tuple) -> dict | None:
+        """ESMTP ``KEY[=VALUE]`` parameters; None after replying to a bad one."""
+        params: dict[str, str | None] = {}
+        for word in text.split(" "):
+            if not word:
+                continue
+            key, eq, value = word.partition("=")
+            key = key.upper()
+            if key not in known or not self.session.esmtp:
+                self._send(555, "5.5.4", f"Unsupported option: {key}")
+                return None
+            if key in params:
+                self._send(501, "5.5.4", f"Duplicate option: {key}")
+                return None
+            params[key] = value if eq else None
+        return params
+
+    def _backend_check(self, method: str, envelope: Envelope, address: str):
+        try:
+            return getattr(self.backend, method)(self.session, envelope, address)
+        except Exception as exc:  # a backend bug must not take the session down
+            _log_failure(method, exc)
+            return _LOCAL_ERROR_REPLY
+
+    def _cmd_data(self, arg: str) -> None:
+        env = self.envelope
+        if env.mail_from is None:
+            self._send(503, "5.5.1", "Error: need MAIL command")
+        elif not env.rcpt_to:
+            self._send(503, "5.5.1", "Error: need RCPT command")
+        elif arg:
+            self._send(501, "5.5.4", "Syntax: DATA")
+        else:
+            try:
+                self._sink = self.backend.open_message(self.session, env)
+            except Exception as exc:
+                _log_failure("open_message", exc)
+                self._send(*_LOCAL_ERROR_REPLY)
+                return
+            self._mode = _DATA
+            self._dstate = _NOMINAL
+            self._size = 0
+            self._prev_crlf = True  # the DATA command's CRLF: ".CRLF" now ends an empty message
+            self.timeout = self.settings.data_timeout
+            self._send(354, "", "End data with <CR><LF>.<CR><LF>")
+
+    def _cmd_rset(self, arg: str) -> None:
+        if arg:
+            self._send(501, "5.5.4", "Syntax: RSET")
+            return
+        self._new_transaction()
+        self._send(250, "2.0.0", "Ok")
+
+    def _cmd_noop(self, arg: str) -> None:
+        self._send(250, "2.0.0", "Ok")  # RFC 5321 4.1.1.9: an argument is allowed and ignored
+
+    def _cmd_quit(self, arg: str) -> None:
+        self._send(221, "2.0.0", "Bye")
+        self._close()
+
+    def _cmd_vrfy(self, arg: str) -> None:
+        if not arg:
+            self._send(501, "5.5.4", "Syntax: VRFY address")
+        else:  # never tell who exists (RFC 5321 3.5.3)
+            self._send(252, "2.0.0", "Send some mail, I'll try my best")
+
+    def _cmd_not_implemented(self, arg: str) -> None:
+        self._send(502, "5.5.1", "Error: command not implemented")
+
+    def _cmd_help(self, arg: str) -> None:
+        self._send(214, "2.0.0", "Commands: " + " ".join(v.decode() for v in _COMMANDS if v not in (b"EXPN", b"BDAT")))
+
+    def _cmd_starttls(self, arg: str) -> None:
+        info = self.session.info
+        if info.tls:
+            self._send(502, "5.5.1", "Error: TLS already active")
+        elif not info.tls_available:
+            self._send(502, "5.5.1", "Error: command not implemented")
+        elif arg:
+            self._send(501, "5.5.4", "Syntax: STARTTLS")
+        else:
+            self._send(220, "2.0.0", "Ready to start TLS")
+            # CVE-2011-0411: whatever the client pipelined after STARTTLS was
+            # sent in plaintext and must never be read as a command.
+            self._buf.clear()
+            self._scanned = 0
+            self._awaiting_tls = True
+            self._marker = STARTTLS
+
+    def _new_transaction(self) -> None:
+        self.envelope = Envelope()
+
+    # -- AUTH (RFC 4954) -------------------------------------------------------------
+
+    def _cmd_auth(self, arg: str) -> None:
+        words = arg.split()  # ASCII only: AUTH arguments are never UTF-8
+        if not words or len(words) > 2:
+            self._send(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+        elif not self.session.esmtp:
+            self._send(503, "5.5.1", "Error: send EHLO first")
+        elif self.session.auth_user is not None:
+            self._send(503, "5.5.1", "Error: already authenticated")
+        elif self.envelope.mail_from is not None:
+            self._send(503, "5.5.1", "Error: MAIL transaction in progress")
+        elif not self._auth_possible():
+            if self._starttls_offered():
+                self._send(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            else:
+                self._send(503, "5.5.1", "Error: authentication not enabled")
+        else:
+            mechanism = words[0].upper()
+            initial = words[1].encode() if len(words) == 2 else None
+            if mechanism == "PLAIN":
+                if initial is None:
+                    self._mode = _AUTH_PLAIN
+                    self._send(334, "", "")
+                else:
+                    self._auth_continue(initial, _AUTH_PLAIN, initial=True)
+            elif mechanism == "LOGIN":
+                if initial is None:
+                    self._mode = _AUTH_LOGIN_USER
+                    self._send(334, "", "VXNlcm5hbWU6")  # "Username:"
+                else:
+                    self._auth_continue(initial, _AUTH_LOGIN_USER, initial=True)
+            else:
+                self._send(504, "5.5.4", "Unsupported authentication mechanism")
+
+    def _auth_continue(self, line: bytes, step: int, initial: bool = False) -> None:
+        """One client response; ``step`` is the exchange state it answers."""
+        if line == b"*":
+            self._send(501, "5.7.0", "Authentication aborted")
+            return
+        if initial and line == b"=":  # RFC 4954 4: "=" is an empty initial response
+            data = b""
+        else:
+            try:
+                data = binascii.a2b_base64(line, strict_mode=True) if line else b""
+            except (binascii.Error, ValueError):
+                self._send(501, "5.5.2", "Invalid base64")
+                return
+        if step == _AUTH_PLAIN:
+            parts = data.split(b"\0")
+            if len(parts) != 3:
+                self._send(535, "5.7.8", "Authentication credentials invalid")
+                return
+            authzid, user, password = parts
+            if authzid and authzid != user:  # we do not let one user act as another
+                self._send(535, "5.7.8", "Authentication credentials invalid")
+                return
+            self._start_auth_job(user, password)
+        elif step == _AUTH_LOGIN_USER:
+            self._login_user = data
+            self._mode = _AUTH_LOGIN_PASS
+            self._send(334, "", "UGFzc3dvcmQ6")  # "Password:"
+        else:
+            self._start_auth_job(self._login_user, data)
+
+    def _start_auth_job(self, user: bytes, password: bytes) -> None:
+        self._login_user = b""
+        try:
+            username, secret = user.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            username = secret = ""
+        if not username or "\0" in username or "\0" in secret:
+            self._send(535, "5.7.8", "Authentication credentials invalid")
+            return
+        self._job = "auth"
+        self._marker = Job(self._authenticate, username, secret)
+
+    def _authenticate(self, username: str, password: str):
+        """Runs as a Job (bcrypt is slow); never raises: (user, True/False/None)."""
+        try:
+            return username, bool(self.backend.authenticate(self.session, username, password))
+        except Exception as exc:
+            _log_failure("authenticate", exc)
+            return username, None
+
+    # -- DATA ------------------------------------------------------------------------
+
+    def _data_step(self) -> bool:
+        """Consume the complete lines buffered; False when more input is needed."""
+        buf = self._buf
+        if self._skipping:  # the rest of an over-long line
+            i = buf.find(b"\n")
+            if i < 0:
+                if buf:
+                    self._skip_cr = buf[-1] == 13
+                    buf.clear()
+                return False
+            self._prev_crlf = (buf[i - 1] == 13) if i else self._skip_cr
+            del buf[: i + 1]
+            self._skipping = False
+            self._scanned = 0
+        last = buf.rfind(b"\n", self._scanned)
+        if last < 0:
+            if len(buf) >= self.settings.max_text_line:
+                self._data_problem(_TOO_LONG)
+                self._skip_cr = buf[-1] == 13
+                buf.clear()
+                self._skipping = True
+                self._scanned = 0
+            else:
+                self._scanned = len(buf)
+            return False
+        # Only CRLF "." CRLF ends the text (CVE-2023-51764): the CRLF may be the
+        # end of the previous block (or of the DATA command).
+        if self._prev_crlf and buf.startswith(b".\r\n"):
+            end = 0
+        else:
+            end = buf.find(b"\r\n.\r\n", 0, last + 1)
+            if end >= 0:
+                end += 2
+        stop = end if end >= 0 else last + 1
+        if stop:
+            body = buf[:stop]
+            self._prev_crlf = body.endswith(b"\r\n")
+            if self._dstate == _NOMINAL:
+                self._data_text(body)
+        del buf[: stop + 3 if end >= 0 else stop]
+        self._scanned = 0
+        if end >= 0:
+            self._data_end()
+        return True
+
+    def _data_text(self, body: bytes) -> None:
+        """Complete lines (CRLF-ended, dot-stuffed) to the sink as LF text."""
+        lf = body.count(b"\n")
+        crlf = body.count(b"\r\n")
+        if lf != crlf or body.count(b"\r") != crlf:
+            self._data_problem(_BAD_NEWLINE)
+            return
+        cap = self.settings.max_text_line
+        if len(body) > cap and max(map(len, body.split(b"\n"))) + 1 > cap:
+            self._data_problem(_TOO_LONG)
+            return
+        text = body.replace(b"\r\n", b"\n")
+        if text[0] == 46:  # "." at the start of the first line
+            text = text[1:]
+        text = text.replace(b"\n.", b"\n")  # RFC 5321 4.5.2 transparency
+        self._size += len(text) + lf  # counted with CRLF, as SIZE is
+        if self._size > self.settings.max_message_size:
+            self._data_problem(_TOO_MUCH)
+            return
+        pending = self._pending
+        pending += text
+        if len(pending) >= WRITE_CHUNK:
+            self._write(bytes(pending))
+            pending.clear()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._sink.write(data)
+        except Exception as exc:  # disk full and friends: answer 451 at the end
+            _log_failure("write", exc)
+            self._data_problem(_LOCAL_ERROR)
+
+    def _data_problem(self, state: int) -> None:
+        if self._dstate == _NOMINAL:  # the first problem decides the reply
+            self._dstate = state
+            self._pending.clear()
+
+    def _data_end(self) -> None:
+        self._mode = _COMMAND
+        self.timeout = self.settings.command_timeout
+        self._new_transaction()
+        if self._dstate == _NOMINAL and self._pending:
+            self._write(bytes(self._pending))
+            self._pending.clear()
+        if self._dstate != _NOMINAL:
+            self._abort_sink()
+            self._send(*_DATA_FAILURES[self._dstate])
+            return
+        self._job = "commit"
+        self._marker = Job(self._commit, self._sink)
+
+    def _commit(self, sink):
+        """Runs as a Job (fsync is slow); never raises: the queue id or None."""
+        try:
+            return sink.commit()
+        except Exception as exc:
+            _log_failure("commit", exc)
+            try:
+                sink.abort()
+            except Exception:
+                pass
+            return None
+
+    def _abort_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        self._pending.clear()
+        if sink is not None:
+            try:
+                sink.abort()
+            except Exception as exc:
+                _log_failure("abort", exc)
+
+
+def _chomp(line: bytes) -> bytes:
+    """Drop the line terminator: CRLF, or a lone LF (tolerated in commands only)."""
+    return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    from pymta.lib import log  # only on the error path
+
+    log.warning(f"smtpd backend {what} failed: {type(exc).__name__}: {exc}")
