@@ -60,7 +60,10 @@ PARAMS: tuple[Param, ...] = (
     Param("auth.allow_plaintext", "bool", False, "Allow passwords (AUTH, USER/PASS, LOGIN) over connections without TLS from non-loopback peers."),
     Param("auth.allow_plaintext_loopback", "bool", True, "Allow passwords without TLS from 127.0.0.0/8 and ::1."),
     Param("auth.allow_plain_scheme", "bool", False, "Accept {PLAIN}/{CLEARTEXT} password entries in the users file."),
-    Param("auth.failure_delay", "float", 1.0, "Seconds a failed login waits before its answer; doubled for each further failure in a session, up to 8 times."),
+    Param("auth.failure_delay", "float", 1.0, "Seconds a failed login waits before its answer; doubled for each recent failure from the same address or for the same account, up to auth.max_failure_delay."),
+    Param("auth.max_failure_delay", "float", 30.0, "Longest wait after a failed login, in seconds."),
+    Param("auth.failure_window", "float", 900.0, "Seconds a failed login is remembered for slowing further attempts."),
+    Param("auth.bcrypt_rounds", "int", 10, "bcrypt cost (log2 of rounds, 4-31) for passwords set by `pymail user add/passwd`; existing hashes keep their own cost."),
     # -- smtpd -------------------------------------------------------------------
     Param("smtpd.max_message_size", "int", 25 * 1024 * 1024, "Largest message accepted, in octets; advertised as SIZE."),
     Param("smtpd.max_recipients", "int", 100, "Recipients per message (RFC 5321 4.5.3.1.8 asks for at least 100)."),
@@ -81,6 +84,10 @@ PARAMS: tuple[Param, ...] = (
     Param("qrunner.concurrency", "int", 8, "Deliveries the runner makes at once."),
     # -- local delivery -------------------------------------------------------------
     Param("deliver.mode", "choice:inprocess|exec", "inprocess", "inprocess: the runner writes Maildirs itself (fast, one uid); exec: it runs pymda-deliver per recipient (needed when mailboxes belong to different uids)."),
+    # -- local delivery rules (pymda) -------------------------------------------------
+    # -- outbound relay, retries, bounces, sendmail (pymta) ---------------------------
+    # -- pop3d (pypop) ---------------------------------------------------------------
+    # -- imapd (pyimap) --------------------------------------------------------------
 )
 
 PARAM_BY_NAME = {p.name: p for p in PARAMS}

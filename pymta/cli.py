@@ -1,0 +1,694 @@
+"""pymail: the admin command (init, user, config, run).
+
+The work itself lives in pymta.lib (config, users, tls); this module turns it
+into commands, one-line messages and sysexits codes -- never a traceback for
+a user error.
+
+Every command finds its config the same way: ``DIR/pymail.toml`` when DIR is
+given, else ``-C FILE`` (on the command or before it), else $PYMAIL_CONFIG,
+else /etc/pymail/pymail.toml.
+
+More command groups (queue, rules, dkim, ...) plug in without editing this
+file: either ``cli.add_command(group)`` from code that imports this module,
+or a module ``<package>/cli_<name>.py`` (package one of pymta, pymda, pypop,
+pyimap) whose ``command`` attribute is a click command; it is found and
+imported only when ``pymail <name>`` is run or help is listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import pkgutil
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from pymta.lib import config, log
+from pymta.lib.sysexits import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE
+
+PLUGIN_PACKAGES = ("pymta", "pymda", "pypop", "pyimap")
+
+
+# -- the group ------------------------------------------------------------------------
+
+
+class _Group(click.Group):
+    """A click group that also finds ``<package>.cli_<name>`` modules on demand."""
+
+    def _plugins(self) -> dict[str, str]:
+        found = {}
+        for package in PLUGIN_PACKAGES:
+            try:
+                path = importlib.import_module(package).__path__
+            except ImportError:
+                continue
+            for info in pkgutil.iter_modules(path):
+                if info.name.startswith("cli_"):
+                    found.setdefault(info.name[4:].replace("_", "-"), f"{package}.{info.name}")
+        return found
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in (plugins := self._plugins()):
+            command = getattr(importlib.import_module(plugins[name]), "command", None)
+        return command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "--config", "config_file", metavar="FILE", help="Config file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml).")
+def cli(config_file):
+    """Set up and run pymail, and manage its users."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="pymail")
+
+
+# -- shared helpers ---------------------------------------------------------------------
+
+
+def _fail(message: str, code: int):
+    click.echo(f"pymail: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def _os_message(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+
+
+def _config_option(f):
+    return click.option("-C", "--config", "config_file", metavar="FILE", help="Config file, instead of DIR.")(f)
+
+
+def _config_path(directory: str | None, config_file: str | None) -> Path:
+    if directory:
+        path = Path(directory)
+        return path if path.is_file() else path / "pymail.toml"  # a file given as DIR is taken as the config
+    if config_file is None:
+        config_file = click.get_current_context().find_root().params.get("config_file")
+    return config.find_config_file(config_file)
+
+
+def _load(directory: str | None, config_file: str | None) -> config.Config:
+    try:
+        return config.load(_config_path(directory, config_file))
+    except config.ConfigError as exc:
+        for key, message in exc.problems:
+            click.echo(f"pymail: {key}: {message}", err=True)
+        raise click.exceptions.Exit(EX_CONFIG) from None
+
+
+def _toml(value) -> str:
+    """A value as TOML, so `config show` output can be pasted into pymail.toml."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _bcrypt_rounds(cfg: config.Config) -> int:
+    rounds = cfg.get("auth.bcrypt_rounds", 10)
+    if not 4 <= rounds <= 31:
+        _fail("auth.bcrypt_rounds: must be between 4 and 31", EX_CONFIG)
+    return rounds
+
+
+# -- init ---------------------------------------------------------------------------------
+
+_INIT_EXPLICIT = ("", "paths", "listen", "auth")  # sections written out; the rest as commented defaults
+
+
+def _valid_hostname(name: str) -> bool:
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and all(
+        0 < len(lab) <= 63 and lab[0] != "-" and lab[-1] != "-" and all(c.isascii() and (c.isalnum() or c == "-") for c in lab)
+        for lab in labels)
+
+
+def _default_hostname() -> str:
+    try:
+        name = socket.getfqdn()
+    except OSError:
+        name = ""
+    return name if _valid_hostname(name) and name != "localhost.localdomain" else "localhost"
+
+
+def _comment(text: str, indent: str = "") -> list[str]:
+    return [indent + "# " + line for line in textwrap.wrap(text, 76)]
+
+
+def _init_toml(values: dict) -> str:
+    out = [
+        "# pymail configuration, made by `pymail init`.  Every key is described in",
+        "# pymail.toml(5); `pymail config show` prints every value in effect and",
+        "# `pymail config check` validates this file.",
+    ]
+    sections: dict[str, list[config.Param]] = {"": []}
+    for param in config.PARAMS:
+        section = param.name.split(".")[0] if "." in param.name else ""
+        sections.setdefault(section, []).append(param)
+    for section, params in sections.items():
+        explicit = section in _INIT_EXPLICIT
+        out.append("")
+        if section:
+            out.append(f"[{section}]")
+        for param in params:
+            key = param.name.split(".", 1)[1] if section else param.name
+            value = values.get(param.name, param.default)
+            if param.name == "root":
+                out += _comment('Relative paths are taken from root; "." is the folder of this file, so the whole tree can be moved.')
+            else:
+                out += _comment(param.doc)
+            out.append(f"{key} = {_toml(value)}" if explicit else f"# {key} = {_toml(value)}")
+    return "\n".join(out) + "\n"
+
+
+_ALIASES_HEADER = """\
+# aliases(5): mail for NAME at any local domain goes to the targets instead.
+#   NAME: TARGET, TARGET, ...
+# A target is an address, a local user or a |command.  Examples:
+#   postmaster: admin@example.test
+#   abuse: postmaster
+"""
+
+
+def _write_new(path: Path, data: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), mode)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--domain", default="example.test", show_default=True, help="The local mail domain.")
+@click.option("--hostname", default=None, help="This system's name (default: the machine's FQDN, or localhost).")
+@click.option("--force", is_flag=True, help="Overwrite an existing DIR/pymail.toml (users, aliases and TLS files are kept).")
+def init(directory: Path, domain: str, hostname: str | None, force: bool):
+    """Create a ready-to-run setup in DIR: config, queue, mail store, users, aliases, TLS."""
+    from pymta.lib import tls
+
+    hostname = hostname or _default_hostname()
+    if not _valid_hostname(hostname):
+        _fail(f"{hostname!r} is not a host name", EX_DATAERR)
+    conf = directory / "pymail.toml"
+    values = {"hostname": hostname, "domains": [domain.lower()], "root": "."}
+    _, problems = config.check({k: v for k, v in values.items()}, conf)
+    if problems:
+        _fail("; ".join(f"{k}: {m}" for k, m in problems), EX_DATAERR)
+    if conf.exists() and not force:
+        _fail(f"{conf} exists; use --force to overwrite it", EX_CANTCREAT)
+    made, kept = [], []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_new(conf, _init_toml(values), 0o644)
+        made.append(conf)
+        for sub in ("queue", "mail"):
+            path = directory / sub
+            (kept if path.is_dir() else made).append(path)
+            path.mkdir(mode=0o700, exist_ok=True)
+        for name, content, mode in (("users", "", 0o640), ("aliases", _ALIASES_HEADER, 0o644)):
+            path = directory / name
+            if path.exists():
+                kept.append(path)
+            else:
+                _write_new(path, content, mode)
+                made.append(path)
+    except OSError as exc:
+        _fail(_os_message(exc), EX_CANTCREAT)
+    cert, key = directory / "tls" / "cert.pem", directory / "tls" / "key.pem"
+    tls_note = ""
+    if cert.exists() and key.exists():
+        kept += [cert, key]
+    else:
+        try:
+            tls.make_self_signed(cert, key, hostname)
+            made += [cert, key]
+        except (tls.TLSConfigError, OSError) as exc:
+            tls_note = f"warning: no TLS certificate ({exc}); put one in {cert} and {key}"
+    for path in made:
+        click.echo(f"created {path}{'/' if path.is_dir() else ''}")
+    for path in kept:
+        click.echo(f"kept    {path}")
+    if tls_note:
+        click.echo(f"pymail: {tls_note}", err=True)
+    click.echo(textwrap.dedent(f"""
+        Next steps:
+          pymail user add {directory} you@{domain.lower()}     (prints the new password)
+          pymail config check {directory}
+          pymail run {directory}     (SMTP on {config.PARAM_BY_NAME['listen.smtp'].default}; Ctrl-C stops it)"""))
+
+
+# -- user ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def user():
+    """Add, remove and list mail users (the users file)."""
+
+
+def _dir_and_address(args: tuple[str, ...]) -> tuple[str | None, str]:
+    if len(args) == 2:
+        return args[0], args[1]
+    if len(args) == 1:
+        return None, args[0]
+    raise click.UsageError("expected [DIR] ADDRESS")
+
+
+def _user_target(args, config_file, *, must_be_local: bool = True):
+    """(config, users file, canonical address) for a user subcommand."""
+    from pymta.lib.users import InvalidAddress, UsersFile, normalize_address
+
+    directory, address = _dir_and_address(args)
+    cfg = _load(directory, config_file)
+    try:
+        address = normalize_address(address)
+    except InvalidAddress as exc:
+        _fail(str(exc), EX_DATAERR)
+    users = UsersFile(cfg.path_of("users"))
+    domain = address.rpartition("@")[2]
+    if must_be_local and not cfg.is_local_domain(domain):
+        _fail(f"{domain} is not a local domain (domains = {_toml(cfg.domains)} in {cfg.path})", EX_DATAERR)
+    return cfg, users, address
+
+
+def _new_password(from_stdin: bool) -> tuple[str, bool]:
+    """(password, generated?)"""
+    if from_stdin:
+        line = click.get_text_stream("stdin").readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+        if not password:
+            _fail("empty password on standard input", EX_DATAERR)
+        if "\x00" in password:
+            _fail("password contains NUL", EX_DATAERR)
+        return password, False
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"  # no 0/O, 1/l/I look-alikes
+    return "".join(secrets.choice(alphabet) for _ in range(16)), True
+
+
+def _users_call(fn, *args, **kw):
+    from pymta.lib.users import NoSuchUser, UserExists, UsersError
+
+    try:
+        return fn(*args, **kw)
+    except UserExists as exc:
+        _fail(str(exc), EX_CANTCREAT)
+    except NoSuchUser as exc:
+        _fail(str(exc), EX_NOUSER)
+    except UsersError as exc:
+        _fail(str(exc), EX_CANTCREAT)
+    except OSError as exc:
+        _fail(_os_message(exc), EX_CANTCREAT)
+
+
+def _ensure_maildir(path: Path) -> None:
+    try:
+        from pymda.maildir import ensure_maildir
+    except ImportError:  # pymda not installed: the three directories are all a Maildir needs
+        def ensure_maildir(p):
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(Path(p) / sub, mode=0o700, exist_ok=True)
+    ensure_maildir(path)
+
+
+@user.command("add")
+@click.argument("args", nargs=-1, metavar="[DIR] ADDRESS")
+@_config_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of standard input (else one is generated and printed).")
+def user_add(args, config_file, password_stdin):
+    """Add a user and create their Maildir."""
+    cfg, users, address = _user_target(args, config_file)
+    rounds = _bcrypt_rounds(cfg)
+    if address in {r.address for r in users.list()}:
+        _fail(f"{address}: user exists", EX_CANTCREAT)  # before asking for a password
+    password, generated = _new_password(password_stdin)
+    _users_call(users.add, address, password, rounds=rounds)
+    local, _, domain = address.rpartition("@")
+    maildir = cfg.mail_dir / domain / local
+    try:
+        _ensure_maildir(maildir)
+    except OSError as exc:
+        _fail(f"{address} added, but its Maildir could not be made: {_os_message(exc)}", EX_CANTCREAT)
+    click.echo(f"added {address} (Maildir {maildir})")
+    if generated:
+        click.echo(f"password: {password}")
+
+
+@user.command("passwd")
+@click.argument("args", nargs=-1, metavar="[DIR] ADDRESS")
+@_config_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of standard input (else one is generated and printed).")
+def user_passwd(args, config_file, password_stdin):
+    """Set a user's password."""
+    cfg, users, address = _user_target(args, config_file)
+    rounds = _bcrypt_rounds(cfg)
+    password, generated = _new_password(password_stdin)
+    _users_call(users.set_password, address, password, rounds=rounds)
+    click.echo(f"password changed for {address}")
+    if generated:
+        click.echo(f"password: {password}")
+
+
+@user.command("del")
+@click.argument("args", nargs=-1, metavar="[DIR] ADDRESS")
+@_config_option
+def user_del(args, config_file):
+    """Remove a user (their Maildir is kept)."""
+    cfg, users, address = _user_target(args, config_file, must_be_local=False)
+    # a user of a domain no longer served may still be removed; anything else must be local
+    domain = address.rpartition("@")[2]
+    if not cfg.is_local_domain(domain) and address not in {r.address for r in users.list()}:
+        _fail(f"{domain} is not a local domain (domains = {_toml(cfg.domains)} in {cfg.path})", EX_DATAERR)
+    _users_call(users.delete, address)
+    local = address.rpartition("@")[0]
+    click.echo(f"deleted {address}; mail in {cfg.mail_dir / domain / local} was kept")
+
+
+@user.command("list")
+@click.argument("directory", required=False, metavar="[DIR]")
+@_config_option
+def user_list(directory, config_file):
+    """List the users, one address a line."""
+    from pymta.lib.users import UsersFile
+
+    cfg = _load(directory, config_file)
+    for record in UsersFile(cfg.path_of("users")).list():
+        click.echo(record.address)
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group():
+    """Check and show the configuration."""
+
+
+def _deep_problems(cfg: config.Config) -> list[tuple[str, str]]:
+    """What a valid file can still get wrong: TLS files, users file, directories."""
+    from pymta.lib import tls
+    from pymta.lib.users import UsersFile
+
+    problems = []
+    rounds = cfg.get("auth.bcrypt_rounds", 10)
+    if not 4 <= rounds <= 31:
+        problems.append(("auth.bcrypt_rounds", "must be between 4 and 31"))
+    cert, key = cfg.path_of("tls_cert"), cfg.path_of("tls_key")
+    if not cert.exists():
+        problems.append(("paths.tls_cert", f"{cert}: no such file"))
+    elif not key.exists():
+        problems.append(("paths.tls_key", f"{key}: no such file"))
+    else:
+        try:
+            tls.server_context(cert, key)
+        except tls.TLSConfigError as exc:
+            problems.append(("paths.tls_cert", str(exc)))
+    users = cfg.path_of("users")
+    try:
+        for lineno, message in UsersFile(users).problems():
+            problems.append(("paths.users", f"{users}:{lineno}: {message}"))
+    except FileNotFoundError:
+        problems.append(("paths.users", f"{users}: no such file"))
+    except OSError as exc:
+        problems.append(("paths.users", _os_message(exc)))
+    for name in ("queue", "mail"):
+        path = cfg.path_of(name)
+        if not path.is_dir():
+            problems.append((f"paths.{name}", f"{path}: no such directory"))
+        elif not os.access(path, os.W_OK | os.X_OK):
+            problems.append((f"paths.{name}", f"{path}: not writable"))
+    return problems
+
+
+@config_group.command("check")
+@click.argument("directory", required=False, metavar="[DIR]")
+@_config_option
+def config_check(directory, config_file):
+    """Validate the config file and the files it names."""
+    path = _config_path(directory, config_file)
+    try:
+        cfg = config.load(path)
+        problems = _deep_problems(cfg)
+    except config.ConfigError as exc:
+        problems = exc.problems
+    for key, message in problems:
+        click.echo(f"{key}: {message}")
+    if problems:
+        raise click.exceptions.Exit(EX_CONFIG)
+    click.echo(f"config OK: {path.absolute()}")
+
+
+@config_group.command("show")
+@click.argument("directory", required=False, metavar="[DIR]")
+@_config_option
+@click.option("-n", "non_default", is_flag=True, help="Only the parameters the file sets (like postconf -n).")
+def config_show(directory, config_file, non_default):
+    """Print every parameter as `name = value` (valid TOML)."""
+    cfg = _load(directory, config_file)
+    explicit = None
+    if non_default:
+        with open(cfg.path, "rb") as fh:
+            data = tomllib.load(fh)
+        explicit = set()
+        for key, value in data.items():
+            if isinstance(value, dict) and key in config.SECTIONS:
+                explicit.update(f"{key}.{sub}" for sub in value)
+            else:
+                explicit.add(key)
+    for param in config.PARAMS:
+        if explicit is None or param.name in explicit:
+            click.echo(f"{param.name} = {_toml(cfg[param.name])}")
+
+
+# -- run ----------------------------------------------------------------------------------
+
+# service -> (module, extra arguments); each gets -C, --listen and --service
+SERVICES = {
+    "smtp": ("pymta.smtpd", ()),
+    "submission": ("pymta.smtpd", ()),
+    "smtps": ("pymta.smtpd", ("--tls",)),
+    "pop3": ("pypop.pop3d", ()),
+    "pop3s": ("pypop.pop3d", ("--tls",)),
+    "imap": ("pyimap.imapd", ()),
+    "imaps": ("pyimap.imapd", ("--tls",)),
+}
+QUEUE_RUNNER = "pymta.qrunner"
+
+
+@dataclass
+class Program:
+    """One child of the supervisor."""
+
+    name: str
+    argv: list[str]
+    where: str = "-"  # host:port for the banner
+    proc: subprocess.Popen | None = None
+    restart_at: float = 0.0
+    restarts: list[float] = field(default_factory=list)
+
+
+def _linux_pdeathsig():
+    """A preexec function so children die with the supervisor, even a SIGKILLed one."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup():
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return setup
+
+
+class Supervisor:
+    """Runs programs in the foreground, restarts crashed ones, stops all on SIGINT/SIGTERM."""
+
+    def __init__(self, programs: list[Program], *, env: dict | None = None, restart_delay: float = 1.0,
+                 max_restarts: int = 5, window: float = 60.0, stop_timeout: float = 5.0) -> None:
+        self.programs = programs
+        self.env = env
+        self.restart_delay = restart_delay
+        self.max_restarts = max_restarts
+        self.window = window
+        self.stop_timeout = stop_timeout
+        self.stopping = False
+
+    def request_stop(self, *_args) -> None:
+        self.stopping = True
+
+    def _start(self, program: Program) -> None:
+        try:
+            # own process group: a terminal's Ctrl-C reaches only us, and we stop children in order
+            program.proc = subprocess.Popen(program.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                            process_group=0, preexec_fn=_linux_pdeathsig())
+        except OSError as exc:
+            log.error(f"{program.name}: cannot start {program.argv[0]}: {exc}")
+            program.proc = None
+            self._schedule_restart(program, time.monotonic())
+
+    def _schedule_restart(self, program: Program, now: float) -> bool:
+        program.restarts = [t for t in program.restarts if now - t < self.window]
+        if len(program.restarts) >= self.max_restarts:
+            return False
+        program.restarts.append(now)
+        program.restart_at = now + self.restart_delay
+        return True
+
+    def run(self, install_signals: bool = True) -> int:
+        """0 after a stop request, 1 when a program keeps crashing."""
+        old = {}
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, self.request_stop)
+        try:
+            return self._loop()
+        finally:
+            self._stop_all()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> int:
+        for program in self.programs:
+            if not self.stopping:
+                self._start(program)
+        while not self.stopping:
+            now = time.monotonic()
+            for program in self.programs:
+                if program.proc is not None and program.proc.poll() is not None:
+                    code = program.proc.returncode
+                    program.proc = None
+                    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                    if not self._schedule_restart(program, now):
+                        log.error(f"{program.name} {how}; {self.max_restarts} restarts in {self.window:.0f} s, stopping everything")
+                        return 1
+                    log.warning(f"{program.name} {how}; restarting in {self.restart_delay:g} s")
+                elif program.proc is None and now >= program.restart_at and program.restarts:
+                    self._start(program)
+            time.sleep(0.1)
+        return 0
+
+    def _stop_all(self) -> None:
+        running = [p for p in self.programs if p.proc is not None and p.proc.poll() is None]
+        for program in running:
+            try:
+                program.proc.terminate()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline and any(p.proc.poll() is None for p in running):
+            time.sleep(0.05)
+        for program in running:
+            if program.proc.poll() is None:
+                log.warning(f"{program.name} did not stop in {self.stop_timeout:g} s; killing it")
+                program.proc.kill()
+            program.proc.wait()
+            program.proc = None
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _checkout_root() -> Path | None:
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _port_option(service: str):
+    return click.option(f"--{service}-port", f"{service}_port", type=click.IntRange(1, 65535), metavar="N",
+                        help=f"Port for {service} (host from listen.{service}).")
+
+
+def _run_options(f):
+    for service in reversed(SERVICES):
+        f = _port_option(service)(f)
+    return f
+
+
+@cli.command()
+@click.argument("directory", required=False, metavar="[DIR]")
+@_config_option
+@_run_options
+def run(directory, config_file, **ports):
+    """Run every daemon and the queue runner in the foreground (Ctrl-C stops them)."""
+    from pymta.lib import tls
+
+    log.set_program("pymail")
+    cfg = _load(directory, config_file)
+    conf = str(cfg.path.resolve())
+    programs, missing = [], {}
+    for service, (module, extra) in SERVICES.items():
+        listen, port = cfg[f"listen.{service}"], ports.get(f"{service}_port")
+        if not listen and port is None:
+            continue  # disabled in the config
+        if not _module_exists(module):
+            missing.setdefault(module, []).append(service)
+            continue
+        host = config.parse_listen(listen)[0] if listen else "127.0.0.1"
+        where = _host_port(host, port if port is not None else config.parse_listen(listen)[1])
+        argv = [sys.executable, "-m", module, "-C", conf, "--listen", where, "--service", service, *extra]
+        programs.append(Program(service, argv, where))
+    if _module_exists(QUEUE_RUNNER):
+        programs.append(Program("qrunner", [sys.executable, "-m", QUEUE_RUNNER, "-C", conf]))
+    else:
+        missing[QUEUE_RUNNER] = ["qrunner"]
+    notes = [f"{', '.join(names)} skipped: {module} is not installed" for module, names in missing.items()]
+    if not programs:
+        for note in notes:
+            click.echo(note, err=True)
+        _fail("nothing to run", EX_UNAVAILABLE)
+    if any(p.name != "qrunner" for p in programs):
+        try:  # one clear message now rather than every TLS listener crash-looping
+            tls.server_context(cfg.path_of("tls_cert"), cfg.path_of("tls_key"))
+        except tls.TLSConfigError as exc:
+            _fail(f"paths.tls_cert: {exc}", EX_CONFIG)
+    env = dict(os.environ)
+    root = _checkout_root()
+    if root is not None:  # so `python -m pymta.smtpd` finds the package in a checkout
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    width = max(len(p.name) for p in programs)
+    lines = [f"pymail run: config {conf}"]
+    lines += [f"  {p.name:<{width}}  {p.where:<22} {p.argv[2]}" for p in programs]
+    lines += [f"  ({note})" for note in notes]
+    lines.append("Ctrl-C (or SIGTERM) stops everything.")
+    click.echo("\n".join(lines))
+    sys.stdout.flush()
+    code = Supervisor(programs, env=env).run()
+    raise click.exceptions.Exit(code)
