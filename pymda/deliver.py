@@ -74,7 +74,6 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
     except maildir.MaildirError as exc:
         code = sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT
         raise DeliveryError(str(exc), code) from None
-    log.info(f"to=<{record.address}>, orig_to=<{original or recipient}>, delivered to maildir {path.name}", qid)
     return path
 
 
@@ -136,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         sender = opts["f"] or "MAILER-DAEMON"
         if any(c in sender + opts["d"] for c in "\r\n\x00"):
             raise DeliveryError("address contains CR, LF or NUL", sysexits.EX_DATAERR)
-        deliver_message(cfg, users, opts["d"], crlf_to_lf(sys.stdin.buffer), sender, original=opts["a"])
+        path = deliver_message(cfg, users, opts["d"], crlf_to_lf(sys.stdin.buffer), sender, original=opts["a"])
+        log.info(f"to=<{opts['d']}>, orig_to=<{opts['a'] or opts['d']}>, status=sent (delivered to maildir {path.name})")
         return sysexits.EX_OK
     except DeliveryError as exc:
         log.error(str(exc))

@@ -692,3 +692,7 @@ def run(directory, config_file, **ports):
     sys.stdout.flush()
     code = Supervisor(programs, env=env).run()
     raise click.exceptions.Exit(code)
+
+
+if __name__ == "__main__":
+    main()
