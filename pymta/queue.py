@@ -24,13 +24,9 @@ deliver the same entry, and a killed runner's lock vanishes with it.
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import os
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 DIRS = ("tmp", "new", "deferred", "hold", "corrupt", "state")
@@ -65,15 +61,20 @@ def _clean_field(value: str, what: str) -> str:
     return value
 
 
-@dataclass
 class Envelope:
-    sender: str
-    recipients: list[str]
-    queue_id: str = ""
-    arrival: float = 0.0
-    meta: dict = field(default_factory=dict)  # client, helo, auth user, protocol, ...
+    """Sender, recipients and facts about the submission (``meta``)."""
+
+    def __init__(self, sender: str, recipients: list[str], queue_id: str = "", arrival: float = 0.0,
+                 meta: dict | None = None) -> None:
+        self.sender = sender
+        self.recipients = recipients
+        self.queue_id = queue_id
+        self.arrival = arrival
+        self.meta = meta if meta is not None else {}  # client, helo, auth user, service, uid
 
     def to_line(self) -> bytes:
+        import json
+
         _clean_field(self.sender, "sender")
         for rcpt in self.recipients:
             _clean_field(rcpt, "recipient")
@@ -83,6 +84,8 @@ class Envelope:
 
     @classmethod
     def from_line(cls, line: bytes) -> "Envelope":
+        import json
+
         record = json.loads(line)
         if not isinstance(record, dict) or record.get("v") != 1:
             raise ValueError("unknown envelope version")
@@ -125,6 +128,8 @@ class Queue:
 
     def wake(self, queue_id: str = "") -> None:
         """Tell a running qrunner there is work; silent if none listens."""
+        import socket
+
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.setblocking(False)
@@ -222,6 +227,8 @@ class Queue:
         return self.path / "state" / queue_id
 
     def read_state(self, queue_id: str) -> dict | None:
+        import json
+
         try:
             with open(self.state_path(queue_id), "rb") as fh:
                 state = json.load(fh)
@@ -234,6 +241,8 @@ class Queue:
     def write_state(self, queue_id: str, state: dict) -> None:
         path = self.state_path(queue_id)
         tmp = self.path / "tmp" / f"{queue_id}.state.{os.getpid()}"
+        import json
+
         data = json.dumps(state, ensure_ascii=True, separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:

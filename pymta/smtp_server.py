@@ -16,57 +16,56 @@ input (qmail CVE-2005-1513: every buffer has a limit).
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections import namedtuple
 
 from pymta.lib.address import AddressError, parse_path, split_path
+from pymta.lib.record import REQUIRED, Record
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol
 
 
-class Reply(NamedTuple):
-    code: int
-    enhanced: str
-    text: str
+Reply = namedtuple("Reply", "code enhanced text")  # e.g. Reply(550, "5.1.1", "User unknown")
 
 
 class TempFailure(Exception):
     """A backend's "try again later": the client gets a 4xx reply."""
 
 
-@dataclass
-class SMTPSettings:
-    hostname: str
-    max_message_size: int = 25 * 1024 * 1024
-    max_recipients: int = 100
-    max_command_line: int = 2048  # includes CRLF
-    max_text_line: int = 8192  # includes CRLF
-    max_errors: int = 10
-    command_timeout: float = 300.0
-    data_timeout: float = 600.0
-    require_auth: bool = False  # submission: AUTH before MAIL (530 5.7.0)
-    auth_plaintext_ok: bool = False  # AUTH allowed without TLS on this connection
-    software: str = "pymail"
+class SMTPSettings(Record):
+    __slots__ = ("hostname", "max_message_size", "max_recipients", "max_command_line", "max_text_line",
+                 "max_errors", "command_timeout", "data_timeout", "require_auth", "auth_plaintext_ok", "software")
+    FIELDS = (
+        ("hostname", REQUIRED),
+        ("max_message_size", 25 * 1024 * 1024),
+        ("max_recipients", 100),
+        ("max_command_line", 2048),  # includes CRLF
+        ("max_text_line", 8192),  # includes CRLF
+        ("max_errors", 10),
+        ("command_timeout", 300.0),
+        ("data_timeout", 600.0),
+        ("require_auth", False),  # submission: AUTH before MAIL (530 5.7.0)
+        ("auth_plaintext_ok", False),  # AUTH allowed without TLS on this connection
+        ("software", "pymail"),
+    )
 
 
-@dataclass
-class Session:
+class Session(Record):
     """Per connection; replaced after STARTTLS (RFC 3207 4.2)."""
 
-    info: ConnectionInfo
-    helo: str | None = None
-    esmtp: bool = False
-    auth_user: str | None = None
+    __slots__ = ("info", "helo", "esmtp", "auth_user")
+    FIELDS = (("info", REQUIRED), ("helo", None), ("esmtp", False), ("auth_user", None))
 
 
-@dataclass
-class Envelope:
+class Envelope(Record):
     """Per transaction; replaced on RSET, HELO/EHLO and after DATA."""
 
-    mail_from: str | None = None  # None: no MAIL yet; "" is the null sender <>
-    rcpt_to: list[str] = field(default_factory=list)
-    size: int | None = None  # declared with SIZE=
-    body: str | None = None  # "7BIT" / "8BITMIME"
-    smtputf8: bool = False
+    __slots__ = ("mail_from", "rcpt_to", "size", "body", "smtputf8")
+    FIELDS = (
+        ("mail_from", None),  # None: no MAIL yet; "" is the null sender <>
+        ("rcpt_to", []),
+        ("size", None),  # declared with SIZE=
+        ("body", None),  # "7BIT" / "8BITMIME"
+        ("smtputf8", False),
+    )
 
 
 # RFC 4954 4: an AUTH exchange line may be up to 12288 octets.

@@ -11,7 +11,6 @@ MAIL; smtps is implicit TLS).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
@@ -218,7 +217,7 @@ def build(cfg, service: str):
     class Session(SMTPServer):
         def connection_made(self, info):
             # Whether a password may cross this connection depends on the peer.
-            self.settings = dataclasses.replace(base, auth_plaintext_ok=backend.plaintext_auth_ok(info))
+            self.settings = base.replace(auth_plaintext_ok=backend.plaintext_auth_ok(info))
             return super().connection_made(info)
 
     return lambda: Session(base, backend)

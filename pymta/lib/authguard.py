@@ -14,7 +14,6 @@ failure from that address or for that account: 1, 2, 4, ... up to
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ class AuthGuard:
         self.window = cfg["auth.failure_window"]
 
     def _path(self, kind: str, value: str) -> Path:
+        import hashlib
+
         digest = hashlib.sha256(f"{kind}:{value.lower()}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return self.dir / digest
 

@@ -26,7 +26,7 @@ input in the current phase; when it expires the driver calls
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pymta.lib.record import Record
 
 
 class _Marker:
@@ -64,20 +64,23 @@ class Stream:
         self.chunks = chunks
 
 
-@dataclass
-class ConnectionInfo:
+class ConnectionInfo(Record):
     """What a protocol may know about its connection (never the socket)."""
 
-    peer_ip: str = "unknown"
-    peer_port: int = 0
-    local_ip: str = ""
-    local_port: int = 0
-    service: str = ""  # listener name: "smtp", "submission", "smtps", ...
-    tls: bool = False
-    tls_version: str = ""
-    tls_cipher: str = ""
-    tls_available: bool = False  # the driver can do STARTTLS
-    extra: dict = field(default_factory=dict)
+    __slots__ = ("peer_ip", "peer_port", "local_ip", "local_port", "service", "tls", "tls_version",
+                 "tls_cipher", "tls_available", "extra")
+    FIELDS = (
+        ("peer_ip", "unknown"),
+        ("peer_port", 0),
+        ("local_ip", ""),
+        ("local_port", 0),
+        ("service", ""),  # listener name: "smtp", "submission", "smtps", ...
+        ("tls", False),
+        ("tls_version", ""),
+        ("tls_cipher", ""),
+        ("tls_available", False),  # the driver can do STARTTLS
+        ("extra", {}),
+    )
 
     @property
     def is_loopback(self) -> bool:
