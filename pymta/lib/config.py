@@ -14,8 +14,7 @@ table.
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 DEFAULT_CONFIG_FILE = "/etc/pymail/pymail.toml"
@@ -29,12 +28,9 @@ class ConfigError(Exception):
         super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
 
 
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: str  # "str", "int", "float", "bool", "list", "path", "listen", "choice:a|b"
-    default: object
-    doc: str
+# type: "str", "int", "float", "bool", "list", "path", "listen", "choice:a|b"
+# (a namedtuple, not a dataclass: dataclasses costs every inetd session ~10 ms)
+Param = namedtuple("Param", "name type default doc")
 
 
 PARAMS: tuple[Param, ...] = (
@@ -87,6 +83,9 @@ PARAMS: tuple[Param, ...] = (
     # -- local delivery rules (pymda) -------------------------------------------------
     # -- outbound relay, retries, bounces, sendmail (pymta) ---------------------------
     # -- pop3d (pypop) ---------------------------------------------------------------
+    Param("pop3d.max_sessions", "int", 100, "Concurrent sessions of one listening pop3d process; more get -ERR [SYS/TEMP]."),
+    Param("pop3d.timeout", "float", 600.0, "Seconds of client silence before a POP3 session is closed without deleting anything (RFC 1939 autologout: at least 10 minutes)."),
+    Param("pop3d.enable_apop", "bool", False, "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} with auth.allow_plain_scheme = true."),
     # -- imapd (pyimap) --------------------------------------------------------------
 )
 
@@ -251,6 +250,8 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
 
 def load(path: str | os.PathLike | None = None) -> Config:
     """Read and validate a config file; raise ConfigError with every problem."""
+    import tomllib
+
     file = find_config_file(str(path) if path is not None else None)
     try:
         with open(file, "rb") as fh:
