@@ -272,3 +272,35 @@ def test_bare_postmaster_is_accepted_and_delivered(mailsys):
         assert smtp.data(b"Subject: to the postmaster\r\n\r\nhi\r\n")[0] == 250
     [path] = mailsys.wait_messages(1)  # the aliases file sends postmaster to alice
     assert b"Subject: to the postmaster" in path.read_bytes()
+
+
+def test_session_limit_in_listening_mode(make_mailsys):
+    system = make_mailsys("[smtpd]\nmax_sessions = 1\n")
+    port = system.start_smtpd("listen")
+    time.sleep(0.5)  # let the start-up probe's session end
+    first = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert first.recv(1024).startswith(b"220 ")
+    second = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert second.recv(1024).startswith(b"421 4.3.2")
+    second.close()
+    first.sendall(b"QUIT\r\n")
+    assert first.recv(1024).startswith(b"221")
+    first.close()
+
+
+@pytest.mark.parametrize("mode", ["listen", "inetd"])
+def test_idle_client_is_timed_out_with_421(make_mailsys, mode):
+    system = make_mailsys("[smtpd]\ncommand_timeout = 1\n")
+    port = system.start_smtpd(mode)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.recv(1024)
+        sock.sendall(b"EHLO c\r\n")
+        time.sleep(0.2)
+        data = b""
+        deadline = time.time() + 8
+        while b"421" not in data and time.time() < deadline:
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+        assert b"421 4.4.2 mx.example.test Error: timeout exceeded" in data
