@@ -23,6 +23,8 @@ import socket
 import time
 from pathlib import Path
 
+from pymta.lib.fsutil import fsync_dir, unlink_quietly as _unlink_quietly
+
 SUBDIRS = ("tmp", "new", "cur")
 _counter = 0
 _hostname = None
@@ -151,19 +153,6 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True) 
     return final
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # -- reading -------------------------------------------------------------------
@@ -219,3 +208,39 @@ def list_messages(maildir: Path) -> list[tuple[str, Path]]:
         out.extend((sub, Path(maildir) / sub / n) for n in names if not n.startswith("."))
     out.sort(key=lambda item: item[1].name)
     return out
+
+
+# -- reading helpers for POP3 --
+
+
+def index_by_base(maildir: Path) -> dict[str, list[Path]]:
+    """Base name (without ``:2,FLAGS``) -> paths of the files in new/ and cur/ that carry it.
+
+    A reader that remembered a message by base name finds it here again
+    after another reader moved it from new/ to cur/ or changed its flags.
+    """
+    index: dict[str, list[Path]] = {}
+    for sub in ("new", "cur"):
+        directory = Path(maildir) / sub
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if not name.startswith("."):
+                index.setdefault(name.partition(":")[0], []).append(directory / name)
+    return index
+
+
+def find_by_base(maildir: Path, base: str) -> Path | None:
+    """The current path of the message with base name ``base`` (cur/ first), or None."""
+    for sub in ("cur", "new"):
+        directory = Path(maildir) / sub
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name == base or (name.startswith(base) and name[len(base)] == ":"):
+                return directory / name
+    return None

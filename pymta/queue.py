@@ -29,6 +29,8 @@ import os
 import time
 from pathlib import Path
 
+from pymta.lib.fsutil import fsync_dir
+
 DIRS = ("tmp", "new", "deferred", "hold", "corrupt", "state")
 ENVELOPE_MAX = 4 * 1024 * 1024  # an envelope line longer than this is corrupt
 
@@ -47,12 +49,6 @@ def is_queue_id(text: str) -> bool:
     return len(text) == 19 and all(c in "0123456789ABCDEF" for c in text)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _clean_field(value: str, what: str) -> str:
