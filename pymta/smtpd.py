@@ -117,8 +117,13 @@ class SMTPBackend:
         if not local or not domain:
             return Reply(501, "5.1.3", "Bad recipient address syntax")
         if self.cfg.is_local_domain(domain):
-            if self.users.exists(address) or self.aliases.lookup(address) is not None:
-                return None
+            from pymta.lib.users import UsersUnavailable
+
+            try:
+                if self.users.exists(address) or self.aliases.lookup(address) is not None:
+                    return None
+            except UsersUnavailable:
+                return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
             return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table")
         if session.auth_user or self.is_trusted(session.info.peer_ip):
             return None

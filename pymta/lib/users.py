@@ -44,6 +44,11 @@ class UsersError(Exception):
     """A users-file change could not be made."""
 
 
+class UsersUnavailable(UsersError):
+    """The users file is missing or unreadable: a temporary failure (4xx / 75),
+    never "no such user" -- a broken file must not bounce everyone's mail."""
+
+
 class UserExists(UsersError):
     pass
 
@@ -366,21 +371,19 @@ class UsersFile:
     def _load(self) -> _Parsed:
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
-            self._key, self._parsed = None, _EMPTY
-            return _EMPTY
         except OSError as exc:
+            self._key, self._parsed = None, _EMPTY
             log.warning(f"{self.path}: {exc.strerror}")
-            return _EMPTY
+            raise UsersUnavailable(f"{self.path}: {exc.strerror}") from None
         if self._key == (st.st_mtime_ns, st.st_size, st.st_ino):
             return self._parsed
         try:
             with open(self.path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 data = fh.read()
-        except OSError as exc:  # unreadable (or gone since stat): nobody logs in, nothing crashes
+        except OSError as exc:  # unreadable (or gone since stat): a temporary failure for everyone
             log.warning(f"{self.path}: {exc.strerror}")
-            return _EMPTY
+            raise UsersUnavailable(f"{self.path}: {exc.strerror}") from None
         parsed = _parse(data)
         for lineno, message in parsed.problems:
             log.warning(f"{self.path}:{lineno}: line skipped: {message}")
@@ -411,6 +414,9 @@ class UsersFile:
         return verify_hash(record.password, password, allow_plain_scheme, who=record.address)
 
     def list(self) -> list[UserRecord]:
+        """Every user; [] when the file does not exist yet (a new setup)."""
+        if not self.path.exists():
+            return []
         return list(self._load().users.values())
 
     # -- changing --

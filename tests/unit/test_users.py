@@ -187,11 +187,11 @@ def write(path, text: str) -> None:
     path.write_text(text)
 
 
-def test_missing_file_reads_as_empty(ufile):
-    assert ufile.lookup("a@x.test") is None
-    assert not ufile.exists("a@x.test")
-    assert ufile.list() == []
-    assert ufile.verify("a@x.test", PW) is False
+def test_missing_file_is_a_temporary_failure_not_unknown_users(ufile):
+    for call in (ufile.lookup, ufile.exists, lambda a: ufile.verify(a, PW)):
+        with pytest.raises(users_mod.UsersUnavailable):
+            call("a@x.test")
+    assert ufile.list() == []  # a new setup simply has no users yet
 
 
 def test_lookup_fields_and_case(ufile):
@@ -347,7 +347,8 @@ def test_cache_rereads_only_on_change(ufile, monkeypatch):
     assert ufile.exists("b@x.test")
     assert len(calls) == 2
     ufile.path.unlink()
-    assert not ufile.exists("a@x.test")
+    with pytest.raises(users_mod.UsersUnavailable):  # gone: temporary, not "unknown"
+        ufile.exists("a@x.test")
 
 
 def test_concurrent_adds_all_land(tmp_path):
@@ -369,7 +370,7 @@ def test_concurrent_adds_all_land(tmp_path):
     assert sorted(r.address for r in UsersFile(path).list()) == sorted(f"u{i}@x.test" for i in range(8))
 
 
-def test_unreadable_file_is_empty_for_lookups_but_not_rewritten(ufile, monkeypatch, capsys):
+def test_unreadable_file_is_a_temporary_failure_and_not_rewritten(ufile, monkeypatch, capsys):
     write(ufile.path, "a@x.test:{PLAIN}1\n")
     before = ufile.path.read_bytes()
 
@@ -379,7 +380,8 @@ def test_unreadable_file_is_empty_for_lookups_but_not_rewritten(ufile, monkeypat
     # as if the file were mode 0600 root (tests may run as root, who reads everything)
     monkeypatch.setattr(users_mod, "open", denied, raising=False)
     monkeypatch.setattr(users_mod.Path, "read_bytes", denied)
-    assert ufile.lookup("a@x.test") is None
+    with pytest.raises(users_mod.UsersUnavailable):
+        ufile.lookup("a@x.test")
     assert "Permission denied" in capsys.readouterr().err
     with pytest.raises(PermissionError):
         ufile.add("b@x.test", "pw", rounds=4)  # never rewrite what could not be read
