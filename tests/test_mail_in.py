@@ -304,3 +304,31 @@ def test_idle_client_is_timed_out_with_421(make_mailsys, mode):
                 break
             data += chunk
         assert b"421 4.4.2 mx.example.test Error: timeout exceeded" in data
+
+
+def test_classic_inetd_with_stderr_on_the_socket_keeps_logs_off_the_wire(mailsys):
+    """inetd puts the connection on fds 0, 1 and 2: log lines must not reach the client."""
+    import subprocess
+
+    from conftest import env_with_repo
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    conn, _ = listener.accept()
+    proc = subprocess.Popen(mailsys.program("pymta.smtpd"), stdin=conn, stdout=conn, stderr=conn, env=env_with_repo())
+    conn.close()
+    listener.close()
+    client.sendall(b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+                   b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    data = b""
+    while True:
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    proc.wait(timeout=10)
+    lines = data.split(b"\r\n")[:-1]
+    assert all(line[:3].isdigit() for line in lines), data  # SMTP replies only, no log text
+    assert codes(data)[-2:] == [250, 221]

@@ -1,8 +1,11 @@
 """Logging in the Postfix manner: one line per event, ``program[pid]: QUEUEID: text``.
 
 Lines go to stderr, which systemd sends to the journal and ``pymail run``
-shows on the terminal.  No ``logging`` import: it costs start-up time on
-every inetd connection.
+shows on the terminal -- except when stderr is the client's own socket
+(classic inetd puts the connection on fds 0, 1 and 2; so does an
+``Accept=yes`` unit without ``StandardError=``): then they go to syslog
+(facility mail), as Postfix's do.  No ``logging`` import: it costs start-up
+time on every inetd connection.
 """
 
 from __future__ import annotations
@@ -14,13 +17,41 @@ _program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "pymai
 _debug = bool(os.environ.get("PYMAIL_DEBUG"))
 
 
+_syslog = None  # None: not decided yet; False: stderr; else the syslog module
+
+
+def _stderr_is_the_connection() -> bool:
+    import stat
+
+    try:
+        err = os.fstat(2)
+        if not stat.S_ISSOCK(err.st_mode):
+            return False
+        return any((err.st_dev, err.st_ino) == (o.st_dev, o.st_ino) for o in (os.fstat(0), os.fstat(1)))
+    except OSError:
+        return False
+
+
 def set_program(name: str) -> None:
     global _program
     _program = name
 
 
 def _write(level: str, text: str) -> None:
+    global _syslog
     text = text.replace("\r", "\\r").replace("\n", "\\n")  # one event, one line
+    if _syslog is None:
+        if _stderr_is_the_connection():
+            import syslog
+
+            syslog.openlog(_program, syslog.LOG_PID, syslog.LOG_MAIL)
+            _syslog = syslog
+        else:
+            _syslog = False
+    if _syslog:
+        priority = {"": _syslog.LOG_INFO, "warning": _syslog.LOG_WARNING, "error": _syslog.LOG_ERR}.get(level, _syslog.LOG_DEBUG)
+        _syslog.syslog(priority, f"{level}: {text}" if level else text)
+        return
     prefix = f"{_program}[{os.getpid()}]: "
     if level:
         prefix += level + ": "
