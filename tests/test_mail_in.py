@@ -332,3 +332,22 @@ def test_classic_inetd_with_stderr_on_the_socket_keeps_logs_off_the_wire(mailsys
     lines = data.split(b"\r\n")[:-1]
     assert all(line[:3].isdigit() for line in lines), data  # SMTP replies only, no log text
     assert codes(data)[-2:] == [250, 221]
+
+
+def test_broken_certificate_disables_starttls_and_never_leaks_a_traceback(mailsys):
+    (mailsys.root / "tls" / "cert.pem").write_text("not a certificate\n")
+    port = mailsys.start_smtpd("listen")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        assert not smtp.has_extn("starttls")
+    inetd_port = mailsys.start_smtpd("inetd")
+    with smtplib.SMTP("127.0.0.1", inetd_port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.has_extn("starttls")  # inetd mode only finds out when asked
+        with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError, ssl.SSLError)):
+            smtp.starttls(context=client_tls())
+    from conftest import free_port
+
+    implicit = mailsys.run("pymta.smtpd", "--tls", "--listen", f"127.0.0.1:{free_port()}")
+    assert implicit.returncode == 78
+    assert b"Traceback" not in implicit.stderr

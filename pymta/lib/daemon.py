@@ -105,7 +105,11 @@ def tls_loader(cfg):
     def load():
         from pymta.lib import tls
 
-        return tls.server_context(cert, key)
+        try:
+            return tls.server_context(cert, key)
+        except tls.TLSConfigError as exc:
+            log.error(f"TLS unavailable: {exc}")
+            raise
 
     return load
 
@@ -145,6 +149,15 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str) -> 
         sockets = listen_fds()
     if sockets:
         from pymta.lib import driver_async
+
+        if tls is not None:
+            try:  # a long-running server finds a broken certificate now, not per connection
+                tls()
+            except Exception:
+                if args.tls:
+                    return sysexits.EX_CONFIG
+                log.warning("STARTTLS disabled")
+                tls = None
 
         where = ", ".join(_sockname(s) for s in sockets)
         log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''})")

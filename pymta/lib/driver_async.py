@@ -115,7 +115,7 @@ class AsyncServer:
                             buffered.clear()
                         try:
                             await writer.start_tls(self.tls(), ssl_handshake_timeout=self.handshake_timeout)
-                        except (OSError, ValueError, asyncio.TimeoutError, ConnectionError):
+                        except Exception:  # handshake failure or unloadable certificate
                             return
                         self._tls_info(info, writer)
                         pending.extend(protocol.tls_started(info))

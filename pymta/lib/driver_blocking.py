@@ -109,7 +109,7 @@ def serve_socket(sock: socket.socket, protocol, *, service: str = "", tls=None, 
         sock.settimeout(handshake_timeout)
         try:
             sock = tls().wrap_socket(sock, server_side=True)
-        except (OSError, ValueError):
+        except Exception:  # handshake failure, or a certificate that will not load (logged by the loader)
             sock.close()
             return
         _tls_info(info, sock)
@@ -150,7 +150,7 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                         # Anything the client sent after STARTTLS is still in the
                         # kernel: the handshake reads it as TLS and fails.
                         tls_sock = tls().wrap_socket(sock, server_side=True)
-                    except (OSError, ValueError):
+                    except Exception:  # handshake failure or unloadable certificate
                         return
                     io = _SocketIO(tls_sock)
                     _tls_info(info, tls_sock)
