@@ -229,6 +229,9 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool):
             path = directory / sub
             (kept if path.is_dir() else made).append(path)
             path.mkdir(mode=0o700, exist_ok=True)
+        from pymta.queue import Queue
+
+        Queue(directory / "queue").create()  # smtpd can queue before the runner ever ran
         for name, content, mode in (("users", "", 0o640), ("aliases", _ALIASES_HEADER, 0o644)):
             path = directory / name
             if path.exists():
@@ -324,14 +327,17 @@ def _users_call(fn, *args, **kw):
         _fail(_os_message(exc), EX_CANTCREAT)
 
 
-def _ensure_maildir(path: Path) -> None:
-    try:
-        from pymda.maildir import ensure_maildir
-    except ImportError:  # pymda not installed: the three directories are all a Maildir needs
-        def ensure_maildir(p):
-            for sub in ("tmp", "new", "cur"):
-                os.makedirs(Path(p) / sub, mode=0o700, exist_ok=True)
+def _ensure_maildir(path: Path, mail_root: Path) -> None:
+    """Create a user's Maildir; when root makes it, it belongs to the mail store's owner
+    (the daemons' user), not to root, or no delivery could write it."""
+    from pymda.maildir import ensure_maildir
+
     ensure_maildir(path)
+    if os.geteuid() == 0:
+        owner = os.stat(mail_root)
+        if owner.st_uid != 0:
+            for directory in (path.parent, path, path / "tmp", path / "new", path / "cur"):
+                os.chown(directory, owner.st_uid, owner.st_gid)
 
 
 @user.command("add")
@@ -346,10 +352,11 @@ def user_add(args, config_file, password_stdin):
         _fail(f"{address}: user exists", EX_CANTCREAT)  # before asking for a password
     password, generated = _new_password(password_stdin)
     _users_call(users.add, address, password, rounds=rounds)
-    local, _, domain = address.rpartition("@")
-    maildir = cfg.mail_dir / domain / local
+    from pymda.deliver import user_maildir
+
+    maildir = user_maildir(cfg.mail_dir, address)
     try:
-        _ensure_maildir(maildir)
+        _ensure_maildir(maildir, cfg.mail_dir)
     except OSError as exc:
         _fail(f"{address} added, but its Maildir could not be made: {_os_message(exc)}", EX_CANTCREAT)
     click.echo(f"added {address} (Maildir {maildir})")

@@ -51,6 +51,8 @@ def test_init_makes_a_complete_tree(template):
     for name in ("pymail.toml", "users", "aliases", "tls/cert.pem", "tls/key.pem"):
         assert (template / name).is_file(), name
     assert (template / "queue").is_dir() and (template / "mail").is_dir()
+    for sub in ("tmp", "new", "deferred", "hold", "corrupt", "state"):  # smtpd can queue at once
+        assert (template / "queue" / sub).is_dir(), sub
     assert (template / "users").read_text() == ""
     assert (template / "aliases").read_text().startswith("#")
     assert stat.S_IMODE((template / "tls/key.pem").stat().st_mode) == 0o600
