@@ -8,18 +8,23 @@ The message is read from stdin (CRLF or LF line ends; stored with LF),
 written with ``pymta.queue.QueueWriter`` -- the same code smtpd uses in
 process -- and the program exits 0 only once the entry is fsynced and
 renamed into ``new/``.  The submitting uid is recorded in the envelope.
-Exit codes: 0 queued, 64 usage, 65 bad address, 75 temporary failure
+Exit codes: 0 queued, 64 usage, 65 bad address or message larger than
+``smtpd.max_message_size``, 75 temporary failure
 (disk full, unwritable queue: nothing was queued, try again), 78 config.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from pymta.lib import log, sysexits
+from pymta.lib.cliargs import ArgumentParser
 from pymta.lib.lineends import crlf_to_lf
+
+
+class TooBig(Exception):
+    pass
 
 
 def valid_address(address: str, allow_null: bool = False) -> bool:
@@ -33,7 +38,7 @@ def valid_address(address: str, allow_null: bool = False) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-queue")
-    parser = argparse.ArgumentParser(prog="pymta-queue", description="Put the message on standard input into the pymail queue.")
+    parser = ArgumentParser(prog="pymta-queue", description="Put the message on standard input into the pymail queue.")
     parser.add_argument("-C", dest="config", metavar="FILE", help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
     parser.add_argument("-f", dest="sender", default="", metavar="SENDER", help="envelope sender (default: empty, the null sender <>)")
     parser.add_argument("recipients", nargs="+", metavar="RECIPIENT", help="envelope recipients, user@domain")
@@ -56,8 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             log.error(f"config: {key}: {message}")
         return sysexits.EX_CONFIG
     meta = {"client": "local", "uid": os.getuid(), "service": "pickup"}
+    limit = cfg["smtpd.max_message_size"]
+
+    def limited(chunks):
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                raise TooBig()
+            yield chunk
+
     try:
-        qid = Queue(cfg.queue_dir).enqueue(args.sender, args.recipients, crlf_to_lf(sys.stdin.buffer), meta)
+        qid = Queue(cfg.queue_dir).enqueue(args.sender, args.recipients, limited(crlf_to_lf(sys.stdin.buffer)), meta)
+    except TooBig:
+        log.error(f"message not queued: larger than smtpd.max_message_size ({limit} octets)")
+        return sysexits.EX_DATAERR
     except QueueError as exc:
         log.error(f"message not queued: {exc}")
         return sysexits.EX_TEMPFAIL

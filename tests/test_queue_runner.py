@@ -134,3 +134,12 @@ def test_pymda_deliver_exit_codes(mailsys):
     new.rmdir()
     new.write_text("")
     assert mailsys.run("pymda.deliver", "-d", "alice@example.test", input=b"x\n").returncode == 75
+
+
+def test_pymta_queue_usage_and_size_limit(make_mailsys):
+    system = make_mailsys("[smtpd]\nmax_message_size = 100\n")
+    assert system.run("pymta.queue_cmd").returncode == 64  # no recipient
+    big = system.run("pymta.queue_cmd", "alice@example.test", input=b"Subject: big\n\n" + b"x" * 500 + b"\n")
+    assert big.returncode == 65
+    assert not list((system.root / "queue" / "new").iterdir())
+    assert not list((system.root / "queue" / "tmp").iterdir())  # the partial file is gone too
