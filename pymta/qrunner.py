@@ -15,7 +15,6 @@ duplicate (a crash repeats a delivery, it never loses one).
 
 from __future__ import annotations
 
-import argparse
 import os
 import select
 import signal
@@ -27,11 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pymta.lib import log, sysexits
+from pymta.lib.cliargs import ArgumentParser
 from pymta.queue import CorruptEntry, Entry, Queue
 
 # Recipient states kept in state/ID
 PENDING, ATTEMPTING, SENT, DEFERRED, BOUNCED = "pending", "attempting", "sent", "deferred", "bounced"
 FINAL = (SENT, BOUNCED)
+# sysexits codes after which a retry cannot help: usage, data, no input, no user, no host, no perm
+PERMANENT_EXITS = (64, 65, 66, 67, 68, 77)
 
 
 class Runner:
@@ -46,6 +48,8 @@ class Runner:
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
         self.stopping = False
+        self.remote = None  # RemoteDelivery (below), made for the first remote recipient
+        self._remote_lock = threading.Lock()
 
     # -- routing ----------------------------------------------------------------
     def is_local(self, address: str) -> bool:
@@ -99,8 +103,12 @@ class Runner:
                 rcpt["status"] = ATTEMPTING
                 rcpt["attempts"] += 1
             self.queue.write_state(qid, state)
+            remote = [r for r in todo if r["kind"] == "address" and not self.is_local(r["to"])]
             for rcpt in todo:
-                self.deliver_one(entry, rcpt)
+                if not (rcpt["kind"] == "address" and not self.is_local(rcpt["to"])):
+                    self.deliver_one(entry, rcpt)
+            if remote:
+                self.deliver_remote(entry, remote)
         self.finish(entry, state)
 
     def deliver_one(self, entry: Entry, rcpt: dict) -> None:
@@ -110,9 +118,18 @@ class Runner:
         qid = env.queue_id
         dup = " (possible duplicate after a crash)" if rcpt.get("dup") else ""
         if rcpt["kind"] != "address":
-            self._result(rcpt, BOUNCED, f"5.3.0 {rcpt['kind']} delivery in aliases is not supported")
+            from pymda.deliver import deliver_alias_target
+
+            try:
+                where = deliver_alias_target(self.cfg, rcpt["kind"], rcpt["to"], entry.message_chunks(), env.sender,
+                                             original=rcpt["orig"], qid=qid)
+                self._result(rcpt, SENT, f"2.0.0 delivered to {where}" + dup)
+            except DeliveryError as exc:
+                self._result(rcpt, DEFERRED if exc.temporary else BOUNCED,
+                             f"{'4' if exc.temporary else '5'}.3.0 {rcpt['kind']} delivery: {exc}")
         elif not self.is_local(rcpt["to"]):
-            self._result(rcpt, DEFERRED, "4.4.1 remote delivery is not available")
+            self.deliver_remote(entry, [rcpt])
+            return
         else:
             try:
                 if self.cfg["deliver.mode"] == "exec":
@@ -124,7 +141,7 @@ class Runner:
                                     original=rcpt["orig"], qid=qid)
                 self._result(rcpt, SENT, "2.0.0 delivered to maildir" + dup)
             except DeliveryError as exc:
-                if exc.temporary:
+                if exc.temporary or exc.exit_code not in PERMANENT_EXITS:
                     self._result(rcpt, DEFERRED, f"4.2.0 {exc}")
                 elif exc.exit_code == 67:
                     self._result(rcpt, BOUNCED, "5.1.1 unknown user")
@@ -132,19 +149,33 @@ class Runner:
                     self._result(rcpt, BOUNCED, f"5.2.0 {exc}")
         log.info(f"to=<{rcpt['to']}>, orig_to=<{rcpt['orig']}>, status={rcpt['status']} ({rcpt['reason']})", qid)
 
+    def deliver_remote(self, entry: Entry, rcpts: list[dict]) -> None:
+        """Remote recipients: grouped per destination, one SMTP transaction each (RemoteDelivery)."""
+        with self._remote_lock:
+            if self.remote is None:
+                self.remote = RemoteDelivery(self.cfg)
+        self.remote.deliver(entry, rcpts)
+
     def _exec_deliver(self, entry: Entry, rcpt: dict) -> None:
         import subprocess
 
         from pymda.deliver import DeliveryError
 
-        cmd = [sys.executable, "-m", "pymda.deliver", "-d", rcpt["to"], "-f", entry.envelope.sender or "MAILER-DAEMON",
-               "-a", rcpt["orig"]]
+        cmd = [sys.executable, "-m", "pymda.deliver", "-d", rcpt["to"], "-f", entry.envelope.sender, "-a", rcpt["orig"]]
         if self.cfg.path:
             cmd[3:3] = ["-C", str(self.cfg.path)]
         entry.fh.seek(entry.offset)
-        proc = subprocess.run(cmd, stdin=entry.fh, stdout=subprocess.DEVNULL, timeout=600)
+        try:
+            proc = subprocess.run(cmd, stdin=entry.fh, stdout=subprocess.DEVNULL, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise DeliveryError("pymda-deliver timed out", 75) from None
+        except OSError as exc:
+            raise DeliveryError(f"cannot run pymda-deliver: {exc}", 75) from None
         if proc.returncode != 0:
-            raise DeliveryError(f"pymda-deliver exited {proc.returncode}", proc.returncode)
+            # Only the sysexits codes that mean "never" bounce; a crash, a
+            # signal or an unknown code keeps the message for a retry.
+            code = proc.returncode if proc.returncode in PERMANENT_EXITS else 75
+            raise DeliveryError(f"pymda-deliver exited {proc.returncode}", code)
 
     @staticmethod
     def _result(rcpt: dict, status: str, reason: str) -> None:
@@ -166,6 +197,15 @@ class Runner:
             self.notify_bounce(entry, bounced)
             for rcpt in bounced:
                 rcpt["notified"] = True
+        if deferred and self.cfg["qrunner.delay_warning"] and not state.get("warned") \
+                and now - env.arrival >= self.cfg["qrunner.delay_warning"]:
+            try:
+                from pymta import bounce
+
+                bounce.send_delay_warning(self.cfg, self.queue, entry, deferred)
+            except ImportError:
+                pass
+            state["warned"] = True
         if deferred:
             attempts = max(r["attempts"] for r in deferred)
             delay = min(self.cfg["qrunner.retry_max"], self.cfg["qrunner.retry_min"] * 2 ** max(attempts - 1, 0))
@@ -193,7 +233,20 @@ class Runner:
         paths += [self.queue.path / "deferred" / bucket / qid for bucket, qid in self.queue.due_ids()]
         return paths
 
+    def pickup(self) -> None:
+        """Move what ordinary users dropped with sendmail into the queue."""
+        maildrop = self._ensure_maildrop()
+        if maildrop is None:
+            return
+        from pymta.sendmail import pickup_maildrop
+
+        try:
+            pickup_maildrop(self.cfg, self.queue, maildrop)
+        except Exception as exc:  # a full disk must not stop the runner; the files wait in the maildrop
+            log.warning(f"maildrop pickup failed, will retry: {exc}")
+
     def run_pass(self, pool: ThreadPoolExecutor | None = None) -> int:
+        self.pickup()
         paths = self.due_paths()
         if pool is None:
             for path in paths:
@@ -239,6 +292,10 @@ class Runner:
         sock.bind(str(sock_path))
         os.chmod(sock_path, 0o660)
         sock.setblocking(False)
+        socks = [sock]
+        drop_sock = self._maildrop_wake_socket()
+        if drop_sock is not None:
+            socks.append(drop_sock)
         interval = self.cfg["qrunner.scan_interval"]
         workers = max(1, self.cfg["qrunner.concurrency"])
         log.info(f"started; queue {self.queue.path}, {workers} workers")
@@ -251,11 +308,18 @@ class Runner:
                 # Wait for a wake-up, the next due bucket or the scan timer.
                 timeout = max(0.0, min(next_scan, self._next_due(now)) - time.time())
                 try:
-                    ready, _, _ = select.select([sock], [], [], timeout)
+                    if self.remote is not None:
+                        self.remote.expire_idle()
+                        timeout = min(timeout, 1.0) if self.remote.has_idle() else timeout
+                    ready, _, _ = select.select(socks, [], [], timeout)
                 except InterruptedError:
                     continue
-                if ready:
-                    self._drain(sock)
+                for ready_sock in ready:
+                    self._drain(ready_sock)
+        if self.remote is not None:
+            self.remote.close_all()
+        for extra in socks[1:]:
+            extra.close()
         sock.close()
         try:
             os.unlink(sock_path)
@@ -263,11 +327,50 @@ class Runner:
             pass
         log.info("stopped")
 
+    def _ensure_maildrop(self) -> Path | None:
+        """The maildrop folder (mode 1733, made on first use), or None when it cannot be had."""
+        maildrop = self.cfg.root / self.cfg["sendmail.maildrop"]
+        if not maildrop.is_dir():
+            try:
+                os.mkdir(maildrop, 0o700)
+                os.chmod(maildrop, 0o1733)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                log.warning(f"cannot create the maildrop {maildrop}: {exc.strerror}")
+                return None
+        return maildrop
+
+    def _maildrop_wake_socket(self) -> socket.socket | None:
+        """maildrop/.wake: a datagram socket any local user may poke (like Postfix's public/pickup)."""
+        maildrop = self._ensure_maildrop()
+        if maildrop is None:
+            return None
+        path = maildrop / ".wake"
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+        drop = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            drop.bind(str(path))
+            os.chmod(path, 0o666)
+        except OSError as exc:
+            log.warning(f"cannot listen on {path}: {exc}")
+            drop.close()
+            return None
+        drop.setblocking(False)
+        return drop
+
     def _next_due(self, now: float) -> float:
         buckets = [b for b in _listdir(self.queue.path / "deferred") if b.isdigit()]
         if not buckets:
             return now + 3600
-        return max(now, int(min(buckets)) * 60 + 60)
+        # At least a second away: a due entry still being worked on (or locked
+        # by another runner) must not turn the wait into a busy loop.
+        return max(now + 1.0, int(min(buckets)) * 60 + 60)
 
     @staticmethod
     def _drain(sock: socket.socket) -> None:
@@ -276,6 +379,214 @@ class Runner:
                 sock.recv(256)
             except (BlockingIOError, InterruptedError):
                 return
+
+
+class RemoteDelivery:
+    """Remote recipients of one entry: routed, grouped per destination, sent over SMTP.
+
+    Each destination (MX domain or next hop) gets one transaction for all
+    its recipients in the entry.  ``qrunner.destination_concurrency`` caps
+    the sessions to one destination (the pool size caps them all); idle
+    sessions are kept ``relay.connection_cache_time`` seconds for the next
+    message to the same server.  Results per recipient: 2xx sent, 4xx and
+    connection trouble deferred (the next MX is tried first), 5xx bounced.
+    """
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.helo = cfg["relay.helo_name"] or cfg["hostname"]
+        self._lock = threading.Lock()
+        self._sems: dict[str, threading.BoundedSemaphore] = {}
+        self._idle: dict[tuple, list] = {}
+
+    # -- connection cache -------------------------------------------------------------
+    def _sem(self, key: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            sem = self._sems.get(key)
+            if sem is None:
+                sem = self._sems[key] = threading.BoundedSemaphore(max(1, self.cfg["qrunner.destination_concurrency"]))
+            return sem
+
+    def _connect(self, route, host: str, ip: str, port: int, fresh: bool = False):
+        from pymta.smtp_client import Connection
+
+        key = (ip, port, route.tls, route.auth)
+        if not fresh:
+            with self._lock:
+                idle = self._idle.get(key) or []
+                while idle:
+                    conn = idle.pop()
+                    if conn.ok and time.monotonic() - conn.last_used < self.cfg["relay.connection_cache_time"]:
+                        conn.reused = True
+                        return conn
+                    conn.close()
+        conn = Connection(host, ip, port, self.helo, tls=route.tls, auth=route.auth,
+                          connect_timeout=self.cfg["relay.connect_timeout"], timeout=self.cfg["relay.command_timeout"],
+                          ca_file=str(self.cfg.root / self.cfg["relay.tls_ca_file"]) if self.cfg["relay.tls_ca_file"] else "")
+        conn.reused = False
+        conn.key = key
+        return conn
+
+    def _release(self, conn) -> None:
+        if conn.ok and self.cfg["relay.connection_cache_time"] > 0:
+            with self._lock:
+                self._idle.setdefault(conn.key, []).append(conn)
+        else:
+            conn.close() if not conn.ok else conn.quit()
+
+    def has_idle(self) -> bool:
+        return any(self._idle.values())
+
+    def expire_idle(self) -> None:
+        limit = self.cfg["relay.connection_cache_time"]
+        stale = []
+        with self._lock:
+            for key, conns in self._idle.items():
+                keep = [c for c in conns if time.monotonic() - c.last_used < limit]
+                stale += [c for c in conns if c not in keep]
+                self._idle[key] = keep
+        for conn in stale:
+            conn.quit()
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns = [c for cs in self._idle.values() for c in cs]
+            self._idle.clear()
+        for conn in conns:
+            conn.quit()
+
+    # -- delivery -----------------------------------------------------------------------
+    def deliver(self, entry: Entry, rcpts: list[dict]) -> None:
+        from pymta import routing
+
+        groups: dict[str, tuple] = {}
+        for rcpt in rcpts:
+            domain = rcpt["to"].rpartition("@")[2]
+            try:
+                r = routing.route(self.cfg, domain)
+            except ValueError as exc:
+                self._set(entry, rcpt, DEFERRED, f"4.3.5 bad relay configuration: {exc}")
+                continue
+            groups.setdefault(r.key, (r, []))[1].append(rcpt)
+        for r, members in groups.values():
+            sem = self._sem(r.key)
+            with sem:
+                self._deliver_group(entry, r, members)
+
+    def _set(self, entry: Entry, rcpt: dict, status: str, reason: str, relay: str = "", diag: str = "") -> None:
+        dup = " (possible duplicate after a crash)" if rcpt.get("dup") and status == SENT else ""
+        rcpt["status"] = status
+        rcpt["reason"] = reason + dup
+        if relay:
+            rcpt["remote"] = relay
+        if diag:
+            rcpt["diag"] = diag
+        where = f", relay={relay}" if relay else ""
+        log.info(f"to=<{rcpt['to']}>, orig_to=<{rcpt['orig']}>{where}, status={status} ({rcpt['reason']})",
+                 entry.envelope.queue_id)
+
+    def _transaction(self, entry: Entry, rcpts: list[dict]):
+        from pymta.smtp_client import Transaction
+
+        env = entry.envelope
+        prefix = b""
+        if self.cfg["dkim.selector"]:
+            from pymta import dkim_sign
+
+            prefix = dkim_sign.signature_for(self.cfg, env.sender, entry) or b""
+        eightbit = False
+        for chunk in entry.message_chunks():
+            if not chunk.isascii():
+                eightbit = True
+                break
+        addresses = [env.sender] + [r["to"] for r in rcpts]
+
+        def chunks():
+            if prefix:
+                yield prefix
+            yield from entry.message_chunks()
+
+        return Transaction(env.sender, [r["to"] for r in rcpts], chunks, entry.size + len(prefix), eightbit,
+                           not all(a.isascii() for a in addresses))
+
+    def _deliver_group(self, entry: Entry, r, rcpts: list[dict]) -> None:
+        from pymta import routing
+
+        try:
+            routing.resolve(self.cfg, r)
+        except routing.RouteError as exc:
+            status = DEFERRED if exc.temporary else BOUNCED
+            for rcpt in rcpts:
+                self._set(entry, rcpt, status, f"{exc.status} {exc.text}", diag=f"X-Pymail; {exc.text}")
+            return
+        except ValueError as exc:
+            for rcpt in rcpts:
+                self._set(entry, rcpt, DEFERRED, f"4.3.5 bad relay configuration: {exc}")
+            return
+        txn = self._transaction(entry, rcpts)
+        last = None
+        for host, ip, port in r.hosts:
+            relay = f"{host}[{ip}]:{port}"
+            conn = self._connect(r, host, ip, port)
+            if conn.ok:
+                result = conn.send(txn)
+                if conn.reused and result.mail is None and result.failure is not None and result.failure.temporary:
+                    conn.close()  # a cached session the server had closed: once more on a fresh one
+                    conn = self._connect(r, host, ip, port, fresh=True)
+                    result = conn.send(txn) if conn.ok else None
+            else:
+                result = None
+            if result is None:
+                last = (relay, conn.failure)
+                conn.close()
+                continue
+            self._release(conn)
+            if result.failure is not None and (result.mail is None or result.mail.code // 100 == 4) \
+                    and result.failure.temporary:
+                last = (relay, result.failure)  # MAIL deferred or session lost before it: next MX
+                continue
+            self._record(entry, rcpts, relay, result)
+            return
+        relay, failure = last if last else ("", None)
+        if failure is None:
+            for rcpt in rcpts:
+                self._set(entry, rcpt, DEFERRED, "4.4.1 no server to deliver to")
+            return
+        status = DEFERRED if failure.temporary else BOUNCED
+        if failure.local:
+            text = failure.text if relay.split("[")[0] in failure.text else f"{failure.text} ({relay})"
+            reason, diag = text, f"X-Pymail; {text}"
+        else:
+            reason, diag = f"{failure.enhanced} {relay} said: {failure}", f"smtp; {failure}"
+        for rcpt in rcpts:
+            self._set(entry, rcpt, status, reason, relay, diag)
+
+    def _record(self, entry: Entry, rcpts: list[dict], relay: str, result) -> None:
+        if result.failure is not None:  # MAIL refused, SIZE too big, SMTPUTF8 not supported, lost
+            f = result.failure
+            if f.local:
+                reason, diag = f"{f.text} ({relay})", f"X-Pymail; {f.text}"
+            else:
+                reason, diag = f"{f.enhanced} {relay} said: {f}", f"smtp; {f}"
+            for rcpt in rcpts:
+                self._set(entry, rcpt, DEFERRED if f.temporary else BOUNCED, reason, relay, diag)
+            return
+        for i, rcpt in enumerate(rcpts):
+            reply = result.rcpt[i] if i < len(result.rcpt) else None
+            if reply is None:
+                self._set(entry, rcpt, DEFERRED, f"4.4.2 {relay}: lost connection during RCPT", relay)
+            elif reply.code // 100 != 2:
+                self._set(entry, rcpt, DEFERRED if reply.temporary else BOUNCED,
+                          f"{reply.enhanced} {relay} said: {reply} (in reply to RCPT TO)", relay, f"smtp; {reply}")
+            elif result.data is None:
+                self._set(entry, rcpt, DEFERRED, f"4.4.2 {relay}: lost connection while sending the message",
+                          relay, "smtp; 421 lost connection")
+            elif result.data.code // 100 == 2:
+                self._set(entry, rcpt, SENT, f"2.0.0 {relay}: {result.data}", relay, f"smtp; {result.data}")
+            else:
+                d = result.data
+                self._set(entry, rcpt, DEFERRED if d.temporary else BOUNCED,
+                          f"{d.enhanced} {relay} said: {d} (in reply to end of DATA)", relay, f"smtp; {d}")
 
 
 def _listdir(path: Path) -> list[str]:
@@ -287,7 +598,7 @@ def _listdir(path: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-qrunner")
-    parser = argparse.ArgumentParser(prog="pymta-qrunner", description="Deliver the messages in the pymail queue.")
+    parser = ArgumentParser(prog="pymta-qrunner", description="Deliver the messages in the pymail queue.")
     parser.add_argument("-C", dest="config", metavar="FILE", help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
     parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
     args = parser.parse_args(argv)
@@ -304,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     runner.clean_tmp()
     if args.once:
         runner.run_pass()
+        if runner.remote is not None:
+            runner.remote.close_all()
         return sysexits.EX_OK
 
     def stop(signum, frame):

@@ -63,6 +63,8 @@ def test_qrunner_wakes_promptly_for_new_mail(mailsys):
 
 def test_aliases_unknown_users_and_remote_recipients(mailsys):
     (mailsys.root / "aliases").write_text("team: alice, bob\nloop: loop2\nloop2: loop, alice\n")
+    # remote.example is unreachable (nothing listens on port 1): its recipient is deferred
+    mailsys.write_config('[relay]\ntransport_map = { "remote.example" = "[127.0.0.1]:1" }\n')
     q = Queue(mailsys.root / "queue")
     q.enqueue("carol@remote.example", ["team@example.test", "loop@example.test", "ghost@example.test",
                                        "someone@remote.example"], message(1))

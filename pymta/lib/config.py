@@ -35,7 +35,7 @@ Param = namedtuple("Param", "name type default doc")
 
 PARAMS: tuple[Param, ...] = (
     # -- identity and places -------------------------------------------------
-    Param("hostname", "str", "localhost", "Name this system gives itself in greetings, Received: headers and Maildir file names."),
+    Param("hostname", "str", "localhost", "Name this system gives itself in greetings and Received: headers (Maildir file names use the kernel's host name, as the Maildir rules ask)."),
     Param("domains", "list", [], "Local domains: mail for them is delivered here; mail for any other domain is relayed."),
     Param("root", "path", "/var/lib/pymail", "Root folder; the relative paths below are taken from here. A relative root is taken from the config file's folder."),
     Param("paths.queue", "path", "queue", "The mail queue (see pymail(7) for its layout)."),
@@ -81,12 +81,45 @@ PARAMS: tuple[Param, ...] = (
     # -- local delivery -------------------------------------------------------------
     Param("deliver.mode", "choice:inprocess|exec", "inprocess", "inprocess: the runner writes Maildirs itself (fast, one uid); exec: it runs pymda-deliver per recipient (needed when mailboxes belong to different uids)."),
     # -- local delivery rules (pymda) -------------------------------------------------
+    Param("deliver.rules_file", "str", ".procmailrc", "The user's procmail-style rules file (pymda-rules(5)), relative to the user's home: the users-file home field, else the user's Maildir. Empty: no per-user rules."),
+    Param("deliver.site_rules", "str", "", "Site-wide rules file run before each user's own (like /etc/procmailrc), relative to root. Empty: none."),
+    Param("deliver.forward_file", "str", ".forward", "Per-user forwarding file (aliases(5) targets), relative to the user's home; applied before the rules. Empty: not used."),
+    Param("deliver.pipe_timeout", "float", 300.0, "Seconds a program run by a rule (pipe, filter, condition) may take before it is killed; the rules' TIMEOUT variable starts with this value."),
+    Param("deliver.recipient_delimiter", "str", "+", "Separator of user+extension addresses; the extension is $EXTENSION and $1 in the rules."),
+    Param("deliver.sendmail", "str", "", "Program the rules' '!' forward action runs ($SENDMAIL). Empty: the sendmail installed beside pymda-deliver, else /usr/sbin/sendmail."),
     # -- outbound relay, retries, bounces, sendmail (pymta) ---------------------------
+    Param("relay.transport_map", "table", {}, "Per-domain next hop, a table domain = \"[host]:port\": \".example.org\" matches subdomains, \"*\" everything. Checked before relay.host and MX."),
+    Param("relay.host", "str", "", "Smart host for all remote mail not in relay.transport_map, as [host]:port or host; empty: deliver by MX."),
+    Param("relay.port", "int", 25, "Port of relay.host when it names none (587 for most providers)."),
+    Param("relay.username", "str", "", "AUTH user name for relay.host (empty: no AUTH)."),
+    Param("relay.password_file", "path", "", "File holding the AUTH password for relay.host (first line)."),
+    Param("relay.tls", "choice:opportunistic|require|verify|none", "opportunistic", "STARTTLS policy: opportunistic (when offered, unverified), require (must encrypt), verify (must encrypt with a valid certificate for the host name), none."),
+    Param("relay.tls_policy", "table", {}, "Per-destination-domain overrides of relay.tls, a table domain = \"verify\"."),
+    Param("relay.tls_ca_file", "path", "", "CA bundle for the verify policy (empty: the system CAs)."),
+    Param("relay.smtp_port", "int", 25, "Port used for MX hosts and next hops without a port."),
+    Param("relay.dns_servers", "list", [], "DNS servers for MX lookups, as \"IP\" or \"IP:PORT\" (empty: the system resolver)."),
+    Param("relay.dns_timeout", "float", 20.0, "Seconds a DNS lookup may take."),
+    Param("relay.connect_timeout", "float", 30.0, "Seconds to wait for a TCP connection to a remote server."),
+    Param("relay.command_timeout", "float", 300.0, "Seconds to wait for each reply of a remote server (RFC 5321 4.5.3.2 allows up to 10 minutes for the final DATA reply)."),
+    Param("relay.helo_name", "str", "", "Name sent in EHLO (empty: hostname)."),
+    Param("relay.connection_cache_time", "float", 5.0, "Seconds an idle connection to a destination is kept for the next message (0: no reuse)."),
+    Param("qrunner.destination_concurrency", "int", 10, "Connections to one destination (MX domain or next hop) at once."),
+    Param("qrunner.delay_warning", "float", 0.0, "Send the sender a delay notice (RFC 3464 Action: delayed) once a message has waited this many seconds (0: never)."),
+    Param("bounce.postmaster", "str", "", "Where failures of mail with the null sender <> and copies of double bounces go (empty: postmaster@ the first local domain)."),
+    Param("dkim.selector", "str", "", "DKIM selector used to sign outbound mail from local domains (empty: no signing)."),
+    Param("dkim.key_dir", "path", "dkim", "Folder of DKIM private keys, DOMAIN/SELECTOR.key (made by `pymail dkim keygen`)."),
+    Param("sendmail.maildrop", "path", "maildrop", "Drop folder for sendmail run by ordinary users (mode 1733, like Postfix's maildrop); only the runner reads it."),
     # -- pop3d (pypop) ---------------------------------------------------------------
     Param("pop3d.max_sessions", "int", 100, "Concurrent sessions of one listening pop3d process; more get -ERR [SYS/TEMP]."),
     Param("pop3d.timeout", "float", 600.0, "Seconds of client silence before a POP3 session is closed without deleting anything (RFC 1939 autologout: at least 10 minutes)."),
     Param("pop3d.enable_apop", "bool", False, "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} with auth.allow_plain_scheme = true."),
     # -- imapd (pyimap) --------------------------------------------------------------
+    Param("imapd.max_sessions", "int", 100, "Concurrent sessions of one listening imapd process; more get * BYE."),
+    Param("imapd.max_line", "int", 65536, "Longest IMAP command line in octets, literals excluded; longer lines get BAD."),
+    Param("imapd.max_literal", "int", 100 * 1024 * 1024, "Largest APPEND message in octets, advertised as APPENDLIMIT; bigger literals get NO [TOOBIG] before any byte is read."),
+    Param("imapd.autologout", "float", 1800.0, "Seconds a logged-in IMAP session may be idle, IDLE included (RFC 3501 5.4: at least 30 minutes)."),
+    Param("imapd.login_timeout", "float", 60.0, "Seconds an IMAP client has to log in between commands before it is disconnected."),
+    Param("imapd.idle_poll", "float", 0.5, "Seconds between mailbox checks while a client is in IDLE."),
 )
 
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
@@ -151,6 +184,10 @@ def _check_value(param: Param, value) -> tuple[object, str | None]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return None, "must be a list of strings"
         return list(value), None
+    if kind == "table":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return None, "must be a table of strings"
+        return {k.lower(): v for k, v in value.items()}, None
     if kind.startswith("choice:"):
         choices = kind[7:].split("|")
         if value not in choices:

@@ -1,0 +1,655 @@
+"""sendmail, mailq, newaliases: the sendmail-compatible command line.
+
+::
+
+    sendmail [options] [--] [recipient ...]  < message
+    mailq                                     (= sendmail -bp)
+    newaliases                                (= sendmail -bi)
+
+Two doors into the queue:
+
+* A caller that can write the queue (root, the mail user) enqueues directly
+  through ``pymta.queue`` -- the same code smtpd and pymta-queue use.
+* Any other local user writes into the *maildrop* folder
+  (``sendmail.maildrop``, mode 1733 like Postfix's: anyone may create a file,
+  nobody may list or touch another's).  The runner picks the files up
+  (``pickup_maildrop``): it takes the submitting uid from the file's owner
+  (which the user cannot forge), validates the envelope again, keeps only a
+  few known meta fields, and marks a sender address that does not belong to
+  that user with an ``X-Authentication-Warning:`` header and a log line.
+
+A message is either queued (exit 0) or the caller gets a non-zero sysexits
+code and a message on stderr -- never dropped.  Missing ``From:``,
+``Date:`` and ``Message-ID:`` headers are added; ``-t`` takes recipients
+from To/Cc/Bcc and removes Bcc.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+import time
+
+from pymta.lib import log, sysexits
+
+# Postfix sendmail's getopt string: options with an argument
+_WITH_ARG = set("ABCFLNORVXbefhoprq")
+_NO_ARG = set("GIUcimntvx")
+MAX_HEADER_BLOCK = 1024 * 1024
+PICKUP_META = ("notify", "body", "envid", "ret", "protocol", "full_name")
+
+
+class Usage(Exception):
+    pass
+
+
+class Options:
+    def __init__(self) -> None:
+        self.mode = "m"  # -b mode: m (deliver), s (SMTP), p (mailq), i (newaliases)
+        self.extract = False
+        self.dot_ends = True
+        self.sender = None
+        self.full_name = None
+        self.config = None
+        self.verbose = False
+        self.delivery = "b"  # -od: i, b, q
+        self.run_queue = False
+        self.notify = None
+        self.body = None
+        self.recipients: list[str] = []
+
+
+def parse_args(argv: list[str]) -> Options:
+    opts = Options()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            opts.recipients += argv[i:]
+            break
+        if not arg.startswith("-") or arg == "-":
+            opts.recipients.append(arg)
+            continue
+        letter, rest = arg[1], arg[2:]
+        if letter in _NO_ARG:
+            # clustered flags such as -ti
+            for ch in arg[1:]:
+                if ch not in _NO_ARG:
+                    raise Usage(f"invalid option -- '{ch}'")
+                if ch == "t":
+                    opts.extract = True
+                elif ch == "i":
+                    opts.dot_ends = False
+                elif ch == "v":
+                    opts.verbose = True
+                elif ch == "I":
+                    opts.mode = "i"
+            continue
+        if letter not in _WITH_ARG:
+            raise Usage(f"invalid option -- '{letter}'")
+        if letter == "q":
+            opts.run_queue = True  # -q, -q30m, -qIid...: run the queue now
+            continue
+        if rest:
+            value = rest
+        elif i < len(argv):
+            value = argv[i]
+            i += 1
+        else:
+            raise Usage(f"option requires an argument -- '{letter}'")
+        if letter in "fr":
+            opts.sender = value
+        elif letter == "F":
+            opts.full_name = value
+        elif letter == "C":
+            opts.config = value
+        elif letter == "N":
+            opts.notify = value.lower()
+        elif letter == "B":
+            if value.upper() not in ("7BIT", "8BITMIME"):
+                raise Usage(f"-B {value}: must be 7BIT or 8BITMIME")
+            opts.body = value.upper()
+        elif letter == "b":
+            if value not in ("m", "s", "p", "i", "d", "v"):
+                raise Usage(f"-b{value}: unsupported mode")
+            opts.mode = value
+        elif letter == "o":
+            if value == "i":
+                opts.dot_ends = False
+            elif value.startswith("d") and value[1:2] in ("i", "b", "q", "d", ""):
+                opts.delivery = {"d": "q", "": "b"}.get(value[1:2], value[1:2])
+            # -oem, -oep, -oeq, -oew, -om, -oX... are accepted and ignored (as Postfix does)
+        # -A -L -O -R -V -X -e -h -p: accepted, ignored
+    return opts
+
+
+# -- the message --------------------------------------------------------------------------
+
+
+def read_message(stream, dot_ends: bool) -> bytes:
+    """stdin -> LF message; a line '.' ends it unless -i."""
+    data = stream.read()
+    data = data.replace(b"\r\n", b"\n")
+    if dot_ends:
+        if data.startswith(b".\n") or data == b".":
+            return b""
+        cut = data.find(b"\n.\n")
+        if cut >= 0:
+            data = data[: cut + 1]
+        elif data.endswith(b"\n."):
+            data = data[:-1]
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    return data
+
+
+def split_headers(data: bytes) -> tuple[list[bytes], bytes]:
+    """(header fields with their continuation lines, the rest: blank line + body).
+
+    The header block ends at the first empty line, or at the first line that
+    is neither a field nor a continuation (then a blank line is inserted).
+    """
+    fields: list[bytes] = []
+    pos = 0
+    while pos < len(data) and pos < MAX_HEADER_BLOCK:
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        line = data[pos:end]
+        if line in (b"\n", b""):
+            return fields, data[pos:]
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        elif not fields and pos == 0 and line.startswith(b"From "):
+            pass  # an mbox "From " line at the top is dropped
+        else:
+            name = line.split(b":", 1)[0]
+            if b":" not in line or not name or any(c <= 32 or c > 126 for c in name):
+                return fields, b"\n" + data[pos:] if fields else data[pos:]
+            fields.append(line if line.endswith(b"\n") else line + b"\n")
+        pos = end
+    return fields, data[pos:]
+
+
+def _name(field: bytes) -> str:
+    return field.split(b":", 1)[0].strip().decode("latin-1").lower()
+
+
+def recipients_from_headers(fields: list[bytes]) -> list[str]:
+    from email.utils import getaddresses
+
+    values = []
+    resent = any(_name(f) in ("resent-to", "resent-cc", "resent-bcc") for f in fields)
+    names = ("resent-to", "resent-cc", "resent-bcc") if resent else ("to", "cc", "bcc")
+    for f in fields:
+        if _name(f) in names:
+            values.append(f.split(b":", 1)[1].decode("utf-8", "replace").replace("\n", " "))
+    return [addr for _, addr in getaddresses(values) if addr]
+
+
+def complete_headers(fields: list[bytes], sender: str, full_name: str | None, hostname: str,
+                     remove_bcc: bool) -> list[bytes]:
+    from email.utils import formatdate, make_msgid
+
+    if remove_bcc:
+        fields = [f for f in fields if _name(f) not in ("bcc", "resent-bcc")]
+    present = {_name(f) for f in fields}
+    added = []
+    if "from" not in present:
+        if full_name:
+            safe = full_name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ").replace("\r", " ")
+            added.append(f'From: "{safe}" <{sender}>\n'.encode())
+        else:
+            added.append(f"From: {sender}\n".encode())
+    if "date" not in present:
+        added.append(f"Date: {formatdate(localtime=True)}\n".encode())
+    if "message-id" not in present:
+        added.append(f"Message-ID: {make_msgid(domain=hostname)}\n".encode())
+    return fields + added
+
+
+# -- the maildrop ---------------------------------------------------------------------------
+
+
+class MaildropWriter:
+    """Same interface as QueueWriter, writing to the maildrop folder."""
+
+    def __init__(self, maildrop, sender: str, recipients: list[str], meta: dict) -> None:
+        from pymta.queue import Envelope, make_queue_id
+
+        self.maildrop = maildrop
+        self.queue_id = make_queue_id()
+        self.name = f"{self.queue_id}{os.urandom(8).hex().upper()}"
+        self.tmp = maildrop / f".tmp-{self.name}"
+        self.closed = False
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            from pymta.queue import QueueError
+
+            raise QueueError(f"cannot write to the maildrop {maildrop}: {exc.strerror}") from None
+        env = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
+        try:
+            self.write(env.to_line())
+        except ValueError as exc:
+            self.abort()
+            from pymta.queue import QueueError
+
+            raise QueueError(str(exc)) from None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def commit(self) -> str:
+        from pymta.queue import fsync_dir
+
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.rename(self.tmp, self.maildrop / self.name)
+        try:
+            fsync_dir(self.maildrop)
+        except PermissionError:
+            pass  # a 1733 folder cannot be opened by its users; the file itself is fsynced
+        self.closed = True
+        _poke(self.maildrop)
+        return self.queue_id
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+class MaildropQueue:
+    def __init__(self, maildrop) -> None:
+        self.maildrop = maildrop
+
+    def writer(self, sender, recipients, meta=None) -> MaildropWriter:
+        return MaildropWriter(self.maildrop, sender, recipients, meta or {})
+
+    def enqueue(self, sender, recipients, data: bytes, meta=None) -> str:
+        w = self.writer(sender, recipients, meta)
+        try:
+            w.write(data)
+            return w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+
+def _poke(maildrop) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(b"*", str(maildrop / ".wake"))
+    except OSError:
+        pass
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def sender_belongs_to(cfg, uid: int, user: str, sender: str) -> bool:
+    if uid == 0 or uid == os.getuid():
+        return True  # root and the mail system itself may set any sender
+    if sender == "":
+        return False
+    local, _, domain = sender.rpartition("@")
+    return local == user and (cfg.is_local_domain(domain) or domain.lower() == cfg["hostname"].lower())
+
+
+def pickup_maildrop(cfg, queue, maildrop, max_age: float = 86400.0) -> int:
+    """Move maildrop files into the queue; returns how many were queued."""
+    from pymta.queue import ENVELOPE_MAX, Envelope
+    from pymta.queue_cmd import valid_address
+
+    try:
+        names = os.listdir(maildrop)
+    except OSError:
+        return 0
+    count = 0
+    limit = cfg["smtpd.max_message_size"] + ENVELOPE_MAX
+    for name in sorted(names):
+        path = maildrop / name
+        if name.startswith("."):
+            if name.startswith(".tmp-"):
+                try:
+                    if time.time() - os.lstat(path).st_mtime > max_age:
+                        os.unlink(path)
+                except OSError:
+                    pass
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning(f"maildrop: cannot open {name}: {exc.strerror}; removed")
+            _unlink(path)
+            continue
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            uid = st.st_uid
+            user = _user_name(uid)
+            try:
+                import stat
+
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                    raise ValueError("not a plain file")
+                if st.st_size > limit:
+                    raise ValueError(f"too large ({st.st_size} bytes)")
+                line = fh.readline(ENVELOPE_MAX)
+                if not line.endswith(b"\n"):
+                    raise ValueError("no envelope")
+                env = Envelope.from_line(line)
+                if not valid_address(env.sender, allow_null=True):
+                    raise ValueError(f"bad sender {env.sender!r}")
+                if not env.recipients or len(env.recipients) > 10000 or not all(valid_address(r) for r in env.recipients):
+                    raise ValueError("bad recipients")
+                body = fh.read()
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                log.warning(f"maildrop: uid={uid} ({user}): file {name} refused: {exc}")
+                _unlink(path)
+                continue
+            meta = {k: v for k, v in env.meta.items() if k in PICKUP_META and isinstance(v, str) and len(v) < 200}
+            meta.update({"client": "local", "service": "pickup", "uid": uid, "user": user})
+            prefix = b""
+            if not sender_belongs_to(cfg, uid, user, env.sender):
+                meta["sender_unverified"] = True
+                prefix = (f"X-Authentication-Warning: {cfg['hostname']}: {user} set sender to "
+                          f"<{env.sender}> using -f\n").encode()
+                log.warning(f"uid={uid} ({user}) set sender to <{env.sender}>, which is not theirs")
+            qid = queue.enqueue(env.sender, env.recipients, prefix + body, meta)
+            from pymta.queue import is_queue_id
+
+            was = f", submitted as {env.queue_id}" if is_queue_id(env.queue_id) else ""
+            log.info(f"uid={uid}, user={user}, from=<{env.sender}>, nrcpt={len(env.recipients)} "
+                     f"(queued from maildrop{was})", qid)
+            count += 1
+        _unlink(path)
+    return count
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def can_write_queue(cfg) -> bool:
+    q = cfg.queue_dir
+    return os.access(q / "tmp", os.W_OK | os.X_OK) and os.access(q / "new", os.W_OK | os.X_OK)
+
+
+# -- mailq ------------------------------------------------------------------------------------
+
+
+def format_mailq(queue) -> str:
+    """Postfix's mailq layout: ID (+ '*' active, '!' held), size, arrival, sender; recipients with reasons."""
+    entries = queue.all_entries()
+    if not entries:
+        return "Mail queue is empty\n"
+    out = [f"{'-Queue ID-':<20} {'--Size--':>8} {'----Arrival Time----':<20} -Sender/Recipient-------"]
+    total = 0
+    shown = 0
+    for where, path in entries:
+        entry = queue.open_entry(path, lock=False)
+        if entry is None:
+            continue
+        with entry:
+            env = entry.envelope
+            size = entry.size
+        total += size
+        shown += 1
+        mark = {"hold": "!", "new": "*"}.get(where, " ")
+        arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(env.arrival))
+        out.append(f"{env.queue_id + mark:<20} {size:>8} {arrival:<20} {env.sender or 'MAILER-DAEMON'}")
+        state = queue.read_state(env.queue_id)
+        if state:
+            by_reason: dict[str, list[str]] = {}
+            for r in state.get("rcpts", []):
+                if r["status"] in ("sent", "bounced"):
+                    continue
+                by_reason.setdefault(r.get("reason", ""), []).append(r["to"])
+            for reason, rcpts in by_reason.items():
+                if reason:
+                    out.append(f"{'':51}({reason[:200]})")
+                out += [f"{'':51}{r}" for r in rcpts]
+        else:
+            out += [f"{'':51}{r}" for r in env.recipients]
+        out.append("")
+    out.append(f"-- {(total + 1023) // 1024} Kbytes in {shown} Request{'s' if shown != 1 else ''}.")
+    return "\n".join(out) + "\n"
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def _load_config(path):
+    from pymta.lib import config
+
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        for key, message in exc.problems:
+            print(f"sendmail: fatal: {key}: {message}", file=sys.stderr)
+        return None
+
+
+def _default_sender(cfg) -> str:
+    user = _user_name(os.getuid())
+    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
+    return f"{user}@{domain}"
+
+
+def _qualify(cfg, address: str) -> str:
+    if "@" in address:
+        return address
+    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
+    return f"{address}@{domain}"
+
+
+def _door(cfg):
+    """The queue itself for trusted callers, else the maildrop."""
+    from pymta.queue import Queue
+
+    if can_write_queue(cfg):
+        return Queue(cfg.queue_dir), True
+    return MaildropQueue(cfg.root / cfg["sendmail.maildrop"]), False
+
+
+def run_queue(cfg) -> int:
+    from pymta.queue import Queue
+
+    if not can_write_queue(cfg):
+        _poke(cfg.root / cfg["sendmail.maildrop"])
+        return sysexits.EX_OK
+    queue = Queue(cfg.queue_dir)
+    for where, path in queue.all_entries():
+        if where == "deferred":
+            try:
+                os.rename(path, queue.path / "new" / path.name)
+            except OSError:
+                pass
+    from pymta.qrunner import Runner
+
+    runner = Runner(cfg)
+    runner.run_pass()
+    if runner.remote is not None:
+        runner.remote.close_all()
+    return sysexits.EX_OK
+
+
+def newaliases(cfg) -> int:
+    from pymta.aliases import parse
+
+    path = cfg.path_of("aliases")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
+    except OSError as exc:
+        print(f"newaliases: fatal: {path}: {exc.strerror}", file=sys.stderr)
+        return sysexits.EX_OSFILE
+    table, problems = parse(text, str(path))
+    for lineno, message in problems:
+        print(f"newaliases: warning: {path}, line {lineno}: {message}", file=sys.stderr)
+    print(f"newaliases: {path}: {len(table)} aliases (read directly; no database to rebuild)", file=sys.stderr)
+    return sysexits.EX_DATAERR if problems else sysexits.EX_OK
+
+
+def smtp_session(cfg) -> int:
+    from pymta.lib.driver_blocking import serve_pipes
+    from pymta.smtpd import build
+
+    factory = build(cfg, "local")
+    protocol = factory()
+    door, direct = _door(cfg)
+    backend = protocol.backend if hasattr(protocol, "backend") else None
+    if backend is None:
+        backend = getattr(protocol, "_backend", None)
+    if backend is not None:
+        backend.queue = door
+        if not direct:
+            check = backend.check_recipient
+
+            def check_recipient(session, envelope, address):
+                # an ordinary user cannot read the users file: local recipients are
+                # checked by the runner (unknown ones bounce), as Postfix's sendmail -bs does
+                local, _, domain = address.rpartition("@")
+                if local and domain and cfg.is_local_domain(domain):
+                    return None
+                return check(session, envelope, address)
+
+            backend.check_recipient = check_recipient
+    serve_pipes(protocol)
+    return sysexits.EX_OK
+
+
+def submit(cfg, opts: Options) -> int:
+    from pymta.queue import QueueError
+    from pymta.queue_cmd import valid_address
+
+    sender = opts.sender if opts.sender is not None else _default_sender(cfg)
+    if sender in ("<>",):
+        sender = ""
+    sender = sender.strip("<>") if sender.startswith("<") else sender
+    if sender:
+        sender = _qualify(cfg, sender)
+    if not valid_address(sender, allow_null=True):
+        print(f"sendmail: fatal: bad sender address {sender!r}", file=sys.stderr)
+        return sysexits.EX_DATAERR
+    try:
+        data = read_message(sys.stdin.buffer, opts.dot_ends)
+    except OSError as exc:
+        print(f"sendmail: fatal: cannot read the message: {exc}", file=sys.stderr)
+        return sysexits.EX_IOERR
+    fields, body = split_headers(data)
+    recipients = [_qualify(cfg, r.strip()) for arg in opts.recipients for r in arg.split(",") if r.strip()]
+    if opts.extract:
+        recipients += [_qualify(cfg, r) for r in recipients_from_headers(fields)]
+    seen, unique = set(), []
+    for r in recipients:
+        if r.lower() not in seen:
+            seen.add(r.lower())
+            unique.append(r)
+    if not unique:
+        print("sendmail: fatal: no recipient addresses found in message header" if opts.extract
+              else "sendmail: fatal: no recipients specified", file=sys.stderr)
+        return sysexits.EX_USAGE
+    for r in unique:
+        if not valid_address(r):
+            print(f"sendmail: fatal: bad recipient address {r!r}", file=sys.stderr)
+            return sysexits.EX_DATAERR
+    fields = complete_headers(fields, sender or "MAILER-DAEMON@" + cfg["hostname"], opts.full_name, cfg["hostname"],
+                              remove_bcc=opts.extract)
+    message = b"".join(fields) + (body if body.startswith(b"\n") or not body else b"\n" + body)
+    if not body:
+        message += b"\n"
+    meta = {"client": "local", "service": "sendmail", "uid": os.getuid(), "user": _user_name(os.getuid())}
+    if opts.notify:
+        meta["notify"] = opts.notify
+    if opts.body:
+        meta["body"] = opts.body
+    door, direct = _door(cfg)
+    try:
+        qid = door.enqueue(sender, unique, message, meta)
+    except QueueError as exc:
+        print(f"sendmail: fatal: message not queued: {exc}", file=sys.stderr)
+        return sysexits.EX_TEMPFAIL
+    except OSError as exc:
+        print(f"sendmail: fatal: message not queued: {exc}", file=sys.stderr)
+        return sysexits.EX_TEMPFAIL
+    log.info(f"uid={os.getuid()}, from=<{sender}>, nrcpt={len(unique)} ({'queued' if direct else 'dropped in maildrop'})", qid)
+    if opts.verbose:
+        print(f"sendmail: queued as {qid}", file=sys.stderr)
+    if direct and opts.delivery == "i":
+        from pymta.qrunner import Runner
+
+        runner = Runner(cfg)
+        runner.process_path(cfg.queue_dir / "new" / qid)
+        if runner.remote is not None:
+            runner.remote.close_all()
+    return sysexits.EX_OK
+
+
+def main(argv: list[str] | None = None, prog: str = "sendmail") -> int:
+    log.set_program(prog)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        opts = parse_args(argv)
+    except Usage as exc:
+        print(f"{prog}: {exc}\nusage: {prog} [options] [--] [recipient ...]", file=sys.stderr)
+        return sysexits.EX_USAGE
+    if opts.mode in ("d", "v"):
+        print(f"{prog}: -b{opts.mode} is not supported (start pymta-smtpd instead)", file=sys.stderr)
+        return sysexits.EX_USAGE
+    cfg = _load_config(opts.config)
+    if cfg is None:
+        return sysexits.EX_CONFIG
+    if opts.mode == "p":
+        from pymta.queue import Queue
+
+        try:
+            sys.stdout.write(format_mailq(Queue(cfg.queue_dir)))
+        except PermissionError as exc:
+            print(f"{prog}: fatal: cannot read the queue: {exc.filename}: permission denied", file=sys.stderr)
+            return sysexits.EX_NOPERM
+        return sysexits.EX_OK
+    if opts.mode == "i":
+        return newaliases(cfg)
+    if opts.mode == "s":
+        return smtp_session(cfg)
+    if opts.run_queue and not opts.recipients and not opts.extract:
+        return run_queue(cfg)
+    return submit(cfg, opts)
+
+
+def mailq_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return main(["-bp"] + argv, prog="mailq")
+
+
+def newaliases_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return main(["-bi"] + argv, prog="newaliases")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

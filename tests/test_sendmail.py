@@ -1,0 +1,233 @@
+"""sendmail / mailq / newaliases, including sendmail run by an ordinary user (nobody).
+
+The unprivileged tests need root to drop to nobody (setpriv); they are
+skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, MailSystem, env_with_repo
+
+SETPRIV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def sendmail(system, *args, input=b"", as_nobody=False, prog="pymta.sendmail", timeout=60):
+    argv = [sys.executable, "-m", prog, "-C", str(system.config), *args]
+    if as_nobody:
+        argv = SETPRIV + argv
+    return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=env_with_repo(), cwd="/")
+
+
+def run_once(system) -> str:
+    proc = system.run("pymta.qrunner", "--once")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr.decode()
+
+
+def entries(system):
+    from pymta.queue import Queue
+
+    q = Queue(system.root / "queue")
+    out = []
+    for _, path in q.all_entries():
+        head, _, body = path.read_bytes().partition(b"\n")
+        out.append((json.loads(head), body))
+    return out
+
+
+def test_sendmail_t_removes_bcc_and_completes_headers(mailsys):
+    proc = sendmail(mailsys, "-t", "-i", "-f", "alice@example.test", "-F", "Alice Example",
+                    input=b"To: bob@example.test\r\nCc: Carol <carol@remote.test>\r\nBcc: secret@example.test,\r\n"
+                          b" hidden@remote.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\nafter dot\r\n")
+    assert proc.returncode == 0, proc.stderr
+    [(env, body)] = entries(mailsys)
+    assert env["sender"] == "alice@example.test"
+    assert sorted(env["recipients"]) == ["bob@example.test", "carol@remote.test", "hidden@remote.test",
+                                         "secret@example.test"]
+    head, _, text = body.partition(b"\n\n")
+    assert b"Bcc" not in head and b"secret@" not in head and b"hidden@" not in head
+    assert b'From: "Alice Example" <alice@example.test>\n' in head
+    assert re.search(rb"^Date: \w{3}, \d", head, re.M)
+    assert re.search(rb"^Message-ID: <.+@mx\.example\.test>$", head, re.M)
+    assert text == b"body\n.\nafter dot\n"  # -i: a lone dot does not end the message
+    assert b"\r" not in body
+
+
+def test_sendmail_dot_ends_message_without_i_and_keeps_existing_headers(mailsys):
+    proc = sendmail(mailsys, "bob@example.test",
+                    input=b"From: x@example.test\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <a@b>\n\nkept\n.\nlost\n")
+    assert proc.returncode == 0, proc.stderr
+    [(env, body)] = entries(mailsys)
+    assert env["sender"] == "root@example.test"  # the caller's login name
+    assert body == b"From: x@example.test\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <a@b>\n\nkept\n"
+
+
+def test_sendmail_errors_use_sysexits_and_queue_nothing(mailsys):
+    assert sendmail(mailsys, input=b"Subject: x\n\n").returncode == 64  # no recipients
+    assert sendmail(mailsys, "-t", input=b"Subject: no to\n\nx\n").returncode == 64
+    assert sendmail(mailsys, "bad address@x", input=b"x\n").returncode == 65
+    assert sendmail(mailsys, "-f", "a\r\nb@x", "bob@example.test", input=b"x\n").returncode == 65
+    assert sendmail(mailsys, "-Z", "bob@example.test", input=b"x\n").returncode == 64
+    assert sendmail(mailsys, "-bd").returncode == 64
+    assert not entries(mailsys)
+    # a queue that cannot take the file: 75, and nothing is lost silently
+    tmp = mailsys.root / "queue" / "tmp"
+    tmp.rmdir()
+    tmp.write_text("")
+    os.chmod(tmp, 0o644)
+    proc = sendmail(mailsys, "bob@example.test", input=b"Subject: x\n\nbody\n")
+    assert proc.returncode in (75, 0)
+    if proc.returncode == 0:  # root cannot write the queue -> went to the maildrop instead
+        assert list((mailsys.root / "maildrop").iterdir())
+
+
+def test_sendmail_ignores_the_usual_flags_silently(mailsys):
+    proc = sendmail(mailsys, "-oi", "-odb", "-oem", "-oep", "-N", "failure,delay", "-B", "8BITMIME", "-v", "-m",
+                    "-oMrfoo", "-L", "label", "-r", "alice@example.test", "--", "bob@example.test",
+                    input=b"Subject: flags\n\nx\n")
+    assert proc.returncode == 0, proc.stderr
+    assert b"queued as" in proc.stderr  # -v
+    [(env, _)] = entries(mailsys)
+    assert env["meta"]["notify"] == "failure,delay" and env["meta"]["body"] == "8BITMIME"
+
+
+def test_sendmail_odi_delivers_before_returning_and_q_runs_the_queue(mailsys):
+    proc = sendmail(mailsys, "-odi", "bob@example.test", input=b"Subject: now\n\nx\n")
+    assert proc.returncode == 0, proc.stderr
+    assert len(mailsys.messages("bob")) == 1
+    assert not entries(mailsys)
+    sendmail(mailsys, "-odq", "alice@example.test", input=b"Subject: later\n\nx\n")
+    assert sendmail(mailsys, "-q").returncode == 0
+    assert len(mailsys.messages("alice")) == 1
+
+
+def test_sendmail_bs_is_an_smtp_session(mailsys):
+    session = (b"EHLO me\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+               b"Subject: via -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+    proc = sendmail(mailsys, "-bs", input=session)
+    assert proc.returncode == 0, proc.stderr
+    replies = proc.stdout.decode()
+    assert replies.startswith("220 ")
+    assert "250 2.0.0" in replies or re.search(r"^250 .*queued", replies, re.M), replies
+    assert replies.rstrip().splitlines()[-1].startswith("221")
+    [(env, body)] = entries(mailsys)
+    assert env["sender"] == "alice@example.test" and env["recipients"] == ["bob@example.test"]
+    assert b"Subject: via -bs\n\nhello\n" in body
+
+
+def test_mailq_and_newaliases_entry_points(mailsys):
+    assert sendmail(mailsys, "-bp").stdout == b"Mail queue is empty\n"
+    sendmail(mailsys, "-f", "alice@example.test", "someone@remote.test", input=b"Subject: q\n\nx\n")
+    proc = subprocess.run([sys.executable, str(REPO / "bin" / "mailq"), "-C", str(mailsys.config)],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith("-Queue ID-")
+    assert re.match(r"[0-9A-F]{19}\*\s+\d+ \w{3} \w{3} \d\d \d\d:\d\d:\d\d\s+alice@example.test$", lines[1]), lines
+    assert lines[2].strip() == "someone@remote.test"
+    assert lines[-1] == "-- 1 Kbytes in 1 Request."
+    proc = subprocess.run([sys.executable, str(REPO / "bin" / "newaliases"), "-C", str(mailsys.config)],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 0 and b"1 aliases" in proc.stderr
+
+
+# -- an ordinary user ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def public_sys(tls_files):
+    """A pymail tree nobody can reach (mode 0755 path), queue 0750 root-only."""
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as an ordinary user")
+    root = Path(tempfile.mkdtemp(prefix="pymail-sendmail-"))
+    os.chmod(root, 0o755)
+    system = MailSystem(root, tls_files)
+    os.chmod(system.config, 0o644)
+    (root / "maildrop").mkdir()
+    os.chmod(root / "maildrop", 0o1733)
+    yield system
+    system.stop_all()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_unprivileged_sendmail_goes_through_the_maildrop(public_sys):
+    system = public_sys
+    proc = sendmail(system, "-t", "-F", "No Body", as_nobody=True,
+                    input=b"To: bob@example.test\nBcc: alice@example.test\nSubject: from nobody\n\nhello\n")
+    assert proc.returncode == 0, proc.stderr
+    assert not entries(system)  # not in the queue yet: nobody cannot write it
+    [dropped] = [p for p in (system.root / "maildrop").iterdir() if not p.name.startswith(".")]
+    assert dropped.stat().st_uid == 65534
+    log = run_once(system)
+    assert "queued from maildrop" in log
+    assert not [p for p in (system.root / "maildrop").iterdir() if not p.name.startswith(".")]
+    [bob] = system.messages("bob")
+    data = bob.read_bytes()
+    assert b'From: "No Body" <nobody@example.test>' in data
+    assert b"X-Authentication-Warning" not in data  # nobody's own address
+    assert b"Bcc" not in data
+    assert len(system.messages("alice")) == 1
+
+
+def test_unprivileged_sender_forgery_is_marked_and_logged(public_sys):
+    system = public_sys
+    proc = sendmail(system, "-f", "ceo@example.test", "bob@example.test", as_nobody=True,
+                    input=b"From: ceo@example.test\nSubject: forged\n\nsend money\n")
+    assert proc.returncode == 0, proc.stderr
+    log = run_once(system)
+    assert "uid=65534 (nobody) set sender to <ceo@example.test>" in log
+    [bob] = system.messages("bob")
+    data = bob.read_bytes()
+    assert b"X-Authentication-Warning: mx.example.test: nobody set sender to <ceo@example.test> using -f\n" in data
+
+
+def test_unprivileged_maildrop_rejects_junk_and_links(public_sys):
+    system = public_sys
+    drop = system.root / "maildrop"
+    # junk written directly by a user, and a symlink to a root-only file
+    subprocess.run(SETPRIV + ["sh", "-c", f'printf "not json\\nx\\n" > {drop}/JUNK1; ln -s /etc/shadow {drop}/LINK1'],
+                   check=True)
+    log = run_once(system)
+    assert "refused" in log or "cannot open" in log
+    assert not entries(system)
+    assert not [p for p in drop.iterdir() if not p.name.startswith(".")]
+
+
+def test_unprivileged_sendmail_bs(public_sys):
+    system = public_sys
+    session = (b"HELO me\r\nMAIL FROM:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+               b"Subject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    proc = sendmail(system, "-bs", input=session, as_nobody=True)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\r\n250 " in proc.stdout and b"221" in proc.stdout
+    run_once(system)
+    assert len(system.messages("bob")) == 1
+
+
+def test_running_runner_picks_up_the_maildrop_promptly(public_sys):
+    system = public_sys
+    system.start_qrunner()  # scan_interval is 60 s: only the maildrop wake socket can make this quick
+    assert stat.S_IMODE(os.stat(system.root / "maildrop" / ".wake").st_mode) == 0o666
+    start = time.time()
+    proc = sendmail(system, "bob@example.test", as_nobody=True, input=b"Subject: quick\n\nx\n")
+    assert proc.returncode == 0, proc.stderr
+    system.wait_messages(1, "bob", timeout=10)
+    assert time.time() - start < 3.0
+
+
+def test_mailq_as_an_ordinary_user_is_refused_cleanly(public_sys):
+    proc = sendmail(public_sys, "-bp", as_nobody=True)
+    assert proc.returncode == 77 and b"permission denied" in proc.stderr and b"Traceback" not in proc.stderr
