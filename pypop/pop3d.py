@@ -1,0 +1,140 @@
+"""pypop-pop3d: the POP3 server program.
+
+The POP3 dialogue is ``pypop.pop3_server`` (sans-I/O); this module is the
+policy behind it -- where passwords are checked, how failed logins are
+slowed down, where a user's Maildir is -- and the program's ``main``, built
+on the daemon skeleton every pymail server shares (``pymta.lib.daemon``):
+``--listen HOST:PORT``, systemd ``LISTEN_FDS`` (Accept=no), or one session
+on stdin/stdout (inetd, Accept=yes).
+
+Services: ``pop3`` (port 110, STLS offered when a certificate is
+configured) and ``pop3s`` (port 995, implicit TLS: start with ``--tls``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sys
+import time
+
+from pymta.lib import log
+from pypop.pop3_server import LoginResult, POP3Server
+
+
+class POP3Backend:
+    def __init__(self, cfg, service: str) -> None:
+        self.cfg = cfg
+        self.service = service
+        self.hostname = cfg["hostname"]
+        self.apop_enabled = bool(cfg["pop3d.enable_apop"])
+        self._users = None
+        self._guard = None
+
+    # Loaded on first use: an inetd session that only says QUIT pays nothing.
+    @property
+    def users(self):
+        if self._users is None:
+            from pymta.lib.users import UsersFile
+
+            self._users = UsersFile(self.cfg.path_of("users"))
+        return self._users
+
+    def plaintext_ok(self, info) -> bool:
+        from pymta.lib.authguard import plaintext_allowed
+
+        return plaintext_allowed(self.cfg, info)
+
+    # -- slow: these run as Jobs -----------------------------------------------------
+
+    def login(self, info, user: str, password: bytes, method: str) -> LoginResult:
+        ok = self.users.verify(user, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
+        return self._finish_login(info, user, ok, method, "wrong password")
+
+    def apop_login(self, info, user: str, timestamp: str, digest: str) -> LoginResult:
+        """RFC 1939 7: MD5(timestamp + secret) -- needs the secret in clear in the users file."""
+        from pymta.lib.users import split_scheme
+
+        record = self.users.lookup(user)
+        ok, reason = False, "wrong digest"
+        if record is not None:
+            scheme, body, encoding = split_scheme(record.password)
+            if scheme not in ("PLAIN", "CLEARTEXT") or encoding is not None:
+                reason = f"APOP needs a {{PLAIN}} password entry (found {{{scheme}}})"
+            elif not self.cfg["auth.allow_plain_scheme"]:
+                reason = "APOP needs auth.allow_plain_scheme = true"
+            else:
+                expected = hashlib.md5((timestamp + body).encode("utf-8")).hexdigest()
+                ok = hmac.compare_digest(expected, digest)
+        return self._finish_login(info, user, ok, "APOP", reason)
+
+    def _finish_login(self, info, user: str, ok: bool, method: str, reason: str) -> LoginResult:
+        record = self.users.lookup(user) if ok else None
+        account = record.address if record is not None else user
+        tls = "yes" if info.tls else "no"
+        if ok and record is not None:
+            result = self._open_maildrop(info, account, method, tls)
+            if result.status != "ok":
+                return result
+            self._guard_record(info, account, True)
+            log.info(f"login: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
+                     f"messages={len(result.maildrop.messages)}")
+            return result
+        known = self.users.exists(user)
+        why = reason if known else "unknown user"
+        # Explain failures in the log (LESSONS 29), and make guessing slow.
+        log.warning(f"login failed: user=<{_printable(user)}>, method={method}, rip={info.peer_ip}, tls={tls}, "
+                    f"reason={why}")
+        delay = self._guard_record(info, user, False)
+        if delay:
+            time.sleep(delay)
+        return LoginResult("auth")
+
+    def _guard_record(self, info, account: str, ok: bool) -> float:
+        if self._guard is None:
+            from pymta.lib.authguard import AuthGuard
+
+            self._guard = AuthGuard(self.cfg)
+        return self._guard.record(info.peer_ip, account, ok)
+
+    def _open_maildrop(self, info, account: str, method: str, tls: str) -> LoginResult:
+        from pymda.deliver import DeliveryError, user_maildir
+        from pypop.maildrop import Maildrop, MaildropInUse
+
+        try:
+            path = user_maildir(self.cfg.mail_dir, account)
+            drop = Maildrop.open(path)
+        except MaildropInUse:
+            log.warning(f"login refused: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
+                        f"reason=maildrop in use by another POP3 session")
+            return LoginResult("in-use")
+        except (OSError, DeliveryError) as exc:
+            log.error(f"login failed: user=<{account}>, rip={info.peer_ip}: cannot open maildrop: {exc}")
+            return LoginResult("temp")
+        return LoginResult("ok", account, drop)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in text)[:255]
+
+
+def build(cfg, service: str):
+    backend = POP3Backend(cfg, service)
+    timeout = cfg["pop3d.timeout"]
+    return lambda: POP3Server(backend, timeout=timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pymta.lib import daemon
+
+    parser = daemon.arg_parser("pypop-pop3d", "The pymail POP3 server.", "pop3 (pop3s with --tls)")
+    args = parser.parse_args(argv)
+    if args.service is None:
+        args.service = "pop3s" if args.tls else "pop3"
+    return daemon.run("pypop-pop3d", args, build,
+                      busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+                      max_sessions_key="pop3d.max_sessions")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
