@@ -126,7 +126,9 @@ class AsyncServer:
                 if eof:
                     return
                 try:
-                    data = await asyncio.wait_for(reader.read(RECV_SIZE), protocol.timeout)
+                    # asyncio.timeout() costs a timer, wait_for() a whole task per read.
+                    async with asyncio.timeout(protocol.timeout):
+                        data = await reader.read(RECV_SIZE)
                 except (asyncio.TimeoutError, TimeoutError):
                     pending.extend(protocol.timed_out())
                     continue
