@@ -103,6 +103,17 @@ class MailSystem:
             time.sleep(0.05)
         raise TimeoutError(f"expected {count} messages for {user}, found {len(self.messages(user))}")
 
+    def wait_queue_empty(self, timeout: float = 10.0) -> list[Path]:
+        """Committed entries left once the runner had time to finish (it removes
+        an entry just after the delivery a test waits for)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            left = [p for p in self.queue_files() if p.parent.name != "tmp"]
+            if not left:
+                return []
+            time.sleep(0.05)
+        return left
+
     def queue_files(self) -> list[Path]:
         q = self.root / "queue"
         return [p for sub in ("tmp", "new", "deferred", "hold") for p in (q / sub).rglob("*") if p.is_file()]

@@ -42,7 +42,7 @@ def test_message_reaches_maildir_in_every_activation_mode(mailsys, mode):
     assert f",S={path.stat().st_size}," in name
     lines = path.read_bytes().count(b"\n")
     assert name.endswith(f",W={path.stat().st_size + lines}")
-    assert not mailsys.queue_files()
+    assert not mailsys.wait_queue_empty()
 
 
 def test_starttls_then_delivery(mailsys):

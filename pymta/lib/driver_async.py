@@ -18,6 +18,7 @@ from pymta.lib import log
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 
 RECV_SIZE = 65536
+STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a write
 
 
 class AsyncServer:
@@ -90,18 +91,27 @@ class AsyncServer:
         eof = False
         try:
             while True:
+                out = bytearray()  # replies are gathered so one send carries them all
                 while pending:
                     action = pending.popleft()
                     if isinstance(action, (bytes, bytearray)):
-                        writer.write(action)
-                    elif isinstance(action, Job):
+                        out += action
+                        continue
+                    if isinstance(action, Stream):
+                        for chunk in action.chunks:
+                            out += chunk
+                            if len(out) >= STREAM_FLUSH:
+                                writer.write(out)
+                                out = bytearray()
+                                await writer.drain()
+                        continue
+                    if out:
+                        writer.write(out)
+                        out = bytearray()
+                    if isinstance(action, Job):
                         await writer.drain()
                         result = await loop.run_in_executor(self.executor, action.run)
                         pending.extend(protocol.job_done(result))
-                    elif isinstance(action, Stream):
-                        for chunk in action.chunks:
-                            writer.write(chunk)
-                            await writer.drain()
                     elif action is STARTTLS:
                         if self.tls is None:
                             return
@@ -122,6 +132,8 @@ class AsyncServer:
                     elif action is CLOSE:
                         await writer.drain()
                         return
+                if out:
+                    writer.write(out)
                 await writer.drain()
                 if eof:
                     return

@@ -18,6 +18,7 @@ from collections import deque
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 
 RECV_SIZE = 65536
+STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a send
 
 
 class _SocketIO:
@@ -132,15 +133,22 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                 if isinstance(action, (bytes, bytearray)):
                     out.append(action)
                     continue
+                if isinstance(action, Stream):
+                    size = sum(map(len, out))
+                    for chunk in action.chunks:  # gathered: one send per ~256 KiB
+                        out.append(chunk)
+                        size += len(chunk)
+                        if size >= STREAM_FLUSH:
+                            if not io.send(b"".join(out)):
+                                return
+                            out.clear()
+                            size = 0
+                    continue
                 if out and not io.send(b"".join(out)):
                     return
                 out.clear()
                 if isinstance(action, Job):
                     pending.extend(protocol.job_done(action.run()))
-                elif isinstance(action, Stream):
-                    for chunk in action.chunks:
-                        if not io.send(chunk):
-                            return
                 elif action is STARTTLS:
                     if tls is None or not isinstance(io, _SocketIO):
                         return
