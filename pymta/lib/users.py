@@ -19,12 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
-import hmac
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+from .record import Record
 
 from . import log
 
@@ -61,14 +60,17 @@ class InvalidAddress(UsersError, ValueError):
     pass
 
 
-@dataclass
-class UserRecord:
-    address: str  # canonical, lower case
-    password: str  # "{SCHEME}..." as stored
-    uid: int | None = None
-    gid: int | None = None
-    home: str = ""
-    extra: str = ""
+class UserRecord(Record):
+    # a Record, not a dataclass: smtpd imports this on every inetd connection
+    __slots__ = ("address", "password", "uid", "gid", "home", "extra")
+    FIELDS = (
+        ("address", None),  # canonical, lower case
+        ("password", ""),  # "{SCHEME}..." as stored
+        ("uid", None),
+        ("gid", None),
+        ("home", ""),
+        ("extra", ""),
+    )
 
 
 # -- addresses -------------------------------------------------------------------
@@ -221,11 +223,15 @@ def _decode(body: str, encoding: str, size: int | None = None) -> bytes:
 
 def _digest_verify(scheme: str, body: str, secret: bytes, encoding: str | None) -> bool:
     algo, salted, default = _DIGESTS[scheme]
+    import hashlib  # only here: it loads OpenSSL, which an inetd session rarely needs
+
     size = hashlib.new(algo).digest_size
     raw = _decode(body, encoding or default, None if salted else size)
     if len(raw) < size or (not salted and len(raw) != size):
         raise _Malformed(f"wrong length for {scheme}")
     digest, salt = raw[:size], raw[size:]
+    import hmac
+
     return hmac.compare_digest(hashlib.new(algo, secret + salt).digest(), digest)
 
 
@@ -271,6 +277,8 @@ def verify_hash(stored: str, password: str | bytes, allow_plain_scheme: bool = F
                 log.warning(f"{where}{{{scheme}}} password refused (auth.allow_plain_scheme is off)")
                 return False
             expected = _decode(body, encoding) if encoding else body.encode("utf-8")
+            import hmac
+
             return hmac.compare_digest(expected, secret)
         log.warning(f"{where}unknown password scheme {{{scheme}}}")
         return False
@@ -292,13 +300,15 @@ def _dummy_hash(cost: int) -> str:
 # -- the file ----------------------------------------------------------------------
 
 
-@dataclass
-class _Parsed:
-    lines: list[bytes]  # raw lines without their b"\n"
-    users: dict[str, UserRecord]  # first entry per address wins
-    line_of: dict[str, list[int]]  # address -> indexes of every line naming it
-    problems: list[tuple[int, str]]  # (line number, message)
-    bcrypt_cost: int
+class _Parsed(Record):
+    __slots__ = ("lines", "users", "line_of", "problems", "bcrypt_cost")
+    FIELDS = (
+        ("lines", []),  # raw lines without their b"\n"
+        ("users", {}),  # first entry per address wins
+        ("line_of", {}),  # address -> indexes of every line naming it
+        ("problems", []),  # (line number, message)
+        ("bcrypt_cost", 10),
+    )
 
 
 def _parse_line(text: str) -> UserRecord:
