@@ -49,60 +49,263 @@ def trace_headers(sender: str, recipient: str) -> bytes:
     return f"Return-Path: <{sender}>\nDelivered-To: {recipient}\n".encode("utf-8", "surrogateescape")
 
 
-def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original: str | None = None,
-                    qid: str | None = None) -> Path:
-    """Deliver into the INBOX of the user ``recipient`` names; return the file written.
+def default_sendmail() -> str:
+    """The ``sendmail`` installed beside this program (or the checkout's bin/), else /usr/sbin/sendmail."""
+    here = Path(__file__).resolve().parent.parent
+    for d in (os.path.dirname(os.path.abspath(sys.argv[0] or ".")), os.path.dirname(sys.executable), str(here / "bin")):
+        candidate = os.path.join(d, "sendmail")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return "/usr/sbin/sendmail"
 
-    ``chunks`` is an iterable of message bytes with LF line ends.  Raises
-    DeliveryError: EX_NOUSER for unknown users, EX_TEMPFAIL for anything a
-    retry may cure (disk full, permissions).
+
+def split_extension(address: str, delimiter: str = "+") -> str:
+    """The extension of ``user+ext@domain`` ("" when there is none)."""
+    local = address.rpartition("@")[0] or address
+    if not delimiter:
+        return ""
+    base, sep, ext = local.partition(delimiter)
+    return ext if sep and base else ""
+
+
+def user_home(record, box: Path) -> Path:
+    """The user's home: the users-file home field, else the Maildir itself."""
+    return Path(record.home) if getattr(record, "home", "") else box
+
+
+def rules_files(cfg, home: Path) -> list[Path]:
+    """The site rules file and the user's rules file, those that exist, in order."""
+    found = []
+    site = cfg.get("deliver.site_rules") or ""
+    if site:
+        path = Path(site) if os.path.isabs(site) else cfg.root / site
+        if os.path.exists(path):
+            found.append(path)
+    name = cfg.get("deliver.rules_file", ".procmailrc")
+    if name:
+        path = Path(name) if os.path.isabs(name) else home / name
+        if os.path.exists(path):
+            found.append(path)
+    return found
+
+
+def rules_variables(cfg, record, box: Path, home: Path, recipient: str, sender: str, original: str | None) -> dict:
+    """The variables a user's rules start with (pymda-rules(5), ENVIRONMENT)."""
+    delim = cfg.get("deliver.recipient_delimiter", "+")
+    ext = split_extension(recipient, delim) or split_extension(original or "", delim)
+    local = record.address.rpartition("@")[0]
+    return {
+        "HOME": str(home), "LOGNAME": local, "USER": record.address, "SHELL": "/bin/sh",
+        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin", "MAILDIR": str(box), "DEFAULT": f"{box}/",
+        "ORGMAIL": f"{box}/", "SENDMAIL": cfg.get("deliver.sendmail") or default_sendmail(), "SENDMAILFLAGS": "-oi",
+        "LOCKEXT": ".lock", "SHELLMETAS": "&|<>~;?*[", "SHELLFLAGS": "-c", "MSGPREFIX": "msg.",
+        "TIMEOUT": str(int(cfg.get("deliver.pipe_timeout", 300.0))), "HOST": cfg.get("hostname", "localhost"),
+        "SENDER": sender, "RECIPIENT": original or recipient, "EXTENSION": ext,
+    }
+
+
+def _chunks_bytes(chunks) -> bytes:
+    if isinstance(chunks, (bytes, bytearray)):
+        return bytes(chunks)
+    return b"".join(chunks)
+
+
+def lookup_user(users, address: str):
+    """The user's record, None if unknown; a missing or unreadable users file
+    is a temporary failure (75), never "no such user" (67)."""
+    from pymta.lib.users import UsersUnavailable
+
+    try:
+        return users.lookup(address)
+    except UsersUnavailable as exc:
+        raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL) from None
+
+
+def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original: str | None = None,
+                    qid: str | None = None, dry_run: bool = False, record=None):
+    """Deliver to the user ``recipient`` names, through their rules when they have any.
+
+    ``chunks`` is an iterable of message bytes with LF line ends.  Without
+    a rules or forward file this is a straight write into the INBOX and the
+    rules engine is never imported.  Returns the file written (the INBOX
+    file, or the first folder the rules used).  Raises DeliveryError:
+    EX_NOUSER for unknown users, EX_TEMPFAIL for anything a retry may cure
+    (disk full, a failing pipe), other codes as the rules' EXITCODE says.
     """
-    record = users.lookup(recipient)
+    if record is None:  # main() passes the record it looked up before dropping privileges
+        record = lookup_user(users, recipient)
     if record is None:
         raise DeliveryError(f"{recipient}: no such user", sysexits.EX_NOUSER)
     box = user_maildir(cfg.mail_dir, record.address)
+    home = user_home(record, box)
+    files = rules_files(cfg, home)
+    fwd_name = cfg.get("deliver.forward_file", "") or ""
+    fwd = (Path(fwd_name) if os.path.isabs(fwd_name) else home / fwd_name) if fwd_name else None
+    has_forward = fwd is not None and os.path.exists(fwd)
 
-    def with_trace():
-        yield trace_headers(sender, record.address)
-        if isinstance(chunks, (bytes, bytearray)):
-            yield bytes(chunks)
+    if not files and not has_forward and not dry_run:
+        def with_trace():
+            yield trace_headers(sender, record.address)
+            if isinstance(chunks, (bytes, bytearray)):
+                yield bytes(chunks)
+            else:
+                yield from chunks
+
+        try:
+            path = maildir.deliver(box, with_trace())
+        except maildir.MaildirError as exc:
+            code = sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT
+            raise DeliveryError(str(exc), code) from None
+        log.info(f"to=<{record.address}>, orig_to=<{original or recipient}>, delivered to maildir {path.name}", qid)
+        return path
+
+    from pymda.rules.engine import run_rules
+
+    data = trace_headers(sender, record.address) + _chunks_bytes(chunks)
+    variables = rules_variables(cfg, record, box, home, recipient, sender, original)
+    args = [variables["EXTENSION"]] if variables["EXTENSION"] else []
+    try:
+        if has_forward:
+            from pymda import forward
+
+            outcome = forward.apply(fwd, data, variables, record=record, box=box, sender=sender, files=files,
+                                    dry_run=dry_run, qid=qid, args=args)
         else:
-            yield from chunks
+            outcome = run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run,
+                                qid=qid)
+    except (DeliveryError, MemoryError):
+        raise
+    except Exception as exc:  # a bug must not lose mail: the MTA keeps it and retries
+        log.error(f"{record.address}: internal error in rules: {type(exc).__name__}: {exc}", qid)
+        raise DeliveryError(f"internal error in rules: {exc}", sysexits.EX_TEMPFAIL) from None
+    if dry_run:
+        return outcome
+    where = ", ".join(outcome.folders) or "nowhere"
+    if outcome.exit_code != sysexits.EX_OK:
+        raise DeliveryError(f"{record.address}: {outcome.reason or 'rules exit code ' + str(outcome.exit_code)}"
+                            f" (delivered to: {where})" if outcome.folders else
+                            f"{record.address}: {outcome.reason or 'rules exit code ' + str(outcome.exit_code)}",
+                            outcome.exit_code)
+    log.info(f"to=<{record.address}>, orig_to=<{original or recipient}>, delivered by rules to {where}", qid)
+    first = outcome.folders[0] if outcome.folders else str(box)
+    return Path(first) if not first.startswith(("|", "!")) else box
+
+
+def deliver_alias_target(cfg, kind: str, target: str, chunks, sender: str, *, original: str,
+                         qid: str | None = None) -> str:
+    """Deliver to a ``|command`` or ``/path/to/mbox`` target from the aliases file (aliases(5)).
+
+    The command runs with ``/bin/sh -c`` (the aliases file is the admin's),
+    with the message on stdin, a clean environment in which the envelope
+    is ``$SENDER``/``$RECIPIENT``/``$EXTENSION`` (never pasted into the
+    command), the ``deliver.pipe_timeout`` limit, and as ``nobody`` when
+    the runner is root (Postfix's default_privs).  Exit 0 delivers; 75 or
+    a timeout defers; any other status bounces.  A path gets an mbox
+    append (a trailing ``/`` makes it a Maildir).  Returns where it went.
+    """
+    data = trace_headers(sender, original) + _chunks_bytes(chunks)
+    delim = cfg.get("deliver.recipient_delimiter", "+")
+    if kind == "pipe":
+        import subprocess
+
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "SHELL": "/bin/sh", "HOME": "/", "SENDER": sender,
+               "RECIPIENT": original, "EXTENSION": split_extension(original, delim), "LOGNAME": "nobody"}
+        extra = {}
+        if os.geteuid() == 0:
+            extra = {"user": "nobody", "group": "nogroup" if _group_exists("nogroup") else "nobody"}
+        try:
+            proc = subprocess.run(["/bin/sh", "-c", target], input=data, env=env, cwd="/", stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=cfg.get("deliver.pipe_timeout", 300.0),
+                                  start_new_session=True, **extra)
+        except subprocess.TimeoutExpired:
+            raise DeliveryError(f"command {target!r} timed out", sysexits.EX_TEMPFAIL) from None
+        except OSError as exc:
+            raise DeliveryError(f"cannot run {target!r}: {exc.strerror}", sysexits.EX_TEMPFAIL) from None
+        if proc.returncode != 0:
+            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            detail = f": {err[-1][:200]}" if err else ""
+            code = sysexits.EX_TEMPFAIL if proc.returncode in (sysexits.EX_TEMPFAIL, -9) else sysexits.EX_UNAVAILABLE
+            raise DeliveryError(f"command {target!r} exited {proc.returncode}{detail}", code)
+        log.info(f"to=<{original}>, delivered to command {target!r}", qid)
+        return f"command {target}"
+    if kind == "file":
+        if target.endswith("/"):
+            try:
+                path = maildir.deliver(Path(target), data)
+            except maildir.MaildirError as exc:
+                raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT) from None
+            log.info(f"to=<{original}>, delivered to maildir {path}", qid)
+            return f"maildir {target}"
+        from pymda.rules import mbox
+
+        try:
+            mbox.append(target, mbox.format_message(None, *_split_message(data), sender=sender))
+        except mbox.MboxError as exc:
+            raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT) from None
+        log.info(f"to=<{original}>, delivered to mbox {target}", qid)
+        return f"mbox {target}"
+    raise DeliveryError(f"unknown target kind {kind!r}", sysexits.EX_SOFTWARE)
+
+
+def _group_exists(name: str) -> bool:
+    import grp
 
     try:
-        path = maildir.deliver(box, with_trace())
-    except maildir.MaildirError as exc:
-        code = sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT
-        raise DeliveryError(str(exc), code) from None
-    return path
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _split_message(data: bytes) -> tuple[bytes, bytes]:
+    idx = data.find(b"\n\n")
+    return (data, b"") if idx < 0 else (data[:idx + 2], data[idx + 2:])
 
 
 USAGE = """\
-usage: pymda-deliver [-C FILE] -d USER [-f SENDER] [-a ADDRESS] < message
+usage: pymda-deliver [-C FILE] [--dry-run] -d USER [-f SENDER] [-a ADDRESS] < message
+       pymda-deliver [--dry-run] [-f SENDER] -m [VAR=value ...] RCFILE [ARG ...] < message
 
-Deliver the message on standard input to the Maildir of USER.
+Deliver the message on standard input to the Maildir of USER, through the
+user's rules file (pymda-rules(5)) when there is one; or, with -m, run the
+rules file RCFILE as procmail -m does (a general mail filter).
 
 options:
   -C FILE     configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)
   -d USER     the recipient: user@domain as in the users file (+extension allowed)
-  -f SENDER   envelope sender, for Return-Path: (default: MAILER-DAEMON)
-  -a ADDRESS  original recipient address, for logging
+  -f SENDER   envelope sender, for Return-Path: and $SENDER (default: <>, the null sender)
+  -a ADDRESS  original recipient address ($RECIPIENT; its +extension is $EXTENSION and $1)
+  -m          procmail -m mode: VAR=value assignments, then RCFILE, then $1, $2, ...
+  --dry-run   print which recipes match and where the message would go; deliver nothing
   -h, --help  show this help and exit
 
 exit status: 0 delivered, 64 usage, 65 bad input, 67 no such user,
-75 temporary failure (retry later), 78 configuration error.
+73 not delivered (-m without DEFAULT), 75 temporary failure (retry later),
+78 configuration error; or the rules' EXITCODE.
 """
 
 
 def _parse_args(argv: list[str]) -> dict:
-    opts = {"C": None, "d": None, "f": "", "a": None}
+    opts = {"C": None, "d": None, "f": "", "a": None, "m": None, "dry_run": False}
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
             sys.stdout.write(USAGE)
             raise SystemExit(sysexits.EX_OK)
-        if len(arg) >= 2 and arg[0] == "-" and arg[1] in opts:
+        if arg in ("--dry-run", "-n"):
+            opts["dry_run"] = True
+        elif arg == "-m":
+            rest = argv[i + 1:]
+            assigns = []
+            while rest and "=" in rest[0] and not rest[0].startswith(("/", ".")) and \
+                    rest[0].split("=", 1)[0].replace("_", "a").isalnum():
+                assigns.append(rest.pop(0).split("=", 1))
+            if not rest:
+                raise DeliveryError("-m needs a rules file", sysexits.EX_USAGE)
+            opts["m"] = (assigns, rest[0], rest[1:])
+            break
+        elif len(arg) >= 2 and arg[0] == "-" and arg[1] in "Cdfa":
             key = arg[1]
             if len(arg) > 2:
                 opts[key] = arg[2:]
@@ -114,9 +317,92 @@ def _parse_args(argv: list[str]) -> dict:
         else:
             raise DeliveryError(f"unexpected argument {arg!r}", sysexits.EX_USAGE)
         i += 1
-    if not opts["d"]:
-        raise DeliveryError("-d USER is required", sysexits.EX_USAGE)
+    if not opts["d"] and not opts["m"]:
+        raise DeliveryError("-d USER or -m RCFILE is required", sysexits.EX_USAGE)
     return opts
+
+
+def drop_privileges(record) -> None:
+    """When root, become the mailbox owner: the users-file uid/gid, else the system account."""
+    if os.geteuid() != 0:
+        return
+    uid, gid = record.uid, record.gid
+    name = record.address.rpartition("@")[0]
+    if uid is None:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            log.warning(f"{record.address}: no uid in the users file and no system account; delivering as root")
+            return
+        uid, gid = pw.pw_uid, pw.pw_gid if gid is None else gid
+    if gid is None:
+        gid = uid
+    if uid == 0:
+        return
+    # import now what delivery may need: after the switch the interpreter's
+    # own files may be out of reach (e.g. a Python under /root)
+    import shlex  # noqa: F401
+
+    import pymda.forward  # noqa: F401
+    import pymda.rules.actions  # noqa: F401
+    import pymda.rules.engine  # noqa: F401
+    try:
+        os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise DeliveryError(f"cannot switch to uid {uid}: {exc.strerror}", sysexits.EX_TEMPFAIL) from None
+
+
+def _print_report(outcome, out=None) -> None:
+    out = out or sys.stdout
+    for where, text in outcome.report:
+        out.write(f"{where}: {text}\n" if where else f"{text}\n")
+    if outcome.delivered:
+        out.write("would deliver to: " + (", ".join(outcome.folders) or "nowhere") + "\n")
+    else:
+        out.write(f"would not deliver: {outcome.reason} (exit {outcome.exit_code})\n")
+    if outcome.exit_code:
+        out.write(f"exit status: {outcome.exit_code}\n")
+
+
+def run_m_mode(opts: dict, data: bytes) -> int:
+    """procmail -m: assignments, RCFILE, arguments; DEFAULT decides where unmatched mail goes."""
+    from pymda.rules.engine import run_rules
+
+    assigns, rcfile, args = opts["m"]
+    sender = opts["f"]
+    if not sender and data.startswith(b"From "):
+        sender = data[5:data.find(b"\n")].split(b" ", 1)[0].decode("utf-8", "surrogateescape")
+    home = os.environ.get("HOME") or "/"
+    variables = {
+        "HOME": home, "LOGNAME": os.environ.get("LOGNAME", os.environ.get("USER", "")), "SHELL": "/bin/sh",
+        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin", "MAILDIR": os.getcwd(), "SENDMAIL": default_sendmail(),
+        "SENDMAILFLAGS": "-oi", "LOCKEXT": ".lock", "SHELLMETAS": "&|<>~;?*[", "SHELLFLAGS": "-c",
+        "MSGPREFIX": "msg.", "TIMEOUT": "960", "SENDER": sender or "",
+    }
+    for name, value in assigns:
+        variables[name] = value
+    if not os.path.isabs(variables["MAILDIR"]):
+        variables["MAILDIR"] = os.path.abspath(variables["MAILDIR"])
+    default = variables.get("DEFAULT")
+    inbox = None
+    if default and default.endswith("/"):
+        inbox = Path(default if os.path.isabs(default) else os.path.join(variables["MAILDIR"], default)).resolve()
+    rcpath = rcfile if os.path.isabs(rcfile) else os.path.abspath(rcfile)
+    if not os.path.exists(rcpath):
+        log.error(f"{rcfile}: no such rules file")
+        return sysexits.EX_NOINPUT
+    outcome = run_rules(data, [rcpath], variables, args=args, inbox=inbox, sender=sender or "",
+                        dry_run=opts["dry_run"])
+    if opts["dry_run"]:
+        _print_report(outcome)
+        return sysexits.EX_OK
+    if not outcome.delivered:
+        log.error(f"not delivered: {outcome.reason}")
+    return outcome.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts = _parse_args(argv)
+        if any(c in (opts["f"] or "") + (opts["d"] or "") + (opts["a"] or "") for c in "\r\n\x00"):
+            raise DeliveryError("address contains CR, LF or NUL", sysexits.EX_DATAERR)
+        if opts["m"]:
+            return run_m_mode(opts, b"".join(crlf_to_lf(sys.stdin.buffer)))
         from pymta.lib import config
         from pymta.lib.users import UsersFile
 
@@ -132,17 +422,27 @@ def main(argv: list[str] | None = None) -> int:
         except config.ConfigError as exc:
             raise DeliveryError(f"configuration: {exc}", sysexits.EX_CONFIG) from None
         users = UsersFile(cfg.path_of("users"))
-        sender = opts["f"] or "MAILER-DAEMON"
-        if any(c in sender + opts["d"] for c in "\r\n\x00"):
-            raise DeliveryError("address contains CR, LF or NUL", sysexits.EX_DATAERR)
-        path = deliver_message(cfg, users, opts["d"], crlf_to_lf(sys.stdin.buffer), sender, original=opts["a"])
-        log.info(f"to=<{opts['d']}>, orig_to=<{opts['a'] or opts['d']}>, status=sent (delivered to maildir {path.name})")
+        sender = opts["f"]  # "" is the null sender: Return-Path: <>
+        record = lookup_user(users, opts["d"])
+        if record is None:
+            raise DeliveryError(f"{opts['d']}: no such user", sysexits.EX_NOUSER)
+        drop_privileges(record)
+        result = deliver_message(cfg, users, opts["d"], crlf_to_lf(sys.stdin.buffer), sender, original=opts["a"],
+                                 dry_run=opts["dry_run"], record=record)
+        if opts["dry_run"]:
+            if isinstance(result, Path):
+                sys.stdout.write(f"would deliver to: {result}/ (INBOX; no rules file)\n")
+            else:
+                _print_report(result)
         return sysexits.EX_OK
     except DeliveryError as exc:
         log.error(str(exc))
         return exc.exit_code
     except OSError as exc:
         log.error(f"temporary failure: {exc}")
+        return sysexits.EX_TEMPFAIL
+    except Exception as exc:  # never a traceback and a lost message: the MTA retries
+        log.error(f"temporary failure: internal error: {type(exc).__name__}: {exc}")
         return sysexits.EX_TEMPFAIL
 
 

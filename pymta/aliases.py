@@ -168,8 +168,64 @@ class Aliases:
             out = []
             for line in lines:
                 for item in split_targets(line):
-                    out.extend(self._resolve(item, domain, depth + 1))
+                    for target in self._resolve(item, domain, depth + 1):
+                        if target.kind != "address":
+                            # as Postfix's allow_mail_to_commands/files default: not from
+                            # :include: files, which someone other than root may write
+                            from pymta.lib import log
+
+                            log.warning(f"{path}: {target.kind} target {target.value!r} ignored in an :include: file")
+                            continue
+                        out.append(target)
             return out
         if "@" not in raw:
             raw = f"{raw}@{domain}"
         return [Target("address", raw)]
+
+
+def check(text: str, source: str = "aliases", *, is_local=None, user_exists=None) -> list[tuple[int, str]]:
+    """``newaliases``-style validation: every problem as (line number, message).
+
+    On top of ``parse``'s syntax problems: empty ``|`` commands, file
+    targets that are not absolute paths, ``:include:`` files that cannot be
+    read, targets with spaces or control characters, and (when
+    ``is_local``/``user_exists`` are given) local targets that are neither
+    a user nor another alias.
+    """
+    table, problems = parse(text, source)
+    names = set(table)
+    line_of: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line and line[0] not in " \t#":
+            name = line.partition(":")[0].strip().strip('"').lower()
+            line_of.setdefault(name, number)
+    for name, targets in table.items():
+        number = line_of.get(name, 0)
+        for raw in targets:
+            t = raw.strip()
+            if t.startswith('"') and t.endswith('"') and len(t) >= 2:
+                t = t[1:-1]
+            if any(ord(c) < 32 for c in t):
+                problems.append((number, f"{name}: control character in target {raw!r}"))
+            elif t.startswith("|"):
+                if not t[1:].strip():
+                    problems.append((number, f"{name}: '|' without a command"))
+            elif t.lower().startswith(":include:"):
+                path = t[len(":include:"):].strip()
+                if not path.startswith("/"):
+                    problems.append((number, f"{name}: :include: needs an absolute path, not {path!r}"))
+                elif not os.access(path, os.R_OK):
+                    problems.append((number, f"{name}: cannot read include file {path}"))
+            elif t.startswith("/"):
+                if "/../" in t + "/" or t.endswith("/.."):
+                    problems.append((number, f"{name}: '..' in file target {t!r}"))
+            elif t.startswith(("~", ".")):
+                problems.append((number, f"{name}: file targets must be absolute paths: {t!r}"))
+            elif any(c.isspace() for c in t) or t.count("@") > 1 or t.startswith("-"):
+                problems.append((number, f"{name}: bad address {raw!r}"))
+            elif user_exists is not None and "@" not in t and t.lower() not in names:
+                local = t.lower()
+                if not user_exists(local):
+                    problems.append((number, f"{name}: {t!r} is neither a user nor an alias"))
+    problems.sort()
+    return problems

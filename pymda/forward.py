@@ -1,0 +1,98 @@
+"""``~/.forward``: per-user forwarding, applied before the user's rules.
+
+The file holds aliases(5) targets, comma- or line-separated::
+
+    # keep a copy here and send one on
+    \\alice, alice@elsewhere.example
+    "|/usr/bin/vacation alice"
+    /home/alice/archive.mbox
+
+``\\user`` (or the user's own address) keeps a copy: the message then goes
+through the user's rules (or to the INBOX).  ``|command`` and
+``/path`` (mbox; with a trailing ``/`` a Maildir) are delivered as rule
+actions would be, as the user.  Other targets are forwarded with
+``$SENDMAIL``.  As sendmail does, the file is ignored (and logged) when it
+is writable by group or others or owned by someone other than the user or
+root.  Any failing target makes the whole delivery a temporary failure.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from pymta.lib import log, sysexits
+
+
+def read_targets(path) -> list[str]:
+    from pymta.aliases import split_targets
+
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        text = fh.read(1 << 16)
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        out.extend(split_targets(line))
+    return out
+
+
+def safe(path) -> bool:
+    st = os.stat(path)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning(f"{path}: writable by group or others; ignored")
+        return False
+    if st.st_uid not in (0, os.geteuid()):
+        log.warning(f"{path}: owned by uid {st.st_uid}, not the user; ignored")
+        return False
+    return True
+
+
+def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files, dry_run: bool = False,
+          qid=None, args=()):
+    from pymda.rules.engine import Engine, run_rules
+    from pymda.rules.parser import Action, Recipe
+
+    try:
+        targets = read_targets(path) if safe(path) else []
+    except OSError as exc:
+        log.warning(f"{path}: {exc.strerror}; ignored", qid)
+        targets = []
+    if not targets:
+        return run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid)
+    local = record.address.rpartition("@")[0]
+    keep = False
+    eng = Engine(data, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid)
+    eng.special["_"] = str(path)
+    addresses = []
+    for n, target in enumerate(targets, 1):
+        t = target.strip()
+        if t.startswith('"') and t.endswith('"') and len(t) >= 2:
+            t = t[1:-1].strip()
+        if t.startswith("\\") or t.lower() in (local.lower(), record.address.lower()):
+            keep = True
+            continue
+        if t.startswith("|"):
+            ok = eng.pipe(Recipe("", None, [], Action("pipe", t[1:].strip(), n), n))
+        elif t.startswith("/"):
+            ok = eng.folder(Recipe("", None, [], Action("folder", t, n), n))
+        else:
+            addresses.append(t)
+            continue
+        if not ok:
+            eng.tempfail = eng.tempfail or f"{path}: target {t!r} failed"
+    if addresses:
+        if not eng.forward(Recipe("", None, [], Action("forward", " ".join(addresses), 0), 0)):
+            eng.tempfail = eng.tempfail or f"{path}: forward failed"
+    if eng.tempfail:
+        from pymda.rules.engine import Outcome
+
+        return Outcome(False, sysexits.EX_TEMPFAIL, eng.folders, f"temporary failure: {eng.tempfail}", eng.report)
+    if keep:
+        outcome = run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid)
+        outcome.folders[:0] = eng.folders
+        outcome.report[:0] = eng.report
+        return outcome
+    from pymda.rules.engine import Outcome
+
+    return Outcome(True, sysexits.EX_OK, eng.folders, "", eng.report)
