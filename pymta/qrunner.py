@@ -102,7 +102,7 @@ class Runner:
             for rcpt in todo:
                 rcpt["status"] = ATTEMPTING
                 rcpt["attempts"] += 1
-            self.queue.write_state(qid, state)
+            self.queue.write_state(qid, state, durable=False)
             remote = [r for r in todo if r["kind"] == "address" and not self.is_local(r["to"])]
             for rcpt in todo:
                 if not (rcpt["kind"] == "address" and not self.is_local(rcpt["to"])):

@@ -234,7 +234,11 @@ class Queue:
         except (ValueError, OSError):
             return None  # a torn state cannot happen (rename); an unreadable one restarts from the envelope
 
-    def write_state(self, queue_id: str, state: dict) -> None:
+    def write_state(self, queue_id: str, state: dict, durable: bool = True) -> None:
+        """Replace ``state/ID`` atomically.  ``durable=False`` skips the fsyncs:
+        the new state survives a killed process (it is in the page cache) but
+        maybe not a power cut -- enough for the "attempting" marker, whose
+        loss can only make a repeated delivery go unmarked."""
         path = self.state_path(queue_id)
         tmp = self.path / "tmp" / f"{queue_id}.state.{os.getpid()}"
         import json
@@ -243,16 +247,20 @@ class Queue:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
 
     def remove(self, entry: "Entry") -> None:
-        """Delivery finished for every recipient: the entry goes away."""
+        """Delivery finished for every recipient: the entry goes away.
+
+        No directory fsync: if a power cut undoes the unlink, the entry comes
+        back and is delivered again -- a duplicate, never a loss."""
         os.unlink(entry.path)
-        fsync_dir(entry.path.parent)
         try:
             os.unlink(self.state_path(entry.envelope.queue_id))
         except FileNotFoundError:
@@ -336,27 +344,27 @@ class QueueWriter:
         self.queue = queue
         self.closed = False
         self.fd = -1
-        for _ in range(5):
-            qid = make_queue_id()
-            tmp = queue.path / "tmp" / qid
-            try:
-                self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-                break
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise QueueError(f"cannot create queue file: {exc.strerror}") from None
-        else:
-            raise QueueError("cannot create a unique queue file")
-        self.queue_id = qid
-        self.tmp = tmp
-        self.envelope = Envelope(sender, list(recipients), qid, time.time(), meta)
+        self.queue_id = make_queue_id()
+        self.tmp = queue.path / "tmp" / self.queue_id
+        self.envelope = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
+        # The file is created on the first flush, usually inside commit(): in
+        # smtpd that runs in a worker thread, so no session waits on a file
+        # creation (slow on some file systems) on the event loop.
         self._buf = bytearray()
         try:
             self._buf += self.envelope.to_line()
         except ValueError as exc:
-            self.abort()
+            self.closed = True
             raise QueueError(str(exc)) from None
+
+    def _open(self) -> None:
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            # FileExistsError too: the ID is already promised to the client
+            # (Received: header), so a clash is a temporary failure, not a rename.
+            self.closed = True
+            raise QueueError(f"cannot create queue file: {exc.strerror}") from None
 
     def write(self, data: bytes) -> None:
         self._buf += data
@@ -364,15 +372,17 @@ class QueueWriter:
             self._flush()
 
     def _flush(self) -> None:
+        if self.fd < 0:
+            self._open()
         view = memoryview(self._buf)
         try:
             while view:
                 view = view[os.write(self.fd, view):]
         except OSError as exc:
+            view.release()
             self.abort()
             raise QueueError(f"cannot write queue file: {exc.strerror}") from None
-        finally:
-            view.release()
+        view.release()
         self._buf.clear()
 
     def commit(self) -> str:
@@ -399,16 +409,17 @@ class QueueWriter:
         if self.closed:
             return
         self.closed = True
+        self._buf.clear()
         if self.fd >= 0:
             try:
                 os.close(self.fd)
             except OSError:
                 pass
             self.fd = -1
-        try:
-            os.unlink(self.tmp)
-        except OSError:
-            pass
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
 
 
 def _listdir(path: Path) -> list[str]:
