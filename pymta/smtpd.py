@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.service is None:
         args.service = "smtps" if args.tls else "smtp"
     return daemon.run("pymta-smtpd", args, build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n",
-                      max_sessions_key="smtpd.max_sessions")
+                      max_sessions_key="smtpd.max_sessions",
+                      processes_key="smtpd.processes")
 
 
 if __name__ == "__main__":

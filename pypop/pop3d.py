@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         args.service = "pop3s" if args.tls else "pop3"
     return daemon.run("pypop-pop3d", args, build,
                       busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
-                      max_sessions_key="pop3d.max_sessions")
+                      max_sessions_key="pop3d.max_sessions", processes_key="pop3d.processes")
 
 
 if __name__ == "__main__":

@@ -275,7 +275,7 @@ def test_bare_postmaster_is_accepted_and_delivered(mailsys):
 
 
 def test_session_limit_in_listening_mode(make_mailsys):
-    system = make_mailsys("[smtpd]\nmax_sessions = 1\n")
+    system = make_mailsys("[smtpd]\nmax_sessions = 1\nprocesses = 1\n")
     port = system.start_smtpd("listen")
     time.sleep(0.5)  # let the start-up probe's session end
     first = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -351,3 +351,18 @@ def test_broken_certificate_disables_starttls_and_never_leaks_a_traceback(mailsy
     implicit = mailsys.run("pymta.smtpd", "--tls", "--listen", f"127.0.0.1:{free_port()}")
     assert implicit.returncode == 78
     assert b"Traceback" not in implicit.stderr
+
+
+def test_prefork_listening_smtpd_serves_from_every_process_and_stops_cleanly(make_mailsys):
+    system = make_mailsys("[smtpd]\nprocesses = 2\n")
+    port = system.start_smtpd("listen")
+    system.start_qrunner()
+    for n in range(6):
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.sendmail("carol@remote.example", ["alice@example.test"], b"Subject: %d\r\n\r\nx\r\n" % n)
+    system.wait_messages(6)
+    smtpd = system.procs[0]
+    smtpd.terminate()
+    assert smtpd.wait(timeout=15) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # no orphan still listening

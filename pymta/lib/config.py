@@ -70,6 +70,7 @@ PARAMS: tuple[Param, ...] = (
     Param("smtpd.data_timeout", "float", 600.0, "Seconds to wait for the next block of message text."),
     Param("smtpd.tls_handshake_timeout", "float", 30.0, "Seconds a TLS handshake may take."),
     Param("smtpd.max_sessions", "int", 100, "Concurrent sessions of one listening smtpd process; more get 421."),
+    Param("smtpd.processes", "int", 1, "Processes a listening smtpd forks to serve its sockets (each with its own limits); 0: one per CPU."),
     Param("smtpd.trusted_networks", "list", ["127.0.0.0/8", "::1/128"], "Client networks allowed to relay without AUTH (like Postfix mynetworks)."),
     Param("smtpd.require_tls_for_auth", "bool", True, "Offer AUTH only over TLS (unless auth.allow_plaintext*)."),
     # -- queue runner -------------------------------------------------------------
@@ -110,6 +111,7 @@ PARAMS: tuple[Param, ...] = (
     Param("dkim.key_dir", "path", "dkim", "Folder of DKIM private keys, DOMAIN/SELECTOR.key (made by `pymail dkim keygen`)."),
     Param("sendmail.maildrop", "path", "maildrop", "Drop folder for sendmail run by ordinary users (mode 1733, like Postfix's maildrop); only the runner reads it."),
     # -- pop3d (pypop) ---------------------------------------------------------------
+    Param("pop3d.processes", "int", 1, "Processes a listening pop3d forks to serve its sockets; 0: one per CPU."),
     Param("pop3d.max_sessions", "int", 100, "Concurrent sessions of one listening pop3d process; more get -ERR [SYS/TEMP]."),
     Param("pop3d.timeout", "float", 600.0, "Seconds of client silence before a POP3 session is closed without deleting anything (RFC 1939 autologout: at least 10 minutes)."),
     Param("pop3d.enable_apop", "bool", False, "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} with auth.allow_plain_scheme = true."),

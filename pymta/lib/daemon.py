@@ -114,7 +114,7 @@ def tls_loader(cfg):
     return load
 
 
-def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str) -> int:
+def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, processes_key: str | None = None) -> int:
     log.set_program(prog)
     from pymta.lib import config
 
@@ -160,13 +160,30 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str) -> 
                 tls = None
 
         where = ", ".join(_sockname(s) for s in sockets)
-        log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''})")
-        try:
-            driver_async.run(factory, sockets, service=service, tls=tls, implicit_tls=args.tls,
-                             handshake_timeout=handshake_timeout, max_sessions=cfg[max_sessions_key],
-                             busy_reply=busy_reply)
-        except KeyboardInterrupt:
-            pass
+        processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
+        log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''}, {processes} process(es))")
+
+        def serve() -> None:
+            try:
+                driver_async.run(factory, sockets, service=service, tls=tls, implicit_tls=args.tls,
+                                 handshake_timeout=handshake_timeout, max_sessions=cfg[max_sessions_key],
+                                 busy_reply=busy_reply)
+            except KeyboardInterrupt:
+                pass
+
+        # Pre-fork, as Postfix runs several smtpd processes: one asyncio loop
+        # is one core, and the kernel spreads accepts over the processes.
+        children = []
+        for _ in range(processes - 1):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    serve()
+                finally:
+                    os._exit(0)
+            children.append(pid)
+        serve()
+        _stop_children(children)
         log.info("stopped")
         return sysexits.EX_OK
 
@@ -183,6 +200,30 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str) -> 
             return sysexits.EX_USAGE
         driver_blocking.serve_pipes(factory(), service=service)
     return sysexits.EX_OK
+
+
+def _stop_children(children: list[int]) -> None:
+    import signal
+    import time
+
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    for pid in children:
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done or time.time() > deadline:
+                if not done:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
 
 
 def _sockname(sock) -> str:
