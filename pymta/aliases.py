@@ -29,7 +29,7 @@ class AliasError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "address", "pipe", "file"
+    kind: str  # "address", "pipe", "file"; "error" (bounce) / "defer" (retry) with the reason as value
     value: str
 
 
@@ -146,6 +146,10 @@ class Aliases:
                         walk(target.value, depth + 1)
 
         walk(address, 0)
+        if not out:
+            # Every path led back to a name already expanded: without this the
+            # recipient would vanish without a delivery or a bounce.
+            out.append((address, Target("error", "5.4.6 alias loop: no deliverable target")))
         return out
 
     def _resolve(self, raw: str, domain: str, depth: int) -> list[Target]:
@@ -163,12 +167,16 @@ class Aliases:
             try:
                 with open(path, encoding="utf-8", errors="replace") as fh:
                     lines = [l.strip() for l in fh if l.strip() and not l.lstrip().startswith("#")]
-            except OSError:
-                return []
+            except OSError as exc:
+                # Maybe fixed in a minute: keep the message, never drop the list.
+                return [Target("defer", f"4.3.0 cannot read include file {path}: {exc.strerror}")]
             out = []
             for line in lines:
                 for item in split_targets(line):
                     for target in self._resolve(item, domain, depth + 1):
+                        if target.kind == "defer":
+                            out.append(target)
+                            continue
                         if target.kind != "address":
                             # as Postfix's allow_mail_to_commands/files default: not from
                             # :include: files, which someone other than root may write

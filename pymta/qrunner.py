@@ -55,13 +55,39 @@ class Runner:
     def is_local(self, address: str) -> bool:
         return self.cfg.is_local_domain(address.rpartition("@")[2])
 
-    def initial_state(self, entry: Entry) -> dict:
+    def expand(self, addresses, seen: set) -> list[dict]:
+        """Recipients after aliases, each final target once per message
+        (``alice`` and ``postmaster -> alice`` give alice one copy)."""
         rcpts = []
-        for rcpt in entry.envelope.recipients:
+        for rcpt in addresses:
             for orig, target in self.aliases.expand(rcpt, self.is_local):
-                rcpts.append({"to": target.value, "kind": target.kind, "orig": orig,
-                              "status": PENDING, "attempts": 0, "reason": ""})
-        return {"rcpts": rcpts, "first": time.time()}
+                key = (target.kind, target.value.lower())
+                if key in seen:
+                    continue
+                seen.add(key)
+                rcpt_state = {"to": target.value, "kind": target.kind, "orig": orig,
+                              "status": PENDING, "attempts": 0, "reason": ""}
+                if target.kind in ("error", "defer"):  # logged and bounced under the address itself
+                    rcpt_state.update(to=orig, verdict=target.value)
+                rcpts.append(rcpt_state)
+        return rcpts
+
+    def initial_state(self, entry: Entry) -> dict:
+        return {"rcpts": self.expand(entry.envelope.recipients, set()), "first": time.time()}
+
+    def reexpand_deferred_aliases(self, state: dict) -> None:
+        """An alias that could not be expanded (unreadable :include:) is tried again."""
+        waiting = [r for r in state["rcpts"] if r["kind"] == "defer"]
+        if not waiting:
+            return
+        keep = [r for r in state["rcpts"] if r["kind"] != "defer"]
+        seen = {(r["kind"], r["to"].lower()) for r in keep}
+        fresh = self.expand([r["orig"] for r in waiting], seen)
+        for r in fresh:
+            old = next((w for w in waiting if w["orig"] == r["orig"]), None)
+            if old is not None:
+                r["attempts"] = old["attempts"]
+        state["rcpts"] = keep + fresh
 
     # -- one entry ----------------------------------------------------------------
     def process_path(self, path: Path) -> None:
@@ -91,6 +117,8 @@ class Runner:
         if state is None:
             state = self.initial_state(entry)
             log.info(f"from=<{env.sender}>, size={entry.size}, nrcpt={len(state['rcpts'])} (queue active)", qid)
+        else:
+            self.reexpand_deferred_aliases(state)
         todo = []
         for rcpt in state["rcpts"]:
             if rcpt["status"] == ATTEMPTING:
@@ -117,7 +145,9 @@ class Runner:
         env = entry.envelope
         qid = env.queue_id
         dup = " (possible duplicate after a crash)" if rcpt.get("dup") else ""
-        if rcpt["kind"] != "address":
+        if rcpt["kind"] in ("error", "defer"):  # the alias expansion's own verdict
+            self._result(rcpt, BOUNCED if rcpt["kind"] == "error" else DEFERRED, rcpt["verdict"])
+        elif rcpt["kind"] != "address":
             from pymda.deliver import deliver_alias_target
 
             try:
