@@ -441,6 +441,16 @@ def _deep_problems(cfg: config.Config) -> list[tuple[str, str]]:
         problems.append(("paths.users", f"{users}: no such file"))
     except OSError as exc:
         problems.append(("paths.users", _os_message(exc)))
+    aliases = cfg.path_of("aliases")
+    if aliases.exists():
+        from pymta.aliases import check as check_aliases
+
+        try:
+            text = aliases.read_text(encoding="utf-8", errors="replace")
+            for lineno, message in check_aliases(text, str(aliases)):
+                problems.append(("paths.aliases", f"{aliases}:{lineno}: {message}"))
+        except OSError as exc:
+            problems.append(("paths.aliases", _os_message(exc)))
     for name in ("queue", "mail"):
         path = cfg.path_of(name)
         if not path.is_dir():

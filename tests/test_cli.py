@@ -322,3 +322,16 @@ def test_pymail_run_serves_smtp_and_stops_on_sigterm(tree, tmp_path):
             proc.wait()
         out.close()
         err.close()
+
+
+def test_config_check_reports_aliases_problems_with_line_numbers(tmp_path):
+    from click.testing import CliRunner
+
+    from pymta.cli import cli
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init", str(tmp_path / "d")]).exit_code == 0
+    (tmp_path / "d" / "aliases").write_text("# aliases\nok: alice\nbroken line without colon\nempty:\n")
+    result = runner.invoke(cli, ["config", "check", str(tmp_path / "d")])
+    assert result.exit_code == 78
+    assert "aliases:3:" in result.output and "aliases:4:" in result.output
