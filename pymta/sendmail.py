@@ -497,7 +497,7 @@ def run_queue(cfg) -> int:
 
 
 def newaliases(cfg) -> int:
-    from pymta.aliases import parse
+    from pymta.aliases import check, parse
 
     path = cfg.path_of("aliases")
     try:
@@ -507,7 +507,8 @@ def newaliases(cfg) -> int:
     except OSError as exc:
         print(f"newaliases: fatal: {path}: {exc.strerror}", file=sys.stderr)
         return sysexits.EX_OSFILE
-    table, problems = parse(text, str(path))
+    table, _ = parse(text, str(path))
+    problems = check(text, str(path))  # syntax, plus targets that cannot work (empty |, unreadable :include:)
     for lineno, message in problems:
         print(f"newaliases: warning: {path}, line {lineno}: {message}", file=sys.stderr)
     print(f"newaliases: {path}: {len(table)} aliases (read directly; no database to rebuild)", file=sys.stderr)
