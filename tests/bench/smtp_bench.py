@@ -202,7 +202,7 @@ class Tree:
             f'hostname = "mx.example.test"\n'
             f'domains = ["{DOMAIN}"]\n'
             f'root = "{root}"\n'
-            f"\n[smtpd]\nmax_sessions = 1000\n"
+            f"\n[smtpd]\nmax_sessions = 1000\nprocesses = {int(os.environ.get('SMTPD_PROCESSES', '1'))}\n"
         )
         Queue(root / "queue").create()
         (root / "mail").mkdir(exist_ok=True)
@@ -453,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-timeout", type=float, default=30.0,
                         help="seconds a daemon may take to start (default 30)")
     parser.add_argument("--send-timeout", type=float, default=900.0, help="limit for one smtp-source run")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="smtpd.processes for listening mode (0: one per CPU)")
     parser.add_argument("--no-qrunner", action="store_true",
                         help="do not run the qrunner (measures accepting alone; no delivered/s)")
     parser.add_argument("--profile", action="store_true",
@@ -466,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                              "suffer from whatever else the machine is doing (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary trees and logs")
     args = parser.parse_args(argv)
+    os.environ["SMTPD_PROCESSES"] = str(args.processes)  # read where the tree is made
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         if mode not in ("listen", "inetd", "bare"):
