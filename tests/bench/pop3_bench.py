@@ -217,6 +217,8 @@ def main() -> None:
     ap.add_argument("--big-mb", type=int, default=50)
     ap.add_argument("--dovecot-port", type=int, default=0,
                     help="also load a Dovecot serving the same mailbox and user on this port")
+    ap.add_argument("--dovecot", action="store_true",
+                    help="start Debian's Dovecot over the same tree (tests/bench/dovecot_side.py) and load it too")
     ap.add_argument("--keep", action="store_true", help="keep the temporary tree")
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pop3bench-"))
@@ -224,6 +226,12 @@ def main() -> None:
         t0 = time.time()
         config = make_tree(root, a.messages, a.big_mb)
         print(f"tree: {root} ({a.messages} messages, {a.big_mb} MB message) made in {time.time() - t0:.1f}s")
+        dovecot = None
+        if a.dovecot:
+            a.dovecot_port = free_port()
+            dovecot = subprocess.Popen([sys.executable, str(REPO / "tests" / "bench" / "dovecot_side.py"), str(root),
+                                        str(a.dovecot_port), str(free_port())])
+            wait_port(a.dovecot_port)
         for mode in ("listen", "inetd"):
             proc, port = start(config, mode)
             try:
@@ -243,6 +251,9 @@ def main() -> None:
             print(f"dovecot        clients=8, one mailbox: {load(a.dovecot_port, 8, a.seconds, same_user=True)}")
             ms, count = list_time(a.dovecot_port)
             print(f"dovecot        LIST of {count} messages: {ms:.2f} ms")
+        if dovecot is not None:
+            dovecot.terminate()
+            dovecot.wait()
         peak, octets, took = big_retr_inetd(config)
         print(f"pypop inetd  RETR of {octets / 1e6:.1f} MB: peak memory (VmHWM) {peak} MB, {took:.2f}s")
         before, after, octets = big_retr_listen(config)
