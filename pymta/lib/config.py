@@ -122,6 +122,7 @@ PARAMS: tuple[Param, ...] = (
     Param("imapd.autologout", "float", 1800.0, "Seconds a logged-in IMAP session may be idle, IDLE included (RFC 3501 5.4: at least 30 minutes)."),
     Param("imapd.login_timeout", "float", 60.0, "Seconds an IMAP client has to log in between commands before it is disconnected."),
     Param("imapd.idle_poll", "float", 0.5, "Seconds between mailbox checks while a client is in IDLE."),
+    Param("imapd.processes", "int", 1, "Processes a listening imapd forks to serve its sockets; 0: one per CPU."),
 )
 
 PARAM_BY_NAME = {p.name: p for p in PARAMS}

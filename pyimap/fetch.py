@@ -1,0 +1,273 @@
+"""FETCH data items (RFC 3501 6.4.5, 7.4.2): parsing the request, rendering the answer."""
+
+from __future__ import annotations
+
+import re
+
+from pyimap.parser import Atom, ParseError, tokenize
+from pymta.lib.sansio import Stream
+
+MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
+}
+SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "MODSEQ"}
+_SECTION = re.compile(r"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[(.*)\](?:<(\d+)\.(\d+)>)?$", re.DOTALL | re.IGNORECASE)
+_PATH = re.compile(r"^(\d+(?:\.\d+)*)(?:\.(.*))?$", re.DOTALL)
+STREAM_ABOVE = 256 * 1024
+_ENV_CACHE: dict = {}
+_ENV_CACHE_MAX = 200_000
+
+
+def parse_items(token) -> list[tuple]:
+    if isinstance(token, list):
+        atoms = token
+        if not atoms:
+            raise ParseError("Empty FETCH item list")
+    else:
+        atoms = [token]
+        if isinstance(token, Atom) and token.upper() in MACROS:
+            return [(x,) for x in MACROS[token.upper()]]
+    items = []
+    for a in atoms:
+        if not isinstance(a, Atom):
+            raise ParseError("Bad FETCH item")
+        up = a.upper()
+        if up in SIMPLE:
+            items.append((up,))
+        elif up == "RFC822":
+            items.append(("RFC822", False))
+        elif up == "RFC822.TEXT":
+            items.append(("RFC822.TEXT", False))
+        elif up == "RFC822.HEADER":
+            items.append(("RFC822.HEADER", True))
+        else:
+            items.append(_section_item(str(a)))
+    return items
+
+
+def _section_item(text: str) -> tuple:
+    m = _SECTION.match(text)
+    if not m:
+        raise ParseError(f"Unknown FETCH item {text[:40]}")
+    which = m.group(1).upper()
+    if which.startswith("BINARY"):
+        raise ParseError("BINARY not supported")
+    peek = which == "BODY.PEEK"
+    spec = m.group(2)
+    partial = (int(m.group(3)), int(m.group(4))) if m.group(3) is not None else None
+    path: list[int] = []
+    rest = spec
+    pm = _PATH.match(spec)
+    if pm:
+        path = [int(x) for x in pm.group(1).split(".")]
+        if any(n == 0 for n in path):
+            raise ParseError("Section part numbers start at 1")
+        rest = pm.group(2) or ""
+    kind = ""
+    fields: list[str] = []
+    up = rest.upper()
+    if up == "":
+        kind = ""
+    elif up in ("HEADER", "TEXT", "MIME"):
+        kind = up
+        if kind == "MIME" and not path:
+            raise ParseError("MIME needs a part number")
+    elif up.startswith("HEADER.FIELDS"):
+        kind, _, listing = rest.partition(" ")
+        kind = kind.upper()
+        if kind not in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            raise ParseError("Bad section")
+        toks = tokenize([listing.encode("utf-8")])
+        if len(toks) != 1 or not isinstance(toks[0], list) or not toks[0]:
+            raise ParseError("HEADER.FIELDS needs a list of field names")
+        for t in toks[0]:
+            if isinstance(t, list):
+                raise ParseError("Bad header field name")
+            name = t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
+            if not name or any(ord(c) <= 32 or c == ":" for c in name):
+                raise ParseError("Bad header field name")
+            fields.append(name)
+    else:
+        raise ParseError("Bad section")
+    section = ".".join(str(n) for n in path)
+    if kind:
+        section = f"{section}.{kind}" if section else kind
+    if kind.startswith("HEADER.FIELDS"):
+        section += " (" + " ".join(_field_out(f) for f in fields) + ")"
+    label = f"BODY[{section}]"
+    if partial is not None:
+        label += f"<{partial[0]}>"
+    return ("BODY[]", label.encode("utf-8"), path, kind, fields, partial, peek)
+
+
+def _field_out(name: str) -> str:
+    if re.match(r"^[!#-'*+\-.0-9A-Z^-~]+$", name, re.IGNORECASE) and name.upper() != "NIL":
+        return name.upper()
+    return '"' + name.upper().replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+class _Loader:
+    """Reads a message file at most once per FETCH response."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self._full = None
+        self._part = None
+        self._header = None
+
+    def full(self) -> bytes:
+        if self._full is None:
+            from pyimap.message import read_crlf
+
+            self._full = read_crlf(self.path)
+        return self._full
+
+    def header(self) -> bytes:
+        if self._header is None:
+            if self._full is not None:
+                from pyimap.message import split_header
+
+                self._header = split_header(self._full)[0]
+            else:
+                from pyimap.message import read_header
+
+                self._header = read_header(self.path)
+        return self._header
+
+    def part(self):
+        if self._part is None:
+            from pyimap.message import Part
+
+            self._part = Part(self.full())
+        return self._part
+
+
+def _envelope(sel, e, loader) -> bytes:
+    key = (sel.index.dir, e.base)
+    env = _ENV_CACHE.get(key)
+    if env is None:
+        from pyimap.message import Headers, cached_headers, envelope
+
+        if loader._full is not None:
+            env = envelope(Headers(loader.header()))
+        else:
+            env = envelope(cached_headers(key, loader.path))
+        if len(_ENV_CACHE) >= _ENV_CACHE_MAX:
+            _ENV_CACHE.clear()
+        _ENV_CACHE[key] = env
+    return env
+
+
+def _count_crlf_size(fh) -> int:
+    size = 0
+    last = b""
+    while chunk := fh.read(1 << 16):
+        size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+        if last == b"\r" and chunk[:1] == b"\n":
+            size -= 1
+        last = chunk[-1:]
+    fh.seek(0)
+    return size
+
+
+def _stream(fh):
+    from pyimap.message import to_crlf
+
+    try:
+        carry = b""
+        while True:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                if carry:
+                    yield carry
+                return
+            chunk = carry + chunk
+            carry = b""
+            if chunk.endswith(b"\r"):
+                chunk, carry = chunk[:-1], b"\r"
+            yield to_crlf(chunk)
+    finally:
+        fh.close()
+
+
+def render_message(server, sel, e, uid: int, seq: int, items) -> list:
+    """The ``* n FETCH (...)`` response of one message, as a list of actions."""
+    from pyimap.imap_server import format_internaldate
+
+    path = f"{sel.index.dir}/{e.sub}/{e.name}"
+    loader = _Loader(path)
+    out: list = []
+    buf = [b"* %d FETCH (" % seq]
+    first = True
+    for item in items:
+        name = item[0]
+        if not first:
+            buf.append(b" ")
+        first = False
+        if name == "UID":
+            buf.append(b"UID %d" % uid)
+        elif name == "FLAGS":
+            buf.append(b"FLAGS " + server._flags_of(e, uid).encode("utf-8"))
+        elif name == "INTERNALDATE":
+            buf.append(b"INTERNALDATE " + format_internaldate(e.idate))
+        elif name == "RFC822.SIZE":
+            buf.append(b"RFC822.SIZE %d" % e.size)
+        elif name == "MODSEQ":
+            buf.append(b"MODSEQ (%d)" % e.modseq)
+        elif name == "ENVELOPE":
+            buf.append(b"ENVELOPE " + _envelope(sel, e, loader))
+        elif name == "BODYSTRUCTURE":
+            buf.append(b"BODYSTRUCTURE " + loader.part().structure(True))
+        elif name == "BODY":
+            buf.append(b"BODY " + loader.part().structure(False))
+        elif name in ("RFC822", "RFC822.TEXT", "RFC822.HEADER") or (name == "BODY[]" and not item[2] and not item[3]
+                                                                     and item[5] is None):
+            label = name.encode() if name != "BODY[]" else item[1]
+            if name in ("RFC822", "BODY[]") and e.size > STREAM_ABOVE and loader._full is None:
+                fh = open(path, "rb")
+                size = _count_crlf_size(fh)
+                buf.append(label + b" {%d}\r\n" % size)
+                out.append(b"".join(buf))
+                out.append(Stream(_stream(fh)))
+                buf = []
+                continue
+            if name == "RFC822.HEADER":
+                data = loader.header()
+            elif name == "RFC822.TEXT":
+                from pyimap.message import split_header
+
+                data = split_header(loader.full())[1]
+            else:
+                data = loader.full()
+            buf.append(label + b" " + _literal(data))
+        elif name == "BODY[]":
+            _, label, spath, kind, fields, partial, _peek = item
+            if kind in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT") and not spath:
+                from pyimap.message import Headers, section_bytes  # header only: no need to read the body
+
+                hdr = loader.header()
+                if kind == "HEADER":
+                    data = hdr
+                else:
+                    want = {f.lower() for f in fields}
+                    keep = kind == "HEADER.FIELDS"
+                    data = b"".join(raw for n, raw in Headers(hdr).lines if (n in want) == keep) + b"\r\n"
+            else:
+                from pyimap.message import section_bytes
+
+                data = section_bytes(loader.part(), spath, kind, fields)
+                if data is None:
+                    data = b""
+            if partial is not None:
+                start, count = partial
+                data = data[start:start + count]
+            buf.append(label + b" " + _literal(data))
+    buf.append(b")\r\n")
+    out.append(b"".join(buf))
+    return out

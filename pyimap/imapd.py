@@ -1,0 +1,99 @@
+"""pyimap-imapd: the IMAP4rev1 server program.
+
+The IMAP dialogue is ``pyimap.imap_server`` (sans-I/O); this module is the
+policy behind it -- how passwords are checked (users file + auth guard),
+where a user's mail lives (``MAIL/<domain>/<user>/``) -- and ``main``.
+
+Services: ``imap`` (port 143, STARTTLS) and ``imaps`` (993, implicit TLS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+from pymta.lib import log
+
+
+class IMAPBackend:
+    def __init__(self, cfg, service: str) -> None:
+        self.cfg = cfg
+        self.service = service
+        self._users = None
+        self._guard = None
+
+    @property
+    def users(self):
+        if self._users is None:
+            from pymta.lib.users import UsersFile
+
+            self._users = UsersFile(self.cfg.path_of("users"))
+        return self._users
+
+    def plaintext_ok(self, info) -> bool:
+        from pymta.lib.authguard import plaintext_allowed
+
+        return plaintext_allowed(self.cfg, info)
+
+    def authenticate(self, info, username: str, password: bytes):
+        """The canonical account name, or None; runs in a Job (it sleeps after failures)."""
+        ok = self.users.verify(username, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
+        record = self.users.lookup(username) if ok else None
+        if ok:
+            log.info(f"imap-login: user=<{record.address}>, rip={info.peer_ip}, tls={'yes' if info.tls else 'no'}, ok")
+        else:
+            log.warning(f"imap-login: auth failed, user=<{username[:100]}>, rip={info.peer_ip} "
+                        f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
+        if self._guard is None:
+            from pymta.lib.authguard import AuthGuard
+
+            self._guard = AuthGuard(self.cfg)
+        delay = self._guard.record(info.peer_ip, username, ok)
+        if delay:
+            time.sleep(delay)
+        return record.address if ok else None
+
+    def open_store(self, account: str):
+        from pymda.deliver import user_maildir
+        from pyimap.store import UserStore
+
+        store = UserStore(user_maildir(self.cfg.mail_dir, account))
+        store.ensure()
+        return store
+
+
+def build(cfg, service: str):
+    from pyimap.imap_server import IMAPServer, IMAPSettings
+
+    backend = IMAPBackend(cfg, service)
+    base = IMAPSettings(
+        hostname=cfg["hostname"],
+        max_line=cfg["imapd.max_line"],
+        max_literal=cfg["imapd.max_literal"],
+        autologout=cfg["imapd.autologout"],
+        login_timeout=cfg["imapd.login_timeout"],
+        idle_poll=cfg["imapd.idle_poll"],
+    )
+
+    class Session(IMAPServer):
+        def connection_made(self, info):
+            self.settings = dataclasses.replace(base, plaintext_ok=backend.plaintext_ok(info))
+            return super().connection_made(info)
+
+    return lambda: Session(base, backend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pymta.lib import daemon
+
+    parser = daemon.arg_parser("pyimap-imapd", "The pymail IMAP4rev1 server.", "imap (imaps with --tls)")
+    args = parser.parse_args(argv)
+    if args.service is None:
+        args.service = "imaps" if args.tls else "imap"
+    return daemon.run("pyimap-imapd", args, build, busy_reply=b"* BYE Too many connections, try again later\r\n",
+                      max_sessions_key="imapd.max_sessions", processes_key="imapd.processes")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""Message structure for FETCH and SEARCH: headers, ENVELOPE, BODYSTRUCTURE, sections.
+
+Messages sit in the Maildir with LF line ends; IMAP sees them with CRLF.
+Everything here works on the CRLF form (``to_crlf``), so sizes, line
+counts and partial ranges are the ones the client sees.  The MIME parser
+is our own and bounded (Dovecot CVE-2020-12100, CVE-2024-23184): nesting
+depth, part count and header count are capped; beyond a cap the rest is
+treated as opaque text.  No ``email`` import: start-up cost matters.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyimap.parser import nstring, quote
+
+MAX_DEPTH = 20
+MAX_PARTS = 2000
+MAX_HEADERS = 2000
+READ_CHUNK = 1 << 16
+
+
+def to_crlf(data: bytes) -> bytes:
+    if b"\n" not in data:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def crlf_chunks(path, start: int = 0):
+    """Yield the file's bytes with CRLF line ends, in pieces."""
+    with open(path, "rb") as fh:
+        carry = b""
+        while True:
+            chunk = fh.read(READ_CHUNK)
+            if not chunk:
+                if carry:
+                    yield carry
+                return
+            chunk = carry + chunk
+            carry = b""
+            if chunk.endswith(b"\r"):
+                chunk, carry = chunk[:-1], b"\r"
+            yield to_crlf(chunk)
+
+
+def read_crlf(path) -> bytes:
+    with open(path, "rb") as fh:
+        return to_crlf(fh.read())
+
+
+def read_header(path, limit: int = 1 << 20) -> bytes:
+    """Only the header block of the message file (CRLF form, with the blank line)."""
+    with open(path, "rb") as fh:
+        data = b""
+        while len(data) < limit:
+            chunk = fh.read(8192)
+            if not chunk:
+                break
+            data += chunk
+            if data.startswith(b"\n") or data.startswith(b"\r\n"):
+                break
+            if b"\n\n" in data or b"\n\r\n" in data:
+                break
+    return split_header(to_crlf(data))[0]
+
+
+_HEADER_CACHE: dict = {}
+_HEADER_CACHE_MAX = 50_000
+
+
+def cached_headers(key, path) -> "Headers":
+    """Parsed headers of a message file, cached per process by ``key`` (folder, base name).
+
+    A Maildir message never changes once delivered (only its name does), so
+    the base name is a safe key.
+    """
+    h = _HEADER_CACHE.get(key)
+    if h is None:
+        h = Headers(read_header(path))
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[key] = h
+    return h
+
+
+def split_header(data: bytes) -> tuple[bytes, bytes]:
+    """(header including the blank line, body)."""
+    if data.startswith(b"\r\n"):
+        return b"\r\n", data[2:]
+    i = data.find(b"\r\n\r\n")
+    if i < 0:
+        return data, b""
+    return data[:i + 4], data[i + 4:]
+
+
+def header_lines(header: bytes) -> list[tuple[str, bytes]]:
+    """[(lowercase field name, raw field bytes incl. continuation lines and CRLF)]."""
+    out: list[tuple[str, bytes]] = []
+    for line in header.split(b"\r\n")[:-1] if header.endswith(b"\r\n") else header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and out:
+            name, raw = out[-1]
+            out[-1] = (name, raw + line + b"\r\n")
+            continue
+        colon = line.find(b":")
+        if colon <= 0:
+            continue
+        if len(out) >= MAX_HEADERS:
+            break
+        out.append((line[:colon].strip().decode("latin-1").lower(), line + b"\r\n"))
+    return out
+
+
+def header_value(raw: bytes) -> bytes:
+    """The unfolded value of one raw field."""
+    value = raw.split(b":", 1)[1]
+    value = value.replace(b"\r\n", b"")
+    return value.strip(b" \t")
+
+
+class Headers:
+    __slots__ = ("raw", "lines", "_map")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.lines = header_lines(raw)
+        self._map: dict[str, bytes] = {}
+        for name, line in self.lines:
+            if name not in self._map:
+                self._map[name] = header_value(line)
+
+    def get(self, name: str) -> bytes | None:
+        return self._map.get(name)
+
+    def get_all(self, name: str) -> list[bytes]:
+        return [header_value(line) for n, line in self.lines if n == name]
+
+
+# -- RFC 2047 decoding (for SEARCH) -------------------------------------------------
+
+_EW = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+
+
+def decode_words(value: bytes) -> str:
+    import base64
+    import binascii
+
+    def one(m):
+        charset = m.group(1).decode("ascii", "replace").split("*")[0]
+        enc = m.group(2).upper()
+        text = m.group(3)
+        try:
+            if enc == b"B":
+                raw = base64.b64decode(text + b"=" * (-len(text) % 4))
+            else:
+                raw = binascii.a2b_qp(text.replace(b"_", b" "), header=True)
+            return raw.decode(charset, "replace").encode("utf-8")
+        except (LookupError, ValueError, binascii.Error):
+            return m.group(0)
+
+    value = re.sub(rb"(=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=)\s+(?==\?)", rb"\1", value)
+    return _EW.sub(one, value).decode("utf-8", "replace")
+
+
+# -- addresses (RFC 5322 3.4, for ENVELOPE) -----------------------------------------
+
+_SPECIALS = set(b'()<>@,;:\\".[]')
+
+
+def _tokens(value: bytes):
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c in b" \t\r\n":
+            i += 1
+        elif c == 0x28:  # comment
+            depth = 0
+            while i < n:
+                ch = value[i]
+                if ch == 0x5C:
+                    i += 2
+                    continue
+                if ch == 0x28:
+                    depth += 1
+                elif ch == 0x29:
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+        elif c == 0x22:
+            out = bytearray()
+            i += 1
+            while i < n and value[i] != 0x22:
+                if value[i] == 0x5C and i + 1 < n:
+                    i += 1
+                out.append(value[i])
+                i += 1
+            i += 1
+            yield ("q", bytes(out))
+        elif c == 0x5B:
+            j = value.find(b"]", i)
+            j = n if j < 0 else j + 1
+            yield ("a", value[i:j])
+            i = j
+        elif c in _SPECIALS:
+            yield ("s", bytes([c]))
+            i += 1
+        else:
+            j = i
+            while j < n and value[j] not in _SPECIALS and value[j] not in b" \t\r\n":
+                j += 1
+            yield ("a", value[i:j])
+            i = j
+
+
+def parse_addresses(value: bytes) -> list:
+    """-> list of (name, adl, mailbox, host); groups as (None, None, name, None) ... (None,)*4."""
+    toks = list(_tokens(value))[:5000]
+    out: list = []
+    i, n = 0, len(toks)
+    in_group = False
+
+    def phrase(ts):
+        words = [t[1] for t in ts if t[0] in ("a", "q") or t[1] == b"."]
+        joined = b""
+        for t in ts:
+            if t[0] == "s" and t[1] == b".":
+                joined += b"."
+            elif t[0] in ("a", "q"):
+                joined += (b" " if joined and not joined.endswith(b".") else b"") + t[1]
+        return joined if words else None
+
+    def addr_spec(ts):
+        at = None
+        for k, t in enumerate(ts):
+            if t == ("s", b"@"):
+                at = k
+        if at is None:
+            local, dom = ts, []
+        else:
+            local, dom = ts[:at], ts[at + 1:]
+        lp = b"".join(t[1] if t[0] != "q" else t[1] for t in local)
+        hp = b"".join(t[1] for t in dom)
+        return lp or None, hp or None
+
+    while i < n:
+        collected = []
+        while i < n and toks[i][0] != "s" or (i < n and toks[i][1] in (b".", b"@")):
+            collected.append(toks[i])
+            i += 1
+        if i >= n:
+            if collected:
+                mb, host = addr_spec(collected)
+                if mb:
+                    out.append((None, None, mb, host))
+            break
+        t = toks[i][1]
+        if t == b":" and not in_group:
+            out.append((None, None, phrase(collected) or b"", None))
+            in_group = True
+            i += 1
+        elif t == b"<":
+            i += 1
+            inner = []
+            while i < n and toks[i] != ("s", b">"):
+                inner.append(toks[i])
+                i += 1
+            i += 1
+            adl = None
+            if inner and inner[0] == ("s", b"@") and ("s", b":") in inner:
+                k = inner.index(("s", b":"))
+                adl = b"".join(x[1] for x in inner[:k])
+                inner = inner[k + 1:]
+            mb, host = addr_spec(inner)
+            out.append((phrase(collected), adl, mb, host))
+            while i < n and toks[i][0] != "s":
+                i += 1
+        elif t in (b",", b";"):
+            if collected:
+                mb, host = addr_spec(collected)
+                if mb:
+                    out.append((None, None, mb, host))
+            if t == b";" and in_group:
+                out.append((None, None, None, None))
+                in_group = False
+            i += 1
+        else:
+            i += 1
+    if in_group:
+        out.append((None, None, None, None))
+    return out
+
+
+def _addr_list(value: bytes | None) -> bytes:
+    if value is None:
+        return b"NIL"
+    addrs = parse_addresses(value)
+    if not addrs:
+        return b"NIL"
+    return b"(" + b"".join(b"(" + b" ".join(nstring(x) for x in a) + b")" for a in addrs) + b")"
+
+
+def envelope(headers: Headers) -> bytes:
+    g = headers.get
+    frm = g("from")
+    sender = g("sender") or frm
+    reply_to = g("reply-to") or frm
+    fields = [nstring(g("date")), nstring(g("subject")), _addr_list(frm), _addr_list(sender),
+              _addr_list(reply_to), _addr_list(g("to")), _addr_list(g("cc")), _addr_list(g("bcc")),
+              nstring(g("in-reply-to")), nstring(g("message-id"))]
+    return b"(" + b" ".join(fields) + b")"
+
+
+# -- MIME structure --------------------------------------------------------------------
+
+
+def _parse_ctype(value: bytes | None):
+    """b'text/plain; charset="x"' -> (type, subtype, [(name, value), ...])."""
+    if value is None:
+        return None, None, []
+    main, params = _split_params(value)
+    if b"/" in main:
+        t, s = main.split(b"/", 1)
+        t, s = t.strip(), s.strip()
+        if t and s:
+            return t, s, params
+    return None, None, params
+
+
+def _split_params(value: bytes):
+    parts = []
+    cur = bytearray()
+    inq = False
+    esc = False
+    for c in value:
+        if esc:
+            cur.append(c)
+            esc = False
+            continue
+        if c == 0x5C and inq:
+            cur.append(c)
+            esc = True
+            continue
+        if c == 0x22:
+            inq = not inq
+        if c == 0x3B and not inq:
+            parts.append(bytes(cur))
+            cur = bytearray()
+            continue
+        cur.append(c)
+    parts.append(bytes(cur))
+    main = parts[0].strip()
+    params = []
+    for p in parts[1:]:
+        name, eq, val = p.partition(b"=")
+        name = name.strip()
+        if not eq or not name:
+            continue
+        val = val.strip()
+        if val.startswith(b'"'):
+            inner = val[1:]
+            end = inner.rfind(b'"')
+            inner = inner[:end] if end >= 0 else inner
+            val = re.sub(rb"\\(.)", rb"\1", inner)
+        params.append((name, val))
+    return main, params
+
+
+def _plist(params) -> bytes:
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(quote(n) + b" " + quote(v) for n, v in params) + b")"
+
+
+def _lines(body: bytes) -> int:
+    # Dovecot counts line ends: an unterminated last line (the CRLF before a
+    # boundary belongs to the boundary) does not count.
+    return body.count(b"\n")
+
+
+class Part:
+    __slots__ = ("header", "body", "headers", "type", "subtype", "params", "children", "message")
+
+    def __init__(self, data: bytes, depth: int = 0, default=(b"text", b"plain"), counter=None) -> None:
+        counter = counter if counter is not None else [0]
+        counter[0] += 1
+        self.header, self.body = split_header(data)
+        self.headers = Headers(self.header)
+        t, s, params = _parse_ctype(self.headers.get("content-type"))
+        if t is None:
+            t, s = default
+        if t.lower() == b"text" and not any(n.lower() == b"charset" for n, _v in params):
+            params = params + [(b"charset", b"us-ascii")]  # RFC 2045 5.2 default, as Dovecot reports it
+        self.type, self.subtype, self.params = t, s, params
+        self.children: list[Part] = []
+        self.message: Part | None = None
+        lt = t.lower()
+        if depth >= MAX_DEPTH or counter[0] > MAX_PARTS:
+            if lt in (b"multipart", b"message"):
+                self.type, self.subtype, self.params = b"application", b"octet-stream", []
+            return
+        if lt == b"multipart":
+            boundary = None
+            for n, v in params:
+                if n.lower() == b"boundary":
+                    boundary = v
+            child_default = (b"message", b"rfc822") if s.lower() == b"digest" else (b"text", b"plain")
+            for chunk in _split_multipart(self.body, boundary):
+                self.children.append(Part(chunk, depth + 1, child_default, counter))
+                if counter[0] > MAX_PARTS:
+                    break
+            if not self.children:
+                self.children.append(Part(b"", depth + 1, child_default, counter))
+        elif lt == b"message" and s.lower() in (b"rfc822", b"global"):
+            self.message = Part(self.body, depth + 1, (b"text", b"plain"), counter)
+
+    @property
+    def is_multipart(self) -> bool:
+        return bool(self.children)
+
+    def _ext_common(self) -> list[bytes]:
+        g = self.headers.get
+        disp = g("content-disposition")
+        if disp is None:
+            d = b"NIL"
+        else:
+            main, params = _split_params(disp)
+            d = b"(" + quote(main) + b" " + _plist(params) + b")" if main else b"NIL"
+        lang = g("content-language")
+        if lang is None:
+            lg = b"NIL"
+        else:
+            langs = [x.strip() for x in re.split(rb"[,\s]+", lang) if x.strip()]
+            if not langs:
+                lg = b"NIL"
+            else:
+                lg = b"(" + b" ".join(quote(x) for x in langs) + b")"
+        return [d, lg, nstring(g("content-location"))]
+
+    def structure(self, ext: bool = True) -> bytes:
+        if self.children:
+            inner = b"".join(c.structure(ext) for c in self.children)
+            items = [inner + b" " + quote(self.subtype)]
+            if ext:
+                items += [_plist(self.params)] + self._ext_common()
+            return b"(" + b" ".join(items) + b")"
+        g = self.headers.get
+        enc = g("content-transfer-encoding")
+        fields = [quote(self.type), quote(self.subtype), _plist(self.params), nstring(g("content-id")),
+                  nstring(g("content-description")), quote(enc.strip() if enc else b"7bit"),
+                  str(len(self.body)).encode()]
+        if self.message is not None:
+            fields += [envelope(self.message.headers), self.message.structure(ext), str(_lines(self.body)).encode()]
+        elif self.type.lower() == b"text":
+            fields.append(str(_lines(self.body)).encode())
+        if ext:
+            fields += [nstring(g("content-md5"))] + self._ext_common()
+        return b"(" + b" ".join(fields) + b")"
+
+    # -- sections --
+
+    def find(self, path: list[int]) -> "Part | None":
+        """The part a section number names (RFC 3501 6.4.5), from this message."""
+        part = self
+        message_level = True  # ``part`` is a message: its part 1 is its body when single-part
+        reached_as_child = False
+        for n in path:
+            if message_level and not part.children:
+                if n != 1:
+                    return None
+                message_level = False
+                continue
+            if not part.children and part.message is not None:
+                part = part.message  # a message/rfc822 part: numbers go into the message it holds
+                reached_as_child = False
+                if not part.children:
+                    if n != 1:
+                        return None
+                    message_level = False
+                    continue
+            if not part.children:
+                # a leaf reached as a part of a multipart is its own part 1 (as Dovecot answers)
+                if n == 1 and reached_as_child:
+                    continue
+                return None
+            if not 0 < n <= len(part.children):
+                return None
+            part = part.children[n - 1]
+            message_level = False
+            reached_as_child = True
+        return part
+
+
+def _split_multipart(body: bytes, boundary: bytes | None) -> list[bytes]:
+    if not boundary:
+        return []
+    delim = b"--" + boundary
+    out = []
+    pos = 0
+    start = None
+    n = len(body)
+    while pos <= n:
+        # a delimiter line starts at the beginning of the body or after CRLF
+        if body.startswith(delim, pos):
+            after = pos + len(delim)
+            closing = body.startswith(b"--", after)
+            eol = body.find(b"\r\n", after)
+            if eol < 0:
+                eol = n
+            if start is not None:
+                end = pos - 2 if pos >= 2 and body[pos - 2:pos] == b"\r\n" else pos
+                out.append(body[start:max(start, end)])
+                if len(out) >= MAX_PARTS:
+                    return out
+            if closing:
+                return out
+            start = min(n, eol + 2)
+            pos = start
+            continue
+        nxt = body.find(b"\r\n" + delim, pos)
+        if nxt < 0:
+            break
+        pos = nxt + 2
+    if start is not None:
+        out.append(body[start:])
+    return out
+
+
+def section_bytes(root: Part, path: list[int], kind: str, fields: list[str]) -> bytes | None:
+    """The bytes of BODY[section]; None when the section does not exist (-> empty)."""
+    part = root.find(path) if path else root
+    if part is None:
+        return None
+    if kind == "MIME":
+        return part.header if path else None
+    if kind in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT"):
+        if path:
+            if part.message is None:
+                return None
+            part = part.message
+        if kind == "TEXT":
+            return part.body
+        if kind == "HEADER":
+            return part.header
+        want = {f.lower() for f in fields}
+        keep = kind == "HEADER.FIELDS"
+        lines = [raw for name, raw in part.headers.lines if (name in want) == keep]
+        return b"".join(lines) + b"\r\n"
+    if not path:
+        return part.header + part.body
+    return part.body

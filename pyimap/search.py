@@ -1,0 +1,292 @@
+"""SEARCH keys (RFC 3501 6.4.4, 9 ``search-key``; RFC 7162 MODSEQ) compiled to predicates.
+
+``compile_keys(tokens, charset)`` turns the tokenized arguments into a
+function of a ``Candidate`` (one message as the session sees it), which
+loads headers or text only if a key needs them.  Text keys are
+case-insensitive substring matches over decoded (RFC 2047) header values,
+and over the raw body bytes.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+from pyimap.parser import Atom, ParseError, parse_sequence_set, seq_contains
+
+MONTHS = {m: i for i, m in enumerate(
+    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+MAX_KEYS = 1000
+
+
+def parse_date(token) -> int:
+    """``1-Feb-1994`` -> epoch seconds of that day's midnight UTC."""
+    if isinstance(token, bytes):
+        token = token.decode("ascii", "replace")
+    if not isinstance(token, str):
+        raise ParseError("Bad date")
+    parts = token.split("-")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit() or parts[1].upper() not in MONTHS:
+        raise ParseError("Bad date")
+    day, month, year = int(parts[0]), MONTHS[parts[1].upper()], int(parts[2])
+    if not (1 <= day <= 31 and 1000 <= year <= 9999):
+        raise ParseError("Bad date")
+    return calendar.timegm((year, month, day, 0, 0, 0))
+
+
+def day_of(ts: int) -> int:
+    return ts - ts % 86400
+
+
+def sent_date(value: bytes | None) -> int | None:
+    if not value:
+        return None
+    from email.utils import parsedate_tz
+
+    try:
+        t = parsedate_tz(value.decode("ascii", "replace"))
+        if t is None:
+            return None
+        ts = calendar.timegm(t[:6] + (0, 0, 0))
+        return day_of(ts)  # the date as written, ignoring the zone (RFC 3501)
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
+FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
+    "DELETED": ("\\Deleted", True), "UNDELETED": ("\\Deleted", False),
+    "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
+    "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
+    "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
+}
+
+ADDRESS_HEADERS = {"FROM": "from", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
+
+
+class Compiler:
+    def __init__(self, tokens: list, charset: str = "UTF-8") -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.charset = charset
+        self.count = 0
+        self.needs_text = False
+        self.needs_headers = False
+        self.uses_modseq = False
+
+    def more(self) -> bool:
+        return self.pos < len(self.tokens)
+
+    def take(self):
+        if self.pos >= len(self.tokens):
+            raise ParseError("Missing search argument")
+        t = self.tokens[self.pos]
+        self.pos += 1
+        return t
+
+    def string(self) -> str:
+        t = self.take()
+        if isinstance(t, list):
+            raise ParseError("Expected a string")
+        if isinstance(t, bytes):
+            try:
+                return t.decode(self.charset)
+            except (UnicodeDecodeError, LookupError):
+                raise ParseError("String not in the given charset") from None
+        return str(t)
+
+    def number(self) -> int:
+        t = self.take()
+        if not isinstance(t, Atom) or not t.isdigit():
+            raise ParseError("Expected a number")
+        return int(t)
+
+    def all(self):
+        preds = []
+        while self.more():
+            preds.append(self.key(0))
+        if not preds:
+            raise ParseError("Missing search key")
+        return _and(preds)
+
+    def key(self, depth: int):
+        self.count += 1
+        if self.count > MAX_KEYS or depth > 40:
+            raise ParseError("Search too complex")
+        t = self.take()
+        if isinstance(t, list):
+            if not t:
+                raise ParseError("Empty parenthesised search key")
+            sub = Compiler(t, self.charset)
+            sub.count = self.count
+            preds = []
+            while sub.more():
+                preds.append(sub.key(depth + 1))
+            self.count = sub.count
+            self.needs_text |= sub.needs_text
+            self.needs_headers |= sub.needs_headers
+            self.uses_modseq |= sub.uses_modseq
+            return _and(preds)
+        if isinstance(t, bytes) or not isinstance(t, Atom):
+            raise ParseError("Bad search key")
+        k = t.upper()
+        if k == "ALL":
+            return lambda m: True
+        if k in FLAG_KEYS:
+            flag, want = FLAG_KEYS[k]
+            return lambda m: (flag in m.flags) == want
+        if k == "KEYWORD" or k == "UNKEYWORD":
+            kw = str(self.take())
+            want = k == "KEYWORD"
+            kwl = kw.lower()
+            return lambda m: any(f.lower() == kwl for f in m.flags) == want
+        if k == "NEW":
+            return lambda m: m.recent and "\\Seen" not in m.flags
+        if k == "OLD":
+            return lambda m: not m.recent
+        if k == "RECENT":
+            return lambda m: m.recent
+        if k in ("BEFORE", "ON", "SINCE"):
+            d = parse_date(self.take())
+            if k == "BEFORE":
+                return lambda m: day_of(m.idate) < d
+            if k == "ON":
+                return lambda m: day_of(m.idate) == d
+            return lambda m: day_of(m.idate) >= d
+        if k in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            d = parse_date(self.take())
+            self.needs_headers = True
+
+            def sent(m, k=k, d=d):
+                s = sent_date(m.headers().get("date"))
+                if s is None:
+                    s = day_of(m.idate)
+                return s < d if k == "SENTBEFORE" else s == d if k == "SENTON" else s >= d
+
+            return sent
+        if k == "LARGER":
+            n = self.number()
+            return lambda m: m.size > n
+        if k == "SMALLER":
+            n = self.number()
+            return lambda m: m.size < n
+        if k in ADDRESS_HEADERS:
+            return self._header(ADDRESS_HEADERS[k], self.string())
+        if k == "HEADER":
+            name = self.string()
+            return self._header(name.lower(), self.string())
+        if k == "BODY":
+            needle = self.string().lower().encode("utf-8")
+            self.needs_text = True
+            return lambda m: needle in m.body_lower()
+        if k == "TEXT":
+            needle_s = self.string().lower()
+            needle = needle_s.encode("utf-8")
+            self.needs_text = True
+            return lambda m: needle in m.body_lower() or needle_s in m.header_text_lower()
+        if k == "NOT":
+            p = self.key(depth + 1)
+            return lambda m: not p(m)
+        if k == "OR":
+            a = self.key(depth + 1)
+            b = self.key(depth + 1)
+            return lambda m: a(m) or b(m)
+        if k == "UID":
+            ranges = parse_sequence_set(str(self.take()))
+            return lambda m: seq_contains(ranges, m.uid, m.max_uid)
+        if k == "MODSEQ":
+            # MODSEQ [entry-name entry-type] value
+            t2 = self.take()
+            if isinstance(t2, bytes) or (isinstance(t2, Atom) and not t2.isdigit()):
+                self.take()
+                t2 = self.take()
+            if not isinstance(t2, Atom) or not t2.isdigit():
+                raise ParseError("Bad MODSEQ")
+            n = int(t2)
+            self.uses_modseq = True
+            return lambda m: m.modseq >= n
+        if k[:1].isdigit() or k[:1] == "*":
+            ranges = parse_sequence_set(str(t))
+            return lambda m: seq_contains(ranges, m.seq, m.max_seq)
+        raise ParseError(f"Unknown search key {t[:40]}")
+
+    def _header(self, name: str, needle: str):
+        self.needs_headers = True
+        needle = needle.lower()
+
+        def match(m):
+            values = m.headers().get_all(name)
+            if not values:
+                return False
+            if not needle:
+                return True
+            return any(needle in m.decoded(v) for v in values)
+
+        return match
+
+
+def _and(preds):
+    if len(preds) == 1:
+        return preds[0]
+    return lambda m: all(p(m) for p in preds)
+
+
+class Candidate:
+    """One message as SEARCH sees it; headers and text loaded on demand."""
+
+    __slots__ = ("seq", "uid", "flags", "recent", "size", "idate", "modseq", "max_seq", "max_uid",
+                 "_path", "_headers", "_body", "_htext", "_key")
+
+    def __init__(self, seq, uid, flags, recent, size, idate, modseq, max_seq, max_uid, path, key=None):
+        self._key = key
+        self.seq, self.uid, self.flags, self.recent = seq, uid, flags, recent
+        self.size, self.idate, self.modseq = size, idate, modseq
+        self.max_seq, self.max_uid = max_seq, max_uid
+        self._path = path
+        self._headers = self._body = self._htext = None
+
+    def headers(self):
+        if self._headers is None:
+            from pyimap.message import Headers, cached_headers, read_header
+
+            try:
+                if self._key is not None:
+                    self._headers = cached_headers(self._key, self._path)
+                else:
+                    self._headers = Headers(read_header(self._path))
+            except FileNotFoundError:
+                raise  # renamed meanwhile: the caller looks it up again
+            except OSError:
+                self._headers = Headers(b"")
+        return self._headers
+
+    @staticmethod
+    def decoded(value: bytes) -> str:
+        if b"=?" not in value:
+            return value.decode("utf-8", "replace").lower()
+        from pyimap.message import decode_words
+
+        return decode_words(value).lower()
+
+    def body_lower(self) -> bytes:
+        if self._body is None:
+            from pyimap.message import read_crlf, split_header
+
+            try:
+                self._body = split_header(read_crlf(self._path))[1].lower()
+            except FileNotFoundError:
+                raise
+            except OSError:
+                self._body = b""
+        return self._body
+
+    def header_text_lower(self) -> str:
+        if self._htext is None:
+            self._htext = "\n".join(self.decoded(line) for _n, line in self.headers().lines)
+        return self._htext
+
+
+def compile_keys(tokens: list, charset: str = "UTF-8"):
+    c = Compiler(tokens, charset)
+    pred = c.all()
+    return pred, c

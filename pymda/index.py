@@ -1,0 +1,602 @@
+"""Per-folder message index: UIDs, UIDVALIDITY, keywords, MODSEQ, sizes, dates.
+
+Maildir names alone cannot give stable UIDs (LESSONS 16, Dovecot's
+``dovecot-uidlist``), so every Maildir(++) folder gets a file
+``pymail-index`` beside its new/cur/tmp::
+
+    PYMAILIDX1 <uidvalidity> <uidnext> <highestmodseq> <new-mtime-ns> <cur-mtime-ns>
+    K <keyword> <keyword> ...                     (the keyword table)
+    <uid> <modseq> <internaldate> <crlf-size> <n|c> <flags|-> <kw-indexes|-> <base name>
+
+``flags`` are the Maildir ``:2,`` letters as last seen on disk (the file
+name is the truth; the copy here lets a reader notice changes and give
+them a new MODSEQ), ``kw-indexes`` is a comma list into the keyword table.
+The file is only replaced whole (tmp + fsync + rename) while holding
+``pymail-index.lock`` (flock, compatible with filelock), so readers never need the lock and any
+number of imapd/pop3d processes and the deliverer agree on UIDs.
+
+``sync()`` lists new/ and cur/ (no file is opened: sizes come from ``W=``)
+only when a directory's mtime moved since the last scan, gives unknown
+base names the next UIDs in name order, and drops vanished ones.  Nothing
+here knows IMAP.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+INDEX_NAME = "pymail-index"
+LOCK_TIMEOUT = 30.0
+MAGIC = "PYMAILIDX1"
+# A directory mtime this close to "now" may still change within the same
+# clock tick without moving: rescan next time (Dovecot does the same).
+_DIRTY_WINDOW_NS = 2_000_000_000
+
+
+class IndexError_(Exception):
+    """The index could not be read or written (lock timeout, disk trouble)."""
+
+
+class Entry:
+    __slots__ = ("uid", "modseq", "idate", "size", "sub", "flags", "kw", "base")
+
+    def __init__(self, uid, modseq, idate, size, sub, flags, kw, base):
+        self.uid = uid
+        self.modseq = modseq
+        self.idate = idate  # epoch seconds
+        self.size = size  # RFC 822 size (CRLF line ends)
+        self.sub = sub  # "new" or "cur"
+        self.flags = flags  # Maildir letters, sorted
+        self.kw = kw  # frozenset of keyword names
+        self.base = base
+
+    @property
+    def name(self) -> str:
+        if self.sub == "new" and not self.flags:
+            return self.base
+        return f"{self.base}:2,{self.flags}"
+
+    def relpath(self) -> str:
+        return f"{self.sub}/{self.name}"
+
+    def copy(self) -> "Entry":
+        return Entry(self.uid, self.modseq, self.idate, self.size, self.sub, self.flags, self.kw, self.base)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.uid}, {self.relpath()!r}, kw={sorted(self.kw)})"
+
+
+class Snapshot:
+    """One consistent state of a folder's index."""
+
+    __slots__ = ("uidvalidity", "uidnext", "highestmodseq", "entries", "new_mtime", "cur_mtime")
+
+    def __init__(self, uidvalidity, uidnext, highestmodseq, entries, new_mtime=0, cur_mtime=0):
+        self.uidvalidity = uidvalidity
+        self.uidnext = uidnext
+        self.highestmodseq = highestmodseq
+        self.entries = entries  # dict uid -> Entry, in UID order
+        self.new_mtime = new_mtime
+        self.cur_mtime = cur_mtime
+
+    def keywords(self) -> list[str]:
+        seen = set()
+        for e in self.entries.values():
+            seen |= e.kw
+        return sorted(seen)
+
+
+def _sort_flags(flags: str) -> str:
+    return "".join(sorted(set(c for c in flags if c.isalpha())))
+
+
+def _is_sorted_letters(flags: str) -> bool:
+    return flags.isalpha() and all(a < b for a, b in zip(flags, flags[1:]))
+
+
+def _name_date(base: str) -> int | None:
+    head = base.split(".", 1)[0]
+    return int(head) if head.isdigit() and len(head) < 12 else None
+
+
+def _parse(data: bytes) -> Snapshot | None:
+    text = data.decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    head = lines[0].split()
+    if len(head) != 6 or head[0] != MAGIC:
+        return None
+    try:
+        uidvalidity, uidnext, hms, nm, cm = (int(x) for x in head[1:])
+    except ValueError:
+        return None
+    table: list[str] = []
+    entries: dict[int, Entry] = {}
+    empty = frozenset()
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line.startswith("K"):
+            table = line.split()[1:]
+            continue
+        parts = line.split(" ", 7)
+        if len(parts) != 8:
+            continue
+        try:
+            uid = int(parts[0])
+            kwf = parts[6]
+            kw = empty if kwf == "-" else frozenset(table[int(i)] for i in kwf.split(","))
+            entries[uid] = Entry(uid, int(parts[1]), int(parts[2]), int(parts[3]),
+                                 "new" if parts[4] == "n" else "cur",
+                                 "" if parts[5] == "-" else parts[5], kw, parts[7])
+        except (ValueError, IndexError):
+            continue
+    return Snapshot(uidvalidity, uidnext, hms, entries, nm, cm)
+
+
+def _format(snap: Snapshot) -> bytes:
+    table: dict[str, int] = {}
+    for e in snap.entries.values():
+        for k in e.kw:
+            if k not in table:
+                table[k] = len(table)
+    out = [f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} {snap.new_mtime} {snap.cur_mtime}",
+           "K " + " ".join(table) if table else "K"]
+    for e in snap.entries.values():
+        kw = ",".join(str(table[k]) for k in sorted(e.kw)) if e.kw else "-"
+        out.append(f"{e.uid} {e.modseq} {e.idate} {e.size} {'n' if e.sub == 'new' else 'c'} {e.flags or '-'} {kw} {e.base}")
+    out.append("")
+    return "\n".join(out).encode("utf-8", "surrogateescape")
+
+
+def _wsize(path: Path, name: str) -> int:
+    from pymda.maildir import message_sizes
+
+    try:
+        return message_sizes(path, name)[1]
+    except OSError:
+        return 0
+
+
+class FolderIndex:
+    """The index of the Maildir (or Maildir++ folder) at ``path``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.file = self.path / INDEX_NAME
+        self.dir = str(self.path)
+        self._cache_key = None
+        self._cache: Snapshot | None = None
+
+    # -- reading ------------------------------------------------------------
+
+    def _dir_mtime(self, sub: str) -> int:
+        try:
+            return os.stat(self.path / sub).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def read(self) -> Snapshot | None:
+        """The index as on disk (cached while the file does not change); None if absent."""
+        try:
+            st = os.stat(self.file)
+        except FileNotFoundError:
+            self._cache_key = self._cache = None
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._cache_key and self._cache is not None:
+            return self._cache
+        try:
+            with open(self.file, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        snap = _parse(data)
+        self._cache_key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        self._cache = snap
+        return snap
+
+    def _fresh(self, snap: Snapshot | None) -> bool:
+        if snap is None:
+            return False
+        # new/ is written without the lock (the deliverer): a delivery in the
+        # same clock tick as our last scan would not move its mtime, so a
+        # recent mtime means "look again".  cur/ is changed by lock holders,
+        # which record the mtime they leave behind.
+        m = self._dir_mtime("new")
+        if m != snap.new_mtime or time.time_ns() - m < _DIRTY_WINDOW_NS:
+            return False
+        return self._dir_mtime("cur") == snap.cur_mtime
+
+    def sync(self) -> Snapshot:
+        """Bring the index up to date with new/ and cur/; return it."""
+        snap = self.read()
+        if self._fresh(snap):
+            return snap
+        if snap is not None and self._quiet_new(snap):
+            return snap
+        with self._lock():
+            return self._sync_locked()
+
+    def _quiet_new(self, snap: Snapshot) -> bool:
+        """Only new/ is in doubt (its mtime is recent): does a lock-free look show no change?"""
+        if self._dir_mtime("cur") != snap.cur_mtime or self._dir_mtime("new") != snap.new_mtime:
+            return False
+        try:
+            names = os.listdir(self.path / "new")
+        except FileNotFoundError:
+            names = []
+        listed = set()
+        for name in names:
+            if name[0] != ".":
+                listed.add(name)
+        known = {e.name for e in snap.entries.values() if e.sub == "new"}
+        return listed == known
+
+    def resync(self) -> Snapshot:
+        """Like sync(), but waits for a writer holding the lock and rescans.
+
+        For a reader that found a message file gone: another process may be
+        between renaming it (new flags) and writing the index.
+        """
+        self._cache_key = None
+        with self._lock():
+            return self._sync_locked()
+
+    # -- writing --------------------------------------------------------------
+
+    def _lock(self):
+        """An exclusive flock on ``pymail-index.lock``.
+
+        The same lock as ``filelock.FileLock`` takes on Unix (flock(2) on the
+        same file), without importing filelock (and importlib.metadata) on
+        every inetd connection.
+        """
+        import fcntl
+
+        path = str(self.file) + ".lock"
+        owner = self
+
+        class _Guard:
+            fd = -1
+
+            def __enter__(self_):
+                try:
+                    self_.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as exc:
+                    raise IndexError_(f"{path}: {exc.strerror}") from None
+                deadline = time.monotonic() + LOCK_TIMEOUT
+                delay = 0.001
+                while True:
+                    try:
+                        fcntl.flock(self_.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return self_
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            os.close(self_.fd)
+                            raise IndexError_(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s") from None
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.05)
+
+            def __exit__(self_, *exc):
+                try:
+                    fcntl.flock(self_.fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(self_.fd)
+
+        return _Guard()
+
+    def _sync_locked(self, force_full: bool = False) -> Snapshot:
+        snap = self.read()
+        if snap is None:
+            uv = int(time.time())
+            snap = Snapshot(uv, 1, 1, {})
+            force_full = True
+        else:
+            snap = Snapshot(snap.uidvalidity, snap.uidnext, snap.highestmodseq,
+                            {u: e for u, e in snap.entries.items()}, snap.new_mtime, snap.cur_mtime)
+        now = time.time_ns()
+        scan = {}
+        for sub, recorded in (("new", snap.new_mtime), ("cur", snap.cur_mtime)):
+            m = self._dir_mtime(sub)
+            if force_full or m != recorded or (sub == "new" and now - m < _DIRTY_WINDOW_NS):
+                scan[sub] = m
+        if not scan:
+            return snap
+        seen: dict[str, tuple[str, str, str]] = {}  # base -> (sub, flags, name)
+        for sub in scan:
+            try:
+                names = os.listdir(self.path / sub)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                if name[0] == "." or " " in name or "\n" in name:
+                    continue
+                base, sep, info = name.partition(":")
+                if sep and info.startswith("2,"):
+                    flags = info[2:]
+                    if len(flags) > 1 and not _is_sorted_letters(flags):
+                        flags = _sort_flags(flags)
+                else:
+                    flags = ""
+                seen[base] = (sub, flags, name)
+        changed = False
+        modseq = snap.highestmodseq
+        by_base = {}
+        for uid, e in list(snap.entries.items()):
+            if e.sub not in scan:
+                by_base[e.base] = uid
+                continue
+            got = seen.pop(e.base, None)
+            if got is None:
+                # moved to the other directory (which we did not scan)?
+                other = "cur" if e.sub == "new" else "new"
+                if other not in scan and os.path.exists(self.path / other):
+                    found = self._find(other, e.base)
+                    if found is not None:
+                        got = (other, *found)
+                if got is None:
+                    del snap.entries[uid]
+                    changed = True
+                    continue
+            sub, flags, _name = got
+            if sub != e.sub or flags != e.flags:
+                modseq += 1 if flags != e.flags else 0
+                ne = e.copy()
+                ne.sub, ne.flags = sub, flags
+                if flags != e.flags:
+                    ne.modseq = modseq
+                snap.entries[uid] = ne
+                changed = True
+            by_base[e.base] = uid
+        # Unknown names: new UIDs in name order.
+        fresh = sorted(b for b in seen if b not in by_base)
+        if fresh:
+            modseq += 1
+        for base in fresh:
+            sub, flags, name = seen[base]
+            fields = {}
+            for part in base.split(",")[1:]:
+                k, eq, v = part.partition("=")
+                if eq:
+                    fields[k] = v
+            w = fields.get("W")
+            size = int(w) if w and w.isdigit() else _wsize(self.path / sub / name, name)
+            idate = _name_date(base)
+            if idate is None:
+                try:
+                    idate = int(os.stat(self.path / sub / name).st_mtime)
+                except OSError:
+                    idate = int(time.time())
+            uid = snap.uidnext
+            snap.uidnext += 1
+            snap.entries[uid] = Entry(uid, modseq, idate, size, sub, flags, frozenset(), base)
+            changed = True
+        snap.highestmodseq = modseq
+        for sub, m in scan.items():
+            if sub == "new":
+                changed |= snap.new_mtime != m
+                snap.new_mtime = m
+            else:
+                changed |= snap.cur_mtime != m
+                snap.cur_mtime = m
+        if changed or force_full:
+            self._write(snap)
+            return snap
+        return self._cache if self._cache is not None else snap
+
+    def _find(self, sub: str, base: str):
+        try:
+            for name in os.listdir(self.path / sub):
+                if name == base or name.startswith(base + ":"):
+                    b, sep, info = name.partition(":")
+                    return (_sort_flags(info[2:]) if sep and info.startswith("2,") else "", name)
+        except FileNotFoundError:
+            pass
+        return None
+
+    def _write(self, snap: Snapshot, fsync: bool = True) -> None:
+        data = _format(snap)
+        tmp = self.path / f".{INDEX_NAME}.tmp{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.file)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise IndexError_(f"{self.file}: {exc.strerror}") from None
+        self._cache_key = None
+        self._cache = None
+        st = os.stat(self.file)
+        self._cache_key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        self._cache = snap
+
+    def _mutate(self, fn, fsync: bool = True):
+        """Run ``fn(snap)`` on a synced copy under the lock, save, return (snap, result)."""
+        with self._lock():
+            snap = self._sync_locked()
+            snap = Snapshot(snap.uidvalidity, snap.uidnext, snap.highestmodseq, dict(snap.entries),
+                            snap.new_mtime, snap.cur_mtime)
+            cur_before = self._dir_mtime("cur")
+            new_before = self._dir_mtime("new")
+            trusted_cur = cur_before == snap.cur_mtime
+            trusted_new = new_before == snap.new_mtime
+            result = fn(snap)
+            # Our own renames moved the directory mtimes; if nothing else had
+            # changed them before, the new mtimes describe what we just wrote.
+            if trusted_cur:
+                snap.cur_mtime = self._dir_mtime("cur")
+            if trusted_new:
+                snap.new_mtime = self._dir_mtime("new")
+            self._write(snap, fsync)
+            return snap, result
+
+    def add(self, tmp_file: str | os.PathLike, *, flags: str = "", keywords=(), idate: int | None = None,
+            size: int | None = None, base: str | None = None) -> tuple[int, int]:
+        """Move a complete message file into cur/ and give it the next UID.
+
+        Returns (uidvalidity, uid).  ``base`` (the final base name) defaults
+        to the file's own name.
+        """
+        tmp_file = Path(tmp_file)
+        base = base or tmp_file.name.partition(":")[0]
+        flags = _sort_flags(flags)
+
+        def do(snap):
+            os.makedirs(self.path / "cur", exist_ok=True)
+            name = f"{base}:2,{flags}"
+            os.rename(tmp_file, self.path / "cur" / name)
+            ws = size
+            if ws is None:
+                ws = _wsize(self.path / "cur" / name, name)
+            uid = snap.uidnext
+            snap.uidnext += 1
+            snap.highestmodseq += 1
+            snap.entries[uid] = Entry(uid, snap.highestmodseq, int(idate if idate is not None else time.time()),
+                                      ws, "cur", flags, frozenset(keywords), base)
+            return uid
+
+        snap, uid = self._mutate(do)
+        return snap.uidvalidity, uid
+
+    def set_flags(self, changes: dict) -> dict:
+        """``changes``: uid -> (maildir flag letters, keyword set).  Returns uid -> new Entry.
+
+        Messages gone meanwhile are left out of the result.
+        """
+
+        def do(snap):
+            done = {}
+            bump = snap.highestmodseq
+            for uid, (flags, kw) in changes.items():
+                e = snap.entries.get(uid)
+                if e is None:
+                    continue
+                flags = _sort_flags(flags)
+                kw = frozenset(kw)
+                if flags == e.flags and kw == e.kw:
+                    done[uid] = e
+                    continue
+                ne = e.copy()
+                ne.flags, ne.kw = flags, kw
+                if flags != e.flags or e.sub == "new":
+                    ne.sub = "cur"
+                    try:
+                        os.rename(self.path / e.relpath(), self.path / ne.relpath())
+                    except FileNotFoundError:
+                        del snap.entries[uid]
+                        continue
+                bump += 1
+                ne.modseq = bump
+                snap.entries[uid] = ne
+                done[uid] = ne
+            snap.highestmodseq = bump
+            return done
+
+        return self._mutate(do, fsync=False)[1]
+
+    def to_cur(self, uids) -> dict:
+        """Move messages from new/ to cur/ (an IMAP session saw them as \\Recent)."""
+
+        def do(snap):
+            done = {}
+            for uid in uids:
+                e = snap.entries.get(uid)
+                if e is None or e.sub != "new":
+                    continue
+                ne = e.copy()
+                ne.sub = "cur"
+                try:
+                    os.rename(self.path / e.relpath(), self.path / ne.relpath())
+                except FileNotFoundError:
+                    del snap.entries[uid]
+                    continue
+                snap.entries[uid] = ne
+                done[uid] = ne
+            return done
+
+        return self._mutate(do, fsync=False)[1]
+
+    def expunge(self, uids) -> list[int]:
+        """Delete messages; return the UIDs removed."""
+
+        def do(snap):
+            gone = []
+            for uid in sorted(uids):
+                e = snap.entries.pop(uid, None)
+                if e is None:
+                    continue
+                try:
+                    os.unlink(self.path / e.relpath())
+                except FileNotFoundError:
+                    pass
+                gone.append(uid)
+            if gone:
+                snap.highestmodseq += 1
+            return gone
+
+        return self._mutate(do)[1]
+
+    def copy_into(self, dest: "FolderIndex", uids, *, unique=None) -> tuple[int, list[tuple[int, int]]]:
+        """Hard-link (or copy) messages into ``dest``, keeping flags, keywords and dates.
+
+        Returns (dest uidvalidity, [(source uid, dest uid), ...]).
+        """
+        from pymda.maildir import ensure_maildir, unique_name
+
+        unique = unique or unique_name
+        snap = self.sync()
+        staged = []
+        ensure_maildir(dest.path, folder=dest.path.name.startswith("."))
+        try:
+            for uid in uids:
+                e = snap.entries.get(uid)
+                if e is None:
+                    continue
+                src = self.path / e.relpath()
+                suffix = e.base.split(",", 1)[1] if "," in e.base else f"W={e.size}"
+                base = f"{unique()},{suffix}"
+                tmp = dest.path / "tmp" / base
+                try:
+                    os.link(src, tmp)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    import shutil
+
+                    shutil.copyfile(src, tmp)
+                staged.append((uid, e, tmp, base))
+        except BaseException:
+            for _u, _e, tmp, _b in staged:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            raise
+
+        def do(dsnap):
+            pairs = []
+            os.makedirs(dest.path / "cur", exist_ok=True)
+            for uid, e, tmp, base in staged:
+                os.rename(tmp, dest.path / "cur" / f"{base}:2,{e.flags}")
+                duid = dsnap.uidnext
+                dsnap.uidnext += 1
+                dsnap.highestmodseq += 1
+                dsnap.entries[duid] = Entry(duid, dsnap.highestmodseq, e.idate, e.size, "cur", e.flags, e.kw, base)
+                pairs.append((uid, duid))
+            return pairs
+
+        dsnap, pairs = dest._mutate(do)
+        return dsnap.uidvalidity, pairs

@@ -1,0 +1,162 @@
+"""The per-folder index (pymda.index): UIDs, flags, keywords, MODSEQ, several writers."""
+
+import os
+import time
+from pathlib import Path
+
+from pymda import maildir
+from pymda.index import INDEX_NAME, FolderIndex
+
+
+def put(box: Path, text=b"Subject: x\n\nbody\n"):
+    return maildir.deliver(box, text, fsync=False)
+
+
+def test_uids_are_assigned_in_name_order_and_never_reused(tmp_path):
+    box = tmp_path / "box"
+    a, b = put(box), put(box)
+    idx = FolderIndex(box)
+    snap = idx.sync()
+    assert list(snap.entries) == [1, 2]
+    assert [e.base for e in snap.entries.values()] == sorted([a.name, b.name])
+    assert snap.uidnext == 3
+    os.unlink(b)
+    os.utime(box / "new", ns=(0, 0))  # make sure the change is noticed whatever the clock says
+    snap = idx.sync()
+    assert list(snap.entries) == [1]
+    put(box)
+    snap = FolderIndex(box).sync()  # another process
+    assert list(snap.entries) == [1, 3]
+    assert snap.uidnext == 4
+
+
+def test_sizes_come_from_names_without_opening_files(tmp_path, monkeypatch):
+    box = tmp_path / "box"
+    put(box, b"a\nb\n")
+    import builtins
+
+    opened = []
+    real_open = builtins.open
+
+    def spy(path, *a, **kw):
+        opened.append(str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    snap = FolderIndex(box).sync()
+    assert [str(p) for p in opened if "/new/" in str(p) or "/cur/" in str(p)] == []
+    assert next(iter(snap.entries.values())).size == 6  # CRLF size
+
+
+def test_flags_keywords_and_modseq(tmp_path):
+    box = tmp_path / "box"
+    put(box)
+    idx = FolderIndex(box)
+    s0 = idx.sync()
+    e = s0.entries[1]
+    done = idx.set_flags({1: ("SF", {"$Label1", "work"})})
+    e2 = done[1]
+    assert e2.flags == "FS" and e2.kw == {"$Label1", "work"} and e2.sub == "cur"
+    assert e2.modseq > e.modseq
+    assert (box / "cur" / f"{e.base}:2,FS").exists()
+    # A fresh reader (another process) sees the same.
+    s = FolderIndex(box).sync()
+    assert s.entries[1].kw == {"$Label1", "work"} and s.entries[1].flags == "FS"
+    assert s.highestmodseq == e2.modseq
+    # A flag change by someone else (pop3d, mutt) shows up with a new MODSEQ.
+    os.rename(box / "cur" / f"{e.base}:2,FS", box / "cur" / f"{e.base}:2,FRS")
+    os.utime(box / "cur", ns=(0, 0))
+    s2 = FolderIndex(box).sync()
+    assert s2.entries[1].flags == "FRS" and s2.entries[1].modseq > e2.modseq
+
+
+def test_add_copy_expunge(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    maildir.ensure_maildir(src)
+    tmp = src / "tmp" / "123.abc,S=5,W=6"
+    tmp.write_bytes(b"abcd\n")
+    isrc = FolderIndex(src)
+    uv, uid = isrc.add(tmp, flags="S", keywords={"k"}, idate=1000, size=6)
+    assert uid == 1
+    e = isrc.sync().entries[1]
+    assert e.idate == 1000 and e.flags == "S" and e.kw == {"k"}
+    idst = FolderIndex(dst)
+    duv, pairs = isrc.copy_into(idst, [1])
+    assert pairs == [(1, 1)]
+    de = idst.sync().entries[1]
+    assert de.kw == {"k"} and de.flags == "S" and de.idate == 1000
+    assert (dst / de.relpath()).read_bytes() == b"abcd\n"
+    assert isrc.expunge([1]) == [1]
+    assert isrc.sync().entries == {}
+    assert isrc.sync().uidnext == 2
+
+
+def test_index_file_is_replaced_atomically_and_parsable(tmp_path):
+    box = tmp_path / "box"
+    for _ in range(3):
+        put(box)
+    FolderIndex(box).sync()
+    text = (box / INDEX_NAME).read_text()
+    assert text.startswith("PYMAILIDX1 ")
+    assert not [p for p in box.iterdir() if p.name.startswith(f".{INDEX_NAME}.tmp")]
+
+
+def test_many_processes_agree_on_uids(tmp_path):
+    """Four processes deliver and sync at once: every message gets exactly one UID."""
+    import subprocess
+    import sys
+
+    box = tmp_path / "box"
+    maildir.ensure_maildir(box)
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from pymda import maildir\nfrom pymda.index import FolderIndex\n"
+        "idx = FolderIndex(%r)\n"
+        "for i in range(25):\n"
+        "    maildir.deliver(%r, b'x\\n', fsync=False)\n"
+        "    idx.sync()\n" % (str(Path(__file__).resolve().parents[2]), str(box), str(box)))
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    assert all(p.wait(60) == 0 for p in procs)
+    time.sleep(0.01)
+    os.utime(box / "new", ns=(0, 0))
+    snap = FolderIndex(box).sync()
+    bases = [e.base for e in snap.entries.values()]
+    assert len(bases) == 100 == len(set(bases))
+    assert sorted(snap.entries) == list(snap.entries)
+    assert snap.uidnext == max(snap.entries) + 1
+
+
+def test_select_of_a_big_folder_is_cheap_when_nothing_changed(tmp_path):
+    box = tmp_path / "box"
+    maildir.ensure_maildir(box)
+    for i in range(2000):
+        (box / "cur" / f"{1700000000 + i}.M1P1Q{i}.h,S=10,W=11:2,S").write_bytes(b"x" * 10)
+    idx = FolderIndex(box)
+    idx.sync()
+    os.utime(box / "cur", ns=(1, 1))
+    os.utime(box / "new", ns=(1, 1))
+    idx.sync()  # records the (old) mtimes
+    t = time.perf_counter()
+    snap = FolderIndex(box).sync()
+    assert len(snap.entries) == 2000
+    assert time.perf_counter() - t < 0.5
+
+
+def test_index_lock_excludes_filelock_users(tmp_path):
+    """pop3d or the deliverer may take the same lock with filelock.FileLock."""
+    import threading
+
+    from filelock import FileLock
+
+    box = tmp_path / "box"
+    put(box)
+    idx = FolderIndex(box)
+    idx.sync()
+    done = []
+    with FileLock(str(box / INDEX_NAME) + ".lock"):
+        th = threading.Thread(target=lambda: done.append(idx.set_flags({1: ("S", set())})))
+        th.start()
+        time.sleep(0.3)
+        assert not done
+    th.join(5)
+    assert done and done[0][1].flags == "S"
