@@ -573,10 +573,12 @@ def _retr(fh, status: bytes):
     first = True
     at_start = True
     carry = b""
-    while True:
+    done = False
+    while not done:
         data = fh.read(CHUNK)
         if not data:
             break
+        done = len(data) < CHUNK  # a regular file reads short only at its end: no extra read
         if carry:
             data = carry + data
         if data[-1:] == b"\r":  # the LF may begin the next read

@@ -64,6 +64,10 @@ def main() -> int:
     run = root / "dovecot-run"
     (run / "base").mkdir(parents=True, exist_ok=True)
     (run / "state").mkdir(parents=True, exist_ok=True)
+    # Dovecot's auth process runs as dovenull: it must reach the users file
+    # (benchmark trees only; a real users file stays 0640).
+    os.chmod(root, 0o755)
+    os.chmod(root / "users", 0o644)
     st = os.stat(root / "mail")
     if st.st_uid == 0:  # Dovecot will not access mail as root: hand the store to "mail"
         import pwd

@@ -62,7 +62,8 @@ def make_tree(root: Path, messages: int, big_mb: int) -> Path:
     from pymta.lib.users import hash_password
 
     config = root / "pymail.toml"
-    config.write_text(f'hostname = "bench.example.test"\ndomains = ["example.test"]\nroot = "{root}"\n')
+    config.write_text(f'hostname = "bench.example.test"\ndomains = ["example.test"]\nroot = "{root}"\n'
+                      f'[pop3d]\nprocesses = {int(os.environ.get("POP3D_PROCESSES", "1"))}\n')
     hashed = hash_password(PASSWORD)
     (root / "users").write_text("".join(f"{u}:{hashed}\n" for u in CLIENT_USERS + [BIG_USER]))
     filler = (b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n" * 17)
@@ -219,8 +220,10 @@ def main() -> None:
                     help="also load a Dovecot serving the same mailbox and user on this port")
     ap.add_argument("--dovecot", action="store_true",
                     help="start Debian's Dovecot over the same tree (tests/bench/dovecot_side.py) and load it too")
+    ap.add_argument("--processes", type=int, default=1, help="pop3d.processes for listening mode (0: one per CPU)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary tree")
     a = ap.parse_args()
+    os.environ["POP3D_PROCESSES"] = str(a.processes)
     root = Path(tempfile.mkdtemp(prefix="pop3bench-"))
     try:
         t0 = time.time()
