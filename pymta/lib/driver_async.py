@@ -1,9 +1,17 @@
 """Serve many sessions in one process with asyncio: ``Accept=no`` and ``--listen``.
 
 Each connection gets a fresh protocol object from ``factory()``; the
-driver carries out its actions (see ``sansio``).  Jobs run in a thread pool
-so a slow fsync or password hash never stalls other sessions, and parallel
-fsyncs are what make a disk take thousands of messages per second.
+driver carries out its actions (see ``sansio``).  It is written on
+asyncio's callback layer (``asyncio.Protocol``), not on streams: a request
+is answered from inside ``data_received`` in one trip round the event loop,
+with no task to wake and no timeout object per read -- for a client that
+waits for each answer (POP3 RETR after RETR) that round trip is the cost.
+
+Jobs run in a thread pool so a slow fsync or password hash never stalls
+other sessions, and parallel fsyncs are what make a disk take thousands of
+messages per second.  While a job, a streamed body or a TLS handshake is
+under way, reading is paused: the protocol sees no input until it asked
+for more.
 """
 
 from __future__ import annotations
@@ -17,8 +25,247 @@ from concurrent.futures import ThreadPoolExecutor
 from pymta.lib import log
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 
-RECV_SIZE = 65536
 STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a write
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: "AsyncServer") -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport = None
+        self.protocol = None
+        self.info = None
+        self.pending: deque = deque()
+        self.busy = False  # a job, a stream or a handshake is under way
+        self.closed = False
+        self.counted = False
+        self.stream = None
+        self.write_paused = False
+        self.read_paused = False
+        self.held: list[bytes] = []  # input that arrived while busy
+        self.eof = False
+        self.eof_done = False
+        self.deadline = 0.0
+        self.timer = None
+
+    # -- asyncio callbacks ---------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        server = self.server
+        server.connections.add(self)
+        server.sessions += 1
+        self.counted = True
+        if server.sessions > server.max_sessions:
+            if server.busy_reply:
+                transport.write(server.busy_reply)
+            self._close()
+            return
+        try:
+            self.protocol = server.factory()
+            self.info = server.connection_info(transport)
+            self._act(self.protocol.connection_made(self.info))
+        except Exception as exc:
+            self._crash(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.busy:
+            self.held.append(data)
+            self._pause_reading()
+            return
+        try:
+            self._act(self.protocol.data_received(data))
+        except Exception as exc:
+            self._crash(exc)
+
+    def eof_received(self):
+        # Keep the write side open: a client that half-closes after its last
+        # command still gets the replies (a commit may be under way).
+        self.eof = True
+        if not self.busy and not self.closed:
+            self._deliver_eof()
+        return True
+
+    def _deliver_eof(self) -> None:
+        if self.eof_done:
+            return
+        self.eof_done = True
+        try:
+            self._act(self.protocol.data_received(b""))
+        except Exception as exc:
+            self._crash(exc)
+        self._close()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.counted:
+            self.server.sessions -= 1
+            self.counted = False
+        self.server.connections.discard(self)
+        if self.protocol is not None:
+            try:
+                self.protocol.connection_lost()
+            except Exception as error:
+                log.error(f"session error: {error!r}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.stream is not None:
+            self._pump()
+
+    # -- carrying out actions ---------------------------------------------------------
+    def _act(self, actions) -> None:
+        self.pending.extend(actions)
+        self._drive()
+
+    def _drive(self) -> None:
+        out = bytearray()  # replies are gathered so one send carries them all
+        while self.pending and not self.busy and not self.closed:
+            action = self.pending.popleft()
+            if isinstance(action, (bytes, bytearray)):
+                out += action
+                continue
+            if out:
+                self.transport.write(out)
+                out = bytearray()
+            if isinstance(action, Stream):
+                self.busy = True
+                self.stream = iter(action.chunks)
+                self._pump()
+            elif isinstance(action, Job):
+                self.busy = True
+                self._pause_reading()
+                future = self.loop.run_in_executor(self.server.executor, action.run)
+                future.add_done_callback(self._job_done)
+            elif action is STARTTLS:
+                self.busy = True
+                self._pause_reading()
+                task = self.loop.create_task(self._starttls())
+                self.server.tasks.add(task)
+                task.add_done_callback(self.server.tasks.discard)
+            elif action is CLOSE:
+                self._close()
+                return
+        if out and not self.closed:
+            self.transport.write(out)
+        if not self.busy and not self.closed:
+            self._idle()
+
+    def _idle(self) -> None:
+        """Waiting for input again: hand over what arrived meanwhile, arm the timeout."""
+        if self.held:
+            data = b"".join(self.held)
+            self.held.clear()
+            self._act(self.protocol.data_received(data))
+            return
+        if self.eof:
+            self._deliver_eof()
+            return
+        self._resume_reading()
+        self.deadline = self.loop.time() + self.protocol.timeout
+        if self.timer is None or self.timer.when() > self.deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        # One timer per connection, moved lazily: input does not touch it.
+        self.timer = None
+        if self.closed or self.busy:
+            return
+        now = self.loop.time()
+        if now < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+            return
+        try:
+            self._act(self.protocol.timed_out())
+        except Exception as exc:
+            self._crash(exc)
+
+    def _pump(self) -> None:
+        buf = bytearray()
+        try:
+            for chunk in self.stream:
+                buf += chunk
+                if len(buf) >= STREAM_FLUSH:
+                    self.transport.write(buf)
+                    buf = bytearray()
+                    if self.write_paused or self.closed:
+                        return  # resume_writing() comes back here
+        except Exception as exc:
+            self._crash(exc)
+            return
+        if buf:
+            self.transport.write(buf)
+        self.stream = None
+        self.busy = False
+        self._drive()
+
+    def _job_done(self, future) -> None:
+        if self.closed:
+            return
+        self.busy = False
+        try:
+            self._act(self.protocol.job_done(future.result()))
+        except Exception as exc:
+            self._crash(exc)
+
+    async def _starttls(self) -> None:
+        # CVE-2011-0411: plaintext pipelined behind STARTTLS is never input.
+        self.held.clear()
+        try:
+            transport = await self.loop.start_tls(self.transport, self, self.server.tls(), server_side=True,
+                                                  ssl_handshake_timeout=self.server.handshake_timeout)
+        except Exception:  # handshake failure or a certificate that will not load
+            self._close()
+            return
+        if transport is None or self.closed:
+            self._close()
+            return
+        self.transport = transport
+        self.read_paused = False  # start_tls resumed reading on the new transport
+        self.server.tls_info(self.info, transport)
+        self.busy = False
+        try:
+            self._act(self.protocol.tls_started(self.info))
+        except Exception as exc:
+            self._crash(exc)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            try:
+                self.transport.pause_reading()
+            except (AttributeError, RuntimeError):
+                pass
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            try:
+                self.transport.resume_reading()
+            except (AttributeError, RuntimeError):
+                pass
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.transport.close()  # sends what is buffered, then closes
+
+    def _crash(self, exc: Exception) -> None:
+        # never let one session take the server down, nor a traceback reach the peer
+        log.error(f"session error: {exc!r}")
+        self._close()
 
 
 class AsyncServer:
@@ -33,26 +280,27 @@ class AsyncServer:
         self.max_sessions = max_sessions
         self.busy_reply = busy_reply
         self.sessions = 0
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Task] = set()
         self.executor = ThreadPoolExecutor(max_workers=job_threads, thread_name_prefix="job")
-        self._tasks: set[asyncio.Task] = set()
 
-    def _info(self, writer: asyncio.StreamWriter) -> ConnectionInfo:
+    def connection_info(self, transport) -> ConnectionInfo:
         info = ConnectionInfo(service=self.service)
-        peer = writer.get_extra_info("peername")
+        peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             info.peer_ip, info.peer_port = peer[0], peer[1]
-        local = writer.get_extra_info("sockname")
+        local = transport.get_extra_info("sockname")
         if isinstance(local, tuple):
             info.local_ip, info.local_port = local[0], local[1]
         if info.peer_ip.startswith("::ffff:"):
             info.peer_ip = info.peer_ip[7:]
         info.tls_available = self.tls is not None and not self.implicit_tls
-        self._tls_info(info, writer)
+        self.tls_info(info, transport)
         return info
 
     @staticmethod
-    def _tls_info(info: ConnectionInfo, writer: asyncio.StreamWriter) -> None:
-        ssl_object = writer.get_extra_info("ssl_object")
+    def tls_info(info: ConnectionInfo, transport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             info.tls = True
             info.tls_available = False
@@ -60,106 +308,14 @@ class AsyncServer:
             cipher = ssl_object.cipher()
             info.tls_cipher = cipher[0] if cipher else ""
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        self.sessions += 1
-        try:
-            if self.sessions > self.max_sessions:
-                if self.busy_reply:
-                    writer.write(self.busy_reply)
-                    await writer.drain()
-                return
-            await self._session(reader, writer)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
-        except Exception as exc:  # never let one session take the server down
-            log.error(f"session error: {exc!r}")
-        finally:
-            self.sessions -= 1
-            self._tasks.discard(task)
-            try:
-                writer.close()
-            except Exception:
-                pass
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        protocol = self.factory()
-        info = self._info(writer)
-        pending = deque(protocol.connection_made(info))
-        eof = False
-        try:
-            while True:
-                out = bytearray()  # replies are gathered so one send carries them all
-                while pending:
-                    action = pending.popleft()
-                    if isinstance(action, (bytes, bytearray)):
-                        out += action
-                        continue
-                    if isinstance(action, Stream):
-                        for chunk in action.chunks:
-                            out += chunk
-                            if len(out) >= STREAM_FLUSH:
-                                writer.write(out)
-                                out = bytearray()
-                                await writer.drain()
-                        continue
-                    if out:
-                        writer.write(out)
-                        out = bytearray()
-                    if isinstance(action, Job):
-                        await writer.drain()
-                        result = await loop.run_in_executor(self.executor, action.run)
-                        pending.extend(protocol.job_done(result))
-                    elif action is STARTTLS:
-                        if self.tls is None:
-                            return
-                        transport = writer.transport
-                        transport.pause_reading()
-                        await writer.drain()
-                        # CVE-2011-0411: plaintext pipelined behind STARTTLS that
-                        # asyncio already read must never count as encrypted input.
-                        buffered = getattr(reader, "_buffer", None)
-                        if buffered:
-                            buffered.clear()
-                        try:
-                            await writer.start_tls(self.tls(), ssl_handshake_timeout=self.handshake_timeout)
-                        except Exception:  # handshake failure or unloadable certificate
-                            return
-                        self._tls_info(info, writer)
-                        pending.extend(protocol.tls_started(info))
-                    elif action is CLOSE:
-                        await writer.drain()
-                        return
-                if out:
-                    writer.write(out)
-                await writer.drain()
-                if eof:
-                    return
-                try:
-                    # asyncio.timeout() costs a timer, wait_for() a whole task per read.
-                    async with asyncio.timeout(protocol.timeout):
-                        data = await reader.read(RECV_SIZE)
-                except (asyncio.TimeoutError, TimeoutError):
-                    pending.extend(protocol.timed_out())
-                    continue
-                except (ConnectionError, OSError):
-                    data = b""
-                if not data:
-                    eof = True
-                pending.extend(protocol.data_received(data))
-        finally:
-            protocol.connection_lost()
-
     async def serve(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         servers = []
+        ssl = self.tls() if self.implicit_tls else None
         for sock in sockets:
             sock.setblocking(False)
-            ssl = self.tls() if self.implicit_tls else None
-            servers.append(await asyncio.start_server(
-                self.handle, sock=sock, ssl=ssl, limit=RECV_SIZE * 2,
+            servers.append(await loop.create_server(
+                lambda: _Connection(self), sock=sock, ssl=ssl,
                 ssl_handshake_timeout=self.handshake_timeout if ssl else None))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -170,9 +326,12 @@ class AsyncServer:
         await stop.wait()
         for server in servers:
             server.close()
-        for task in list(self._tasks):
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.sleep(0)
         self.executor.shutdown(wait=False)
 
 
