@@ -111,7 +111,7 @@ PARAMS: tuple[Param, ...] = (
     Param("dkim.key_dir", "path", "dkim", "Folder of DKIM private keys, DOMAIN/SELECTOR.key (made by `pymail dkim keygen`)."),
     Param("sendmail.maildrop", "path", "maildrop", "Drop folder for sendmail run by ordinary users (mode 1733, like Postfix's maildrop); only the runner reads it."),
     # -- pop3d (pypop) ---------------------------------------------------------------
-    Param("pop3d.processes", "int", 1, "Processes a listening pop3d forks to serve its sockets; 0: one per CPU."),
+    Param("pop3d.processes", "int", 0, "Processes a listening pop3d forks to serve its sockets; 0: one per CPU."),
     Param("pop3d.max_sessions", "int", 100, "Concurrent sessions of one listening pop3d process; more get -ERR [SYS/TEMP]."),
     Param("pop3d.timeout", "float", 600.0, "Seconds of client silence before a POP3 session is closed without deleting anything (RFC 1939 autologout: at least 10 minutes)."),
     Param("pop3d.enable_apop", "bool", False, "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} with auth.allow_plain_scheme = true."),
@@ -122,7 +122,7 @@ PARAMS: tuple[Param, ...] = (
     Param("imapd.autologout", "float", 1800.0, "Seconds a logged-in IMAP session may be idle, IDLE included (RFC 3501 5.4: at least 30 minutes)."),
     Param("imapd.login_timeout", "float", 60.0, "Seconds an IMAP client has to log in between commands before it is disconnected."),
     Param("imapd.idle_poll", "float", 0.5, "Seconds between mailbox checks while a client is in IDLE."),
-    Param("imapd.processes", "int", 1, "Processes a listening imapd forks to serve its sockets; 0: one per CPU."),
+    Param("imapd.processes", "int", 0, "Processes a listening imapd forks to serve its sockets; 0: one per CPU."),
 )
 
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
