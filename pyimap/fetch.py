@@ -179,19 +179,10 @@ def _count_crlf_size(fh) -> int:
 def _stream(fh):
     from pyimap.message import to_crlf
 
+    from pymta.lib.lineends import converted_chunks
+
     try:
-        carry = b""
-        while True:
-            chunk = fh.read(1 << 16)
-            if not chunk:
-                if carry:
-                    yield carry
-                return
-            chunk = carry + chunk
-            carry = b""
-            if chunk.endswith(b"\r"):
-                chunk, carry = chunk[:-1], b"\r"
-            yield to_crlf(chunk)
+        yield from converted_chunks(fh, to_crlf)
     finally:
         fh.close()
 

@@ -28,19 +28,10 @@ def to_crlf(data: bytes) -> bytes:
 
 def crlf_chunks(path, start: int = 0):
     """Yield the file's bytes with CRLF line ends, in pieces."""
+    from pymta.lib.lineends import converted_chunks
+
     with open(path, "rb") as fh:
-        carry = b""
-        while True:
-            chunk = fh.read(READ_CHUNK)
-            if not chunk:
-                if carry:
-                    yield carry
-                return
-            chunk = carry + chunk
-            carry = b""
-            if chunk.endswith(b"\r"):
-                chunk, carry = chunk[:-1], b"\r"
-            yield to_crlf(chunk)
+        yield from converted_chunks(fh, to_crlf, READ_CHUNK)
 
 
 def read_crlf(path) -> bytes:

@@ -634,11 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pymta.lib import config
 
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as exc:
-        for key, message in exc.problems:
-            print(f"pymta-qrunner: {key}: {message}", file=sys.stderr)
+    cfg = config.load_logged(args.config)
+    if cfg is None:
         return sysexits.EX_CONFIG
     runner = Runner(cfg)
     runner.queue.create()

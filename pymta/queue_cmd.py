@@ -54,11 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from pymta.lib import config
     from pymta.queue import Queue, QueueError
 
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as exc:
-        for key, message in exc.problems:
-            log.error(f"config: {key}: {message}")
+    cfg = config.load_logged(args.config)
+    if cfg is None:
         return sysexits.EX_CONFIG
     meta = {"client": "local", "uid": os.getuid(), "service": "pickup"}
     limit = cfg["smtpd.max_message_size"]

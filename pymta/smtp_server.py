@@ -20,6 +20,7 @@ from collections import namedtuple
 
 from pymta.lib.address import AddressError, parse_path, split_path
 from pymta.lib.record import REQUIRED, Record
+from pymta.lib.linereader import LineReader
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol
 
 
@@ -123,7 +124,7 @@ _MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
 _CONTROLS = bytes(range(32)) + b"\x7f"
 
 
-class SMTPServer(Protocol):
+class SMTPServer(LineReader, Protocol):
     def __init__(self, settings: SMTPSettings, backend) -> None:
         self.settings = settings
         self.backend = backend
@@ -243,31 +244,6 @@ class SMTPServer(Protocol):
         self._abort_sink()
         self._closed = True
         self._marker = CLOSE
-
-    def _read_line(self, cap: int):
-        """Next line (terminator included), None if incomplete, False if over ``cap``."""
-        buf = self._buf
-        if self._skipping:
-            i = buf.find(b"\n")
-            if i < 0:
-                buf.clear()
-                return None
-            del buf[: i + 1]
-            self._skipping = False
-            self._scanned = 0
-        i = buf.find(b"\n", self._scanned)
-        if i < 0:
-            if len(buf) >= cap:  # even the terminator would not fit
-                buf.clear()
-                self._skipping = True
-                self._scanned = 0
-                return False
-            self._scanned = len(buf)
-            return None
-        line = bytes(buf[: i + 1])
-        del buf[: i + 1]
-        self._scanned = 0
-        return line if i < cap else False
 
     def _line_step(self) -> bool:
         if self._mode == _COMMAND:

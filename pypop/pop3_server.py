@@ -31,6 +31,7 @@ import time
 from typing import NamedTuple
 
 from pymta.lib import log
+from pymta.lib.linereader import LineReader
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream
 
 MAX_COMMAND_LINE = 255  # RFC 2449 4: octets per command line, CRLF included
@@ -86,7 +87,7 @@ def to_wire(data: bytes, at_line_start: bool) -> bytes:
     return data
 
 
-class POP3Server(Protocol):
+class POP3Server(LineReader, Protocol):
     def __init__(self, backend, *, timeout: float = 600.0) -> None:
         self.backend = backend
         self.timeout = timeout
@@ -224,31 +225,6 @@ class POP3Server(Protocol):
             self._send(b"-ERR Too many bad commands, closing connection\r\n")
             self._end("too many bad commands")
             self._marker(CLOSE)
-
-    def _read_line(self, cap: int):
-        """Next line (terminator included), None if incomplete, False if longer than ``cap``."""
-        buf = self._buf
-        if self._skipping:
-            i = buf.find(b"\n")
-            if i < 0:
-                buf.clear()
-                return None
-            del buf[: i + 1]
-            self._skipping = False
-            self._scanned = 0
-        i = buf.find(b"\n", self._scanned)
-        if i < 0:
-            if len(buf) >= cap:  # not even the terminator would fit
-                buf.clear()
-                self._skipping = True
-                self._scanned = 0
-                return False
-            self._scanned = len(buf)
-            return None
-        line = bytes(buf[: i + 1])
-        del buf[: i + 1]
-        self._scanned = 0
-        return line if i < cap else False
 
     def _end(self, reason: str, debug: bool = False) -> None:
         """The session is over (QUIT, EOF, timeout...): release the maildrop."""

@@ -306,3 +306,16 @@ def load(path: str | os.PathLike | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(values, file)
+
+
+def load_logged(path: str | os.PathLike | None = None) -> "Config | None":
+    """``load`` for programs: every problem logged as ``config: KEY: message``;
+    None when the file cannot be used (the caller exits 78, EX_CONFIG)."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        from pymta.lib import log
+
+        for key, message in exc.problems:
+            log.error(f"config: {key}: {message}")
+        return None

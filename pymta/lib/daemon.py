@@ -118,11 +118,8 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
     log.set_program(prog)
     from pymta.lib import config
 
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as exc:
-        for key, message in exc.problems:
-            log.error(f"config: {key}: {message}")
+    cfg = config.load_logged(args.config)
+    if cfg is None:
         return sysexits.EX_CONFIG
     service = args.service
     tls = tls_loader(cfg)
