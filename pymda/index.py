@@ -159,6 +159,23 @@ def _wsize(path: Path, name: str) -> int:
         return 0
 
 
+# Parsed indexes shared by the sessions of one process (a listening imapd):
+# folder path -> ((inode, mtime_ns, size) of the file, Snapshot).
+_SHARED: dict[str, tuple] = {}
+_SHARED_MAX = 256
+
+
+def _head_of(snap: "Snapshot") -> bytes:
+    return (f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} "
+            f"{snap.new_mtime} {snap.cur_mtime}").encode()
+
+
+def _remember(folder: str, key: tuple, snap: "Snapshot") -> None:
+    if len(_SHARED) >= _SHARED_MAX and folder not in _SHARED:
+        _SHARED.pop(next(iter(_SHARED)))
+    _SHARED[folder] = (key, snap)
+
+
 class FolderIndex:
     """The index of the Maildir (or Maildir++ folder) at ``path``."""
 
@@ -187,6 +204,14 @@ class FolderIndex:
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if key == self._cache_key and self._cache is not None:
             return self._cache
+        shared = _SHARED.get(self.dir)
+        if shared is not None and shared[0] == key and self._head() == _head_of(shared[1]):
+            # Another session of this process read or wrote this very file
+            # (the header line -- UIDNEXT, HIGHESTMODSEQ -- guards against a
+            # reused inode with a coarse mtime); snapshots are never changed
+            # in place, so one can be shared.
+            self._cache_key, self._cache = shared
+            return self._cache
         try:
             with open(self.file, "rb") as fh:
                 st = os.fstat(fh.fileno())
@@ -196,7 +221,15 @@ class FolderIndex:
         snap = _parse(data)
         self._cache_key = (st.st_ino, st.st_mtime_ns, st.st_size)
         self._cache = snap
+        _remember(self.dir, self._cache_key, snap)
         return snap
+
+    def _head(self) -> bytes:
+        try:
+            with open(self.file, "rb") as fh:
+                return fh.readline(256).rstrip(b"\n")
+        except OSError:
+            return b""
 
     def _fresh(self, snap: Snapshot | None) -> bool:
         if snap is None:
@@ -422,6 +455,7 @@ class FolderIndex:
         st = os.stat(self.file)
         self._cache_key = (st.st_ino, st.st_mtime_ns, st.st_size)
         self._cache = snap
+        _remember(self.dir, self._cache_key, snap)
 
     def _mutate(self, fn, fsync: bool = True):
         """Run ``fn(snap)`` on a synced copy under the lock, save, return (snap, result)."""

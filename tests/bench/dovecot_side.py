@@ -69,7 +69,7 @@ def main() -> int:
     os.chmod(root, 0o755)
     os.chmod(root / "users", 0o644)
     st = os.stat(root / "mail")
-    if st.st_uid == 0:  # Dovecot will not access mail as root: hand the store to "mail"
+    if os.geteuid() == 0:  # Dovecot will not access mail as root: hand the store to "mail"
         import pwd
 
         mail = pwd.getpwnam("mail")
