@@ -111,15 +111,28 @@ def header_value(raw: bytes) -> bytes:
 
 
 class Headers:
-    __slots__ = ("raw", "lines", "_map")
+    __slots__ = ("raw", "lines", "_map", "_search")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.lines = header_lines(raw)
         self._map: dict[str, bytes] = {}
+        self._search: dict[str, list[str]] | None = None
         for name, line in self.lines:
             if name not in self._map:
                 self._map[name] = header_value(line)
+
+    def search_values(self, name: str) -> list[str]:
+        """Every ``name`` field decoded (RFC 2047) and lower-cased, as SEARCH
+        compares them; kept with the cached headers, so repeated searches
+        over a folder decode each field once."""
+        if self._search is None:
+            self._search = {}
+        values = self._search.get(name)
+        if values is None:
+            values = [decoded_lower(raw) for raw in self.get_all(name)]
+            self._search[name] = values
+        return values
 
     def get(self, name: str) -> bytes | None:
         return self._map.get(name)
@@ -129,6 +142,13 @@ class Headers:
 
 
 # -- RFC 2047 decoding (for SEARCH) -------------------------------------------------
+
+
+def decoded_lower(value: bytes) -> str:
+    """A header value as SEARCH compares it: RFC 2047 words decoded, lower case."""
+    if b"=?" not in value:
+        return value.decode("utf-8", "replace").lower()
+    return decode_words(value).lower()
 
 _EW = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 

@@ -215,12 +215,12 @@ class Compiler:
         needle = needle.lower()
 
         def match(m):
-            values = m.headers().get_all(name)
+            values = m.headers().search_values(name)
             if not values:
                 return False
             if not needle:
                 return True
-            return any(needle in m.decoded(v) for v in values)
+            return any(needle in v for v in values)
 
         return match
 
@@ -260,14 +260,6 @@ class Candidate:
                 self._headers = Headers(b"")
         return self._headers
 
-    @staticmethod
-    def decoded(value: bytes) -> str:
-        if b"=?" not in value:
-            return value.decode("utf-8", "replace").lower()
-        from pyimap.message import decode_words
-
-        return decode_words(value).lower()
-
     def body_lower(self) -> bytes:
         if self._body is None:
             from pyimap.message import read_crlf, split_header
@@ -282,7 +274,9 @@ class Candidate:
 
     def header_text_lower(self) -> str:
         if self._htext is None:
-            self._htext = "\n".join(self.decoded(line) for _n, line in self.headers().lines)
+            from pyimap.message import decoded_lower
+
+            self._htext = "\n".join(decoded_lower(line) for _n, line in self.headers().lines)
         return self._htext
 
 
