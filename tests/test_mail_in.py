@@ -366,3 +366,22 @@ def test_prefork_listening_smtpd_serves_from_every_process_and_stops_cleanly(mak
     assert smtpd.wait(timeout=15) == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()  # no orphan still listening
+
+
+def test_half_closed_client_still_gets_every_reply(mailsys):
+    """A client that shuts down its sending side after QUIT still reads the
+    250 for its message (the commit runs while its input has ended)."""
+    port = mailsys.start_smtpd("listen")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.recv(1024)
+        sock.sendall(b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert codes(data)[-2:] == [250, 221]

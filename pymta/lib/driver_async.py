@@ -85,7 +85,8 @@ class _Connection(asyncio.Protocol):
         self.eof = True
         if not self.busy and not self.closed:
             self._deliver_eof()
-        return True
+        # (TLS transports cannot stay half-open; asyncio warns if asked to.)
+        return self.transport.get_extra_info("ssl_object") is None
 
     def _deliver_eof(self) -> None:
         if self.eof_done:
