@@ -26,14 +26,6 @@ def to_crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def crlf_chunks(path, start: int = 0):
-    """Yield the file's bytes with CRLF line ends, in pieces."""
-    from pymta.lib.lineends import converted_chunks
-
-    with open(path, "rb") as fh:
-        yield from converted_chunks(fh, to_crlf, READ_CHUNK)
-
-
 def read_crlf(path) -> bytes:
     with open(path, "rb") as fh:
         return to_crlf(fh.read())

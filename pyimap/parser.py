@@ -104,10 +104,6 @@ class Reader:
                 return
         self.buf += data
 
-    @property
-    def in_literal(self) -> bool:
-        return self.lit_left > 0
-
     def _eat_literal(self, view):
         take = min(self.lit_left, len(view))
         if take:
@@ -395,13 +391,3 @@ def nstring(value) -> bytes:
     return b"NIL" if value is None else quote(value)
 
 
-def astring_text(token) -> str:
-    """An astring argument as str (atoms and UTF-8 strings)."""
-    if isinstance(token, Atom):
-        return str(token)
-    if isinstance(token, (bytes, bytearray)):
-        try:
-            return bytes(token).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ParseError("String is not UTF-8") from None
-    raise ParseError("Expected a string")

@@ -67,21 +67,6 @@ def ensure_maildir(path: Path, folder: bool = False) -> None:
             marker.touch(mode=0o600)
 
 
-def folder_path(maildir: Path, folder: str) -> Path:
-    """The directory of Maildir++ folder ``folder`` ("INBOX", "Lists.python" or "Lists/python").
-
-    Raises MaildirError(temporary=False) for names that could leave the
-    Maildir: empty parts, '.' or '..', '/' tricks, control characters.
-    """
-    if folder.upper() == "INBOX" or folder == "":
-        return Path(maildir)
-    parts = folder.replace("/", ".").split(".")
-    for part in parts:
-        if part in ("", ".", "..") or any(ord(c) < 32 or c == "\x7f" for c in part):
-            raise MaildirError(f"bad folder name {folder!r}", temporary=False)
-    return Path(maildir) / ("." + ".".join(parts))
-
-
 def crlf_size(data: bytes) -> int:
     """Size of ``data`` (LF line ends) on the wire with CRLF line ends."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")

@@ -23,10 +23,6 @@ from pathlib import Path
 MAX_DEPTH = 10  # Postfix's limit on alias nesting is similar; stops loops
 
 
-class AliasError(ValueError):
-    pass
-
-
 @dataclass(frozen=True)
 class Target:
     kind: str  # "address", "pipe", "file"; "error" (bounce) / "defer" (retry) with the reason as value

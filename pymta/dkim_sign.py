@@ -84,10 +84,6 @@ def dns_record(path: Path, selector: str, domain: str) -> str:
     return f"{selector}._domainkey.{domain.rstrip('.')}. IN TXT ( {chunks} )"
 
 
-def txt_value(path: Path) -> str:
-    return f"v=DKIM1; k=rsa; p={public_key_b64(path)}"
-
-
 def sign(message_lf: bytes, domain: str, selector: str, key_pem: bytes) -> bytes:
     """The DKIM-Signature header field (LF line ends) for a message with LF line ends."""
     import dkim

@@ -31,7 +31,6 @@ from pymta.queue import CorruptEntry, Entry, Queue
 
 # Recipient states kept in state/ID
 PENDING, ATTEMPTING, SENT, DEFERRED, BOUNCED = "pending", "attempting", "sent", "deferred", "bounced"
-FINAL = (SENT, BOUNCED)
 # sysexits codes after which a retry cannot help: usage, data, no input, no user, no host, no perm
 PERMANENT_EXITS = (64, 65, 66, 67, 68, 77)
 

@@ -38,7 +38,6 @@ from pymta.lib.sansio import CLOSE, STARTTLS, Stream
 
 MAX_REPLY_LINE = 2048  # RFC 5321 4.5.3.1.5 says 512 incl. CRLF; be lenient, but bounded
 MAX_REPLY_LINES = 100  # a multi-line reply with more lines than this is hostile
-MAX_BUFFER = MAX_REPLY_LINE * 2  # incomplete input we keep at most
 
 
 class ProtocolError(Exception):

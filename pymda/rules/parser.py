@@ -22,13 +22,6 @@ _VARTEST = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\?\?\s*(.*)\Z", re.S)
 _CAPTURE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=\s*\|(.*)\Z", re.S)
 
 
-class RulesSyntaxError(Exception):
-    def __init__(self, problems: list[tuple[int, str]], path: str = "") -> None:
-        self.problems = problems
-        self.path = path
-        super().__init__("; ".join(f"{path}:{n}: {m}" for n, m in problems))
-
-
 @dataclass
 class Assign:
     name: str

@@ -28,7 +28,7 @@ class ConfigError(Exception):
         super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
 
 
-# type: "str", "int", "float", "bool", "list", "path", "listen", "choice:a|b"
+# Param.type is one of: str, int, float, bool, list, path, listen, table, choice:a|b
 # (a namedtuple, not a dataclass: dataclasses costs every inetd session ~10 ms)
 Param = namedtuple("Param", "name type default doc")
 
