@@ -70,7 +70,7 @@ PARAMS: tuple[Param, ...] = (
     Param("smtpd.data_timeout", "float", 600.0, "Seconds to wait for the next block of message text."),
     Param("smtpd.tls_handshake_timeout", "float", 30.0, "Seconds a TLS handshake may take."),
     Param("smtpd.max_sessions", "int", 100, "Concurrent sessions of one listening smtpd process; more get 421."),
-    Param("smtpd.processes", "int", 1, "Processes a listening smtpd forks to serve its sockets (each with its own limits); 0: one per CPU."),
+    Param("smtpd.processes", "int", 0, "Processes a listening smtpd forks to serve its sockets (each with its own limits); 0: one per CPU."),
     Param("smtpd.trusted_networks", "list", ["127.0.0.0/8", "::1/128"], "Client networks allowed to relay without AUTH (like Postfix mynetworks)."),
     Param("smtpd.require_tls_for_auth", "bool", True, "Offer AUTH only over TLS (unless auth.allow_plaintext*)."),
     # -- queue runner -------------------------------------------------------------

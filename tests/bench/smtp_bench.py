@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-timeout", type=float, default=30.0,
                         help="seconds a daemon may take to start (default 30)")
     parser.add_argument("--send-timeout", type=float, default=900.0, help="limit for one smtp-source run")
-    parser.add_argument("--processes", type=int, default=1,
+    parser.add_argument("--processes", type=int, default=0,
                         help="smtpd.processes for listening mode (0: one per CPU)")
     parser.add_argument("--no-qrunner", action="store_true",
                         help="do not run the qrunner (measures accepting alone; no delivered/s)")
