@@ -17,11 +17,11 @@ import bisect
 import calendar
 import re
 import time
-from dataclasses import dataclass
 
 from pyimap import mailbox_names as mn
 from pyimap.parser import (COMMAND, CONTINUE, ERROR, Atom, Literal, ParseError, Reader, expand, parse_sequence_set,
                            quote, tokenize)
+from pymta.lib.record import Record
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream
 
 NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
@@ -36,17 +36,21 @@ STREAM_ABOVE = 256 * 1024
 MAX_BAD = 20
 
 
-@dataclass
-class IMAPSettings:
-    hostname: str = "localhost"
-    max_line: int = 65536  # octets of one command line (literals excluded)
-    max_literal: int = 100 * 1024 * 1024  # APPEND; advertised as APPENDLIMIT
-    max_mem_literal: int = 65536  # any other literal
-    autologout: float = 1800.0  # RFC 3501 5.4: at least 30 minutes once logged in
-    login_timeout: float = 60.0
-    idle_poll: float = 0.5
-    plaintext_ok: bool = False  # may a password cross this connection without TLS
-    software: str = "pymail"
+class IMAPSettings(Record):
+    # a Record, not a dataclass: every inetd connection imports this module
+    __slots__ = ("hostname", "max_line", "max_literal", "max_mem_literal", "autologout", "login_timeout",
+                 "idle_poll", "plaintext_ok", "software")
+    FIELDS = (
+        ("hostname", "localhost"),
+        ("max_line", 65536),  # octets of one command line (literals excluded)
+        ("max_literal", 100 * 1024 * 1024),  # APPEND; advertised as APPENDLIMIT
+        ("max_mem_literal", 65536),  # any other literal
+        ("autologout", 1800.0),  # RFC 3501 5.4: at least 30 minutes once logged in
+        ("login_timeout", 60.0),
+        ("idle_poll", 0.5),
+        ("plaintext_ok", False),  # may a password cross this connection without TLS
+        ("software", "pymail"),
+    )
 
 
 def format_internaldate(ts: int) -> bytes:

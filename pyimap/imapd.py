@@ -9,7 +9,6 @@ Services: ``imap`` (port 143, STARTTLS) and ``imaps`` (993, implicit TLS).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
@@ -78,7 +77,7 @@ def build(cfg, service: str):
 
     class Session(IMAPServer):
         def connection_made(self, info):
-            self.settings = dataclasses.replace(base, plaintext_ok=backend.plaintext_ok(info))
+            self.settings = base.replace(plaintext_ok=backend.plaintext_ok(info))
             return super().connection_made(info)
 
     return lambda: Session(base, backend)

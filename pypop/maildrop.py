@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 from pathlib import Path
 
@@ -61,6 +60,8 @@ def uidl_for(base: str) -> str:
     unique = base.split(",", 1)[0]
     if _uid_ok(unique):
         return unique
+    import hashlib  # rare: only for names that are not valid UIDL text
+
     return hashlib.md5(base.encode("utf-8", "surrogateescape")).hexdigest()
 
 

@@ -13,8 +13,6 @@ configured) and ``pop3s`` (port 995, implicit TLS: start with ``--tls``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import sys
 import time
 
@@ -64,6 +62,9 @@ class POP3Backend:
             elif not self.cfg["auth.allow_plain_scheme"]:
                 reason = "APOP needs auth.allow_plain_scheme = true"
             else:
+                import hashlib
+                import hmac
+
                 expected = hashlib.md5((timestamp + body).encode("utf-8")).hexdigest()
                 ok = hmac.compare_digest(expected, digest)
         return self._finish_login(info, user, ok, "APOP", reason)
