@@ -182,16 +182,32 @@ def message_sizes(path: Path, name: str | None = None) -> tuple[int, int]:
     return data_size, crlf
 
 
-def list_messages(maildir: Path) -> list[tuple[str, Path]]:
-    """(subdir, path) of every message in new/ and cur/, oldest name first."""
+def arrival_key(name: str):
+    """Sort key putting ``<sec>.M<usec>...`` names in delivery order (usec is not zero-padded)."""
+    sec, _, rest = name.partition(".")
+    usec = 0
+    if rest[:1] == "M":
+        digits = rest[1:8]
+        n = 0
+        while n < len(digits) and digits[n].isdigit():
+            n += 1
+        usec = int(digits[:n]) if n else 0
+    return (int(sec) if sec.isdigit() else 0, usec, name)
+
+
+def list_messages(maildir: Path) -> list[tuple[str, str]]:
+    """(subdir, file name) of every message in new/ and cur/, in delivery order.
+
+    Plain strings, not Paths: a POP3 login lists thousands of names.
+    """
     out = []
     for sub in ("new", "cur"):
         try:
-            names = os.listdir(Path(maildir) / sub)
+            names = os.listdir(f"{maildir}/{sub}")
         except FileNotFoundError:
             continue
-        out.extend((sub, Path(maildir) / sub / n) for n in names if not n.startswith("."))
-    out.sort(key=lambda item: item[1].name)
+        out.extend((sub, n) for n in names if not n.startswith("."))
+    out.sort(key=lambda item: arrival_key(item[1]))
     return out
 
 

@@ -51,7 +51,8 @@ class Message:
 
 
 def _uid_ok(text: str) -> bool:
-    return 0 < len(text) <= MAX_UID and all(0x21 <= ord(c) <= 0x7E for c in text)
+    # RFC 1939 7: 1-70 characters in 0x21-0x7E
+    return 0 < len(text) <= MAX_UID and text.isascii() and text.isprintable() and " " not in text
 
 
 def uidl_for(base: str) -> str:
@@ -63,19 +64,6 @@ def uidl_for(base: str) -> str:
     import hashlib  # rare: only for names that are not valid UIDL text
 
     return hashlib.md5(base.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def arrival_key(name: str):
-    """Sort key putting ``<sec>.M<usec>...`` names in delivery order (usec is not zero-padded)."""
-    sec, _, rest = name.partition(".")
-    usec = 0
-    if rest[:1] == "M":
-        digits = rest[1:8]
-        n = 0
-        while n < len(digits) and digits[n].isdigit():
-            n += 1
-        usec = int(digits[:n]) if n else 0
-    return (int(sec) if sec.isdigit() else 0, usec, name)
 
 
 class Maildrop:
@@ -124,15 +112,14 @@ class Maildrop:
 
     def scan(self) -> None:
         messages = []
-        for sub, path in sorted(md.list_messages(self.path), key=lambda item: arrival_key(item[1].name)):
-            name = path.name
+        for sub, name in md.list_messages(self.path):
             base, fields, _ = md.parse_name(name)
             wsize = fields.get("W")
             if wsize is not None and wsize.isdigit():
                 size = int(wsize)
             else:
                 try:
-                    size = md.message_sizes(path, name)[1]
+                    size = md.message_sizes(Path(self.path) / sub / name, name)[1]
                 except FileNotFoundError:
                     continue  # moved or expunged while we listed
             messages.append(Message(base, name, sub, size))
