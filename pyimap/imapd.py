@@ -13,28 +13,10 @@ import sys
 import time
 
 from pymta.lib import log
+from pymta.lib.authguard import LoginBackend
 
 
-class IMAPBackend:
-    def __init__(self, cfg, service: str) -> None:
-        self.cfg = cfg
-        self.service = service
-        self._users = None
-        self._guard = None
-
-    @property
-    def users(self):
-        if self._users is None:
-            from pymta.lib.users import UsersFile
-
-            self._users = UsersFile(self.cfg.path_of("users"))
-        return self._users
-
-    def plaintext_ok(self, info) -> bool:
-        from pymta.lib.authguard import plaintext_allowed
-
-        return plaintext_allowed(self.cfg, info)
-
+class IMAPBackend(LoginBackend):
     def authenticate(self, info, username: str, password: bytes):
         """The canonical account name, or None; runs in a Job (it sleeps after failures)."""
         ok = self.users.verify(username, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
@@ -44,11 +26,7 @@ class IMAPBackend:
         else:
             log.warning(f"imap-login: auth failed, user=<{username[:100]}>, rip={info.peer_ip} "
                         f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
-        if self._guard is None:
-            from pymta.lib.authguard import AuthGuard
-
-            self._guard = AuthGuard(self.cfg)
-        delay = self._guard.record(info.peer_ip, username, ok)
+        delay = self.guard.record(info.peer_ip, username, ok)
         if delay:
             time.sleep(delay)
         return record.address if ok else None

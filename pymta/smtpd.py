@@ -15,6 +15,7 @@ import sys
 import time
 
 from pymta.lib import log
+from pymta.lib.authguard import LoginBackend
 from pymta.queue import Queue, QueueError
 from pymta.smtp_server import Reply, SMTPServer, SMTPSettings
 
@@ -57,24 +58,12 @@ class _Sink:
             self.writer.abort()
 
 
-class SMTPBackend:
+class SMTPBackend(LoginBackend):
     def __init__(self, cfg, service: str) -> None:
-        self.cfg = cfg
-        self.service = service
+        super().__init__(cfg, service)
         self.queue = Queue(cfg.queue_dir)
-        self._users = None
         self._aliases = None
         self._trusted = None
-        self._guard = None
-
-    # Loaded on first use: an inetd session that only says QUIT pays nothing.
-    @property
-    def users(self):
-        if self._users is None:
-            from pymta.lib.users import UsersFile
-
-            self._users = UsersFile(self.cfg.path_of("users"))
-        return self._users
 
     @property
     def aliases(self):
@@ -102,9 +91,7 @@ class SMTPBackend:
         return any(addr in net for net in self._trusted)
 
     def plaintext_auth_ok(self, info) -> bool:
-        from pymta.lib.authguard import plaintext_allowed
-
-        return not self.cfg["smtpd.require_tls_for_auth"] or plaintext_allowed(self.cfg, info)
+        return not self.cfg["smtpd.require_tls_for_auth"] or self.plaintext_ok(info)
 
     # -- the machine's backend interface ------------------------------------------
     def check_sender(self, session, envelope, address: str):
@@ -143,11 +130,7 @@ class SMTPBackend:
             # Explain failures in the log (LESSONS 29), and make guessing slow.
             log.warning(f"client=[{info.peer_ip}], sasl_username={username}, auth failed "
                         f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
-        if self._guard is None:
-            from pymta.lib.authguard import AuthGuard
-
-            self._guard = AuthGuard(self.cfg)
-        delay = self._guard.record(info.peer_ip, username, ok)
+        delay = self.guard.record(info.peer_ip, username, ok)
         if delay:
             time.sleep(delay)
         return ok

@@ -17,31 +17,15 @@ import sys
 import time
 
 from pymta.lib import log
+from pymta.lib.authguard import LoginBackend
 from pypop.pop3_server import LoginResult, POP3Server
 
 
-class POP3Backend:
+class POP3Backend(LoginBackend):
     def __init__(self, cfg, service: str) -> None:
-        self.cfg = cfg
-        self.service = service
+        super().__init__(cfg, service)
         self.hostname = cfg["hostname"]
         self.apop_enabled = bool(cfg["pop3d.enable_apop"])
-        self._users = None
-        self._guard = None
-
-    # Loaded on first use: an inetd session that only says QUIT pays nothing.
-    @property
-    def users(self):
-        if self._users is None:
-            from pymta.lib.users import UsersFile
-
-            self._users = UsersFile(self.cfg.path_of("users"))
-        return self._users
-
-    def plaintext_ok(self, info) -> bool:
-        from pymta.lib.authguard import plaintext_allowed
-
-        return plaintext_allowed(self.cfg, info)
 
     # -- slow: these run as Jobs -----------------------------------------------------
 
@@ -92,11 +76,7 @@ class POP3Backend:
         return LoginResult("auth")
 
     def _guard_record(self, info, account: str, ok: bool) -> float:
-        if self._guard is None:
-            from pymta.lib.authguard import AuthGuard
-
-            self._guard = AuthGuard(self.cfg)
-        return self._guard.record(info.peer_ip, account, ok)
+        return self.guard.record(info.peer_ip, account, ok)
 
     def _open_maildrop(self, info, account: str, method: str, tls: str) -> LoginResult:
         from pymda.deliver import DeliveryError, user_maildir

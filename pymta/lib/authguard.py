@@ -89,3 +89,32 @@ def plaintext_allowed(cfg, info) -> bool:
     if info.tls or cfg["auth.allow_plaintext"]:
         return True
     return cfg["auth.allow_plaintext_loopback"] and info.is_loopback
+
+
+class LoginBackend:
+    """What the daemons' backends share (smtpd, pop3d, imapd): the users file
+    and the guard, both loaded on first use -- an inetd session that only
+    says QUIT pays for neither."""
+
+    def __init__(self, cfg, service: str) -> None:
+        self.cfg = cfg
+        self.service = service
+        self._users = None
+        self._guard = None
+
+    @property
+    def users(self):
+        if self._users is None:
+            from pymta.lib.users import UsersFile
+
+            self._users = UsersFile(self.cfg.path_of("users"))
+        return self._users
+
+    @property
+    def guard(self) -> AuthGuard:
+        if self._guard is None:
+            self._guard = AuthGuard(self.cfg)
+        return self._guard
+
+    def plaintext_ok(self, info) -> bool:
+        return plaintext_allowed(self.cfg, info)
