@@ -64,12 +64,8 @@ def build(cfg, service: str):
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
-    parser = daemon.arg_parser("pyimap-imapd", "The pymail IMAP4rev1 server.", "imap (imaps with --tls)")
-    args = parser.parse_args(argv)
-    if args.service is None:
-        args.service = "imaps" if args.tls else "imap"
-    return daemon.run("pyimap-imapd", args, build, busy_reply=b"* BYE Too many connections, try again later\r\n",
-                      max_sessions_key="imapd.max_sessions", processes_key="imapd.processes")
+    return daemon.main(argv, prog="pyimap-imapd", description="The pymail IMAP4rev1 server.", service="imap", tls_service="imaps",
+                       build=build, busy_reply=b"* BYE Too many connections, try again later\r\n", section="imapd")
 
 
 if __name__ == "__main__":

@@ -214,13 +214,8 @@ def build(cfg, service: str):
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
-    parser = daemon.arg_parser("pymta-smtpd", "The pymail ESMTP server.", "smtp (smtps with --tls)")
-    args = parser.parse_args(argv)
-    if args.service is None:
-        args.service = "smtps" if args.tls else "smtp"
-    return daemon.run("pymta-smtpd", args, build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n",
-                      max_sessions_key="smtpd.max_sessions",
-                      processes_key="smtpd.processes")
+    return daemon.main(argv, prog="pymta-smtpd", description="The pymail ESMTP server.", service="smtp", tls_service="smtps",
+                       build=build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n", section="smtpd")
 
 
 if __name__ == "__main__":

@@ -108,13 +108,8 @@ def build(cfg, service: str):
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
-    parser = daemon.arg_parser("pypop-pop3d", "The pymail POP3 server.", "pop3 (pop3s with --tls)")
-    args = parser.parse_args(argv)
-    if args.service is None:
-        args.service = "pop3s" if args.tls else "pop3"
-    return daemon.run("pypop-pop3d", args, build,
-                      busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
-                      max_sessions_key="pop3d.max_sessions", processes_key="pop3d.processes")
+    return daemon.main(argv, prog="pypop-pop3d", description="The pymail POP3 server.", service="pop3", tls_service="pop3s",
+                       build=build, busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n", section="pop3d")
 
 
 if __name__ == "__main__":

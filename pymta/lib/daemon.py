@@ -93,6 +93,17 @@ def arg_parser(prog: str, description: str, default_service: str) -> ArgParser:
     return ArgParser(prog, description, default_service)
 
 
+def main(argv, *, prog: str, description: str, service: str, tls_service: str, build, busy_reply: bytes,
+         section: str) -> int:
+    """A daemon's whole ``main``: its command line, then ``run`` with the
+    ``SECTION.max_sessions`` and ``SECTION.processes`` parameters."""
+    args = arg_parser(prog, description, f"{service} ({tls_service} with --tls)").parse_args(argv)
+    if args.service is None:
+        args.service = tls_service if args.tls else service
+    return run(prog, args, build, busy_reply=busy_reply, max_sessions_key=f"{section}.max_sessions",
+               processes_key=f"{section}.processes")
+
+
 def tls_loader(cfg):
     """A function returning the server SSLContext, or None when no cert is configured.
 
