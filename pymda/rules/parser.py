@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from . import regex as rx
 
+MAX_NESTING = 64  # { } blocks inside blocks (qmail rule: every structure has a limit)
+
 FLAGS = "HBDAaEecwWirfhb"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WEIGHT = re.compile(r"(-?(?:\d+(?:\.\d*)?|\.\d+))\s*\^\s*(-?(?:\d+(?:\.\d*)?|\.\d+))(?:\s+|$)")
@@ -317,6 +319,12 @@ class _Parser:
             if nxt and nxt not in " \t\r\n":
                 self.problems.append((aline, "'{' must be followed by white space"))
             self.pos += 1
+            if depth + 1 > MAX_NESTING:
+                # A syntax error already sends the mail to DEFAULT; stop here
+                # rather than recurse until the interpreter's stack runs out.
+                self.problems.append((aline, f"blocks nested more than {MAX_NESTING} deep"))
+                self.pos = self.n
+                return None
             items = self.statements(depth + 1, aline)
             action = Action("block", "{", aline, items=items)
         else:
