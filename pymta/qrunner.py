@@ -27,12 +27,15 @@ from pathlib import Path
 
 from pymta.lib import log, sysexits
 from pymta.lib.cliargs import ArgumentParser
-from pymta.queue import CorruptEntry, Entry, Queue
+from pymta.queue import CorruptEntry, Entry, Queue, is_queue_id
 
 # Recipient states kept in state/ID
 PENDING, ATTEMPTING, SENT, DEFERRED, BOUNCED = "pending", "attempting", "sent", "deferred", "bounced"
 # sysexits codes after which a retry cannot help: usage, data, no input, no user, no host, no perm
 PERMANENT_EXITS = (64, 65, 66, 67, 68, 77)
+# Seconds after a targeted wake-up before new/ is listed again: wake-ups are
+# datagrams, and a full socket queue (net.unix.max_dgram_qlen) drops some.
+CATCH_UP = 0.5
 
 
 class Runner:
@@ -281,6 +284,9 @@ class Runner:
             for path in paths:
                 self.process_path(path)
             return len(paths)
+        return self.submit(pool, paths)
+
+    def submit(self, pool: ThreadPoolExecutor, paths: list[Path]) -> int:
         submitted = 0
         for path in paths:
             with self._busy_lock:
@@ -330,12 +336,25 @@ class Runner:
         log.info(f"started; queue {self.queue.path}, {workers} workers")
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver") as pool:
             next_scan = 0.0
+            full, ids = True, set()
+            catch_up = None  # when to list new/ after targeted wake-ups
             while not self.stopping:
                 now = time.time()
-                self.run_pass(pool)
-                next_scan = now + interval
-                # Wait for a wake-up, the next due bucket or the scan timer.
-                timeout = max(0.0, min(next_scan, self._next_due(now)) - time.time())
+                if full or now >= next_scan or (catch_up is not None and now >= catch_up):
+                    self.run_pass(pool)
+                    next_scan = now + interval
+                    catch_up = None
+                else:
+                    # Woken with queue IDs: take exactly those, without listing
+                    # new/ each time (under load that listing grows with the
+                    # backlog).  A wake-up can be lost (a full socket queue
+                    # drops datagrams), so new/ is listed again soon after.
+                    self.submit(pool, [self.queue.path / "new" / qid for qid in sorted(ids)])
+                    if catch_up is None:
+                        catch_up = now + CATCH_UP
+                # Wait for a wake-up, the next due bucket, a catch-up or the scan timer.
+                wake_at = min(next_scan, self._next_due(now), catch_up if catch_up is not None else next_scan)
+                timeout = max(0.0, wake_at - time.time())
                 try:
                     if self.remote is not None:
                         self.remote.expire_idle()
@@ -343,8 +362,14 @@ class Runner:
                     ready, _, _ = select.select(socks, [], [], timeout)
                 except InterruptedError:
                     continue
+                full, ids = not ready, set()  # a timeout means a due bucket, a catch-up or the scan timer
                 for ready_sock in ready:
-                    self._drain(ready_sock)
+                    for payload in self._drain(ready_sock):
+                        text = payload.decode("ascii", "replace")
+                        if ready_sock is sock and is_queue_id(text):
+                            ids.add(text)
+                        else:
+                            full = True  # "*", the maildrop, or anything else: look everywhere
         if self.remote is not None:
             self.remote.close_all()
         for extra in socks[1:]:
@@ -402,12 +427,13 @@ class Runner:
         return max(now + 1.0, int(min(buckets)) * 60 + 60)
 
     @staticmethod
-    def _drain(sock: socket.socket) -> None:
+    def _drain(sock: socket.socket) -> list[bytes]:
+        got = []
         while True:
             try:
-                sock.recv(256)
+                got.append(sock.recv(256))
             except (BlockingIOError, InterruptedError):
-                return
+                return got
 
 
 class RemoteDelivery:

@@ -95,6 +95,8 @@ class Envelope:
 class Queue:
     def __init__(self, path: os.PathLike | str) -> None:
         self.path = Path(path)
+        self._wake = None  # datagram socket, made on first wake()
+        self._wake_path = str(self.path / "wake.sock")
 
     # -- setup ---------------------------------------------------------------
     def create(self) -> None:
@@ -123,13 +125,20 @@ class Queue:
             raise
 
     def wake(self, queue_id: str = "") -> None:
-        """Tell a running qrunner there is work; silent if none listens."""
-        import socket
+        """Tell a running qrunner there is work; silent if none listens.
 
+        One datagram socket per Queue object, kept: a listening smtpd sends
+        one of these per message (sendto on one socket is thread-safe).
+        """
+        sock = self._wake
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            if sock is None:
+                import socket
+
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 sock.setblocking(False)
-                sock.sendto(queue_id.encode() or b"*", str(self.wake_socket))
+                self._wake = sock
+            sock.sendto(queue_id.encode() or b"*", self._wake_path)
         except OSError:
             pass
 
