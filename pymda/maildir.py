@@ -235,13 +235,5 @@ def index_by_base(maildir: Path) -> dict[str, list[Path]]:
 
 def find_by_base(maildir: Path, base: str) -> Path | None:
     """The current path of the message with base name ``base`` (cur/ first), or None."""
-    for sub in ("cur", "new"):
-        directory = Path(maildir) / sub
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            continue
-        for name in names:
-            if name == base or (name.startswith(base) and name[len(base)] == ":"):
-                return directory / name
-    return None
+    paths = index_by_base(maildir).get(base, ())
+    return min(paths, key=lambda p: p.parent.name != "cur", default=None)

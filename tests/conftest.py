@@ -130,20 +130,24 @@ class MailSystem:
         self.procs.append(proc)
         return proc
 
-    def start_smtpd(self, mode: str = "listen", *args: str) -> int:
-        """Start pymta-smtpd in MODE ('listen', 'inetd' or 'fds'); return its port."""
+    def start_daemon(self, module: str, mode: str = "listen", *args: str) -> int:
+        """Start a daemon (pymta.smtpd, pypop.pop3d, pyimap.imapd) in MODE --
+        'listen', 'inetd' (systemd-socket-activate --inetd -a) or 'fds'
+        (LISTEN_FDS) -- and return its port."""
         port = free_port()
-        prog = self.program("pymta.smtpd", *args)
+        prog = self.program(module, *args)
         if mode == "listen":
             proc = self.start(prog + ["--listen", f"127.0.0.1:{port}"])
-            wait_port(port, proc=proc)
         else:
             activate = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={REPO}"]
             if mode == "inetd":
                 activate += ["--inetd", "-a"]
             proc = self.start(activate + prog)
-            wait_port(port, proc=proc)
+        wait_port(port, proc=proc)
         return port
+
+    def start_smtpd(self, mode: str = "listen", *args: str) -> int:
+        return self.start_daemon("pymta.smtpd", mode, *args)
 
     def start_qrunner(self) -> subprocess.Popen:
         proc = self.start(self.program("pymta.qrunner"))

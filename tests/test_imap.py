@@ -14,24 +14,14 @@ import time
 
 import pytest
 
-from conftest import PASSWORD, REPO, env_with_repo, free_port, wait_port
+from conftest import PASSWORD
 
 ALICE = "alice@example.test"
 MODES = ["listen", "inetd", "fds"]
 
 
-def start_imapd(system, mode="listen", *args) -> int:
-    port = free_port()
-    prog = system.program("pyimap.imapd", *args)
-    if mode == "listen":
-        proc = system.start(prog + ["--listen", f"127.0.0.1:{port}"])
-    else:
-        activate = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={REPO}"]
-        if mode == "inetd":
-            activate += ["--inetd", "-a"]
-        proc = system.start(activate + prog)
-    wait_port(port, proc=proc)
-    return port
+def start_imapd(system, mode: str = "listen", *args: str) -> int:
+    return system.start_daemon("pyimap.imapd", mode, *args)
 
 
 def tls_ctx():

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import PASSWORD, REPO, free_port, wait_port
+from conftest import PASSWORD, REPO
 from pymda import maildir as md
 
 ALICE = "alice@example.test"
@@ -33,18 +33,7 @@ def client_tls() -> ssl.SSLContext:
 
 
 def start_pop3d(system, mode: str = "listen", *args: str) -> int:
-    """Start pypop-pop3d in MODE ('listen', 'inetd' or 'fds'); return its port."""
-    port = free_port()
-    prog = system.program("pypop.pop3d", *args)
-    if mode == "listen":
-        proc = system.start(prog + ["--listen", f"127.0.0.1:{port}"])
-    else:
-        activate = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={REPO}"]
-        if mode == "inetd":
-            activate += ["--inetd", "-a"]
-        proc = system.start(activate + prog)
-    wait_port(port, proc=proc)
-    return port
+    return system.start_daemon("pypop.pop3d", mode, *args)
 
 
 def fill(system, bodies, user: str = "alice") -> list[str]:
