@@ -38,6 +38,16 @@ def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"port {port} never opened")
 
 
+def client_tls():
+    """A TLS client context for the tests' self-signed certificate (no verification)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def env_with_repo() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -4,17 +4,14 @@ plain, STARTTLS and implicit TLS; two clients; the deliverer; big APPENDs."""
 from __future__ import annotations
 
 import imaplib
-import os
 import re
 import socket
-import ssl
-import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import PASSWORD
+from conftest import PASSWORD, client_tls
 
 ALICE = "alice@example.test"
 MODES = ["listen", "inetd", "fds"]
@@ -24,20 +21,13 @@ def start_imapd(system, mode: str = "listen", *args: str) -> int:
     return system.start_daemon("pyimap.imapd", mode, *args)
 
 
-def tls_ctx():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def msg(subject="hello", body="Hi there.\r\n") -> bytes:
     return (f"From: Ann <ann@example.org>\r\nTo: {ALICE}\r\nSubject: {subject}\r\n"
             f"Date: Tue, 02 Jan 2024 10:00:00 +0000\r\nMessage-ID: <{subject}@x>\r\n\r\n{body}").encode()
 
 
 def login(port, *, ssl_mode=False) -> imaplib.IMAP4:
-    m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_ctx(), timeout=30) if ssl_mode else \
+    m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=client_tls(), timeout=30) if ssl_mode else \
         imaplib.IMAP4("127.0.0.1", port, timeout=30)
     typ, _ = m.login(ALICE, PASSWORD)
     assert typ == "OK"
@@ -86,7 +76,7 @@ def test_starttls_and_logindisabled(make_mailsys, mode):
     assert "AUTH=PLAIN" not in m.capabilities
     with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
         m.login(ALICE, PASSWORD)
-    m.starttls(ssl_context=tls_ctx())
+    m.starttls(ssl_context=client_tls())
     assert "AUTH=PLAIN" in m.capabilities and "STARTTLS" not in m.capabilities
     m.login(ALICE, PASSWORD)
     session_checks(m)
@@ -101,7 +91,7 @@ def test_starttls_injection_is_not_executed(make_mailsys):  # CVE-2011-0411
     time.sleep(0.3)
     first = raw.recv(4096)
     assert first == b"a OK Begin TLS negotiation now\r\n"
-    tls = tls_ctx().wrap_socket(raw)
+    tls = client_tls().wrap_socket(raw)
     tls.sendall(b"c NOOP\r\n")
     time.sleep(0.3)
     assert tls.recv(4096) == b"c OK NOOP completed\r\n"  # no answer to b

@@ -9,16 +9,9 @@ import time
 
 import pytest
 
-from conftest import PASSWORD
+from conftest import PASSWORD, client_tls
 
 MESSAGE = b"From: Carol <carol@remote.example>\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nHello Alice.\r\n.leading dot\r\n"
-
-
-def client_tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def stored_body(path) -> bytes:

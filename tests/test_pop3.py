@@ -13,23 +13,15 @@ import os
 import poplib
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from conftest import PASSWORD, REPO
+from conftest import PASSWORD, REPO, client_tls
 from pymda import maildir as md
 
 ALICE = "alice@example.test"
-
-
-def client_tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def start_pop3d(system, mode: str = "listen", *args: str) -> int:
