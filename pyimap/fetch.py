@@ -13,8 +13,9 @@ MACROS = {
     "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
 }
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "MODSEQ"}
-_SECTION = re.compile(r"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[(.*)\](?:<(\d+)\.(\d+)>)?$", re.DOTALL | re.IGNORECASE)
-_PATH = re.compile(r"^(\d+(?:\.\d+)*)(?:\.(.*))?$", re.DOTALL)
+_SECTION = re.compile(r"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[(.*)\](?:<([0-9]{1,20})\.([0-9]{1,20})>)?$",
+                      re.DOTALL | re.IGNORECASE)
+_PATH = re.compile(r"^([0-9]{1,10}(?:\.[0-9]{1,10})*)(?:\.(.*))?$", re.DOTALL)
 STREAM_ABOVE = 256 * 1024
 _ENV_CACHE: dict = {}
 _ENV_CACHE_MAX = 200_000

@@ -19,8 +19,8 @@ import re
 import time
 
 from pyimap import mailbox_names as mn
-from pyimap.parser import (COMMAND, CONTINUE, ERROR, Atom, Literal, ParseError, Reader, expand, parse_sequence_set,
-                           quote, tokenize)
+from pyimap.parser import (COMMAND, CONTINUE, ERROR, FATAL, Atom, Literal, ParseError, Reader, expand, parse_sequence_set,
+                           quote, tokenize, is_number)
 from pymta.lib.record import Record
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream
 
@@ -34,6 +34,7 @@ MONTH_NAMES = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "O
 _ATOM_OK = re.compile(r"^[^\x00-\x20\x7f(){%*\"\\\]]+$")
 STREAM_ABOVE = 256 * 1024
 MAX_BAD = 20
+_NO_SPACE_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux): answered NO [OVERQUOTA]
 
 
 class IMAPSettings(Record):
@@ -333,6 +334,8 @@ class IMAPServer(Protocol):
         try:
             return _AppendSink(self.store.home / "tmp")
         except OSError as exc:
+            if exc.errno in _NO_SPACE_ERRNOS:
+                return "NO [OVERQUOTA] Not enough disk space, try again later"
             return f"NO [SERVERBUG] Cannot spool message: {exc.strerror}"
 
     def _process(self) -> list:
@@ -355,6 +358,12 @@ class IMAPServer(Protocol):
                 self._tagged(tag, text)
                 self._count_bad()
                 continue
+            if kind == FATAL:
+                _, tag, text = event
+                self._tagged(tag, text)
+                self._untagged("BYE Literal too big to skip; closing")
+                self.closed = True
+                break
             parts = event[1]
             if self.idle_tag is not None:
                 self._idle_line(parts)
@@ -384,6 +393,8 @@ class IMAPServer(Protocol):
             tokens = tokenize(parts)
         except ParseError as exc:
             tag = first.split(b" ", 1)[0].decode("ascii", "replace") if first.strip() else "*"
+            if not (tag.isascii() and tag.isprintable()):
+                tag = "*"  # never echo 8-bit or control bytes
             self._abort_sinks(parts)
             self._tagged(tag or "*", f"BAD {exc}")
             self._count_bad()
@@ -442,7 +453,10 @@ class IMAPServer(Protocol):
             self._log_error(f"{name}", exc)
             from pymda.index import IndexError_
 
-            if isinstance(exc, (IndexError_, OSError)):
+            if getattr(exc, "errno", None) in _NO_SPACE_ERRNOS and isinstance(exc, (IndexError_, OSError)):
+                # RFC 9208 / RFC 5530: the disk (or a quota) is full
+                self._tagged(tag, "NO [OVERQUOTA] Not enough disk space, try again later")
+            elif isinstance(exc, (IndexError_, OSError)):
                 self._tagged(tag, "NO [UNAVAILABLE] Temporary failure, try again")
             else:
                 self._tagged(tag, "NO [SERVERBUG] Internal error")
@@ -602,6 +616,10 @@ class IMAPServer(Protocol):
     def _start_auth(self, tag: str, user: str, password: bytes) -> None:
         def then(result):
             account = result
+            if isinstance(account, Exception):  # the users file is missing or unreadable
+                self._log_error("login", account)
+                self._tagged(tag, "NO [UNAVAILABLE] Temporary authentication failure, try again later")
+                return
             if not account:
                 self._tagged(tag, "NO [AUTHENTICATIONFAILED] Authentication failed.")
                 self._count_bad()
@@ -618,7 +636,7 @@ class IMAPServer(Protocol):
 
         self.waiting = True
         self._job_then = then
-        self.out.append(Job(self.backend.authenticate, self.info, user, password))
+        self.out.append(Job(_exception_as_result, self.backend.authenticate, self.info, user, password))
 
     # -- authenticated ----------------------------------------------------------------
 
@@ -1087,7 +1105,7 @@ class IMAPServer(Protocol):
         unchanged_since = None
         if isinstance(args[0], list):
             mods = args[0]
-            if len(mods) != 2 or str(mods[0]).upper() != "UNCHANGEDSINCE" or not str(mods[1]).isdigit():
+            if len(mods) != 2 or str(mods[0]).upper() != "UNCHANGEDSINCE" or not is_number(str(mods[1])):
                 raise ParseError("Bad STORE modifier")
             unchanged_since = int(mods[1])
             self.condstore = True
@@ -1260,7 +1278,7 @@ class IMAPServer(Protocol):
         if len(args) == 3:
             mods = args[2]
             if not isinstance(mods, list) or len(mods) not in (2, 3) or str(mods[0]).upper() != "CHANGEDSINCE" \
-                    or not str(mods[1]).isdigit():
+                    or not is_number(str(mods[1])):
                 raise ParseError("Bad FETCH modifier")
             changed_since = int(mods[1])
             self.condstore = True
@@ -1433,3 +1451,11 @@ def _namespace(self, tag, args):
 
 
 IMAPServer.cmd_namespace = _namespace
+
+
+def _exception_as_result(fn, *args):
+    """Run a Job whose failure the session must answer (NO [UNAVAILABLE]), not the driver."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc

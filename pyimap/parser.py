@@ -46,10 +46,10 @@ class Literal:
 
 
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}$")
-_TAG_RE = re.compile(rb"^([^\x00-\x20\x7f(){%*\"\\+]+) ")
+_TAG_RE = re.compile(rb"^([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
 
-# Reader events.
-COMMAND, CONTINUE, ERROR = "command", "continue", "error"
+# Reader events.  FATAL: answer, then close the connection (the input cannot be resynchronised).
+COMMAND, CONTINUE, ERROR, FATAL = "command", "continue", "error", "fatal"
 
 
 class Reader:
@@ -207,6 +207,13 @@ class Reader:
                     target = bytearray()
                     self.size += size
             if error is not None:
+                if plus and size > self.max_literal:
+                    # A non-synchronizing literal no command may have: draining
+                    # gigabytes to find the next command helps nobody.
+                    self._abort_sink()
+                    self.parts, self.size, self.pending_error = [], 0, None
+                    self.buf.clear()
+                    return (FATAL, tag, "BAD [TOOBIG] Literal too big")
                 if plus:
                     # The client sends it anyway: read and throw it away, then
                     # answer once at the end of the command.
@@ -317,8 +324,14 @@ def tokenize(parts: list, max_depth: int = MAX_DEPTH) -> list:
 
 # -- sequence sets -----------------------------------------------------------------
 
-_SEQ_RE = re.compile(r"^(\d+|\*)(?::(\d+|\*))?$")
+_SEQ_RE = re.compile(r"^([0-9]+|\*)(?::([0-9]+|\*))?$")
 MAX_SEQ_RANGES = 10000
+
+
+def is_number(text) -> bool:
+    """ASCII digits, at most 20 (a 63-bit mod-sequence).  ``str.isdigit`` alone is not
+    enough: it accepts "\u00b2", which ``int`` refuses, and ``int`` refuses over 4300 digits."""
+    return isinstance(text, str) and 0 < len(text) <= 20 and text.isascii() and text.isdigit()
 
 
 def parse_sequence_set(text) -> list[tuple[int | None, int | None]]:
@@ -330,6 +343,8 @@ def parse_sequence_set(text) -> list[tuple[int | None, int | None]]:
         m = _SEQ_RE.match(item)
         if not m:
             raise ParseError("Bad sequence set")
+        if len(m.group(1)) > 10 or len(m.group(2) or "") > 10:  # beyond 4294967295 (and int's digit limit)
+            raise ParseError("Bad sequence number")
         lo = None if m.group(1) == "*" else int(m.group(1))
         hi_s = m.group(2) if m.group(2) is not None else m.group(1)
         hi = None if hi_s == "*" else int(hi_s)

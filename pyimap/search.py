@@ -12,7 +12,7 @@ from __future__ import annotations
 import calendar
 import time
 
-from pyimap.parser import Atom, ParseError, parse_sequence_set, seq_contains
+from pyimap.parser import Atom, ParseError, is_number, parse_sequence_set, seq_contains
 
 MONTHS = {m: i for i, m in enumerate(
     ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
@@ -26,7 +26,7 @@ def parse_date(token) -> int:
     if not isinstance(token, str):
         raise ParseError("Bad date")
     parts = token.split("-")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit() or parts[1].upper() not in MONTHS:
+    if len(parts) != 3 or not is_number(parts[0]) or not is_number(parts[2]) or parts[1].upper() not in MONTHS:
         raise ParseError("Bad date")
     day, month, year = int(parts[0]), MONTHS[parts[1].upper()], int(parts[2])
     if not (1 <= day <= 31 and 1000 <= year <= 9999):
@@ -97,7 +97,7 @@ class Compiler:
 
     def number(self) -> int:
         t = self.take()
-        if not isinstance(t, Atom) or not t.isdigit():
+        if not isinstance(t, Atom) or not is_number(t):
             raise ParseError("Expected a number")
         return int(t)
 
@@ -197,10 +197,10 @@ class Compiler:
         if k == "MODSEQ":
             # MODSEQ [entry-name entry-type] value
             t2 = self.take()
-            if isinstance(t2, bytes) or (isinstance(t2, Atom) and not t2.isdigit()):
+            if isinstance(t2, bytes) or (isinstance(t2, Atom) and not is_number(t2)):
                 self.take()
                 t2 = self.take()
-            if not isinstance(t2, Atom) or not t2.isdigit():
+            if not isinstance(t2, Atom) or not is_number(t2):
                 raise ParseError("Bad MODSEQ")
             n = int(t2)
             self.uses_modseq = True

@@ -36,7 +36,14 @@ _DIRTY_WINDOW_NS = 2_000_000_000
 
 
 class IndexError_(Exception):
-    """The index could not be read or written (lock timeout, disk trouble)."""
+    """The index could not be read or written (lock timeout, disk trouble).
+
+    ``errno`` is the OSError's errno when there was one (ENOSPC: the IMAP
+    server answers NO [OVERQUOTA])."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class Entry:
@@ -132,6 +139,8 @@ def _parse(data: bytes) -> Snapshot | None:
                                  "" if parts[5] == "-" else parts[5], kw, parts[7])
         except (ValueError, IndexError):
             continue
+    if entries and uidnext <= max(entries):
+        uidnext = max(entries) + 1  # a damaged header must never hand out a UID that is in use
     return Snapshot(uidvalidity, uidnext, hms, entries, nm, cm)
 
 
@@ -221,7 +230,8 @@ class FolderIndex:
         snap = _parse(data)
         self._cache_key = (st.st_ino, st.st_mtime_ns, st.st_size)
         self._cache = snap
-        _remember(self.dir, self._cache_key, snap)
+        if snap is not None:  # a corrupt file (None) is never shared: it is rebuilt under the lock
+            _remember(self.dir, self._cache_key, snap)
         return snap
 
     def _head(self) -> bytes:
@@ -299,7 +309,7 @@ class FolderIndex:
                 try:
                     self_.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 except OSError as exc:
-                    raise IndexError_(f"{path}: {exc.strerror}") from None
+                    raise IndexError_(f"{path}: {exc.strerror}", exc.errno) from None
                 deadline = time.monotonic() + LOCK_TIMEOUT
                 delay = 0.001
                 while True:
@@ -325,6 +335,14 @@ class FolderIndex:
         snap = self.read()
         if snap is None:
             uv = int(time.time())
+            try:
+                # An index that exists but cannot be parsed (corrupt): its UIDs
+                # are lost, so the renumbered folder needs a UIDVALIDITY that
+                # differs from the old one -- which is not later than the old
+                # file's mtime, even when the rebuild happens in the same second.
+                uv = max(uv, int(os.stat(self.file).st_mtime) + 1)
+            except FileNotFoundError:
+                pass
             snap = Snapshot(uv, 1, 1, {})
             force_full = True
         else:
@@ -408,15 +426,23 @@ class FolderIndex:
             snap.entries[uid] = Entry(uid, modseq, idate, size, sub, flags, frozenset(), base)
             changed = True
         snap.highestmodseq = modseq
+        moved = False
         for sub, m in scan.items():
             if sub == "new":
-                changed |= snap.new_mtime != m
+                moved |= snap.new_mtime != m
                 snap.new_mtime = m
             else:
-                changed |= snap.cur_mtime != m
+                moved |= snap.cur_mtime != m
                 snap.cur_mtime = m
-        if changed or force_full:
-            self._write(snap)
+        if changed or force_full or moved:
+            try:
+                self._write(snap)
+            except IndexError_:
+                if changed or force_full:
+                    raise
+                # Only the recorded directory mtimes are stale (say a failed
+                # copy was taken back on a full disk): no UID or flag is at
+                # stake, so the folder stays usable; the next sync looks again.
             return snap
         return self._cache if self._cache is not None else snap
 
@@ -449,7 +475,7 @@ class FolderIndex:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise IndexError_(f"{self.file}: {exc.strerror}") from None
+            raise IndexError_(f"{self.file}: {exc.strerror}", exc.errno) from None
         self._cache_key = None
         self._cache = None
         st = os.stat(self.file)
@@ -457,24 +483,34 @@ class FolderIndex:
         self._cache = snap
         _remember(self.dir, self._cache_key, snap)
 
-    def _mutate(self, fn, fsync: bool = True):
-        """Run ``fn(snap)`` on a synced copy under the lock, save, return (snap, result)."""
+    def _mutate(self, fn, fsync: bool = True, undo=None):
+        """Run ``fn(snap)`` on a synced copy under the lock, save, return (snap, result).
+
+        When ``fn`` or saving the index fails (a full disk), ``undo()`` runs
+        while the lock is still held: files ``fn`` put in place without a
+        saved UID must go before another process gives them one.
+        """
         with self._lock():
-            snap = self._sync_locked()
-            snap = Snapshot(snap.uidvalidity, snap.uidnext, snap.highestmodseq, dict(snap.entries),
-                            snap.new_mtime, snap.cur_mtime)
-            cur_before = self._dir_mtime("cur")
-            new_before = self._dir_mtime("new")
-            trusted_cur = cur_before == snap.cur_mtime
-            trusted_new = new_before == snap.new_mtime
-            result = fn(snap)
-            # Our own renames moved the directory mtimes; if nothing else had
-            # changed them before, the new mtimes describe what we just wrote.
-            if trusted_cur:
-                snap.cur_mtime = self._dir_mtime("cur")
-            if trusted_new:
-                snap.new_mtime = self._dir_mtime("new")
-            self._write(snap, fsync)
+            try:
+                snap = self._sync_locked()
+                snap = Snapshot(snap.uidvalidity, snap.uidnext, snap.highestmodseq, dict(snap.entries),
+                                snap.new_mtime, snap.cur_mtime)
+                cur_before = self._dir_mtime("cur")
+                new_before = self._dir_mtime("new")
+                trusted_cur = cur_before == snap.cur_mtime
+                trusted_new = new_before == snap.new_mtime
+                result = fn(snap)
+                # Our own renames moved the directory mtimes; if nothing else had
+                # changed them before, the new mtimes describe what we just wrote.
+                if trusted_cur:
+                    snap.cur_mtime = self._dir_mtime("cur")
+                if trusted_new:
+                    snap.new_mtime = self._dir_mtime("new")
+                self._write(snap, fsync)
+            except BaseException:
+                if undo is not None:
+                    undo()
+                raise
             return snap, result
 
     def add(self, tmp_file: str | os.PathLike, *, flags: str = "", keywords=(), idate: int | None = None,
@@ -487,10 +523,18 @@ class FolderIndex:
         tmp_file = Path(tmp_file)
         base = base or tmp_file.name.partition(":")[0]
         flags = _sort_flags(flags)
+        name = f"{base}:2,{flags}"
+
+        def undo():
+            # The index could not be saved: the message goes back where it came
+            # from (the caller removes it), so a failed APPEND leaves nothing.
+            try:
+                os.rename(self.path / "cur" / name, tmp_file)
+            except OSError:
+                pass
 
         def do(snap):
             os.makedirs(self.path / "cur", exist_ok=True)
-            name = f"{base}:2,{flags}"
             os.rename(tmp_file, self.path / "cur" / name)
             ws = size
             if ws is None:
@@ -502,7 +546,7 @@ class FolderIndex:
                                       ws, "cur", flags, frozenset(keywords), base)
             return uid
 
-        snap, uid = self._mutate(do)
+        snap, uid = self._mutate(do, undo=undo)
         return snap.uidvalidity, uid
 
     def set_flags(self, changes: dict) -> dict:
@@ -610,7 +654,14 @@ class FolderIndex:
                 except OSError:
                     import shutil
 
-                    shutil.copyfile(src, tmp)
+                    try:
+                        shutil.copyfile(src, tmp)
+                    except BaseException:
+                        try:
+                            os.unlink(tmp)  # no partial copy left in tmp/
+                        except OSError:
+                            pass
+                        raise
                 staged.append((uid, e, tmp, base))
         except BaseException:
             for _u, _e, tmp, _b in staged:
@@ -632,5 +683,19 @@ class FolderIndex:
                 pairs.append((uid, duid))
             return pairs
 
-        dsnap, pairs = dest._mutate(do)
+        def undo():
+            # Not saved in dest's index (a full disk): no copy may stay behind
+            # for a later sync to show, since the client was told NO.
+            for _u, e, tmp, base in staged:
+                for path in (tmp, dest.path / "cur" / f"{base}:2,{e.flags}"):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+
+        try:
+            dsnap, pairs = dest._mutate(do, undo=undo)
+        except BaseException:
+            undo()  # also when dest's lock could not be had: the staged links go
+            raise
         return dsnap.uidvalidity, pairs

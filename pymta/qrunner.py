@@ -196,7 +196,11 @@ class Runner:
         cmd = [sys.executable, "-m", "pymda.deliver", "-d", rcpt["to"], "-f", entry.envelope.sender, "-a", rcpt["orig"]]
         if self.cfg.path:
             cmd[3:3] = ["-C", str(self.cfg.path)]
-        entry.fh.seek(entry.offset)
+        # The child reads the descriptor itself: move its offset with lseek.  A
+        # buffered seek() inside the envelope line's read-ahead moves only the
+        # buffer, leaving the descriptor at the read-ahead's end (an empty or
+        # truncated message for pymda-deliver).
+        os.lseek(entry.fh.fileno(), entry.offset, os.SEEK_SET)
         try:
             proc = subprocess.run(cmd, stdin=entry.fh, stdout=subprocess.DEVNULL, timeout=600)
         except subprocess.TimeoutExpired:

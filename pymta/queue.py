@@ -36,7 +36,14 @@ ENVELOPE_MAX = 4 * 1024 * 1024  # an envelope line longer than this is corrupt
 
 
 class QueueError(Exception):
-    """The queue could not take the message: temporary (disk full, permissions)."""
+    """The queue could not take the message: temporary (disk full, permissions).
+
+    ``errno`` is the OSError's errno when there was one: ENOSPC and EDQUOT
+    make smtpd answer 452 4.3.1 instead of 451 4.3.0."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 def make_queue_id() -> str:
@@ -353,6 +360,7 @@ class QueueWriter:
         self.queue = queue
         self.closed = False
         self.fd = -1
+        self._created = False  # tmp/ID exists: abort() must remove it (also after its fd is closed)
         self.queue_id = make_queue_id()
         self.tmp = queue.path / "tmp" / self.queue_id
         self.envelope = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
@@ -373,7 +381,8 @@ class QueueWriter:
             # FileExistsError too: the ID is already promised to the client
             # (Received: header), so a clash is a temporary failure, not a rename.
             self.closed = True
-            raise QueueError(f"cannot create queue file: {exc.strerror}") from None
+            raise QueueError(f"cannot create queue file: {exc.strerror}", exc.errno) from None
+        self._created = True
 
     def write(self, data: bytes) -> None:
         self._buf += data
@@ -390,7 +399,7 @@ class QueueWriter:
         except OSError as exc:
             view.release()
             self.abort()
-            raise QueueError(f"cannot write queue file: {exc.strerror}") from None
+            raise QueueError(f"cannot write queue file: {exc.strerror}", exc.errno) from None
         view.release()
         self._buf.clear()
 
@@ -409,7 +418,7 @@ class QueueWriter:
             raise
         except OSError as exc:
             self.abort()
-            raise QueueError(f"cannot commit queue file: {exc.strerror}") from None
+            raise QueueError(f"cannot commit queue file: {exc.strerror}", exc.errno) from None
         self.closed = True
         self.queue.wake(self.queue_id)
         return self.queue_id
@@ -425,6 +434,8 @@ class QueueWriter:
             except OSError:
                 pass
             self.fd = -1
+        if self._created:  # a failed rename in commit() leaves it closed but present
+            self._created = False
             try:
                 os.unlink(self.tmp)
             except OSError:

@@ -79,14 +79,22 @@ _COMMAND, _DATA, _AUTH_PLAIN, _AUTH_LOGIN_USER, _AUTH_LOGIN_PASS = range(5)
 # DATA sub-states, aiosmtpd's _DataState plus bare newlines (aiosmtpd#9,
 # CVE-2023-51764): after the first problem keep draining to CRLF.CRLF, then
 # send exactly one reply.
-_NOMINAL, _BAD_NEWLINE, _TOO_LONG, _TOO_MUCH, _LOCAL_ERROR = range(5)
+_NOMINAL, _BAD_NEWLINE, _TOO_LONG, _TOO_MUCH, _LOCAL_ERROR, _NO_SPACE = range(6)
 _DATA_FAILURES = {
     _BAD_NEWLINE: Reply(550, "5.6.0", "Message contains bare CR or LF; refused (see RFC 5321 2.3.8)"),
     _TOO_LONG: Reply(500, "5.5.2", "Line too long"),
     _TOO_MUCH: Reply(552, "5.3.4", "Message size exceeds fixed limit"),
     _LOCAL_ERROR: Reply(451, "4.3.0", "Requested action aborted: local error in processing"),
+    # RFC 3463 4.3.1 (ENOSPC, EDQUOT): a full disk is temporary, and says so
+    _NO_SPACE: Reply(452, "4.3.1", "Insufficient system storage"),
 }
 _LOCAL_ERROR_REPLY = _DATA_FAILURES[_LOCAL_ERROR]
+_NO_SPACE_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux)
+
+
+def _failure_state(exc: BaseException) -> int:
+    """_NO_SPACE for a full disk or quota (an OSError or a QueueError carrying its errno), else _LOCAL_ERROR."""
+    return _NO_SPACE if getattr(exc, "errno", None) in _NO_SPACE_ERRNOS else _LOCAL_ERROR
 
 # verb -> (handler, needs HELO/EHLO, needs AUTH when settings.require_auth,
 #          arguments may hold UTF-8 (RFC 6531 mailboxes))
@@ -175,10 +183,10 @@ class SMTPServer(LineReader, Protocol):
         kind, self._job = self._job, None
         if kind == "commit":
             self._sink = None
-            if result:
+            if isinstance(result, str) and result:
                 self._send(250, "2.0.0", f"Ok: queued as {result}")
             else:
-                self._send(*_LOCAL_ERROR_REPLY)
+                self._send(*_DATA_FAILURES[result if result in _DATA_FAILURES else _LOCAL_ERROR])
         elif kind == "auth":
             user, ok = result
             if ok:
@@ -672,9 +680,9 @@ class SMTPServer(LineReader, Protocol):
     def _write(self, data: bytes) -> None:
         try:
             self._sink.write(data)
-        except Exception as exc:  # disk full and friends: answer 451 at the end
+        except Exception as exc:  # disk full and friends: answer 452/451 at the end
             _log_failure("write", exc)
-            self._data_problem(_LOCAL_ERROR)
+            self._data_problem(_failure_state(exc))
 
     def _data_problem(self, state: int) -> None:
         if self._dstate == _NOMINAL:  # the first problem decides the reply
@@ -696,7 +704,8 @@ class SMTPServer(LineReader, Protocol):
         self._marker = Job(self._commit, self._sink)
 
     def _commit(self, sink):
-        """Runs as a Job (fsync is slow); never raises: the queue id or None."""
+        """Runs as a Job (fsync is slow); never raises: the queue id, or the
+        failure state (_NO_SPACE, _LOCAL_ERROR) that picks the reply."""
         try:
             return sink.commit()
         except Exception as exc:
@@ -705,7 +714,7 @@ class SMTPServer(LineReader, Protocol):
                 sink.abort()
             except Exception:
                 pass
-            return None
+            return _failure_state(exc)
 
     def _abort_sink(self) -> None:
         sink, self._sink = self._sink, None

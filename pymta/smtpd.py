@@ -50,7 +50,7 @@ class _Sink:
 
     def commit(self) -> str:
         if self.error is not None:
-            raise QueueError(str(self.error))
+            raise QueueError(str(self.error), getattr(self.error, "errno", None))
         return self.writer.commit()
 
     def abort(self) -> None:

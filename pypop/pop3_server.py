@@ -351,7 +351,7 @@ class POP3Server(LineReader, Protocol):
 
     def _start_login(self, job: Job) -> None:
         self._job = "login"
-        self._marker(job)
+        self._marker(Job(_guarded, job.fn, *job.args))
 
     def _login_done(self, result) -> None:
         if not isinstance(result, LoginResult):
@@ -625,3 +625,16 @@ def _text(raw: bytes) -> str:
 
 def _is_hex(raw: bytes) -> bool:
     return all(c in b"0123456789abcdefABCDEF" for c in raw)
+
+
+def _guarded(fn, *args):
+    """Run a login Job; an exception (the users file is missing or unreadable)
+    becomes None, which _login_done answers -ERR [SYS/TEMP] -- never a dropped
+    connection."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        from pymta.lib import log  # only on the error path
+
+        log.error(f"login failed: {type(exc).__name__}: {exc}")
+        return None

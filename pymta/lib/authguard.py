@@ -20,8 +20,11 @@ from pathlib import Path
 
 
 class AuthGuard:
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, canonical=None) -> None:
         self.dir = Path(cfg.root) / "run" / "authfail"
+        # account name -> the key it is counted under (LoginBackend: the
+        # users-file account the name logs in as)
+        self.canonical = canonical or (lambda account: account)
         self.base = cfg["auth.failure_delay"]
         self.maximum = cfg["auth.max_failure_delay"]
         self.window = cfg["auth.failure_window"]
@@ -56,13 +59,13 @@ class AuthGuard:
         now = time.time()
         counts = [self._read(self._path("ip", peer_ip), now)]
         if account:
-            counts.append(self._read(self._path("user", account), now))
+            counts.append(self._read(self._path("user", self.canonical(account)), now))
         return max(counts)
 
     def record(self, peer_ip: str, account: str | None, ok: bool) -> float:
         """Note the outcome of a login; return seconds to wait before answering."""
         now = time.time()
-        keys = [self._path("ip", peer_ip)] + ([self._path("user", account)] if account else [])
+        keys = [self._path("ip", peer_ip)] + ([self._path("user", self.canonical(account))] if account else [])
         if ok:
             # Forget the account's failures, not the address's: one valid
             # password must not buy an address a fresh run at other accounts.
@@ -113,8 +116,20 @@ class LoginBackend:
     @property
     def guard(self) -> AuthGuard:
         if self._guard is None:
-            self._guard = AuthGuard(self.cfg)
+            self._guard = AuthGuard(self.cfg, self.account_key)
         return self._guard
+
+    def account_key(self, name: str) -> str:
+        """The account a login name is counted under: ``Alice+x@Example.Test.``
+        logs in as alice@example.test, so its failures are alice's (else every
+        spelling would get a fresh count); an unknown name counts as itself."""
+        from pymta.lib.users import UsersError
+
+        try:
+            record = self.users.lookup(name)
+        except (UsersError, OSError):
+            record = None
+        return record.address if record is not None else name
 
     def plaintext_ok(self, info) -> bool:
         return plaintext_allowed(self.cfg, info)

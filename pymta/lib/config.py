@@ -44,6 +44,7 @@ PARAMS: tuple[Param, ...] = (
     Param("paths.aliases", "path", "aliases", "The aliases file, in /etc/aliases format (aliases(5))."),
     Param("paths.tls_cert", "path", "tls/cert.pem", "PEM certificate chain for STARTTLS and implicit TLS."),
     Param("paths.tls_key", "path", "tls/key.pem", "PEM private key for paths.tls_cert."),
+    Param("daemon_user", "str", "", "User the network daemons (pymta-smtpd, pypop-pop3d, pyimap-imapd) become, with that user's groups, when started as root: after opening their sockets and reading the TLS key, before serving any client (like Postfix's mail_owner). The queue, mail store, users file and ROOT/run must be accessible to it. Empty: keep the uid they were started with. Started by a user other than root or this one, they refuse to run (exit 77)."),
     # -- listeners used by `pymail run` ---------------------------------------
     Param("listen.smtp", "listen", "127.0.0.1:2525", "SMTP (MX) listener for `pymail run`; empty to disable."),
     Param("listen.submission", "listen", "127.0.0.1:2587", "Submission listener (AUTH required before MAIL)."),

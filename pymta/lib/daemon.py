@@ -139,6 +139,14 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
         return sysexits.EX_CONFIG
     factory = build(cfg, service)
     handshake_timeout = cfg["smtpd.tls_handshake_timeout"]
+    switch = None
+    if cfg["daemon_user"]:
+        switch, problem = _target_user(cfg["daemon_user"])
+        if problem:
+            log.error(problem)
+            return sysexits.EX_CONFIG if switch is None else sysexits.EX_NOPERM
+        if switch.pw_uid == os.geteuid():
+            switch = None  # already that user (e.g. User= in the unit)
 
     sockets = []
     if args.listen:
@@ -166,6 +174,10 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
                     return sysexits.EX_CONFIG
                 log.warning("STARTTLS disabled")
                 tls = None
+        if switch is not None:
+            tls = _switch_user(switch, tls, max_sessions_key)
+            if tls is False:
+                return sysexits.EX_NOPERM
 
         where = ", ".join(_sockname(s) for s in sockets)
         processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
@@ -199,6 +211,18 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
     from pymta.lib.activation import inetd_socket
 
     sock = inetd_socket()
+    if switch is not None:
+        if tls is not None:
+            try:  # the key may be readable only by root: read it now
+                tls()
+            except Exception:
+                if args.tls:
+                    return sysexits.EX_CONFIG
+                log.warning("STARTTLS disabled")
+                tls = None
+        tls = _switch_user(switch, tls, max_sessions_key)
+        if tls is False:
+            return sysexits.EX_NOPERM
     if sock is not None:
         driver_blocking.serve_socket(sock, factory(), service=service, tls=tls, implicit_tls=args.tls,
                                      handshake_timeout=handshake_timeout)
@@ -208,6 +232,121 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
             return sysexits.EX_USAGE
         driver_blocking.serve_pipes(factory(), service=service)
     return sysexits.EX_OK
+
+
+# What a session may import after the switch, when the interpreter's own
+# files can be out of the new user's reach (a Python under /root): loaded
+# before it, as pymda-deliver does.  Besides these, every module our own
+# modules import anywhere (function-level imports included) is loaded too.
+_SESSION_MODULES = {
+    "smtpd": ("pymta.smtpd", "pymta.aliases", "pymta.queue"),
+    "pop3d": ("pypop.pop3d", "pypop.pop3_server", "pypop.maildrop", "pymda.deliver"),
+    "imapd": ("pyimap.imapd", "pyimap.imap_server", "pyimap.store", "pyimap.fetch", "pyimap.search",
+              "pyimap.message", "pyimap.parser", "pyimap.mailbox_names", "pymda.deliver", "pymda.index"),
+}
+_COMMON_MODULES = ("pymta.lib.driver_async", "pymta.lib.driver_blocking", "pymta.lib.tls", "pymta.lib.authguard",
+                   "pymta.lib.users", "pymta.lib.log", "concurrent.futures.thread", "passlib.hash", "syslog")
+_OUR_PACKAGES = ("pymta", "pypop", "pyimap", "pymda")
+
+
+def _target_user(name: str):
+    """(pwd entry, problem): problem is a message when the switch cannot be made."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None, f"config: daemon_user: no such user {name!r}"
+    if os.geteuid() not in (0, pw.pw_uid):
+        return pw, f"daemon_user = {name!r}: cannot switch to it: not started as root or as that user"
+    return pw, None
+
+
+def _imported_names(module) -> set[str]:
+    """Every module name an ``import`` anywhere in ``module``'s source names."""
+    import ast
+    import importlib.util
+
+    try:
+        with open(module.__file__, "rb") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, TypeError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            try:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), module.__package__) \
+                    if node.level else node.module
+            except (ImportError, ValueError):
+                continue
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules among them
+    return names
+
+
+def _preload(section: str) -> None:
+    import encodings
+    import importlib
+    import pkgutil
+
+    todo = list(_COMMON_MODULES + _SESSION_MODULES.get(section, ()))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # optional (argon2, syslog...) or not a module: the session copes as it would anyway
+            continue
+        if name.partition(".")[0] in _OUR_PACKAGES:
+            todo.extend(_imported_names(module) - seen)
+    try:  # passlib loads its bcrypt backend on first use
+        import passlib.hash
+
+        passlib.hash.bcrypt.get_backend()
+    except Exception:
+        pass
+    for mod in pkgutil.iter_modules(encodings.__path__):  # any charset a message may name
+        try:
+            importlib.import_module(f"encodings.{mod.name}")
+        except Exception:
+            pass
+
+
+def _switch_user(pw, tls, max_sessions_key: str):
+    """Become ``pw`` (uid, primary gid, supplementary groups) for good, as
+    Postfix's master does for mail_owner.  The TLS context is loaded before
+    (the key may be readable only by root) and kept.  Returns the new TLS
+    loader, or False when the switch failed (never serve as root by mistake)."""
+    if tls is not None:
+        context = tls()
+        tls = lambda: context
+    _preload(max_sessions_key.partition(".")[0])
+    try:
+        os.initgroups(pw.pw_name, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except OSError as exc:
+        log.error(f"daemon_user = {pw.pw_name!r}: cannot switch to uid {pw.pw_uid}: {exc.strerror}")
+        return False
+    try:
+        os.setuid(0)
+    except OSError:
+        pass
+    else:
+        log.error(f"daemon_user = {pw.pw_name!r}: could get root back after the switch; refusing to run")
+        return False
+    if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid or os.getegid() != pw.pw_gid:
+        log.error(f"daemon_user = {pw.pw_name!r}: the switch to uid {pw.pw_uid} did not take")
+        return False
+    os.environ["HOME"], os.environ["USER"], os.environ["LOGNAME"] = pw.pw_dir, pw.pw_name, pw.pw_name
+    log.debug(f"running as {pw.pw_name} (uid {pw.pw_uid}, gid {pw.pw_gid})")
+    return tls
 
 
 def _stop_children(children: list[int]) -> None:

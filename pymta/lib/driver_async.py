@@ -26,6 +26,10 @@ from pymta.lib import log
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 
 STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a write
+# Input that rearms the timeout: a line end, or this many bytes without one
+# (a literal or a long DATA block).  A slow-loris client sending a byte at a
+# time makes no progress and is cut when the timeout runs out.
+PROGRESS_BYTES = 4096
 
 
 class _Connection(asyncio.Protocol):
@@ -47,6 +51,8 @@ class _Connection(asyncio.Protocol):
         self.eof_done = False
         self.deadline = 0.0
         self.timer = None
+        self.progress = True  # the deadline may move: a line, a job, a reply to a timeout...
+        self.unproven = 0  # bytes received since the deadline last moved, none of them a line end
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -70,6 +76,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if not self.progress:
+            self.unproven += len(data)
+            if self.unproven >= PROGRESS_BYTES or b"\n" in data:
+                self.progress = True
         if self.busy:
             self.held.append(data)
             self._pause_reading()
@@ -169,7 +179,10 @@ class _Connection(asyncio.Protocol):
             self._deliver_eof()
             return
         self._resume_reading()
-        self.deadline = self.loop.time() + self.protocol.timeout
+        if self.progress:  # only progress rearms the timeout, not every byte
+            self.progress = False
+            self.unproven = 0
+            self.deadline = self.loop.time() + self.protocol.timeout
         if self.timer is None or self.timer.when() > self.deadline:
             if self.timer is not None:
                 self.timer.cancel()
@@ -184,6 +197,7 @@ class _Connection(asyncio.Protocol):
         if now < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._timer_fired)
             return
+        self.progress = True  # the protocol may go on (IDLE polls): its next wait is a new one
         try:
             self._act(self.protocol.timed_out())
         except Exception as exc:
@@ -206,12 +220,14 @@ class _Connection(asyncio.Protocol):
             self.transport.write(buf)
         self.stream = None
         self.busy = False
+        self.progress = True
         self._drive()
 
     def _job_done(self, future) -> None:
         if self.closed:
             return
         self.busy = False
+        self.progress = True
         try:
             self._act(self.protocol.job_done(future.result()))
         except Exception as exc:
@@ -233,6 +249,7 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False  # start_tls resumed reading on the new transport
         self.server.tls_info(self.info, transport)
         self.busy = False
+        self.progress = True
         try:
             self._act(self.protocol.tls_started(self.info))
         except Exception as exc:
@@ -311,6 +328,7 @@ class AsyncServer:
 
     async def serve(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_LoopErrors())
         servers = []
         ssl = self.tls() if self.implicit_tls else None
         for sock in sockets:
@@ -336,6 +354,45 @@ class AsyncServer:
         self.executor.shutdown(wait=False)
 
 
+class _LoopErrors:
+    """asyncio's own errors as one log line each, never a traceback, and at
+    most one line a second per kind: out of file descriptors, asyncio
+    reports every failed accept() (up to 100 per wake-up) with a traceback."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    def __call__(self, loop, context: dict) -> None:
+        import time
+
+        message = context.get("message") or "event loop error"
+        now = time.monotonic()
+        if now - self.last.get(message, -1e9) < 1.0:
+            return
+        self.last[message] = now
+        exc = context.get("exception")
+        log.error(f"{message}: {exc!r}" if exc is not None else message)
+
+
+def _raise_fd_limit(max_sessions: int) -> None:
+    """Use the hard limit on open files (the soft one is often 1024) and say
+    so when even that is too small for max_sessions."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft < 3 * max_sessions + 64:
+        log.warning(f"open files limit {soft} is low for max_sessions {max_sessions}; "
+                    f"connections beyond it wait until descriptors are free")
+
+
 def run(factory, sockets: list[socket.socket], **options) -> None:
     server = AsyncServer(factory, **options)
+    _raise_fd_limit(server.max_sessions)
     asyncio.run(server.serve(sockets))

@@ -13,12 +13,16 @@ from __future__ import annotations
 import os
 import select
 import socket
+import time
 from collections import deque
 
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 
 RECV_SIZE = 65536
 STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a send
+# Input that rearms the timeout: a line end, or this many bytes without one.
+# A slow-loris client sending a byte at a time is cut when the timeout runs out.
+PROGRESS_BYTES = 4096
 
 
 class _SocketIO:
@@ -126,6 +130,9 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
     pending = deque(protocol.connection_made(info))
     out: list[bytes] = []
     eof = False
+    deadline = 0.0
+    progress = True  # the deadline may move (a line arrived, work was done, a timeout answered)
+    unproven = 0  # bytes since the deadline last moved, none of them a line end
     try:
         while True:
             while pending:
@@ -149,6 +156,7 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                 out.clear()
                 if isinstance(action, Job):
                     pending.extend(protocol.job_done(action.run()))
+                    progress = True
                 elif action is STARTTLS:
                     if tls is None or not isinstance(io, _SocketIO):
                         return
@@ -164,6 +172,7 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                     _tls_info(info, tls_sock)
                     info.tls_available = False
                     pending.extend(protocol.tls_started(info))
+                    progress = True
                 elif action is CLOSE:
                     return
             if out:
@@ -172,12 +181,20 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                 out.clear()
             if eof:
                 return
-            data = io.recv(protocol.timeout)
+            if progress:  # only progress rearms the timeout, not every byte
+                progress, unproven = False, 0
+                deadline = time.monotonic() + protocol.timeout
+            left = deadline - time.monotonic()
+            data = io.recv(left) if left > 0 else None
             if data is None:
+                progress = True  # the protocol may go on (IDLE polls): its next wait is a new one
                 pending.extend(protocol.timed_out())
                 continue
             if not data:
                 eof = True
+            elif not progress:
+                unproven += len(data)
+                progress = unproven >= PROGRESS_BYTES or b"\n" in data
             pending.extend(protocol.data_received(data))
     finally:
         protocol.connection_lost()

@@ -607,12 +607,17 @@ def test_end_of_data_split_across_chunks():
 # -- backend failures ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exc", [TempFailure("queue locked"), OSError(28, "No space left on device")])
-def test_commit_failure_gets_451_without_traceback(exc):
+@pytest.mark.parametrize("exc, reply", [
+    (TempFailure("queue locked"), "451 4.3.0 Requested action aborted: local error in processing"),
+    (OSError(13, "Permission denied"), "451 4.3.0 Requested action aborted: local error in processing"),
+    (OSError(28, "No space left on device"), "452 4.3.1 Insufficient system storage"),  # ENOSPC
+    (OSError(122, "Disk quota exceeded"), "452 4.3.1 Insufficient system storage"),  # EDQUOT
+])
+def test_commit_failure_gets_451_without_traceback(exc, reply):
     d = ready()
     d.backend.fail_commit = exc
     out = d.feed(TRANSACTION + b"x\r\n.\r\nNOOP\r\n")
-    assert out[-2:] == ["451 4.3.0 Requested action aborted: local error in processing", "250 2.0.0 Ok"]
+    assert out[-2:] == [reply, "250 2.0.0 Ok"]
     assert d.backend.sinks[0].aborted
 
 
@@ -629,7 +634,7 @@ def test_write_failure_drains_then_451():
     d.backend.fail_write = OSError(28, "No space left on device")
     d.feed(TRANSACTION)
     assert d.feed(b"x" * 1000 + b"\r\n" + (b"y" * 998 + b"\r\n") * 100) == []
-    assert d.feed(b".\r\n") == ["451 4.3.0 Requested action aborted: local error in processing"]
+    assert d.feed(b".\r\n") == ["452 4.3.1 Insufficient system storage"]  # ENOSPC: RFC 3463 4.3.1
     assert d.backend.sinks[0].aborted and not d.backend.sinks[0].committed
 
 
