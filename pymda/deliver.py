@@ -322,8 +322,10 @@ def _parse_args(argv: list[str]) -> dict:
     return opts
 
 
-def drop_privileges(record) -> None:
-    """When root, become the mailbox owner: the users-file uid/gid, else the system account."""
+def drop_privileges(record, box: Path | None = None) -> None:
+    """When root, become the mailbox owner: the users-file uid/gid, else the
+    system account named like the local part, else the owner of the user's
+    Maildir ``box`` (when that is not root)."""
     if os.geteuid() != 0:
         return
     uid, gid = record.uid, record.gid
@@ -333,10 +335,17 @@ def drop_privileges(record) -> None:
 
         try:
             pw = pwd.getpwnam(name)
+            uid, gid = pw.pw_uid, pw.pw_gid if gid is None else gid
         except KeyError:
-            log.warning(f"{record.address}: no uid in the users file and no system account; delivering as root")
-            return
-        uid, gid = pw.pw_uid, pw.pw_gid if gid is None else gid
+            try:
+                st = os.stat(box) if box is not None else None
+            except OSError:
+                st = None
+            if st is None or st.st_uid == 0:
+                log.warning(f"{record.address}: no uid in the users file, no system account and no Maildir "
+                            "owned by a user; delivering as root")
+                return
+            uid, gid = st.st_uid, st.st_gid if gid is None else gid
     if gid is None:
         gid = uid
     if uid == 0:
@@ -426,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         record = lookup_user(users, opts["d"])
         if record is None:
             raise DeliveryError(f"{opts['d']}: no such user", sysexits.EX_NOUSER)
-        drop_privileges(record)
+        drop_privileges(record, user_maildir(cfg.path_of("mail"), record.address))
         result = deliver_message(cfg, users, opts["d"], crlf_to_lf(sys.stdin.buffer), sender, original=opts["a"],
                                  dry_run=opts["dry_run"], record=record)
         if opts["dry_run"]:

@@ -25,7 +25,6 @@ import pwd
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -33,17 +32,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DOMAIN, PASSWORD, REPO, MailSystem
+from conftest import client_tls, DOMAIN, PASSWORD, REPO, MailSystem
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 TEST_USER, TEST_GROUP = "pymailh5", "pymailh5x"  # made by useradd for the privilege tests
-
-
-def client_tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def b64(text: str) -> str:
@@ -884,14 +876,18 @@ def test_unknown_daemon_user_refuses_to_start(make_mailsys):
         s.quit()
 
 
-def test_exec_delivery_and_pipes_run_as_the_mailbox_owner(open_root, test_user):
+@pytest.mark.parametrize("identity", ["users-file", "maildir-owner"])
+def test_exec_delivery_and_pipes_run_as_the_mailbox_owner(open_root, test_user, identity):
     """qrunner as root in exec mode: pymda-deliver switches to the users-file
-    uid/gid of the recipient before writing the Maildir or running a pipe.
+    uid/gid of the recipient -- or, when the entry has none and no system
+    account is named like the user, to the owner of the user's Maildir --
+    before writing the Maildir or running a pipe.
     (pymda-deliver run directly is tests/test_rules.py::test_privileges_dropped_to_mailbox_owner.)"""
     pw = test_user
     system = open_root('[deliver]\nmode = "exec"\n')
+    ids_field = f"{pw.pw_uid}:{pw.pw_gid}" if identity == "users-file" else ":"
     with open(system.root / "users", "a") as fh:
-        fh.write(f"dave@example.test:{{PLAIN}}x:{pw.pw_uid}:{pw.pw_gid}::::\n")
+        fh.write(f"dave@example.test:{{PLAIN}}x:{ids_field}::::\n")
     box = system.maildir("dave")
     box.mkdir(parents=True)
     (box / ".procmailrc").write_text(":0 c\n| id > ids\n:0\n.Sub/\n")
