@@ -19,7 +19,7 @@ from pymta.lib.authguard import LoginBackend
 class IMAPBackend(LoginBackend):
     def authenticate(self, info, username: str, password: bytes):
         """The canonical account name, or None; runs in a Job (it sleeps after failures)."""
-        ok = self.users.verify(username, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
+        ok = self.verify_password(info, username, password)
         record = self.users.lookup(username) if ok else None
         if ok:
             log.info(f"imap-login: user=<{record.address}>, rip={info.peer_ip}, tls={'yes' if info.tls else 'no'}, ok")

@@ -122,8 +122,8 @@ class SMTPBackend(LoginBackend):
         return f"{address}@{self.cfg.domains[0]}" if self.cfg.domains else f"{address}@{self.cfg['hostname']}"
 
     def authenticate(self, session, username: str, password: str) -> bool:
-        ok = self.users.verify(username, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
         info = session.info
+        ok = self.verify_password(info, username, password)
         if ok:
             log.info(f"client=[{info.peer_ip}], sasl_username={username}, auth ok")
         else:

@@ -30,13 +30,16 @@ class POP3Backend(LoginBackend):
     # -- slow: these run as Jobs -----------------------------------------------------
 
     def login(self, info, user: str, password: bytes, method: str) -> LoginResult:
-        ok = self.users.verify(user, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
+        ok = self.verify_password(info, user, password)
         return self._finish_login(info, user, ok, method, "wrong password")
 
     def apop_login(self, info, user: str, timestamp: str, digest: str) -> LoginResult:
         """RFC 1939 7: MD5(timestamp + secret) -- needs the secret in clear in the users file."""
         from pymta.lib.users import split_scheme
 
+        delay = self.guard.penalty(info.peer_ip, user)
+        if delay:
+            time.sleep(delay)
         record = self.users.lookup(user)
         ok, reason = False, "wrong digest"
         if record is not None:

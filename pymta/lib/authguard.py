@@ -5,9 +5,10 @@ failures lives on disk: one tiny file per client address and per account
 under ``ROOT/run/authfail/`` holding ``<failures> <last failure time>``.
 Races between processes only lose a count, never lock anyone out.
 
-Every daemon calls ``record(ip, account, ok)`` after a password check and
-waits the returned number of seconds before answering (in a Job, so other
-sessions of a listening daemon go on).  The wait doubles with each recent
+Every daemon waits ``penalty(ip, account)`` seconds before a password
+check, calls ``record(ip, account, ok)`` after it and waits the returned
+number of seconds before answering (in a Job, so other sessions of a
+listening daemon go on).  The wait doubles with each recent
 failure from that address or for that account: 1, 2, 4, ... up to
 ``auth.max_failure_delay``.
 """
@@ -62,6 +63,15 @@ class AuthGuard:
             counts.append(self._read(self._path("user", self.canonical(account)), now))
         return max(counts)
 
+    def delay_for(self, count: int) -> float:
+        return min(self.maximum, self.base * 2 ** (count - 1)) if count > 0 else 0.0
+
+    def penalty(self, peer_ip: str, account: str | None) -> float:
+        """Seconds to wait before checking a password at all (Dovecot's auth
+        penalty): an address or account with recent failures pays on every
+        attempt, so parallel connections do not multiply its guesses."""
+        return self.delay_for(self.failures(peer_ip, account))
+
     def record(self, peer_ip: str, account: str | None, ok: bool) -> float:
         """Note the outcome of a login; return seconds to wait before answering."""
         now = time.time()
@@ -80,7 +90,7 @@ class AuthGuard:
             count = self._read(path, now) + 1
             self._write(path, count, now)
             worst = max(worst, count)
-        return min(self.maximum, self.base * 2 ** (worst - 1))
+        return self.delay_for(worst)
 
 
 def plaintext_allowed(cfg, info) -> bool:
@@ -130,6 +140,13 @@ class LoginBackend:
         except (UsersError, OSError):
             record = None
         return record.address if record is not None else name
+
+    def verify_password(self, info, username: str, password) -> bool:
+        """The users-file check, after the guard's penalty for this address and account."""
+        delay = self.guard.penalty(info.peer_ip, username)
+        if delay:
+            time.sleep(delay)
+        return self.users.verify(username, password, allow_plain_scheme=self.cfg["auth.allow_plain_scheme"])
 
     def plaintext_ok(self, info) -> bool:
         return plaintext_allowed(self.cfg, info)

@@ -57,7 +57,7 @@ PARAMS: tuple[Param, ...] = (
     Param("auth.allow_plaintext", "bool", False, "Allow passwords (AUTH, USER/PASS, LOGIN) over connections without TLS from non-loopback peers."),
     Param("auth.allow_plaintext_loopback", "bool", True, "Allow passwords without TLS from 127.0.0.0/8 and ::1."),
     Param("auth.allow_plain_scheme", "bool", False, "Accept {PLAIN}/{CLEARTEXT} password entries in the users file."),
-    Param("auth.failure_delay", "float", 1.0, "Seconds a failed login waits before its answer; doubled for each recent failure from the same address or for the same account, up to auth.max_failure_delay."),
+    Param("auth.failure_delay", "float", 1.0, "Seconds a failed login waits before its answer; doubled for each recent failure from the same address or for the same account, up to auth.max_failure_delay. While such failures are remembered, every password check from that address or for that account (a right one, or one on a parallel connection) first waits as long."),
     Param("auth.max_failure_delay", "float", 30.0, "Longest wait after a failed login, in seconds."),
     Param("auth.failure_window", "float", 900.0, "Seconds a failed login is remembered for slowing further attempts."),
     Param("auth.bcrypt_rounds", "int", 10, "bcrypt cost (log2 of rounds, 4-31) for passwords set by `pymail user add/passwd`; existing hashes keep their own cost."),
