@@ -256,7 +256,7 @@ RELAY_TRICKS = [
     ("cr-in-address", "<bob@example.test\rRCPT TO:<x@evil.example>>", 500, "5.5.2"),
 ]
 # Forms of a local address that are accepted -- as local mail, never relayed.
-LOCAL_FORMS = ["<BOB@Example.Test>", "<@evil.example:bob@example.test>", "<bob+evil.example@example.test>"]
+LOCAL_FORMS = ["<BOB@Example.Test>", "<@evil.example:bob@example.test>", "<bob+evil.example@example.test>", '<"bob"@example.test>']
 LISTENERS = ["smtp", "submission", "smtps"]
 RELAY_CONFIG = '[smtpd]\ntrusted_networks = []\nmax_errors = 1000\nprocesses = 1\n'
 

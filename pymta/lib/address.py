@@ -103,8 +103,22 @@ def check_domain(domain: str, *, smtputf8: bool = False, literal: bool = True) -
             raise AddressError("domain label too long")
 
 
+def _unquote(quoted: str) -> str:
+    """The content of a checked quoted string: quotes off, quoted-pairs undone."""
+    out, escaped = [], False
+    for ch in quoted[1:-1]:
+        if ch == "\\" and not escaped:
+            escaped = True
+            continue
+        out.append(ch)
+        escaped = False
+    return "".join(out)
+
+
 def parse_mailbox(text: str, *, smtputf8: bool = False) -> str:
-    """Validate ``local@domain`` (no angle brackets) and return it unchanged."""
+    """Validate ``local@domain`` (no angle brackets) and return it -- with a
+    quoted local part that needs no quotes unquoted: ``"bob"@d`` is ``bob@d``
+    (RFC 5321 4.1.2, RFC 5322 3.2.4: the quotes are not part of the content)."""
     if not isinstance(text, str):
         raise AddressError("address must be text")
     local, at, domain = text.rpartition("@")  # domains never contain '@'
@@ -112,6 +126,13 @@ def parse_mailbox(text: str, *, smtputf8: bool = False) -> str:
         raise AddressError("address must be local-part@domain")
     if local[0] == '"':
         _check_quoted_string(local, smtputf8)
+        content = _unquote(local)
+        try:
+            _check_dot_string(content, smtputf8)
+        except (AddressError, IndexError):
+            pass  # needs its quotes ("john doe", "a@b", "")
+        else:
+            local, text = content, f"{content}@{domain}"
     else:
         _check_dot_string(local, smtputf8)
     if len(local.encode("utf-8", "surrogatepass")) > MAX_LOCAL_PART:

@@ -24,6 +24,12 @@ from pymta.lib.address import (
         ('<"john doe"@example.com>', '"john doe"@example.com'),  # quoted form kept
         ('<"a\\"b"@example.com>', '"a\\"b"@example.com'),
         ('<"a@b"@example.com>', '"a@b"@example.com'),
+        # quotes that are not needed are not part of the address (RFC 5322 3.2.4)
+        ('<"bob"@example.com>', "bob@example.com"),
+        ('<"b\\ob.x"@example.com>', "bob.x@example.com"),
+        ('<"bob%evil.example"@example.com>', "bob%evil.example@example.com"),
+        ('<".bob"@example.com>', '".bob"@example.com'),
+        ('<""@example.com>', '""@example.com'),
         ("<user@[192.0.2.1]>", "user@[192.0.2.1]"),
         ("<user@[IPv6:2001:db8::1]>", "user@[IPv6:2001:db8::1]"),
         ("<user@localhost>", "user@localhost"),
