@@ -343,6 +343,15 @@ class AsyncServer:
             except (NotImplementedError, RuntimeError):
                 pass
         await stop.wait()
+        # A second signal is common (systemd signals the whole group, then the
+        # parent signals its children); arriving while the loop closes, it
+        # would hit the closed self-pipe ("Exception ignored ... Broken pipe").
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
         for server in servers:
             server.close()
         for conn in list(self.connections):
