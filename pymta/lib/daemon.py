@@ -166,18 +166,10 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
     if sockets:
         from pymta.lib import driver_async
 
-        if tls is not None:
-            try:  # a long-running server finds a broken certificate now, not per connection
-                tls()
-            except Exception:
-                if args.tls:
-                    return sysexits.EX_CONFIG
-                log.warning("STARTTLS disabled")
-                tls = None
-        if switch is not None:
-            tls = _switch_user(switch, tls, max_sessions_key)
-            if tls is False:
-                return sysexits.EX_NOPERM
+        # a long-running server finds a broken certificate now, not per connection
+        tls, failed = _ready_to_serve(tls, args.tls, switch, max_sessions_key)
+        if failed:
+            return failed
 
         where = ", ".join(_sockname(s) for s in sockets)
         processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
@@ -211,18 +203,10 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
     from pymta.lib.activation import inetd_socket
 
     sock = inetd_socket()
-    if switch is not None:
-        if tls is not None:
-            try:  # the key may be readable only by root: read it now
-                tls()
-            except Exception:
-                if args.tls:
-                    return sysexits.EX_CONFIG
-                log.warning("STARTTLS disabled")
-                tls = None
-        tls = _switch_user(switch, tls, max_sessions_key)
-        if tls is False:
-            return sysexits.EX_NOPERM
+    if switch is not None:  # the key may be readable only by root: read it before the switch
+        tls, failed = _ready_to_serve(tls, args.tls, switch, max_sessions_key)
+        if failed:
+            return failed
     if sock is not None:
         driver_blocking.serve_socket(sock, factory(), service=service, tls=tls, implicit_tls=args.tls,
                                      handshake_timeout=handshake_timeout)
@@ -232,6 +216,25 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
             return sysexits.EX_USAGE
         driver_blocking.serve_pipes(factory(), service=service)
     return sysexits.EX_OK
+
+
+def _ready_to_serve(tls, implicit_tls: bool, switch, max_sessions_key: str):
+    """Load the TLS certificate and key now, then become ``switch`` (a pwd
+    entry, or None to stay).  Returns (tls loader or None when STARTTLS is
+    off, 0) or (None, the exit status) when the daemon cannot serve."""
+    if tls is not None:
+        try:
+            tls()
+        except Exception:
+            if implicit_tls:
+                return None, sysexits.EX_CONFIG
+            log.warning("STARTTLS disabled")
+            tls = None
+    if switch is not None:
+        tls = _switch_user(switch, tls, max_sessions_key)
+        if tls is False:
+            return None, sysexits.EX_NOPERM
+    return tls, 0
 
 
 # What a session may import after the switch, when the interpreter's own
