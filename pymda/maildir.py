@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import time
 from pathlib import Path
 
 from pymta.lib.fsutil import fsync_dir, unlink_quietly as _unlink_quietly
+
+_ARRIVAL = re.compile(r"([0-9]+)\.(?:M([0-9]{1,7}))?").match
 
 SUBDIRS = ("tmp", "new", "cur")
 _counter = 0
@@ -184,15 +187,11 @@ def message_sizes(path: Path, name: str | None = None) -> tuple[int, int]:
 
 def arrival_key(name: str):
     """Sort key putting ``<sec>.M<usec>...`` names in delivery order (usec is not zero-padded)."""
-    sec, _, rest = name.partition(".")
-    usec = 0
-    if rest[:1] == "M":
-        digits = rest[1:8]
-        n = 0
-        while n < len(digits) and digits[n].isdigit():
-            n += 1
-        usec = int(digits[:n]) if n else 0
-    return (int(sec) if sec.isdigit() else 0, usec, name)
+    m = _ARRIVAL(name)  # runs once per message at every POP3 login: one C-level match
+    if m is None:
+        sec = name.partition(".")[0]
+        return (int(sec) if sec.isdigit() else 0, 0, name)
+    return (int(m[1]), int(m[2] or 0), name)
 
 
 def list_messages(maildir: Path) -> list[tuple[str, str]]:
