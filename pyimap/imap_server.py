@@ -287,7 +287,8 @@ class IMAPServer(Protocol):
         self.out.append(b"* " + text.encode("utf-8") + b"\r\n")
 
     def _tagged(self, tag: str, text: str) -> None:
-        self.out.append(tag.encode("utf-8", "replace") + b" " + text.encode("utf-8") + b"\r\n")
+        # resp-text is 7-bit (RFC 3501 9: TEXT-CHAR); client bytes echoed in an error are escaped
+        self.out.append(tag.encode("utf-8", "replace") + b" " + text.encode("ascii", "backslashreplace") + b"\r\n")
 
     def _log_error(self, what: str, exc: Exception) -> None:
         try:
@@ -402,7 +403,7 @@ class IMAPServer(Protocol):
         if not tokens:
             return  # empty line: ignore
         tag = tokens[0]
-        if not isinstance(tag, Atom) or not _ATOM_OK.match(tag) or "+" in tag:
+        if not isinstance(tag, Atom) or not _ATOM_OK.match(tag) or "+" in tag or not tag.isascii():
             self._abort_sinks(parts)
             self._untagged("BAD Invalid tag")
             self._count_bad()
@@ -1092,7 +1093,7 @@ class IMAPServer(Protocol):
             elif t.startswith("\\"):
                 raise ParseError(f"Invalid system flag {t[:30]}")
             else:
-                if not _ATOM_OK.match(t) or len(t) > 100:
+                if not _ATOM_OK.match(t) or len(t) > 100 or not t.isascii():  # flag-keyword is an ASCII atom
                     raise ParseError("Invalid keyword")
                 kws.add(str(t))
         return "".join(sorted(letters)), kws

@@ -163,16 +163,19 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
 
     data = trace_headers(sender, record.address) + _chunks_bytes(chunks)
     variables = rules_variables(cfg, record, box, home, recipient, sender, original)
+    # inprocess: all mailboxes share one uid, so no kernel check keeps one
+    # user's rules out of another's Maildir; the engine must (exec: the kernel does).
+    confine = [box, home] if cfg.get("deliver.mode", "inprocess") == "inprocess" else None
     args = [variables["EXTENSION"]] if variables["EXTENSION"] else []
     try:
         if has_forward:
             from pymda import forward
 
             outcome = forward.apply(fwd, data, variables, record=record, box=box, sender=sender, files=files,
-                                    dry_run=dry_run, qid=qid, args=args)
+                                    dry_run=dry_run, qid=qid, args=args, confine=confine)
         else:
             outcome = run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run,
-                                qid=qid)
+                                qid=qid, confine=confine)
     except (DeliveryError, MemoryError):
         raise
     except Exception as exc:  # a bug must not lose mail: the MTA keeps it and retries

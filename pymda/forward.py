@@ -49,7 +49,7 @@ def safe(path) -> bool:
 
 
 def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files, dry_run: bool = False,
-          qid=None, args=()):
+          qid=None, args=(), confine=None):
     from pymda.rules.engine import Engine, run_rules
     from pymda.rules.parser import Action, Recipe
 
@@ -59,10 +59,11 @@ def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files
         log.warning(f"{path}: {exc.strerror}; ignored", qid)
         targets = []
     if not targets:
-        return run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid)
+        return run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid,
+                         confine=confine)
     local = record.address.rpartition("@")[0]
     keep = False
-    eng = Engine(data, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid)
+    eng = Engine(data, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid, confine=confine)
     eng.special["_"] = str(path)
     addresses = []
     for n, target in enumerate(targets, 1):
@@ -89,7 +90,8 @@ def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files
 
         return Outcome(False, sysexits.EX_TEMPFAIL, eng.folders, f"temporary failure: {eng.tempfail}", eng.report)
     if keep:
-        outcome = run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid)
+        outcome = run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid,
+                         confine=confine)
         outcome.folders[:0] = eng.folders
         outcome.report[:0] = eng.report
         return outcome

@@ -437,10 +437,10 @@ class SMTPServer(LineReader, Protocol):
             key, eq, value = word.partition("=")
             key = key.upper()
             if key not in known or not self.session.esmtp:
-                self._send(555, "5.5.4", f"Unsupported option: {key}")
+                self._send(555, "5.5.4", f"Unsupported option: {_ascii(key)}")
                 return None
             if key in params:
-                self._send(501, "5.5.4", f"Duplicate option: {key}")
+                self._send(501, "5.5.4", f"Duplicate option: {_ascii(key)}")
                 return None
             params[key] = value if eq else None
         return params
@@ -724,6 +724,11 @@ class SMTPServer(LineReader, Protocol):
                 sink.abort()
             except Exception as exc:
                 _log_failure("abort", exc)
+
+
+def _ascii(text: str) -> str:
+    """Client text echoed in a reply: replies are ASCII (a UTF-8 argument may hold C1 controls)."""
+    return text if text.isascii() else text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _chomp(line: bytes) -> bytes:

@@ -125,8 +125,13 @@ def _true(value: str) -> bool:
 
 class Engine:
     def __init__(self, data: bytes, variables: dict, *, args=(), inbox: Path | None = None, sender: str = "",
-                 dry_run: bool = False, qid: str | None = None, regex_timeout: float = rx.SEARCH_TIMEOUT) -> None:
+                 dry_run: bool = False, qid: str | None = None, regex_timeout: float = rx.SEARCH_TIMEOUT,
+                 confine=None) -> None:
         self.msg = Message(data)
+        # In-process delivery writes every mailbox with one uid: folders and
+        # mbox files must then stay under these directories (the user's Maildir
+        # and home), whatever the rules say; None: the kernel decides.
+        self.confine = [os.path.realpath(d) for d in confine] if confine else None
         self.vars: dict[str, str] = {k: str(v) for k, v in variables.items() if v is not None}
         self.args = list(args)
         self.inbox = Path(inbox) if inbox else None
@@ -746,6 +751,10 @@ class Engine:
             self.special["-"] = "/dev/null"
             return True
         path = self._abs(dest)
+        if self.confine is not None:
+            real = os.path.realpath(path)
+            if not any(real == d or real.startswith(d.rstrip("/") + "/") for d in self.confine):
+                return self._fail_dest(r, line, f"refusing folder {dest!r}: outside the user's mailbox", False)
         is_maildir = dest.endswith("/") or (os.path.isdir(path) and os.path.isdir(os.path.join(path, "new")))
         if dest.endswith("/."):
             return self._fail_dest(r, line, f"{dest}: MH folders are not supported", False)
@@ -847,13 +856,13 @@ def _maybe_blank(data: bytes, r: Recipe) -> bytes:
 
 
 def run_rules(data: bytes, rule_files, variables: dict, *, args=(), inbox=None, sender: str = "",
-              dry_run: bool = False, qid: str | None = None) -> Outcome:
+              dry_run: bool = False, qid: str | None = None, confine=None) -> Outcome:
     """Run each existing rules file in turn (site file first) and deliver; see Engine.
 
     A file with syntax errors is not run: its problems are logged with line
     numbers and the message goes to $DEFAULT (nothing is lost).
     """
-    eng = Engine(data, variables, args=args, inbox=inbox, sender=sender, dry_run=dry_run, qid=qid)
+    eng = Engine(data, variables, args=args, inbox=inbox, sender=sender, dry_run=dry_run, qid=qid, confine=confine)
     for path in rule_files:
         try:
             rules = _parsed(path)

@@ -239,7 +239,8 @@ class _Connection(asyncio.Protocol):
         try:
             transport = await self.loop.start_tls(self.transport, self, self.server.tls(), server_side=True,
                                                   ssl_handshake_timeout=self.server.handshake_timeout)
-        except Exception:  # handshake failure or a certificate that will not load
+        except Exception as exc:  # handshake failure or a certificate that will not load
+            log.info(f"TLS handshake failed: client=[{self.info.peer_ip}]: {type(exc).__name__}: {exc}")
             self._close()
             return
         if transport is None or self.closed:
@@ -333,8 +334,10 @@ class AsyncServer:
         ssl = self.tls() if self.implicit_tls else None
         for sock in sockets:
             sock.setblocking(False)
+            # asyncio calls listen() again: keep the queue long (its default of
+            # 100 drops a burst of connections, which then hang unanswered).
             servers.append(await loop.create_server(
-                lambda: _Connection(self), sock=sock, ssl=ssl,
+                lambda: _Connection(self), sock=sock, ssl=ssl, backlog=socket.SOMAXCONN,
                 ssl_handshake_timeout=self.handshake_timeout if ssl else None))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

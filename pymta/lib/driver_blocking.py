@@ -16,6 +16,7 @@ import socket
 import time
 from collections import deque
 
+from pymta.lib import log
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 
 RECV_SIZE = 65536
@@ -106,6 +107,10 @@ def _tls_info(info: ConnectionInfo, tls_sock) -> None:
     info.tls_cipher = cipher[0] if cipher else ""
 
 
+def _handshake_failed(info: ConnectionInfo, exc: Exception) -> None:
+    log.info(f"TLS handshake failed: client=[{info.peer_ip}]: {type(exc).__name__}: {exc}")
+
+
 def serve_socket(sock: socket.socket, protocol, *, service: str = "", tls=None, implicit_tls: bool = False,
                  handshake_timeout: float = 30.0) -> None:
     info = socket_info(sock, service)
@@ -114,7 +119,8 @@ def serve_socket(sock: socket.socket, protocol, *, service: str = "", tls=None, 
         sock.settimeout(handshake_timeout)
         try:
             sock = tls().wrap_socket(sock, server_side=True)
-        except Exception:  # handshake failure, or a certificate that will not load (logged by the loader)
+        except Exception as exc:  # handshake failure, or a certificate that will not load (logged by the loader)
+            _handshake_failed(info, exc)
             sock.close()
             return
         _tls_info(info, sock)
@@ -166,7 +172,8 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                         # Anything the client sent after STARTTLS is still in the
                         # kernel: the handshake reads it as TLS and fails.
                         tls_sock = tls().wrap_socket(sock, server_side=True)
-                    except Exception:  # handshake failure or unloadable certificate
+                    except Exception as exc:  # handshake failure or unloadable certificate
+                        _handshake_failed(info, exc)
                         return
                     io = _SocketIO(tls_sock)
                     _tls_info(info, tls_sock)
