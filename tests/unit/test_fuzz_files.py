@@ -4,6 +4,7 @@ never hang, never lose a line number."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +14,9 @@ from pymda.rules import parser as rules_parser
 from pymta import aliases
 from pymta.lib import config, users
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# PYMAIL_FUZZ_EXAMPLES: the long run (see tests/unit/test_fuzz_protocols.py)
+FAST = settings(max_examples=int(os.environ.get("PYMAIL_FUZZ_EXAMPLES", "0") or 0) or 200, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 toml_scalars = st.one_of(st.text(max_size=40), st.integers(), st.floats(allow_nan=False), st.booleans(),
                          st.lists(st.text(max_size=10), max_size=4))
