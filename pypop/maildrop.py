@@ -31,6 +31,8 @@ from pathlib import Path
 
 from pymda import maildir as md
 
+_READ = os.O_RDONLY | os.O_CLOEXEC
+
 LOCK_NAME = "pop3.lock"
 MAX_UID = 70  # RFC 1939 7: 1 to 70 characters in the range 0x21 to 0x7E
 
@@ -129,15 +131,28 @@ class Maildrop:
 
     def open_message(self, msg: Message):
         """A binary file object for ``msg``; found again by base name if it moved."""
+        return open(self._fd(msg), "rb")
+
+    def read_small(self, msg: Message, limit: int) -> bytes | None:
+        """The whole file of ``msg`` when it holds at most ``limit`` octets, else
+        None: one read and no file object, for the common RETR of a small message."""
+        fd = self._fd(msg)
         try:
-            return open(f"{self._dir}/{msg.sub}/{msg.name}", "rb")  # str join: this runs per RETR
+            data = os.read(fd, limit + 1)
+        finally:
+            os.close(fd)
+        return data if len(data) <= limit else None
+
+    def _fd(self, msg: Message) -> int:
+        try:
+            return os.open(f"{self._dir}/{msg.sub}/{msg.name}", _READ)  # str join: this runs per RETR
         except FileNotFoundError:
             pass
         found = md.find_by_base(self.path, msg.base)
         if found is None:
             raise FileNotFoundError(msg.base)
         msg.sub, msg.name = found.parent.name, found.name
-        return open(found, "rb")
+        return os.open(found, _READ)
 
     # -- UPDATE state --
 

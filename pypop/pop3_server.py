@@ -26,6 +26,7 @@ connection imports this module.
 from __future__ import annotations
 
 import binascii
+import io
 import os
 import time
 from collections import namedtuple
@@ -39,6 +40,7 @@ MAX_AUTH_LINE = 8192  # SASL continuation lines are not commands (RFC 5034 4)
 MAX_ERRORS = 20  # unknown / malformed / out-of-state commands before we hang up
 MAX_AUTH_FAILURES = 3  # failed logins in one session before we hang up
 CHUNK = 128 * 1024  # message text is read and sent in pieces of this size
+SMALL = 64 * 1024  # messages up to this size (most) are read with one os.read, no file object
 BATCH_OUTPUT = 256 * 1024  # pipelined replies produced before letting the driver drain
 BATCH_STREAMS = 32  # pipelined RETR/TOP answers queued before letting the driver drain
 
@@ -527,7 +529,8 @@ class POP3Server(LineReader, Protocol):
         """
         msg = self._msgs[index]
         try:
-            fh = self._drop.open_message(msg)
+            small = self._drop.read_small(msg, SMALL) if top_lines is None and msg.size <= SMALL else None
+            fh = io.BytesIO(small) if small is not None else self._drop.open_message(msg)
         except OSError:
             yield b"-ERR Message %d has been removed by another client\r\n" % (index + 1)
             return

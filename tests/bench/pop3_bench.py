@@ -108,6 +108,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def load(port: int, clients: int, seconds: float, same_user: bool = False) -> str:
+    sessions, retr, errors = load_numbers(port, clients, seconds, same_user)
+    return f"{sessions:6.2f} sessions/s  ({retr:.0f} RETR/s, errors={errors:.0f})"
+
+
+def load_numbers(port: int, clients: int, seconds: float, same_user: bool = False) -> tuple[float, float, float]:
     """The shared yardstick; with several clients, one mailbox per client.
 
     POP3 locks a maildrop per session (RFC 1939 8; -ERR [IN-USE]), so eight
@@ -131,7 +136,19 @@ def load(port: int, clients: int, seconds: float, same_user: bool = False) -> st
         sessions += float(fields.get("sessions_per_s", 0))
         retr += float(fields.get("retr_per_s", 0))
         errors += int(fields.get("errors", 0))
-    return f"{sessions:6.2f} sessions/s  ({retr:.0f} RETR/s, errors={errors:.0f})"
+    return sessions, retr, errors
+
+
+def side_by_side(ours: int, theirs: int, clients: int, seconds: float, rounds: int) -> None:
+    """Alternate the two servers round by round, so a machine whose speed
+    drifts (a shared VM) treats both alike; print each round and the medians."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(load_numbers(ours, clients, seconds)[0])
+        b.append(load_numbers(theirs, clients, seconds)[0])
+    ma, mb = statistics.median(a), statistics.median(b)
+    print(f"side by side clients={clients}: pypop {ma:6.2f} sessions/s {[round(x, 2) for x in a]}, "
+          f"dovecot {mb:6.2f} {[round(x, 2) for x in b]}, ratio {ma / mb:.2f}")
 
 
 def list_time(port: int, rounds: int = 50) -> tuple[float, int]:
@@ -220,6 +237,8 @@ def main() -> None:
                     help="also load a Dovecot serving the same mailbox and user on this port")
     ap.add_argument("--dovecot", action="store_true",
                     help="start Debian's Dovecot over the same tree (tests/bench/dovecot_side.py) and load it too")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="with a Dovecot: alternating rounds of SECONDS/2 each per server (default 5)")
     ap.add_argument("--processes", type=int, default=1, help="pop3d.processes for listening mode (0: one per CPU)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary tree")
     a = ap.parse_args()
@@ -249,8 +268,12 @@ def main() -> None:
             finally:
                 stop(proc)
         if a.dovecot_port:
-            for clients in (1, 8):
-                print(f"dovecot        clients={clients}: {load(a.dovecot_port, clients, a.seconds)}")
+            proc, port = start(config, "listen")
+            try:
+                for clients in (1, 8):
+                    side_by_side(port, a.dovecot_port, clients, a.seconds / 2, a.rounds)
+            finally:
+                stop(proc)
             print(f"dovecot        clients=8, one mailbox: {load(a.dovecot_port, 8, a.seconds, same_user=True)}")
             ms, count = list_time(a.dovecot_port)
             print(f"dovecot        LIST of {count} messages: {ms:.2f} ms")
