@@ -746,61 +746,52 @@ class IMAPServer(Protocol):
         raw = self._astring(args[0])
         if raw.endswith(mn.DELIM):
             raw = raw.rstrip(mn.DELIM)
-        name = mn.normalize(raw)
-        from pyimap.store import StoreError
-
-        try:
-            self.store.create(name)
-        except StoreError as exc:
-            self._tagged(tag, f"NO [{exc.code}] {exc}" if exc.code else f"NO {exc}")
-            return
-        self._done(tag, "CREATE completed")
+        if self._store_call(tag, self.store.create, mn.normalize(raw)):
+            self._done(tag, "CREATE completed")
 
     def cmd_delete(self, tag, args):
         self._need(args, 1, 1)
         name = self._mailbox(args[0])
-        from pyimap.store import StoreError
-
         if self.sel is not None and self.sel.name == name:
             self.sel = None
             self.state = AUTH
-        try:
-            self.store.delete(name)
-        except StoreError as exc:
-            self._tagged(tag, f"NO [{exc.code}] {exc}" if exc.code else f"NO {exc}")
-            return
-        self._done(tag, "DELETE completed")
+        if self._store_call(tag, self.store.delete, name):
+            self._done(tag, "DELETE completed")
 
     def cmd_rename(self, tag, args):
         self._need(args, 2, 2)
         old, new = self._mailbox(args[0]), self._mailbox(args[1])
-        from pyimap.store import StoreError
-
-        try:
-            self.store.rename(old, new)
-        except StoreError as exc:
-            self._tagged(tag, f"NO [{exc.code}] {exc}" if exc.code else f"NO {exc}")
+        if not self._store_call(tag, self.store.rename, old, new):
             return
         if self.sel is not None and old != "INBOX" and (self.sel.name == old or self.sel.name.startswith(old + "/")):
             self.sel.index = self.store.index(new + self.sel.name[len(old):])
             self.sel.name = new + self.sel.name[len(old):]
         self._done(tag, "RENAME completed")
 
-    def cmd_subscribe(self, tag, args):
+    def _store_call(self, tag, fn, *names) -> bool:
+        """Run a mailbox-tree change; a StoreError becomes the tagged NO (False)."""
+        from pyimap.store import StoreError
+
+        try:
+            fn(*names)
+        except StoreError as exc:
+            self._tagged(tag, f"NO [{exc.code}] {exc}" if exc.code else f"NO {exc}")
+            return False
+        return True
+
+    def cmd_subscribe(self, tag, args, subscribe=True):
         self._need(args, 1, 1)
         name = self._mailbox(args[0])
         subs = self.store.subscriptions()
-        subs.add(name)
+        if subscribe:
+            subs.add(name)
+        else:
+            subs.discard(name)
         self.store.set_subscriptions(subs)
-        self._done(tag, "SUBSCRIBE completed")
+        self._done(tag, f"{'' if subscribe else 'UN'}SUBSCRIBE completed")
 
     def cmd_unsubscribe(self, tag, args):
-        self._need(args, 1, 1)
-        name = self._mailbox(args[0])
-        subs = self.store.subscriptions()
-        subs.discard(name)
-        self.store.set_subscriptions(subs)
-        self._done(tag, "UNSUBSCRIBE completed")
+        self.cmd_subscribe(tag, args, subscribe=False)
 
     @staticmethod
     def _pattern_re(pattern: str):
