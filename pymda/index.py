@@ -402,8 +402,11 @@ class FolderIndex:
                 snap.entries[uid] = ne
                 changed = True
             by_base[e.base] = uid
-        # Unknown names: new UIDs in name order.
-        fresh = sorted(b for b in seen if b not in by_base)
+        # Unknown names: new UIDs in delivery order (the names' time stamps;
+        # their microseconds are not zero-padded, so not plain string order).
+        from pymda.maildir import arrival_key
+
+        fresh = sorted((b for b in seen if b not in by_base), key=arrival_key)
         if fresh:
             modseq += 1
         for base in fresh:

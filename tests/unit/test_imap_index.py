@@ -12,13 +12,13 @@ def put(box: Path, text=b"Subject: x\n\nbody\n"):
     return maildir.deliver(box, text, fsync=False)
 
 
-def test_uids_are_assigned_in_name_order_and_never_reused(tmp_path):
+def test_uids_are_assigned_in_delivery_order_and_never_reused(tmp_path):
     box = tmp_path / "box"
     a, b = put(box), put(box)
     idx = FolderIndex(box)
     snap = idx.sync()
     assert list(snap.entries) == [1, 2]
-    assert [e.base for e in snap.entries.values()] == sorted([a.name, b.name])
+    assert [e.base for e in snap.entries.values()] == [a.name, b.name]
     assert snap.uidnext == 3
     os.unlink(b)
     os.utime(box / "new", ns=(0, 0))  # make sure the change is noticed whatever the clock says
@@ -28,6 +28,19 @@ def test_uids_are_assigned_in_name_order_and_never_reused(tmp_path):
     snap = FolderIndex(box).sync()  # another process
     assert list(snap.entries) == [1, 3]
     assert snap.uidnext == 4
+
+
+def test_new_uids_follow_the_time_stamps_not_string_order(tmp_path):
+    """Microseconds in Maildir names are not zero-padded: M99999 comes before
+    M100000 although it sorts after it as text (a rebuilt index once numbered
+    such messages backwards)."""
+    box = tmp_path / "box"
+    maildir.ensure_maildir(box)
+    names = ["1700000000.M99999P1Q1.host", "1700000000.M100000P1Q2.host", "1700000001.M5P1Q3.host"]
+    for name in reversed(names):
+        (box / "cur" / f"{name},S=2,W=3:2,S").write_bytes(b"x\n")
+    snap = FolderIndex(box).sync()
+    assert [snap.entries[uid].base.split(",")[0] for uid in sorted(snap.entries)] == names
 
 
 def test_sizes_come_from_names_without_opening_files(tmp_path, monkeypatch):
