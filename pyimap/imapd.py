@@ -52,13 +52,10 @@ def build(cfg, service: str):
         login_timeout=cfg["imapd.login_timeout"],
         idle_poll=cfg["imapd.idle_poll"],
     )
+    from pymta.lib.daemon import per_connection
 
-    class Session(IMAPServer):
-        def connection_made(self, info):
-            self.settings = base.replace(plaintext_ok=backend.plaintext_ok(info))
-            return super().connection_made(info)
-
-    return lambda: Session(base, backend)
+    return per_connection(IMAPServer, base, backend,
+                          lambda settings, info: settings.replace(plaintext_ok=backend.plaintext_ok(info)))
 
 
 def main(argv: list[str] | None = None) -> int:

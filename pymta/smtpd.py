@@ -201,14 +201,10 @@ def build(cfg, service: str):
         data_timeout=cfg["smtpd.data_timeout"],
         require_auth=service in SUBMISSION_SERVICES,
     )
+    from pymta.lib.daemon import per_connection
 
-    class Session(SMTPServer):
-        def connection_made(self, info):
-            # Whether a password may cross this connection depends on the peer.
-            self.settings = base.replace(auth_plaintext_ok=backend.plaintext_auth_ok(info))
-            return super().connection_made(info)
-
-    return lambda: Session(base, backend)
+    return per_connection(SMTPServer, base, backend,
+                          lambda settings, info: settings.replace(auth_plaintext_ok=backend.plaintext_auth_ok(info)))
 
 
 def main(argv: list[str] | None = None) -> int:

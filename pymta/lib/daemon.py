@@ -104,6 +104,19 @@ def main(argv, *, prog: str, description: str, service: str, tls_service: str, b
                processes_key=f"{section}.processes")
 
 
+def per_connection(server_class, settings, backend, adjust):
+    """A session factory for ``build()``: each connection's server gets
+    ``adjust(settings, info)`` as its settings -- what depends on the peer,
+    such as whether a password may cross without TLS."""
+
+    class Session(server_class):
+        def connection_made(self, info):
+            self.settings = adjust(settings, info)
+            return super().connection_made(info)
+
+    return lambda: Session(settings, backend)
+
+
 def tls_loader(cfg):
     """A function returning the server SSLContext, or None when no cert is configured.
 
