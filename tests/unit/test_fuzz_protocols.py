@@ -121,33 +121,48 @@ class SMTPBackend:
         return NullSink()
 
 
-class SMTPRun:
-    """Runs the SMTP machine like the drivers do, minus the socket; Jobs run inline."""
+class MachineRun:
+    """Runs a protocol machine like the drivers do, minus the socket: Jobs run
+    inline, streams are read to the end, STARTTLS "succeeds" (the rest of that
+    read was plaintext)."""
 
-    def __init__(self, **kw) -> None:
-        self.m = SMTPServer(SMTPSettings("mx.example.org", auth_plaintext_ok=True, **kw), SMTPBackend())
+    peer = "192.0.2.9"
+
+    def __init__(self, machine) -> None:
+        self.m = machine
         self.out = bytearray()
         self.closed = self.tls = False
-        self._run(self.m.connection_made(ConnectionInfo(peer_ip="192.0.2.9", tls_available=True)))
+        self._run(self.m.connection_made(ConnectionInfo(peer_ip=self.peer, tls_available=True)))
 
     def _run(self, actions) -> None:
-        for action in actions:
-            if isinstance(action, bytes):
+        pending = list(actions)
+        while pending:
+            a = pending.pop(0)
+            if isinstance(a, bytes):
                 assert not self.closed, "bytes after CLOSE"
-                self.out += action
-            elif isinstance(action, Job):
-                self._run(self.m.job_done(action.run()))
-            elif action is STARTTLS:  # the handshake "succeeds"; the rest of this read was plaintext
+                self.out += a
+            elif isinstance(a, Stream):
+                for chunk in a.chunks:
+                    assert isinstance(chunk, bytes)
+                    self.out += chunk
+            elif isinstance(a, Job):
+                pending[:0] = self.m.job_done(a.run())
+            elif a is STARTTLS:
                 self.tls = True
-                self._run(self.m.tls_started(ConnectionInfo(peer_ip="192.0.2.9", tls=True, tls_available=True)))
-            elif action is CLOSE:
+                pending[:0] = self.m.tls_started(ConnectionInfo(peer_ip=self.peer, tls=True, tls_available=True))
+            elif a is CLOSE:
                 self.closed = True
             else:
-                raise AssertionError(f"unknown action {action!r}")
+                raise AssertionError(f"unknown action {a!r}")
 
     def feed(self, data: bytes) -> None:
         if data and not self.closed:  # b"" would be EOF
             self._run(self.m.data_received(data))
+
+
+class SMTPRun(MachineRun):
+    def __init__(self, **kw) -> None:
+        super().__init__(SMTPServer(SMTPSettings("mx.example.org", auth_plaintext_ok=True, **kw), SMTPBackend()))
 
 
 SMTP_REPLY_LINE = re.compile(rb"^[2345]\d\d[ -][\x20-\x7e]*$")
@@ -409,34 +424,11 @@ class POP3Backend:
         return LoginResult("auth")
 
 
-class POP3Run:
+class POP3Run(MachineRun):
+    peer = "192.0.2.1"
+
     def __init__(self) -> None:
-        self.m = POP3Server(POP3Backend())
-        self.out = bytearray()
-        self.closed = False
-        self._run(self.m.connection_made(ConnectionInfo(peer_ip="192.0.2.1", tls_available=True)))
-
-    def _run(self, actions) -> None:
-        for a in actions:
-            if isinstance(a, bytes):
-                assert not self.closed, "bytes after CLOSE"
-                self.out += a
-            elif isinstance(a, Stream):
-                for chunk in a.chunks:
-                    assert isinstance(chunk, bytes)
-                    self.out += chunk
-            elif isinstance(a, Job):
-                self._run(self.m.job_done(a.run()))
-            elif a is STARTTLS:
-                self._run(self.m.tls_started(ConnectionInfo(peer_ip="192.0.2.1", tls=True)))
-            elif a is CLOSE:
-                self.closed = True
-            else:
-                raise AssertionError(a)
-
-    def feed(self, data: bytes) -> None:
-        if data and not self.closed:  # b"" would be EOF
-            self._run(self.m.data_received(data))
+        super().__init__(POP3Server(POP3Backend()))
 
 
 POP3_STATES = {
@@ -802,35 +794,12 @@ def imap_template(scratch):
     return root
 
 
-class IMAPRun:
+class IMAPRun(MachineRun):
+    peer = "127.0.0.1"
+
     def __init__(self, root: Path) -> None:
-        self.m = IMAPServer(IMAPSettings(plaintext_ok=True, max_line=8192, max_literal=100000,
-                                         max_mem_literal=4096), IMAPBackend(root))
-        self.out = bytearray()
-        self.closed = False
-        self._run(self.m.connection_made(ConnectionInfo(peer_ip="127.0.0.1", tls_available=True)))
-
-    def _run(self, actions) -> None:
-        pending = list(actions)
-        while pending:
-            a = pending.pop(0)
-            if isinstance(a, bytes):
-                self.out += a
-            elif isinstance(a, Stream):
-                for chunk in a.chunks:
-                    self.out += chunk
-            elif isinstance(a, Job):
-                pending = list(self.m.job_done(a.run())) + pending
-            elif a is STARTTLS:
-                pending = list(self.m.tls_started(ConnectionInfo(peer_ip="127.0.0.1", tls=True))) + pending
-            elif a is CLOSE:
-                self.closed = True
-            else:
-                raise AssertionError(a)
-
-    def feed(self, data: bytes) -> None:
-        if data and not self.closed:  # b"" would be EOF
-            self._run(self.m.data_received(data))
+        super().__init__(IMAPServer(IMAPSettings(plaintext_ok=True, max_line=8192, max_literal=100000,
+                                                 max_mem_literal=4096), IMAPBackend(root)))
 
 
 IMAP_STATES = {
