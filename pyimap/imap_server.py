@@ -19,10 +19,10 @@ import re
 import time
 
 from pyimap import mailbox_names as mn
-from pyimap.parser import (COMMAND, CONTINUE, ERROR, FATAL, Atom, Literal, ParseError, Reader, expand, parse_sequence_set,
+from pyimap.parser import (CONTINUE, ERROR, FATAL, Atom, Literal, ParseError, Reader, expand, parse_sequence_set,
                            quote, tokenize, is_number)
 from pymta.lib.record import Record
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, catching
 
 NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
 
@@ -637,7 +637,7 @@ class IMAPServer(Protocol):
 
         self.waiting = True
         self._job_then = then
-        self.out.append(Job(_exception_as_result, self.backend.authenticate, self.info, user, password))
+        self.out.append(Job(catching, self.backend.authenticate, self.info, user, password))
 
     # -- authenticated ----------------------------------------------------------------
 
@@ -1443,11 +1443,3 @@ def _namespace(self, tag, args):
 
 
 IMAPServer.cmd_namespace = _namespace
-
-
-def _exception_as_result(fn, *args):
-    """Run a Job whose failure the session must answer (NO [UNAVAILABLE]), not the driver."""
-    try:
-        return fn(*args)
-    except Exception as exc:
-        return exc

@@ -33,7 +33,7 @@ from collections import namedtuple
 
 from pymta.lib import log
 from pymta.lib.linereader import LineReader
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream, catching
 
 MAX_COMMAND_LINE = 255  # RFC 2449 4: octets per command line, CRLF included
 MAX_AUTH_LINE = 8192  # SASL continuation lines are not commands (RFC 5034 4)
@@ -353,9 +353,11 @@ class POP3Server(LineReader, Protocol):
 
     def _start_login(self, job: Job) -> None:
         self._job = "login"
-        self._marker(Job(_guarded, job.fn, *job.args))
+        self._marker(Job(catching, job.fn, *job.args))
 
     def _login_done(self, result) -> None:
+        if isinstance(result, Exception):  # the users file is missing or unreadable: -ERR [SYS/TEMP]
+            log.error(f"login failed: {type(result).__name__}: {result}")
         if not isinstance(result, LoginResult):
             result = LoginResult("temp")
         if result.status == "ok":
@@ -628,16 +630,3 @@ def _text(raw: bytes) -> str:
 
 def _is_hex(raw: bytes) -> bool:
     return all(c in b"0123456789abcdefABCDEF" for c in raw)
-
-
-def _guarded(fn, *args):
-    """Run a login Job; an exception (the users file is missing or unreadable)
-    becomes None, which _login_done answers -ERR [SYS/TEMP] -- never a dropped
-    connection."""
-    try:
-        return fn(*args)
-    except Exception as exc:
-        from pymta.lib import log  # only on the error path
-
-        log.error(f"login failed: {type(exc).__name__}: {exc}")
-        return None

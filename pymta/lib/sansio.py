@@ -57,6 +57,15 @@ class Job:
         return f"Job({getattr(self.fn, '__name__', self.fn)!r})"
 
 
+def catching(fn, *args):
+    """For a Job whose failure the session must answer itself (say the users
+    file is unreadable at login), not the driver: fn's result, or the exception."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
 class Stream:
     __slots__ = ("chunks",)
 
