@@ -574,10 +574,7 @@ class FolderIndex:
                 ne.flags, ne.kw = flags, kw
                 if flags != e.flags or e.sub == "new":
                     ne.sub = "cur"
-                    try:
-                        os.rename(self.path / e.relpath(), self.path / ne.relpath())
-                    except FileNotFoundError:
-                        del snap.entries[uid]
+                    if not self._rename_file(snap, uid, e, ne):
                         continue
                 bump += 1
                 ne.modseq = bump
@@ -587,6 +584,16 @@ class FolderIndex:
             return done
 
         return self._mutate(do, fsync=False)[1]
+
+    def _rename_file(self, snap: Snapshot, uid: int, e: Entry, ne: Entry) -> bool:
+        """Give message ``uid`` the file name of ``ne``; False (and the entry
+        dropped) when another process expunged it meanwhile."""
+        try:
+            os.rename(self.path / e.relpath(), self.path / ne.relpath())
+        except FileNotFoundError:
+            del snap.entries[uid]
+            return False
+        return True
 
     def to_cur(self, uids) -> dict:
         """Move messages from new/ to cur/ (an IMAP session saw them as \\Recent)."""
@@ -599,10 +606,7 @@ class FolderIndex:
                     continue
                 ne = e.copy()
                 ne.sub = "cur"
-                try:
-                    os.rename(self.path / e.relpath(), self.path / ne.relpath())
-                except FileNotFoundError:
-                    del snap.entries[uid]
+                if not self._rename_file(snap, uid, e, ne):
                     continue
                 snap.entries[uid] = ne
                 done[uid] = ne
