@@ -158,6 +158,7 @@ class Harness:
         self.stop_kill = threading.Event()
         self.lock = threading.Lock()
         self.controller = None
+        self.drain_notes: list[str] = []
 
     # -- config and daemons ---------------------------------------------------------
     def write_config(self, mode: str) -> None:
@@ -461,6 +462,7 @@ class Harness:
         queue = Queue(self.root / "queue")
         deadline = time.time() + timeout
         left = queue.all_entries()
+        proc = None
         while time.time() < deadline:
             subprocess.run([sys.executable, "-m", "pymta.cli", "queue", "flush"], env=env, capture_output=True,
                            timeout=60)
@@ -472,7 +474,18 @@ class Harness:
             if not left:
                 break
             time.sleep(0.2)
+        if left:  # say why: the runner's last words and whether the relay sink still answers
+            last = proc.stderr[-1500:].decode(errors="replace") if proc is not None else "(not run)"
+            self.drain_notes.append(f"last qrunner --once stderr: {last!r}")
+            self.drain_notes.append(f"relay sink: {self.probe_sink()}")
         return left
+
+    def probe_sink(self) -> str:
+        try:
+            with smtplib.SMTP("127.0.0.1", self.sink_port, timeout=5) as smtp:
+                return f"EHLO answered {smtp.ehlo('probe.invalid')[0]}, {len(self.sink.received)} messages received"
+        except (OSError, smtplib.SMTPException) as exc:
+            return f"does not answer: {exc!r}"
 
     def stop(self) -> None:
         for proc in self.parents.values():  # a parent stops its own workers
@@ -599,6 +612,7 @@ class Result:
         self.tracebacks = h.log_tracebacks()
         self.client_errors = dict(h.client_errors)
         self.peeks = h.peeks
+        self.drain_notes = list(h.drain_notes)
 
     @property
     def ok(self) -> bool:
@@ -618,6 +632,7 @@ class Result:
             lines.append("client errors: " + ", ".join(f"{k}={v}" for k, v in sorted(self.client_errors.items())))
         for p in self.problems:
             lines.append(f"problem: {p}")
+        lines += [f"drain: {n}" for n in self.drain_notes]
         for t in self.tracebacks[:5]:
             lines.append(f"traceback in log: {t}")
         lines.append(("OK" if self.ok else "FAILED") + f" (seed {self.seed})")

@@ -376,6 +376,14 @@ def _check_index(folder: Path, report: Report) -> None:
         report.unreadable.append((str(folder / INDEX_NAME), f"sync failed: {type(exc).__name__}: {exc}"))
 
 
+def _state_note(queue, queue_id: str) -> str:
+    """Why an entry is still queued: each recipient's status, attempts and last reason."""
+    state = queue.read_state(queue_id) or {}
+    rcpts = state.get("rcpts") or []
+    return "".join(f" [{r.get('to')}: {r.get('status')} x{r.get('attempts')} {r.get('reason', '')!r}]"
+                   for r in rcpts if isinstance(r, dict)) or " [no state]"
+
+
 def _check_queue(queue_dir: Path, report: Report) -> None:
     from pymta.queue import CorruptEntry, Queue
 
@@ -392,7 +400,7 @@ def _check_queue(queue_dir: Path, report: Report) -> None:
             token, problem = check_message(entry.read_message())
         if problem:
             report.corrupted.append((token, str(path), "queued copy: " + problem))
-        report.queue_left.append(f"{where}/{path.name}")
+        report.queue_left.append(f"{where}/{path.name}{_state_note(queue, path.name)}")
     corrupt = queue_dir / "corrupt"
     for name in (os.listdir(corrupt) if corrupt.is_dir() else []):
         report.unreadable.append((str(corrupt / name), "quarantined by the runner"))
