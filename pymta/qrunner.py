@@ -116,9 +116,13 @@ class Runner:
         env = entry.envelope
         qid = env.queue_id
         state = self.queue.read_state(qid)
-        if state is None:
+        fresh = state is None
+        if fresh:
             state = self.initial_state(entry)
             log.info(f"from=<{env.sender}>, size={entry.size}, nrcpt={len(state['rcpts'])} (queue active)", qid)
+            if self.queue.attempted(entry):  # a runner died during the first attempt
+                for rcpt in state["rcpts"]:
+                    rcpt["dup"] = True
         else:
             self.reexpand_deferred_aliases(state)
         todo = []
@@ -132,7 +136,10 @@ class Runner:
             for rcpt in todo:
                 rcpt["status"] = ATTEMPTING
                 rcpt["attempts"] += 1
-            self.queue.write_state(qid, state, durable=False)
+            # A crash from here on may repeat a delivery: say so on the entry
+            # (the state file is written only when something is left to do).
+            if not (fresh and self.queue.mark_attempt(entry)):
+                self.queue.write_state(qid, state, durable=False)
             remote = [r for r in todo if r["kind"] == "address" and not self.is_local(r["to"])]
             for rcpt in todo:
                 if not (rcpt["kind"] == "address" and not self.is_local(rcpt["to"])):

@@ -46,6 +46,9 @@ class QueueError(Exception):
         self.errno = errno
 
 
+ATTEMPT_XATTR = "user.pymail.attempt"
+
+
 def make_queue_id() -> str:
     """Sortable (time first) and unique enough; O_EXCL settles collisions."""
     us = time.time_ns() // 1000
@@ -104,6 +107,12 @@ class Queue:
         self.path = Path(path)
         self._wake = None  # datagram socket, made on first wake()
         self._wake_path = str(self.path / "wake.sock")
+        # Plain strings and a kept descriptor of new/ for the commit path: it
+        # runs in many threads at once, and every bit of Python (pathlib) or
+        # extra syscall between its fsyncs is a GIL hand-over that slows all.
+        self._tmp_dir = str(self.path / "tmp")
+        self._new_dir = str(self.path / "new")
+        self._new_fd = -1
 
     # -- setup ---------------------------------------------------------------
     def create(self) -> None:
@@ -130,6 +139,18 @@ class Queue:
         except BaseException:
             writer.abort()
             raise
+
+    def sync_new(self) -> None:
+        """fsync new/ (a rename into it is durable after this), on a descriptor kept open."""
+        fd = self._new_fd
+        if fd < 0:
+            fd = os.open(self._new_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if self._new_fd < 0:
+                self._new_fd = fd
+            else:  # another thread was first: use its descriptor
+                os.close(fd)
+                fd = self._new_fd
+        os.fsync(fd)
 
     def wake(self, queue_id: str = "") -> None:
         """Tell a running qrunner there is work; silent if none listens.
@@ -271,6 +292,28 @@ class Queue:
         if durable:
             fsync_dir(path.parent)
 
+    def mark_attempt(self, entry: "Entry") -> bool:
+        """Note on the entry itself that a first delivery attempt has begun.
+
+        An extended attribute, not a state file: a state file is one more
+        inode made and unlinked per message, and on ext4 a stream of freshly
+        unlinked inodes makes every file creation slower (the allocator
+        steps over recently deleted inodes).  False where the file system
+        has no user xattrs; the caller then writes the state file."""
+        try:
+            os.setxattr(entry.fh.fileno(), ATTEMPT_XATTR, b"1")
+            return True
+        except (OSError, AttributeError):
+            return False
+
+    def attempted(self, entry: "Entry") -> bool:
+        """Whether mark_attempt() was done on this entry (by a runner that then died)."""
+        try:
+            os.getxattr(entry.fh.fileno(), ATTEMPT_XATTR)
+            return True
+        except (OSError, AttributeError):
+            return False
+
     def remove(self, entry: "Entry") -> None:
         """Delivery finished for every recipient: the entry goes away.
 
@@ -362,7 +405,8 @@ class QueueWriter:
         self.fd = -1
         self._created = False  # tmp/ID exists: abort() must remove it (also after its fd is closed)
         self.queue_id = make_queue_id()
-        self.tmp = queue.path / "tmp" / self.queue_id
+        self.tmp = f"{queue._tmp_dir}/{self.queue_id}"
+        self.final = f"{queue._new_dir}/{self.queue_id}"
         self.envelope = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
         # The file is created on the first flush, usually inside commit(): in
         # smtpd that runs in a worker thread, so no session waits on a file
@@ -411,9 +455,8 @@ class QueueWriter:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            final = self.queue.path / "new" / self.queue_id
-            os.rename(self.tmp, final)
-            fsync_dir(final.parent)
+            os.rename(self.tmp, self.final)
+            self.queue.sync_new()
         except QueueError:
             raise
         except OSError as exc:

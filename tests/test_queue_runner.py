@@ -9,6 +9,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from pymta.queue import Queue
 
 
@@ -140,6 +142,25 @@ def test_qrunner_killed_during_delivery_loses_nothing(mailsys):
     assert logged >= len(duplicated)
     # Only tmp/ may hold a file the killed runner was writing; it is never read.
     assert not [p for p in mailsys.queue_files() if p.parent.name != "tmp"]
+
+
+def test_a_first_attempt_is_marked_on_the_entry_not_in_a_state_file(mailsys):
+    """A runner that dies during a first attempt leaves its mark on the entry
+    (an xattr: no state file is made and unlinked per message); the next
+    runner delivers and logs the possible duplicate."""
+    q = Queue(mailsys.root / "queue")
+    qid = q.enqueue("carol@remote.example", ["alice@example.test"], message(1))
+    with q.open_entry(q.path / "new" / qid) as entry:
+        assert not q.attempted(entry)
+        if not q.mark_attempt(entry):
+            pytest.skip("this file system has no user extended attributes (the runner writes a state file)")
+        assert q.attempted(entry)
+    assert not q.state_path(qid).exists()
+    run = mailsys.run("pymta.qrunner", "--once")
+    assert run.returncode == 0, run.stderr
+    assert "possible duplicate after a crash" in run.stderr.decode()
+    assert delivered_subjects(mailsys) == ["test 1"]
+    assert not mailsys.queue_files() or all(p.parent.name == "tmp" for p in mailsys.queue_files())
 
 
 def test_pymda_deliver_exit_codes(mailsys):
