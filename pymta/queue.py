@@ -20,6 +20,13 @@ The file moves between states by ``rename`` and is never rewritten; only
 either the old or the new state, never a torn one.  A runner holds
 ``flock`` on the open message file while it works on it: two runners never
 deliver the same entry, and a killed runner's lock vanishes with it.
+
+A first delivery attempt is noted on the message file itself, as the
+extended attribute ``user.pymail.attempt``, instead of a state file: most
+messages are delivered at the first try, and a state file made and
+unlinked per message costs an inode each (see ``mark_attempt``).  A runner
+that finds the mark with no state file knows a predecessor died mid-way
+and logs any delivery as a possible duplicate.
 """
 
 from __future__ import annotations

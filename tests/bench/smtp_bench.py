@@ -4,6 +4,7 @@
 
     python3 tests/bench/smtp_bench.py [-n 5000] [-c 20] [--size 1024]
                                       [--modes listen,inetd,bare] [--inetd-n 500] [--keep]
+                                      [--repeat R] [--settle S]
 
 For each mode it builds a throwaway pymail tree, starts the daemons, loads
 them with Postfix's ``smtp-source`` (one connection per message: no ``-d``)
@@ -30,6 +31,14 @@ message is printed too (from /proc; it is less at the mercy of other load on
 the machine than the rates are).  ``--profile`` runs the listening smtpd under
 cProfile (main thread only), then drains the queue with ``qrunner --once``
 under cProfile, and prints the top entries of both.
+
+Each run first prints what creating a file costs right now.  This
+machine's root is ext4 without a journal, whose inode allocator steps over
+every inode freed in the last one to five minutes: after a test suite (or
+a previous run's clean-up) deleted thousands of files, each creation costs
+10 to 30 times more, and so does every message.  ``--settle S`` syncs and
+waits (up to S seconds) before each run until creating is cheap again, so
+that repeated runs start alike.
 """
 
 from __future__ import annotations
@@ -306,6 +315,31 @@ def wait_delivery(tree: Tree, n: int, t0: float, stall: float, procs: Procs) -> 
         time.sleep(0.02)
 
 
+def creation_cost(workdir: Path) -> float:
+    """Microseconds to create one empty file under ``workdir`` now (200 files, kept till the end).
+
+    On ext4 without a journal (this machine's root) the inode allocator
+    steps over every inode freed in the last 1 to 5 minutes, so a creation
+    can cost 20 us on a quiet file system and 500 us after a test run that
+    deleted thousands of files: the single largest source of noise here."""
+    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=workdir))
+    t0 = time.perf_counter()
+    for i in range(200):
+        os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return (time.perf_counter() - t0) / 200 * 1e6
+
+
+def settle(workdir: Path, limit: float, target: float = 60.0) -> float:
+    """Flush the file system and wait (up to ``limit`` seconds) until a file creation costs under ``target`` us."""
+    deadline = time.time() + limit
+    while True:
+        os.sync()
+        cost = creation_cost(workdir)
+        if cost <= target or time.time() >= deadline:
+            return cost
+        time.sleep(min(10.0, max(0.0, deadline - time.time())))
+
+
 def load_average() -> float:
     try:
         return os.getloadavg()[0]
@@ -466,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="run the modes R times, interleaved, and report the best run of each: the rates "
                              "suffer from whatever else the machine is doing (default 1)")
+    parser.add_argument("--settle", type=float, default=0.0, metavar="S",
+                        help="before each run, sync and wait up to S seconds until creating a file is cheap "
+                             "again (under 60 us): see the 'file creation' figure each run prints (default 0)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary trees and logs")
     args = parser.parse_args(argv)
     os.environ["SMTPD_PROCESSES"] = str(args.processes)  # read where the tree is made
@@ -491,8 +528,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"'{' '.join(python)} -c pass': {startup * 1000:.1f} ms (average of 20)")
         for run, mode in ((r, m) for r in range(max(1, args.repeat)) for m in modes):
             n = args.n if mode == "listen" else args.inetd_n
-            print(f"[{mode}] {n} messages, {args.concurrency} sessions (load average {load_average():.1f}) ...",
-                  flush=True)
+            cost = settle(workdir, args.settle) if args.settle > 0 else creation_cost(workdir)
+            print(f"[{mode}] {n} messages, {args.concurrency} sessions (load average {load_average():.1f}, "
+                  f"file creation {cost:.0f} us) ...", flush=True)
             try:
                 res = bench(mode, n, args, workdir, smtp_source, run)
             except Failure as exc:  # this mode could not run; go on with the others

@@ -215,17 +215,47 @@ def test_pipelining_in_order_across_login_job(maildir, bytewise):
 
 
 def test_many_pipelined_retrs_are_batched(maildir):
+    """Small messages are answered at once (one read, no Stream), large ones
+    are streamed; either way a pipelined batch stops at BATCH_STREAMS streams
+    or BATCH_OUTPUT octets and lets the driver drain (a Job) before going on."""
     for i in range(100):
         deliver(maildir, b"message %d\n" % i)
     drv = Driver(FakeBackend(maildir))
     login(drv)
     actions = drv.server.data_received(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(100)))
-    streams = [a for a in actions if isinstance(a, Stream)]
-    assert len(streams) == pop3_server.BATCH_STREAMS and isinstance(actions[-1], Job)
+    assert not [a for a in actions if isinstance(a, Stream)] and not isinstance(actions[-1], Job)
     drv.out.clear()
     drv.run(actions)
     assert drv.out.count(b"+OK") == 100
     assert drv.out.endswith(b"+OK 12 octets\r\nmessage 99\r\n.\r\n")
+
+
+def test_pipelined_retrs_of_large_messages_are_batched(maildir):
+    big = b"x" * (pop3_server.SMALL + 10) + b"\n"
+    for _ in range(40):
+        deliver(maildir, big)
+    drv = Driver(FakeBackend(maildir))
+    login(drv)
+    actions = drv.server.data_received(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(40)))
+    streams = [a for a in actions if isinstance(a, Stream)]
+    assert len(streams) == pop3_server.BATCH_STREAMS and isinstance(actions[-1], Job)
+    drv.out.clear()
+    drv.run(actions)
+    assert drv.out.count(b"\r\n.\r\n") == 40
+
+
+def test_pipelined_small_retrs_stop_at_the_output_bound(maildir):
+    text = (b"y" * 99 + b"\n") * 600  # 60,000 octets: small, one read each
+    for _ in range(20):
+        deliver(maildir, text)
+    drv = Driver(FakeBackend(maildir))
+    login(drv)
+    actions = drv.server.data_received(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(20)))
+    queued = sum(len(a) for a in actions if isinstance(a, (bytes, bytearray)))
+    assert isinstance(actions[-1], Job) and queued <= pop3_server.BATCH_OUTPUT + len(text) * 2
+    drv.out.clear()
+    drv.run(actions)
+    assert drv.out.count(b"+OK 60600 octets\r\n") == 20
 
 
 def test_eof_and_timeout_delete_nothing(maildir):
