@@ -387,3 +387,43 @@ def test_unreadable_file_is_a_temporary_failure_and_not_rewritten(ufile, monkeyp
         ufile.add("b@x.test", "pw", rounds=4)  # never rewrite what could not be read
     monkeypatch.undo()
     assert ufile.path.read_bytes() == before
+
+
+# -- the system's libxcrypt and passlib agree -------------------------------------------
+
+def _crypt_hashes():
+    import passlib.hash
+
+    return [
+        ("BLF-CRYPT", passlib.hash.bcrypt.using(rounds=4, ident="2b").hash("s3cret")),
+        ("BLF-CRYPT", passlib.hash.bcrypt.using(rounds=4, ident="2y").hash("s3cret")),
+        ("SHA512-CRYPT", passlib.hash.sha512_crypt.using(rounds=5000).hash("s3cret")),
+        ("SHA256-CRYPT", passlib.hash.sha256_crypt.using(rounds=5000).hash("s3cret")),
+    ]
+
+
+@pytest.mark.parametrize("scheme,body", _crypt_hashes())
+def test_system_crypt_and_passlib_give_the_same_verdicts(scheme, body, monkeypatch):
+    if users_mod._crypt_rn() is None:
+        pytest.skip("no libxcrypt crypt_rn on this system")
+    assert users_mod._system_crypt_verify(body, b"s3cret") is True  # the system's crypt did answer
+    assert users_mod._system_crypt_verify(body, b"s3cre") is False
+    with_system = [verify_hash(f"{{{scheme}}}{body}", pw) for pw in ("s3cret", "s3cre", "s3cret ")]
+    monkeypatch.setattr(users_mod, "_crypt_rn", lambda: None)  # passlib only
+    assert [verify_hash(f"{{{scheme}}}{body}", pw) for pw in ("s3cret", "s3cre", "s3cret ")] == with_system
+    assert with_system == [True, False, False]
+
+
+def test_system_crypt_truncates_bcrypt_like_passlib():
+    if users_mod._crypt_rn() is None:
+        pytest.skip("no libxcrypt crypt_rn on this system")
+    stored = hash_password("x" * 72, rounds=4)
+    assert verify_hash(stored, "x" * 72 + "anything after 72 octets")
+    assert not verify_hash(stored, "x" * 71)
+
+
+def test_a_hash_the_system_crypt_refuses_goes_to_passlib(capsys):
+    # crypt_rn fails on a malformed setting; passlib then names the problem
+    assert users_mod._system_crypt_verify("$2b$10$short", b"x") is None
+    assert verify_hash("{BLF-CRYPT}$2b$10$short", "x") is False
+    assert "malformed password hash" in capsys.readouterr().err
