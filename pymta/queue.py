@@ -114,12 +114,11 @@ class Queue:
         self.path = Path(path)
         self._wake = None  # datagram socket, made on first wake()
         self._wake_path = str(self.path / "wake.sock")
-        # Plain strings and a kept descriptor of new/ for the commit path: it
-        # runs in many threads at once, and every bit of Python (pathlib) or
-        # extra syscall between its fsyncs is a GIL hand-over that slows all.
+        # Plain strings for the commit path: it runs in many threads at once,
+        # and Python work between its system calls (pathlib) is paid in GIL
+        # hand-overs by every thread.
         self._tmp_dir = str(self.path / "tmp")
         self._new_dir = str(self.path / "new")
-        self._new_fd = -1
 
     # -- setup ---------------------------------------------------------------
     def create(self) -> None:
@@ -148,16 +147,8 @@ class Queue:
             raise
 
     def sync_new(self) -> None:
-        """fsync new/ (a rename into it is durable after this), on a descriptor kept open."""
-        fd = self._new_fd
-        if fd < 0:
-            fd = os.open(self._new_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            if self._new_fd < 0:
-                self._new_fd = fd
-            else:  # another thread was first: use its descriptor
-                os.close(fd)
-                fd = self._new_fd
-        os.fsync(fd)
+        """fsync new/: a rename into it is durable after this."""
+        fsync_dir(self._new_dir)
 
     def wake(self, queue_id: str = "") -> None:
         """Tell a running qrunner there is work; silent if none listens.
