@@ -190,3 +190,16 @@ def test_pymta_queue_usage_and_size_limit(make_mailsys):
     assert big.returncode == 65
     assert not list((system.root / "queue" / "new").iterdir())
     assert not list((system.root / "queue" / "tmp").iterdir())  # the partial file is gone too
+
+
+def test_queue_objects_hold_no_descriptor_after_a_commit(tmp_path):
+    """A Queue keeps nothing open per object: a process (or a test run) that
+    makes many of them must not run out of descriptors."""
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(50):
+        q = Queue(tmp_path / f"q{n}")
+        q.create()
+        q.enqueue("a@b.example", ["alice@example.test"], b"Subject: x\n\nbody\n")
+        if q._wake is not None:  # the wake-up socket is the one thing a Queue keeps, closed with it
+            q._wake.close()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
