@@ -7,8 +7,9 @@
 
 A pymail tree (``tests/conftest.py``'s ``MailSystem``) runs smtpd, pop3d
 and imapd (pre-forked, 2 processes each) and a qrunner, relaying the
-domain ``relay.test`` to an aiosmtpd sink in this process (which refuses
-``reject*`` recipients with 550 and answers 451 now and then).  Client
+domain ``relay.test`` to an aiosmtpd sink in a process of its own
+(``relay_sink.py``: it refuses ``reject*`` recipients with 550 and answers
+451 now and then).  Client
 threads send SMTP (local and relayed), run sendmail and pymta-queue (the
 queue door; some to an unknown local user, which bounces), APPEND over
 IMAP, RETR+DELE+QUIT over POP3 and FETCH/EXPUNGE/MOVE over IMAP.  One user
@@ -51,6 +52,7 @@ for p in (str(REPO), str(HERE), str(REPO / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import relay_sink
 from ledger import Ledger, crlf, make_message, peek
 
 DOMAIN = "example.test"
@@ -62,31 +64,6 @@ TIMEOUT = 15.0
 DAEMONS = (("smtpd", "pymta.smtpd"), ("pop3d", "pypop.pop3d"), ("imapd", "pyimap.imapd"))
 MODULE_KIND = {"pymta.qrunner": "qrunner", "pymda.deliver": "deliver", "pymta.queue_cmd": "queue-door",
                "pymta.sendmail": "sendmail"}
-
-
-# -- the relay sink --------------------------------------------------------------------
-
-
-class Sink:
-    """aiosmtpd handler: keeps what it accepts; 550 for reject*, 451 now and then."""
-
-    def __init__(self, seed: int) -> None:
-        self.received: list[tuple[list[str], bytes]] = []
-        self.rng = random.Random(seed ^ 0x51AC)
-        self.lock = threading.Lock()
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.lower().startswith("reject"):
-            return f"550 5.1.1 <{address}>: Recipient address rejected"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.lock:
-            if self.rng.random() < 0.05:
-                return "451 4.3.0 try again later"
-            self.received.append((list(envelope.rcpt_tos), bytes(envelope.content)))
-        return "250 2.0.0 OK"
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -132,8 +109,9 @@ class Harness:
         self.nclients = clients
         self.env = env_with_repo()
         self.rng = random.Random(seed)
-        self.sink = Sink(seed)
+        self.sink_dir = root / "sink"
         self.sink_port = free_port()
+        self.sink: subprocess.Popen | None = None
         self.mode = "exec"
         self.base_config = ""
         self.sys = MailSystem(root, tls_files, "")
@@ -157,7 +135,6 @@ class Harness:
         self.stop_load = threading.Event()
         self.stop_kill = threading.Event()
         self.lock = threading.Lock()
-        self.controller = None
         self.drain_notes: list[str] = []
 
     # -- config and daemons ---------------------------------------------------------
@@ -433,10 +410,12 @@ class Harness:
 
     # -- the run ------------------------------------------------------------------------------------
     def start(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.sink_port)
-        self.controller.start()
+        with open(self.logs / "sink.log", "ab") as err:
+            self.sink = subprocess.Popen([sys.executable, str(HERE / "relay_sink.py"), str(self.sink_port),
+                                          str(self.sink_dir), str(self.seed)], env=self.env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err)
+        if self.sink.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the relay sink did not start: {(self.logs / 'sink.log').read_text()[-500:]}")
         self.write_config("exec")
         for name, module in DAEMONS:
             self.start_daemon(name, module)
@@ -483,7 +462,8 @@ class Harness:
     def probe_sink(self) -> str:
         try:
             with smtplib.SMTP("127.0.0.1", self.sink_port, timeout=5) as smtp:
-                return f"EHLO answered {smtp.ehlo('probe.invalid')[0]}, {len(self.sink.received)} messages received"
+                return (f"EHLO answered {smtp.ehlo('probe.invalid')[0]}, "
+                        f"{len(relay_sink.received(self.sink_dir))} messages received")
         except (OSError, smtplib.SMTPException) as exc:
             return f"does not answer: {exc!r}"
 
@@ -506,9 +486,15 @@ class Harness:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
+        if self.sink is not None:
+            self.sink.stdin.close()  # its signal to stop
+            try:
+                self.sink.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.sink.kill()
+                self.sink.wait()
+            self.sink.stdout.close()
+            self.sink = None
 
     def check_daemons_answer(self) -> None:
         for name, greeting in (("smtpd", b"220 "), ("pop3d", b"+OK"), ("imapd", b"* OK")):
@@ -596,7 +582,7 @@ class Harness:
         left = self.drain()
         self.check_mailboxes()
         self.stop()
-        report = self.ledger.scan(self.root / "mail", self.sink.received, self.root / "queue")
+        report = self.ledger.scan(self.root / "mail", relay_sink.received(self.sink_dir), self.root / "queue")
         return Result(self, report, left, time.time() - started)
 
 
