@@ -13,7 +13,8 @@ Hashes are made with passlib (bcrypt) and checked for every scheme Dovecot
 writes.  bcrypt and SHA-crypt hashes are checked with the system's
 libxcrypt (``crypt_rn``, through ctypes) when it is there -- the same code
 Dovecot checks them with, and faster than passlib's backends; passlib checks
-everything else and is the fallback.  Neither is imported until a hash is
+everything else and is the fallback (the only checker when the environment
+sets ``PYMAIL_NO_SYSTEM_CRYPT``).  Neither is imported until a hash is
 actually made or checked: under inetd every connection pays a daemon's
 import time.
 """

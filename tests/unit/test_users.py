@@ -427,3 +427,8 @@ def test_a_hash_the_system_crypt_refuses_goes_to_passlib(capsys):
     assert users_mod._system_crypt_verify("$2b$10$short", b"x") is None
     assert verify_hash("{BLF-CRYPT}$2b$10$short", "x") is False
     assert "malformed password hash" in capsys.readouterr().err
+
+
+def test_system_crypt_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("PYMAIL_NO_SYSTEM_CRYPT", "1")
+    assert users_mod._crypt_rn.__wrapped__() is None
