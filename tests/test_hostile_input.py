@@ -650,24 +650,31 @@ def test_malformed_tls_on_the_implicit_tls_port(hostile, mode):
     assert len(err.ours()) <= len(cases) + 4, err.ours()
 
 
+def send_slowly(w: Wire, data: bytes) -> tuple[bytes, float]:
+    """Send ``data`` a byte a second-or-so until the server hangs up: what it
+    sent meanwhile, and how long that took.  A reset (the server closed with
+    our last byte unread) is a hang-up like a FIN."""
+    started = time.monotonic()
+    got = b""
+    for byte in data:
+        try:
+            w.send(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        if select.select([w.sock], [], [], 1.0)[0]:
+            try:
+                chunk = w.sock.recv(4096)
+            except ConnectionResetError:
+                break
+            got += chunk
+            if not chunk:
+                break
+    return got, time.monotonic() - started
+
+
 def slow_bytes(port: int, data: bytes, results: dict) -> None:
     with Wire(port, greeting=False) as w:
-        started = time.monotonic()
-        got = b""
-        for byte in data:
-            try:
-                w.send(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if select.select([w.sock], [], [], 1.0)[0]:
-                try:
-                    chunk = w.sock.recv(4096)
-                except ConnectionResetError:
-                    chunk = b""
-                got += chunk
-                if not chunk:
-                    break
-        results["slow"] = (got, time.monotonic() - started)
+        results["slow"] = send_slowly(w, data)
 
 
 @pytest.mark.parametrize("mode", ["listen", "inetd"])
@@ -682,22 +689,7 @@ def test_malformed_tls_after_starttls(hostile, mode):
         assert is_alert_or_nothing(got) and seconds < TIMEOUT + 4, (got, seconds)
     with Wire(port) as w:  # a hello a byte at a time
         assert w.cmd(b"STARTTLS\r\n") == b"220 2.0.0 Ready to start TLS\r\n"
-        started = time.monotonic()
-        got = b""
-        for byte in hello:
-            try:
-                w.send(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if select.select([w.sock], [], [], 1.0)[0]:
-                try:
-                    chunk = w.sock.recv(4096)
-                except ConnectionResetError:  # closed with our last byte unread: a reset, not a FIN
-                    break
-                got += chunk
-                if not chunk:
-                    break
-        seconds = time.monotonic() - started
+        got, seconds = send_slowly(w, hello)
         assert is_alert_or_nothing(got) and TIMEOUT - 0.5 <= seconds <= TIMEOUT + 4, (got, seconds)
     with Wire(port) as w:  # STARTTLS refused, the client sends its hello anyway
         assert w.cmd(b"STARTTLS now\r\n") == b"501 5.5.4 Syntax: STARTTLS\r\n"
