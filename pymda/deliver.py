@@ -73,20 +73,62 @@ def user_home(record, box: Path) -> Path:
     return Path(record.home) if getattr(record, "home", "") else box
 
 
-def rules_files(cfg, home: Path) -> list[Path]:
-    """The site rules file and the user's rules file, those that exist, in order."""
+def rules_files(cfg, home: Path, qid: str | None = None) -> list[Path]:
+    """The site rules file and the user's rules file, those that exist and
+    are safe to run as this process (``trusted_file``), in order."""
     found = []
     site = cfg.get("deliver.site_rules") or ""
     if site:
         path = Path(site) if os.path.isabs(site) else cfg.root / site
-        if os.path.exists(path):
+        if os.path.exists(path) and trusted_file(path, qid):
             found.append(path)
     name = cfg.get("deliver.rules_file", ".procmailrc")
     if name:
         path = Path(name) if os.path.isabs(name) else home / name
-        if os.path.exists(path):
+        if os.path.exists(path) and trusted_file(path, qid):
             found.append(path)
     return found
+
+
+def trusted_file(path: Path, qid: str | None = None) -> bool:
+    """May this process run the rules or forward file ``path``?  Like
+    procmail's "suspicious rcfile" check: it must belong to this uid or to
+    root and be writable by nobody else; otherwise it is skipped (the mail
+    goes to the INBOX) and the log says why."""
+    from pymta.lib.privilege import safe_for
+
+    problem = safe_for(path, os.geteuid())
+    if problem is None:
+        return True
+    log.warning(f"{path}: not used: {problem}", qid)
+    return False
+
+
+def mailbox_owner(cfg, record) -> tuple[int, int]:
+    """(uid, gid) a delivery to ``record`` runs as: the users-file uid/gid,
+    else the owner of the user's Maildir -- or, before the first delivery
+    made it, of the folder above it (MAIL/<domain>, then MAIL)."""
+    uid, gid = record.uid, record.gid
+    if uid is None:
+        box = user_maildir(cfg.mail_dir, record.address)
+        for path in (box, box.parent, Path(cfg.mail_dir)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            uid = st.st_uid
+            gid = st.st_gid if gid is None else gid
+            break
+        else:
+            raise DeliveryError(f"{record.address}: no Maildir and no mail store {cfg.mail_dir}", sysexits.EX_TEMPFAIL)
+    if gid is None:
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
+    return uid, gid
 
 
 def rules_variables(cfg, record, box: Path, home: Path, recipient: str, sender: str, original: str | None) -> dict:
@@ -122,7 +164,7 @@ def lookup_user(users, address: str):
 
 
 def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original: str | None = None,
-                    qid: str | None = None, dry_run: bool = False, record=None):
+                    qid: str | None = None, dry_run: bool = False, record=None, once: bool = False):
     """Deliver to the user ``recipient`` names, through their rules when they have any.
 
     ``chunks`` is an iterable of message bytes with LF line ends.  Without
@@ -131,6 +173,10 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
     file, or the first folder the rules used).  Raises DeliveryError:
     EX_NOUSER for unknown users, EX_TEMPFAIL for anything a retry may cure
     (disk full, a failing pipe), other codes as the rules' EXITCODE says.
+    With a queue ID, every Maildir file written carries it
+    (``maildir.queue_tag``); ``once`` says this delivery may be a repeat
+    after a crash, so a folder already holding the tagged copy gets no
+    second one.
     """
     if record is None:  # main() passes the record it looked up before dropping privileges
         record = lookup_user(users, recipient)
@@ -138,10 +184,11 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
         raise DeliveryError(f"{recipient}: no such user", sysexits.EX_NOUSER)
     box = user_maildir(cfg.mail_dir, record.address)
     home = user_home(record, box)
-    files = rules_files(cfg, home)
+    files = rules_files(cfg, home, qid)
     fwd_name = cfg.get("deliver.forward_file", "") or ""
     fwd = (Path(fwd_name) if os.path.isabs(fwd_name) else home / fwd_name) if fwd_name else None
-    has_forward = fwd is not None and os.path.exists(fwd)
+    has_forward = fwd is not None and os.path.exists(fwd) and trusted_file(fwd, qid)
+    tag = maildir.queue_tag(qid, record.address) if qid else None
 
     if not files and not has_forward and not dry_run:
         def with_trace():
@@ -152,7 +199,7 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
                 yield from chunks
 
         try:
-            path = maildir.deliver(box, with_trace())
+            path = maildir.deliver(box, with_trace(), tag=tag, once=once)
         except maildir.MaildirError as exc:
             code = sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT
             raise DeliveryError(str(exc), code) from None
@@ -167,6 +214,7 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
     # user's rules out of another's Maildir; the engine must (exec: the kernel does).
     confine = [box, home] if cfg.get("deliver.mode", "inprocess") == "inprocess" else None
     args = [variables["EXTENSION"]] if variables["EXTENSION"] else []
+    context = maildir.delivery_tag.set((tag, once) if tag else None)
     try:
         if has_forward:
             from pymda import forward
@@ -181,6 +229,8 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
     except Exception as exc:  # a bug must not lose mail: the MTA keeps it and retries
         log.error(f"{record.address}: internal error in rules: {type(exc).__name__}: {exc}", qid)
         raise DeliveryError(f"internal error in rules: {exc}", sysexits.EX_TEMPFAIL) from None
+    finally:
+        maildir.delivery_tag.reset(context)
     if dry_run:
         return outcome
     where = ", ".join(outcome.folders) or "nowhere"
@@ -266,7 +316,7 @@ def _split_message(data: bytes) -> tuple[bytes, bytes]:
 
 
 USAGE = """\
-usage: pymda-deliver [-C FILE] [--dry-run] -d USER [-f SENDER] [-a ADDRESS] < message
+usage: pymda-deliver [-C FILE] [--dry-run] -d USER [-f SENDER] [-a ADDRESS] [--queue-id QID [--once]] < message
        pymda-deliver [--dry-run] [-f SENDER] -m [VAR=value ...] RCFILE [ARG ...] < message
 
 Deliver the message on standard input to the Maildir of USER, through the
@@ -279,6 +329,10 @@ options:
   -f SENDER   envelope sender, for Return-Path: and $SENDER (default: <>, the null sender)
   -a ADDRESS  original recipient address ($RECIPIENT; its +extension is $EXTENSION and $1)
   -m          procmail -m mode: VAR=value assignments, then RCFILE, then $1, $2, ...
+  --queue-id QID
+              the message's queue ID: in log lines and in the Maildir file names
+  --once      this delivery may repeat one a crash interrupted: a folder that
+              already holds the copy named with --queue-id gets no second one
   --dry-run   print which recipes match and where the message would go; deliver nothing
   -h, --help  show this help and exit
 
@@ -289,7 +343,7 @@ exit status: 0 delivered, 64 usage, 65 bad input, 67 no such user,
 
 
 def _parse_args(argv: list[str]) -> dict:
-    opts = {"C": None, "d": None, "f": "", "a": None, "m": None, "dry_run": False}
+    opts = {"C": None, "d": None, "f": "", "a": None, "m": None, "dry_run": False, "queue_id": None, "once": False}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -298,6 +352,11 @@ def _parse_args(argv: list[str]) -> dict:
             raise SystemExit(sysexits.EX_OK)
         if arg in ("--dry-run", "-n"):
             opts["dry_run"] = True
+        elif arg == "--once":
+            opts["once"] = True
+        elif arg == "--queue-id" and i + 1 < len(argv):
+            i += 1
+            opts["queue_id"] = argv[i]
         elif arg == "-m":
             rest = argv[i + 1:]
             assigns = []
@@ -325,47 +384,34 @@ def _parse_args(argv: list[str]) -> dict:
     return opts
 
 
-def drop_privileges(record, box: Path | None = None) -> None:
-    """When root, become the mailbox owner: the users-file uid/gid, else the
-    system account named like the local part, else the owner of the user's
-    Maildir ``box`` (when that is not root)."""
+def become_mailbox_owner(cfg, record) -> None:
+    """When root, become the mailbox owner (``mailbox_owner``) before
+    anything of the user's is read: rules, ``.forward``, the paths in them.
+    A mailbox that belongs to root is root's own: its delivery stays root,
+    and ``trusted_file`` lets it run only files root owns."""
     if os.geteuid() != 0:
         return
-    uid, gid = record.uid, record.gid
-    name = record.address.rpartition("@")[0]
-    if uid is None:
-        import pwd
-
-        try:
-            pw = pwd.getpwnam(name)
-            uid, gid = pw.pw_uid, pw.pw_gid if gid is None else gid
-        except KeyError:
-            try:
-                st = os.stat(box) if box is not None else None
-            except OSError:
-                st = None
-            if st is None or st.st_uid == 0:
-                log.warning(f"{record.address}: no uid in the users file, no system account and no Maildir "
-                            "owned by a user; delivering as root")
-                return
-            uid, gid = st.st_uid, st.st_gid if gid is None else gid
-    if gid is None:
-        gid = uid
+    uid, gid = mailbox_owner(cfg, record)
     if uid == 0:
         return
-    # import now what delivery may need: after the switch the interpreter's
-    # own files may be out of reach (e.g. a Python under /root)
+    preload_delivery()
+    from pymta.lib.privilege import PrivilegeError, become
+
+    try:
+        become(uid, gid)
+    except PrivilegeError as exc:
+        raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL) from None
+
+
+def preload_delivery() -> None:
+    """Import now what delivery may need: after the switch the interpreter's
+    own files may be out of reach (e.g. a Python under /root)."""
     import shlex  # noqa: F401
 
     import pymda.forward  # noqa: F401
     import pymda.rules.actions  # noqa: F401
     import pymda.rules.engine  # noqa: F401
-    try:
-        os.setgroups([gid])
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError as exc:
-        raise DeliveryError(f"cannot switch to uid {uid}: {exc.strerror}", sysexits.EX_TEMPFAIL) from None
+    import pymta.lib.privilege  # noqa: F401
 
 
 def _print_report(outcome, out=None) -> None:
@@ -424,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         opts = _parse_args(argv)
         if any(c in (opts["f"] or "") + (opts["d"] or "") + (opts["a"] or "") for c in "\r\n\x00"):
             raise DeliveryError("address contains CR, LF or NUL", sysexits.EX_DATAERR)
+        if opts["queue_id"] is not None and not (opts["queue_id"].isascii() and opts["queue_id"].isalnum()
+                                                 and len(opts["queue_id"]) <= 64):
+            raise DeliveryError("--queue-id takes letters and digits only", sysexits.EX_USAGE)
         if opts["m"]:
             return run_m_mode(opts, b"".join(crlf_to_lf(sys.stdin.buffer)))
         from pymta.lib import config
@@ -438,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         record = lookup_user(users, opts["d"])
         if record is None:
             raise DeliveryError(f"{opts['d']}: no such user", sysexits.EX_NOUSER)
-        drop_privileges(record, user_maildir(cfg.path_of("mail"), record.address))
+        become_mailbox_owner(cfg, record)
         result = deliver_message(cfg, users, opts["d"], crlf_to_lf(sys.stdin.buffer), sender, original=opts["a"],
-                                 dry_run=opts["dry_run"], record=record)
+                                 dry_run=opts["dry_run"], record=record, qid=opts["queue_id"], once=opts["once"])
         if opts["dry_run"]:
             if isinstance(result, Path):
                 sys.stdout.write(f"would deliver to: {result}/ (INBOX; no rules file)\n")

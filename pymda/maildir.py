@@ -8,6 +8,11 @@ File names carry sizes so readers never open a file to learn them
 (Dovecot's convention)::
 
     <sec>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>,W=<crlf_size>[:2,<flags>]
+    <sec>.M<usec>P<pid>Q<n>V<queue id><rcpt hash>.<host>,...   (from the queue runner)
+
+A delivery from the queue carries its queue ID and a hash of the recipient
+in the name (``V``), so a delivery repeated after a crash can find its
+earlier copy in ``new/`` or ``cur/`` and not write a second one.
 
 ``S`` is the size on disk (LF line ends), ``W`` the RFC 822 size with CRLF
 line ends (what POP3 LIST and IMAP RFC822.SIZE report).  Folders are
@@ -17,6 +22,7 @@ of the INBOX, each with an empty ``maildirfolder`` file.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 import re
@@ -49,14 +55,44 @@ def _host() -> str:
     return _hostname
 
 
-def unique_name() -> str:
+# (tag, once) for the deliveries of the current context: set around a
+# user's rules by the deliverer, so each folder a rule files into gets the
+# queue runner's tag without the rules engine knowing about it.
+delivery_tag: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar("delivery_tag", default=None)
+
+
+def queue_tag(queue_id: str, recipient: str) -> str:
+    """The ``V`` part of the names of one queue entry's deliveries to one recipient."""
+    import hashlib
+
+    digest = hashlib.sha256(recipient.lower().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return "".join(c for c in queue_id if c.isalnum()) + digest
+
+
+def unique_name(tag: str | None = None) -> str:
     global _counter
     _counter += 1
     now = time.time()
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
+    if tag:
+        return f"{sec}.M{usec}P{os.getpid()}Q{_counter}V{tag}.{_host()}"
     rand = int.from_bytes(os.urandom(3), "big")
     return f"{sec}.M{usec}P{os.getpid()}Q{_counter}R{rand:06x}.{_host()}"
+
+
+def find_tagged(maildir: Path, tag: str) -> Path | None:
+    """A message in new/ or cur/ whose name carries ``tag``, or None."""
+    needle = f"V{tag}."
+    for sub in ("new", "cur"):
+        try:
+            names = os.listdir(f"{maildir}/{sub}")
+        except OSError:
+            continue
+        for name in names:
+            if needle in name:
+                return Path(maildir) / sub / name
+    return None
 
 
 def ensure_maildir(path: Path, folder: bool = False) -> None:
@@ -75,18 +111,26 @@ def crlf_size(data: bytes) -> int:
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
-def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True) -> Path:
+def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, tag: str | None = None,
+            once: bool = False) -> Path:
     """Write a message into ``maildir/new`` and return its final path.
 
     ``chunks`` is an iterable of bytes with LF line ends (or one bytes
     object).  Raises MaildirError: temporary for disk/permission trouble so
-    the caller defers (never a half-written file in new/).
+    the caller defers (never a half-written file in new/).  ``tag`` (else
+    the context's ``delivery_tag``) goes into the name; with ``once`` a
+    message already carrying the tag is not written again and its path is
+    returned (a delivery repeated after a crash).
     """
     maildir = Path(maildir)
+    if tag is None and (context := delivery_tag.get()) is not None:
+        tag, once = context
+    if tag and once and (earlier := find_tagged(maildir, tag)) is not None:
+        return earlier
     if isinstance(chunks, (bytes, bytearray, memoryview)):
         chunks = (bytes(chunks),)
     for attempt in range(2):
-        name = unique_name()
+        name = unique_name(tag)
         tmp = maildir / "tmp" / name
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

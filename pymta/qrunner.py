@@ -31,8 +31,7 @@ from pymta.queue import CorruptEntry, Entry, Queue, is_queue_id
 
 # Recipient states kept in state/ID
 PENDING, ATTEMPTING, SENT, DEFERRED, BOUNCED = "pending", "attempting", "sent", "deferred", "bounced"
-# sysexits codes after which a retry cannot help: usage, data, no input, no user, no host, no perm
-PERMANENT_EXITS = (64, 65, 66, 67, 68, 77)
+PERMANENT_EXITS = sysexits.PERMANENT
 # Seconds after a targeted wake-up before new/ is listed again: wake-ups are
 # datagrams, and a full socket queue (net.unix.max_dgram_qlen) drops some.
 CATCH_UP = 0.5
@@ -51,6 +50,7 @@ class Runner:
         self._busy_lock = threading.Lock()
         self.stopping = False
         self.remote = None  # RemoteDelivery (below), made for the first remote recipient
+        self._local = None
         self._remote_lock = threading.Lock()
 
     # -- routing ----------------------------------------------------------------
@@ -171,14 +171,8 @@ class Runner:
             return
         else:
             try:
-                if self.cfg["deliver.mode"] == "exec":
-                    self._exec_deliver(entry, rcpt)
-                else:
-                    from pymda.deliver import deliver_message
-
-                    deliver_message(self.cfg, self.users, rcpt["to"], entry.message_chunks(), env.sender,
-                                    original=rcpt["orig"], qid=qid)
-                self._result(rcpt, SENT, "2.0.0 delivered to maildir" + dup)
+                way = self.local_delivery().deliver(entry, rcpt["to"], rcpt["orig"], once=bool(rcpt.get("dup")))
+                self._result(rcpt, SENT, f"2.0.0 delivered to maildir ({way})" + dup)
             except DeliveryError as exc:
                 if exc.temporary or exc.exit_code not in PERMANENT_EXITS:
                     self._result(rcpt, DEFERRED, f"4.2.0 {exc}")
@@ -195,30 +189,13 @@ class Runner:
                 self.remote = RemoteDelivery(self.cfg)
         self.remote.deliver(entry, rcpts)
 
-    def _exec_deliver(self, entry: Entry, rcpt: dict) -> None:
-        import subprocess
+    def local_delivery(self):
+        """The seam into pymda (pymta/local.py), made for the first local recipient."""
+        if self._local is None:
+            from pymta.local import LocalDelivery
 
-        from pymda.deliver import DeliveryError
-
-        cmd = [sys.executable, "-m", "pymda.deliver", "-d", rcpt["to"], "-f", entry.envelope.sender, "-a", rcpt["orig"]]
-        if self.cfg.path:
-            cmd[3:3] = ["-C", str(self.cfg.path)]
-        # The child reads the descriptor itself: move its offset with lseek.  A
-        # buffered seek() inside the envelope line's read-ahead moves only the
-        # buffer, leaving the descriptor at the read-ahead's end (an empty or
-        # truncated message for pymda-deliver).
-        os.lseek(entry.fh.fileno(), entry.offset, os.SEEK_SET)
-        try:
-            proc = subprocess.run(cmd, stdin=entry.fh, stdout=subprocess.DEVNULL, timeout=600)
-        except subprocess.TimeoutExpired:
-            raise DeliveryError("pymda-deliver timed out", 75) from None
-        except OSError as exc:
-            raise DeliveryError(f"cannot run pymda-deliver: {exc}", 75) from None
-        if proc.returncode != 0:
-            # Only the sysexits codes that mean "never" bounce; a crash, a
-            # signal or an unknown code keeps the message for a retry.
-            code = proc.returncode if proc.returncode in PERMANENT_EXITS else 75
-            raise DeliveryError(f"pymda-deliver exited {proc.returncode}", code)
+            self._local = LocalDelivery(self.cfg, self.users)
+        return self._local
 
     @staticmethod
     def _result(rcpt: dict, status: str, reason: str) -> None:
@@ -662,6 +639,57 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
+def leave_root(cfg, runner: Runner) -> int:
+    """Like Postfix's qmgr, the runner does not run as root: started as root
+    it hands the queue and the maildrop to ``daemon_user`` and becomes that
+    user for good, before it reads any message.  Deliveries into mailboxes
+    of other uids go through pymda-local (pymta/local.py).  Returns 0, or
+    the exit status when it cannot run."""
+    name = cfg["daemon_user"]
+    if os.geteuid() != 0 or name == "root":  # "root": the admin's explicit choice (pymail-security(7))
+        return 0
+    if not name:
+        log.error('refusing to run as root: set daemon_user (pymail init does), or daemon_user = "root" '
+                  "to run the queue as root on purpose")
+        return sysexits.EX_CONFIG
+    from pymta.lib.privilege import PrivilegeError, become_account, daemon_account
+
+    pw, problem = daemon_account(name)
+    if problem:
+        log.error(problem)
+        return sysexits.EX_CONFIG
+    maildrop = runner._ensure_maildrop()
+    try:
+        hand_over(runner.queue.path, pw.pw_uid, pw.pw_gid)
+        if maildrop is not None:
+            os.chown(maildrop, pw.pw_uid, pw.pw_gid)
+            os.chmod(maildrop, 0o1733)
+        from pymda.deliver import preload_delivery
+
+        preload_delivery()
+        import pymta.bounce  # noqa: F401  (the interpreter may be out of the new user's reach)
+        import pymta.local  # noqa: F401
+        import pymta.smtp_client  # noqa: F401
+
+        become_account(pw)
+    except (OSError, PrivilegeError) as exc:
+        log.error(f"daemon_user = {name!r}: {exc}")
+        return sysexits.EX_NOPERM
+    log.info(f"running as {name} (uid {pw.pw_uid})")
+    return 0
+
+
+def hand_over(path: Path, uid: int, gid: int) -> None:
+    """Give the queue to ``uid`` when it is not already its: the directories
+    and what is in them (a queue first used by root, e.g. an older setup)."""
+    if os.stat(path).st_uid == uid:
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+    os.chown(path, uid, gid)
+
+
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-qrunner")
     parser = ArgumentParser(prog="pymta-qrunner", description="Deliver the messages in the pymail queue.")
@@ -675,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
         return sysexits.EX_CONFIG
     runner = Runner(cfg)
     runner.queue.create()
+    failed = leave_root(cfg, runner)
+    if failed:
+        return failed
     runner.clean_tmp()
     if args.once:
         runner.run_pass()

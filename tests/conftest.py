@@ -83,10 +83,14 @@ class MailSystem:
         self.add_user("bob@example.test", PASSWORD)
 
     def write_config(self, extra: str = "") -> None:
+        # The tests run as root in a tree only root can reach: the queue
+        # runner may stay root only when the config says so (pymail-security(7)).
+        as_root = 'daemon_user = "root"\n' if os.geteuid() == 0 and "daemon_user" not in extra else ""
         self.config.write_text(
             f'hostname = "mx.example.test"\n'
             f'domains = ["{DOMAIN}"]\n'
             f'root = "{self.root}"\n'
+            f"{as_root}"
             f"{extra}\n"
         )
 

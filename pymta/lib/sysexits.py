@@ -17,3 +17,8 @@ EX_TEMPFAIL = 75  # temporary failure; the caller should retry
 EX_PROTOCOL = 76  # remote error in protocol
 EX_NOPERM = 77  # permission denied
 EX_CONFIG = 78  # configuration error
+
+# Codes after which a retry cannot help (usage, data, no input, no user, no
+# host, no permission): a delivery that ends with one bounces, any other
+# code -- a crash, a signal, an unknown one -- keeps the message for a retry.
+PERMANENT = (EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_NOHOST, EX_NOPERM)

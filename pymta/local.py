@@ -1,0 +1,120 @@
+"""Local delivery from the queue runner: the one seam between pymta and pymda.
+
+The runner never runs as root (it becomes ``daemon_user``), so for each
+local recipient it picks the way that keeps every user's rules running as
+that user:
+
+* **in process** -- the mailbox belongs to the runner's own uid (the
+  single "vmail" uid of virtual setups) and ``deliver.mode`` is
+  ``inprocess``: the runner writes the Maildir and runs the rules itself;
+* **pymda-deliver** -- ``deliver.mode = "exec"`` and the same uid, or a
+  runner explicitly configured to stay root (``daemon_user = "root"``):
+  a child process, which as root switches to the mailbox owner first;
+* **pymda-local** -- any other owner: the request goes to the privileged
+  delivery service over ``ROOT/run/local.sock``, which forks, switches to
+  the owner and delivers (Postfix's qmgr -> local(8)).
+
+``how(record)`` names the way for ``pymail config check``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+from pymda.deliver import DeliveryError, deliver_message, lookup_user, mailbox_owner
+from pymda.localserver import socket_path
+from pymta.lib import sysexits
+
+INPROCESS, EXEC, SERVICE = "in process", "pymda-deliver", "pymda-local"
+
+
+class LocalDelivery:
+    def __init__(self, cfg, users) -> None:
+        self.cfg = cfg
+        self.users = users
+        self.uid = os.geteuid()
+
+    def how(self, record) -> str:
+        """Which way a delivery to ``record`` goes (see the module doc)."""
+        owner, _ = mailbox_owner(self.cfg, record)
+        if owner == self.uid:
+            return INPROCESS if self.cfg["deliver.mode"] == "inprocess" else EXEC
+        return EXEC if self.uid == 0 else SERVICE  # root's child switches to the owner itself
+
+    def deliver(self, entry, rcpt: str, orig: str, once: bool) -> str:
+        """Deliver ``entry``'s message to the local user ``rcpt``; raises DeliveryError."""
+        env = entry.envelope
+        record = lookup_user(self.users, rcpt)
+        if record is None:
+            raise DeliveryError(f"{rcpt}: no such user", sysexits.EX_NOUSER)
+        way = self.how(record)
+        if way == INPROCESS:
+            deliver_message(self.cfg, self.users, rcpt, entry.message_chunks(), env.sender, original=orig,
+                            qid=env.queue_id, record=record, once=once)
+        elif way == EXEC:
+            self._exec(entry, rcpt, orig, once)
+        else:
+            self._service(entry, rcpt, orig, once)
+        return way
+
+    def _exec(self, entry, rcpt: str, orig: str, once: bool) -> None:
+        import subprocess
+
+        env = entry.envelope
+        cmd = [sys.executable, "-m", "pymda.deliver", "-d", rcpt, "-f", env.sender, "-a", orig,
+               "--queue-id", env.queue_id]
+        if once:
+            cmd.append("--once")
+        if self.cfg.path:
+            cmd[3:3] = ["-C", str(self.cfg.path)]
+        # The child reads the descriptor itself: move its offset with lseek.  A
+        # buffered seek() inside the envelope line's read-ahead moves only the
+        # buffer, leaving the descriptor at the read-ahead's end (an empty or
+        # truncated message for pymda-deliver).
+        os.lseek(entry.fh.fileno(), entry.offset, os.SEEK_SET)
+        try:
+            proc = subprocess.run(cmd, stdin=entry.fh, stdout=subprocess.DEVNULL, timeout=self._timeout())
+        except subprocess.TimeoutExpired:
+            raise DeliveryError("pymda-deliver timed out", sysexits.EX_TEMPFAIL) from None
+        except OSError as exc:
+            raise DeliveryError(f"cannot run pymda-deliver: {exc}", sysexits.EX_TEMPFAIL) from None
+        if proc.returncode != 0:
+            raise DeliveryError(f"pymda-deliver exited {proc.returncode}", _known_code(proc.returncode))
+
+    def _service(self, entry, rcpt: str, orig: str, once: bool) -> None:
+        env = entry.envelope
+        path = socket_path(self.cfg)
+        request = json.dumps({"rcpt": rcpt, "sender": env.sender, "orig": orig, "qid": env.queue_id,
+                              "offset": entry.offset, "once": once}).encode() + b"\n"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10.0)
+                sock.connect(path)
+                socket.send_fds(sock, [request], [entry.fh.fileno()])
+                sock.settimeout(self._timeout())
+                answer = b""
+                while not answer.endswith(b"\n") and len(answer) < 4096:
+                    data = sock.recv(4096)
+                    if not data:
+                        break
+                    answer += data
+        except (OSError, TimeoutError) as exc:
+            raise DeliveryError(f"mailbox of {rcpt} belongs to another uid, and the privileged delivery "
+                                f"service pymda-local does not answer at {path}: {exc}", sysexits.EX_TEMPFAIL) from None
+        try:
+            reply = json.loads(answer)
+            code, text = int(reply["code"]), str(reply.get("text", ""))
+        except (ValueError, KeyError, TypeError):
+            raise DeliveryError("pymda-local gave no answer (it may have been killed)", sysexits.EX_TEMPFAIL) from None
+        if code != 0:
+            raise DeliveryError(f"pymda-local: {text}", _known_code(code))
+
+    def _timeout(self) -> float:
+        return self.cfg["deliver.pipe_timeout"] + 300.0
+
+
+def _known_code(code: int) -> int:
+    return code if code in sysexits.PERMANENT else sysexits.EX_TEMPFAIL
