@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import sys
 import time
 
@@ -128,21 +129,39 @@ def parse_args(argv: list[str]) -> Options:
 # -- the message --------------------------------------------------------------------------
 
 
-def read_message(stream, dot_ends: bool) -> bytes:
-    """stdin -> LF message; a line '.' ends it unless -i."""
-    data = stream.read()
-    data = data.replace(b"\r\n", b"\n")
+def read_message(stream, dot_ends: bool, limit: int | None = None) -> bytes:
+    """stdin -> LF message; a line '.' ends it unless -i.
+
+    Counts while reading: past ``limit`` octets it raises TooBig and reads
+    no further (a script piping endless output must not fill memory).
+    Reading also stops at the ending dot, as Postfix's sendmail does.
+    """
+    from pymta.lib.lineends import crlf_to_lf
+    from pymta.lib.sizelimit import TooBig
+
+    data = bytearray()
+    for chunk in crlf_to_lf(stream):
+        searched = max(0, len(data) - 2)  # a "\n.\n" may straddle two reads
+        data += chunk
+        if dot_ends:
+            if data.startswith(b".\n"):
+                return b""
+            cut = data.find(b"\n.\n", searched)
+            if cut >= 0:
+                del data[cut + 1:]
+                break
+        if limit is not None and len(data) > limit:
+            raise TooBig(limit)
     if dot_ends:
-        if data.startswith(b".\n") or data == b".":
+        if data == b".":
             return b""
-        cut = data.find(b"\n.\n")
-        if cut >= 0:
-            data = data[: cut + 1]
-        elif data.endswith(b"\n."):
-            data = data[:-1]
+        if data.endswith(b"\n."):
+            del data[-1:]
+    if limit is not None and len(data) > limit:
+        raise TooBig(limit)
     if data and not data.endswith(b"\n"):
         data += b"\n"
-    return data
+    return bytes(data)
 
 
 def split_headers(data: bytes) -> tuple[list[bytes], bytes]:
@@ -176,7 +195,11 @@ def _name(field: bytes) -> str:
     return field.split(b":", 1)[0].strip().decode("latin-1").lower()
 
 
+_EMPTY_GROUP = re.compile(r"\s*[^:;<>@\"]*:\s*;\s*")  # "undisclosed-recipients:;"
+
+
 def recipients_from_headers(fields: list[bytes]) -> list[str]:
+    """To/Cc/Bcc (or the Resent- ones) addresses; ValueError for a field whose addresses cannot be read."""
     from email.utils import getaddresses
 
     values = []
@@ -185,6 +208,10 @@ def recipients_from_headers(fields: list[bytes]) -> list[str]:
     for f in fields:
         if _name(f) in names:
             values.append(f.split(b":", 1)[1].decode("utf-8", "replace").replace("\n", " "))
+    for value in values:
+        # an address the parser cannot read comes back empty: refuse it rather than drop that recipient
+        if any(not addr for _, addr in getaddresses([value])) and not _EMPTY_GROUP.fullmatch(value):
+            raise ValueError(f"cannot read the recipient addresses in {value.strip()[:200]!r}")
     return [addr for _, addr in getaddresses(values) if addr]
 
 
@@ -325,7 +352,8 @@ def pickup_maildrop(cfg, queue, maildrop, max_age: float = 86400.0) -> int:
     except OSError:
         return 0
     count = 0
-    limit = cfg["smtpd.max_message_size"] + ENVELOPE_MAX
+    limit = cfg["smtpd.max_message_size"]
+    max_rcpts = cfg["smtpd.max_recipients"]
     for name in sorted(names):
         path = maildrop / name
         if name.startswith("."):
@@ -346,24 +374,36 @@ def pickup_maildrop(cfg, queue, maildrop, max_age: float = 86400.0) -> int:
             st = os.fstat(fh.fileno())
             uid = st.st_uid
             user = _user_name(uid)
+            env = None  # once the envelope is read, a refusal is bounced to the user
             try:
                 import stat
 
+                from pymta.lib.sizelimit import TooBig, read_at_most
+
                 if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                     raise ValueError("not a plain file")
-                if st.st_size > limit:
-                    raise ValueError(f"too large ({st.st_size} bytes)")
                 line = fh.readline(ENVELOPE_MAX)
                 if not line.endswith(b"\n"):
                     raise ValueError("no envelope")
                 env = Envelope.from_line(line)
                 if not valid_address(env.sender, allow_null=True):
-                    raise ValueError(f"bad sender {env.sender!r}")
-                if not env.recipients or len(env.recipients) > 10000 or not all(valid_address(r) for r in env.recipients):
-                    raise ValueError("bad recipients")
-                body = fh.read()
+                    raise ValueError(f"5.1.7 bad sender address {env.sender!r}")
+                if not env.recipients or not all(valid_address(r) for r in env.recipients):
+                    raise ValueError("5.1.3 bad recipient address syntax")
+                if len(env.recipients) > max_rcpts:
+                    raise ValueError(f"5.5.3 too many recipients ({len(env.recipients)}; "
+                                     f"smtpd.max_recipients is {max_rcpts})")
+                try:
+                    # counted while reading: the owner may grow the file at any time (no fstat size)
+                    body = read_at_most(fh, limit)
+                except TooBig:
+                    raise ValueError(f"5.3.4 message file too big (smtpd.max_message_size is {limit} octets)") from None
             except (ValueError, KeyError, TypeError, OSError) as exc:
                 log.warning(f"maildrop: uid={uid} ({user}): file {name} refused: {exc}")
+                if env is not None:
+                    from pymta.maildrop_bounce import bounce_refused
+
+                    bounce_refused(cfg, queue, path, fh, len(line), env, uid, user, str(exc))
                 _unlink(path)
                 continue
             meta = {k: v for k, v in env.meta.items() if k in PICKUP_META and isinstance(v, str) and len(v) < 200}
@@ -543,7 +583,14 @@ def smtp_session(cfg) -> int:
     return sysexits.EX_OK
 
 
+def _too_big(limit: int) -> int:
+    # Postfix's sendmail: "Message file too big", EX_UNAVAILABLE (cleanup's size status)
+    print(f"sendmail: fatal: message file too big (smtpd.max_message_size is {limit} octets)", file=sys.stderr)
+    return sysexits.EX_UNAVAILABLE
+
+
 def submit(cfg, opts: Options) -> int:
+    from pymta.lib.sizelimit import TooBig
     from pymta.queue import QueueError
     from pymta.queue_cmd import valid_address
 
@@ -556,15 +603,22 @@ def submit(cfg, opts: Options) -> int:
     if not valid_address(sender, allow_null=True):
         print(f"sendmail: fatal: bad sender address {sender!r}", file=sys.stderr)
         return sysexits.EX_DATAERR
+    limit = cfg["smtpd.max_message_size"]
     try:
-        data = read_message(sys.stdin.buffer, opts.dot_ends)
+        data = read_message(sys.stdin.buffer, opts.dot_ends, limit)
+    except TooBig:
+        return _too_big(limit)
     except OSError as exc:
         print(f"sendmail: fatal: cannot read the message: {exc}", file=sys.stderr)
         return sysexits.EX_IOERR
     fields, body = split_headers(data)
     recipients = [_qualify(cfg, r.strip()) for arg in opts.recipients for r in arg.split(",") if r.strip()]
     if opts.extract:
-        recipients += [_qualify(cfg, r) for r in recipients_from_headers(fields)]
+        try:
+            recipients += [_qualify(cfg, r) for r in recipients_from_headers(fields)]
+        except ValueError as exc:
+            print(f"sendmail: fatal: {exc}", file=sys.stderr)
+            return sysexits.EX_DATAERR
     seen, unique = set(), []
     for r in recipients:
         if r.lower() not in seen:
@@ -578,11 +632,18 @@ def submit(cfg, opts: Options) -> int:
         if not valid_address(r):
             print(f"sendmail: fatal: bad recipient address {r!r}", file=sys.stderr)
             return sysexits.EX_DATAERR
+    if len(unique) > cfg["smtpd.max_recipients"]:
+        # the runner would refuse the maildrop file; say so now, while someone listens
+        print(f"sendmail: fatal: too many recipients ({len(unique)}; smtpd.max_recipients is "
+              f"{cfg['smtpd.max_recipients']})", file=sys.stderr)
+        return sysexits.EX_UNAVAILABLE
     fields = complete_headers(fields, sender or "MAILER-DAEMON@" + cfg["hostname"], opts.full_name, cfg["hostname"],
                               remove_bcc=opts.extract)
     message = b"".join(fields) + (body if body.startswith(b"\n") or not body else b"\n" + body)
     if not body:
         message += b"\n"
+    if len(message) > limit:  # the header fields added above count too
+        return _too_big(limit)
     meta = {"client": "local", "service": "sendmail", "uid": os.getuid(), "user": _user_name(os.getuid())}
     if opts.notify:
         meta["notify"] = opts.notify

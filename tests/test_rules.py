@@ -105,6 +105,53 @@ def test_mbox_from_line_quoting_and_lock(mailsys):
     assert (box / "saved.mbox").read_bytes().count(b"\nFrom carol@remote.example  ") == 1
 
 
+FORGED_FROM_ = (b"From victim@bank.example Mon Jan  1 00:00:00 2024\n"
+                b"From: Bank <victim@bank.example>\n"
+                b"Subject: forged envelope\n"
+                b"\n"
+                b"From the bank\n"
+                b">From quoted once\n"
+                b">>From quoted twice\n")
+FORGED_QUOTED = (b">From victim@bank.example Mon Jan  1 00:00:00 2024\n"
+                 b"From: Bank <victim@bank.example>\n"
+                 b"Subject: forged envelope\n"
+                 b"\n"
+                 b">From the bank\n"
+                 b">>From quoted once\n"
+                 b">>>From quoted twice\n")
+
+
+def mbox_separators(data: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\n") if line.startswith(b"From ")]
+
+
+def test_mbox_quotes_a_forged_from_line_at_the_top_of_the_message(mailsys):
+    # the message's own first line is "From victim@... date": unquoted, mbox readers see two messages
+    box = setup_rules(mailsys, ":0:\nsaved.mbox\n")
+    proc = deliver(mailsys, input=FORGED_FROM_)
+    assert proc.returncode == 0, proc.stderr
+    data = (box / "saved.mbox").read_bytes()
+    assert [s.split(b" ")[1] for s in mbox_separators(data)] == [b"carol@remote.example"]
+    assert data.split(b"\n", 1)[1] == TRACE + FORGED_QUOTED + b"\n"  # mboxrd: >*From gets one more >
+    import mailbox
+
+    assert len(mailbox.mbox(str(box / "saved.mbox"))) == 1
+
+
+def test_mbox_quotes_from_lines_in_the_header_of_an_alias_file_target(mailsys, open_tmp):
+    out = open_tmp / "alias-mbox"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    (mailsys.root / "aliases").write_text(f"archive: {out}/archive.mbox\n")
+    Queue(mailsys.root / "queue").enqueue("carol@remote.example", ["archive@example.test"], FORGED_FROM_)
+    run = mailsys.run("pymta.qrunner", "--once")
+    assert run.returncode == 0, run.stderr
+    data = (out / "archive.mbox").read_bytes()
+    assert [s.split(b" ")[1] for s in mbox_separators(data)] == [b"carol@remote.example"]
+    trace = b"Return-Path: <carol@remote.example>\nDelivered-To: archive@example.test\n"
+    assert data.split(b"\n", 1)[1] == trace + FORGED_QUOTED + b"\n"
+
+
 def test_pipe_gets_message_clean_env_and_user_variables(mailsys, recorder, monkeypatch):
     box = setup_rules(mailsys, f"TAG=\"tag $LOGNAME\"\n:0 w\n| {recorder} $MAILDIR/out --subject=\"$SENDER\"\n")
     env = dict(os.environ, LEAKY_SECRET="should-not-pass", PYTHONPATH=str(Path(__file__).resolve().parent.parent))

@@ -3,10 +3,13 @@
 Both locks, in that order, as procmail and Postfix local(8) take them, so
 every mail reader (mutt, Pine, Dovecot's mbox driver, mail(1)) agrees.
 The message gets a ``From_`` line (kept from the input or made from the
-envelope sender and the time), body lines starting with ``From `` are
-quoted as ``>From `` (mboxo, as procmail writes), and unless ``raw`` the
-message is made to end with an empty line.  A failed write is rolled back
-to the old end of file, so a full disk never leaves half a message.
+envelope sender and the time); every other line starting with ``From ``,
+``>From ``, ``>>From ``... gets one more ``>`` (mboxrd, which readers undo
+exactly), in the header as in the body: a message whose own first line
+is ``From victim@... date`` must not read as a second message with a
+forged envelope.  Unless ``raw`` the message is made to end with an empty
+line.  A failed write is rolled back to the old end of file, so a full
+disk never leaves half a message.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 LOCK_TIMEOUT = 60.0  # seconds to wait for a dotlock before giving up (temporary failure)
 STALE_LOCK = 1024.0  # procmail's LOCKTIMEOUT: older dotlocks are taken over
 
-_FROM_QUOTE = re.compile(rb"^From ", re.M)
+_FROM_QUOTE = re.compile(rb"^(>*From )", re.M)
 
 
 class MboxError(Exception):
@@ -35,8 +38,9 @@ def from_line(sender: str, when: float | None = None) -> bytes:
     return f"From {sender}  {time.asctime(time.localtime(when))}\n".encode("utf-8", "surrogateescape")
 
 
-def quote_from(body: bytes) -> bytes:
-    return _FROM_QUOTE.sub(b">From ", body)
+def quote_from(text: bytes) -> bytes:
+    """mboxrd: ``>*From `` at a line start gets one more ``>``."""
+    return _FROM_QUOTE.sub(rb">\1", text)
 
 
 class DotLock:
@@ -132,7 +136,7 @@ def append(path, data: bytes, *, lockext: str = ".lock", fsync: bool = True, dot
 
 def format_message(from_: bytes | None, header: bytes, body: bytes, sender: str = "", raw: bool = False) -> bytes:
     """The bytes procmail appends to an mbox for (From_ line, header, body)."""
-    data = (from_ or from_line(sender)) + header + quote_from(body)
+    data = (from_ or from_line(sender)) + quote_from(header) + quote_from(body)
     if not raw and not data.endswith(b"\n\n"):
         data += b"\n"  # as procmail: one more newline
     return data
