@@ -21,10 +21,7 @@ import sys
 from pymta.lib import log, sysexits
 from pymta.lib.cliargs import ArgumentParser
 from pymta.lib.lineends import crlf_to_lf
-
-
-class TooBig(Exception):
-    pass
+from pymta.lib.sizelimit import TooBig, limited
 
 
 def valid_address(address: str, allow_null: bool = False) -> bool:
@@ -59,17 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return sysexits.EX_CONFIG
     meta = {"client": "local", "uid": os.getuid(), "service": "pickup"}
     limit = cfg["smtpd.max_message_size"]
-
-    def limited(chunks):
-        total = 0
-        for chunk in chunks:
-            total += len(chunk)
-            if total > limit:
-                raise TooBig()
-            yield chunk
-
     try:
-        qid = Queue(cfg.queue_dir).enqueue(args.sender, args.recipients, limited(crlf_to_lf(sys.stdin.buffer)), meta)
+        qid = Queue(cfg.queue_dir).enqueue(args.sender, args.recipients, limited(crlf_to_lf(sys.stdin.buffer), limit),
+                                           meta)
     except TooBig:
         log.error(f"message not queued: larger than smtpd.max_message_size ({limit} octets)")
         return sysexits.EX_DATAERR

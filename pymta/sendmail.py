@@ -19,7 +19,11 @@ Two doors into the queue:
   that user with an ``X-Authentication-Warning:`` header and a log line.
 
 A message is either queued (exit 0) or the caller gets a non-zero sysexits
-code and a message on stderr -- never dropped.  Missing ``From:``,
+code and a message on stderr -- never dropped.  sendmail checks the limits
+the runner applies (``smtpd.max_message_size``, counted while reading;
+``smtpd.max_recipients``; address syntax) before it exits; a maildrop file
+the runner still refuses (written or grown by hand) is bounced to its
+owner (``pymta.maildrop_bounce``).  Missing ``From:``,
 ``Date:`` and ``Message-ID:`` headers are added; ``-t`` takes recipients
 from To/Cc/Bcc and removes Bcc.
 """

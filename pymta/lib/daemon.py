@@ -183,9 +183,13 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
         tls, failed = _ready_to_serve(tls, args.tls, switch, max_sessions_key)
         if failed:
             return failed
+        from pymta.lib.pdeathsig import keep_across_uid_change
+
+        restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the switch to daemon_user
 
         where = ", ".join(_sockname(s) for s in sockets)
         processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
+        restore_pdeathsig()
         log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''}, {processes} process(es))")
 
         def serve() -> None:
@@ -197,18 +201,15 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
                 pass
 
         # Pre-fork, as Postfix runs several smtpd processes: one asyncio loop
-        # is one core, and the kernel spreads accepts over the processes.
-        children = []
-        for _ in range(processes - 1):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    serve()
-                finally:
-                    os._exit(0)
-            children.append(pid)
-        serve()
-        _stop_children(children)
+        # is one core, and the kernel spreads accepts over the processes.  The
+        # parent then only watches its workers: it replaces a dead one, and
+        # its own death (even by SIGKILL) stops them all, freeing the port.
+        if processes > 1:
+            from pymta.lib.prefork import run_workers
+
+            run_workers(processes, serve)
+        else:
+            serve()
         log.info("stopped")
         return sysexits.EX_OK
 
@@ -363,30 +364,6 @@ def _switch_user(pw, tls, max_sessions_key: str):
     os.environ["HOME"], os.environ["USER"], os.environ["LOGNAME"] = pw.pw_dir, pw.pw_name, pw.pw_name
     log.debug(f"running as {pw.pw_name} (uid {pw.pw_uid}, gid {pw.pw_gid})")
     return tls
-
-
-def _stop_children(children: list[int]) -> None:
-    import signal
-    import time
-
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 10
-    for pid in children:
-        while True:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done or time.time() > deadline:
-                if not done:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                break
-            time.sleep(0.05)
 
 
 def _sockname(sock) -> str:
