@@ -210,9 +210,9 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
 
     data = trace_headers(sender, record.address) + _chunks_bytes(chunks)
     variables = rules_variables(cfg, record, box, home, recipient, sender, original)
-    # inprocess: all mailboxes share one uid, so no kernel check keeps one
-    # user's rules out of another's Maildir; the engine must (exec: the kernel does).
-    confine = [box, home] if cfg.get("deliver.mode", "inprocess") == "inprocess" else None
+    # In every mode rule paths stay under the user's Maildir and home
+    # (pymda.confined): even as the user, rules must not reach out of them.
+    confine = [box, home]
     args = [variables["EXTENSION"]] if variables["EXTENSION"] else []
     context = maildir.delivery_tag.set((tag, once) if tag else None)
     try:
@@ -406,12 +406,9 @@ def become_mailbox_owner(cfg, record) -> None:
 def preload_delivery() -> None:
     """Import now what delivery may need: after the switch the interpreter's
     own files may be out of reach (e.g. a Python under /root)."""
-    import shlex  # noqa: F401
+    from pymta.lib.daemon import preload
 
-    import pymda.forward  # noqa: F401
-    import pymda.rules.actions  # noqa: F401
-    import pymda.rules.engine  # noqa: F401
-    import pymta.lib.privilege  # noqa: F401
+    preload("local", common=False)
 
 
 def _print_report(outcome, out=None) -> None:

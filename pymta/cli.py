@@ -23,14 +23,10 @@ import json
 import os
 import pkgutil
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import textwrap
-import time
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -513,123 +509,7 @@ SERVICES = {
     "imaps": ("pyimap.imapd", ("--tls",)),
 }
 QUEUE_RUNNER = "pymta.qrunner"
-
-
-@dataclass
-class Program:
-    """One child of the supervisor."""
-
-    name: str
-    argv: list[str]
-    where: str = "-"  # host:port for the banner
-    proc: subprocess.Popen | None = None
-    restart_at: float = 0.0
-    restarts: list[float] = field(default_factory=list)
-
-
-def _linux_pdeathsig():
-    """A preexec function so children die with the supervisor, even a SIGKILLed one."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def setup():
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
-
-    return setup
-
-
-class Supervisor:
-    """Runs programs in the foreground, restarts crashed ones, stops all on SIGINT/SIGTERM."""
-
-    def __init__(self, programs: list[Program], *, env: dict | None = None, restart_delay: float = 1.0,
-                 max_restarts: int = 5, window: float = 60.0, stop_timeout: float = 5.0) -> None:
-        self.programs = programs
-        self.env = env
-        self.restart_delay = restart_delay
-        self.max_restarts = max_restarts
-        self.window = window
-        self.stop_timeout = stop_timeout
-        self.stopping = False
-
-    def request_stop(self, *_args) -> None:
-        self.stopping = True
-
-    def _start(self, program: Program) -> None:
-        try:
-            # own process group: a terminal's Ctrl-C reaches only us, and we stop children in order
-            program.proc = subprocess.Popen(program.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                            process_group=0, preexec_fn=_linux_pdeathsig())
-        except OSError as exc:
-            log.error(f"{program.name}: cannot start {program.argv[0]}: {exc}")
-            program.proc = None
-            self._schedule_restart(program, time.monotonic())
-
-    def _schedule_restart(self, program: Program, now: float) -> bool:
-        program.restarts = [t for t in program.restarts if now - t < self.window]
-        if len(program.restarts) >= self.max_restarts:
-            return False
-        program.restarts.append(now)
-        program.restart_at = now + self.restart_delay
-        return True
-
-    def run(self, install_signals: bool = True) -> int:
-        """0 after a stop request, 1 when a program keeps crashing."""
-        old = {}
-        if install_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, self.request_stop)
-        try:
-            return self._loop()
-        finally:
-            self._stop_all()
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-
-    def _loop(self) -> int:
-        for program in self.programs:
-            if not self.stopping:
-                self._start(program)
-        while not self.stopping:
-            now = time.monotonic()
-            for program in self.programs:
-                if program.proc is not None and program.proc.poll() is not None:
-                    code = program.proc.returncode
-                    program.proc = None
-                    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                    if not self._schedule_restart(program, now):
-                        log.error(f"{program.name} {how}; {self.max_restarts} restarts in {self.window:.0f} s, stopping everything")
-                        return 1
-                    log.warning(f"{program.name} {how}; restarting in {self.restart_delay:g} s")
-                elif program.proc is None and now >= program.restart_at and program.restarts:
-                    self._start(program)
-            time.sleep(0.1)
-        return 0
-
-    def _stop_all(self) -> None:
-        running = [p for p in self.programs if p.proc is not None and p.proc.poll() is None]
-        for program in running:
-            try:
-                program.proc.terminate()
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline and any(p.proc.poll() is None for p in running):
-            time.sleep(0.05)
-        for program in running:
-            if program.proc.poll() is None:
-                log.warning(f"{program.name} did not stop in {self.stop_timeout:g} s; killing it")
-                program.proc.kill()
-            program.proc.wait()
-            program.proc = None
+LOCAL_DELIVERY = "pymda.localserver"
 
 
 def _module_exists(name: str) -> bool:
@@ -707,9 +587,11 @@ def run(directory, config_file, **ports):
     lines.append("Ctrl-C (or SIGTERM) stops everything.")
     click.echo("\n".join(lines))
     sys.stdout.flush()
-    code = Supervisor(programs, env=env).run()
+    code = Supervisor(programs, env=env, restart_delay=cfg["run.restart_delay"],
+                      max_restart_delay=cfg["run.max_restart_delay"]).run()
     raise click.exceptions.Exit(code)
 
 
 if __name__ == "__main__":
     main()
+    from pymta.supervisor import Program, Supervisor

@@ -32,10 +32,10 @@ INPROCESS, EXEC, SERVICE = "in process", "pymda-deliver", "pymda-local"
 
 
 class LocalDelivery:
-    def __init__(self, cfg, users) -> None:
+    def __init__(self, cfg, users, uid: int | None = None) -> None:
         self.cfg = cfg
         self.users = users
-        self.uid = os.geteuid()
+        self.uid = os.geteuid() if uid is None else uid  # the runner's
 
     def how(self, record) -> str:
         """Which way a delivery to ``record`` goes (see the module doc)."""
@@ -114,6 +114,47 @@ class LocalDelivery:
 
     def _timeout(self) -> float:
         return self.cfg["deliver.pipe_timeout"] + 300.0
+
+
+def runner_uid(cfg) -> int | None:
+    """The uid the queue runner will deliver as (None: daemon_user unknown)."""
+    name = cfg["daemon_user"]
+    if not name:
+        return os.geteuid()
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def describe(cfg, users) -> list[str]:
+    """What ``pymail config check`` says about local delivery: who the runner
+    runs as, and which way each user's mail goes, and why."""
+    uid = runner_uid(cfg)
+    if uid is None:
+        return []
+    who = f"daemon_user {cfg['daemon_user']}" if cfg["daemon_user"] else "the user that starts it"
+    lines = [f"qrunner runs as uid {uid} ({who})"]
+    if uid == 0:
+        lines[0] += "; it delivers into other users' mailboxes through pymda-deliver, which becomes their owner"
+    delivery = LocalDelivery(cfg, users, uid)
+    ways: dict[str, list[str]] = {}
+    for record in users.list():
+        try:
+            owner, _ = mailbox_owner(cfg, record)
+            way = delivery.how(record)
+        except DeliveryError:
+            continue
+        ways.setdefault(way, []).append(f"{record.address} (uid {owner})")
+    why = {INPROCESS: f"mailbox owned by the runner's uid {uid}, deliver.mode = inprocess",
+           EXEC: "a separate process (deliver.mode = exec, or a mailbox owned by another uid while the runner is root)",
+           SERVICE: "mailbox owned by another uid: the privileged pymda-local becomes the owner"}
+    for way, who_list in ways.items():
+        shown = ", ".join(who_list[:5]) + (f" and {len(who_list) - 5} more" if len(who_list) > 5 else "")
+        lines.append(f"delivery {way}: {shown} -- {why[way]}")
+    return lines
 
 
 def _known_code(code: int) -> int:

@@ -664,13 +664,9 @@ def leave_root(cfg, runner: Runner) -> int:
         if maildrop is not None:
             os.chown(maildrop, pw.pw_uid, pw.pw_gid)
             os.chmod(maildrop, 0o1733)
-        from pymda.deliver import preload_delivery
+        from pymta.lib.daemon import preload
 
-        preload_delivery()
-        import pymta.bounce  # noqa: F401  (the interpreter may be out of the new user's reach)
-        import pymta.local  # noqa: F401
-        import pymta.smtp_client  # noqa: F401
-
+        preload("qrunner")  # the interpreter's files may be out of the new user's reach
         become_account(pw)
     except (OSError, PrivilegeError) as exc:
         log.error(f"daemon_user = {name!r}: {exc}")
@@ -682,7 +678,7 @@ def leave_root(cfg, runner: Runner) -> int:
 def hand_over(path: Path, uid: int, gid: int) -> None:
     """Give the queue to ``uid`` when it is not already its: the directories
     and what is in them (a queue first used by root, e.g. an older setup)."""
-    if os.stat(path).st_uid == uid:
+    if all(os.stat(p).st_uid == uid for p in [path, *(e.path for e in os.scandir(path) if e.is_dir())]):
         return
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:

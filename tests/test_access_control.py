@@ -855,7 +855,7 @@ def test_daemon_started_as_root_serves_as_daemon_user(open_root, test_user, modu
         if mode == "inetd":  # the process serving this connection (others may be starting for wait_port's probe)
             pids = [serving_pid(pids, port, client.sock.getsockname()[1])]
         else:
-            assert len(pids) == 2, pids  # the first process and its pre-forked worker
+            assert len(pids) == 3, pids  # the parent that watches, and its two pre-forked workers
         assert_runs_as(pids, pw, extra_gid)
 
     SESSIONS[module](port, system, check)

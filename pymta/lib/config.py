@@ -53,6 +53,8 @@ PARAMS: tuple[Param, ...] = (
     Param("listen.pop3s", "listen", "127.0.0.1:2995", "POP3 over implicit TLS."),
     Param("listen.imap", "listen", "127.0.0.1:2143", "IMAP listener (when pyimap-imapd is installed)."),
     Param("listen.imaps", "listen", "127.0.0.1:2993", "IMAP over implicit TLS."),
+    Param("run.restart_delay", "float", 1.0, "Seconds `pymail run` waits before starting again a program that died. Each further death within ten times this long of its start doubles the wait, up to run.max_restart_delay; it retries forever, and the other programs keep running."),
+    Param("run.max_restart_delay", "float", 60.0, "Longest wait, in seconds, before `pymail run` starts again a program that keeps dying."),
     # -- authentication ---------------------------------------------------------
     Param("auth.allow_plaintext", "bool", False, "Allow passwords (AUTH, USER/PASS, LOGIN) over connections without TLS from non-loopback peers."),
     Param("auth.allow_plaintext_loopback", "bool", True, "Allow passwords without TLS from 127.0.0.0/8 and ::1."),

@@ -149,7 +149,8 @@ class Harness:
             f'[relay]\ntransport_map = {{ "{RELAY_DOMAIN}" = "[127.0.0.1]:{self.sink_port}" }}\n'
             'tls = "none"\nconnect_timeout = 5.0\ncommand_timeout = 20.0\n'
         )
-        text = (f'hostname = "mx.{DOMAIN}"\ndomains = ["{DOMAIN}"]\nroot = "{self.root}"\n{extra}')
+        as_root = 'daemon_user = "root"\n' if os.geteuid() == 0 else ""  # the tree is root's (conftest)
+        text = (f'hostname = "mx.{DOMAIN}"\ndomains = ["{DOMAIN}"]\nroot = "{self.root}"\n{as_root}{extra}')
         tmp = self.sys.config.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self.sys.config)
