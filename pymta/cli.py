@@ -546,6 +546,7 @@ def _run_options(f):
 def run(directory, config_file, **ports):
     """Run every daemon and the queue runner in the foreground (Ctrl-C stops them)."""
     from pymta.lib import tls
+    from pymta.supervisor import Program, Supervisor
 
     log.set_program("pymail")
     cfg = _load(directory, config_file)
@@ -594,4 +595,3 @@ def run(directory, config_file, **ports):
 
 if __name__ == "__main__":
     main()
-    from pymta.supervisor import Program, Supervisor
