@@ -1,5 +1,6 @@
 """Crash consistency, quick version (issue 7): the harness of
-tests/reliability/crash_test.py with ~30 SIGKILLs, plus the checks that
+tests/reliability/crash_test.py with ~30 SIGKILLs (listening parents and
+workers of `pymail run`'s daemons among them), plus the checks that
 prove the ledger can fail and a regression test for a bug the harness found.
 
 The long run: ``python3 tests/reliability/crash_test.py --kills 200``.
@@ -27,6 +28,9 @@ def test_crash_quick(tmp_path, tls_files):
     r = result.report
     assert sum(result.kills.values()) == 30, summary
     assert len(result.kills) >= 4, summary  # several kinds of victims, not one
+    # pymail run alone brings back a killed daemon (parent) and each parent its killed workers
+    assert any(kind.endswith("-parent") for kind in result.kills), summary
+    assert any(kind.endswith("-worker") for kind in result.kills), summary
     assert result.problems == [], summary
     assert r.lost == [], summary
     assert r.corrupted == [], summary

@@ -5,8 +5,9 @@
 
     python3 tests/reliability/crash_test.py --kills 200 [--seed N] [--clients C] [--keep DIR]
 
-A pymail tree (``tests/conftest.py``'s ``MailSystem``) runs smtpd, pop3d
-and imapd (pre-forked, 2 processes each) and a qrunner, relaying the
+A pymail tree (``tests/conftest.py``'s ``MailSystem``) runs under ``pymail
+run``: smtpd, pop3d and imapd (each a parent watching 2 forked workers) and
+a qrunner, relaying the
 domain ``relay.test`` to an aiosmtpd sink in a process of its own
 (``relay_sink.py``: it refuses ``reject*`` recipients with 550 and answers
 451 now and then).  Client
@@ -19,11 +20,15 @@ so there are pymda-deliver processes to kill mid-write and mid-filter.
 
 A killer thread picks a victim kind among the live processes (found via
 /proc: smtpd parent or worker, qrunner, pymda-deliver, pymta-queue,
-sendmail, pop3d and imapd parents or workers), SIGKILLs one, and a
-supervisor brings back what must run.  Afterwards the queue is flushed and
-drained, and ``ledger.Ledger.scan`` accounts for every acknowledged message.
-Exit status 1 when a message was lost or corrupted, a file is unreadable or
-a daemon did not come back.  The seed is printed first; ``--seed`` replays
+sendmail, pop3d and imapd parents or workers) and SIGKILLs one.  Nothing
+but pymail itself brings the victims back: ``pymail run`` restarts a dead
+daemon or runner (``run.restart_delay`` shrunk to 0.2 s), a daemon's parent
+replaces a dead worker, and a killed parent's workers must leave the port
+free for the restart.  Afterwards every port must greet within 15 s; the
+queue is flushed and drained, and ``ledger.Ledger.scan`` accounts for every
+acknowledged message.  Exit status 1 when a message was lost or corrupted,
+a file is unreadable or a daemon did not come back.  The seed is printed
+first; ``--seed`` replays
 the same choices (thread timing still varies).
 """
 
@@ -61,6 +66,7 @@ SENDER = f"dave@{DOMAIN}"
 LOCAL_USERS = ["alice", "bob", "carol", "pat", "ivy"]
 RULES = ":0 fwr\n| cat\n:0\n.Filtered/\n"
 TIMEOUT = 15.0
+RECOVERY = 15.0  # seconds pymail has to answer on every port again after the last kill
 DAEMONS = (("smtpd", "pymta.smtpd"), ("pop3d", "pypop.pop3d"), ("imapd", "pyimap.imapd"))
 MODULE_KIND = {"pymta.qrunner": "qrunner", "pymda.deliver": "deliver", "pymta.queue_cmd": "queue-door",
                "pymta.sendmail": "sendmail"}
@@ -120,10 +126,9 @@ class Harness:
         carol = self.sys.maildir("carol")
         carol.mkdir(parents=True, exist_ok=True)
         (carol / ".procmailrc").write_text(RULES)
-        self.tag = str(self.sys.config)
+        self.tag = str(self.sys.config.resolve())  # as `pymail run` passes it to its programs
         self.ports = {name: free_port() for name, _ in DAEMONS}
-        self.parents: dict[str, subprocess.Popen] = {}
-        self.qrunner: subprocess.Popen | None = None
+        self.run_proc: subprocess.Popen | None = None  # `pymail run`, the only supervisor
         self.logs = root / "logs"
         self.logs.mkdir(exist_ok=True)
         self.ledger = Ledger()
@@ -146,6 +151,8 @@ class Harness:
             "[imapd]\nprocesses = 2\n"
             "[qrunner]\nscan_interval = 1.0\nretry_min = 1.0\nretry_max = 2.0\nconcurrency = 4\n"
             f'[deliver]\nmode = "{mode}"\n'
+            "[run]\nrestart_delay = 0.2\nmax_restart_delay = 2.0\n"
+            "[listen]\n" + "".join(f'{service} = "{where}"\n' for service, where in self.listen().items()) +
             f'[relay]\ntransport_map = {{ "{RELAY_DOMAIN}" = "[127.0.0.1]:{self.sink_port}" }}\n'
             'tls = "none"\nconnect_timeout = 5.0\ncommand_timeout = 20.0\n'
         )
@@ -166,72 +173,53 @@ class Harness:
         finally:
             err.close()
 
-    def start_daemon(self, name: str, module: str) -> None:
-        """Start NAME and wait for its greeting; a start the killer cut short is tried again."""
-        port = self.ports[name]
-        for _attempt in range(20):
-            self.kill_group(name, module)  # orphaned workers of a killed parent still hold the port
-            proc = self.spawn(name, self.program(module, "--listen", f"127.0.0.1:{port}"))
-            self.parents[name] = proc
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                if proc.poll() is not None:
-                    break
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                        s.settimeout(5)
-                        if s.recv(100):
-                            return
-                except OSError:
-                    time.sleep(0.05)
-            if proc.poll() != -signal.SIGKILL:
-                break
-        self.problems.append(f"{name} did not come back (exit {proc.poll()}), seed {self.seed}")
-        raise RuntimeError(self.problems[-1])
+    def listen(self) -> dict[str, str]:
+        """`pymail run`'s listeners: one port per daemon, the TLS twins off."""
+        where = {"smtp": "smtpd", "pop3": "pop3d", "imap": "imapd"}
+        return {service: f"127.0.0.1:{self.ports[where[service]]}" if service in where else ""
+                for service in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")}
+
+    def start_pymail(self) -> None:
+        """Start `pymail run` and wait until every daemon greets."""
+        self.run_proc = self.spawn("pymail-run", [sys.executable, "-m", "pymta.cli", "run", "-C", self.tag])
+        silent = self.silent_daemons(30)
+        if silent:
+            self.problems.append(f"{', '.join(silent)} did not start under pymail run "
+                                 f"(exit {self.run_proc.poll()}), seed {self.seed}")
+            raise RuntimeError(self.problems[-1])
+
+    def stop_pymail(self) -> None:
+        """SIGTERM to `pymail run`: it stops what it started, and nothing may outlive it."""
+        proc, self.run_proc = self.run_proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.problems.append("pymail run did not stop in 30 s after SIGTERM")
+                proc.kill()
+                proc.wait()
+        for pid, _pp, argv in proc_table(self.tag):
+            module = module_of(argv)
+            if module in {mod for _n, mod in DAEMONS} or (module == "pymta.qrunner" and "--once" not in argv):
+                if not _wait_gone(pid, 10):
+                    self.problems.append(f"{module} {pid} outlived pymail run")
+                    _kill(pid)
 
     def group(self, name: str, module: str) -> list[int]:
         where = f"127.0.0.1:{self.ports[name]}"
         return [pid for pid, _pp, argv in proc_table(self.tag) if module_of(argv) == module and where in argv]
 
-    def kill_group(self, name: str, module: str) -> None:
-        for pid in self.group(name, module):
-            _kill(pid)
-        deadline = time.time() + 10
-        while self.group(name, module) and time.time() < deadline:
-            time.sleep(0.02)
-        old = self.parents.get(name)
-        if old is not None and old.poll() is None:
-            old.kill()
-        if old is not None:
-            old.wait()
-
-    def restart_daemon(self, name: str, module: str) -> None:
-        self.start_daemon(name, module)
-
-    def start_qrunner(self) -> None:
-        self.write_config("exec" if self.rng.random() < 0.7 else "inprocess")
-        self.qrunner = self.spawn("qrunner", self.program("pymta.qrunner"))
-
-    def supervise_once(self) -> None:
-        for name, module in DAEMONS:
-            proc = self.parents.get(name)
-            if proc is None or proc.poll() is not None:
-                if proc is not None:
-                    self.restarts[name] = self.restarts.get(name, 0) + 1
-                self.restart_daemon(name, module)
-        if self.qrunner is not None and self.qrunner.poll() is not None:
-            self.restarts["qrunner"] = self.restarts.get("qrunner", 0) + 1
-            self.start_qrunner()
-
-    def supervisor(self) -> None:
-        while not self.stop_kill.is_set():
-            try:
-                self.supervise_once()
-            except RuntimeError:
-                self.stop_kill.set()
-                self.stop_load.set()
-                return
-            time.sleep(0.05)
+    def count_restarts(self) -> None:
+        """Restarts as pymail logged them: `pymail run`'s and each daemon's worker replacements."""
+        path = self.logs / "pymail-run.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            program = re.search(r"warning: (\S+) (?:was killed|exited).*; restart \d+ in", line)
+            worker = re.match(r"(\S+)\[\d+\]: warning: worker \d+ .*; starting another", line)
+            name = program.group(1) if program else f"{worker.group(1)}-worker" if worker else None
+            if name:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
 
     def peeker(self) -> None:
         """Sample visible files while the kills go on: none may be half-written."""
@@ -249,15 +237,15 @@ class Harness:
 
     # -- the killer -------------------------------------------------------------------------
     def victims(self) -> dict[str, list[int]]:
-        parents = {p.pid: name for name, p in self.parents.items() if p.poll() is None}
+        supervisor = self.run_proc.pid if self.run_proc is not None else None
         found: dict[str, list[int]] = {}
-        for pid, _ppid, argv in proc_table(self.tag):
+        for pid, ppid, argv in proc_table(self.tag):
             module = module_of(argv)
             kind = MODULE_KIND.get(module)
             if kind is None:
                 for name, mod in DAEMONS:
-                    if module == mod:
-                        kind = f"{name}-{'parent' if parents.get(pid) == name else 'worker'}"
+                    if module == mod:  # a listening parent is a child of `pymail run`; its workers are its own
+                        kind = f"{name}-{'parent' if ppid == supervisor else 'worker'}"
             if kind == "qrunner" and "--once" in argv:
                 continue
             if kind:
@@ -267,13 +255,23 @@ class Harness:
     def killer(self, kills: int, gap: tuple[float, float]) -> None:
         rng = random.Random(self.seed + 1)
         done = 0
+        idle_since = time.time()
         while done < kills and not self.stop_kill.is_set():
             time.sleep(rng.uniform(*gap))
+            if self.run_proc is None or self.run_proc.poll() is not None:
+                self.problems.append(f"pymail run exited ({self.run_proc and self.run_proc.poll()}) during the kills")
+                break
             found = self.victims()
             if not found:
+                if time.time() - idle_since > RECOVERY:
+                    self.problems.append(f"nothing came back to kill for {RECOVERY:g} s, seed {self.seed}")
+                    break
                 continue
+            idle_since = time.time()
             kind = rng.choice(sorted(found))
             pid = rng.choice(sorted(found[kind]))
+            if kind == "qrunner":  # the next runner (started by pymail run) delivers the other way
+                self.write_config("exec" if rng.random() < 0.7 else "inprocess")
             if _kill(pid):
                 done += 1
                 with self.lock:
@@ -418,20 +416,12 @@ class Harness:
         if self.sink.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the relay sink did not start: {(self.logs / 'sink.log').read_text()[-500:]}")
         self.write_config("exec")
-        for name, module in DAEMONS:
-            self.start_daemon(name, module)
-        self.start_qrunner()
+        self.start_pymail()
 
     def drain(self, timeout: float = 120.0) -> list:
-        """Stop the serving runner; flush deferred entries and run --once until the queue is empty."""
-        if self.qrunner is not None and self.qrunner.poll() is None:
-            self.qrunner.terminate()
-            try:
-                self.qrunner.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.qrunner.kill()
-                self.qrunner.wait()
-        self.qrunner = None
+        """Stop `pymail run` (the serving runner with it); flush deferred entries and run --once
+        until the queue is empty."""
+        self.stop_pymail()
         for pid, _pp, argv in proc_table(self.tag):  # a pymda-deliver the killed runner left behind
             if module_of(argv) == "pymda.deliver":
                 _wait_gone(pid, 30)
@@ -469,24 +459,10 @@ class Harness:
             return f"does not answer: {exc!r}"
 
     def stop(self) -> None:
-        for proc in self.parents.values():  # a parent stops its own workers
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.parents.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        for name, module in DAEMONS:  # orphans of a killed parent
+        self.stop_pymail()
+        for name, module in DAEMONS:  # orphans, should pymail have left any (a problem already noted)
             for pid in self.group(name, module):
-                _kill(pid, signal.SIGTERM)
-        for name, module in DAEMONS:
-            for pid in self.group(name, module):
-                _wait_gone(pid, 10) or _kill(pid)
-        for proc in list(self.parents.values()) + ([self.qrunner] if self.qrunner else []):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+                _kill(pid)
         if self.sink is not None:
             self.sink.stdin.close()  # its signal to stop
             try:
@@ -497,16 +473,27 @@ class Harness:
             self.sink.stdout.close()
             self.sink = None
 
+    def silent_daemons(self, timeout: float) -> list[str]:
+        """The daemons that do not greet, after trying for ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            silent = []
+            for name, greeting in (("smtpd", b"220 "), ("pop3d", b"+OK"), ("imapd", b"* OK")):
+                try:
+                    with socket.create_connection(("127.0.0.1", self.ports[name]), timeout=5) as s:
+                        s.settimeout(10)
+                        got = s.recv(200)
+                except OSError:
+                    got = b""
+                if not got.startswith(greeting):
+                    silent.append(name)
+            if not silent or time.time() > deadline:
+                return silent
+            time.sleep(0.1)
+
     def check_daemons_answer(self) -> None:
-        for name, greeting in (("smtpd", b"220 "), ("pop3d", b"+OK"), ("imapd", b"* OK")):
-            try:
-                with socket.create_connection(("127.0.0.1", self.ports[name]), timeout=5) as s:
-                    s.settimeout(10)
-                    got = s.recv(200)
-            except OSError as exc:
-                got = repr(exc).encode()
-            if not got.startswith(greeting):
-                self.problems.append(f"{name} does not answer after the run: {got[:80]!r}")
+        for name in self.silent_daemons(RECOVERY):
+            self.problems.append(f"{name} does not answer {RECOVERY:g} s after the last kill")
 
     def check_mailboxes(self) -> None:
         """Every mailbox opens through the daemons after the run: POP3 STAT
@@ -558,31 +545,24 @@ class Harness:
         self.log(f"crash_test: seed {self.seed}, {kills} kills, {self.nclients} clients, root {self.root}")
         self.start()
         threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(self.nclients)]
-        sup = threading.Thread(target=self.supervisor, daemon=True)
         peeker = threading.Thread(target=self.peeker, daemon=True)
         for t in threads:
             t.start()
-        sup.start()
         peeker.start()
         self.killer(kills, gap)
-        sup.join()
         peeker.join()
         self.stop_load.set()
         for t in threads:
             t.join(timeout=90)
+        self.check_daemons_answer()  # pymail alone brought everything back
+        left = self.drain()
         try:
-            self.supervise_once()  # every daemon up again after the last kill
-            for _ in range(3):
-                if self.qrunner is not None and self.qrunner.poll() is None:
-                    break
-                self.start_qrunner()
-            time.sleep(0.5)
-            self.check_daemons_answer()
+            self.start_pymail()  # the daemons again, for the mailbox checks
+            self.check_mailboxes()
         except RuntimeError:
             pass
-        left = self.drain()
-        self.check_mailboxes()
         self.stop()
+        self.count_restarts()
         report = self.ledger.scan(self.root / "mail", relay_sink.received(self.sink_dir), self.root / "queue")
         return Result(self, report, left, time.time() - started)
 
