@@ -171,8 +171,8 @@ class Runner:
             return
         else:
             try:
-                way = self.local_delivery().deliver(entry, rcpt["to"], rcpt["orig"], once=bool(rcpt.get("dup")))
-                self._result(rcpt, SENT, f"2.0.0 delivered to maildir ({way})" + dup)
+                self.local_delivery().deliver(entry, rcpt["to"], rcpt["orig"], once=bool(rcpt.get("dup")))
+                self._result(rcpt, SENT, "2.0.0 delivered to maildir" + dup)
             except DeliveryError as exc:
                 if exc.temporary or exc.exit_code not in PERMANENT_EXITS:
                     self._result(rcpt, DEFERRED, f"4.2.0 {exc}")

@@ -171,7 +171,10 @@ def test_broken_config_is_exit_78_with_key(tree):
 def test_config_check_ok(tree):
     result = invoke("config", "check", tree)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"config OK: {(tree / 'pymail.toml').absolute()}"
+    *notes, last = result.stdout.strip().splitlines()
+    assert last == f"config OK: {(tree / 'pymail.toml').absolute()}"
+    assert notes and all(line.startswith("note: ") for line in notes)  # who the runner runs as
+    assert notes[0].startswith(f"note: qrunner runs as uid {os.geteuid()} ")
 
 
 def test_config_check_finds_problems(tree):

@@ -140,6 +140,7 @@ class Report:
     lost: list = field(default_factory=list)          # tokens
     duplicated: dict = field(default_factory=dict)    # token -> copies
     duplicated_kinds: dict = field(default_factory=dict)  # kind -> duplicated tokens
+    duplicated_where: dict = field(default_factory=dict)  # local / remote / mixed -> duplicated tokens
     corrupted: list = field(default_factory=list)     # (token or None, where, problem)
     unreadable: list = field(default_factory=list)    # (path, problem)
     unacked_found: int = 0                            # not acknowledged, yet delivered (allowed)
@@ -163,6 +164,8 @@ class Report:
             lines.append("  lost tokens: " + " ".join(self.lost[:50]))
         if self.duplicated:
             lines.append("  duplicated by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_kinds.items())))
+            lines.append("  duplicated where: " + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_where.items()))
+                         + "  (local: two Maildir copies; remote: two at the relay; mixed: delivered and bounced)")
             lines.append("  duplicated: " + " ".join(f"{t}x{n}" for t, n in list(self.duplicated.items())[:30]))
         for item in self.corrupted[:50]:
             lines.append(f"  corrupted: {item}")
@@ -296,6 +299,9 @@ class Ledger:
             if n + bounces.get(token, 0) > 1:
                 report.duplicated[token] = n + bounces.get(token, 0)
                 report.duplicated_kinds[kind] = report.duplicated_kinds.get(kind, 0) + 1
+                remote = sum(1 for how, _ in copies.get(token, ()) if how == "sink")
+                where = "local" if n - remote > 1 else "remote" if remote > 1 else "mixed"
+                report.duplicated_where[where] = report.duplicated_where.get(where, 0) + 1
         report.unacked_found = sum(1 for t in copies if t not in self.acked)
         return report
 
