@@ -24,10 +24,10 @@ import stat
 from pymta.lib import log, sysexits
 
 
-def read_targets(path) -> list[str]:
+def read_targets(path, opener=None) -> list[str]:
     from pymta.aliases import split_targets
 
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape", opener=opener) as fh:
         text = fh.read(1 << 16)
     out = []
     for line in text.splitlines():
@@ -50,13 +50,18 @@ def safe(path) -> bool:
 
 def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files, dry_run: bool = False,
           qid=None, args=(), confine=None):
-    from pymda.rules.engine import Engine, run_rules
+    from pymda.confined import Refused
+    from pymda.rules.engine import Engine, default_roots, run_rules
     from pymda.rules.parser import Action, Recipe
 
-    try:
-        targets = read_targets(path) if safe(path) else []
+    roots = default_roots(confine, variables)
+    try:  # read as the rules files are: a .forward linked out of the user's directories is refused
+        targets = read_targets(path, roots.opener() if roots.contains(str(path)) else None) if safe(path) else []
     except OSError as exc:
         log.warning(f"{path}: {exc.strerror}; ignored", qid)
+        targets = []
+    except Refused as exc:
+        log.error(f"{path}: refused: {exc}; ignored", qid)
         targets = []
     if not targets:
         return run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid,

@@ -27,6 +27,7 @@ import errno
 import os
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -106,13 +107,42 @@ def ensure_maildir(path: Path, folder: bool = False) -> None:
             marker.touch(mode=0o600)
 
 
+def open_subdirs(box_fd: int, folder: bool = False) -> tuple[int, int]:
+    """Descriptors of ``tmp/`` and ``new/`` under the Maildir open as
+    ``box_fd``, made (with ``cur/``, and a ++ folder's marker) when missing;
+    a symbolic link in their place is refused (ELOOP), never followed."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fds = {}
+    try:
+        for sub in SUBDIRS:
+            try:
+                os.mkdir(sub, 0o700, dir_fd=box_fd)
+            except FileExistsError:
+                pass
+            try:
+                fds[sub] = os.open(sub, flags, dir_fd=box_fd)
+            except NotADirectoryError:  # O_NOFOLLOW|O_DIRECTORY on a link: say ELOOP, as for a file
+                if stat.S_ISLNK(os.stat(sub, dir_fd=box_fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), sub) from None
+                raise
+        if folder:
+            os.close(os.open("maildirfolder", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=box_fd))
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    os.close(fds.pop("cur"))
+    return fds["tmp"], fds["new"]
+
+
 def crlf_size(data: bytes) -> int:
     """Size of ``data`` (LF line ends) on the wire with CRLF line ends."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, tag: str | None = None,
-            once: bool = False) -> Path:
+            once: bool = False, dirs: tuple[Path, Path] | None = None) -> Path:
     """Write a message into ``maildir/new`` and return its final path.
 
     ``chunks`` is an iterable of bytes with LF line ends (or one bytes
@@ -120,7 +150,10 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
     the caller defers (never a half-written file in new/).  ``tag`` (else
     the context's ``delivery_tag``) goes into the name; with ``once`` a
     message already carrying the tag is not written again and its path is
-    returned (a delivery repeated after a crash).
+    returned (a delivery repeated after a crash).  ``dirs``: the
+    (tmp, new) directories to use instead of ``maildir/tmp`` and
+    ``maildir/new`` (the rules engine passes ``/proc/self/fd`` paths of
+    descriptors from ``open_subdirs``, so no link swapped in redirects it).
     """
     maildir = Path(maildir)
     if tag is None and (context := delivery_tag.get()) is not None:
@@ -131,7 +164,7 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
         chunks = (bytes(chunks),)
     for attempt in range(2):
         name = unique_name(tag)
-        tmp = maildir / "tmp" / name
+        tmp = (dirs[0] if dirs else maildir / "tmp") / name
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             break
@@ -174,11 +207,11 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
         _unlink_quietly(tmp)
         raise
     os.close(fd)
-    final = maildir / "new" / f"{name},S={size},W={wsize}"
+    final = (dirs[1] if dirs else maildir / "new") / f"{name},S={size},W={wsize}"
     try:
         os.rename(tmp, final)
         if fsync:
-            fsync_dir(maildir / "new")
+            fsync_dir(final.parent)
     except OSError as exc:
         _unlink_quietly(tmp)
         raise MaildirError(f"{final}: {exc.strerror}") from None

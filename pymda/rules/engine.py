@@ -12,12 +12,13 @@ silent fallback, unless a later recipe delivers the message.
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pymda import maildir
+from pymda import confined, maildir
 from pymta.lib import log as _log
 from pymta.lib import sysexits
 
@@ -29,6 +30,22 @@ SUPREMUM = 2147483647.0
 SHELLMETAS = "&|<>~;?*["
 _VAR = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*)|\\([A-Za-z_][A-Za-z0-9_]*)|([0-9#$?_\-=@]))")
 _NOT_EXPORTED = {"=", "_", "-"}
+# Variables naming a path: an assignment leading outside the user's
+# directories is refused (logged with file:line) and the old value stays.
+_PATH_VARS = ("MAILDIR", "DEFAULT", "ORGMAIL", "LOGFILE")
+CAPTURE_LIMIT = 64 * 1024  # output a backquote or VAR=| may give: a value, not a message
+FILTER_LIMIT = 25 * 1024 * 1024  # a filter's output, at least (smtpd.max_message_size's default)
+
+
+def default_roots(confine, variables: dict) -> confined.Roots:
+    """The directories rule paths must stay under: ``confine`` (the deliverer
+    passes the user's Maildir and home), else HOME and MAILDIR as the run
+    starts (pymda-deliver -m) -- never what the rules assign later."""
+    return confined.Roots(confine if confine else (variables.get("HOME"), variables.get("MAILDIR")))
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 @dataclass
@@ -123,16 +140,36 @@ def _true(value: str) -> bool:
     return v[0] in "oyte" and not v.startswith("off")
 
 
+class _ConfinedLock:
+    """A dotlock in a directory held open by descriptor: a link swapped in later cannot move it."""
+
+    def __init__(self, dir_fd: int, name: str, timeout: float) -> None:
+        self.dir_fd = dir_fd
+        self.lock = mbox.DotLock(confined.fd_path(dir_fd, name), timeout=timeout)
+
+    def acquire(self) -> None:
+        self.lock.acquire()
+
+    def release(self) -> None:
+        self.lock.release()
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
 class Engine:
     def __init__(self, data: bytes, variables: dict, *, args=(), inbox: Path | None = None, sender: str = "",
                  dry_run: bool = False, qid: str | None = None, regex_timeout: float = rx.SEARCH_TIMEOUT,
-                 confine=None) -> None:
+                 confine=None, max_output: int | None = None) -> None:
         self.msg = Message(data)
-        # In-process delivery writes every mailbox with one uid: folders and
-        # mbox files must then stay under these directories (the user's Maildir
-        # and home), whatever the rules say; None: the kernel decides.
-        self.confine = [os.path.realpath(d) for d in confine] if confine else None
         self.vars: dict[str, str] = {k: str(v) for k, v in variables.items() if v is not None}
+        # Every path the rules name stays under these (pymda.confined), in
+        # every delivery mode: the kernel alone would let rules run as the
+        # user (or as the one vmail uid) reach any file that uid can.
+        self.roots = default_roots(confine, self.vars)
+        self.first_default = self.vars.get("DEFAULT")  # the fallback when a later DEFAULT fails
+        self.max_output = max_output  # a filter's output limit (None: FILTER_LIMIT or twice the message)
+        self.line = 0  # of the item running, for backquotes' log lines
         self.args = list(args)
         self.inbox = Path(inbox) if inbox else None
         self.sender = sender
@@ -152,7 +189,7 @@ class Engine:
     # -- logging ---------------------------------------------------------------------
     def _logpath(self) -> str | None:
         path = self.vars.get("LOGFILE")
-        if not path:
+        if not path or path == "/dev/null":
             return None
         return self._abs(path)
 
@@ -168,15 +205,40 @@ class Engine:
         else:
             _log.debug(text, self.qid)
 
-    def _append_log(self, path: str, text: str) -> None:
+    def _open_log(self, path: str) -> int | None:
+        """LOGFILE opened for appending, inside the user's directories only."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, text.encode("utf-8", "surrogateescape"))
-            finally:
-                os.close(fd)
+            return self.roots.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except (OSError, confined.Refused) as exc:
+            _log.warning(f"LOGFILE {path}: {_why(exc)}", self.qid)
+            return None
+
+    def _append_log(self, path: str, text: str) -> None:
+        fd = self._open_log(path)
+        if fd is None:
+            return
+        try:
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
         except OSError as exc:
             _log.warning(f"LOGFILE {path}: {exc.strerror}", self.qid)
+        finally:
+            os.close(fd)
+
+    def _refuse(self, line, what: str, exc: Exception) -> None:
+        """A path outside the user's directories: an error naming file and line."""
+        self.log(f"{self.special['_']}:{line}: {what}: refused: {_why(exc)}", "error")
+        self.note(line, f"refused: {what}: {_why(exc)}")
+
+    def _allowed(self, name: str, value: str, line: int) -> bool:
+        """May path variable ``name`` take ``value``?  Logs the refusal."""
+        if not value or value == "/dev/null":
+            return True
+        try:
+            self.roots.check(self._abs(value))
+            return True
+        except (OSError, confined.Refused) as exc:
+            self._refuse(line, f"{name}={value}", exc)
+            return False
 
     def note(self, line, text: str) -> None:
         self.report.append((f"{self.special['_']}:{line}" if line else "", text))
@@ -288,8 +350,12 @@ class Engine:
         return "".join(parts)
 
     def backquote(self, command: str) -> str:
-        res = self._program(command, self.msg.part(True, True, True), capture=True)
+        res = self._program(command, self.msg.part(True, True, True), capture=True, line=self.line,
+                            limit=CAPTURE_LIMIT)
         self.special["?"] = str(res.code if res.code is not None else 1)
+        if res.overflow:
+            self.log(f"{self.special['_']}:{self.line}: `{command}` {res.why()} (over {CAPTURE_LIMIT} bytes)",
+                     "warning")
         return res.output.decode("utf-8", "surrogateescape").rstrip("\n")
 
     def assign(self, item: Assign) -> None:
@@ -300,6 +366,8 @@ class Engine:
             self.vars.pop(name, None)
         else:
             value = self.value_of(item.value)
+            if name in _PATH_VARS and not self._allowed(name, value, item.line):
+                return  # the old value stays
             self.vars[name] = value
         if name == "LOG" and value:
             path = self._logpath()
@@ -322,6 +390,9 @@ class Engine:
                 self.frames.clear()
         elif name == "LOCKFILE":
             self._global_lock(value, item.line)
+        elif name == "LOCKEXT" and value and "/" in value:
+            self._refuse(item.line, f"LOCKEXT={value}", confined.Refused("a lock file name may not hold '/'"))
+            self.vars["LOCKEXT"] = ".lock"
         elif name == "SHIFT" and value and value.strip().isdigit():
             self.args = self.args[int(value):]
             self.vars.pop("SHIFT", None)
@@ -331,17 +402,34 @@ class Engine:
             self.global_lock.release()
             self.global_lock = None
         if value and not self.dry_run:
-            lock = mbox.DotLock(self._abs(value), timeout=float(self.vars.get("LOCKTIMEOUT_WAIT", 60)))
-            try:
-                lock.acquire()
-                self.global_lock = lock
-            except mbox.MboxError as exc:
-                self.log(f"line {line}: LOCKFILE: {exc}", "warning")
+            self.global_lock = self._lock(self._abs(value), line, "LOCKFILE",
+                                          timeout=float(self.vars.get("LOCKTIMEOUT_WAIT", 60)))
+
+    def _lock(self, path: str, line, what: str, timeout: float = mbox.LOCK_TIMEOUT):
+        """A dotlock at ``path`` inside the user's directories, held; None when refused or busy (logged)."""
+        try:
+            dir_fd, name = self.roots.open_parent(path)
+        except (OSError, confined.Refused) as exc:
+            self._refuse(line, f"{what} {path}", exc)
+            return None
+        lock = _ConfinedLock(dir_fd, name, timeout)
+        try:
+            lock.acquire()
+        except mbox.MboxError as exc:
+            lock.release()
+            self.log(f"{self.special['_']}:{line}: {what}: {exc}", "warning")
+            return None
+        return lock
 
     def include(self, path: str, line: int, switch: bool) -> None:
         full = self._abs(path)
         try:
-            rules = parse_file(full)
+            rules = parse_file(full, opener=self.roots.opener())
+        except confined.Refused as exc:
+            self._refuse(line, f"{'SWITCHRC' if switch else 'INCLUDERC'} {full}", exc)
+            if switch:
+                self.frames.clear()
+            return
         except OSError as exc:
             self.log(f"line {line}: {'SWITCHRC' if switch else 'INCLUDERC'} {full}: {exc.strerror}", "warning")
             if switch:
@@ -374,6 +462,7 @@ class Engine:
             item = frame.items[frame.i]
             frame.i += 1
             self.special["_"] = frame.rcfile
+            self.line = item.line
             if isinstance(item, Assign):
                 self.assign(item)
             else:
@@ -519,7 +608,7 @@ class Engine:
     def condition_program(self, cond: Condition, r: Recipe) -> int:
         area = self._area(r)
         data = self.msg.part("H" in area, "B" in area, True)
-        res = self._program(cond.arg, data, capture=False)
+        res = self._program(cond.arg, data, capture=False, line=cond.line)
         code = res.code if res.code is not None else 1
         self.special["?"] = str(code)
         if res.timed_out:
@@ -541,25 +630,45 @@ class Engine:
 
     def _stderr(self):
         path = self._logpath()
-        if not path:
-            return None
-        try:
-            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return None
+        return self._open_log(path) if path else None
 
-    def _program(self, command: str, data: bytes | None, capture: bool):
+    def _program(self, command: str, data: bytes | None, capture: bool, line=None, limit: int | None = None):
+        """Run ``command`` with the shell; refused (not run) when it redirects
+        output to a file outside the user's directories."""
         shell = self.vars.get("SHELL") or "/bin/sh"
         argv = [shell, "-c", command, "sh", *self.args]
         from . import actions
 
+        for word in actions.redirections(command):
+            target = self._redirection_target(word)
+            try:
+                if target is None:
+                    raise confined.Refused("a file named by a command substitution cannot be checked")
+                if target and target not in ("/dev/null", "/dev/stdout", "/dev/stderr"):
+                    self.roots.check(self._abs(target))
+            except (OSError, confined.Refused) as exc:
+                self._refuse(line if line is not None else self.line, f"program {command!r} writes to {target}", exc)
+                return actions.Result(None, error=f"writes to {target}: {_why(exc)}", refused=True)
         err = self._stderr()
         try:
             return actions.run(argv, data, self.env(), self.vars.get("MAILDIR"), self.timeout(), capture=capture,
-                               stderr=err)
+                               stderr=err, limit=limit)
         finally:
             if err is not None:
                 os.close(err)
+
+    def _redirection_target(self, word) -> str | None:
+        """The file name the shell will open, from our variables (which are its
+        environment); None when it depends on a command substitution."""
+        parts = []
+        for kind, text in word:
+            if kind != "sq" and ("`" in text or "$(" in text):
+                return None
+            parts.append(text if kind == "sq" else self.expand(text, dq=kind == "dq"))
+        target = "".join(parts)
+        if target.startswith("~") and target[1:2] in ("", "/"):
+            target = (self.vars.get("HOME") or "") + target[1:]
+        return target
 
     # -- actions ---------------------------------------------------------------------
     def _parts(self, r: Recipe) -> tuple[bool, bool]:
@@ -586,8 +695,12 @@ class Engine:
             self.frames.append(_Frame(a.items, frame.rcfile))
             return True
         if kind == "capture":
-            res = self._program(a.text, _maybe_blank(self.msg.part(*self._parts(r), True), r), capture=True)
+            res = self._program(a.text, _maybe_blank(self.msg.part(*self._parts(r), True), r), capture=True,
+                                line=a.line, limit=CAPTURE_LIMIT)
             self.special["?"] = str(res.code if res.code is not None else 1)
+            if res.overflow:
+                self.log(f"{self.special['_']}:{a.line}: {a.var}=| {a.text!r} {res.why()} "
+                         f"(over {CAPTURE_LIMIT} bytes)", "warning")
             out = res.output.decode("utf-8", "surrogateescape")
             if out.endswith("\n"):
                 out = out[:-1]
@@ -627,13 +740,7 @@ class Engine:
                 self.log(f"line {r.line}: no lockfile name can be derived; none used", "warning")
                 return None
             name = self.expand(m.group(1)) + self.vars.get("LOCKEXT", ".lock")
-        lock = mbox.DotLock(self._abs(name))
-        try:
-            lock.acquire()
-        except mbox.MboxError as exc:
-            self.log(f"line {r.line}: lockfile: {exc}", "warning")
-            return None
-        return lock
+        return self._lock(self._abs(name), r.line, "lockfile")
 
     def _fail(self, r: Recipe, text: str, temporary: bool = True) -> bool:
         self.log(f"{self.special['_']}:{r.action.line}: {text}", "warning")
@@ -647,10 +754,13 @@ class Engine:
         data = _maybe_blank(self.msg.part(h, b, True), r)
         if self.dry_run:
             self.note(r.action.line, f"filter through: {r.action.text}")
-        res = self._program(r.action.text, data, capture=True)
+        limit = self.max_output or max(FILTER_LIMIT, 2 * len(data))
+        res = self._program(r.action.text, data, capture=True, line=r.action.line, limit=limit)
         self.special["?"] = str(res.code if res.code is not None else 1)
+        if res.refused:
+            return False
         if not res.ok:
-            why = res.error or ("timed out" if res.timed_out else f"exited {res.code}")
+            why = res.why() + (f" (over {limit} bytes)" if res.overflow else "")
             return self._fail(r, f"filter {r.action.text!r} {why}; message left unchanged", temporary=False)
         if res.write_error and "i" not in r.flags:
             return self._fail(r, f"filter {r.action.text!r} did not read its input; message left unchanged", False)
@@ -683,8 +793,10 @@ class Engine:
             return True
         if not r.action.text:
             return self._fail(r, "pipe to standard output is not supported", temporary=False)
-        res = self._program(r.action.text, data, capture=False)
+        res = self._program(r.action.text, data, capture=False, line=r.action.line)
         self.special["?"] = str(res.code if res.code is not None else 1)
+        if res.refused:
+            return False  # logged; a permanent failure: the mail goes on to later recipes and DEFAULT
         if res.error:
             return self._fail(r, res.error)
         if res.timed_out:
@@ -751,10 +863,10 @@ class Engine:
             self.special["-"] = "/dev/null"
             return True
         path = self._abs(dest)
-        if self.confine is not None:
-            real = os.path.realpath(path)
-            if not any(real == d or real.startswith(d.rstrip("/") + "/") for d in self.confine):
-                return self._fail_dest(r, line, f"refusing folder {dest!r}: outside the user's mailbox", False)
+        try:
+            self.roots.check(path)  # early, for --dry-run and a clear message; the write is confined again
+        except (OSError, confined.Refused) as exc:
+            return self._fail_dest(r, line, f"refusing folder {dest!r}: {_why(exc)}", False)
         is_maildir = dest.endswith("/") or (os.path.isdir(path) and os.path.isdir(os.path.join(path, "new")))
         if dest.endswith("/."):
             return self._fail_dest(r, line, f"{dest}: MH folders are not supported", False)
@@ -771,13 +883,16 @@ class Engine:
             data = self.msg.part(h, b, False)
             try:
                 if plusplus and not os.path.isdir(self.inbox / "new"):
-                    maildir.ensure_maildir(self.inbox)  # a ++ folder lives inside an INBOX
-                written = maildir.deliver(Path(path), data, folder=plusplus)
+                    self._maildir_write(str(self.inbox), None, False)  # a ++ folder lives inside an INBOX
+                where = self._maildir_write(path, data, plusplus)
             except maildir.MaildirError as exc:
                 return self._fail_dest(r, line, f"cannot deliver to {path}/: {exc}", exc.temporary)
+            except confined.Refused as exc:
+                return self._fail_dest(r, line, f"refusing folder {dest!r}: {exc}", False)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a link swapped in for tmp/ or new/
+                    return self._fail_dest(r, line, f"refusing folder {dest!r}: a symbolic link in it", False)
                 return self._fail_dest(r, line, f"cannot deliver to {path}/: {exc.strerror}", True)
-            where = str(written)
         else:
             data = mbox.format_message(self.msg.from_ if h else None, self.msg.header if h else b"",
                                        self.msg.body if b else b"", self.sender, raw)
@@ -785,15 +900,40 @@ class Engine:
                 data = mbox.from_line(self.sender) + mbox.quote_from(self.msg.body)
                 data = data if raw else _ensure_blank(data)
             try:
-                mbox.append(path, data, lockext=self.vars.get("LOCKEXT", ".lock"))
+                with self.roots.parent(path) as inside:
+                    mbox.append(inside, data, lockext=self.vars.get("LOCKEXT", ".lock"))
             except mbox.MboxError as exc:
-                return self._fail_dest(r, line, f"cannot deliver to {path}: {exc}", exc.temporary)
+                return self._fail_dest(r, line, f"cannot deliver to {path}: {exc}".replace(inside, path),
+                                       exc.temporary)
+            except confined.Refused as exc:
+                return self._fail_dest(r, line, f"refusing folder {dest!r}: {exc}", False)
+            except OSError as exc:
+                return self._fail_dest(r, line, f"cannot deliver to {path}: {exc.strerror}", True)
             where = path
         self.folders.append(where)
         self.special["-"] = where
         self.note(line, f"{verb} to {kind} {where}")
         self._abstract(where, len(data))
         return True
+
+    def _maildir_write(self, path: str, data: bytes | None, folder: bool) -> str:
+        """Write ``data`` into the Maildir ``path`` (made when missing; None: only
+        made) through descriptors from the confined walk; returns the file."""
+        box_fd = self.roots.open_dir(path, create=True)
+        try:
+            tmp_fd, new_fd = maildir.open_subdirs(box_fd, folder)
+        finally:
+            os.close(box_fd)
+        try:
+            if data is None:
+                return path
+            written = maildir.deliver(Path(path), data, folder=folder,
+                                      dirs=(Path(confined.fd_path(tmp_fd)), Path(confined.fd_path(new_fd))))
+        finally:
+            os.close(tmp_fd)
+            os.close(new_fd)
+        # /proc/self/fd/N/... means nothing to a reader of the log
+        return f"{path}/new/{written.name}" if str(written).startswith("/proc/") else str(written)
 
     def _fail_dest(self, r, line, text, temporary) -> bool:
         if r is not None:
@@ -840,6 +980,10 @@ class Engine:
                 return Outcome(False, sysexits.EX_CANTCREAT, self.folders, "no DEFAULT", self.report)
             self.note("", "no delivering recipe matched: DEFAULT")
             ok = self.deliver_to(default, "", True, True, False, False, None)
+            if not ok and not self.tempfail and self.first_default and default != self.first_default:
+                # the rules' DEFAULT was refused: the deliverer's own, never lost
+                self.note("", f"DEFAULT {default} refused: {self.first_default}")
+                ok = self.deliver_to(self.first_default, "", True, True, False, False, None)
             if not ok:
                 reason = f"temporary failure: cannot deliver to DEFAULT {default}"
                 return Outcome(False, sysexits.EX_TEMPFAIL, self.folders, reason, self.report)
@@ -856,18 +1000,26 @@ def _maybe_blank(data: bytes, r: Recipe) -> bytes:
 
 
 def run_rules(data: bytes, rule_files, variables: dict, *, args=(), inbox=None, sender: str = "",
-              dry_run: bool = False, qid: str | None = None, confine=None) -> Outcome:
+              dry_run: bool = False, qid: str | None = None, confine=None, max_output: int | None = None) -> Outcome:
     """Run each existing rules file in turn (site file first) and deliver; see Engine.
 
     A file with syntax errors is not run: its problems are logged with line
-    numbers and the message goes to $DEFAULT (nothing is lost).
+    numbers and the message goes to $DEFAULT (nothing is lost).  A rules
+    file inside the user's directories is read through the confined walk
+    (a ``.procmailrc`` linked to a file elsewhere is refused); the site's
+    file is the admin's.
     """
-    eng = Engine(data, variables, args=args, inbox=inbox, sender=sender, dry_run=dry_run, qid=qid, confine=confine)
+    eng = Engine(data, variables, args=args, inbox=inbox, sender=sender, dry_run=dry_run, qid=qid, confine=confine,
+                 max_output=max_output)
     for path in rule_files:
         try:
-            rules = _parsed(path)
+            rules = _parsed(path, eng.roots.opener() if eng.roots.contains(str(path)) else None)
         except FileNotFoundError:
             continue
+        except confined.Refused as exc:
+            eng.log(f"{path}: refused: {exc}; delivering to DEFAULT", "error")
+            eng.note("", f"{path}: refused: {exc}")
+            break
         except OSError as exc:
             eng.log(f"{path}: {exc.strerror}; delivering to DEFAULT", "error")
             eng.note("", f"{path}: cannot read: {exc.strerror}")
@@ -887,7 +1039,7 @@ def run_rules(data: bytes, rule_files, variables: dict, *, args=(), inbox=None, 
 _parsed_cache: dict[str, tuple[tuple, RuleFile]] = {}
 
 
-def _parsed(path) -> RuleFile:
+def _parsed(path, opener=None) -> RuleFile:
     """parse_file, remembered while the file is unchanged (the queue runner delivers many messages)."""
     key = str(path)
     st = os.stat(key)
@@ -895,7 +1047,7 @@ def _parsed(path) -> RuleFile:
     hit = _parsed_cache.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    rules = parse_file(key)
+    rules = parse_file(key, opener=opener)
     if len(_parsed_cache) > 256:
         _parsed_cache.clear()
     _parsed_cache[key] = (stamp, rules)

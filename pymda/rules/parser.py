@@ -359,8 +359,9 @@ def parse(text: str, path: str = "rules", *, compile_regex: bool = False) -> Rul
     return RuleFile(path, items, p.problems)
 
 
-def parse_file(path, *, compile_regex: bool = False) -> RuleFile:
-    with open(path, "rb") as fh:
+def parse_file(path, *, compile_regex: bool = False, opener=None) -> RuleFile:
+    """``opener``: as for open(); the engine passes a confined one (pymda.confined)."""
+    with open(path, "rb", opener=opener) as fh:
         data = fh.read(1 << 20)
     return parse(data.decode("utf-8", "surrogateescape"), str(path), compile_regex=compile_regex)
 
