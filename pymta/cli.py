@@ -447,6 +447,14 @@ def _deep_problems(cfg: config.Config) -> list[tuple[str, str]]:
                 problems.append(("paths.aliases", f"{aliases}:{lineno}: {message}"))
         except OSError as exc:
             problems.append(("paths.aliases", _os_message(exc)))
+    if cfg.get("smtpd.dnsbl_sites"):
+        from pymta.dnsbl import parse_site
+
+        for spec in cfg["smtpd.dnsbl_sites"]:
+            try:
+                parse_site(spec)
+            except ValueError as exc:
+                problems.append(("smtpd.dnsbl_sites", str(exc)))
     for name in ("queue", "mail"):
         path = cfg.path_of(name)
         if not path.is_dir():

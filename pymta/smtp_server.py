@@ -16,6 +16,7 @@ input (qmail CVE-2005-1513: every buffer has a limit).
 from __future__ import annotations
 
 import binascii
+import time
 from collections import namedtuple
 
 from pymta.lib.address import AddressError, parse_path, split_path
@@ -33,7 +34,8 @@ class TempFailure(Exception):
 
 class SMTPSettings(Record):
     __slots__ = ("hostname", "max_message_size", "max_recipients", "max_command_line", "max_text_line",
-                 "max_errors", "command_timeout", "data_timeout", "require_auth", "auth_plaintext_ok", "software")
+                 "max_errors", "command_timeout", "data_timeout", "require_auth", "auth_plaintext_ok", "software",
+                 "max_session_time", "max_junk_commands", "recipient_policy")
     FIELDS = (
         ("hostname", REQUIRED),
         ("max_message_size", 25 * 1024 * 1024),
@@ -46,6 +48,13 @@ class SMTPSettings(Record):
         ("require_auth", False),  # submission: AUTH before MAIL (530 5.7.0)
         ("auth_plaintext_ok", False),  # AUTH allowed without TLS on this connection
         ("software", "pymail"),
+        # A whole-session deadline: command_timeout only counts silence, so
+        # a NOOP every few seconds would otherwise hold a session forever.
+        ("max_session_time", 3600.0),
+        # NOOP, RSET, VRFY, HELP, HELO/EHLO: Postfix's smtpd_junk_command_limit
+        ("max_junk_commands", 100),
+        # ask backend.check_policy (DNSBL, greylisting) as a Job after check_recipient
+        ("recipient_policy", False),
     )
 
 
@@ -128,16 +137,22 @@ _CAPABILITIES = (
 )
 
 _MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
+# Commands that move no mail (Postfix's smtpd_junk_command_limit counts the
+# same; ETRN, EXPN and unknown verbs are errors here and counted as such).
+_JUNK_COMMANDS = frozenset((b"NOOP", b"RSET", b"VRFY", b"HELP", b"HELO", b"EHLO"))
 # Bytes never allowed in a command line: controls (CR, LF, NUL, TAB...).
 _CONTROLS = bytes(range(32)) + b"\x7f"
 
 
 class SMTPServer(LineReader, Protocol):
-    def __init__(self, settings: SMTPSettings, backend) -> None:
+    def __init__(self, settings: SMTPSettings, backend, clock=time.monotonic) -> None:
         self.settings = settings
         self.backend = backend
         self.session = Session(ConnectionInfo())
         self.envelope = Envelope()
+        self._clock = clock  # monotonic seconds; tests pass their own
+        self._session_end = clock() + settings.max_session_time
+        self._junk = 0  # junk commands since the last message accepted
         self.timeout = settings.command_timeout
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already known to hold no LF (never rescan)
@@ -163,6 +178,7 @@ class SMTPServer(LineReader, Protocol):
     def connection_made(self, info: ConnectionInfo) -> list:
         self.session = Session(info)
         s = self.settings
+        self._session_end = self._clock() + s.max_session_time
         return [f"220 {s.hostname} ESMTP {s.software}\r\n".encode()]
 
     def data_received(self, data: bytes) -> list:
@@ -184,6 +200,7 @@ class SMTPServer(LineReader, Protocol):
         if kind == "commit":
             self._sink = None
             if isinstance(result, str) and result:
+                self._junk = 0  # a client that moves mail may RSET between messages
                 self._send(250, "2.0.0", f"Ok: queued as {result}")
             else:
                 self._send(*_DATA_FAILURES[result if result in _DATA_FAILURES else _LOCAL_ERROR])
@@ -196,6 +213,12 @@ class SMTPServer(LineReader, Protocol):
                 self._send(454, "4.7.0", "Temporary authentication failure")
             else:
                 self._send(535, "5.7.8", "Authentication credentials invalid")
+        elif kind == "policy":
+            envelope, address, reply = result
+            if reply is not None:
+                self._send(*reply)
+            else:
+                self._accept_recipient(envelope, address)
         self._check_errors()
         return self._process()
 
@@ -209,9 +232,25 @@ class SMTPServer(LineReader, Protocol):
         return []
 
     def timed_out(self) -> list:
-        self._send(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
+        if self._session_over():
+            self._send(421, "4.4.2", f"{self.settings.hostname} Error: session time limit exceeded, closing connection")
+        else:
+            self._send(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
         self._close()
         return self._flush()
+
+    @property
+    def timeout(self) -> float:
+        """Seconds the driver waits for input: the phase's timeout, cut to
+        what is left of the session (drivers read it each time they wait)."""
+        return max(0.0, min(self._phase_timeout, self._session_end - self._clock()))
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._phase_timeout = seconds
+
+    def _session_over(self) -> bool:
+        return self._clock() >= self._session_end
 
     def connection_lost(self) -> None:
         self._abort_sink()
@@ -276,8 +315,19 @@ class SMTPServer(LineReader, Protocol):
     # -- commands ------------------------------------------------------------------
 
     def _command(self, line: bytes) -> None:
+        if self._session_over():  # a pipelined client never waits long enough to time out
+            self._send(421, "4.4.2", f"{self.settings.hostname} Error: session time limit exceeded, closing connection")
+            self._close()
+            return
         verb, _, arg = line.partition(b" ")
-        entry = _COMMANDS.get(verb.upper())
+        verb = verb.upper()
+        if verb in _JUNK_COMMANDS:
+            self._junk += 1
+            if self._junk > self.settings.max_junk_commands:
+                self._send(421, "4.7.0", f"{self.settings.hostname} Error: too many junk commands, closing connection")
+                self._close()
+                return
+        entry = _COMMANDS.get(verb)
         if entry is None:
             if verb.isascii() and verb.translate(None, _CONTROLS) == verb:
                 self._send(500, "5.5.2", "Error: command not recognized")
@@ -408,9 +458,21 @@ class SMTPServer(LineReader, Protocol):
         if reply is not None:
             self._send(*reply)
             return
-        if address not in env.rcpt_to:  # one copy per recipient
-            env.rcpt_to.append(address)
+        if self.settings.recipient_policy and address not in env.rcpt_to:
+            # DNSBL and greylisting wait on DNS and disk: a Job, answered in job_done
+            self._job = "policy"
+            self._marker = Job(self._check_policy, env, address)
+            return
+        self._accept_recipient(env, address)
+
+    def _accept_recipient(self, envelope: Envelope, address: str) -> None:
+        if address not in envelope.rcpt_to:  # one copy per recipient
+            envelope.rcpt_to.append(address)
         self._send(250, "2.1.5", "Ok")
+
+    def _check_policy(self, envelope: Envelope, address: str):
+        """Runs as a Job; never raises: (envelope, address, reply or None)."""
+        return envelope, address, self._backend_check("check_policy", envelope, address)
 
     def _parse_address(self, path: str, allow_null: bool, smtputf8: bool, enhanced: str, text: str) -> str | None:
         try:

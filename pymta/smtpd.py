@@ -116,6 +116,49 @@ class SMTPBackend(LoginBackend):
             return None
         return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
 
+    def check_policy(self, session, envelope, address: str):
+        """Port 25's checks of the client, asked by the machine (as a Job: DNS
+        and disk) after check_recipient accepted ``address``: DNSBL/DNSWL
+        score (pymta.dnsbl), then greylisting (pymta.greylist).  Trusted
+        networks and authenticated clients skip both."""
+        ip = session.info.peer_ip
+        if session.auth_user or self.is_trusted(ip):
+            return None
+        allowlisted = False
+        if self.cfg["smtpd.dnsbl_sites"]:
+            if self._dnsbl is None:
+                from pymta.dnsbl import DNSBL
+
+                self._dnsbl = DNSBL(self.cfg)
+            verdict = self._dnsbl.verdict(ip)
+            # postmaster stays reachable, so a blocked sender can ask why (RFC 5321 4.5.1)
+            if verdict.blocked and not self._is_postmaster(address):
+                return self._reject(session, envelope, address, Reply(
+                    554, "5.7.1", f"Service unavailable; client [{ip}] blocked using {', '.join(verdict.listed)}"))
+            allowlisted = verdict.score < 0
+        if self.cfg["smtpd.greylist"] and not allowlisted:
+            from pymta.greylist import Greylist
+
+            passed, why = Greylist.from_config(self.cfg).check(ip, envelope.mail_from, address)
+            if not passed:
+                return self._reject(session, envelope, address, Reply(450, "4.2.0", "Greylisted, try again later"))
+            if why == "retry":
+                log.info(f"greylist: client=[{ip}], from=<{envelope.mail_from}>, to=<{address}>: passed")
+        return None
+
+    _dnsbl = None  # pymta.dnsbl.DNSBL, made on first use (its cache serves every session)
+
+    def _is_postmaster(self, address: str) -> bool:
+        local, _, domain = address.rpartition("@")
+        return address.lower() == "postmaster" or (local.lower() == "postmaster" and self.cfg.is_local_domain(domain))
+
+    def _reject(self, session, envelope, address: str, reply):
+        """Log a policy refusal the way Postfix does, one line, and return it."""
+        info = session.info
+        log.info(f"NOQUEUE: reject: RCPT from [{info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
+                 f"from=<{envelope.mail_from}> to=<{address}> helo=<{_printable(session.helo or '')}>")
+        return reply
+
     def qualify(self, address: str) -> str:
         if "@" in address:
             return address
@@ -200,6 +243,10 @@ def build(cfg, service: str):
         command_timeout=cfg["smtpd.command_timeout"],
         data_timeout=cfg["smtpd.data_timeout"],
         require_auth=service in SUBMISSION_SERVICES,
+        max_session_time=cfg["smtpd.max_session_time"],
+        max_junk_commands=cfg["smtpd.max_junk_commands"],
+        # DNSBL and greylisting: port 25 only, never submission
+        recipient_policy=service == "smtp" and bool(cfg["smtpd.dnsbl_sites"] or cfg["smtpd.greylist"]),
     )
     from pymta.lib.daemon import per_connection
 

@@ -91,10 +91,10 @@ class FakeBackend:
 class Driver:
     """Runs the machine the way the real drivers do, minus the sockets."""
 
-    def __init__(self, info=None, backend=None, **kw):
+    def __init__(self, info=None, backend=None, clock=None, **kw):
         self.backend = backend or FakeBackend()
         self.settings = SMTPSettings(HOST, **kw)
-        self.m = SMTPServer(self.settings, self.backend)
+        self.m = SMTPServer(self.settings, self.backend, **({"clock": clock} if clock else {}))
         self.out = bytearray()
         self.actions = []
         self.closed = False
@@ -966,3 +966,111 @@ def test_fuzz_chunking_never_changes_the_dialogue(words, data):
     cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=max(len(stream) - 1, 1)), max_size=20)))
     pieces = [stream[i:j] for i, j in zip([0] + cuts, cuts + [len(stream)]) if stream[i:j]]
     assert transcript(pieces) == transcript([stream])
+
+
+# -- whole-session limits: deadline and junk commands (issue 11 3) --------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_noop_every_few_seconds_cannot_hold_a_session_past_its_deadline():
+    clock = FakeClock()
+    d = ready(clock=clock, max_session_time=60.0, command_timeout=30.0)
+    for _ in range(11):  # a NOOP every 5 s never lets the command timeout expire...
+        clock.now += 5
+        assert d.feed(b"NOOP\r\n") == ["250 2.0.0 Ok"]
+    clock.now += 5  # ...but the session is 60 s old now
+    assert d.feed(b"NOOP\r\n") == [f"421 4.4.2 {HOST} Error: session time limit exceeded, closing connection"]
+    assert d.closed
+
+
+def test_driver_timeout_shrinks_to_what_is_left_of_the_session():
+    clock = FakeClock()
+    d = ready(clock=clock, max_session_time=100.0, command_timeout=30.0, data_timeout=60.0)
+    assert d.m.timeout == 30.0
+    clock.now += 80
+    assert d.m.timeout == 20.0
+    d.feed(TRANSACTION)
+    assert d.m.timeout == 20.0  # the data phase too
+    clock.now += 25
+    assert d.m.timeout == 0.0
+    d._run(d.m.timed_out())
+    assert lines(d.out)[-1] == f"421 4.4.2 {HOST} Error: session time limit exceeded, closing connection"
+    assert d.closed and d.backend.sinks[0].aborted
+
+
+def test_session_deadline_survives_starttls():
+    clock = FakeClock()
+    d = Driver(info=ConnectionInfo(tls_available=True), clock=clock, max_session_time=50.0)
+    d.feed(b"EHLO x\r\nSTARTTLS\r\n")
+    clock.now += 49
+    d.start_tls()
+    assert d.m.timeout == 1.0
+
+
+def test_junk_commands_beyond_the_limit_close_the_session():
+    d = ready(max_junk_commands=5, max_errors=100)  # EHLO was junk number 1
+    replies = d.feed(b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\nNOOP\r\nNOOP\r\n")
+    assert codes(replies) == [250, 250, 252, 214, 421]
+    assert replies[-1] == f"421 4.7.0 {HOST} Error: too many junk commands, closing connection"
+    assert d.closed
+
+
+def test_junk_count_starts_again_after_a_message_is_queued():
+    d = ready(max_junk_commands=3)
+    d.feed(b"NOOP\r\nNOOP\r\n")
+    assert d.feed(TRANSACTION + b"hi\r\n.\r\n")[-1].startswith("250 2.0.0 Ok: queued")
+    assert codes(d.feed(b"RSET\r\nNOOP\r\nNOOP\r\n")) == [250, 250, 250]
+    assert codes(d.feed(b"NOOP\r\n")) == [421]
+
+
+def test_mail_commands_are_not_junk():
+    d = ready(max_junk_commands=2)
+    for _ in range(5):
+        assert d.feed(TRANSACTION + b"hi\r\n.\r\n")[-1].startswith("250 2.0.0 Ok: queued")
+    assert not d.closed
+
+
+class PolicyBackend(FakeBackend):
+    """A port-25 policy that greylists everyone but postmaster."""
+
+    def __init__(self):
+        super().__init__()
+        self.policy_calls = []
+
+    def check_policy(self, session, envelope, address):
+        self.policy_calls.append(address)
+        if address == "postmaster":
+            return None
+        return Reply(450, "4.2.0", "Greylisted, try again later")
+
+
+def test_recipient_policy_is_a_job_after_check_recipient():
+    backend = PolicyBackend()
+    d = ready(backend=backend, recipient_policy=True)
+    replies = d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<unknown@example.org>\r\n"
+                     b"RCPT TO:<alice@example.org>\r\nRCPT TO:<postmaster>\r\nDATA\r\n")
+    assert codes(replies) == [250, 550, 450, 250, 354]
+    assert backend.policy_calls == ["alice@example.org", "postmaster"]  # unknown users never reach it
+    assert any(isinstance(a, Job) and "_check_policy" in repr(a) for a in d.actions)
+    assert d.m.envelope.rcpt_to == ["postmaster"]
+
+
+def test_recipient_policy_is_off_unless_asked_for():
+    backend = PolicyBackend()
+    d = ready(backend=backend)
+    assert codes(d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<alice@example.org>\r\n")) == [250, 250]
+    assert backend.policy_calls == []
+
+
+def test_recipient_policy_failure_is_a_local_error_not_a_crash():
+    backend = PolicyBackend()
+    backend.check_policy = lambda *a: 1 / 0
+    d = ready(backend=backend, recipient_policy=True)
+    assert d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<alice@example.org>\r\n")[-1].startswith("451 4.3.0")
