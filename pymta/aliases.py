@@ -233,3 +233,33 @@ def check(text: str, source: str = "aliases", *, is_local=None, user_exists=None
                     problems.append((number, f"{name}: {t!r} is neither a user nor an alias"))
     problems.sort()
     return problems
+
+
+def unknown_targets(aliases: Aliases, address: str, is_local, user_exists) -> list[str]:
+    """The local addresses mail to ``address`` would end at that are no user.
+
+    Checked at RCPT time, so pymail never accepts mail it would then bounce
+    to a (maybe forged) sender.  Pipes, files, ``:include:`` lists and remote
+    targets are the admin's own and count as deliverable; an unreadable
+    include file too (the runner retries it).  An alias loop with no way
+    out is reported as the address itself.  ``user_exists`` may raise
+    (users file unavailable): the caller answers that with a 4xx.
+    """
+    unknown = []
+    for _orig, target in aliases.expand(address, is_local):
+        if target.kind == "error":
+            unknown.append(address)
+        elif target.kind == "address" and is_local(target.value) and not user_exists(target.value):
+            unknown.append(target.value)
+    return unknown
+
+
+def with_alias(text: str, name: str, target: str) -> str | None:
+    """``text`` with ``name: target`` added at the end, comments and all kept;
+    None when the file already has an alias ``name``."""
+    table, _ = parse(text)
+    if name.lower() in table:
+        return None
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return f"{text}{name}: {target}\n"

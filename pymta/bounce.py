@@ -14,7 +14,7 @@ cause a bounce to a sender (maddy#327: DSNs must be delivered end to end).
 Structure (RFC 3462/6522 multipart/report; report-type=delivery-status):
 a human-readable ``text/plain`` part, the ``message/delivery-status`` part
 (per-message and per-recipient fields, RFC 3464 2.2-2.3) and the original
-headers as ``text/rfc822-headers``.
+headers as ``text/rfc822-headers`` (at most ``bounce.size_limit`` octets, never the body).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from email.utils import formatdate, make_msgid
 
 from pymta.lib import log
 
-MAX_HEADER_BYTES = 256 * 1024  # the original headers we quote, at most
 
 
 def _postmaster(cfg) -> str:
@@ -34,18 +33,34 @@ def _postmaster(cfg) -> str:
     return f"postmaster@{domain}"
 
 
-def _original_headers(entry) -> bytes:
+def _original_headers(entry, limit: int) -> bytes:
+    """The original's header block, at most ``limit`` octets (whole lines).
+
+    The block ends at the empty line, or at the first line that is neither
+    a header field nor a continuation: a message that is all "header" (no
+    empty line) must not send its text back to a sender who may be forged.
+    """
     out = bytearray()
     for chunk in entry.message_chunks():
         out += chunk
-        end = out.find(b"\n\n")
-        if out.startswith(b"\n"):
-            return b""
-        if end >= 0:
-            return bytes(out[: end + 1])
-        if len(out) > MAX_HEADER_BYTES:
-            return bytes(out[:MAX_HEADER_BYTES]).rpartition(b"\n")[0] + b"\n"
-    return bytes(out) if out.endswith(b"\n") else bytes(out) + b"\n"
+        if len(out) > limit or b"\n\n" in out or out.startswith(b"\n"):
+            break
+    lines = bytes(out[: limit + 1]).split(b"\n")
+    if len(out) > limit or not out.endswith(b"\n"):
+        lines.pop()  # a line cut by the limit or the end of the text
+    kept = []
+    for line in lines:
+        if not _header_line(line, first=not kept):
+            break
+        kept.append(line + b"\n")
+    return b"".join(kept)
+
+
+def _header_line(line: bytes, first: bool) -> bool:
+    if line[:1] in (b" ", b"\t"):
+        return not first  # a continuation needs a field before it
+    name, colon, _ = line.partition(b":")
+    return bool(colon and name) and all(33 <= c <= 126 for c in name)
 
 
 def _clean(text: str) -> str:
@@ -134,7 +149,7 @@ def build_dsn(cfg, entry, rcpts: list[dict], action: str, to: str) -> bytes:
         "Content-Transfer-Encoding: 8bit",
         "",
     ]
-    text = "\n".join(headers).encode() + b"\n" + _original_headers(entry)
+    text = "\n".join(headers).encode() + b"\n" + _original_headers(entry, cfg["bounce.size_limit"])
     return text + f"\n--{boundary}--\n".encode()
 
 

@@ -197,14 +197,47 @@ def _write_new(path: Path, data: str, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def _postmaster_target(address: str) -> str:
+    from pymta.lib.users import InvalidAddress, normalize_address
+
+    try:
+        return normalize_address(address)
+    except InvalidAddress as exc:
+        _fail(f"--postmaster: {exc}", EX_DATAERR)
+
+
+def _add_alias(path: Path, name: str, target: str) -> bool:
+    """Add ``name: target`` to the aliases file unless ``name`` is there;
+    rewritten atomically, comments kept.  True when it was added."""
+    from pymta.aliases import with_alias
+
+    try:
+        old = os.stat(path)
+        text = path.read_text(encoding="utf-8")  # not UTF-8: ValueError, never rewritten
+    except FileNotFoundError:
+        old, text = None, ""
+    new = with_alias(text, name, target)
+    if new is None:
+        return False
+    _write_new(path, new, old.st_mode & 0o7777 if old else 0o644)
+    if old is not None and os.geteuid() == 0:
+        os.chown(path, old.st_uid, old.st_gid)  # keep e.g. the daemon user's file its own
+    return True
+
+
 @cli.command()
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--domain", default="example.test", show_default=True, help="The local mail domain.")
 @click.option("--hostname", default=None, help="This system's name (default: the machine's FQDN, or localhost).")
 @click.option("--force", is_flag=True, help="Overwrite an existing DIR/pymail.toml (users, aliases and TLS files are kept).")
-def init(directory: Path, domain: str, hostname: str | None, force: bool):
+@click.option("--postmaster", default=None, metavar="ADDRESS",
+              help="Where mail to postmaster goes (an alias in DIR/aliases). Default: the first user added.")
+def init(directory: Path, domain: str, hostname: str | None, force: bool, postmaster: str | None):
     """Create a ready-to-run setup in DIR: config, queue, mail store, users, aliases, TLS."""
     from pymta.lib import tls
+
+    if postmaster is not None:
+        postmaster = _postmaster_target(postmaster)
 
     hostname = hostname or _default_hostname()
     if not _valid_hostname(hostname):
@@ -235,6 +268,12 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool):
             else:
                 _write_new(path, content, mode)
                 made.append(path)
+        if postmaster is not None:  # RFC 5321 4.5.1: postmaster must exist
+            try:
+                if not _add_alias(directory / "aliases", "postmaster", postmaster):
+                    click.echo(f"pymail: warning: {directory / 'aliases'} already has a postmaster alias; kept it", err=True)
+            except ValueError:
+                _fail(f"{directory / 'aliases'}: not UTF-8; add 'postmaster: {postmaster}' yourself", EX_DATAERR)
     except OSError as exc:
         _fail(_os_message(exc), EX_CANTCREAT)
     cert, key = directory / "tls" / "cert.pem", directory / "tls" / "key.pem"
@@ -356,8 +395,28 @@ def user_add(args, config_file, password_stdin):
     except OSError as exc:
         _fail(f"{address} added, but its Maildir could not be made: {_os_message(exc)}", EX_CANTCREAT)
     click.echo(f"added {address} (Maildir {maildir})")
+    _give_postmaster_to(cfg, users, address)
     if generated:
         click.echo(f"password: {password}")
+
+
+def _give_postmaster_to(cfg, users, address: str) -> None:
+    """RFC 5321 4.5.1: postmaster must exist.  While no alias or user takes
+    postmaster's mail, the user just added gets it (``pymail init
+    --postmaster`` names someone else)."""
+    from pymta.aliases import Aliases
+
+    postmaster = f"postmaster@{cfg.domains[0]}" if cfg.domains else None
+    path = cfg.path_of("aliases")
+    if postmaster is None or users.exists(postmaster) or Aliases(path).lookup(postmaster) is not None:
+        return
+    try:
+        if _add_alias(path, "postmaster", address):
+            click.echo(f"postmaster mail goes to {address} (alias 'postmaster: {address}' added to {path})")
+    except (OSError, ValueError) as exc:
+        click.echo(f"pymail: warning: no postmaster alias added to {path} "
+                   f"({_os_message(exc) if isinstance(exc, OSError) else 'not UTF-8'}): add 'postmaster: {address}'",
+                   err=True)
 
 
 @user.command("passwd")
@@ -464,6 +523,38 @@ def _deep_problems(cfg: config.Config) -> list[tuple[str, str]]:
     return problems
 
 
+def _recipient_warnings(cfg: config.Config) -> list[str]:
+    """Addresses smtpd refuses at RCPT although the admin meant them to work:
+    postmaster (RFC 5321 4.5.1) and aliases that end at no user.  Warnings,
+    not failures: the mail system runs, and says why such mail is refused."""
+    from pymta.aliases import Aliases, unknown_targets
+    from pymta.lib.users import UsersError, UsersFile
+
+    if not cfg.domains:
+        return []
+    users, aliases = UsersFile(cfg.path_of("users")), Aliases(cfg.path_of("aliases"))
+    is_local = lambda a: cfg.is_local_domain(a.rpartition("@")[2])  # noqa: E731
+    first = cfg.domains[0].lower()
+    out = []
+    try:
+        names = sorted(aliases.table())
+        postmaster = f"postmaster@{first}"
+        if not users.exists(postmaster) and aliases.lookup(postmaster) is None:
+            out.append(f"{postmaster}: no alias or user takes postmaster's mail (RFC 5321 4.5.1 requires one), so "
+                       f"it is refused; add 'postmaster: ADDRESS' to {aliases.path}")
+        for name in names:
+            address = name if "@" in name else f"{name}@{first}"
+            if not is_local(address):
+                continue
+            for target in unknown_targets(aliases, address, is_local, users.exists):
+                where = "is an alias loop" if target == address else f"leads to {target}, which is no user"
+                out.append(f"{aliases.path}: alias {name} {where}: mail to {address} is refused")
+                break
+    except (UsersError, OSError) as exc:
+        out.append(f"cannot check postmaster and the aliases: {exc}")
+    return out
+
+
 @config_group.command("check")
 @click.argument("directory", required=False, metavar="[DIR]")
 @_config_option
@@ -479,6 +570,8 @@ def config_check(directory, config_file):
         click.echo(f"{key}: {message}")
     if problems:
         raise click.exceptions.Exit(EX_CONFIG)
+    for line in _recipient_warnings(cfg):
+        click.echo(f"warning: {line}", err=True)
     click.echo(f"config OK: {path.absolute()}")
 
 

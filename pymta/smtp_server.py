@@ -32,6 +32,15 @@ class TempFailure(Exception):
     """A backend's "try again later": the client gets a 4xx reply."""
 
 
+class Refused(Exception):
+    """A sink's verdict on a whole message at commit (e.g. a forged From:):
+    nothing is queued and the client gets ``reply`` instead of 250."""
+
+    def __init__(self, reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
+
+
 class SMTPSettings(Record):
     __slots__ = ("hostname", "max_message_size", "max_recipients", "max_command_line", "max_text_line",
                  "max_errors", "command_timeout", "data_timeout", "require_auth", "auth_plaintext_ok", "software",
@@ -202,6 +211,8 @@ class SMTPServer(LineReader, Protocol):
             if isinstance(result, str) and result:
                 self._junk = 0  # a client that moves mail may RSET between messages
                 self._send(250, "2.0.0", f"Ok: queued as {result}")
+            elif isinstance(result, Reply):
+                self._send(*result)
             else:
                 self._send(*_DATA_FAILURES[result if result in _DATA_FAILURES else _LOCAL_ERROR])
         elif kind == "auth":
@@ -767,9 +778,16 @@ class SMTPServer(LineReader, Protocol):
 
     def _commit(self, sink):
         """Runs as a Job (fsync is slow); never raises: the queue id, or the
-        failure state (_NO_SPACE, _LOCAL_ERROR) that picks the reply."""
+        failure state (_NO_SPACE, _LOCAL_ERROR) that picks the reply, or a
+        sink's Refused reply."""
         try:
             return sink.commit()
+        except Refused as exc:
+            try:
+                sink.abort()
+            except Exception as abort_exc:
+                _log_failure("abort", abort_exc)
+            return exc.reply
         except Exception as exc:
             _log_failure("commit", exc)
             try:

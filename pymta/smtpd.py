@@ -95,26 +95,88 @@ class SMTPBackend(LoginBackend):
 
     # -- the machine's backend interface ------------------------------------------
     def check_sender(self, session, envelope, address: str):
+        """An authenticated client: only its own addresses (Postfix's
+        reject_sender_login_mismatch), and only its hourly message budget."""
+        login = session.auth_user
+        if not login:
+            return None
+        if self.cfg["submission.sender_login_match"]:
+            from pymta.lib.users import UsersUnavailable
+
+            try:
+                owned = self.sender_owned(login, address)
+            except UsersUnavailable:
+                return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
+            if not owned:
+                return self._refuse("MAIL", session, envelope, address, Reply(
+                    553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {_printable(login)}"))
+        if self.sendrate.charge(self.account_key(login), messages=1):
+            return self._refuse("MAIL", session, envelope, address, Reply(
+                450, "4.7.1", f"<{address}>: Sender address rejected: rate limit exceeded for user {_printable(login)} "
+                f"({self.cfg['submission.max_messages_per_hour']} messages per hour)"))
         return None
 
     def check_recipient(self, session, envelope, address: str):
-        if address.lower() == "postmaster":
-            return None  # RFC 5321 4.5.1: <Postmaster> without a domain must work
+        # RFC 5321 4.5.1: <Postmaster> without a domain is postmaster of the
+        # first local domain, checked like any other local recipient
+        address = self.qualify(address)
         local, _, domain = address.rpartition("@")
         if not local or not domain:
             return Reply(501, "5.1.3", "Bad recipient address syntax")
         if self.cfg.is_local_domain(domain):
-            from pymta.lib.users import UsersUnavailable
+            reply = self._check_local(session, envelope, address)
+            if reply is not None:
+                return reply
+        elif not (session.auth_user or self.is_trusted(session.info.peer_ip)):
+            return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        if session.auth_user and self.sendrate.charge(self.account_key(session.auth_user), recipients=1):
+            return self._refuse("RCPT", session, envelope, address, Reply(
+                450, "4.7.1", f"<{address}>: Recipient address rejected: rate limit exceeded for user "
+                f"{_printable(session.auth_user)} ({self.cfg['submission.max_recipients_per_hour']} recipients per hour)"))
+        return None
 
-            try:
-                if self.users.exists(address) or self.aliases.lookup(address) is not None:
-                    return None
-            except UsersUnavailable:
-                return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
-            return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table")
-        if session.auth_user or self.is_trusted(session.info.peer_ip):
+    def _check_local(self, session, envelope, address: str):
+        """Every local recipient, aliases expanded, ends at a user -- else it is
+        refused now, not bounced later to a sender who may be forged."""
+        from pymta.aliases import unknown_targets
+        from pymta.lib.users import UsersUnavailable
+
+        try:
+            unknown = unknown_targets(self.aliases, address, self._is_local_address, self.users.exists)
+        except UsersUnavailable:
+            return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
+        if not unknown:
             return None
-        return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        if unknown != [address]:  # the admin's alias is broken: say where, in the log only
+            log.warning(f"alias <{address}> leads to <{unknown[0]}>, which is no user: recipient refused")
+        return self._refuse("RCPT", session, envelope, address, Reply(
+            550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table"))
+
+    def _is_local_address(self, address: str) -> bool:
+        return self.cfg.is_local_domain(address.rpartition("@")[2])
+
+    def sender_owned(self, login: str, address: str) -> bool:
+        from pymta.senders import sender_owned
+
+        return sender_owned(self.cfg, login, address, users=self.users, aliases=self.aliases)
+
+    @property
+    def sendrate(self):
+        if self._sendrate is None:
+            from pymta.lib.sendrate import SendRate
+
+            self._sendrate = SendRate(self.cfg)
+        return self._sendrate
+
+    _sendrate = None
+
+    def _refuse(self, stage: str, session, envelope, address: str, reply):
+        """One log line per refusal, as Postfix's NOQUEUE: reject lines."""
+        auth = f" sasl_username=<{_printable(session.auth_user)}>" if session.auth_user else ""
+        what = f"from=<{envelope.mail_from}>" + (f" to=<{address}>" if stage == "RCPT" else "")
+        log.info(f"NOQUEUE: reject: {stage} from [{session.info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
+                 f"{what}{auth}")
+        return reply
 
     def check_policy(self, session, envelope, address: str):
         """Port 25's checks of the client, asked by the machine (as a Job: DNS
@@ -185,7 +247,11 @@ class SMTPBackend(LoginBackend):
         rcpts = [self.qualify(r) for r in envelope.rcpt_to]
         sink = _Sink(lambda: self.queue.writer(envelope.mail_from, rcpts, meta))
         sink.write(self.received_header(session, envelope, sink.queue_id))
-        return _LoggingSink(sink, session, envelope)
+        logged = _LoggingSink(sink, session, envelope)
+        if session.auth_user and self.cfg["submission.sender_login_match"]:
+            return _FromCheck(logged, self, session, envelope)
+        return logged
+
 
     def received_header(self, session, envelope, queue_id: str) -> bytes:
         info = session.info
@@ -200,6 +266,57 @@ class SMTPBackend(LoginBackend):
         rcpt = f"\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else "\t"
         lines.append(f"{rcpt}; {time.strftime('%a, %d %b %Y %H:%M:%S %z')}")
         return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+
+class _FromCheck:
+    """Keeps the header block as the text streams into the queue, and at the
+    end refuses the message (550 5.7.1, nothing queued) when its From: names
+    an address the login does not own."""
+
+    def __init__(self, inner, backend: SMTPBackend, session, envelope) -> None:
+        from pymta.senders import HeaderCatcher
+
+        self.inner = inner
+        self.backend = backend
+        self.session = session
+        self.envelope = envelope
+        self.queue_id = inner.queue_id
+        self.headers = HeaderCatcher()
+
+    def write(self, data: bytes) -> None:
+        self.headers.feed(data)
+        self.inner.write(data)
+
+    def commit(self) -> str:
+        reply = self._verdict()
+        if reply is not None:
+            from pymta.smtp_server import Refused
+
+            self.backend._refuse("END-OF-MESSAGE", self.session, self.envelope, self.envelope.mail_from, reply)
+            raise Refused(reply)
+        return self.inner.commit()
+
+    def _verdict(self):
+        from pymta.lib.users import UsersUnavailable
+        from pymta.senders import header_addresses
+
+        login = _printable(self.session.auth_user)
+        self.headers.finish()
+        if self.headers.too_large:
+            return Reply(550, "5.7.1", "Message header too large to check the From: address")
+        addresses = header_addresses(self.headers.block)
+        if addresses is None:
+            return Reply(550, "5.7.1", "From: header without a readable address")
+        try:
+            for address in addresses:
+                if not self.backend.sender_owned(self.session.auth_user, address):
+                    return Reply(550, "5.7.1", f"<{_printable(address)}>: From: address rejected: not owned by user {login}")
+        except UsersUnavailable:
+            return Reply(451, "4.3.0", "Temporary lookup failure")
+        return None
+
+    def abort(self) -> None:
+        self.inner.abort()
 
 
 class _LoggingSink:

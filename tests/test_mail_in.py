@@ -62,7 +62,9 @@ def test_implicit_tls_submission_with_auth(mailsys, mode):
         smtp.ehlo("client.example")
         code, _ = smtp.login("alice@example.test", PASSWORD)
         assert code == 235
-        smtp.sendmail("alice@example.test", ["someone@remote.example", "bob@example.test"], MESSAGE)
+        # From: alice, as submission asks of alice (test_submission_policy)
+        smtp.sendmail("alice@example.test", ["someone@remote.example", "bob@example.test"],
+                      MESSAGE.replace(b"Carol <carol@remote.example>", b"Alice <alice@example.test>"))
     [path] = mailsys.wait_messages(1, user="bob")
     assert b"with ESMTPSA id" in path.read_bytes()
     assert b"(authenticated as alice@example.test)" in path.read_bytes()

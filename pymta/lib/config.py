@@ -86,6 +86,10 @@ PARAMS: tuple[Param, ...] = (
     Param("smtpd.greylist_retry_window", "float", 172800.0, "Seconds after the first attempt a retry still counts (postgrey's retry window, 2 days); later, greylisting starts again."),
     Param("smtpd.greylist_max_age", "float", 35 * 86400.0, "Seconds a passed triplet and an auto-allowlisted client network are remembered after their last mail (postgrey's max-age)."),
     Param("smtpd.greylist_auto_allowlist", "int", 1, "Triplets a client network must pass before all its mail skips greylisting for smtpd.greylist_max_age; 0: never."),
+    # -- submission: what an authenticated user may send ---------------------------
+    Param("submission.sender_login_match", "bool", True, "An authenticated client may use as MAIL FROM and in From: only addresses its login owns: the account's address, its +extensions and the aliases that lead to it (Postfix's reject_sender_login_mismatch). Users-file extra fields allow_any_sender=yes / allow_senders=... widen it (pymail-users(5))."),
+    Param("submission.max_messages_per_hour", "int", 200, "Messages one authenticated user (or one local uid through sendmail's maildrop) may send per hour; more get 450 4.7.1 at MAIL. 0: unlimited."),
+    Param("submission.max_recipients_per_hour", "int", 500, "Recipients one authenticated user (or one local uid through sendmail's maildrop) may send to per hour; more get 450 4.7.1 at RCPT. 0: unlimited."),
     # -- queue runner -------------------------------------------------------------
     Param("qrunner.scan_interval", "float", 60.0, "Seconds between safety scans of the queue when nothing wakes the runner."),
     Param("qrunner.retry_min", "float", 300.0, "First retry delay for a deferred recipient, in seconds; doubled each attempt."),
@@ -120,6 +124,7 @@ PARAMS: tuple[Param, ...] = (
     Param("qrunner.destination_concurrency", "int", 10, "Connections to one destination (MX domain or next hop) at once."),
     Param("qrunner.delay_warning", "float", 0.0, "Send the sender a delay notice (RFC 3464 Action: delayed) once a message has waited this many seconds (0: never)."),
     Param("bounce.postmaster", "str", "", "Where failures of mail with the null sender <> and copies of double bounces go (empty: postmaster@ the first local domain)."),
+    Param("bounce.size_limit", "int", 50000, "Most octets of the original message a bounce quotes (Postfix's bounce_size_limit). Bounces quote only the original's headers, cut at this size, never its body: a forged sender gets no copy of a spammer's text."),
     Param("dkim.selector", "str", "", "DKIM selector used to sign outbound mail from local domains (empty: no signing)."),
     Param("dkim.key_dir", "path", "dkim", "Folder of DKIM private keys, DOMAIN/SELECTOR.key (made by `pymail dkim keygen`)."),
     Param("sendmail.maildrop", "path", "maildrop", "Drop folder for sendmail run by ordinary users (mode 1733, like Postfix's maildrop); only the runner reads it."),

@@ -67,7 +67,7 @@ class InvalidAddress(UsersError, ValueError):
 
 class UserRecord(Record):
     # a Record, not a dataclass: smtpd imports this on every inetd connection
-    __slots__ = ("address", "password", "uid", "gid", "home", "extra")
+    __slots__ = ("address", "password", "uid", "gid", "home", "extra", "fields")
     FIELDS = (
         ("address", None),  # canonical, lower case
         ("password", ""),  # "{SCHEME}..." as stored
@@ -75,7 +75,19 @@ class UserRecord(Record):
         ("gid", None),
         ("home", ""),
         ("extra", ""),
+        ("fields", {}),  # the extra fields as key -> value (parse_extra_fields)
     )
+
+
+def parse_extra_fields(extra: str) -> dict[str, str]:
+    """Dovecot's extra fields: ``key=value`` words separated by spaces; a
+    bare ``key`` means ``key=yes``.  Keys are compared in lower case."""
+    fields = {}
+    for word in extra.split():
+        key, eq, value = word.partition("=")
+        if key:
+            fields[key.lower()] = value if eq else "yes"
+    return fields
 
 
 # -- addresses -------------------------------------------------------------------
@@ -382,7 +394,7 @@ def _parse_line(text: str) -> UserRecord:
             raise ValueError(f"{name} is not a number")
     home = fields[5] if len(fields) > 5 else ""
     extra = fields[7] if len(fields) > 7 else ""
-    return UserRecord(address, fields[1], ids[0], ids[1], home, extra)
+    return UserRecord(address, fields[1], ids[0], ids[1], home, extra, parse_extra_fields(extra))
 
 
 def _parse(data: bytes) -> _Parsed:
