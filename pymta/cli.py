@@ -129,7 +129,21 @@ def _bcrypt_rounds(cfg: config.Config) -> int:
 
 # -- init ---------------------------------------------------------------------------------
 
-_INIT_EXPLICIT = ("", "paths", "listen", "auth")  # sections written out; the rest as commented defaults
+def _check_reachable(directory: Path, owner) -> None:
+    """Fail now, not as a crash loop later, when daemon_user cannot reach the tree."""
+    from pymta.lib.setup import unreachable_by
+
+    if os.geteuid() != 0 or owner.pw_uid == 0:
+        return
+    blocked = unreachable_by(directory, owner)
+    if blocked is not None:
+        _fail(f"{owner.pw_name} (daemon_user) cannot reach {directory.absolute()}: {blocked}; use a folder "
+              "it can reach, such as /var/lib/pymail, or --daemon-user root for a trial on a machine of your own",
+              EX_CANTCREAT)
+
+
+_INIT_EXPLICIT = ("", "paths", "listen", "auth")
+DEFAULT_DAEMON_USER = "pymail"  # what `pymail init` run as root sets up (Postfix: mail_owner = postfix)  # sections written out; the rest as commented defaults
 
 
 def _valid_hostname(name: str) -> bool:
@@ -230,9 +244,13 @@ def _add_alias(path: Path, name: str, target: str) -> bool:
 @click.option("--domain", default="example.test", show_default=True, help="The local mail domain.")
 @click.option("--hostname", default=None, help="This system's name (default: the machine's FQDN, or localhost).")
 @click.option("--force", is_flag=True, help="Overwrite an existing DIR/pymail.toml (users, aliases and TLS files are kept).")
+@click.option("--daemon-user", "daemon_user", default=None, metavar="NAME",
+              help="The user the daemons and the queue runner run as (daemon_user). Default when run as root: "
+                   "pymail, made as a system user if missing; else the user running init.")
 @click.option("--postmaster", default=None, metavar="ADDRESS",
               help="Where mail to postmaster goes (an alias in DIR/aliases). Default: the first user added.")
-def init(directory: Path, domain: str, hostname: str | None, force: bool, postmaster: str | None):
+def init(directory: Path, domain: str, hostname: str | None, force: bool, daemon_user: str | None,
+         postmaster: str | None):
     """Create a ready-to-run setup in DIR: config, queue, mail store, users, aliases, TLS."""
     from pymta.lib import tls
 
@@ -249,15 +267,29 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool, postma
         _fail("; ".join(f"{k}: {m}" for k, m in problems), EX_DATAERR)
     if conf.exists() and not force:
         _fail(f"{conf} exists; use --force to overwrite it", EX_CANTCREAT)
+    owner = None
+    if daemon_user is None and os.geteuid() == 0:
+        daemon_user = DEFAULT_DAEMON_USER
+    if daemon_user:
+        from pymta.lib.setup import ensure_daemon_account
+
+        try:
+            owner = ensure_daemon_account(daemon_user, directory)
+        except OSError as exc:
+            _fail(f"--daemon-user {daemon_user}: {exc}", EX_CANTCREAT)
+        values["daemon_user"] = daemon_user
+        _check_reachable(directory, owner)
     made, kept = [], []
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _write_new(conf, _init_toml(values), 0o644)
         made.append(conf)
-        for sub in ("queue", "mail"):
+        for sub, mode in (("queue", 0o700), ("mail", 0o711)):  # mail: other uids' Maildirs are below it
             path = directory / sub
             (kept if path.is_dir() else made).append(path)
-            path.mkdir(mode=0o700, exist_ok=True)
+            if path in made:
+                path.mkdir(mode=mode)
+                os.chmod(path, mode)  # not cut by the umask
         from pymta.queue import Queue
 
         Queue(directory / "queue").create()  # smtpd can queue before the runner ever ran
@@ -274,6 +306,10 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool, postma
                     click.echo(f"pymail: warning: {directory / 'aliases'} already has a postmaster alias; kept it", err=True)
             except ValueError:
                 _fail(f"{directory / 'aliases'}: not UTF-8; add 'postmaster: {postmaster}' yourself", EX_DATAERR)
+        if owner is not None and os.geteuid() == 0:
+            from pymta.lib.setup import hand_tree_to
+
+            hand_tree_to(directory, owner)
     except OSError as exc:
         _fail(_os_message(exc), EX_CANTCREAT)
     cert, key = directory / "tls" / "cert.pem", directory / "tls" / "key.pem"
@@ -475,6 +511,9 @@ def _deep_problems(cfg: config.Config) -> list[tuple[str, str]]:
     from pymta.lib.users import UsersFile
 
     problems = []
+    if os.geteuid() == 0 and not cfg["daemon_user"]:
+        problems.append(("daemon_user", 'empty, and run as root the queue runner refuses to start: name the '
+                                        'daemons\' user (pymail init does), or "root" on purpose'))
     rounds = cfg.get("auth.bcrypt_rounds", 10)
     if not 4 <= rounds <= 31:
         problems.append(("auth.bcrypt_rounds", "must be between 4 and 31"))
@@ -570,6 +609,11 @@ def config_check(directory, config_file):
         click.echo(f"{key}: {message}")
     if problems:
         raise click.exceptions.Exit(EX_CONFIG)
+    from pymta.lib.users import UsersFile
+    from pymta.local import describe
+
+    for line in describe(cfg, UsersFile(cfg.path_of("users"))):
+        click.echo(f"note: {line}")
     for line in _recipient_warnings(cfg):
         click.echo(f"warning: {line}", err=True)
     click.echo(f"config OK: {path.absolute()}")
@@ -668,6 +712,19 @@ def run(directory, config_file, **ports):
         programs.append(Program("qrunner", [sys.executable, "-m", QUEUE_RUNNER, "-C", conf]))
     else:
         missing[QUEUE_RUNNER] = ["qrunner"]
+    if os.geteuid() == 0:
+        if not cfg["daemon_user"]:
+            _fail('started as root with no daemon_user: set one (pymail init does), or daemon_user = "root" '
+                  "to run everything as root on purpose", EX_CONFIG)
+        if cfg["daemon_user"] != "root":
+            from pymta.lib.privilege import daemon_account
+
+            owner, problem = daemon_account(cfg["daemon_user"])
+            if problem:
+                _fail(problem, EX_CONFIG)
+            _check_reachable(cfg.root, owner)
+        if cfg["daemon_user"] != "root":  # the runner leaves root: this one step keeps it (pymda-local(8))
+            programs.append(Program("local", [sys.executable, "-m", LOCAL_DELIVERY, "-C", conf], "run/local.sock"))
     notes = [f"{', '.join(names)} skipped: {module} is not installed" for module, names in missing.items()]
     if not programs:
         for note in notes:

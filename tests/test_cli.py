@@ -24,6 +24,10 @@ from pymta.lib.users import UsersFile
 REPO = Path(__file__).resolve().parent.parent
 
 
+# pytest's folders are root's alone: a daemon user could not reach a tree in them
+AS_ROOT = ["--daemon-user", "root"] if os.geteuid() == 0 else []
+
+
 def invoke(*args, input=None, env=None):
     return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
 
@@ -32,8 +36,7 @@ def invoke(*args, input=None, env=None):
 def template(tmp_path_factory):
     """One `pymail init` (openssl is slow), copied for each test."""
     d = tmp_path_factory.mktemp("template") / "mail"
-    as_root = ["--daemon-user", "root"] if os.geteuid() == 0 else []  # pytest's folders are root's alone
-    result = invoke("init", d, "--domain", "Example.Test", "--hostname", "mx.example.test", *as_root)
+    result = invoke("init", d, "--domain", "Example.Test", "--hostname", "mx.example.test", *AS_ROOT)
     assert result.exit_code == 0, result.output
     return d
 
@@ -66,7 +69,7 @@ def test_init_makes_a_complete_tree(template):
 
 
 def test_init_output_lists_files_and_next_steps(tmp_path):
-    result = invoke("init", tmp_path / "x")
+    result = invoke("init", tmp_path / "x", *AS_ROOT)
     assert result.exit_code == 0
     assert "pymail.toml" in result.output and "pymail user add" in result.output and "pymail run" in result.output
     assert config.load(tmp_path / "x" / "pymail.toml").domains == ["example.test"]
@@ -77,7 +80,7 @@ def test_init_refuses_existing_unless_forced(tree):
     result = invoke("init", tree)
     assert result.exit_code == 73
     assert len(result.stderr.strip().splitlines()) == 1 and "--force" in result.stderr
-    result = invoke("init", tree, "--force", "--domain", "other.test")
+    result = invoke("init", tree, "--force", "--domain", "other.test", *AS_ROOT)
     assert result.exit_code == 0, result.output
     assert config.load(tree / "pymail.toml").domains == ["other.test"]
     assert (tree / "users").read_text() == "keep@example.test:{PLAIN}x\n"  # data is never overwritten
@@ -301,7 +304,7 @@ def test_config_check_reports_aliases_problems_with_line_numbers(tmp_path):
     from pymta.cli import cli
 
     runner = CliRunner()
-    assert runner.invoke(cli, ["init", str(tmp_path / "d")]).exit_code == 0
+    assert runner.invoke(cli, ["init", str(tmp_path / "d"), *AS_ROOT]).exit_code == 0
     (tmp_path / "d" / "aliases").write_text("# aliases\nok: alice\nbroken line without colon\nempty:\n")
     result = runner.invoke(cli, ["config", "check", str(tmp_path / "d")])
     assert result.exit_code == 78

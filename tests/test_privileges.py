@@ -301,3 +301,13 @@ def test_maildir_once_finds_a_tagged_copy_in_cur(tmp_path):
                             once=True, fsync=False)
     assert other.parent.name == "new"
     assert maildir.deliver(tmp_path, b"three\n", tag=tag, fsync=False).parent.name == "new"  # without once: written
+
+
+@needs_root
+def test_init_as_root_refuses_a_folder_the_daemon_user_cannot_reach(tmp_path, test_user):
+    """pytest's folders are mode 0700: the daemons could never reach a tree
+    there, so init says so at once instead of leaving a crash loop to run."""
+    made = pymail("init", tmp_path / "pm", "--daemon-user", TEST_USER)
+    assert made.returncode == 73
+    assert f"{TEST_USER} (daemon_user) cannot reach" in made.stderr and "mode 700" in made.stderr
+    assert not (tmp_path / "pm").exists()

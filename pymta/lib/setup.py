@@ -63,6 +63,8 @@ def unreachable_by(directory: Path, pw) -> str | None:
     for folder in [*reversed(path.parents), path]:
         try:
             st = os.stat(folder)
+        except FileNotFoundError:
+            return None  # made by init, searchable by all
         except OSError as exc:
             return f"{folder}: {exc.strerror}"
         if st.st_uid == pw.pw_uid:
