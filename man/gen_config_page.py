@@ -54,6 +54,9 @@ SECTION_INTRO = {
     "sendmail": "The sendmail command.",
     "pop3d": "The POP3 server.",
     "imapd": "The IMAP server.",
+    "limits": ("What the per-client connection limits of the listening daemons leave out, and their time unit.  "
+               "Under inetd or an \\fBAccept=yes\\fR socket unit these limits are the starter's job: "
+               "see \\fBpymail\\-security\\fR(7)."),
 }
 
 # type -> (name shown with each key, what a value must be)

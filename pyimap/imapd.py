@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
     return daemon.main(argv, prog="pyimap-imapd", description="The pymail IMAP4rev1 server.", service="imap", tls_service="imaps",
-                       build=build, busy_reply=b"* BYE Too many connections, try again later\r\n", section="imapd")
+                       build=build, busy_reply=b"* BYE Too many connections, try again later\r\n", section="imapd",
+                       client_busy_reply=b"* BYE Too many connections from your address, try again later\r\n")
 
 
 if __name__ == "__main__":

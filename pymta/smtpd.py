@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
     return daemon.main(argv, prog="pymta-smtpd", description="The pymail ESMTP server.", service="smtp", tls_service="smtps",
-                       build=build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n", section="smtpd")
+                       build=build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n", section="smtpd",
+                       client_busy_reply=b"421 4.7.0 Too many connections from your address, try again later\r\n")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
     return daemon.main(argv, prog="pypop-pop3d", description="The pymail POP3 server.", service="pop3", tls_service="pop3s",
-                       build=build, busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n", section="pop3d")
+                       build=build, busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n", section="pop3d",
+                       client_busy_reply=b"-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ PARAMS: tuple[Param, ...] = (
     Param("smtpd.data_timeout", "float", 600.0, "Seconds to wait for the next block of message text."),
     Param("smtpd.tls_handshake_timeout", "float", 30.0, "Seconds a TLS handshake may take."),
     Param("smtpd.max_sessions", "int", 100, "Concurrent sessions of one listening smtpd process; more get 421."),
+    Param("smtpd.max_sessions_per_client", "int", 50, "Concurrent sessions one client address may have with a listening smtpd, all its processes together (Postfix's smtpd_client_connection_count_limit); more get 421 4.7.0. IPv6 clients count per /84. 0: no limit. Addresses in limits.exempt_networks are not counted."),
+    Param("smtpd.connection_rate_per_client", "int", 60, "Connections one client address may open to a listening smtpd per limits.rate_time_unit, refused ones included (Postfix's smtpd_client_connection_rate_limit); more get 421 4.7.0. 0: no limit."),
     Param("smtpd.processes", "int", 0, "Processes a listening smtpd forks to serve its sockets (each with its own limits); 0: one per CPU."),
     Param("smtpd.trusted_networks", "list", ["127.0.0.0/8", "::1/128"], "Client networks allowed to relay without AUTH (like Postfix mynetworks)."),
     Param("smtpd.require_tls_for_auth", "bool", True, "Offer AUTH only over TLS (unless auth.allow_plaintext*)."),
@@ -131,16 +133,23 @@ PARAMS: tuple[Param, ...] = (
     # -- pop3d (pypop) ---------------------------------------------------------------
     Param("pop3d.processes", "int", 0, "Processes a listening pop3d forks to serve its sockets; 0: one per CPU."),
     Param("pop3d.max_sessions", "int", 100, "Concurrent sessions of one listening pop3d process; more get -ERR [SYS/TEMP]."),
+    Param("pop3d.max_sessions_per_client", "int", 20, "Concurrent sessions one client address may have with a listening pop3d, all its processes together (per address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for a few users behind one NAT); more get -ERR [SYS/TEMP]. 0: no limit."),
+    Param("pop3d.connection_rate_per_client", "int", 60, "Connections one client address may open to a listening pop3d per limits.rate_time_unit, refused ones included; more get -ERR [SYS/TEMP]. 0: no limit."),
     Param("pop3d.timeout", "float", 600.0, "Seconds of client silence before a POP3 session is closed without deleting anything (RFC 1939 autologout: at least 10 minutes)."),
     Param("pop3d.enable_apop", "bool", False, "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} with auth.allow_plain_scheme = true."),
     # -- imapd (pyimap) --------------------------------------------------------------
-    Param("imapd.max_sessions", "int", 100, "Concurrent sessions of one listening imapd process; more get * BYE."),
+    Param("imapd.max_sessions", "int", 1000, "Concurrent sessions of one listening imapd process (Dovecot's imap process_limit is 1024); more get * BYE. Each needs about three open files: the daemon raises its limit to the hard one and warns when that is too low."),
+    Param("imapd.max_sessions_per_client", "int", 50, "Concurrent sessions one client address may have with a listening imapd, all its processes together (per address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for several users behind one NAT, each with a few connections); more get * BYE. 0: no limit."),
+    Param("imapd.connection_rate_per_client", "int", 120, "Connections one client address may open to a listening imapd per limits.rate_time_unit, refused ones included; more get * BYE. 0: no limit."),
     Param("imapd.max_line", "int", 65536, "Longest IMAP command line in octets, literals excluded; longer lines get BAD."),
     Param("imapd.max_literal", "int", 100 * 1024 * 1024, "Largest APPEND message in octets, advertised as APPENDLIMIT; bigger literals get NO [TOOBIG] before any byte is read."),
     Param("imapd.autologout", "float", 1800.0, "Seconds a logged-in IMAP session may be idle, IDLE included (RFC 3501 5.4: at least 30 minutes)."),
     Param("imapd.login_timeout", "float", 60.0, "Seconds an IMAP client has to log in between commands before it is disconnected."),
     Param("imapd.idle_poll", "float", 0.5, "Seconds between mailbox checks while a client is in IDLE."),
     Param("imapd.processes", "int", 0, "Processes a listening imapd forks to serve its sockets; 0: one per CPU."),
+    # -- per-client connection limits (smtpd, pop3d, imapd) ------------------------------
+    Param("limits.exempt_networks", "list", ["127.0.0.0/8", "::1/128"], "Client networks the per-client limits (SECTION.max_sessions_per_client, SECTION.connection_rate_per_client) do not count: loopback, where a webmail or a local relay speaks for many users. Like smtpd.trusted_networks, but for every service; empty to count everyone."),
+    Param("limits.rate_time_unit", "float", 60.0, "Seconds over which SECTION.connection_rate_per_client is counted (Postfix's anvil_rate_time_unit)."),
 )
 
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
@@ -291,13 +300,14 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
     for domain in values["domains"]:
         if not domain or "/" in domain or domain.startswith(".") or ".." in domain or any(c.isspace() for c in domain):
             problems.append(("domains", f"{domain!r} is not a domain name"))
-    for net in values["smtpd.trusted_networks"]:
-        import ipaddress
+    for key in ("smtpd.trusted_networks", "limits.exempt_networks"):
+        for net in values[key]:
+            import ipaddress
 
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            problems.append(("smtpd.trusted_networks", f"{net!r} is not a network"))
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                problems.append((key, f"{net!r} is not a network"))
     root = Path(values["root"])
     if not root.is_absolute():
         base = path.parent if path is not None else Path.cwd()

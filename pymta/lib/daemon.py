@@ -94,14 +94,16 @@ def arg_parser(prog: str, description: str, default_service: str) -> ArgParser:
 
 
 def main(argv, *, prog: str, description: str, service: str, tls_service: str, build, busy_reply: bytes,
-         section: str) -> int:
+         section: str, client_busy_reply: bytes = b"") -> int:
     """A daemon's whole ``main``: its command line, then ``run`` with the
-    ``SECTION.max_sessions`` and ``SECTION.processes`` parameters."""
+    ``SECTION.max_sessions`` and ``SECTION.processes`` parameters.
+    ``client_busy_reply`` answers a client over its own limits
+    (``SECTION.max_sessions_per_client``, ``SECTION.connection_rate_per_client``)."""
     args = arg_parser(prog, description, f"{service} ({tls_service} with --tls)").parse_args(argv)
     if args.service is None:
         args.service = tls_service if args.tls else service
     return run(prog, args, build, busy_reply=busy_reply, max_sessions_key=f"{section}.max_sessions",
-               processes_key=f"{section}.processes")
+               processes_key=f"{section}.processes", client_busy_reply=client_busy_reply or busy_reply)
 
 
 def per_connection(server_class, settings, backend, adjust):
@@ -138,7 +140,8 @@ def tls_loader(cfg):
     return load
 
 
-def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, processes_key: str | None = None) -> int:
+def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, processes_key: str | None = None,
+        client_busy_reply: bytes = b"") -> int:
     log.set_program(prog)
     from pymta.lib import config
 
@@ -191,12 +194,17 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
         processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
         restore_pdeathsig()
         log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''}, {processes} process(es))")
+        from pymta.lib import connlimit
+
+        # made before the fork: every worker, replacements included, shares the counts
+        client_limits = connlimit.from_config(cfg, max_sessions_key.partition(".")[0], service, processes)
 
         def serve() -> None:
             try:
                 driver_async.run(factory, sockets, service=service, tls=tls, implicit_tls=args.tls,
                                  handshake_timeout=handshake_timeout, max_sessions=cfg[max_sessions_key],
-                                 busy_reply=busy_reply)
+                                 busy_reply=busy_reply, client_limits=client_limits,
+                                 client_busy_reply=client_busy_reply or busy_reply)
             except KeyboardInterrupt:
                 pass
 

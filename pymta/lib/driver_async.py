@@ -50,6 +50,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.busy = False  # a job, a stream or a handshake is under way
         self.closed = False
         self.counted = False
+        self.ticket = -1  # from the per-client limits: what to release at the end
         self.stream = None
         self.write_paused = False
         self.read_paused = False
@@ -74,8 +75,15 @@ class _Connection(asyncio.BufferedProtocol):
             self._close()
             return
         try:
-            self.protocol = server.factory()
             self.info = server.connection_info(transport)
+            if server.client_limits is not None:
+                self.ticket = server.client_limits.admit(self.info.peer_ip)
+                if self.ticket is None:  # over this client's limit: no session at all
+                    self.ticket = -1
+                    transport.write(server.client_busy_reply)
+                    self._close()
+                    return
+            self.protocol = server.factory()
             self._act(self.protocol.connection_made(self.info))
         except Exception as exc:
             self._crash(exc)
@@ -128,6 +136,9 @@ class _Connection(asyncio.BufferedProtocol):
         if self.counted:
             self.server.sessions -= 1
             self.counted = False
+        if self.ticket >= 0:
+            self.server.client_limits.release(self.ticket)
+            self.ticket = -1
         self.server.connections.discard(self)
         if self.protocol is not None:
             try:
@@ -303,7 +314,7 @@ class _Connection(asyncio.BufferedProtocol):
 class AsyncServer:
     def __init__(self, factory, *, service: str = "", tls=None, implicit_tls: bool = False,
                  handshake_timeout: float = 30.0, max_sessions: int = 100, busy_reply: bytes = b"",
-                 job_threads: int = 32) -> None:
+                 client_limits=None, client_busy_reply: bytes = b"", job_threads: int = 32) -> None:
         self.factory = factory
         self.service = service
         self.tls = tls  # function returning an SSLContext, or None
@@ -311,6 +322,8 @@ class AsyncServer:
         self.handshake_timeout = handshake_timeout
         self.max_sessions = max_sessions
         self.busy_reply = busy_reply
+        self.client_limits = client_limits  # connlimit.ClientLimits, shared with the other workers
+        self.client_busy_reply = client_busy_reply
         self.sessions = 0
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task] = set()
