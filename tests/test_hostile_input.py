@@ -510,7 +510,8 @@ def test_thousand_idle_connections(make_mailsys):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard) if hard != resource.RLIM_INFINITY else 4096, hard))
-    system = make_mailsys("[smtpd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\n")
+    # imapd's default max_sessions is 1,000: the same 100 for all three here
+    system = make_mailsys("[smtpd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\nmax_sessions = 100\n")
     for module in SERVICES:
         port, proc, err = start(system, module)
         t0 = time.monotonic()
