@@ -667,7 +667,11 @@ def leave_root(cfg, runner: Runner) -> int:
         from pymta.lib.daemon import preload
 
         preload("qrunner")  # the interpreter's files may be out of the new user's reach
+        from pymta.lib.pdeathsig import keep_across_uid_change
+
+        restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the switch
         become_account(pw)
+        restore_pdeathsig()
     except (OSError, PrivilegeError) as exc:
         log.error(f"daemon_user = {name!r}: {exc}")
         return sysexits.EX_NOPERM

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, MailSystem, client_tls, env_with_repo, free_port
+from test_access_control import TEST_USER, status_ids, test_user  # noqa: F401  (fixture)
+from test_privileges import open_dir, pymail  # noqa: F401  (fixture)
 
 from pymta.cli import SERVICES
 from pymta.lib.restarts import RestartBackoff, how_it_ended
@@ -321,3 +323,53 @@ def test_sigterm_stops_pymail_run_and_everything_it_started(running):
         time.sleep(0.05)
     assert running.leftovers() == []
     assert "Traceback" not in running.log.read_text()
+
+
+# -- the daemons' parent-death signal survives the switch to daemon_user ------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemons switch to daemon_user")
+def test_sigkill_of_pymail_run_as_root_leaves_nothing_behind(open_dir, test_user):  # noqa: F811
+    """The kernel clears the parent-death signal when a process changes its
+    uid; the daemons and the runner set it again after becoming daemon_user,
+    or they would outlive a killed `pymail run` and keep its ports."""
+    pw = test_user
+    tree = open_dir / "pm"
+    made = pymail("init", tree, "--domain", "example.test", "--hostname", "mx.example.test", "--daemon-user", TEST_USER)
+    assert made.returncode == 0, made.stderr
+    ports = {service: free_port() for service in SERVICES}
+    args = [a for service, port in ports.items() for a in (f"--{service}-port", str(port))]
+    proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "pymail"), "run", str(tree), *args],
+                            env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config = str((tree / "pymail.toml").resolve())
+
+    def ours() -> list[int]:
+        return [pid for pid, (_pp, argv) in _proc_table().items() if config in argv and pid != proc.pid]
+
+    def switched() -> bool:  # every daemon and the runner have become daemon_user (pymda-local stays root)
+        table = _proc_table()
+        pids = [p for p, (pp, argv) in table.items() if pp == proc.pid and "pymda.localserver" not in argv]
+        try:
+            return len(pids) == len(SERVICES) + 1 and all(status_ids(p)["Uid"][1] == pw.pw_uid for p in pids)
+        except (OSError, KeyError):
+            return False
+
+    try:
+        deadline = time.monotonic() + 40
+        while not switched():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read1().decode()
+            time.sleep(0.1)
+        assert len(ours()) >= len(SERVICES) + 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ours() == [], [_proc_table().get(p) for p in ours()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in ours():
+            os.kill(pid, signal.SIGKILL)
+        proc.stderr.close()
