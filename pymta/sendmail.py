@@ -342,8 +342,9 @@ def sender_belongs_to(cfg, uid: int, user: str, sender: str) -> bool:
         return True  # root and the mail system itself may set any sender
     if sender == "":
         return False
-    local, _, domain = sender.rpartition("@")
-    return local == user and (cfg.is_local_domain(domain) or domain.lower() == cfg["hostname"].lower())
+    from pymta.senders import sender_owned
+
+    return sender_owned(cfg, user, sender)  # NAME@ a local domain or the host, and aliases leading to NAME
 
 
 def pickup_maildrop(cfg, queue, maildrop, max_age: float = 86400.0) -> int:
@@ -409,6 +410,13 @@ def pickup_maildrop(cfg, queue, maildrop, max_age: float = 86400.0) -> int:
 
                     bounce_refused(cfg, queue, path, fh, len(line), env, uid, user, str(exc))
                 _unlink(path)
+                continue
+            from pymta.lib.sendrate import charge_local_user
+
+            over = charge_local_user(cfg, uid, len(env.recipients))
+            if over:  # a 4xx, not a refusal: kept, and picked up on a later pass once the hour allows
+                log.warning(f"maildrop: uid={uid} ({user}): file {name} kept: rate limit exceeded "
+                            f"(submission.max_{over}_per_hour)")
                 continue
             meta = {k: v for k, v in env.meta.items() if k in PICKUP_META and isinstance(v, str) and len(v) < 200}
             meta.update({"client": "local", "service": "pickup", "uid": uid, "user": user})

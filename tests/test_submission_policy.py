@@ -143,3 +143,22 @@ def test_recipient_rate_per_user(submission):
     code, codes, final = Submission(port).send("alice@example.test", rcpts=["r9@remote.example"])
     assert codes == [450] and final is None
     s.close()
+
+
+# -- sendmail run by an ordinary user: the maildrop pickup charges the uid ----------------
+
+from test_sendmail import public_sys, sendmail, run_once  # noqa: E402,F401  (root + setpriv, else skipped)
+
+
+def test_maildrop_rate_per_uid_keeps_the_excess_for_later(public_sys):
+    system = public_sys
+    system.write_config("[submission]\nmax_messages_per_hour = 2\n")
+    for i in range(3):
+        proc = sendmail(system, "bob@example.test", as_nobody=True, input=f"Subject: n{i}\n\nx\n".encode())
+        assert proc.returncode == 0, proc.stderr
+    log = run_once(system)
+    assert log.count("queued from maildrop") == 2
+    assert log.count("uid=65534 (nobody): file ") == 1 and "kept: rate limit exceeded" in log
+    kept = [p for p in (system.root / "maildrop").iterdir() if not p.name.startswith(".")]
+    assert len(kept) == 1  # never dropped: it goes once the hour's budget allows
+    assert len(system.messages("bob")) == 2

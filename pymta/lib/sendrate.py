@@ -39,7 +39,8 @@ class SendRate:
 
         None when allowed; else which limit is exceeded ("messages" or
         "recipients") and nothing is taken."""
-        wanted = (messages, recipients)
+        # a message with more recipients than an hour's allowance waits for a full bucket, not for ever
+        wanted = tuple(min(n, limit) if limit else n for n, limit in zip((messages, recipients), self.limits))
         if not any(n and limit for n, limit in zip(wanted, self.limits)):
             return None  # nothing to count, or unlimited
         import fcntl
@@ -80,3 +81,12 @@ class SendRate:
             return [float(limit) for limit in self.limits]
         elapsed = max(0.0, now - then)
         return [min(float(limit), have + limit * elapsed / HOUR) for have, limit in zip((msgs, rcpts), self.limits)]
+
+
+def charge_local_user(cfg, uid: int, recipients: int) -> str | None:
+    """sendmail's maildrop: one message to ``recipients`` paid by the local
+    user ``uid`` (account ``uid-N``); root and the mail system's own uid
+    send bounces and system mail and are never limited.  As ``charge``."""
+    if uid == 0 or uid == os.getuid():
+        return None
+    return SendRate(cfg).charge(f"uid-{uid}", messages=1, recipients=recipients)
