@@ -183,16 +183,16 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
         from pymta.lib import driver_async
 
         # a long-running server finds a broken certificate now, not per connection
-        tls, failed = _ready_to_serve(tls, args.tls, switch, max_sessions_key)
-        if failed:
-            return failed
         from pymta.lib.pdeathsig import keep_across_uid_change
 
         restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the switch to daemon_user
+        tls, failed = _ready_to_serve(tls, args.tls, switch, max_sessions_key)
+        if failed:
+            return failed
+        restore_pdeathsig()
 
         where = ", ".join(_sockname(s) for s in sockets)
         processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
-        restore_pdeathsig()
         log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''}, {processes} process(es))")
         from pymta.lib import connlimit
 
