@@ -18,15 +18,16 @@ from pymta.lib.authguard import LoginBackend
 
 class IMAPBackend(LoginBackend):
     def authenticate(self, info, username: str, password: bytes):
-        """The canonical account name, or None; runs in a Job (it sleeps after failures)."""
-        ok = self.verify_password(info, username, password)
+        """The canonical account name, or None; runs in a Job (it sleeps after
+        failures).  Raises LoginRefused when the account's failure budget is
+        spent: the IMAP machine logs it and answers NO [UNAVAILABLE]."""
+        ok, delay = self.check_login(info, username, password)
         record = self.users.lookup(username) if ok else None
         if ok:
             log.info(f"imap-login: user=<{record.address}>, rip={info.peer_ip}, tls={'yes' if info.tls else 'no'}, ok")
         else:
             log.warning(f"imap-login: auth failed, user=<{username[:100]}>, rip={info.peer_ip} "
                         f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
-        delay = self.guard.record(info.peer_ip, username, ok)
         if delay:
             time.sleep(delay)
         return record.address if ok else None

@@ -227,15 +227,16 @@ class SMTPBackend(LoginBackend):
         return f"{address}@{self.cfg.domains[0]}" if self.cfg.domains else f"{address}@{self.cfg['hostname']}"
 
     def authenticate(self, session, username: str, password: str) -> bool:
+        """Raises LoginRefused (the smtp machine answers 454 4.7.0 and logs it)
+        when the account's failure budget is spent."""
         info = session.info
-        ok = self.verify_password(info, username, password)
+        ok, delay = self.check_login(info, username, password)
         if ok:
             log.info(f"client=[{info.peer_ip}], sasl_username={username}, auth ok")
         else:
             # Explain failures in the log (LESSONS 29), and make guessing slow.
             log.warning(f"client=[{info.peer_ip}], sasl_username={username}, auth failed "
                         f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
-        delay = self.guard.record(info.peer_ip, username, ok)
         if delay:
             time.sleep(delay)
         return ok

@@ -30,33 +30,46 @@ class POP3Backend(LoginBackend):
     # -- slow: these run as Jobs -----------------------------------------------------
 
     def login(self, info, user: str, password: bytes, method: str) -> LoginResult:
-        ok = self.verify_password(info, user, password)
-        return self._finish_login(info, user, ok, method, "wrong password")
+        return self._checked_login(info, user, method, password, None, lambda: "wrong password")
 
     def apop_login(self, info, user: str, timestamp: str, digest: str) -> LoginResult:
         """RFC 1939 7: MD5(timestamp + secret) -- needs the secret in clear in the users file."""
         from pymta.lib.users import split_scheme
 
-        delay = self.guard.penalty(info.peer_ip, user)
-        if delay:
-            time.sleep(delay)
-        record = self.users.lookup(user)
-        ok, reason = False, "wrong digest"
-        if record is not None:
+        reason = ["wrong digest"]
+
+        def check() -> bool:
+            record = self.users.lookup(user)
+            if record is None:
+                return False
             scheme, body, encoding = split_scheme(record.password)
             if scheme not in ("PLAIN", "CLEARTEXT") or encoding is not None:
-                reason = f"APOP needs a {{PLAIN}} password entry (found {{{scheme}}})"
-            elif not self.cfg["auth.allow_plain_scheme"]:
-                reason = "APOP needs auth.allow_plain_scheme = true"
-            else:
-                import hashlib
-                import hmac
+                reason[0] = f"APOP needs a {{PLAIN}} password entry (found {{{scheme}}})"
+                return False
+            if not self.cfg["auth.allow_plain_scheme"]:
+                reason[0] = "APOP needs auth.allow_plain_scheme = true"
+                return False
+            import hashlib
+            import hmac
 
-                expected = hashlib.md5((timestamp + body).encode("utf-8")).hexdigest()
-                ok = hmac.compare_digest(expected, digest)
-        return self._finish_login(info, user, ok, "APOP", reason)
+            expected = hashlib.md5((timestamp + body).encode("utf-8")).hexdigest()
+            return hmac.compare_digest(expected, digest)
 
-    def _finish_login(self, info, user: str, ok: bool, method: str, reason: str) -> LoginResult:
+        return self._checked_login(info, user, "APOP", None, check, lambda: reason[0])
+
+    def _checked_login(self, info, user: str, method: str, password, check, reason) -> LoginResult:
+        """The guarded password check, then the maildrop; a spent failure
+        budget is -ERR [SYS/TEMP], the password unchecked."""
+        from pymta.lib.authguard import LoginRefused
+
+        try:
+            ok, delay = self.check_login(info, user, password, check)
+        except LoginRefused as refused:
+            log.warning(f"{refused}, method={method}")
+            return LoginResult("temp")
+        return self._finish_login(info, user, ok, delay, method, reason())
+
+    def _finish_login(self, info, user: str, ok: bool, delay: float, method: str, reason: str) -> LoginResult:
         record = self.users.lookup(user) if ok else None
         account = record.address if record is not None else user
         tls = "yes" if info.tls else "no"
@@ -64,7 +77,6 @@ class POP3Backend(LoginBackend):
             result = self._open_maildrop(info, account, method, tls)
             if result.status != "ok":
                 return result
-            self._guard_record(info, account, True)
             log.info(f"login: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
                      f"messages={len(result.maildrop.messages)}")
             return result
@@ -73,13 +85,9 @@ class POP3Backend(LoginBackend):
         # Explain failures in the log (LESSONS 29), and make guessing slow.
         log.warning(f"login failed: user=<{_printable(user)}>, method={method}, rip={info.peer_ip}, tls={tls}, "
                     f"reason={why}")
-        delay = self._guard_record(info, user, False)
         if delay:
             time.sleep(delay)
         return LoginResult("auth")
-
-    def _guard_record(self, info, account: str, ok: bool) -> float:
-        return self.guard.record(info.peer_ip, account, ok)
 
     def _open_maildrop(self, info, account: str, method: str, tls: str) -> LoginResult:
         from pymda.deliver import DeliveryError, user_maildir

@@ -59,9 +59,11 @@ PARAMS: tuple[Param, ...] = (
     Param("auth.allow_plaintext", "bool", False, "Allow passwords (AUTH, USER/PASS, LOGIN) over connections without TLS from non-loopback peers."),
     Param("auth.allow_plaintext_loopback", "bool", True, "Allow passwords without TLS from 127.0.0.0/8 and ::1."),
     Param("auth.allow_plain_scheme", "bool", False, "Accept {PLAIN}/{CLEARTEXT} password entries in the users file."),
-    Param("auth.failure_delay", "float", 1.0, "Seconds a failed login waits before its answer; doubled for each recent failure from the same address or for the same account, up to auth.max_failure_delay. While such failures are remembered, every password check from that address or for that account (a right one, or one on a parallel connection) first waits as long."),
+    Param("auth.failure_delay", "float", 1.0, "Seconds a failed login waits before its answer; doubled for each recent failure from the same client address (IPv6: the same /64), up to auth.max_failure_delay. While such failures are remembered, every password check from that address (a right one, or one on a parallel connection) first waits as long (Dovecot's auth penalty). Failures for an account do not slow other addresses: auth.account_failure_limit bounds those."),
     Param("auth.max_failure_delay", "float", 30.0, "Longest wait after a failed login, in seconds."),
-    Param("auth.failure_window", "float", 900.0, "Seconds a failed login is remembered for slowing further attempts."),
+    Param("auth.failure_window", "float", 900.0, "Seconds a failed login is remembered, for the per-address delay and the per-account budget."),
+    Param("auth.account_failure_limit", "int", 20, "Failed password checks one account may get in any auth.failure_window seconds, from all client addresses and processes together (80 an hour with the defaults). Beyond it, logins to the account are refused without checking the password (SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]), except from the addresses that logged in to it successfully within auth.known_address_days. 0: no budget."),
+    Param("auth.known_address_days", "int", 30, "Days a client address (IPv6: its /64) that logged in to an account successfully stays known-good for it, so it keeps getting password checks while the account's failure budget is spent. Each account remembers its last 16 such addresses."),
     Param("auth.bcrypt_rounds", "int", 10, "bcrypt cost (log2 of rounds, 4-31) for passwords set by `pymail user add/passwd`; existing hashes keep their own cost."),
     # -- smtpd -------------------------------------------------------------------
     Param("smtpd.max_message_size", "int", 25 * 1024 * 1024, "Largest message accepted, in octets; advertised as SIZE."),
