@@ -264,6 +264,12 @@ def _ready_to_serve(tls, implicit_tls: bool, switch, max_sessions_key: str):
 # before it, as pymda-deliver does.  Besides these, every module our own
 # modules import anywhere (function-level imports included) is loaded too.
 _SESSION_MODULES = {
+    "local": ("pymda.deliver", "pymda.localserver", "pymda.forward", "pymda.rules.engine", "pymda.rules.actions",
+              "pymda.rules.mbox", "pymda.maildir", "pymta.lib.privilege", "hashlib", "shlex", "subprocess"),
+    "qrunner": ("pymta.qrunner", "pymta.local", "pymta.bounce", "pymta.smtp_client", "pymta.routing",
+                "pymta.aliases", "pymta.dkim_sign", "pymta.sendmail", "pymda.deliver", "pymda.localserver",
+                "pymda.forward", "pymda.rules.engine", "pymda.rules.actions", "pymda.rules.mbox",
+                "pymda.index", "dns.resolver", "dkim", "ssl", "json", "hashlib", "email.parser"),
     "smtpd": ("pymta.smtpd", "pymta.aliases", "pymta.queue"),
     "pop3d": ("pypop.pop3d", "pypop.pop3_server", "pypop.maildrop", "pymda.deliver"),
     "imapd": ("pyimap.imapd", "pyimap.imap_server", "pyimap.store", "pyimap.fetch", "pyimap.search",
@@ -312,12 +318,14 @@ def _imported_names(module) -> set[str]:
     return names
 
 
-def _preload(section: str) -> None:
+def preload(section: str, common: bool = True) -> None:
+    """Import what a process of ``section`` may need once it has left root
+    (``common``: with what every network daemon needs)."""
     import encodings
     import importlib
     import pkgutil
 
-    todo = list(_COMMON_MODULES + _SESSION_MODULES.get(section, ()))
+    todo = list((_COMMON_MODULES if common else ()) + _SESSION_MODULES.get(section, ()))
     seen: set[str] = set()
     while todo:
         name = todo.pop()
@@ -351,7 +359,7 @@ def _switch_user(pw, tls, max_sessions_key: str):
     if tls is not None:
         context = tls()
         tls = lambda: context
-    _preload(max_sessions_key.partition(".")[0])
+    preload(max_sessions_key.partition(".")[0])
     try:
         os.initgroups(pw.pw_name, pw.pw_gid)
         os.setgid(pw.pw_gid)
