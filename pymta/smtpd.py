@@ -253,7 +253,6 @@ class SMTPBackend(LoginBackend):
             return _FromCheck(logged, self, session, envelope)
         return logged
 
-
     def received_header(self, session, envelope, queue_id: str) -> bytes:
         info = session.info
         proto = ("ESMTP" if session.esmtp else "SMTP") + ("S" if info.tls else "") + ("A" if session.auth_user else "")
