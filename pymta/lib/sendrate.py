@@ -62,8 +62,8 @@ class SendRate:
                     return kind
             left = [have - n if limit else have for n, limit, have in zip(wanted, self.limits, tokens)]
             data = f"{left[0]:.4f} {left[1]:.4f} {now:.3f}\n".encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
+            os.pwrite(fd, data, 0)  # write, then cut: a full disk leaves the old count, never an empty file
+            os.ftruncate(fd, len(data))
             return None
         except OSError as exc:
             from pymta.lib import log
