@@ -15,10 +15,10 @@ input (qmail CVE-2005-1513: every buffer has a limit).
 
 from __future__ import annotations
 
-import binascii
 import time
 from collections import namedtuple
 
+from pymta.lib import sasl
 from pymta.lib.address import AddressError, parse_path, split_path
 from pymta.lib.record import REQUIRED, Record
 from pymta.lib.linereader import LineReader
@@ -630,26 +630,19 @@ class SMTPServer(LineReader, Protocol):
 
     def _auth_continue(self, line: bytes, step: int, initial: bool = False) -> None:
         """One client response; ``step`` is the exchange state it answers."""
-        if line == b"*":
-            self._send(501, "5.7.0", "Authentication aborted")
-            return
-        if initial and line == b"=":  # RFC 4954 4: "=" is an empty initial response
-            data = b""
-        else:
-            try:
-                data = binascii.a2b_base64(line, strict_mode=True) if line else b""
-            except (binascii.Error, ValueError):
+        try:
+            data = sasl.decode_response(line, initial=initial)
+            if step == _AUTH_PLAIN:
+                user, password = sasl.split_plain(data)
+        except sasl.SaslError as exc:
+            if exc.kind == "cancelled":
+                self._send(501, "5.7.0", "Authentication aborted")
+            elif exc.kind == "base64":
                 self._send(501, "5.5.2", "Invalid base64")
-                return
+            else:
+                self._send(535, "5.7.8", "Authentication credentials invalid")
+            return
         if step == _AUTH_PLAIN:
-            parts = data.split(b"\0")
-            if len(parts) != 3:
-                self._send(535, "5.7.8", "Authentication credentials invalid")
-                return
-            authzid, user, password = parts
-            if authzid and authzid != user:  # we do not let one user act as another
-                self._send(535, "5.7.8", "Authentication credentials invalid")
-                return
             self._start_auth_job(user, password)
         elif step == _AUTH_LOGIN_USER:
             self._login_user = data

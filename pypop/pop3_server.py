@@ -25,13 +25,12 @@ connection imports this module.
 
 from __future__ import annotations
 
-import binascii
 import io
 import os
 import time
 from collections import namedtuple
 
-from pymta.lib import log
+from pymta.lib import log, sasl
 from pymta.lib.linereader import LineReader
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream, catching
 
@@ -326,28 +325,22 @@ class POP3Server(LineReader, Protocol):
             self._send(b"+ \r\n")
 
     def _auth_response(self, response: bytes) -> None:
-        if response == b"*":
-            self._send(b"-ERR Authentication cancelled\r\n")  # RFC 5034 4
-            return
-        if response == b"=":  # RFC 5034 4: an empty initial response
-            decoded = b""
-        else:
-            try:
-                decoded = binascii.a2b_base64(response, strict_mode=True)
-            except (binascii.Error, ValueError):
+        try:
+            # "=" is taken as empty in the continuation line too, as pop3d always has
+            authcid, password = sasl.split_plain(sasl.decode_response(response, initial=True))
+        except sasl.SaslError as exc:
+            if exc.kind == "cancelled":
+                self._send(b"-ERR Authentication cancelled\r\n")  # RFC 5034 4
+            elif exc.kind == "base64":
                 self._bad(b"-ERR Invalid base64 data\r\n")
-                return
-        parts = decoded.split(b"\0")
-        if len(parts) != 3 or not parts[1] or not parts[2]:
-            self._bad(b"-ERR Invalid AUTH PLAIN response\r\n")
+            elif exc.kind == "malformed":
+                self._bad(b"-ERR Invalid AUTH PLAIN response\r\n")
+            else:  # no proxy authorization: acting as another user is refused outright
+                self._auth_failed()
             return
-        authzid, authcid, password = parts
         user = _text(authcid)
-        if not user or (authzid and authzid != authcid):
-            # no proxy authorization: acting as another user is refused outright
-            self._auth_failures += 1
-            self._send(AUTH_FAILED)
-            self._check_auth_failures()
+        if not user:
+            self._auth_failed()
             return
         self._start_login(Job(self.backend.login, self.info, user, password, "PLAIN"))
 
@@ -369,11 +362,14 @@ class POP3Server(LineReader, Protocol):
         elif result.status == "in-use":
             self._send(b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n")
         elif result.status == "auth":
-            self._auth_failures += 1
-            self._send(AUTH_FAILED)
-            self._check_auth_failures()
+            self._auth_failed()
         else:
             self._send(b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n")
+
+    def _auth_failed(self) -> None:
+        self._auth_failures += 1
+        self._send(AUTH_FAILED)
+        self._check_auth_failures()
 
     def _check_auth_failures(self) -> None:
         if self._auth_failures >= MAX_AUTH_FAILURES and not self._closed:
