@@ -37,6 +37,7 @@ import struct
 import sys
 
 from pymta.lib import log, sysexits
+from pymta.lib.address import is_safe_envelope_field
 
 MAX_REQUEST = 8192
 MAX_CHILDREN = 64
@@ -61,7 +62,7 @@ def _valid_address(value, allow_empty: bool = False) -> bool:
         return False
     if not value:
         return allow_empty
-    return not value.startswith("-") and not any(c in value for c in "\r\n\x00")
+    return not value.startswith("-") and is_safe_envelope_field(value)  # not an option, not a line break
 
 
 def parse_request(line: bytes) -> dict:

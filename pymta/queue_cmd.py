@@ -19,18 +19,10 @@ import os
 import sys
 
 from pymta.lib import log, sysexits
+from pymta.lib.address import valid_envelope_address as valid_address  # sendmail imports it from here
 from pymta.lib.cliargs import ArgumentParser
 from pymta.lib.lineends import crlf_to_lf
 from pymta.lib.sizelimit import TooBig, limited
-
-
-def valid_address(address: str, allow_null: bool = False) -> bool:
-    if address == "":
-        return allow_null
-    if any(c in address for c in "\r\n\x00<>") or any(c.isspace() for c in address):
-        return False
-    local, at, domain = address.rpartition("@")
-    return bool(at and local and domain) and len(address) <= 320
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,3 +205,38 @@ def is_safe_envelope_field(s: str | bytes) -> bool:
     if isinstance(s, (bytes, bytearray)):
         return b"\r" not in s and b"\n" not in s and b"\0" not in s
     return "\r" not in s and "\n" not in s and "\0" not in s
+
+
+def valid_envelope_address(address: str, allow_null: bool = False) -> bool:
+    """A command-line envelope address (sendmail, pymta-queue): ``local@domain``
+    with no whitespace, angle brackets or controls; "" only when ``allow_null``."""
+    if address == "":
+        return allow_null
+    if not is_safe_envelope_field(address) or any(c in "<>" or c.isspace() for c in address):
+        return False
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and len(address) <= 320
+
+
+def account_address(address: str) -> str:
+    """``Local@Domain`` -> ``local@domain``: the address of an account, or AddressError.
+
+    The address becomes a path (MAIL/<domain>/<local>/) and a line of a
+    colon-separated file, so ':', '/', '\\', whitespace, control characters
+    and dot tricks ('.', '..', leading/trailing dots) are refused.
+    """
+    if not isinstance(address, str):
+        raise AddressError(f"{address!r} is not an address")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or "@" in local:
+        raise AddressError(f"{address!r} is not local@domain")
+    if len(address) > 254 or len(local) > 64:
+        raise AddressError(f"{address!r} is too long")
+    for part in (local, domain):
+        if any(c in ':/\\"' or c.isspace() or not c.isprintable() for c in part):
+            raise AddressError(f"{address!r} contains a character not allowed in an address")
+        if part.startswith(".") or part.endswith(".") or ".." in part:
+            raise AddressError(f"{address!r}: misplaced '.'")
+    if local.startswith("#"):
+        raise AddressError(f"{address!r} would read as a comment")  # passwd-file syntax
+    return f"{local.lower()}@{domain.lower()}"

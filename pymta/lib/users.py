@@ -28,6 +28,7 @@ import os
 import re
 from pathlib import Path
 
+from .address import AddressError, account_address
 from .record import Record
 
 from . import log
@@ -94,27 +95,11 @@ def parse_extra_fields(extra: str) -> dict[str, str]:
 
 
 def normalize_address(address: str) -> str:
-    """``Local@Domain`` -> ``local@domain``, or InvalidAddress.
-
-    The address becomes a path (MAIL/<domain>/<local>/) and a line of a
-    colon-separated file, so ':', '/', '\\', whitespace, control characters
-    and dot tricks ('.', '..', leading/trailing dots) are refused.
-    """
-    if not isinstance(address, str):
-        raise InvalidAddress(f"{address!r} is not an address")
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or "@" in local:
-        raise InvalidAddress(f"{address!r} is not local@domain")
-    if len(address) > 254 or len(local) > 64:
-        raise InvalidAddress(f"{address!r} is too long")
-    for part in (local, domain):
-        if any(c in ':/\\"' or c.isspace() or not c.isprintable() for c in part):
-            raise InvalidAddress(f"{address!r} contains a character not allowed in an address")
-        if part.startswith(".") or part.endswith(".") or ".." in part:
-            raise InvalidAddress(f"{address!r}: misplaced '.'")
-    if local.startswith("#"):
-        raise InvalidAddress(f"{address!r} would read as a comment")  # passwd-file syntax
-    return f"{local.lower()}@{domain.lower()}"
+    """``Local@Domain`` -> ``local@domain``, or InvalidAddress (see address.account_address)."""
+    try:
+        return account_address(address)
+    except AddressError as exc:
+        raise InvalidAddress(str(exc)) from None
 
 
 def _lookup_keys(address) -> list[str]:
