@@ -22,19 +22,13 @@ import os
 import stat
 
 from pymta.lib import log, sysexits
+from pymta.lib.aliasgrammar import parse_target, targets_in, unquote
 
 
 def read_targets(path, opener=None) -> list[str]:
-    from pymta.aliases import split_targets
-
     with open(path, encoding="utf-8", errors="surrogateescape", opener=opener) as fh:
         text = fh.read(1 << 16)
-    out = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        out.extend(split_targets(line))
-    return out
+    return targets_in(text.splitlines())
 
 
 def safe(path) -> bool:
@@ -72,17 +66,16 @@ def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files
     eng.special["_"] = str(path)
     addresses = []
     for n, target in enumerate(targets, 1):
-        t = target.strip()
-        if t.startswith('"') and t.endswith('"') and len(t) >= 2:
-            t = t[1:-1].strip()
+        t = unquote(target).strip()
         if t.startswith("\\") or t.lower() in (local.lower(), record.address.lower()):
             keep = True
             continue
-        if t.startswith("|"):
-            ok = eng.pipe(Recipe("", None, [], Action("pipe", t[1:].strip(), n), n))
-        elif t.startswith("/"):
-            ok = eng.folder(Recipe("", None, [], Action("folder", t, n), n))
-        else:
+        kind, value = parse_target(t)
+        if kind == "pipe":
+            ok = eng.pipe(Recipe("", None, [], Action("pipe", value, n), n))
+        elif kind == "file":
+            ok = eng.folder(Recipe("", None, [], Action("folder", value, n), n))
+        else:  # an address; ":include:" is for the aliases file only
             addresses.append(t)
             continue
         if not ok:

@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pymta.lib.aliasgrammar import parse_target, split_targets, targets_in, unquote
+
 MAX_DEPTH = 10  # Postfix's limit on alias nesting is similar; stops loops
 
 
@@ -27,21 +29,6 @@ MAX_DEPTH = 10  # Postfix's limit on alias nesting is similar; stops loops
 class Target:
     kind: str  # "address", "pipe", "file"; "error" (bounce) / "defer" (retry) with the reason as value
     value: str
-
-
-def split_targets(text: str) -> list[str]:
-    """Comma-separated targets; commas inside double quotes do not split."""
-    out, cur, quoted = [], [], False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur).strip())
-    return [t for t in out if t]
 
 
 def parse(text: str, source: str = "aliases") -> tuple[dict[str, list[str]], list[tuple[int, str]]]:
@@ -149,42 +136,37 @@ class Aliases:
         return out
 
     def _resolve(self, raw: str, domain: str, depth: int) -> list[Target]:
-        raw = raw.strip()
-        if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-            raw = raw[1:-1]
-        if raw.startswith("|"):
-            return [Target("pipe", raw[1:].strip())]
-        if raw.startswith("/"):
-            return [Target("file", raw)]
-        if raw.lower().startswith(":include:"):
+        kind, value = parse_target(unquote(raw))
+        if kind in ("pipe", "file"):
+            return [Target(kind, value)]
+        if kind == "include":
             if depth >= MAX_DEPTH:
                 return []
-            path = raw[len(":include:"):].strip()
+            path = value
             try:
                 with open(path, encoding="utf-8", errors="replace") as fh:
-                    lines = [l.strip() for l in fh if l.strip() and not l.lstrip().startswith("#")]
+                    items = targets_in(fh)
             except OSError as exc:
                 # Maybe fixed in a minute: keep the message, never drop the list.
                 return [Target("defer", f"4.3.0 cannot read include file {path}: {exc.strerror}")]
             out = []
-            for line in lines:
-                for item in split_targets(line):
-                    for target in self._resolve(item, domain, depth + 1):
-                        if target.kind == "defer":
-                            out.append(target)
-                            continue
-                        if target.kind != "address":
-                            # as Postfix's allow_mail_to_commands/files default: not from
-                            # :include: files, which someone other than root may write
-                            from pymta.lib import log
-
-                            log.warning(f"{path}: {target.kind} target {target.value!r} ignored in an :include: file")
-                            continue
+            for item in items:
+                for target in self._resolve(item, domain, depth + 1):
+                    if target.kind == "defer":
                         out.append(target)
+                        continue
+                    if target.kind != "address":
+                        # as Postfix's allow_mail_to_commands/files default: not from
+                        # :include: files, which someone other than root may write
+                        from pymta.lib import log
+
+                        log.warning(f"{path}: {target.kind} target {target.value!r} ignored in an :include: file")
+                        continue
+                    out.append(target)
             return out
-        if "@" not in raw:
-            raw = f"{raw}@{domain}"
-        return [Target("address", raw)]
+        if "@" not in value:
+            value = f"{value}@{domain}"
+        return [Target("address", value)]
 
 
 def check(text: str, source: str = "aliases", *, is_local=None, user_exists=None) -> list[tuple[int, str]]:
@@ -206,21 +188,19 @@ def check(text: str, source: str = "aliases", *, is_local=None, user_exists=None
     for name, targets in table.items():
         number = line_of.get(name, 0)
         for raw in targets:
-            t = raw.strip()
-            if t.startswith('"') and t.endswith('"') and len(t) >= 2:
-                t = t[1:-1]
+            t = unquote(raw)
+            kind, value = parse_target(t)
             if any(ord(c) < 32 for c in t):
                 problems.append((number, f"{name}: control character in target {raw!r}"))
-            elif t.startswith("|"):
-                if not t[1:].strip():
+            elif kind == "pipe":
+                if not value:
                     problems.append((number, f"{name}: '|' without a command"))
-            elif t.lower().startswith(":include:"):
-                path = t[len(":include:"):].strip()
-                if not path.startswith("/"):
-                    problems.append((number, f"{name}: :include: needs an absolute path, not {path!r}"))
-                elif not os.access(path, os.R_OK):
-                    problems.append((number, f"{name}: cannot read include file {path}"))
-            elif t.startswith("/"):
+            elif kind == "include":
+                if not value.startswith("/"):
+                    problems.append((number, f"{name}: :include: needs an absolute path, not {value!r}"))
+                elif not os.access(value, os.R_OK):
+                    problems.append((number, f"{name}: cannot read include file {value}"))
+            elif kind == "file":
                 if "/../" in t + "/" or t.endswith("/.."):
                     problems.append((number, f"{name}: '..' in file target {t!r}"))
             elif t.startswith(("~", ".")):
