@@ -15,6 +15,7 @@ input (qmail CVE-2005-1513: every buffer has a limit).
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import namedtuple
 
@@ -107,7 +108,7 @@ _DATA_FAILURES = {
     _NO_SPACE: Reply(452, "4.3.1", "Insufficient system storage"),
 }
 _LOCAL_ERROR_REPLY = _DATA_FAILURES[_LOCAL_ERROR]
-_NO_SPACE_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux)
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _failure_state(exc: BaseException) -> int:

@@ -109,11 +109,11 @@ class SMTPBackend(LoginBackend):
                 return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
             if not owned:
                 return self._refuse("MAIL", session, envelope, address, Reply(
-                    553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {_printable(login)}"))
+                    553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {log.printable(login)}"))
         if self.sendrate.charge(self.account_key(login), messages=1):
             return self._refuse("MAIL", session, envelope, address, Reply(
-                450, "4.7.1", f"<{address}>: Sender address rejected: rate limit exceeded for user {_printable(login)} "
-                f"({self.cfg['submission.max_messages_per_hour']} messages per hour)"))
+                450, "4.7.1", f"<{address}>: Sender address rejected: rate limit exceeded for user "
+                f"{log.printable(login)} ({self.cfg['submission.max_messages_per_hour']} messages per hour)"))
         return None
 
     def check_recipient(self, session, envelope, address: str):
@@ -132,7 +132,8 @@ class SMTPBackend(LoginBackend):
         if session.auth_user and self.sendrate.charge(self.account_key(session.auth_user), recipients=1):
             return self._refuse("RCPT", session, envelope, address, Reply(
                 450, "4.7.1", f"<{address}>: Recipient address rejected: rate limit exceeded for user "
-                f"{_printable(session.auth_user)} ({self.cfg['submission.max_recipients_per_hour']} recipients per hour)"))
+                f"{log.printable(session.auth_user)} "
+                f"({self.cfg['submission.max_recipients_per_hour']} recipients per hour)"))
         return None
 
     def _check_local(self, session, envelope, address: str):
@@ -172,7 +173,7 @@ class SMTPBackend(LoginBackend):
 
     def _refuse(self, stage: str, session, envelope, address: str, reply):
         """One log line per refusal, as Postfix's NOQUEUE: reject lines."""
-        auth = f" sasl_username=<{_printable(session.auth_user)}>" if session.auth_user else ""
+        auth = f" sasl_username=<{log.printable(session.auth_user)}>" if session.auth_user else ""
         what = f"from=<{envelope.mail_from}>" + (f" to=<{address}>" if stage == "RCPT" else "")
         log.info(f"NOQUEUE: reject: {stage} from [{session.info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
                  f"{what}{auth}")
@@ -218,7 +219,7 @@ class SMTPBackend(LoginBackend):
         """Log a policy refusal the way Postfix does, one line, and return it."""
         info = session.info
         log.info(f"NOQUEUE: reject: RCPT from [{info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
-                 f"from=<{envelope.mail_from}> to=<{address}> helo=<{_printable(session.helo or '')}>")
+                 f"from=<{envelope.mail_from}> to=<{address}> helo=<{log.printable(session.helo or '')}>")
         return reply
 
     def qualify(self, address: str) -> str:
@@ -256,13 +257,13 @@ class SMTPBackend(LoginBackend):
     def received_header(self, session, envelope, queue_id: str) -> bytes:
         info = session.info
         proto = ("ESMTP" if session.esmtp else "SMTP") + ("S" if info.tls else "") + ("A" if session.auth_user else "")
-        helo = _printable(session.helo or "unknown")
+        helo = log.printable(session.helo or "unknown")
         lines = [f"Received: from {helo} ([{info.peer_ip}])",
                  f"\tby {self.cfg['hostname']} (pymail) with {proto} id {queue_id}"]
         if info.tls:
             lines.append(f"\t(using {info.tls_version} with cipher {info.tls_cipher})")
         if session.auth_user:
-            lines.append(f"\t(authenticated as {_printable(session.auth_user)})")
+            lines.append(f"\t(authenticated as {log.printable(session.auth_user)})")
         rcpt = f"\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else "\t"
         lines.append(f"{rcpt}; {time.strftime('%a, %d %b %Y %H:%M:%S %z')}")
         return ("\n".join(lines) + "\n").encode("utf-8", "replace")
@@ -300,7 +301,7 @@ class _FromCheck:
         from pymta.lib.users import UsersUnavailable
         from pymta.senders import header_addresses
 
-        login = _printable(self.session.auth_user)
+        login = log.printable(self.session.auth_user)
         self.headers.finish()
         if self.headers.too_large:
             return Reply(550, "5.7.1", "Message header too large to check the From: address")
@@ -310,7 +311,8 @@ class _FromCheck:
         try:
             for address in addresses:
                 if not self.backend.sender_owned(self.session.auth_user, address):
-                    return Reply(550, "5.7.1", f"<{_printable(address)}>: From: address rejected: not owned by user {login}")
+                    return Reply(550, "5.7.1",
+                                 f"<{log.printable(address)}>: From: address rejected: not owned by user {login}")
         except UsersUnavailable:
             return Reply(451, "4.3.0", "Temporary lookup failure")
         return None
@@ -336,16 +338,12 @@ class _LoggingSink:
             log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
             raise
         auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
-        log.info(f"client={_printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
+        log.info(f"client={log.printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
                  f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)} (queued)", qid)
         return qid
 
     def abort(self) -> None:
         self.sink.abort()
-
-
-def _printable(text: str) -> str:
-    return "".join(c if 32 < ord(c) < 127 else "?" for c in text)[:255]
 
 
 def build(cfg, service: str):

@@ -105,7 +105,9 @@ class AuthGuard:
 
         spent = self._update(self._path("user", key), take_slot, now)
         if spent is not None:
-            raise LoginRefused(f"login refused without a password check: user=<{_printable(account)}>, "
+            from pymta.lib.log import printable
+
+            raise LoginRefused(f"login refused without a password check: user=<{printable(account, 100)}>, "
                                f"rip={peer_ip}: {spent} failed logins for this account in the last "
                                f"{self.window:.0f} s (auth.account_failure_limit = {self.limit})")
         return Attempt(address, key, token)
@@ -267,10 +269,6 @@ class AuthGuard:
                     os.unlink(entry.path)  # a racing update loses one count, no more
         except OSError:
             pass
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text[:100])
 
 
 def plaintext_allowed(cfg, info) -> bool:

@@ -17,6 +17,12 @@ _program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "pymai
 _debug = bool(os.environ.get("PYMAIL_DEBUG"))
 
 
+def printable(text: str, limit: int = 255) -> str:
+    """``text`` safe to put in a log line or a reply: ASCII graphic characters
+    only (the rest, spaces too, become '?'), at most ``limit`` of them."""
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in text[:limit])
+
+
 _syslog = None  # None: not decided yet; False: stderr; else the syslog module
 
 
