@@ -23,7 +23,7 @@ import time
 from email.utils import formatdate, make_msgid
 
 from pymta.lib import log
-
+from pymta.recipient import BOUNCED, Recipient
 
 
 def _postmaster(cfg) -> str:
@@ -67,15 +67,14 @@ def _clean(text: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in str(text))[:900]
 
 
-def _status(rcpt: dict) -> str:
-    code = (rcpt.get("reason") or "").split(" ", 1)[0]
-    parts = code.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts):
-        return code
-    return "5.0.0" if rcpt.get("status") == "bounced" else "4.0.0"
+def _status(rcpt: Recipient) -> str:
+    """The recipient's RFC 3463 code, carried with its result."""
+    if rcpt.reason.enhanced:
+        return rcpt.reason.enhanced
+    return "5.0.0" if rcpt.state == BOUNCED else "4.0.0"
 
 
-def build_dsn(cfg, entry, rcpts: list[dict], action: str, to: str) -> bytes:
+def build_dsn(cfg, entry, rcpts: list[Recipient], action: str, to: str) -> bytes:
     """The DSN message (LF line ends, as the queue keeps messages)."""
     env = entry.envelope
     host = cfg["hostname"]
@@ -98,7 +97,7 @@ def build_dsn(cfg, entry, rcpts: list[dict], action: str, to: str) -> bytes:
         "",
     ]
     for rcpt in rcpts:
-        human.append(f"<{_clean(rcpt['to'])}>: {_clean(rcpt.get('reason', ''))}")
+        human.append(f"<{_clean(rcpt.to)}>: {_clean(rcpt.reason.text)}")
     report = [
         f"Reporting-MTA: dns; {host}",
         f"X-Pymail-Queue-ID: {env.queue_id}",
@@ -107,14 +106,14 @@ def build_dsn(cfg, entry, rcpts: list[dict], action: str, to: str) -> bytes:
     ]
     for rcpt in rcpts:
         report.append("")
-        report.append(f"Final-Recipient: rfc822; {_clean(rcpt['to'])}")
-        if rcpt.get("orig") and rcpt["orig"] != rcpt["to"]:
-            report.append(f"Original-Recipient: rfc822; {_clean(rcpt['orig'])}")
+        report.append(f"Final-Recipient: rfc822; {_clean(rcpt.to)}")
+        if rcpt.orig and rcpt.orig != rcpt.to:
+            report.append(f"Original-Recipient: rfc822; {_clean(rcpt.orig)}")
         report.append(f"Action: {action}")
         report.append(f"Status: {_status(rcpt) if failed else '4' + _status(rcpt)[1:]}")
-        if rcpt.get("remote"):
-            report.append(f"Remote-MTA: dns; {_clean(rcpt['remote'].split('[')[0])}")
-        report.append(f"Diagnostic-Code: {_clean(rcpt.get('diag') or 'X-Pymail; ' + rcpt.get('reason', ''))}")
+        if rcpt.remote:
+            report.append(f"Remote-MTA: dns; {_clean(rcpt.remote.split('[')[0])}")
+        report.append(f"Diagnostic-Code: {_clean(rcpt.diag or 'X-Pymail; ' + rcpt.reason.text)}")
         report.append(f"Last-Attempt-Date: {date}")
         if not failed:
             report.append(f"Will-Retry-Until: {formatdate(env.arrival + cfg['qrunner.max_lifetime'], localtime=True)}")
@@ -165,7 +164,7 @@ def _enqueue(cfg, queue, entry, rcpts, action: str) -> str | None:
     if env.sender:
         to = env.sender
     elif env.meta.get("dsn") == "postmaster":
-        log.warning(f"double bounce for <{rcpts[0]['to']}> discarded ({len(rcpts)} recipient(s))", env.queue_id)
+        log.warning(f"double bounce for <{rcpts[0].to}> discarded ({len(rcpts)} recipient(s))", env.queue_id)
         return None
     else:
         if action != "failed":
@@ -178,11 +177,11 @@ def _enqueue(cfg, queue, entry, rcpts, action: str) -> str | None:
     return qid
 
 
-def send_bounce(cfg, queue, entry, bounced: list[dict]) -> str | None:
+def send_bounce(cfg, queue, entry, bounced: list[Recipient]) -> str | None:
     """Queue a 'failed' DSN for ``bounced`` recipients; returns its queue ID (None if none was made)."""
     return _enqueue(cfg, queue, entry, bounced, "failed")
 
 
-def send_delay_warning(cfg, queue, entry, deferred: list[dict]) -> str | None:
+def send_delay_warning(cfg, queue, entry, deferred: list[Recipient]) -> str | None:
     """Queue a 'delayed' DSN (Postfix delay_warning_time) for recipients still waiting."""
     return _enqueue(cfg, queue, entry, deferred, "delayed")

@@ -27,7 +27,7 @@ from pymta.lib.sysexits import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL
 
 
 def _cfg(ctx):
-    from pymta.cli import _load
+    from pymta.cli import load_config as _load
 
     return _load(None, None)
 
@@ -49,27 +49,12 @@ def _ids(queue, which: str) -> list[str]:
     return [which]
 
 
-def _locked(queue, qid: str, wait: float = 5.0):
-    """Open and lock an entry (waiting for a runner to finish with it)."""
-    deadline = time.time() + wait
-    while True:
-        path = queue.locate(qid)
-        if path is None:
-            return None, "not found"
-        entry = queue.open_entry(path)
-        if entry is not None:
-            return entry, ""
-        if time.time() > deadline:
-            return None, "busy (being delivered); try again"
-        time.sleep(0.05)
-
-
 def _each(queue, which: str, action, verb: str) -> None:
     problems = 0
     busy = False
     done = 0
     for qid in _ids(queue, which):
-        entry, why = _locked(queue, qid)
+        entry, why = queue.lock_entry(qid)
         if entry is None:
             click.echo(f"pymail: {qid}: {why}", err=True)
             problems += 1
@@ -115,19 +100,18 @@ def show(queue_id):
         raise click.exceptions.Exit(EX_NOINPUT)
     with entry:
         env = entry.envelope
-        where = path.parent.name if path.parent.name in ("new", "hold") else "deferred"
-        click.echo(f"queue-id: {qid}\nqueue: {where}\nsize: {entry.size}\n"
+        click.echo(f"queue-id: {qid}\nqueue: {entry.where}\nsize: {entry.size}\n"
                    f"arrival: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(env.arrival))}\n"
                    f"sender: <{env.sender}>")
         for rcpt in env.recipients:
             click.echo(f"recipient: <{rcpt}>")
         click.echo(f"meta: {json.dumps(env.meta, sort_keys=True)}")
-        state = queue.read_state(qid)
+        state = queue.load_state(qid)
         if state:
-            for r in state.get("rcpts", []):
-                click.echo(f"state: <{r['to']}> {r['status']} attempts={r['attempts']} {r.get('reason', '')}".rstrip())
-            if state.get("next"):
-                click.echo(f"next-attempt: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(state['next']))}")
+            for r in state.rcpts:
+                click.echo(f"state: <{r.to}> {r.state} attempts={r.attempts} {r.reason}".rstrip())
+            if state.next:
+                click.echo(f"next-attempt: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(state.next))}")
         click.echo("")
         sys.stdout.flush()
         for chunk in entry.message_chunks():
@@ -150,23 +134,25 @@ def hold(which):
     queue = _queue(_cfg(None))
 
     def act(entry):
-        if entry.path.parent.name != "hold":
+        if entry.where != "hold":
             queue.move(entry.envelope.queue_id, "hold")
 
     _each(queue, which, act, "held")
 
 
 def _to_new(queue, entry, reset: bool = False) -> None:
+    from pymta.recipient import DEFERRED, PENDING
+
     qid = entry.envelope.queue_id
     if reset:
-        state = queue.read_state(qid)
+        state = queue.load_state(qid)
         if state:
-            for r in state.get("rcpts", []):
-                if r["status"] in ("deferred", "pending"):
-                    r["attempts"] = 0
-            state.pop("next", None)
-            queue.write_state(qid, state)
-    if entry.path.parent.name != "new":
+            for r in state.rcpts:
+                if r.state in (DEFERRED, PENDING):
+                    r.attempts = 0
+            state.next = 0.0
+            queue.save_state(qid, state)
+    if entry.where != "new":
         queue.move(qid, "new")
 
 
@@ -177,7 +163,7 @@ def release(which):
     queue = _queue(_cfg(None))
 
     def act(entry):
-        if entry.path.parent.name == "hold":
+        if entry.where == "hold":
             _to_new(queue, entry)
 
     _each(queue, which, act, "released")
@@ -188,16 +174,7 @@ def release(which):
 def flush():
     """Retry every deferred entry now (held ones stay held)."""
     queue = _queue(_cfg(None))
-    count = 0
-    for where, path in queue.all_entries():
-        if where != "deferred":
-            continue
-        entry, why = _locked(queue, path.name, wait=1.0)
-        if entry is None:
-            continue
-        with entry:
-            _to_new(queue, entry)
-            count += 1
+    count = queue.flush()
     queue.wake()
     click.echo(f"{count} entr{'y' if count == 1 else 'ies'} scheduled for delivery")
 
@@ -209,7 +186,7 @@ def requeue(which):
     queue = _queue(_cfg(None))
 
     def act(entry):
-        if entry.path.parent.name != "hold":
+        if entry.where != "hold":
             _to_new(queue, entry, reset=True)
 
     _each(queue, which, act, "requeued")

@@ -14,33 +14,29 @@ sender the user made up (that would make the maildrop a backscatter tool).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from pymta.recipient import Status
+
 MAX_LISTED = 20  # recipients named in the DSN; a refused list of 10,000 stays a short notice
 
 
-def submitter_address(cfg, uid: int, user: str, sender: str) -> str:
-    from pymta.sendmail import sender_belongs_to
-
-    if sender and sender_belongs_to(cfg, uid, user, sender):
-        return sender
-    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
-    return f"{user}@{domain}"
-
-
-def bounce_refused(cfg, queue, path, fh, offset: int, env, uid: int, user: str, reason: str) -> str | None:
-    """Queue a DSN about the maildrop file ``path`` (open as ``fh``, message at ``offset``); its queue ID.
-
-    ``reason`` starts with the enhanced status code (``5.3.4 message file too big``).
-    """
+def bounce_refused(cfg, queue, path, fh, offset: int, env, to: str, reason: Status) -> str | None:
+    """Queue a DSN to ``to`` about the maildrop file ``path`` (open as ``fh``,
+    message at ``offset``); its queue ID.  ``to`` is the submitter's address
+    (``pymta.maildrop.submitter_address``); ``reason`` is why the pickup
+    refused the file (``5.3.4 message file too big``)."""
     from pymta import bounce
     from pymta.queue import Entry, Envelope, is_queue_id
+    from pymta.recipient import BOUNCED, Recipient
 
-    to = submitter_address(cfg, uid, user, env.sender)
     qid = env.queue_id if is_queue_id(env.queue_id) else path.name[:19]
     notify = env.meta.get("notify")
     meta = {"notify": notify} if isinstance(notify, str) else {}
     about = Envelope(to, list(env.recipients), qid, env.arrival, meta)
-    rcpts = [{"to": r, "status": "bounced", "reason": reason} for r in env.recipients[:MAX_LISTED]]
+    rcpts = [Recipient(to=r, orig=r, state=BOUNCED, reason=reason) for r in env.recipients[:MAX_LISTED]]
     if len(env.recipients) > MAX_LISTED:
-        rcpts[-1]["reason"] += f" (and {len(env.recipients) - MAX_LISTED} more recipients)"
+        more = f" (and {len(env.recipients) - MAX_LISTED} more recipients)"
+        rcpts[-1].reason = replace(reason, text=reason.text + more)
     # the entry reads the headers from the maildrop file itself (bounded: bounce quotes headers only)
     return bounce.send_bounce(cfg, queue, Entry(queue, path, fh, about, offset), rcpts)

@@ -35,8 +35,12 @@ import fcntl
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pymta.lib.fsutil import fsync_dir
+
+if TYPE_CHECKING:
+    from pymta.recipient import EntryState
 
 DIRS = ("tmp", "new", "deferred", "hold", "corrupt", "state")
 ENVELOPE_MAX = 4 * 1024 * 1024  # an envelope line longer than this is corrupt
@@ -125,6 +129,10 @@ class Queue:
         for sub in DIRS:
             os.makedirs(self.path / sub, mode=0o750, exist_ok=True)
 
+    def writable(self) -> bool:
+        """Whether this process may queue directly (else sendmail uses the maildrop)."""
+        return all(os.access(d, os.W_OK | os.X_OK) for d in (self._tmp_dir, self._new_dir))
+
     @property
     def wake_socket(self) -> Path:
         return self.path / "wake.sock"
@@ -150,8 +158,9 @@ class Queue:
         """fsync new/: a rename into it is durable after this."""
         fsync_dir(self._new_dir)
 
-    def wake(self, queue_id: str = "") -> None:
-        """Tell a running qrunner there is work; silent if none listens.
+    def wake(self, queue_id: str = "") -> bool:
+        """Tell a running qrunner there is work (about ``queue_id``, or
+        anything); False when no runner listens.
 
         One datagram socket per Queue object, kept: a listening smtpd sends
         one of these per message (sendto on one socket is thread-safe).
@@ -165,10 +174,67 @@ class Queue:
                 sock.setblocking(False)
                 self._wake = sock
             sock.sendto(queue_id.encode() or b"*", self._wake_path)
+        except BlockingIOError:
+            return True  # a runner listens; its socket queue is full, and it will list new/ soon
+        except OSError:
+            return False
+        return True
+
+    def listen(self):
+        """Bind ``wake.sock`` for the runner: a non-blocking datagram socket (mode 0660)."""
+        import socket
+
+        try:
+            os.unlink(self._wake_path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(self._wake_path)
+        os.chmod(self._wake_path, 0o660)
+        sock.setblocking(False)
+        return sock
+
+    def stop_listening(self, sock) -> None:
+        sock.close()
+        try:
+            os.unlink(self._wake_path)
         except OSError:
             pass
 
     # -- the runner's side --------------------------------------------------------
+    def path_for(self, queue_id: str, where: str = "new", when: float | None = None) -> Path:
+        """Where entry ``queue_id`` is (or goes) in ``where``: new, hold,
+        corrupt, or deferred (then ``when`` is its retry time)."""
+        if where == "deferred":
+            return self.path / "deferred" / _bucket(time.time() if when is None else when) / queue_id
+        return self.path / where / queue_id
+
+    def due_paths(self, now: float | None = None) -> list[Path]:
+        """Entries to try now: all of new/, then the deferred ones whose time has come."""
+        paths = [self.path / "new" / qid for qid in self.new_ids()]
+        paths += [self.path / "deferred" / bucket / qid for bucket, qid in self.due_ids(now)]
+        return paths
+
+    def next_due(self, now: float) -> float:
+        """When the earliest deferred bucket falls due (an hour away when none waits)."""
+        buckets = [b for b in _listdir(self.path / "deferred") if b.isdigit()]
+        if not buckets:
+            return now + 3600
+        # At least a second away: a due entry still being worked on (or locked
+        # by another runner) must not turn the wait into a busy loop.
+        return max(now + 1.0, int(min(buckets)) * 60 + 60)
+
+    def clean_tmp(self, max_age: float = 86400.0) -> None:
+        """Remove files in tmp/ left by killed writers."""
+        tmp = self.path / "tmp"
+        now = time.time()
+        for name in _listdir(tmp):
+            try:
+                if now - os.lstat(tmp / name).st_mtime > max_age:
+                    os.unlink(tmp / name)
+            except OSError:
+                pass
+
     def new_ids(self) -> list[str]:
         return sorted(n for n in _listdir(self.path / "new") if is_queue_id(n))
 
@@ -215,6 +281,47 @@ class Queue:
             out.extend(("deferred", d / n) for n in _listdir(d) if is_queue_id(n))
         out.sort(key=lambda item: item[1].name)
         return out
+
+    def lock_entry(self, queue_id: str, wait: float = 5.0) -> "tuple[Entry | None, str]":
+        """Open and lock entry ``queue_id``, waiting up to ``wait`` seconds
+        for a runner to finish with it: (entry, "") or (None, why)."""
+        deadline = time.time() + wait
+        while True:
+            path = self.locate(queue_id)
+            if path is None:
+                return None, "not found"
+            entry = self.open_entry(path)
+            if entry is not None:
+                return entry, ""
+            if time.time() > deadline:
+                return None, "busy (being delivered); try again"
+            time.sleep(0.05)
+
+    def flush(self) -> int:
+        """Every deferred entry is due now (held ones stay held); returns how many.
+
+        Each is moved under its lock, so none is pulled from under a runner
+        delivering it (one busy for more than a second is left alone: that
+        runner is trying it right now).  Does not wake the runner."""
+        count = 0
+        for where, path in self.all_entries():
+            if where != "deferred":
+                continue
+            try:
+                entry, _why = self.lock_entry(path.name, wait=1.0)
+            except CorruptEntry:
+                try:
+                    self.move(path.name, "new")  # the runner quarantines it on its next pass
+                except OSError:
+                    pass
+                continue
+            if entry is None:
+                continue
+            with entry:
+                if entry.where != "new":
+                    self.move(path.name, "new")
+                count += 1
+        return count
 
     def open_entry(self, path: Path, lock: bool = True) -> "Entry | None":
         """Open and (by default) lock an entry; None if gone or locked by another runner."""
@@ -268,6 +375,21 @@ class Queue:
             return None
         except (ValueError, OSError):
             return None  # a torn state cannot happen (rename); an unreadable one restarts from the envelope
+
+    def load_state(self, queue_id: str) -> "EntryState | None":
+        """``state/ID`` as typed records (pymta.recipient), or None."""
+        from pymta.recipient import EntryState
+
+        raw = self.read_state(queue_id)
+        if raw is None:
+            return None
+        try:
+            return EntryState.from_dict(raw)
+        except (ValueError, KeyError, TypeError):
+            return None  # unreadable: restart from the envelope
+
+    def save_state(self, queue_id: str, state: "EntryState", durable: bool = True) -> None:
+        self.write_state(queue_id, state.to_dict(), durable)
 
     def write_state(self, queue_id: str, state: dict, durable: bool = True) -> None:
         """Replace ``state/ID`` atomically.  ``durable=False`` skips the fsyncs:
@@ -324,10 +446,9 @@ class Queue:
             pass
 
     def defer(self, entry: "Entry", when: float) -> Path:
-        bucket = f"{int(when // 60):010d}"
-        target_dir = self.path / "deferred" / bucket
+        target = self.path_for(entry.path.name, "deferred", when)
+        target_dir = target.parent
         os.makedirs(target_dir, exist_ok=True)
-        target = target_dir / entry.path.name
         if target != entry.path:
             os.rename(entry.path, target)
             fsync_dir(target_dir)
@@ -361,6 +482,12 @@ class Entry:
         self.fh = fh
         self.envelope = envelope
         self.offset = offset
+
+    @property
+    def where(self) -> str:
+        """"new", "hold" or "deferred"."""
+        name = self.path.parent.name
+        return name if name in ("new", "hold") else "deferred"
 
     @property
     def size(self) -> int:
@@ -481,6 +608,11 @@ class QueueWriter:
                 os.unlink(self.tmp)
             except OSError:
                 pass
+
+
+def _bucket(when: float) -> str:
+    """deferred/MIN: the retry time in whole minutes."""
+    return f"{int(when // 60):010d}"
 
 
 def _listdir(path: Path) -> list[str]:

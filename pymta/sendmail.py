@@ -10,13 +10,8 @@ Two doors into the queue:
 
 * A caller that can write the queue (root, the mail user) enqueues directly
   through ``pymta.queue`` -- the same code smtpd and pymta-queue use.
-* Any other local user writes into the *maildrop* folder
-  (``sendmail.maildrop``, mode 1733 like Postfix's: anyone may create a file,
-  nobody may list or touch another's).  The runner picks the files up
-  (``pickup_maildrop``): it takes the submitting uid from the file's owner
-  (which the user cannot forge), validates the envelope again, keeps only a
-  few known meta fields, and marks a sender address that does not belong to
-  that user with an ``X-Authentication-Warning:`` header and a log line.
+* Any other local user writes into the *maildrop* folder (``pymta.maildrop``,
+  which also holds the runner's side: the pickup and its checks).
 
 A message is either queued (exit 0) or the caller gets a non-zero sysexits
 code and a message on stderr -- never dropped.  sendmail checks the limits
@@ -31,18 +26,17 @@ from To/Cc/Bcc and removes Bcc.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import sys
 import time
 
 from pymta.lib import log, sysexits
+from pymta.maildrop import MaildropQueue, poke, user_name
 
 # Postfix sendmail's getopt string: options with an argument
 _WITH_ARG = set("ABCFLNORVXbefhoprq")
 _NO_ARG = set("GIUcimntvx")
 MAX_HEADER_BLOCK = 1024 * 1024
-PICKUP_META = ("notify", "body", "envid", "ret", "protocol", "full_name")
 
 
 class Usage(Exception):
@@ -240,213 +234,10 @@ def complete_headers(fields: list[bytes], sender: str, full_name: str | None, ho
     return fields + added
 
 
-# -- the maildrop ---------------------------------------------------------------------------
-
-
-class MaildropWriter:
-    """Same interface as QueueWriter, writing to the maildrop folder."""
-
-    def __init__(self, maildrop, sender: str, recipients: list[str], meta: dict) -> None:
-        from pymta.queue import Envelope, make_queue_id
-
-        self.maildrop = maildrop
-        self.queue_id = make_queue_id()
-        self.name = f"{self.queue_id}{os.urandom(8).hex().upper()}"
-        self.tmp = maildrop / f".tmp-{self.name}"
-        self.closed = False
-        try:
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            from pymta.queue import QueueError
-
-            raise QueueError(f"cannot write to the maildrop {maildrop}: {exc.strerror}") from None
-        env = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
-        try:
-            self.write(env.to_line())
-        except ValueError as exc:
-            self.abort()
-            from pymta.queue import QueueError
-
-            raise QueueError(str(exc)) from None
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-
-    def commit(self) -> str:
-        from pymta.queue import fsync_dir
-
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        os.rename(self.tmp, self.maildrop / self.name)
-        try:
-            fsync_dir(self.maildrop)
-        except PermissionError:
-            pass  # a 1733 folder cannot be opened by its users; the file itself is fsynced
-        self.closed = True
-        _poke(self.maildrop)
-        return self.queue_id
-
-    def abort(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        try:
-            os.unlink(self.tmp)
-        except OSError:
-            pass
-
-
-class MaildropQueue:
-    def __init__(self, maildrop) -> None:
-        self.maildrop = maildrop
-
-    def writer(self, sender, recipients, meta=None) -> MaildropWriter:
-        return MaildropWriter(self.maildrop, sender, recipients, meta or {})
-
-    def enqueue(self, sender, recipients, data: bytes, meta=None) -> str:
-        w = self.writer(sender, recipients, meta)
-        try:
-            w.write(data)
-            return w.commit()
-        except BaseException:
-            w.abort()
-            raise
-
-
-def _poke(maildrop) -> None:
-    import socket
-
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            sock.sendto(b"*", str(maildrop / ".wake"))
-    except OSError:
-        pass
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid{uid}"
-
-
-def sender_belongs_to(cfg, uid: int, user: str, sender: str) -> bool:
-    if uid == 0 or uid == os.getuid():
-        return True  # root and the mail system itself may set any sender
-    if sender == "":
-        return False
-    from pymta.senders import sender_owned
-
-    return sender_owned(cfg, user, sender)  # NAME@ a local domain or the host, and aliases leading to NAME
-
-
-def pickup_maildrop(cfg, queue, maildrop, max_age: float = 86400.0) -> int:
-    """Move maildrop files into the queue; returns how many were queued."""
-    from pymta.queue import ENVELOPE_MAX, Envelope
-    from pymta.queue_cmd import valid_address
-
-    try:
-        names = os.listdir(maildrop)
-    except OSError:
-        return 0
-    count = 0
-    limit = cfg["smtpd.max_message_size"]
-    max_rcpts = cfg["smtpd.max_recipients"]
-    for name in sorted(names):
-        path = maildrop / name
-        if name.startswith("."):
-            if name.startswith(".tmp-"):
-                try:
-                    if time.time() - os.lstat(path).st_mtime > max_age:
-                        os.unlink(path)
-                except OSError:
-                    pass
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            log.warning(f"maildrop: cannot open {name}: {exc.strerror}; removed")
-            _unlink(path)
-            continue
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            uid = st.st_uid
-            user = _user_name(uid)
-            env = None  # once the envelope is read, a refusal is bounced to the user
-            try:
-                import stat
-
-                from pymta.lib.sizelimit import TooBig, read_at_most
-
-                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                    raise ValueError("not a plain file")
-                line = fh.readline(ENVELOPE_MAX)
-                if not line.endswith(b"\n"):
-                    raise ValueError("no envelope")
-                env = Envelope.from_line(line)
-                if not valid_address(env.sender, allow_null=True):
-                    raise ValueError(f"5.1.7 bad sender address {env.sender!r}")
-                if not env.recipients or not all(valid_address(r) for r in env.recipients):
-                    raise ValueError("5.1.3 bad recipient address syntax")
-                if len(env.recipients) > max_rcpts:
-                    raise ValueError(f"5.5.3 too many recipients ({len(env.recipients)}; "
-                                     f"smtpd.max_recipients is {max_rcpts})")
-                try:
-                    # counted while reading: the owner may grow the file at any time (no fstat size)
-                    body = read_at_most(fh, limit)
-                except TooBig:
-                    raise ValueError(f"5.3.4 message file too big (smtpd.max_message_size is {limit} octets)") from None
-            except (ValueError, KeyError, TypeError, OSError) as exc:
-                log.warning(f"maildrop: uid={uid} ({user}): file {name} refused: {exc}")
-                if env is not None:
-                    from pymta.maildrop_bounce import bounce_refused
-
-                    bounce_refused(cfg, queue, path, fh, len(line), env, uid, user, str(exc))
-                _unlink(path)
-                continue
-            from pymta.lib.sendrate import charge_local_user
-
-            over = charge_local_user(cfg, uid, len(env.recipients))
-            if over:  # a 4xx, not a refusal: kept, and picked up on a later pass once the hour allows
-                log.warning(f"maildrop: uid={uid} ({user}): file {name} kept: rate limit exceeded "
-                            f"(submission.max_{over}_per_hour)")
-                continue
-            meta = {k: v for k, v in env.meta.items() if k in PICKUP_META and isinstance(v, str) and len(v) < 200}
-            meta.update({"client": "local", "service": "pickup", "uid": uid, "user": user})
-            prefix = b""
-            if not sender_belongs_to(cfg, uid, user, env.sender):
-                meta["sender_unverified"] = True
-                prefix = (f"X-Authentication-Warning: {cfg['hostname']}: {user} set sender to "
-                          f"<{env.sender}> using -f\n").encode()
-                log.warning(f"uid={uid} ({user}) set sender to <{env.sender}>, which is not theirs")
-            qid = queue.enqueue(env.sender, env.recipients, prefix + body, meta)
-            from pymta.queue import is_queue_id
-
-            was = f", submitted as {env.queue_id}" if is_queue_id(env.queue_id) else ""
-            log.info(f"uid={uid}, user={user}, from=<{env.sender}>, nrcpt={len(env.recipients)} "
-                     f"(queued from maildrop{was})", qid)
-            count += 1
-        _unlink(path)
-    return count
-
-
-def _unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def can_write_queue(cfg) -> bool:
-    q = cfg.queue_dir
-    return os.access(q / "tmp", os.W_OK | os.X_OK) and os.access(q / "new", os.W_OK | os.X_OK)
+    from pymta.queue import Queue
+
+    return Queue(cfg.queue_dir).writable()
 
 
 # -- mailq ------------------------------------------------------------------------------------
@@ -454,6 +245,8 @@ def can_write_queue(cfg) -> bool:
 
 def format_mailq(queue) -> str:
     """Postfix's mailq layout: ID (+ '*' active, '!' held), size, arrival, sender; recipients with reasons."""
+    from pymta.recipient import BOUNCED, SENT
+
     entries = queue.all_entries()
     if not entries:
         return "Mail queue is empty\n"
@@ -472,13 +265,13 @@ def format_mailq(queue) -> str:
         mark = {"hold": "!", "new": "*"}.get(where, " ")
         arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(env.arrival))
         out.append(f"{env.queue_id + mark:<20} {size:>8} {arrival:<20} {env.sender or 'MAILER-DAEMON'}")
-        state = queue.read_state(env.queue_id)
+        state = queue.load_state(env.queue_id)
         if state:
             by_reason: dict[str, list[str]] = {}
-            for r in state.get("rcpts", []):
-                if r["status"] in ("sent", "bounced"):
+            for r in state.rcpts:
+                if r.state in (SENT, BOUNCED):
                     continue
-                by_reason.setdefault(r.get("reason", ""), []).append(r["to"])
+                by_reason.setdefault(r.reason.text, []).append(r.to)
             for reason, rcpts in by_reason.items():
                 if reason:
                     out.append(f"{'':51}({reason[:200]})")
@@ -505,7 +298,7 @@ def _load_config(path):
 
 
 def _default_sender(cfg) -> str:
-    user = _user_name(os.getuid())
+    user = user_name(os.getuid())
     domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
     return f"{user}@{domain}"
 
@@ -527,24 +320,39 @@ def _door(cfg):
 
 
 def run_queue(cfg) -> int:
+    """-q: every deferred entry is due now (``Queue.flush``, each under its
+    lock), and the running runner is woken; with no runner listening, one
+    pass of ``pymta-qrunner --once`` runs before sendmail exits.  A user
+    who cannot write the queue only wakes the runner's pickup."""
     from pymta.queue import Queue
 
     if not can_write_queue(cfg):
-        _poke(cfg.root / cfg["sendmail.maildrop"])
+        poke(cfg.root / cfg["sendmail.maildrop"])
         return sysexits.EX_OK
     queue = Queue(cfg.queue_dir)
-    for where, path in queue.all_entries():
-        if where == "deferred":
-            try:
-                os.rename(path, queue.path / "new" / path.name)
-            except OSError:
-                pass
-    from pymta.qrunner import Runner
+    queue.flush()
+    if not queue.wake():
+        return run_qrunner_once(cfg)
+    return sysexits.EX_OK
 
-    runner = Runner(cfg)
-    runner.run_pass()
-    if runner.remote is not None:
-        runner.remote.close_all()
+
+def run_qrunner_once(cfg, *queue_ids: str) -> int:
+    """No runner listens: ``pymta-qrunner --once [ID...]`` as a child, waited for.
+
+    A child, not the runner in this process: the runner's identity rules
+    (``daemon_user``) and its imports stay its own."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "pymta.qrunner", "--once", *queue_ids]
+    if cfg.path is not None:
+        argv[3:3] = ["-C", str(cfg.path)]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
+    except OSError as exc:
+        print(f"sendmail: warning: cannot run the queue runner: {exc}", file=sys.stderr)
+        return sysexits.EX_OK  # the message is queued: the runner delivers it when it starts
+    if done.returncode != 0:
+        print(f"sendmail: warning: pymta-qrunner --once exited {done.returncode}", file=sys.stderr)
     return sysexits.EX_OK
 
 
@@ -656,7 +464,7 @@ def submit(cfg, opts: Options) -> int:
         message += b"\n"
     if len(message) > limit:  # the header fields added above count too
         return _too_big(limit)
-    meta = {"client": "local", "service": "sendmail", "uid": os.getuid(), "user": _user_name(os.getuid())}
+    meta = {"client": "local", "service": "sendmail", "uid": os.getuid(), "user": user_name(os.getuid())}
     if opts.notify:
         meta["notify"] = opts.notify
     if opts.body:
@@ -673,13 +481,8 @@ def submit(cfg, opts: Options) -> int:
     log.info(f"uid={os.getuid()}, from=<{sender}>, nrcpt={len(unique)} ({'queued' if direct else 'dropped in maildrop'})", qid)
     if opts.verbose:
         print(f"sendmail: queued as {qid}", file=sys.stderr)
-    if direct and opts.delivery == "i":
-        from pymta.qrunner import Runner
-
-        runner = Runner(cfg)
-        runner.process_path(cfg.queue_dir / "new" / qid)
-        if runner.remote is not None:
-            runner.remote.close_all()
+    if direct and opts.delivery == "i" and not door.wake(qid):
+        run_qrunner_once(cfg, qid)  # no runner listens: deliver it before returning
     return sysexits.EX_OK
 
 

@@ -145,7 +145,7 @@ def test_unprivileged_sendmail_refuses_what_the_runner_would_drop(public_sys):
 
 def drop_by_hand(system, recipients, message: bytes, sender="nobody@example.test"):
     """A maildrop file owned by nobody, as a user can write one without sendmail."""
-    from pymta.sendmail import MaildropQueue
+    from pymta.maildrop import MaildropQueue
 
     MaildropQueue(system.root / "maildrop").enqueue(sender, recipients, message, {"service": "sendmail"})
     [path] = real_files(system.root / "maildrop")
@@ -176,7 +176,7 @@ def test_maildrop_file_grown_after_the_size_check_is_refused_at_the_real_limit(p
     """The race: the owner grows the file between the runner's fstat and its read."""
     from pymta.lib import config
     from pymta.queue import Queue
-    from pymta.sendmail import pickup_maildrop
+    from pymta.maildrop import pickup as pickup_maildrop
 
     system = public_sys
     system.write_config(LIMITS)

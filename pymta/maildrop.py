@@ -1,0 +1,310 @@
+"""The maildrop: the door into the queue for users who cannot write it.
+
+``sendmail.maildrop`` (mode 1733, like Postfix's: anyone may create a file,
+nobody may list or touch another's) holds files in the queue-file format
+(JSON envelope line, then the message), written as ``.tmp-NAME`` and
+renamed to ``NAME`` (the queue ID and 16 random hex digits).  ``.wake`` is
+a datagram socket any local user may poke (like Postfix's public/pickup).
+
+Two sides: sendmail writes (``MaildropQueue``, same interface as the
+queue's writer) and pokes; the runner listens (``listen``) and picks the
+files up (``pickup``): it takes the submitting uid from the file's owner
+(which the user cannot forge), validates the envelope again, keeps only a
+few known meta fields, and marks a sender address that does not belong to
+that user with an ``X-Authentication-Warning:`` header and a log line.  A
+file it refuses after reading the envelope is bounced to its owner
+(``pymta.maildrop_bounce``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pymta.lib import log
+from pymta.recipient import Status
+
+PICKUP_META = ("notify", "body", "envid", "ret", "protocol", "full_name")
+WAKE_NAME = ".wake"
+TMP_PREFIX = ".tmp-"
+
+
+def folder(cfg) -> Path:
+    return cfg.root / cfg["sendmail.maildrop"]
+
+
+# -- the writing side (sendmail) -----------------------------------------------------------
+
+
+class MaildropWriter:
+    """Same interface as QueueWriter, writing to the maildrop folder."""
+
+    def __init__(self, maildrop, sender: str, recipients: list[str], meta: dict) -> None:
+        from pymta.queue import Envelope, QueueError, make_queue_id
+
+        self.maildrop = maildrop
+        self.queue_id = make_queue_id()
+        self.name = f"{self.queue_id}{os.urandom(8).hex().upper()}"
+        self.tmp = maildrop / f"{TMP_PREFIX}{self.name}"
+        self.closed = False
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise QueueError(f"cannot write to the maildrop {maildrop}: {exc.strerror}") from None
+        env = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
+        try:
+            self.write(env.to_line())
+        except ValueError as exc:
+            self.abort()
+            raise QueueError(str(exc)) from None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def commit(self) -> str:
+        from pymta.lib.fsutil import fsync_dir
+
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.rename(self.tmp, self.maildrop / self.name)
+        try:
+            fsync_dir(self.maildrop)
+        except PermissionError:
+            pass  # a 1733 folder cannot be opened by its users; the file itself is fsynced
+        self.closed = True
+        poke(self.maildrop)
+        return self.queue_id
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+class MaildropQueue:
+    def __init__(self, maildrop) -> None:
+        self.maildrop = maildrop
+
+    def writer(self, sender, recipients, meta=None) -> MaildropWriter:
+        return MaildropWriter(self.maildrop, sender, recipients, meta or {})
+
+    def enqueue(self, sender, recipients, data: bytes, meta=None) -> str:
+        w = self.writer(sender, recipients, meta)
+        try:
+            w.write(data)
+            return w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+
+def poke(maildrop) -> None:
+    """Wake the runner's pickup; silent if no runner listens."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(b"*", str(maildrop / WAKE_NAME))
+    except OSError:
+        pass
+
+
+# -- the runner's side -----------------------------------------------------------------------
+
+
+def ensure(cfg) -> Path | None:
+    """The maildrop folder (mode 1733, made on first use), or None when it cannot be had."""
+    maildrop = folder(cfg)
+    if not maildrop.is_dir():
+        try:
+            os.mkdir(maildrop, 0o700)
+            os.chmod(maildrop, 0o1733)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log.warning(f"cannot create the maildrop {maildrop}: {exc.strerror}")
+            return None
+    return maildrop
+
+
+def listen(cfg):
+    """The bound ``.wake`` datagram socket (mode 0666, non-blocking), or None."""
+    import socket
+
+    maildrop = ensure(cfg)
+    if maildrop is None:
+        return None
+    path = maildrop / WAKE_NAME
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    drop = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        drop.bind(str(path))
+        os.chmod(path, 0o666)
+    except OSError as exc:
+        log.warning(f"cannot listen on {path}: {exc}")
+        drop.close()
+        return None
+    drop.setblocking(False)
+    return drop
+
+
+def user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def sender_belongs_to(cfg, uid: int, user: str, sender: str) -> bool:
+    if uid == 0 or uid == os.getuid():
+        return True  # root and the mail system itself may set any sender
+    if sender == "":
+        return False
+    from pymta.senders import sender_owned
+
+    return sender_owned(cfg, user, sender)  # NAME@ a local domain or the host, and aliases leading to NAME
+
+
+def submitter_address(cfg, uid: int, user: str, sender: str) -> str:
+    """Where a refused file's bounce goes: the envelope sender when it is the
+    user's own, else the user's login at the first local domain -- never a
+    sender the user made up (that would make the maildrop a backscatter tool)."""
+    if sender and sender_belongs_to(cfg, uid, user, sender):
+        return sender
+    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
+    return f"{user}@{domain}"
+
+
+class Refused(ValueError):
+    """A maildrop file the pickup will not queue, with the status its bounce reports."""
+
+    def __init__(self, status: Status) -> None:
+        super().__init__(status.text)
+        self.status = status
+
+
+def pickup(cfg, queue, maildrop, max_age: float = 86400.0) -> int:
+    """Move maildrop files into the queue; returns how many were queued."""
+    try:
+        names = os.listdir(maildrop)
+    except OSError:
+        return 0
+    count = 0
+    for name in sorted(names):
+        path = maildrop / name
+        if name.startswith("."):
+            if name.startswith(TMP_PREFIX):
+                _remove_if_older(path, max_age)
+            continue
+        if _pick_up_one(cfg, queue, path):
+            count += 1
+    return count
+
+
+def _remove_if_older(path: Path, max_age: float) -> None:
+    try:
+        if time.time() - os.lstat(path).st_mtime > max_age:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _pick_up_one(cfg, queue, path: Path) -> bool:
+    """Queue one maildrop file (True), or refuse, bounce and remove it, or keep it for later (False)."""
+    import stat
+
+    from pymta.lib.sizelimit import TooBig, read_at_most
+    from pymta.queue import ENVELOPE_MAX, Envelope, is_queue_id
+    from pymta.queue_cmd import valid_address
+
+    name = path.name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning(f"maildrop: cannot open {name}: {exc.strerror}; removed")
+        _unlink(path)
+        return False
+    limit = cfg["smtpd.max_message_size"]
+    max_rcpts = cfg["smtpd.max_recipients"]
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        uid = st.st_uid
+        user = user_name(uid)
+        env = None  # once the envelope is read, a refusal is bounced to the user
+        try:
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise ValueError("not a plain file")
+            line = fh.readline(ENVELOPE_MAX)
+            if not line.endswith(b"\n"):
+                raise ValueError("no envelope")
+            env = Envelope.from_line(line)
+            if not valid_address(env.sender, allow_null=True):
+                raise Refused(Status.of("5.1.7", f"bad sender address {env.sender!r}"))
+            if not env.recipients or not all(valid_address(r) for r in env.recipients):
+                raise Refused(Status.of("5.1.3", "bad recipient address syntax"))
+            if len(env.recipients) > max_rcpts:
+                raise Refused(Status.of("5.5.3", f"too many recipients ({len(env.recipients)}; "
+                                                 f"smtpd.max_recipients is {max_rcpts})"))
+            try:
+                # counted while reading: the owner may grow the file at any time (no fstat size)
+                body = read_at_most(fh, limit)
+            except TooBig:
+                raise Refused(Status.of("5.3.4", f"message file too big (smtpd.max_message_size is "
+                                                 f"{limit} octets)")) from None
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning(f"maildrop: uid={uid} ({user}): file {name} refused: {exc}")
+            if env is not None:
+                from pymta.maildrop_bounce import bounce_refused
+
+                status = exc.status if isinstance(exc, Refused) else Status.from_text(str(exc))
+                to = submitter_address(cfg, uid, user, env.sender)
+                bounce_refused(cfg, queue, path, fh, len(line), env, to, status)
+            _unlink(path)
+            return False
+        from pymta.lib.sendrate import charge_local_user
+
+        over = charge_local_user(cfg, uid, len(env.recipients))
+        if over:  # a 4xx, not a refusal: kept, and picked up on a later pass once the hour allows
+            log.warning(f"maildrop: uid={uid} ({user}): file {name} kept: rate limit exceeded "
+                        f"(submission.max_{over}_per_hour)")
+            return False
+        meta = {k: v for k, v in env.meta.items() if k in PICKUP_META and isinstance(v, str) and len(v) < 200}
+        meta.update({"client": "local", "service": "pickup", "uid": uid, "user": user})
+        prefix = b""
+        if not sender_belongs_to(cfg, uid, user, env.sender):
+            meta["sender_unverified"] = True
+            prefix = (f"X-Authentication-Warning: {cfg['hostname']}: {user} set sender to "
+                      f"<{env.sender}> using -f\n").encode()
+            log.warning(f"uid={uid} ({user}) set sender to <{env.sender}>, which is not theirs")
+        qid = queue.enqueue(env.sender, env.recipients, prefix + body, meta)
+        was = f", submitted as {env.queue_id}" if is_queue_id(env.queue_id) else ""
+        log.info(f"uid={uid}, user={user}, from=<{env.sender}>, nrcpt={len(env.recipients)} "
+                 f"(queued from maildrop{was})", qid)
+    _unlink(path)
+    return True
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
