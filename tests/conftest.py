@@ -18,6 +18,24 @@ sys.path.insert(0, str(REPO))
 DOMAIN = "example.test"
 PASSWORD = "s3cret-pass"
 
+# Files whose tests start real daemons, run external programs or fuzz at length: marked
+# "slow", so that `pytest -m "not slow"` (the developers' fast path) stays under 30 s.
+SLOW_FILES = {
+    "test_access_control.py", "test_auth_guard.py", "test_backscatter.py", "test_conn_limits.py",
+    "test_crash_quick.py", "test_dkim.py", "test_faults.py", "test_hostile_input.py", "test_imap.py",
+    "test_imap_dovecot.py", "test_imap_mbsync.py", "test_mail_in.py", "test_pop3.py", "test_privileges.py",
+    "test_procmail_differential.py", "test_queue_runner.py", "test_queue_tools.py", "test_relay.py",
+    "test_relay_mx.py", "test_rules.py", "test_rules_confinement.py", "test_sendmail.py",
+    "test_sendmail_limits.py", "test_smtpd_policy.py", "test_submission_policy.py", "test_supervisor.py",
+    "test_fuzz_protocols.py",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
