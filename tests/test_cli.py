@@ -262,7 +262,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(not (REPO / "pymta" / "smtpd.py").exists(), reason="pymta/smtpd.py not written yet")
 def test_pymail_run_serves_smtp_and_stops_on_sigterm(tree, tmp_path):
     ports = {service: free_port() for service in cli_mod.SERVICES}
     args = [a for service, port in ports.items() for a in (f"--{service}-port", str(port))]

@@ -1,9 +1,9 @@
 """Crash consistency, quick version (issue 7): the harness of
-tests/reliability/crash_test.py with ~30 SIGKILLs (listening parents and
+tests/reliability/crash_harness.py with ~30 SIGKILLs (listening parents and
 workers of `pymail run`'s daemons among them), plus the checks that
 prove the ledger can fail and a regression test for a bug the harness found.
 
-The long run: ``python3 tests/reliability/crash_test.py --kills 200``.
+The long run: ``python3 tests/reliability/crash_harness.py --kills 200``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from conftest import DOMAIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reliability"))
 
-import crash_test
+import crash_harness
 from ledger import Ledger, body_for, check_message, make_message, peek
 
 
 def test_crash_quick(tmp_path, tls_files):
-    result = crash_test.run(kills=30, clients=3, root=tmp_path, tls_files=tls_files, gap=(0.05, 0.3))
+    result = crash_harness.run(kills=30, clients=3, root=tmp_path, tls_files=tls_files, gap=(0.05, 0.3))
     summary = result.summary()
     print(summary)
     r = result.report

@@ -3,7 +3,7 @@
 
 ::
 
-    python3 tests/reliability/crash_test.py --kills 200 [--seed N] [--clients C] [--keep DIR]
+    python3 tests/reliability/crash_harness.py --kills 200 [--seed N] [--clients C] [--keep DIR]
 
 A pymail tree (``tests/conftest.py``'s ``MailSystem``) runs under ``pymail
 run``: smtpd, pop3d and imapd (each a parent watching 2 forked workers) and
@@ -542,7 +542,7 @@ class Harness:
 
     def run(self, kills: int, gap: tuple[float, float]) -> Result:
         started = time.time()
-        self.log(f"crash_test: seed {self.seed}, {kills} kills, {self.nclients} clients, root {self.root}")
+        self.log(f"crash_harness: seed {self.seed}, {kills} kills, {self.nclients} clients, root {self.root}")
         self.start()
         threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(self.nclients)]
         peeker = threading.Thread(target=self.peeker, daemon=True)
