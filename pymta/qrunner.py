@@ -36,6 +36,12 @@ from pymta.queue import Queue, is_queue_id
 # datagrams, and a full socket queue (net.unix.max_dgram_qlen) drops some.
 CATCH_UP = 0.5
 
+# What the runner may import after leaving root (see daemon.preload).
+PRELOAD = ("pymta.qrunner", "pymta.local", "pymta.bounce", "pymta.smtp_client", "pymta.routing", "pymta.aliases",
+           "pymta.dkim_sign", "pymta.sendmail", "pymda.deliver", "pymda.localserver", "pymda.forward",
+           "pymda.rules.engine", "pymda.rules.actions", "pymda.rules.mbox", "pymda.index")
+PRELOAD_OTHERS = ("dns.resolver", "dkim", "ssl", "json", "hashlib", "email.parser")
+
 
 class Runner:
     def __init__(self, cfg) -> None:
@@ -199,7 +205,7 @@ def leave_root(cfg, runner: Runner) -> int:
             os.chmod(folder, 0o1733)
         from pymta.lib.daemon import preload
 
-        preload("qrunner")  # the interpreter's files may be out of the new user's reach
+        preload(PRELOAD, PRELOAD_OTHERS)  # the interpreter's files may be out of the new user's reach
         from pymta.lib.pdeathsig import keep_across_uid_change
 
         restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the switch
@@ -226,7 +232,8 @@ def hand_over(path: Path, uid: int, gid: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-qrunner")
     parser = ArgumentParser(prog="pymta-qrunner", description="Deliver the messages in the pymail queue.")
-    parser.add_argument("-C", dest="config", metavar="FILE", help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
+    parser.add_argument("-C", dest="config", metavar="FILE",
+                        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
     parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
     parser.add_argument("queue_ids", nargs="*", metavar="QUEUE-ID",
                         help="with --once: only these entries (sendmail -odi), without the maildrop pickup")

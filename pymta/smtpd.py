@@ -369,12 +369,17 @@ def build(cfg, service: str):
                           lambda settings, info: settings.replace(auth_plaintext_ok=backend.plaintext_auth_ok(info)))
 
 
+# What a session may import, loaded before the switch to daemon_user (see daemon.preload).
+PRELOAD = ("pymta.smtpd", "pymta.aliases", "pymta.queue")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
     return daemon.main(argv, prog="pymta-smtpd", description="The pymail ESMTP server.", service="smtp", tls_service="smtps",
                        build=build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n", section="smtpd",
-                       client_busy_reply=b"421 4.7.0 Too many connections from your address, try again later\r\n")
+                       client_busy_reply=b"421 4.7.0 Too many connections from your address, try again later\r\n",
+                       preload=PRELOAD)
 
 
 if __name__ == "__main__":

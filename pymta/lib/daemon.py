@@ -94,16 +94,19 @@ def arg_parser(prog: str, description: str, default_service: str) -> ArgParser:
 
 
 def main(argv, *, prog: str, description: str, service: str, tls_service: str, build, busy_reply: bytes,
-         section: str, client_busy_reply: bytes = b"") -> int:
+         section: str, client_busy_reply: bytes = b"", preload: tuple[str, ...] = ()) -> int:
     """A daemon's whole ``main``: its command line, then ``run`` with the
     ``SECTION.max_sessions`` and ``SECTION.processes`` parameters.
     ``client_busy_reply`` answers a client over its own limits
-    (``SECTION.max_sessions_per_client``, ``SECTION.connection_rate_per_client``)."""
+    (``SECTION.max_sessions_per_client``, ``SECTION.connection_rate_per_client``).
+    ``preload``: the program's modules a session may import, loaded before
+    the switch to daemon_user."""
     args = arg_parser(prog, description, f"{service} ({tls_service} with --tls)").parse_args(argv)
     if args.service is None:
         args.service = tls_service if args.tls else service
     return run(prog, args, build, busy_reply=busy_reply, max_sessions_key=f"{section}.max_sessions",
-               processes_key=f"{section}.processes", client_busy_reply=client_busy_reply or busy_reply)
+               processes_key=f"{section}.processes", client_busy_reply=client_busy_reply or busy_reply,
+               preload_modules=preload)
 
 
 def per_connection(server_class, settings, backend, adjust):
@@ -141,7 +144,7 @@ def tls_loader(cfg):
 
 
 def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, processes_key: str | None = None,
-        client_busy_reply: bytes = b"") -> int:
+        client_busy_reply: bytes = b"", preload_modules: tuple[str, ...] = ()) -> int:
     log.set_program(prog)
     from pymta.lib import config
 
@@ -157,7 +160,9 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
     handshake_timeout = cfg["smtpd.tls_handshake_timeout"]
     switch = None
     if cfg["daemon_user"]:
-        switch, problem = _target_user(cfg["daemon_user"])
+        from pymta.lib.privilege import daemon_account
+
+        switch, problem = daemon_account(cfg["daemon_user"])
         if problem:
             log.error(problem)
             return sysexits.EX_CONFIG if switch is None else sysexits.EX_NOPERM
@@ -186,7 +191,7 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
         from pymta.lib.pdeathsig import keep_across_uid_change
 
         restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the switch to daemon_user
-        tls, failed = _ready_to_serve(tls, args.tls, switch, max_sessions_key)
+        tls, failed = _ready_to_serve(tls, args.tls, switch, preload_modules)
         if failed:
             return failed
         restore_pdeathsig()
@@ -226,7 +231,7 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
 
     sock = inetd_socket()
     if switch is not None:  # the key may be readable only by root: read it before the switch
-        tls, failed = _ready_to_serve(tls, args.tls, switch, max_sessions_key)
+        tls, failed = _ready_to_serve(tls, args.tls, switch, preload_modules)
         if failed:
             return failed
     if sock is not None:
@@ -240,7 +245,7 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
     return sysexits.EX_OK
 
 
-def _ready_to_serve(tls, implicit_tls: bool, switch, max_sessions_key: str):
+def _ready_to_serve(tls, implicit_tls: bool, switch, preload_modules: tuple[str, ...]):
     """Load the TLS certificate and key now, then become ``switch`` (a pwd
     entry, or None to stay).  Returns (tls loader or None when STARTTLS is
     off, 0) or (None, the exit status) when the daemon cannot serve."""
@@ -253,44 +258,17 @@ def _ready_to_serve(tls, implicit_tls: bool, switch, max_sessions_key: str):
             log.warning("STARTTLS disabled")
             tls = None
     if switch is not None:
-        tls = _switch_user(switch, tls, max_sessions_key)
+        tls = _switch_user(switch, tls, preload_modules)
         if tls is False:
             return None, sysexits.EX_NOPERM
     return tls, 0
 
 
-# What a session may import after the switch, when the interpreter's own
-# files can be out of the new user's reach (a Python under /root): loaded
-# before it, as pymda-deliver does.  Besides these, every module our own
-# modules import anywhere (function-level imports included) is loaded too.
-_SESSION_MODULES = {
-    "local": ("pymda.deliver", "pymda.localserver", "pymda.forward", "pymda.rules.engine", "pymda.rules.actions",
-              "pymda.rules.mbox", "pymda.maildir", "pymta.lib.privilege", "hashlib", "shlex", "subprocess"),
-    "qrunner": ("pymta.qrunner", "pymta.local", "pymta.bounce", "pymta.smtp_client", "pymta.routing",
-                "pymta.aliases", "pymta.dkim_sign", "pymta.sendmail", "pymda.deliver", "pymda.localserver",
-                "pymda.forward", "pymda.rules.engine", "pymda.rules.actions", "pymda.rules.mbox",
-                "pymda.index", "dns.resolver", "dkim", "ssl", "json", "hashlib", "email.parser"),
-    "smtpd": ("pymta.smtpd", "pymta.aliases", "pymta.queue"),
-    "pop3d": ("pypop.pop3d", "pypop.pop3_server", "pypop.maildrop", "pymda.deliver"),
-    "imapd": ("pyimap.imapd", "pyimap.imap_server", "pyimap.store", "pyimap.fetch", "pyimap.search",
-              "pyimap.message", "pyimap.parser", "pyimap.mailbox_names", "pymda.deliver", "pymda.index"),
-}
+# What every network daemon may import after the switch to daemon_user, when
+# the interpreter's own files can be out of the new user's reach (a Python
+# under /root).  Each program names its own modules (``preload=`` of main).
 _COMMON_MODULES = ("pymta.lib.driver_async", "pymta.lib.driver_blocking", "pymta.lib.tls", "pymta.lib.authguard",
                    "pymta.lib.users", "pymta.lib.log", "concurrent.futures.thread", "passlib.hash", "syslog")
-_OUR_PACKAGES = ("pymta", "pypop", "pyimap", "pymda")
-
-
-def _target_user(name: str):
-    """(pwd entry, problem): problem is a message when the switch cannot be made."""
-    import pwd
-
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        return None, f"config: daemon_user: no such user {name!r}"
-    if os.geteuid() not in (0, pw.pw_uid):
-        return pw, f"daemon_user = {name!r}: cannot switch to it: not started as root or as that user"
-    return pw, None
 
 
 def _imported_names(module) -> set[str]:
@@ -318,14 +296,17 @@ def _imported_names(module) -> set[str]:
     return names
 
 
-def preload(section: str, common: bool = True) -> None:
-    """Import what a process of ``section`` may need once it has left root
-    (``common``: with what every network daemon needs)."""
+def preload(modules: tuple[str, ...], others: tuple[str, ...] = (), common: bool = True) -> None:
+    """Import now what a process may need once it has left root: ``modules``
+    (the program's own) and every module of their packages that they import
+    anywhere (function-level imports included), ``others`` as they are, and
+    with ``common`` what every network daemon needs."""
     import encodings
     import importlib
     import pkgutil
 
-    todo = list((_COMMON_MODULES if common else ()) + _SESSION_MODULES.get(section, ()))
+    ours = {name.partition(".")[0] for name in modules} | {__name__.partition(".")[0]}
+    todo = list((_COMMON_MODULES if common else ()) + tuple(others) + tuple(modules))
     seen: set[str] = set()
     while todo:
         name = todo.pop()
@@ -336,7 +317,7 @@ def preload(section: str, common: bool = True) -> None:
             module = importlib.import_module(name)
         except Exception:  # optional (argon2, syslog...) or not a module: the session copes as it would anyway
             continue
-        if name.partition(".")[0] in _OUR_PACKAGES:
+        if name.partition(".")[0] in ours:
             todo.extend(_imported_names(module) - seen)
     try:  # passlib loads its bcrypt backend on first use
         import passlib.hash
@@ -351,7 +332,7 @@ def preload(section: str, common: bool = True) -> None:
             pass
 
 
-def _switch_user(pw, tls, max_sessions_key: str):
+def _switch_user(pw, tls, preload_modules: tuple[str, ...]):
     """Become ``pw`` (uid, primary gid, supplementary groups) for good, as
     Postfix's master does for mail_owner.  The TLS context is loaded before
     (the key may be readable only by root) and kept.  Returns the new TLS
@@ -359,25 +340,14 @@ def _switch_user(pw, tls, max_sessions_key: str):
     if tls is not None:
         context = tls()
         tls = lambda: context
-    preload(max_sessions_key.partition(".")[0])
+    preload(preload_modules)
+    from pymta.lib.privilege import PrivilegeError, become_account
+
     try:
-        os.initgroups(pw.pw_name, pw.pw_gid)
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
-    except OSError as exc:
-        log.error(f"daemon_user = {pw.pw_name!r}: cannot switch to uid {pw.pw_uid}: {exc.strerror}")
+        become_account(pw)
+    except PrivilegeError as exc:
+        log.error(f"daemon_user = {pw.pw_name!r}: {exc}; refusing to run")
         return False
-    try:
-        os.setuid(0)
-    except OSError:
-        pass
-    else:
-        log.error(f"daemon_user = {pw.pw_name!r}: could get root back after the switch; refusing to run")
-        return False
-    if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid or os.getegid() != pw.pw_gid:
-        log.error(f"daemon_user = {pw.pw_name!r}: the switch to uid {pw.pw_uid} did not take")
-        return False
-    os.environ["HOME"], os.environ["USER"], os.environ["LOGNAME"] = pw.pw_dir, pw.pw_name, pw.pw_name
     log.debug(f"running as {pw.pw_name} (uid {pw.pw_uid}, gid {pw.pw_gid})")
     return tls
 
