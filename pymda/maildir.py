@@ -2,7 +2,10 @@
 
 Writing follows the DJB rules: create ``tmp/<unique>`` with O_EXCL, write,
 fsync, rename into ``new/``, fsync the directory.  No lock is taken, so
-delivery works over NFS and never blocks a reader.
+delivery works over NFS and never blocks a reader.  Every writer goes
+through here: ``deliver`` (into new/), ``Spool`` + ``into_cur`` (IMAP
+APPEND) and ``stage_copy`` + ``into_cur`` (IMAP COPY); names are built
+only by ``unique_name``, ``sized_name``, ``flagged_name`` and ``copy_name``.
 
 File names carry sizes so readers never open a file to learn them
 (Dovecot's convention)::
@@ -46,6 +49,19 @@ class MaildirError(Exception):
     def __init__(self, message: str, temporary: bool = True) -> None:
         super().__init__(message)
         self.temporary = temporary
+
+
+def user_maildir(mail_root: Path, address: str) -> Path:
+    """``MAIL/<domain>/<local>/`` for a canonical ``local@domain``.
+
+    The address comes from the users file, which refuses '/' and '..'; we
+    check again because this builds a path (MaildirError, not temporary).
+    """
+    local, _, domain = address.rpartition("@")
+    for part in (local, domain):
+        if not part or part.startswith(".") or "/" in part or "\x00" in part:
+            raise MaildirError(f"unsafe mailbox name {address!r}", temporary=False)
+    return Path(mail_root) / domain.lower() / local.lower()
 
 
 def _host() -> str:
@@ -136,6 +152,22 @@ def open_subdirs(box_fd: int, folder: bool = False) -> tuple[int, int]:
     return fds["tmp"], fds["new"]
 
 
+def sized_name(unique: str, size: int, wsize: int) -> str:
+    """The base name of a message: its unique part, ``,S=<size>,W=<crlf size>``."""
+    return f"{unique},S={size},W={wsize}"
+
+
+def flagged_name(base: str, flags: str) -> str:
+    """The name of a message in cur/: ``<base>:2,<flags>`` (flags: sorted info letters)."""
+    return f"{base}:2,{flags}"
+
+
+def copy_name(base: str, wsize: int) -> str:
+    """A base name for a copy of the message named ``base``: a new unique part, the same size fields."""
+    suffix = base.split(",", 1)[1] if "," in base else f"W={wsize}"
+    return f"{unique_name()},{suffix}"
+
+
 def crlf_size(data: bytes) -> int:
     """Size of ``data`` (LF line ends) on the wire with CRLF line ends."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
@@ -158,8 +190,14 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
     maildir = Path(maildir)
     if tag is None and (context := delivery_tag.get()) is not None:
         tag, once = context
-    if tag and once and (earlier := find_tagged(maildir, tag)) is not None:
-        return earlier
+    folder_dir = os.path.join(dirs[1], "..") if dirs else maildir  # where the journal lives
+    if tag and once:
+        from pymda import delivered
+
+        if (earlier := find_tagged(maildir, tag)) is not None:
+            return earlier
+        if delivered.seen(folder_dir, tag):  # delivered, then read and deleted by the user
+            return maildir / "new" / f"(delivered before as {tag}, since removed)"
     if isinstance(chunks, (bytes, bytearray, memoryview)):
         chunks = (bytes(chunks),)
     for attempt in range(2):
@@ -207,7 +245,7 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
         _unlink_quietly(tmp)
         raise
     os.close(fd)
-    final = (dirs[1] if dirs else maildir / "new") / f"{name},S={size},W={wsize}"
+    final = (dirs[1] if dirs else maildir / "new") / sized_name(name, size, wsize)
     try:
         os.rename(tmp, final)
         if fsync:
@@ -215,9 +253,118 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
     except OSError as exc:
         _unlink_quietly(tmp)
         raise MaildirError(f"{final}: {exc.strerror}") from None
+    if tag:
+        from pymda import delivered
+
+        delivered.remember(folder_dir, tag)
     return final
 
 
+def into_cur(tmp: str | os.PathLike, maildir: str | os.PathLike, base: str, flags: str) -> Path:
+    """Rename a finished ``tmp/`` file into ``cur/`` as ``base:2,flags``; its new path.
+
+    The IMAP index calls this under its lock, so the message gets its UID
+    before any other process can see it.
+    """
+    os.makedirs(Path(maildir) / "cur", exist_ok=True)
+    final = Path(maildir) / "cur" / flagged_name(base, flags)
+    os.rename(tmp, final)
+    return final
+
+
+def stage_copy(src: str | os.PathLike, maildir: str | os.PathLike, base: str) -> Path | None:
+    """Hard-link (else copy) message ``src`` into ``maildir/tmp/base``: the
+    first step of an IMAP COPY, finished by ``into_cur``.  None when ``src``
+    is gone (expunged meanwhile); a failed copy leaves nothing in tmp/."""
+    tmp = Path(maildir) / "tmp" / base
+    try:
+        os.link(src, tmp)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        import shutil
+
+        try:
+            shutil.copyfile(src, tmp)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+    return tmp
+
+
+class Spool:
+    """A message written into ``tmp/`` while it arrives with CRLF line ends
+    (an IMAP APPEND literal) and stored with LF ones.
+
+    A write error is kept, not raised, so the rest of the literal is still
+    read; ``finish()`` raises it.  ``base`` is the name the message keeps.
+    """
+
+    def __init__(self, maildir: str | os.PathLike) -> None:
+        tmp_dir = f"{maildir}/tmp"
+        self.name = unique_name()
+        self.path = f"{tmp_dir}/{self.name}"
+        os.makedirs(tmp_dir, exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.size = 0  # LF size (S=)
+        self.wsize = 0  # CRLF size (W=)
+        self.carry = b""  # a CR that may start a CRLF split across writes
+        self.error: OSError | None = None
+        self.closed = False
+
+    @property
+    def base(self) -> str:
+        return sized_name(self.name, self.size, self.wsize)
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        data = self.carry + data
+        self.carry = b""
+        if data.endswith(b"\r"):
+            data, self.carry = data[:-1], b"\r"
+        lf = data.replace(b"\r\n", b"\n")
+        self.size += len(lf)
+        self.wsize += len(lf) + lf.count(b"\n")
+        try:
+            view = memoryview(lf)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            self.error = exc
+
+    def finish(self, mtime: int | None = None) -> str:
+        """Close and fsync the file (its mtime set to ``mtime`` when given); its path."""
+        if self.carry:
+            c, self.carry = self.carry, b""
+            try:
+                os.write(self.fd, c)
+            except OSError as exc:
+                self.error = exc
+            self.size += 1
+            self.wsize += 1
+        if not self.closed:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self.error = self.error or exc
+            os.close(self.fd)
+            self.closed = True
+        if self.error is not None:
+            self.abort()
+            raise self.error
+        if mtime is not None:
+            try:  # INTERNALDATE for readers of the file (a rename keeps it)
+                os.utime(self.path, (mtime, mtime))
+            except OSError:
+                pass
+        return self.path
+
+    def abort(self) -> None:
+        if not self.closed:
+            os.close(self.fd)
+            self.closed = True
+        _unlink_quietly(self.path)
 
 
 # -- reading -------------------------------------------------------------------

@@ -311,3 +311,22 @@ def test_init_as_root_refuses_a_folder_the_daemon_user_cannot_reach(tmp_path, te
     assert made.returncode == 73
     assert f"{TEST_USER} (daemon_user) cannot reach" in made.stderr and "mode 700" in made.stderr
     assert not (tmp_path / "pm").exists()
+
+
+def test_repeat_finds_the_journal_when_the_user_already_deleted_the_copy(tmp_path):
+    """The crash test's readers delete what they fetched: a retry after that
+    must still write nothing (pymda/delivered.py)."""
+    from pymda import delivered, maildir
+
+    tag = maildir.queue_tag("0123456789ABCDEF012", "alice@example.test")
+    first = maildir.deliver(tmp_path, b"one\n", tag=tag, fsync=False)
+    first.unlink()  # read and deleted by POP3
+    again = maildir.deliver(tmp_path, b"one\n", tag=tag, once=True, fsync=False)
+    assert "since removed" in again.name and not list((tmp_path / "new").iterdir())
+    assert not delivered.seen(tmp_path, maildir.queue_tag("0123456789ABCDEF012", "bob@example.test"))
+    # the journal keeps two generations, then forgets
+    for i in range(delivered.LIMIT // 20 * 3):
+        delivered.remember(tmp_path, f"{i:019d}")
+    assert delivered.seen(tmp_path, f"{delivered.LIMIT // 20 * 3 - 1:019d}")
+    assert not delivered.seen(tmp_path, tag)
+    assert (tmp_path / "pymail-delivered").stat().st_size <= delivered.LIMIT + 20
