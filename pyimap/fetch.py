@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from pyimap.formats import format_internaldate
 from pyimap.parser import Atom, ParseError, tokenize
 from pymta.lib.sansio import Stream
 
@@ -188,10 +189,11 @@ def _stream(fh):
         fh.close()
 
 
-def render_message(server, sel, e, uid: int, seq: int, items) -> list:
-    """The ``* n FETCH (...)`` response of one message, as a list of actions."""
-    from pyimap.imap_server import format_internaldate
+def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) -> list:
+    """The ``* n FETCH (...)`` response of one message, as a list of actions.
 
+    ``flags`` is the message's FLAGS list (``pyimap.formats.flags_text``),
+    needed when ``items`` asks for FLAGS."""
     path = f"{sel.index.dir}/{e.sub}/{e.name}"
     loader = _Loader(path)
     out: list = []
@@ -205,7 +207,7 @@ def render_message(server, sel, e, uid: int, seq: int, items) -> list:
         if name == "UID":
             buf.append(b"UID %d" % uid)
         elif name == "FLAGS":
-            buf.append(b"FLAGS " + server._flags_of(e, uid).encode("utf-8"))
+            buf.append(b"FLAGS " + flags.encode("utf-8"))
         elif name == "INTERNALDATE":
             buf.append(b"INTERNALDATE " + format_internaldate(e.idate))
         elif name == "RFC822.SIZE":

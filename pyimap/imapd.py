@@ -33,7 +33,7 @@ class IMAPBackend(LoginBackend):
         return record.address if ok else None
 
     def open_store(self, account: str):
-        from pymda.deliver import user_maildir
+        from pymda.maildir import user_maildir
         from pyimap.store import UserStore
 
         store = UserStore(user_maildir(self.cfg.mail_dir, account))
@@ -59,12 +59,18 @@ def build(cfg, service: str):
                           lambda settings, info: settings.replace(plaintext_ok=backend.plaintext_ok(info)))
 
 
+# What a session may import, loaded before the switch to daemon_user (see daemon.preload).
+PRELOAD = ("pyimap.imapd", "pyimap.imap_server", "pyimap.store", "pyimap.fetch", "pyimap.search", "pyimap.message",
+           "pyimap.parser", "pyimap.mailbox_names", "pymda.deliver", "pymda.index")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
     return daemon.main(argv, prog="pyimap-imapd", description="The pymail IMAP4rev1 server.", service="imap", tls_service="imaps",
                        build=build, busy_reply=b"* BYE Too many connections, try again later\r\n", section="imapd",
-                       client_busy_reply=b"* BYE Too many connections from your address, try again later\r\n")
+                       client_busy_reply=b"* BYE Too many connections from your address, try again later\r\n",
+                       preload=PRELOAD)
 
 
 if __name__ == "__main__":

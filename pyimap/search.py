@@ -10,7 +10,6 @@ and over the raw body bytes.
 from __future__ import annotations
 
 import calendar
-import time
 
 from pyimap.parser import Atom, ParseError, is_number, parse_sequence_set, seq_contains
 

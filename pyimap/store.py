@@ -2,7 +2,8 @@
 
 The mail home is the user's Maildir (the INBOX); other mailboxes are
 Maildir++ folders inside it (see ``mailbox_names``).  Message-level state
-lives in each folder's ``pymda.index.FolderIndex``.
+lives in each folder's ``pymda.index.FolderIndex``.  This is the concrete
+store behind ``pyimap.storage``'s interface; ``pyimap.imapd`` opens it.
 """
 
 from __future__ import annotations
@@ -11,23 +12,20 @@ import os
 import shutil
 from pathlib import Path
 
-from pymda.index import INDEX_NAME, FolderIndex
-from pymda.maildir import ensure_maildir
+from pymda.index import INDEX_NAME, FolderIndex, IndexUnavailable
+from pymda.maildir import Spool, ensure_maildir
 from pyimap import mailbox_names as mn
+from pyimap.storage import StoreError
 
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
 SUBSCRIPTIONS = "subscriptions"
 
 
-class StoreError(Exception):
-    """``code`` is an IMAP response code (NONEXISTENT, ALREADYEXISTS, ...) or ''."""
-
-    def __init__(self, text: str, code: str = "") -> None:
-        super().__init__(text)
-        self.code = code
-
-
 class UserStore:
+    """The ``pyimap.storage.MailStore`` of one user's mail home."""
+
+    unavailable = (IndexUnavailable, OSError)
+
     def __init__(self, home: str | os.PathLike) -> None:
         self.home = Path(home)
         self._indexes: dict[str, FolderIndex] = {}
@@ -145,6 +143,10 @@ class UserStore:
 
     def special_use(self, name: str) -> str | None:
         return SPECIAL_USE.get(name)
+
+    def spool(self) -> Spool:
+        """An APPEND message's file in the INBOX's tmp/ (a rename away from any folder's cur/)."""
+        return Spool(self.home)
 
 
 __all__ = ["UserStore", "StoreError", "SPECIAL_USE", "INDEX_NAME"]

@@ -1,6 +1,6 @@
 """Per-folder message index: UIDs, UIDVALIDITY, keywords, MODSEQ, sizes, dates.
 
-Maildir names alone cannot give stable UIDs (LESSONS 16, Dovecot's
+Maildir names alone cannot give stable UIDs (Dovecot's
 ``dovecot-uidlist``), so every Maildir(++) folder gets a file
 ``pymail-index`` beside its new/cur/tmp::
 
@@ -27,6 +27,8 @@ import os
 import time
 from pathlib import Path
 
+from pymda import maildir as md
+
 INDEX_NAME = "pymail-index"
 LOCK_TIMEOUT = 30.0
 MAGIC = "PYMAILIDX1"
@@ -35,8 +37,8 @@ MAGIC = "PYMAILIDX1"
 _DIRTY_WINDOW_NS = 2_000_000_000
 
 
-class IndexError_(Exception):
-    """The index could not be read or written (lock timeout, disk trouble).
+class IndexUnavailable(Exception):
+    """The index could not be read or written now (lock timeout, disk trouble).
 
     ``errno`` is the OSError's errno when there was one (ENOSPC: the IMAP
     server answers NO [OVERQUOTA])."""
@@ -63,7 +65,7 @@ class Entry:
     def name(self) -> str:
         if self.sub == "new" and not self.flags:
             return self.base
-        return f"{self.base}:2,{self.flags}"
+        return md.flagged_name(self.base, self.flags)
 
     def relpath(self) -> str:
         return f"{self.sub}/{self.name}"
@@ -160,10 +162,8 @@ def _format(snap: Snapshot) -> bytes:
 
 
 def _wsize(path: Path, name: str) -> int:
-    from pymda.maildir import message_sizes
-
     try:
-        return message_sizes(path, name)[1]
+        return md.message_sizes(path, name)[1]
     except OSError:
         return 0
 
@@ -309,7 +309,7 @@ class FolderIndex:
                 try:
                     self_.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 except OSError as exc:
-                    raise IndexError_(f"{path}: {exc.strerror}", exc.errno) from None
+                    raise IndexUnavailable(f"{path}: {exc.strerror}", exc.errno) from None
                 deadline = time.monotonic() + LOCK_TIMEOUT
                 delay = 0.001
                 while True:
@@ -319,7 +319,7 @@ class FolderIndex:
                     except BlockingIOError:
                         if time.monotonic() > deadline:
                             os.close(self_.fd)
-                            raise IndexError_(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s") from None
+                            raise IndexUnavailable(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s") from None
                         time.sleep(delay)
                         delay = min(delay * 2, 0.05)
 
@@ -404,9 +404,7 @@ class FolderIndex:
             by_base[e.base] = uid
         # Unknown names: new UIDs in delivery order (the names' time stamps;
         # their microseconds are not zero-padded, so not plain string order).
-        from pymda.maildir import arrival_key
-
-        fresh = sorted((b for b in seen if b not in by_base), key=arrival_key)
+        fresh = sorted((b for b in seen if b not in by_base), key=md.arrival_key)
         if fresh:
             modseq += 1
         for base in fresh:
@@ -440,7 +438,7 @@ class FolderIndex:
         if changed or force_full or moved:
             try:
                 self._write(snap)
-            except IndexError_:
+            except IndexUnavailable:
                 if changed or force_full:
                     raise
                 # Only the recorded directory mtimes are stale (say a failed
@@ -478,7 +476,7 @@ class FolderIndex:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise IndexError_(f"{self.file}: {exc.strerror}", exc.errno) from None
+            raise IndexUnavailable(f"{self.file}: {exc.strerror}", exc.errno) from None
         self._cache_key = None
         self._cache = None
         st = os.stat(self.file)
@@ -526,7 +524,7 @@ class FolderIndex:
         tmp_file = Path(tmp_file)
         base = base or tmp_file.name.partition(":")[0]
         flags = _sort_flags(flags)
-        name = f"{base}:2,{flags}"
+        name = md.flagged_name(base, flags)
 
         def undo():
             # The index could not be saved: the message goes back where it came
@@ -537,11 +535,10 @@ class FolderIndex:
                 pass
 
         def do(snap):
-            os.makedirs(self.path / "cur", exist_ok=True)
-            os.rename(tmp_file, self.path / "cur" / name)
+            final = md.into_cur(tmp_file, self.path, base, flags)
             ws = size
             if ws is None:
-                ws = _wsize(self.path / "cur" / name, name)
+                ws = _wsize(final, name)
             uid = snap.uidnext
             snap.uidnext += 1
             snap.highestmodseq += 1
@@ -634,41 +631,23 @@ class FolderIndex:
 
         return self._mutate(do)[1]
 
-    def copy_into(self, dest: "FolderIndex", uids, *, unique=None) -> tuple[int, list[tuple[int, int]]]:
+    def copy_into(self, dest: "FolderIndex", uids) -> tuple[int, list[tuple[int, int]]]:
         """Hard-link (or copy) messages into ``dest``, keeping flags, keywords and dates.
 
         Returns (dest uidvalidity, [(source uid, dest uid), ...]).
         """
-        from pymda.maildir import ensure_maildir, unique_name
-
-        unique = unique or unique_name
         snap = self.sync()
         staged = []
-        ensure_maildir(dest.path, folder=dest.path.name.startswith("."))
+        md.ensure_maildir(dest.path, folder=dest.path.name.startswith("."))
         try:
             for uid in uids:
                 e = snap.entries.get(uid)
                 if e is None:
                     continue
-                src = self.path / e.relpath()
-                suffix = e.base.split(",", 1)[1] if "," in e.base else f"W={e.size}"
-                base = f"{unique()},{suffix}"
-                tmp = dest.path / "tmp" / base
-                try:
-                    os.link(src, tmp)
-                except FileNotFoundError:
+                base = md.copy_name(e.base, e.size)
+                tmp = md.stage_copy(self.path / e.relpath(), dest.path, base)
+                if tmp is None:
                     continue
-                except OSError:
-                    import shutil
-
-                    try:
-                        shutil.copyfile(src, tmp)
-                    except BaseException:
-                        try:
-                            os.unlink(tmp)  # no partial copy left in tmp/
-                        except OSError:
-                            pass
-                        raise
                 staged.append((uid, e, tmp, base))
         except BaseException:
             for _u, _e, tmp, _b in staged:
@@ -680,9 +659,8 @@ class FolderIndex:
 
         def do(dsnap):
             pairs = []
-            os.makedirs(dest.path / "cur", exist_ok=True)
             for uid, e, tmp, base in staged:
-                os.rename(tmp, dest.path / "cur" / f"{base}:2,{e.flags}")
+                md.into_cur(tmp, dest.path, base, e.flags)
                 duid = dsnap.uidnext
                 dsnap.uidnext += 1
                 dsnap.highestmodseq += 1
@@ -694,7 +672,7 @@ class FolderIndex:
             # Not saved in dest's index (a full disk): no copy may stay behind
             # for a later sync to show, since the client was told NO.
             for _u, e, tmp, base in staged:
-                for path in (tmp, dest.path / "cur" / f"{base}:2,{e.flags}"):
+                for path in (tmp, dest.path / "cur" / md.flagged_name(base, e.flags)):
                     try:
                         os.unlink(path)
                     except OSError:

@@ -1,0 +1,364 @@
+"""The IMAP protocol core: bytes in, actions out (see ``pymta.lib.sansio``).
+
+Command dispatch through a table, session states, literals (an APPEND
+literal goes straight to the store's spool), tagged and untagged output,
+the error policy (never a traceback on the wire).  The commands themselves
+are in ``imap_server`` (any state, login), ``mailboxes`` (the mailbox
+tree) and ``selected`` (the selected mailbox's messages); the store they
+use is named by ``storage``.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from typing import NamedTuple
+
+from pyimap import mailbox_names as mn
+from pyimap.formats import ATOM_OK
+from pyimap.parser import CONTINUE, ERROR, FATAL, Atom, ParseError, Reader, tokenize
+from pyimap.storage import Backend, MailStore, MessageSpool
+from pymta.lib.record import Record
+from pymta.lib.sansio import CLOSE, ConnectionInfo, Protocol
+
+NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
+ANY_STATE = (NOT_AUTH, AUTH, SELECTED)
+MAX_BAD = 20
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # answered NO [OVERQUOTA]
+
+
+class Command(NamedTuple):
+    """One row of the command table."""
+
+    method: str  # the IMAPServer method that runs it
+    states: tuple[str, ...]  # where it is allowed
+    uid: bool = False  # may follow UID (then called with uid=True)
+
+
+class IMAPSettings(Record):
+    # a Record, not a dataclass: every inetd connection imports this module
+    __slots__ = ("hostname", "max_line", "max_literal", "max_mem_literal", "autologout", "login_timeout",
+                 "idle_poll", "plaintext_ok", "software")
+    FIELDS = (
+        ("hostname", "localhost"),
+        ("max_line", 65536),  # octets of one command line (literals excluded)
+        ("max_literal", 100 * 1024 * 1024),  # APPEND; advertised as APPENDLIMIT
+        ("max_mem_literal", 65536),  # any other literal
+        ("autologout", 1800.0),  # RFC 3501 5.4: at least 30 minutes once logged in
+        ("login_timeout", 60.0),
+        ("idle_poll", 0.5),
+        ("plaintext_ok", False),  # may a password cross this connection without TLS
+        ("software", "pymail"),
+    )
+
+
+class IMAPCore(Protocol):
+    """The session and its plumbing; the subclass supplies COMMANDS and the cmd_* methods."""
+
+    COMMANDS: dict[str, Command] = {}
+
+    def __init__(self, settings: IMAPSettings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.state = NOT_AUTH
+        self.info = ConnectionInfo()
+        self.user: str | None = None
+        self.store: MailStore | None = None
+        self.sel = None  # a pyimap.selected.Selected while a mailbox is selected
+        self.out: list = []
+        self.reader = Reader(max_line=settings.max_line, max_literal=settings.max_literal,
+                             max_mem_literal=settings.max_mem_literal, sink_for=self._sink_for)
+        self.waiting = False  # a Job is outstanding
+        self.closed = False
+        self.idle_tag: str | None = None
+        self.idle_started = 0.0
+        self.auth_tag: str | None = None
+        self.bad_count = 0
+        self.enabled: set[str] = set()
+        self.condstore = False
+        self.timeout = settings.login_timeout
+        self._job_then = None
+        self.client_id = None
+
+    # -- driver interface ---------------------------------------------------------
+
+    def connection_made(self, info: ConnectionInfo) -> list:
+        self.info = info
+        self._untagged(f"OK [CAPABILITY {self._capabilities()}] {self.settings.software} IMAP4rev1 ready")
+        return self._flush()
+
+    def data_received(self, data: bytes) -> list:
+        if not data:
+            self.closed = True
+            self._cleanup()
+            return self._flush() + [CLOSE]
+        self.reader.feed(data)
+        if self.waiting:
+            return self._flush()
+        return self._process()
+
+    def job_done(self, result) -> list:
+        self.waiting = False
+        then, self._job_then = self._job_then, None
+        if then is not None:
+            then(result)
+        if self.closed:
+            return self._flush() + [CLOSE]
+        return self._process()
+
+    def tls_started(self, info: ConnectionInfo) -> list:
+        self.info = info
+        self.settings.plaintext_ok = True
+        self.reader.reset()
+        return []
+
+    def timed_out(self) -> list:
+        if self.idle_tag is not None and self.sel is not None:
+            if time.monotonic() - self.idle_started < self.settings.autologout:
+                try:
+                    self._updates(allow_expunge=True)
+                except Exception as exc:  # never a traceback on the wire
+                    self._log_error("idle poll", exc)
+                return self._flush()
+        self._untagged("BYE Autologout; idle for too long")
+        self.closed = True
+        self._cleanup()
+        return self._flush() + [CLOSE]
+
+    def connection_lost(self) -> None:
+        self._cleanup()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        self.reader.reset()
+
+    def _flush(self) -> list:
+        out, self.out = self.out, []
+        merged: list = []
+        buf = []
+        for item in out:
+            if isinstance(item, (bytes, bytearray)):
+                buf.append(item)
+            else:
+                if buf:
+                    merged.append(b"".join(buf))
+                    buf = []
+                merged.append(item)
+        if buf:
+            merged.append(b"".join(buf))
+        return merged
+
+    def _send(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def _untagged(self, text: str) -> None:
+        self.out.append(b"* " + text.encode("utf-8") + b"\r\n")
+
+    def _tagged(self, tag: str, text: str) -> None:
+        # resp-text is 7-bit (RFC 3501 9: TEXT-CHAR); client bytes echoed in an error are escaped
+        self.out.append(tag.encode("utf-8", "replace") + b" " + text.encode("ascii", "backslashreplace") + b"\r\n")
+
+    def _log_error(self, what: str, exc: Exception) -> None:
+        try:
+            from pymta.lib import log
+
+            log.error(f"{what}: {type(exc).__name__}: {exc}")
+        except Exception:
+            pass
+
+    def _capabilities(self) -> str:
+        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
+                "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE",
+                f"APPENDLIMIT={self.settings.max_literal}"]
+        if self.state == NOT_AUTH:
+            if self.info.tls_available and not self.info.tls:
+                caps.append("STARTTLS")
+            if self.settings.plaintext_ok or self.info.tls:
+                caps.append("AUTH=PLAIN")
+            else:
+                caps.append("LOGINDISABLED")
+        return " ".join(caps)
+
+    def _set_timeout(self) -> None:
+        if self.idle_tag is not None:
+            self.timeout = self.settings.idle_poll
+        elif self.state == NOT_AUTH:
+            self.timeout = self.settings.login_timeout
+        else:
+            self.timeout = self.settings.autologout
+
+    def _sink_for(self, segments, size):
+        """Where an announced literal goes: APPEND's message to the spool, others to memory."""
+        if self.state not in (AUTH, SELECTED) or not segments or self.store is None:
+            return None
+        head = segments[0].split(None, 2)
+        if len(head) < 2 or head[1].upper() != b"APPEND":
+            return None
+        if 0 < size <= self.settings.max_mem_literal:
+            return None  # small (or the mailbox name): memory is fine, APPEND spools it afterwards
+        if size == 0:
+            return "NO Empty messages cannot be appended"
+        if size > self.settings.max_literal:
+            return "NO [TOOBIG] Message too big"
+        try:
+            return self.store.spool()
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                return "NO [OVERQUOTA] Not enough disk space, try again later"
+            return f"NO [SERVERBUG] Cannot spool message: {exc.strerror}"
+
+    def _process(self) -> list:
+        while not self.waiting and not self.closed:
+            try:
+                event = self.reader.next_event()
+            except Exception as exc:  # pragma: no cover - defensive
+                self._log_error("reader", exc)
+                self._untagged("BYE Internal error")
+                self.closed = True
+                break
+            if event is None:
+                break
+            kind = event[0]
+            if kind == CONTINUE:
+                self._send(b"+ " + event[1].encode() + b"\r\n")
+                continue
+            if kind == ERROR:
+                _, tag, text = event
+                self._tagged(tag, text)
+                self._count_bad()
+                continue
+            if kind == FATAL:
+                _, tag, text = event
+                self._tagged(tag, text)
+                self._untagged("BYE Literal too big to skip; closing")
+                self.closed = True
+                break
+            parts = event[1]
+            if self.idle_tag is not None:
+                self._idle_line(parts)
+                continue
+            if self.auth_tag is not None:
+                self._auth_line(parts)
+                continue
+            self._command(parts)
+        self._set_timeout()
+        out = self._flush()
+        if self.closed:
+            self._cleanup()
+            out.append(CLOSE)
+        return out
+
+    def _count_bad(self) -> None:
+        self.bad_count += 1
+        if self.bad_count >= MAX_BAD:
+            self._untagged("BYE Too many invalid commands")
+            self.closed = True
+
+    # -- command dispatch -----------------------------------------------------------
+
+    def _command(self, parts: list) -> None:
+        first = parts[0] if parts and isinstance(parts[0], (bytes, bytearray)) else b""
+        try:
+            tokens = tokenize(parts)
+        except ParseError as exc:
+            tag = first.split(b" ", 1)[0].decode("ascii", "replace") if first.strip() else "*"
+            if not (tag.isascii() and tag.isprintable()):
+                tag = "*"  # never echo 8-bit or control bytes
+            self._abort_sinks(parts)
+            self._tagged(tag or "*", f"BAD {exc}")
+            self._count_bad()
+            return
+        if not tokens:
+            return  # empty line: ignore
+        tag = tokens[0]
+        if not isinstance(tag, Atom) or not ATOM_OK.match(tag) or "+" in tag or not tag.isascii():
+            self._abort_sinks(parts)
+            self._untagged("BAD Invalid tag")
+            self._count_bad()
+            return
+        if len(tokens) < 2 or not isinstance(tokens[1], Atom):
+            self._abort_sinks(parts)
+            self._tagged(tag, "BAD Missing command")
+            self._count_bad()
+            return
+        name = tokens[1].upper()
+        args = tokens[2:]
+        uid = False
+        if name == "UID":
+            sub = self.COMMANDS.get(args[0].upper()) if args and isinstance(args[0], Atom) else None
+            if sub is None or not sub.uid:
+                self._abort_sinks(parts)
+                self._tagged(tag, "BAD Unknown UID command")
+                self._count_bad()
+                return
+            uid = True
+            name = args[0].upper()
+            args = args[1:]
+        entry = self.COMMANDS.get(name)
+        if entry is None:
+            self._abort_sinks(parts)
+            self._tagged(tag, "BAD Unknown command")
+            self._count_bad()
+            return
+        if self.state not in entry.states:
+            self._abort_sinks(parts)
+            self._tagged(tag, f"BAD Command {name} not valid in this state")
+            return
+        handler = getattr(self, entry.method)
+        try:
+            if uid:
+                handler(tag, args, uid=True)
+            else:
+                handler(tag, args)
+        except ParseError as exc:
+            self._abort_sinks(parts)
+            self._tagged(tag, f"BAD {exc}")
+            self._count_bad()
+        except mn.BadName as exc:
+            self._abort_sinks(parts)
+            self._tagged(tag, f"NO [CANNOT] Invalid mailbox name: {exc}")
+        except Exception as exc:
+            self._abort_sinks(parts)
+            self._log_error(f"{name}", exc)
+            trouble = self.store.unavailable if self.store is not None else (OSError,)
+            if getattr(exc, "errno", None) in NO_SPACE_ERRNOS and isinstance(exc, trouble):
+                # RFC 9208 / RFC 5530: the disk (or a quota) is full
+                self._tagged(tag, "NO [OVERQUOTA] Not enough disk space, try again later")
+            elif isinstance(exc, trouble):
+                self._tagged(tag, "NO [UNAVAILABLE] Temporary failure, try again")
+            else:
+                self._tagged(tag, "NO [SERVERBUG] Internal error")
+
+    @staticmethod
+    def _abort_sinks(parts) -> None:
+        for p in parts:
+            if isinstance(p, MessageSpool):
+                p.abort()
+
+    def _done(self, tag: str, text: str = "completed", allow_expunge: bool = True, code: str = "") -> None:
+        if self.sel is not None:
+            self._updates(allow_expunge)
+        name = text
+        self._tagged(tag, f"OK {code + ' ' if code else ''}{name}")
+
+    # -- argument helpers --
+
+    @staticmethod
+    def _need(args, n: int, max_n: int | None = None) -> None:
+        if len(args) < n or (max_n is not None and len(args) > max_n):
+            raise ParseError("Wrong number of arguments")
+
+    @staticmethod
+    def _astring(token) -> str:
+        if isinstance(token, list) or not isinstance(token, (Atom, bytes)):
+            raise ParseError("Expected a string")
+        if isinstance(token, bytes):
+            try:
+                return token.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ParseError("String is not UTF-8") from None
+        return str(token)
+
+    def _mailbox(self, token) -> str:
+        return mn.normalize(self._astring(token))

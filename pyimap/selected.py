@@ -1,0 +1,565 @@
+"""The selected mailbox: the session's view of it (``Selected``) and the
+commands that read and change its messages -- SELECT/EXAMINE, FETCH,
+SEARCH, STORE, COPY/MOVE, EXPUNGE, CLOSE, IDLE, the untagged updates --
+and APPEND, which adds one.
+
+A mixin of ``pyimap.imap_server.IMAPServer``.  Messages are reached only
+through the store's folders (``pyimap.storage.Folder``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+
+from pyimap.core import AUTH, SELECTED
+from pyimap.formats import LETTER_FLAG, flag_list_for, flags_text, parse_date_time, parse_flags, uid_set_text
+from pyimap.parser import Atom, Literal, ParseError, expand, is_number, parse_sequence_set
+from pyimap.storage import Folder, MessageSpool
+
+
+class Selected:
+    """The session's view of the selected mailbox (RFC 3501 sequence numbers)."""
+
+    def __init__(self, name: str, index: Folder, readonly: bool, snap) -> None:
+        self.name = name
+        self.index = index
+        self.readonly = readonly
+        self.snap = snap
+        self.uidvalidity = snap.uidvalidity
+        self.view: list[int] = list(snap.entries)
+        self.known: dict[int, int] = {u: e.modseq for u, e in snap.entries.items()}
+        self.recent: set[int] = set()
+        self.keywords: set[str] = set()
+        self.ghosts = False  # view holds UIDs expunged elsewhere, not yet announced
+
+    def seq_of(self, uid: int) -> int:
+        i = bisect.bisect_left(self.view, uid)
+        return i + 1 if i < len(self.view) and self.view[i] == uid else 0
+
+
+
+class SelectedCommands:
+    def cmd_select(self, tag, args, readonly=False):
+        self._need(args, 1, 2)
+        name = self._mailbox(args[0])
+        qresync = None
+        if len(args) == 2:
+            if not isinstance(args[1], list):
+                raise ParseError("Bad SELECT parameters")
+            params = args[1]
+            i = 0
+            while i < len(params):
+                p = str(params[i]).upper() if isinstance(params[i], Atom) else ""
+                if p == "CONDSTORE":
+                    self.condstore = True
+                    i += 1
+                elif p == "QRESYNC" and "QRESYNC" in self.enabled and i + 1 < len(params) \
+                        and isinstance(params[i + 1], list):
+                    qresync = params[i + 1]
+                    i += 2
+                else:
+                    raise ParseError("Unknown SELECT parameter")
+        if self.sel is not None:
+            self.sel = None
+            self.state = AUTH
+            if self.condstore:
+                self._untagged("OK [CLOSED] Previous mailbox closed")
+        if not self.store.exists(name):
+            self._tagged(tag, "NO [NONEXISTENT] Mailbox does not exist")
+            return
+        index = self.store.index(name)
+        snap = index.sync()
+        recent: set[int] = set()
+        if not readonly:
+            fresh = [u for u, e in snap.entries.items() if e.sub == "new"]
+            if fresh:
+                moved = index.to_cur(fresh)
+                recent = set(moved)
+                snap = index.sync()
+        sel = Selected(name, index, readonly, snap)
+        sel.recent = recent
+        sel.keywords = set(snap.keywords())
+        self.sel = sel
+        self.state = SELECTED
+        self._untagged(f"FLAGS {flag_list_for(sel.keywords)}")
+        if readonly:
+            self._untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
+        else:
+            self._untagged(f"OK [PERMANENTFLAGS {flag_list_for(sel.keywords)[:-1]} \\*)] Flags permitted")
+        self._untagged(f"{len(sel.view)} EXISTS")
+        self._untagged(f"{len(recent)} RECENT")
+        for i, uid in enumerate(sel.view):
+            if "S" not in snap.entries[uid].flags:
+                self._untagged(f"OK [UNSEEN {i + 1}] First unseen")
+                break
+        self._untagged(f"OK [UIDVALIDITY {snap.uidvalidity}] UIDs valid")
+        self._untagged(f"OK [UIDNEXT {snap.uidnext}] Predicted next UID")
+        self._untagged(f"OK [HIGHESTMODSEQ {snap.highestmodseq}] Highest")
+        if qresync is not None:
+            self._qresync(qresync)
+        self._tagged(tag, f"OK [{'READ-ONLY' if readonly else 'READ-WRITE'}] {'EXAMINE' if readonly else 'SELECT'} completed")
+
+    def _qresync(self, params) -> None:
+        if len(params) < 2 or not all(isinstance(p, Atom) for p in params[:2]):
+            raise ParseError("Bad QRESYNC parameters")
+        uidvalidity, modseq = int(params[0]), int(params[1])
+        sel = self.sel
+        if uidvalidity != sel.uidvalidity:
+            return
+        known = None
+        if len(params) >= 3 and isinstance(params[2], Atom):
+            known = parse_sequence_set(str(params[2]))
+        # Without tombstones every UID below UIDNEXT that is not here may have vanished.
+        if known is not None:
+            candidates = [u for lo, hi in known for u in range(lo or 1, min(hi or sel.snap.uidnext, sel.snap.uidnext - 1) + 1)]
+            gone = sorted(u for u in set(candidates[:100000]) if u not in sel.snap.entries)
+            text = uid_set_text(gone)
+        else:
+            gone_ranges = []
+            prev = 0
+            for u in sel.view:
+                if u > prev + 1:
+                    gone_ranges.append(f"{prev + 1}:{u - 1}" if u - 1 > prev + 1 else str(prev + 1))
+                prev = u
+            if sel.snap.uidnext - 1 > prev:
+                last = sel.snap.uidnext - 1
+                gone_ranges.append(f"{prev + 1}:{last}" if last > prev + 1 else str(prev + 1))
+            text = ",".join(gone_ranges)
+        if text:
+            self._untagged(f"VANISHED (EARLIER) {text}")
+        for seq, u in enumerate(sel.view, 1):
+            e = sel.snap.entries[u]
+            if e.modseq > modseq:
+                self._untagged(f"{seq} FETCH (UID {u} FLAGS {flags_text(e, u in sel.recent)} MODSEQ ({e.modseq}))")
+
+    def cmd_examine(self, tag, args):
+        self.cmd_select(tag, args, readonly=True)
+
+
+    def cmd_append(self, tag, args):
+        self._need(args, 2, 4)
+        message = args[-1]
+        try:
+            name = self._mailbox(args[0])
+            flags_tok = None
+            date_tok = None
+            for extra in args[1:-1]:
+                if isinstance(extra, list) and flags_tok is None and date_tok is None:
+                    flags_tok = extra
+                elif isinstance(extra, bytes) and date_tok is None:
+                    date_tok = extra
+                else:
+                    raise ParseError("Bad APPEND arguments")
+            idate = parse_date_time(date_tok.decode("ascii", "replace")) if date_tok is not None else None
+            letters, kws = parse_flags(flags_tok or [])
+        except BaseException:
+            if isinstance(message, MessageSpool):
+                message.abort()
+            raise
+        if isinstance(message, Literal):
+            message = message.data
+        if isinstance(message, (bytes, Atom)):
+            # A small literal kept in memory (or a bare string): spool it too.
+            data = message.encode() if isinstance(message, str) else message
+            if not data:
+                self._tagged(tag, "NO Empty messages cannot be appended")
+                return
+            spool = self.store.spool()
+            spool.write(data)
+            message = spool
+        if not isinstance(message, MessageSpool):
+            raise ParseError("APPEND needs a message literal")
+        if not self.store.exists(name):
+            message.abort()
+            self._tagged(tag, "NO [TRYCREATE] Mailbox does not exist")
+            return
+        path = message.finish(mtime=idate)
+        index = self.store.index(name)
+        try:
+            uidvalidity, uid = index.add(path, flags=letters, keywords=kws,
+                                         idate=idate if idate is not None else int(time.time()),
+                                         size=message.wsize, base=message.base)
+        except BaseException:
+            message.abort()
+            raise
+        self._done(tag, "APPEND completed", code=f"[APPENDUID {uidvalidity} {uid}]")
+
+    # -- selected ---------------------------------------------------------------------
+
+    def cmd_check(self, tag, args):
+        self._need(args, 0, 0)
+        self._done(tag, "CHECK completed")
+
+    def cmd_close(self, tag, args):
+        self._need(args, 0, 0)
+        sel = self.sel
+        if not sel.readonly:
+            snap = sel.index.sync()
+            doomed = [u for u in sel.view if u in snap.entries and "T" in snap.entries[u].flags]
+            if doomed:
+                sel.index.expunge(doomed)
+        self.sel = None
+        self.state = AUTH
+        self._tagged(tag, "OK CLOSE completed")
+
+    def cmd_unselect(self, tag, args):
+        self._need(args, 0, 0)
+        self.sel = None
+        self.state = AUTH
+        self._tagged(tag, "OK UNSELECT completed")
+
+    def cmd_expunge(self, tag, args, uid=False):
+        sel = self.sel
+        if uid:
+            self._need(args, 1, 1)
+            ranges = parse_sequence_set(str(args[0]))
+        else:
+            self._need(args, 0, 0)
+            ranges = None
+        if sel.readonly:
+            self._tagged(tag, "NO [READ-ONLY] Mailbox is read-only")
+            return
+        snap = sel.index.sync()
+        candidates = sel.view
+        if ranges is not None:
+            candidates = expand(ranges, sel.view, sel.view[-1] if sel.view else 0)
+        doomed = [u for u in candidates if u in snap.entries and "T" in snap.entries[u].flags]
+        if doomed:
+            sel.index.expunge(doomed)
+        self._done(tag, "EXPUNGE completed")
+
+    def _resolve(self, token, uid: bool) -> list[int]:
+        """A sequence set -> the UIDs it names in the current view."""
+        sel = self.sel
+        if not isinstance(token, Atom):
+            raise ParseError("Bad sequence set")
+        if str(token) == "$":
+            raise ParseError("SEARCHRES not supported")
+        ranges = parse_sequence_set(str(token))
+        if uid:
+            star = sel.view[-1] if sel.view else 0
+            return expand(ranges, sel.view, star)
+        n = len(sel.view)
+        if n == 0:
+            raise ParseError("No messages")
+        for lo, hi in ranges:
+            for v in (lo, hi):
+                if v is not None and v > n:
+                    raise ParseError("Invalid message sequence number")
+        seqs = expand(ranges, list(range(1, n + 1)), n)
+        return [sel.view[s - 1] for s in seqs]
+
+    def cmd_store(self, tag, args, uid=False):
+        self._need(args, 3, 4)
+        sel = self.sel
+        uids = self._resolve(args[0], uid)
+        args = args[1:]
+        unchanged_since = None
+        if isinstance(args[0], list):
+            mods = args[0]
+            if len(mods) != 2 or str(mods[0]).upper() != "UNCHANGEDSINCE" or not is_number(str(mods[1])):
+                raise ParseError("Bad STORE modifier")
+            unchanged_since = int(mods[1])
+            self.condstore = True
+            args = args[1:]
+        self._need(args, 2, 2)
+        item = str(args[0]).upper() if isinstance(args[0], Atom) else ""
+        silent = item.endswith(".SILENT")
+        if silent:
+            item = item[:-7]
+        if item not in ("FLAGS", "+FLAGS", "-FLAGS"):
+            raise ParseError("Bad STORE data item")
+        letters, kws = parse_flags(args[1])
+        if sel.readonly:
+            self._tagged(tag, "NO [READ-ONLY] Mailbox is read-only")
+            return
+        snap = sel.index.sync()
+        changes = {}
+        modified = []
+        for u in uids:
+            e = snap.entries.get(u)
+            if e is None:
+                continue
+            if unchanged_since is not None and e.modseq > unchanged_since:
+                modified.append(u)
+                continue
+            if item == "FLAGS":
+                nl, nk = set(letters), set(kws)
+                keep = set(e.flags) - set(LETTER_FLAG)  # letters we do not map stay
+                nl |= keep
+            elif item == "+FLAGS":
+                nl, nk = set(e.flags) | set(letters), set(e.kw) | kws
+            else:
+                nl, nk = set(e.flags) - set(letters), set(e.kw) - kws
+            changes[u] = ("".join(sorted(nl)), nk)
+        done = sel.index.set_flags(changes) if changes else {}
+        new_kw = kws - sel.keywords
+        if new_kw:
+            sel.keywords |= new_kw
+            self._untagged(f"FLAGS {flag_list_for(sel.keywords)}")
+            self._untagged(f"OK [PERMANENTFLAGS {flag_list_for(sel.keywords)[:-1]} \\*)] Flags permitted")
+        for u in uids:
+            e = done.get(u)
+            if e is None:
+                continue
+            seq = sel.seq_of(u)
+            if not silent or (unchanged_since is not None):
+                parts = []
+                if uid:
+                    parts.append(f"UID {u}")
+                if not silent:
+                    parts.append(f"FLAGS {flags_text(e, u in sel.recent)}")
+                if self.condstore:
+                    parts.append(f"MODSEQ ({e.modseq})")
+                if parts and seq:
+                    self._untagged(f"{seq} FETCH ({' '.join(parts)})")
+            sel.known[u] = e.modseq
+        code = ""
+        if modified:
+            if uid:
+                code = f"[MODIFIED {uid_set_text(modified)}]"
+            else:
+                code = f"[MODIFIED {uid_set_text(sorted(sel.seq_of(u) for u in modified))}]"
+        self._done(tag, "STORE completed", allow_expunge=uid, code=code)
+
+    def cmd_copy(self, tag, args, uid=False, move=False):
+        self._need(args, 2, 2)
+        sel = self.sel
+        uids = self._resolve(args[0], uid)
+        name = self._mailbox(args[1])
+        if not self.store.exists(name):
+            self._tagged(tag, "NO [TRYCREATE] Mailbox does not exist")
+            return
+        if move and sel.readonly:
+            self._tagged(tag, "NO [READ-ONLY] Mailbox is read-only")
+            return
+        snap = sel.index.sync()
+        present = [u for u in uids if u in snap.entries]
+        if len(present) < len(uids) and not uid:
+            self._tagged(tag, "NO Some of the messages were expunged")
+            return
+        dest = self.store.index(name)
+        if not present:
+            self._done(tag, f"{'MOVE' if move else 'COPY'} completed")
+            return
+        uidvalidity, pairs = sel.index.copy_into(dest, present)
+        code = f"[COPYUID {uidvalidity} {uid_set_text([p[0] for p in pairs])} {uid_set_text([p[1] for p in pairs])}]" \
+            if pairs else ""
+        if move:
+            if code:
+                self._untagged(f"OK {code} Moved")
+            sel.index.expunge([p[0] for p in pairs])
+            self._done(tag, "MOVE completed")
+            return
+        self._done(tag, "COPY completed", code=code)
+
+    def cmd_move(self, tag, args, uid=False):
+        self.cmd_copy(tag, args, uid=uid, move=True)
+
+    # -- SEARCH --
+
+    def cmd_search(self, tag, args, uid=False):
+        from pyimap.search import Candidate, compile_keys
+
+        charset = "UTF-8"
+        if args and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
+            raise ParseError("ESEARCH not supported")
+        if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
+            cs = self._astring(args[1]).upper()
+            if cs not in ("UTF-8", "US-ASCII"):
+                self._tagged(tag, "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+                return
+            charset = "utf-8" if cs == "UTF-8" else "ascii"
+            args = args[2:]
+        pred, info = compile_keys(args, charset)
+        sel = self.sel
+        snap = sel.index.sync()
+        folder = sel.index.dir
+        max_seq = len(sel.view)
+        max_uid = sel.view[-1] if sel.view else 0
+        hits = []
+        highest = 0
+        for seq, u in enumerate(sel.view, 1):
+            e = snap.entries.get(u)
+            if e is None:
+                continue
+            flags = {LETTER_FLAG[c] for c in e.flags if c in LETTER_FLAG}
+            if e.kw:
+                flags |= e.kw
+            cand = Candidate(seq, u, flags, u in sel.recent, e.size, e.idate, e.modseq, max_seq, max_uid,
+                             f"{folder}/{e.sub}/{e.name}", (folder, e.base))
+            try:
+                ok = pred(cand)
+            except FileNotFoundError:
+                # renamed by another process (flags) between our index read and the open
+                snap = sel.index.resync()
+                e = snap.entries.get(u)
+                ok = False
+                if e is not None:
+                    cand._path = f"{folder}/{e.sub}/{e.name}"
+                    try:
+                        ok = pred(cand)
+                    except FileNotFoundError:
+                        ok = False
+            if ok:
+                hits.append(u if uid else seq)
+                highest = max(highest, e.modseq)
+        text = "SEARCH" + "".join(f" {h}" for h in hits)
+        if info.uses_modseq and hits:
+            text += f" (MODSEQ {highest})"
+        if info.uses_modseq:
+            self.condstore = True
+        self._untagged(text)
+        self._done(tag, "SEARCH completed", allow_expunge=uid)
+
+    # -- FETCH --
+
+    def _parse_fetch_items(self, token) -> list[tuple]:
+        from pyimap.fetch import parse_items
+
+        return parse_items(token)
+
+    def cmd_fetch(self, tag, args, uid=False):
+        from pyimap.fetch import render_message
+
+        self._need(args, 2, 3)
+        sel = self.sel
+        uids = self._resolve(args[0], uid)
+        items = self._parse_fetch_items(args[1])
+        changed_since = None
+        if len(args) == 3:
+            mods = args[2]
+            if not isinstance(mods, list) or len(mods) not in (2, 3) or str(mods[0]).upper() != "CHANGEDSINCE" \
+                    or not is_number(str(mods[1])):
+                raise ParseError("Bad FETCH modifier")
+            changed_since = int(mods[1])
+            self.condstore = True
+            if ("MODSEQ",) not in items:
+                items.append(("MODSEQ",))
+        if self.condstore and ("MODSEQ",) not in items and any(i[0] == "FLAGS" for i in items):
+            items.append(("MODSEQ",))
+        if uid and not any(i[0] == "UID" for i in items):
+            items.insert(0, ("UID",))
+        sets_seen = not sel.readonly and any(i[0] in ("BODY[]", "RFC822", "RFC822.TEXT") and i[-1] is False
+                                             for i in items)
+        snap = sel.index.sync()
+        if sets_seen:
+            changes = {}
+            for u in uids:
+                e = snap.entries.get(u)
+                if e is not None and "S" not in e.flags:
+                    changes[u] = (e.flags + "S", e.kw)
+            if changes:
+                sel.index.set_flags(changes)
+                snap = sel.index.sync()
+                for u in changes:
+                    if u in snap.entries:
+                        sel.known[u] = -1  # force FLAGS into the response below
+        missing = False
+        for u in uids:
+            e = snap.entries.get(u)
+            if e is None:
+                missing = True
+                continue
+            if changed_since is not None and e.modseq <= changed_since:
+                continue
+            seq = sel.seq_of(u)
+            want = items
+            if sets_seen and sel.known.get(u) == -1 and not any(i[0] == "FLAGS" for i in items):
+                want = items + [("FLAGS",)]
+            wants_flags = any(i[0] == "FLAGS" for i in want)
+            try:
+                pieces = render_message(sel, e, u, seq, want, flags_text(e, u in sel.recent) if wants_flags else None)
+            except FileNotFoundError:
+                # another process renamed it (new flags) or expunged it: look again
+                snap = sel.index.resync()
+                e = snap.entries.get(u)
+                try:
+                    if e is None:
+                        raise FileNotFoundError
+                    pieces = render_message(sel, e, u, seq, want,
+                                            flags_text(e, u in sel.recent) if wants_flags else None)
+                except FileNotFoundError:
+                    missing = True
+                    continue
+            self.out.extend(pieces)
+            if wants_flags:
+                sel.known[u] = e.modseq
+        if missing and not uid:
+            self._updates(False)
+            self._tagged(tag, "NO Some messages were expunged")
+            return
+        self._done(tag, "FETCH completed", allow_expunge=uid)
+
+    # -- IDLE --
+
+    def cmd_idle(self, tag, args):
+        self._need(args, 0, 0)
+        self.idle_tag = tag
+        self.idle_started = time.monotonic()
+        self._send(b"+ idling\r\n")
+        if self.sel is not None:
+            self._updates(allow_expunge=True)
+
+    def _idle_line(self, parts) -> None:
+        tag, self.idle_tag = self.idle_tag, None
+        line = parts[0] if len(parts) == 1 else b""
+        if line.strip().upper() != b"DONE":
+            self._tagged(tag, "BAD Expected DONE")
+            return
+        self._done(tag, "IDLE terminated")
+
+    # -- untagged updates --
+
+    def _updates(self, allow_expunge: bool) -> None:
+        sel = self.sel
+        if sel is None:
+            return
+        snap = sel.index.sync()
+        if snap.uidvalidity != sel.uidvalidity:
+            self._untagged("BYE Mailbox UIDVALIDITY changed")
+            self.closed = True
+            return
+        if snap is sel.snap and not sel.ghosts:
+            return
+        entries = snap.entries
+        if allow_expunge:
+            gone = [u for u in sel.view if u not in entries]
+            for u in gone:
+                seq = sel.seq_of(u)
+                if seq:
+                    del sel.view[seq - 1]
+                    sel.known.pop(u, None)
+                    sel.recent.discard(u)
+                    self._untagged(f"{seq} EXPUNGE")
+            sel.ghosts = False
+        else:
+            sel.ghosts = any(u not in entries for u in sel.view)
+        last = sel.view[-1] if sel.view else 0
+        new = [u for u in entries if u > last] if entries and next(reversed(entries)) > last else []
+        for u in sel.view:
+            e = entries.get(u)
+            if e is not None and e.modseq != sel.known.get(u):
+                sel.known[u] = e.modseq
+                extra = f" MODSEQ ({e.modseq})" if self.condstore else ""
+                self._untagged(f"{sel.seq_of(u)} FETCH (UID {u} FLAGS {flags_text(e, u in sel.recent)}{extra})")
+        if new:
+            if not sel.readonly:
+                fresh = [u for u in new if entries[u].sub == "new"]
+                if fresh:
+                    moved = sel.index.to_cur(fresh)
+                    sel.recent |= set(moved)
+                    snap = sel.index.sync()
+                    entries = snap.entries
+            sel.view.extend(new)
+            for u in new:
+                e = entries.get(u)
+                sel.known[u] = e.modseq if e is not None else 0
+            self._untagged(f"{len(sel.view)} EXISTS")
+            self._untagged(f"{len(sel.recent)} RECENT")
+            kws = set(snap.keywords())
+            if kws - sel.keywords:
+                sel.keywords |= kws
+                self._untagged(f"FLAGS {flag_list_for(sel.keywords)}")
+        sel.snap = snap

@@ -1,0 +1,117 @@
+"""What the IMAP machine asks of the mail store: the storage interface.
+
+The machine (``pyimap.imap_server`` and its command modules) calls only
+what is named here; the program (``pyimap.imapd``) hands it a concrete
+store through the backend's ``open_store``.  Today that is
+``pyimap.store.UserStore`` over Maildir++ folders, each with a
+``pymda.index.FolderIndex``; a test or another store may stand in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol, runtime_checkable
+
+
+class StoreError(Exception):
+    """A mailbox-tree change refused; ``code`` is an IMAP response code
+    (NONEXISTENT, ALREADYEXISTS, ...) or ''."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@runtime_checkable
+class MessageSpool(Protocol):
+    """An APPEND message being written while its literal arrives (CRLF in, stored as LF)."""
+
+    size: int  # octets stored (LF line ends)
+    wsize: int  # octets on the wire (CRLF line ends): RFC822.SIZE
+
+    @property
+    def base(self) -> str: ...  # the message's final base name
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self, mtime: int | None = None) -> str:
+        """Close and sync the file; its path.  Raises OSError (the file is gone then)."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Folder(Protocol):
+    """One mailbox's messages: UIDs, flags, keywords, MODSEQ (a ``pymda.index.FolderIndex``).
+
+    ``sync()`` returns a snapshot with ``uidvalidity``, ``uidnext``,
+    ``highestmodseq``, ``entries`` (uid -> entry with ``flags`` as Maildir
+    letters, ``kw``, ``modseq``, ``idate``, ``size``, ``sub``, ``name``,
+    ``base``) and ``keywords()``.
+    """
+
+    dir: str  # the folder's directory; message files are ``dir/entry.sub/entry.name``
+
+    def sync(self) -> Any: ...
+
+    def resync(self) -> Any:
+        """Like sync(), after waiting for a writer: a message file was found gone."""
+        ...
+
+    def add(self, tmp_file: str, *, flags: str = "", keywords: Iterable[str] = (), idate: int | None = None,
+            size: int | None = None, base: str | None = None) -> tuple[int, int]:
+        """Move a finished spool file in; (uidvalidity, uid)."""
+        ...
+
+    def set_flags(self, changes: dict) -> dict: ...
+
+    def to_cur(self, uids: Iterable[int]) -> dict:
+        """Mark messages seen by a session (no longer \\Recent for others)."""
+        ...
+
+    def expunge(self, uids: Iterable[int]) -> list[int]: ...
+
+    def copy_into(self, dest: Any, uids: Iterable[int]) -> tuple[int, list[tuple[int, int]]]:
+        """Copy messages into ``dest`` (a Folder of the same store); (dest uidvalidity, [(uid, dest uid)])."""
+        ...
+
+
+class MailStore(Protocol):
+    """A user's mailboxes.  Names are IMAP names (``INBOX``, ``Lists/python``)."""
+
+    # Exceptions meaning "the store is in trouble now" (disk, lock timeout):
+    # answered NO [UNAVAILABLE], or NO [OVERQUOTA] when their errno says full.
+    unavailable: tuple[type[BaseException], ...]
+
+    def exists(self, name: str) -> bool: ...
+
+    def index(self, name: str) -> Folder: ...
+
+    def names(self) -> list[str]:
+        """Every selectable mailbox, INBOX first."""
+        ...
+
+    def create(self, name: str) -> None: ...  # raises StoreError
+
+    def delete(self, name: str) -> None: ...  # raises StoreError
+
+    def rename(self, old: str, new: str) -> None: ...  # raises StoreError
+
+    def subscriptions(self) -> set[str]: ...
+
+    def set_subscriptions(self, names: set[str]) -> None: ...
+
+    def special_use(self, name: str) -> str | None: ...
+
+    def spool(self) -> MessageSpool:
+        """A new APPEND spool file.  Raises OSError."""
+        ...
+
+
+class Backend(Protocol):
+    """Policy behind the machine: passwords and where a user's mail lives."""
+
+    def authenticate(self, info: Any, username: str, password: bytes) -> str | None:
+        """The canonical account name, or None.  Runs in a Job; may raise (answered NO [UNAVAILABLE])."""
+        ...
+
+    def open_store(self, account: str) -> MailStore: ...
