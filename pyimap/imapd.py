@@ -61,7 +61,7 @@ def build(cfg, service: str):
 
 # What a session may import, loaded before the switch to daemon_user (see daemon.preload).
 PRELOAD = ("pyimap.imapd", "pyimap.imap_server", "pyimap.store", "pyimap.fetch", "pyimap.search", "pyimap.message",
-           "pyimap.parser", "pyimap.mailbox_names", "pymda.deliver", "pymda.index")
+           "pyimap.parser", "pyimap.mailbox_names", "pymda.maildir", "pymda.index")
 
 
 def main(argv: list[str] | None = None) -> int:
