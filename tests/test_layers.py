@@ -1,4 +1,4 @@
-"""The import floors (issue 16 §2, man/pymail.7 "LAYERS"), checked from the source with ast.
+"""The import floors (issue 16), checked from the source with ast.
 
 Floors, bottom up:
 
