@@ -18,6 +18,8 @@ from __future__ import annotations
 import errno
 import time
 from collections import namedtuple
+from typing import Callable, NamedTuple, Optional
+from typing import Protocol as Interface
 
 from pymta.lib import sasl
 from pymta.lib.address import AddressError, parse_path, split_path
@@ -88,6 +90,35 @@ class Envelope(Record):
     )
 
 
+class MessageSink(Interface):
+    """Where the text of one message goes, in pieces, after DATA."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> str:
+        """The queue ID once the message is safe; may raise Refused, TempFailure or OSError."""
+
+    def abort(self) -> None: ...
+
+
+class Backend(Interface):
+    """What the SMTP machine asks of the program around it (smtpd's SMTPBackend).
+
+    The checks return None to accept or a Reply to refuse; they and
+    ``authenticate``/``open_message`` run in Jobs where they may block."""
+
+    def check_sender(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
+
+    def check_recipient(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
+
+    def check_policy(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
+        """Asked after check_recipient when settings.recipient_policy (DNSBL, greylisting)."""
+
+    def authenticate(self, session: Session, username: str, password: str) -> bool: ...
+
+    def open_message(self, session: Session, envelope: Envelope) -> MessageSink: ...
+
+
 # RFC 4954 4: an AUTH exchange line may be up to 12288 octets.
 MAX_AUTH_LINE = 12288
 # Message text goes to the sink in pieces of about this size.
@@ -115,37 +146,6 @@ def _failure_state(exc: BaseException) -> int:
     """_NO_SPACE for a full disk or quota (an OSError or a QueueError carrying its errno), else _LOCAL_ERROR."""
     return _NO_SPACE if getattr(exc, "errno", None) in _NO_SPACE_ERRNOS else _LOCAL_ERROR
 
-# verb -> (handler, needs HELO/EHLO, needs AUTH when settings.require_auth,
-#          arguments may hold UTF-8 (RFC 6531 mailboxes))
-_COMMANDS = {
-    b"HELO": ("_cmd_helo", False, False, False),
-    b"EHLO": ("_cmd_ehlo", False, False, False),
-    b"MAIL": ("_cmd_mail", True, True, True),
-    b"RCPT": ("_cmd_rcpt", False, False, True),
-    b"DATA": ("_cmd_data", False, False, False),
-    b"RSET": ("_cmd_rset", False, False, False),
-    b"NOOP": ("_cmd_noop", False, False, False),
-    b"QUIT": ("_cmd_quit", False, False, False),
-    b"VRFY": ("_cmd_vrfy", False, False, True),
-    b"EXPN": ("_cmd_not_implemented", False, False, True),
-    b"BDAT": ("_cmd_not_implemented", False, False, False),
-    b"HELP": ("_cmd_help", False, False, False),
-    b"STARTTLS": ("_cmd_starttls", False, False, False),
-    b"AUTH": ("_cmd_auth", False, False, False),
-}
-
-# EHLO keywords in order: (keyword, condition method or None, required keyword).
-# A keyword whose requirement is not offered is dropped (aiosmtpd#216).
-_CAPABILITIES = (
-    ("PIPELINING", None, None),
-    ("SIZE", None, None),
-    ("8BITMIME", None, None),
-    ("ENHANCEDSTATUSCODES", None, None),
-    ("SMTPUTF8", None, "8BITMIME"),  # RFC 6531 3.1
-    ("STARTTLS", "_starttls_offered", None),
-    ("AUTH", "_auth_offered", None),
-)
-
 _MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
 # Commands that move no mail (Postfix's smtpd_junk_command_limit counts the
 # same; ETRN, EXPN and unknown verbs are errors here and counted as such).
@@ -155,7 +155,7 @@ _CONTROLS = bytes(range(32)) + b"\x7f"
 
 
 class SMTPServer(LineReader, Protocol):
-    def __init__(self, settings: SMTPSettings, backend, clock=time.monotonic) -> None:
+    def __init__(self, settings: SMTPSettings, backend: Backend, clock=time.monotonic) -> None:
         self.settings = settings
         self.backend = backend
         self.session = Session(ConnectionInfo())
@@ -346,8 +346,7 @@ class SMTPServer(LineReader, Protocol):
             else:
                 self._send(500, "5.5.2", "Error: invalid characters in command")
             return
-        handler, needs_helo, needs_auth, utf8 = entry
-        if arg.translate(None, _CONTROLS) != arg or not (utf8 or arg.isascii()):
+        if arg.translate(None, _CONTROLS) != arg or not (entry.utf8 or arg.isascii()):
             self._send(500, "5.5.2", "Error: invalid characters in command")
             return
         try:
@@ -355,12 +354,12 @@ class SMTPServer(LineReader, Protocol):
         except UnicodeDecodeError:
             self._send(500, "5.5.2", "Error: invalid characters in command")
             return
-        if needs_helo and self.session.helo is None:
+        if entry.needs_helo and self.session.helo is None:
             self._send(503, "5.5.1", "Error: send HELO/EHLO first")
-        elif needs_auth and self.settings.require_auth and self.session.auth_user is None:
+        elif entry.needs_auth and self.settings.require_auth and self.session.auth_user is None:
             self._send(530, "5.7.0", "Authentication required")
         else:
-            getattr(self, handler)(text)
+            entry.handler(self, text)
 
     def _cmd_helo(self, arg: str) -> None:
         if not arg:
@@ -382,7 +381,7 @@ class SMTPServer(LineReader, Protocol):
     def _capabilities(self) -> list[str]:
         offered: list[str] = []
         for keyword, condition, requires in _CAPABILITIES:
-            if condition and not getattr(self, condition)():
+            if condition and not condition(self):
                 continue
             if requires and requires not in offered:
                 continue
@@ -435,7 +434,7 @@ class SMTPServer(LineReader, Protocol):
         if address is None:
             return
         candidate = Envelope(address, [], int(size) if size is not None else None, body and body.upper(), smtputf8)
-        reply = self._backend_check("check_sender", candidate, address)
+        reply = self._backend_check(self.backend.check_sender, candidate, address)
         if reply is not None:
             self._send(*reply)
             return
@@ -466,7 +465,7 @@ class SMTPServer(LineReader, Protocol):
         if len(env.rcpt_to) >= self.settings.max_recipients:
             self._send(452, "4.5.3", "Error: too many recipients")
             return
-        reply = self._backend_check("check_recipient", env, address)
+        reply = self._backend_check(self.backend.check_recipient, env, address)
         if reply is not None:
             self._send(*reply)
             return
@@ -484,7 +483,7 @@ class SMTPServer(LineReader, Protocol):
 
     def _check_policy(self, envelope: Envelope, address: str):
         """Runs as a Job; never raises: (envelope, address, reply or None)."""
-        return envelope, address, self._backend_check("check_policy", envelope, address)
+        return envelope, address, self._backend_check(self.backend.check_policy, envelope, address)
 
     def _parse_address(self, path: str, allow_null: bool, smtputf8: bool, enhanced: str, text: str) -> str | None:
         try:
@@ -519,11 +518,12 @@ class SMTPServer(LineReader, Protocol):
             params[key] = value if eq else None
         return params
 
-    def _backend_check(self, method: str, envelope: Envelope, address: str):
+    def _backend_check(self, check: Callable[[Session, Envelope, str], Optional[Reply]], envelope: Envelope,
+                       address: str):
         try:
-            return getattr(self.backend, method)(self.session, envelope, address)
+            return check(self.session, envelope, address)
         except Exception as exc:  # a backend bug must not take the session down
-            _log_failure(method, exc)
+            _log_failure(getattr(check, "__name__", "check"), exc)
             return _LOCAL_ERROR_REPLY
 
     def _cmd_data(self, arg: str) -> None:
@@ -798,6 +798,53 @@ class SMTPServer(LineReader, Protocol):
                 sink.abort()
             except Exception as exc:
                 _log_failure("abort", exc)
+
+
+class Command(NamedTuple):
+    """One verb of the command table."""
+
+    handler: Callable[[SMTPServer, str], None]
+    needs_helo: bool = False  # 503 before HELO/EHLO
+    needs_auth: bool = False  # 530 before AUTH when settings.require_auth
+    utf8: bool = False  # arguments may hold UTF-8 (RFC 6531 mailboxes)
+
+
+_COMMANDS = {
+    b"HELO": Command(SMTPServer._cmd_helo),
+    b"EHLO": Command(SMTPServer._cmd_ehlo),
+    b"MAIL": Command(SMTPServer._cmd_mail, needs_helo=True, needs_auth=True, utf8=True),
+    b"RCPT": Command(SMTPServer._cmd_rcpt, utf8=True),
+    b"DATA": Command(SMTPServer._cmd_data),
+    b"RSET": Command(SMTPServer._cmd_rset),
+    b"NOOP": Command(SMTPServer._cmd_noop),
+    b"QUIT": Command(SMTPServer._cmd_quit),
+    b"VRFY": Command(SMTPServer._cmd_vrfy, utf8=True),
+    b"EXPN": Command(SMTPServer._cmd_not_implemented, utf8=True),
+    b"BDAT": Command(SMTPServer._cmd_not_implemented),
+    b"HELP": Command(SMTPServer._cmd_help),
+    b"STARTTLS": Command(SMTPServer._cmd_starttls),
+    b"AUTH": Command(SMTPServer._cmd_auth),
+}
+
+
+class Capability(NamedTuple):
+    """One EHLO keyword.  A keyword whose requirement is not offered is dropped (aiosmtpd#216)."""
+
+    keyword: str
+    condition: Optional[Callable[[SMTPServer], bool]] = None  # offered only when it says so
+    requires: Optional[str] = None  # another keyword it needs
+
+
+# EHLO keywords in order.
+_CAPABILITIES = (
+    Capability("PIPELINING"),
+    Capability("SIZE"),
+    Capability("8BITMIME"),
+    Capability("ENHANCEDSTATUSCODES"),
+    Capability("SMTPUTF8", requires="8BITMIME"),  # RFC 6531 3.1
+    Capability("STARTTLS", SMTPServer._starttls_offered),
+    Capability("AUTH", SMTPServer._auth_offered),
+)
 
 
 def _ascii(text: str) -> str:

@@ -59,9 +59,18 @@ class _Sink:
 
 
 class SMTPBackend(LoginBackend):
-    def __init__(self, cfg, service: str) -> None:
+    """smtpd's policy and queue behind the SMTP machine (smtp_server.Backend).
+
+    ``queue``: where messages go (default: the queue; ``sendmail -bs`` run by
+    an ordinary user passes the maildrop).  ``check_local_recipients=False``
+    accepts every local recipient unchecked, for a caller that cannot read
+    the users file: the runner checks them (unknown ones bounce), as
+    Postfix's ``sendmail -bs`` does."""
+
+    def __init__(self, cfg, service: str, queue=None, check_local_recipients: bool = True) -> None:
         super().__init__(cfg, service)
-        self.queue = Queue(cfg.queue_dir)
+        self.queue = Queue(cfg.queue_dir) if queue is None else queue
+        self.check_local_recipients = check_local_recipients
         self._aliases = None
         self._trusted = None
 
@@ -117,6 +126,10 @@ class SMTPBackend(LoginBackend):
         return None
 
     def check_recipient(self, session, envelope, address: str):
+        if not self.check_local_recipients:
+            local, _, domain = address.rpartition("@")
+            if local and domain and self.cfg.is_local_domain(domain):
+                return None
         # RFC 5321 4.5.1: <Postmaster> without a domain is postmaster of the
         # first local domain, checked like any other local recipient
         address = self.qualify(address)
@@ -346,8 +359,9 @@ class _LoggingSink:
         self.sink.abort()
 
 
-def build(cfg, service: str):
-    backend = SMTPBackend(cfg, service)
+def build(cfg, service: str, *, queue=None, check_local_recipients: bool = True):
+    """The session factory; ``queue`` and ``check_local_recipients`` as SMTPBackend's."""
+    backend = SMTPBackend(cfg, service, queue, check_local_recipients)
     base = SMTPSettings(
         hostname=cfg["hostname"],
         max_message_size=cfg["smtpd.max_message_size"],
