@@ -28,8 +28,10 @@ from pymta.lib.sizelimit import TooBig, limited
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-queue")
     parser = ArgumentParser(prog="pymta-queue", description="Put the message on standard input into the pymail queue.")
-    parser.add_argument("-C", dest="config", metavar="FILE", help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
-    parser.add_argument("-f", dest="sender", default="", metavar="SENDER", help="envelope sender (default: empty, the null sender <>)")
+    parser.add_argument("-C", dest="config", metavar="FILE",
+                        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
+    parser.add_argument("-f", dest="sender", default="", metavar="SENDER",
+                        help="envelope sender (default: empty, the null sender <>)")
     parser.add_argument("recipients", nargs="+", metavar="RECIPIENT", help="envelope recipients, user@domain")
     args = parser.parse_args(argv)
     if not valid_address(args.sender, allow_null=True):

@@ -55,9 +55,10 @@ class RemoteDelivery:
                         conn.reused = True
                         return conn
                     conn.close()
+        ca_file = self.cfg["relay.tls_ca_file"]
         conn = Connection(host, ip, port, self.helo, tls=route.tls, auth=route.auth,
                           connect_timeout=self.cfg["relay.connect_timeout"], timeout=self.cfg["relay.command_timeout"],
-                          ca_file=str(self.cfg.root / self.cfg["relay.tls_ca_file"]) if self.cfg["relay.tls_ca_file"] else "")
+                          ca_file=str(self.cfg.root / ca_file) if ca_file else "")
         conn.reused = False
         conn.key = key
         return conn

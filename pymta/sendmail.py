@@ -379,27 +379,10 @@ def smtp_session(cfg) -> int:
     from pymta.lib.driver_blocking import serve_pipes
     from pymta.smtpd import build
 
-    factory = build(cfg, "local")
-    protocol = factory()
     door, direct = _door(cfg)
-    backend = protocol.backend if hasattr(protocol, "backend") else None
-    if backend is None:
-        backend = getattr(protocol, "_backend", None)
-    if backend is not None:
-        backend.queue = door
-        if not direct:
-            check = backend.check_recipient
-
-            def check_recipient(session, envelope, address):
-                # an ordinary user cannot read the users file: local recipients are
-                # checked by the runner (unknown ones bounce), as Postfix's sendmail -bs does
-                local, _, domain = address.rpartition("@")
-                if local and domain and cfg.is_local_domain(domain):
-                    return None
-                return check(session, envelope, address)
-
-            backend.check_recipient = check_recipient
-    serve_pipes(protocol)
+    # an ordinary user cannot read the users file: local recipients are
+    # checked by the runner (unknown ones bounce), as Postfix's sendmail -bs does
+    serve_pipes(build(cfg, "local", queue=door, check_local_recipients=direct)())
     return sysexits.EX_OK
 
 
@@ -478,7 +461,8 @@ def submit(cfg, opts: Options) -> int:
     except OSError as exc:
         print(f"sendmail: fatal: message not queued: {exc}", file=sys.stderr)
         return sysexits.EX_TEMPFAIL
-    log.info(f"uid={os.getuid()}, from=<{sender}>, nrcpt={len(unique)} ({'queued' if direct else 'dropped in maildrop'})", qid)
+    how = "queued" if direct else "dropped in maildrop"
+    log.info(f"uid={os.getuid()}, from=<{sender}>, nrcpt={len(unique)} ({how})", qid)
     if opts.verbose:
         print(f"sendmail: queued as {qid}", file=sys.stderr)
     if direct and opts.delivery == "i" and not door.wake(qid):

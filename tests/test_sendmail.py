@@ -114,6 +114,25 @@ def test_sendmail_odi_delivers_before_returning_and_q_runs_the_queue(mailsys):
     assert len(mailsys.messages("alice")) == 1
 
 
+def test_sendmail_q_and_odi_with_a_running_runner_only_wake_it(mailsys):
+    """-q flushes (under the lock) and wakes; -odi wakes with the queue ID; neither runs a pass itself."""
+    from pymta.queue import Queue
+
+    q = Queue(mailsys.root / "queue")
+    qid = q.enqueue("alice@example.test", ["bob@example.test"], b"Subject: waiting\n\nx\n")
+    entry = q.open_entry(q.locate(qid))
+    with entry:
+        q.defer(entry, time.time() + 3600)
+    mailsys.start_qrunner()
+    proc = sendmail(mailsys, "-q")
+    assert proc.returncode == 0, proc.stderr
+    mailsys.wait_messages(1, "bob", timeout=10)
+    assert b"qrunner" not in proc.stderr  # the running runner delivered it, not a pass run by sendmail
+    proc = sendmail(mailsys, "-odi", "alice@example.test", input=b"Subject: now\n\nx\n")
+    assert proc.returncode == 0 and b"qrunner" not in proc.stderr, proc.stderr
+    mailsys.wait_messages(1, "alice", timeout=10)
+
+
 def test_sendmail_bs_is_an_smtp_session(mailsys):
     session = (b"EHLO me\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
                b"Subject: via -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n")
