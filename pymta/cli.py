@@ -84,7 +84,9 @@ def _fail(message: str, code: int):
 
 
 def _os_message(exc: OSError) -> str:
-    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    from pymta.configcheck import os_message
+
+    return os_message(exc)
 
 
 def _config_option(f):
@@ -100,7 +102,8 @@ def _config_path(directory: str | None, config_file: str | None) -> Path:
     return config.find_config_file(config_file)
 
 
-def _load(directory: str | None, config_file: str | None) -> config.Config:
+def load_config(directory: str | None, config_file: str | None) -> config.Config:
+    """The config every command uses (see the module doc), or exit EX_CONFIG with its problems."""
     try:
         return config.load(_config_path(directory, config_file))
     except config.ConfigError as exc:
@@ -356,7 +359,7 @@ def _user_target(args, config_file, *, must_be_local: bool = True):
     from pymta.lib.users import InvalidAddress, UsersFile, normalize_address
 
     directory, address = _dir_and_address(args)
-    cfg = _load(directory, config_file)
+    cfg = load_config(directory, config_file)
     try:
         address = normalize_address(address)
     except InvalidAddress as exc:
@@ -423,7 +426,7 @@ def user_add(args, config_file, password_stdin):
         _fail(f"{address}: user exists", EX_CANTCREAT)  # before asking for a password
     password, generated = _new_password(password_stdin)
     _users_call(users.add, address, password, rounds=rounds)
-    from pymda.deliver import user_maildir
+    from pymda.maildir import user_maildir
 
     maildir = user_maildir(cfg.mail_dir, address)
     try:
@@ -441,10 +444,10 @@ def _give_postmaster_to(cfg, users, address: str) -> None:
     postmaster's mail, the user just added gets it (``pymail init
     --postmaster`` names someone else)."""
     from pymta.aliases import Aliases
+    from pymta.configcheck import unclaimed_postmaster
 
-    postmaster = f"postmaster@{cfg.domains[0]}" if cfg.domains else None
     path = cfg.path_of("aliases")
-    if postmaster is None or users.exists(postmaster) or Aliases(path).lookup(postmaster) is not None:
+    if unclaimed_postmaster(cfg, users, Aliases(path)) is None:
         return
     try:
         if _add_alias(path, "postmaster", address):
@@ -492,7 +495,7 @@ def user_list(directory, config_file):
     """List the users, one address a line."""
     from pymta.lib.users import UsersFile
 
-    cfg = _load(directory, config_file)
+    cfg = load_config(directory, config_file)
     for record in UsersFile(cfg.path_of("users")).list():
         click.echo(record.address)
 
@@ -505,104 +508,17 @@ def config_group():
     """Check and show the configuration."""
 
 
-def _deep_problems(cfg: config.Config) -> list[tuple[str, str]]:
-    """What a valid file can still get wrong: TLS files, users file, directories."""
-    from pymta.lib import tls
-    from pymta.lib.users import UsersFile
-
-    problems = []
-    if os.geteuid() == 0 and not cfg["daemon_user"]:
-        problems.append(("daemon_user", 'empty, and run as root the queue runner refuses to start: name the '
-                                        'daemons\' user (pymail init does), or "root" on purpose'))
-    rounds = cfg.get("auth.bcrypt_rounds", 10)
-    if not 4 <= rounds <= 31:
-        problems.append(("auth.bcrypt_rounds", "must be between 4 and 31"))
-    cert, key = cfg.path_of("tls_cert"), cfg.path_of("tls_key")
-    if not cert.exists():
-        problems.append(("paths.tls_cert", f"{cert}: no such file"))
-    elif not key.exists():
-        problems.append(("paths.tls_key", f"{key}: no such file"))
-    else:
-        try:
-            tls.server_context(cert, key)
-        except tls.TLSConfigError as exc:
-            problems.append(("paths.tls_cert", str(exc)))
-    users = cfg.path_of("users")
-    try:
-        for lineno, message in UsersFile(users).problems():
-            problems.append(("paths.users", f"{users}:{lineno}: {message}"))
-    except FileNotFoundError:
-        problems.append(("paths.users", f"{users}: no such file"))
-    except OSError as exc:
-        problems.append(("paths.users", _os_message(exc)))
-    aliases = cfg.path_of("aliases")
-    if aliases.exists():
-        from pymta.aliases import check as check_aliases
-
-        try:
-            text = aliases.read_text(encoding="utf-8", errors="replace")
-            for lineno, message in check_aliases(text, str(aliases)):
-                problems.append(("paths.aliases", f"{aliases}:{lineno}: {message}"))
-        except OSError as exc:
-            problems.append(("paths.aliases", _os_message(exc)))
-    if cfg.get("smtpd.dnsbl_sites"):
-        from pymta.dnsbl import parse_site
-
-        for spec in cfg["smtpd.dnsbl_sites"]:
-            try:
-                parse_site(spec)
-            except ValueError as exc:
-                problems.append(("smtpd.dnsbl_sites", str(exc)))
-    for name in ("queue", "mail"):
-        path = cfg.path_of(name)
-        if not path.is_dir():
-            problems.append((f"paths.{name}", f"{path}: no such directory"))
-        elif not os.access(path, os.W_OK | os.X_OK):
-            problems.append((f"paths.{name}", f"{path}: not writable"))
-    return problems
-
-
-def _recipient_warnings(cfg: config.Config) -> list[str]:
-    """Addresses smtpd refuses at RCPT although the admin meant them to work:
-    postmaster (RFC 5321 4.5.1) and aliases that end at no user.  Warnings,
-    not failures: the mail system runs, and says why such mail is refused."""
-    from pymta.aliases import Aliases, unknown_targets
-    from pymta.lib.users import UsersError, UsersFile
-
-    if not cfg.domains:
-        return []
-    users, aliases = UsersFile(cfg.path_of("users")), Aliases(cfg.path_of("aliases"))
-    is_local = lambda a: cfg.is_local_domain(a.rpartition("@")[2])  # noqa: E731
-    first = cfg.domains[0].lower()
-    out = []
-    try:
-        names = sorted(aliases.table())
-        postmaster = f"postmaster@{first}"
-        if not users.exists(postmaster) and aliases.lookup(postmaster) is None:
-            out.append(f"{postmaster}: no alias or user takes postmaster's mail (RFC 5321 4.5.1 requires one), so "
-                       f"it is refused; add 'postmaster: ADDRESS' to {aliases.path}")
-        for name in names:
-            address = name if "@" in name else f"{name}@{first}"
-            if not is_local(address):
-                continue
-            for target in unknown_targets(aliases, address, is_local, users.exists):
-                where = "is an alias loop" if target == address else f"leads to {target}, which is no user"
-                out.append(f"{aliases.path}: alias {name} {where}: mail to {address} is refused")
-                break
-    except (UsersError, OSError) as exc:
-        out.append(f"cannot check postmaster and the aliases: {exc}")
-    return out
-
-
 @config_group.command("check")
 @click.argument("directory", required=False, metavar="[DIR]")
 @_config_option
 def config_check(directory, config_file):
     """Validate the config file and the files it names."""
+    from pymta import configcheck
+
     path = _config_path(directory, config_file)
     try:
         cfg = config.load(path)
-        problems = _deep_problems(cfg)
+        problems = configcheck.problems(cfg)
     except config.ConfigError as exc:
         problems = exc.problems
     for key, message in problems:
@@ -614,7 +530,7 @@ def config_check(directory, config_file):
 
     for line in describe(cfg, UsersFile(cfg.path_of("users"))):
         click.echo(f"note: {line}")
-    for line in _recipient_warnings(cfg):
+    for line in configcheck.recipient_warnings(cfg):
         click.echo(f"warning: {line}", err=True)
     click.echo(f"config OK: {path.absolute()}")
 
@@ -625,7 +541,7 @@ def config_check(directory, config_file):
 @click.option("-n", "non_default", is_flag=True, help="Only the parameters the file sets (like postconf -n).")
 def config_show(directory, config_file, non_default):
     """Print every parameter as `name = value` (valid TOML)."""
-    cfg = _load(directory, config_file)
+    cfg = load_config(directory, config_file)
     explicit = None
     if non_default:
         with open(cfg.path, "rb") as fh:
@@ -694,7 +610,7 @@ def run(directory, config_file, **ports):
     from pymta.supervisor import Program, Supervisor
 
     log.set_program("pymail")
-    cfg = _load(directory, config_file)
+    cfg = load_config(directory, config_file)
     conf = str(cfg.path.resolve())
     programs, missing = [], {}
     for service, (module, extra) in SERVICES.items():

@@ -19,9 +19,9 @@ def command():
 
 
 def _cfg():
-    from pymta.cli import _load
+    from pymta.cli import load_config
 
-    return _load(None, None)
+    return load_config(None, None)
 
 
 @command.command("keygen")
