@@ -32,16 +32,11 @@ class DeliveryError(Exception):
 
 
 def user_maildir(mail_root: Path, address: str) -> Path:
-    """``MAIL/<domain>/<local>/`` for a canonical ``local@domain``.
-
-    The address comes from the users file, which refuses '/' and '..'; we
-    check again because this builds a path.
-    """
-    local, _, domain = address.rpartition("@")
-    for part in (local, domain):
-        if not part or part.startswith(".") or "/" in part or "\x00" in part:
-            raise DeliveryError(f"unsafe mailbox name {address!r}", sysexits.EX_DATAERR)
-    return Path(mail_root) / domain.lower() / local.lower()
+    """``maildir.user_maildir``, an unsafe name refused as DeliveryError (EX_DATAERR)."""
+    try:
+        return maildir.user_maildir(mail_root, address)
+    except maildir.MaildirError as exc:
+        raise DeliveryError(str(exc), sysexits.EX_DATAERR) from None
 
 
 def trace_headers(sender: str, recipient: str) -> bytes:
@@ -403,12 +398,18 @@ def become_mailbox_owner(cfg, record) -> None:
         raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL) from None
 
 
+# What a delivery may import after leaving root (see preload_delivery).
+DELIVERY_MODULES = ("pymda.deliver", "pymda.localserver", "pymda.forward", "pymda.rules.engine", "pymda.rules.actions",
+                    "pymda.rules.mbox", "pymda.maildir", "pymta.lib.privilege")
+DELIVERY_OTHERS = ("hashlib", "shlex", "subprocess")
+
+
 def preload_delivery() -> None:
     """Import now what delivery may need: after the switch the interpreter's
     own files may be out of reach (e.g. a Python under /root)."""
     from pymta.lib.daemon import preload
 
-    preload("local", common=False)
+    preload(DELIVERY_MODULES, DELIVERY_OTHERS, common=False)
 
 
 def _print_report(outcome, out=None) -> None:

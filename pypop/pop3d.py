@@ -83,14 +83,14 @@ class POP3Backend(LoginBackend):
         known = self.users.exists(user)
         why = reason if known else "unknown user"
         # Explain failures in the log (LESSONS 29), and make guessing slow.
-        log.warning(f"login failed: user=<{_printable(user)}>, method={method}, rip={info.peer_ip}, tls={tls}, "
+        log.warning(f"login failed: user=<{log.printable(user)}>, method={method}, rip={info.peer_ip}, tls={tls}, "
                     f"reason={why}")
         if delay:
             time.sleep(delay)
         return LoginResult("auth")
 
     def _open_maildrop(self, info, account: str, method: str, tls: str) -> LoginResult:
-        from pymda.deliver import DeliveryError, user_maildir
+        from pymda.maildir import MaildirError, user_maildir
         from pypop.maildrop import Maildrop, MaildropInUse
 
         try:
@@ -100,14 +100,10 @@ class POP3Backend(LoginBackend):
             log.warning(f"login refused: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
                         f"reason=maildrop in use by another POP3 session")
             return LoginResult("in-use")
-        except (OSError, DeliveryError) as exc:
+        except (OSError, MaildirError) as exc:
             log.error(f"login failed: user=<{account}>, rip={info.peer_ip}: cannot open maildrop: {exc}")
             return LoginResult("temp")
         return LoginResult("ok", account, drop)
-
-
-def _printable(text: str) -> str:
-    return "".join(c if 32 < ord(c) < 127 else "?" for c in text)[:255]
 
 
 def build(cfg, service: str):
@@ -116,12 +112,17 @@ def build(cfg, service: str):
     return lambda: POP3Server(backend, timeout=timeout)
 
 
+# What a session may import, loaded before the switch to daemon_user (see daemon.preload).
+PRELOAD = ("pypop.pop3d", "pypop.pop3_server", "pypop.maildrop", "pymda.maildir")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
     return daemon.main(argv, prog="pypop-pop3d", description="The pymail POP3 server.", service="pop3", tls_service="pop3s",
                        build=build, busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n", section="pop3d",
-                       client_busy_reply=b"-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n")
+                       client_busy_reply=b"-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n",
+                       preload=PRELOAD)
 
 
 if __name__ == "__main__":
