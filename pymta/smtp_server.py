@@ -18,8 +18,6 @@ from __future__ import annotations
 import errno
 import time
 from collections import namedtuple
-from typing import Callable, NamedTuple, Optional
-from typing import Protocol as Interface
 
 from pymta.lib import sasl
 from pymta.lib.address import AddressError, parse_path, split_path
@@ -90,33 +88,40 @@ class Envelope(Record):
     )
 
 
-class MessageSink(Interface):
-    """Where the text of one message goes, in pieces, after DATA."""
+# The contracts with the program around the machine (smtpd's SMTPBackend; tests
+# use small fakes), for readers and type checkers only: importing typing
+# costs every inetd connection.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+    from typing import Protocol as Interface
 
-    def write(self, data: bytes) -> None: ...
+    class MessageSink(Interface):
+        """Where the text of one message goes, in pieces, after DATA."""
 
-    def commit(self) -> str:
-        """The queue ID once the message is safe; may raise Refused, TempFailure or OSError."""
+        def write(self, data: bytes) -> None: ...
 
-    def abort(self) -> None: ...
+        def commit(self) -> str:
+            """The queue ID once the message is safe; may raise Refused, TempFailure or OSError."""
 
+        def abort(self) -> None: ...
 
-class Backend(Interface):
-    """What the SMTP machine asks of the program around it (smtpd's SMTPBackend).
+    class Backend(Interface):
+        """What the SMTP machine asks of the program around it (smtpd's SMTPBackend).
 
-    The checks return None to accept or a Reply to refuse; they and
-    ``authenticate``/``open_message`` run in Jobs where they may block."""
+        The checks return None to accept or a Reply to refuse; they and
+        ``authenticate``/``open_message`` run in Jobs where they may block."""
 
-    def check_sender(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
+        def check_sender(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
 
-    def check_recipient(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
+        def check_recipient(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
 
-    def check_policy(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
-        """Asked after check_recipient when settings.recipient_policy (DNSBL, greylisting)."""
+        def check_policy(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
+            """Asked after check_recipient when settings.recipient_policy (DNSBL, greylisting)."""
 
-    def authenticate(self, session: Session, username: str, password: str) -> bool: ...
+        def authenticate(self, session: Session, username: str, password: str) -> bool: ...
 
-    def open_message(self, session: Session, envelope: Envelope) -> MessageSink: ...
+        def open_message(self, session: Session, envelope: Envelope) -> MessageSink: ...
 
 
 # RFC 4954 4: an AUTH exchange line may be up to 12288 octets.
@@ -800,13 +805,9 @@ class SMTPServer(LineReader, Protocol):
                 _log_failure("abort", exc)
 
 
-class Command(NamedTuple):
-    """One verb of the command table."""
-
-    handler: Callable[[SMTPServer, str], None]
-    needs_helo: bool = False  # 503 before HELO/EHLO
-    needs_auth: bool = False  # 530 before AUTH when settings.require_auth
-    utf8: bool = False  # arguments may hold UTF-8 (RFC 6531 mailboxes)
+# One verb of the command table: its method; 503 before HELO/EHLO; 530 before
+# AUTH when settings.require_auth; arguments may hold UTF-8 (RFC 6531 mailboxes).
+Command = namedtuple("Command", "handler needs_helo needs_auth utf8", defaults=(False, False, False))
 
 
 _COMMANDS = {
@@ -827,13 +828,9 @@ _COMMANDS = {
 }
 
 
-class Capability(NamedTuple):
-    """One EHLO keyword.  A keyword whose requirement is not offered is dropped (aiosmtpd#216)."""
-
-    keyword: str
-    condition: Optional[Callable[[SMTPServer], bool]] = None  # offered only when it says so
-    requires: Optional[str] = None  # another keyword it needs
-
+# One EHLO keyword: offered only when ``condition(server)`` says so, and
+# dropped when the keyword it ``requires`` is not offered (aiosmtpd#216).
+Capability = namedtuple("Capability", "keyword condition requires", defaults=(None, None))
 
 # EHLO keywords in order.
 _CAPABILITIES = (
