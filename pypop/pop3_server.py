@@ -47,25 +47,6 @@ _AUTHORIZATION, _TRANSACTION, _UPDATE, _DONE = range(4)
 _COMMAND, _AUTH_CONT = range(2)
 _CONTROLS = bytes(range(32)) + b"\x7f"
 
-# verb -> (handler, states in which it is valid)
-_COMMANDS = {
-    b"USER": ("_cmd_user", (_AUTHORIZATION,)),
-    b"PASS": ("_cmd_pass", (_AUTHORIZATION,)),
-    b"APOP": ("_cmd_apop", (_AUTHORIZATION,)),
-    b"AUTH": ("_cmd_auth", (_AUTHORIZATION,)),
-    b"STLS": ("_cmd_stls", (_AUTHORIZATION,)),
-    b"CAPA": ("_cmd_capa", (_AUTHORIZATION, _TRANSACTION)),
-    b"QUIT": ("_cmd_quit", (_AUTHORIZATION, _TRANSACTION)),
-    b"STAT": ("_cmd_stat", (_TRANSACTION,)),
-    b"LIST": ("_cmd_list", (_TRANSACTION,)),
-    b"RETR": ("_cmd_retr", (_TRANSACTION,)),
-    b"DELE": ("_cmd_dele", (_TRANSACTION,)),
-    b"NOOP": ("_cmd_noop", (_TRANSACTION,)),
-    b"RSET": ("_cmd_rset", (_TRANSACTION,)),
-    b"TOP": ("_cmd_top", (_TRANSACTION,)),
-    b"UIDL": ("_cmd_uidl", (_TRANSACTION,)),
-}
-
 PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections\r\n"
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed\r\n"
 
@@ -73,6 +54,28 @@ AUTH_FAILED = b"-ERR [AUTH] Authentication failed\r\n"
 # What a backend login returns: status "ok", "auth", "in-use" or "temp".
 # (collections, not typing: every inetd connection pays for each import)
 LoginResult = namedtuple("LoginResult", "status user maildrop", defaults=("", None))
+
+# The contract with the program around the machine (pop3d's POP3Backend; tests
+# use small fakes), for readers and type checkers only: importing typing
+# costs every inetd connection.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol as Interface
+
+    class Backend(Interface):
+        """What the POP3 machine asks of pop3d.  The logins run as Jobs (password
+        hashing is slow) and answer a LoginResult whose maildrop is a
+        pypop.maildrop.Maildrop."""
+
+        hostname: str  # in the greeting and the QUIT reply
+        apop_enabled: bool  # offer APOP (a timestamp in the greeting)
+
+        def plaintext_ok(self, info: ConnectionInfo) -> bool:
+            """May a password cross this connection (TLS, or allowed in the clear)?"""
+
+        def login(self, info: ConnectionInfo, user: str, password: bytes, method: str) -> LoginResult: ...
+
+        def apop_login(self, info: ConnectionInfo, user: str, timestamp: str, digest: str) -> LoginResult: ...
 
 
 def to_wire(data: bytes, at_line_start: bool) -> bytes:
@@ -86,7 +89,7 @@ def to_wire(data: bytes, at_line_start: bool) -> bytes:
 
 
 class POP3Server(LineReader, Protocol):
-    def __init__(self, backend, *, timeout: float = 600.0) -> None:
+    def __init__(self, backend: Backend, *, timeout: float = 600.0) -> None:
         self.backend = backend
         self.timeout = timeout
         self.info = ConnectionInfo()
@@ -258,11 +261,10 @@ class POP3Server(LineReader, Protocol):
         if arg.translate(None, _CONTROLS) != arg:
             self._bad(b"-ERR Invalid characters in command\r\n")
             return
-        handler, states = entry
-        if self._state not in states:
+        if self._state not in entry.states:
             self._bad(b"-ERR Command not valid in this state\r\n")
             return
-        getattr(self, handler)(arg)
+        entry.handler(self, arg)
 
     # AUTHORIZATION
 
@@ -559,6 +561,28 @@ class POP3Server(LineReader, Protocol):
             else:
                 self.top_count += 1
                 yield from _top(fh, top_lines)
+
+
+# One verb of the command table: its method and the states in which it is valid.
+Command = namedtuple("Command", "handler states")
+
+_COMMANDS = {
+    b"USER": Command(POP3Server._cmd_user, (_AUTHORIZATION,)),
+    b"PASS": Command(POP3Server._cmd_pass, (_AUTHORIZATION,)),
+    b"APOP": Command(POP3Server._cmd_apop, (_AUTHORIZATION,)),
+    b"AUTH": Command(POP3Server._cmd_auth, (_AUTHORIZATION,)),
+    b"STLS": Command(POP3Server._cmd_stls, (_AUTHORIZATION,)),
+    b"CAPA": Command(POP3Server._cmd_capa, (_AUTHORIZATION, _TRANSACTION)),
+    b"QUIT": Command(POP3Server._cmd_quit, (_AUTHORIZATION, _TRANSACTION)),
+    b"STAT": Command(POP3Server._cmd_stat, (_TRANSACTION,)),
+    b"LIST": Command(POP3Server._cmd_list, (_TRANSACTION,)),
+    b"RETR": Command(POP3Server._cmd_retr, (_TRANSACTION,)),
+    b"DELE": Command(POP3Server._cmd_dele, (_TRANSACTION,)),
+    b"NOOP": Command(POP3Server._cmd_noop, (_TRANSACTION,)),
+    b"RSET": Command(POP3Server._cmd_rset, (_TRANSACTION,)),
+    b"TOP": Command(POP3Server._cmd_top, (_TRANSACTION,)),
+    b"UIDL": Command(POP3Server._cmd_uidl, (_TRANSACTION,)),
+}
 
 
 def _retr(fh, status: bytes):
