@@ -248,7 +248,7 @@ class SMTPBackend(LoginBackend):
         if ok:
             log.info(f"client=[{info.peer_ip}], sasl_username={username}, auth ok")
         else:
-            # Explain failures in the log (LESSONS 29), and make guessing slow.
+            # Say in the log why a login failed (the client only hears "failed"), and make guessing slow.
             log.warning(f"client=[{info.peer_ip}], sasl_username={username}, auth failed "
                         f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
         if delay:

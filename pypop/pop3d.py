@@ -82,7 +82,7 @@ class POP3Backend(LoginBackend):
             return result
         known = self.users.exists(user)
         why = reason if known else "unknown user"
-        # Explain failures in the log (LESSONS 29), and make guessing slow.
+        # Say in the log why a login failed (the client only hears "failed"), and make guessing slow.
         log.warning(f"login failed: user=<{log.printable(user)}>, method={method}, rip={info.peer_ip}, tls={tls}, "
                     f"reason={why}")
         if delay:

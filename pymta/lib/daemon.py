@@ -114,12 +114,12 @@ def per_connection(server_class, settings, backend, adjust):
     ``adjust(settings, info)`` as its settings -- what depends on the peer,
     such as whether a password may cross without TLS."""
 
-    class Session(server_class):
+    class PeerAdjusted(server_class):  # not smtp_server.Session: a server, not its state
         def connection_made(self, info):
             self.settings = adjust(settings, info)
             return super().connection_made(info)
 
-    return lambda: Session(settings, backend)
+    return lambda: PeerAdjusted(settings, backend)
 
 
 def tls_loader(cfg):
