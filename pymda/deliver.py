@@ -22,9 +22,13 @@ from pymta.lib.lineends import crlf_to_lf
 
 
 class DeliveryError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
+    """``uncertain``: the deliverer died or went silent, so the message may be
+    in the Maildir already (the next attempt must look before writing)."""
+
+    def __init__(self, message: str, exit_code: int, uncertain: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.uncertain = uncertain
 
     @property
     def temporary(self) -> bool:

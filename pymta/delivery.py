@@ -129,6 +129,7 @@ class EntryDelivery:
                 self.local_delivery().deliver(entry, rcpt.to, rcpt.orig, once=rcpt.dup)
                 rcpt.set(SENT, Status.of("2.0.0", f"delivered to maildir{dup}"))
             except DeliveryError as exc:
+                rcpt.dup = rcpt.dup or exc.uncertain  # the next attempt looks for a copy first
                 if exc.temporary or exc.exit_code not in PERMANENT_EXITS:
                     rcpt.set(DEFERRED, Status.of("4.2.0", str(exc)))
                 elif exc.exit_code == sysexits.EX_NOUSER:

@@ -78,11 +78,12 @@ class LocalDelivery:
         try:
             proc = subprocess.run(cmd, stdin=entry.fh, stdout=subprocess.DEVNULL, timeout=self._timeout())
         except subprocess.TimeoutExpired:
-            raise DeliveryError("pymda-deliver timed out", sysexits.EX_TEMPFAIL) from None
+            raise DeliveryError("pymda-deliver timed out", sysexits.EX_TEMPFAIL, uncertain=True) from None
         except OSError as exc:
             raise DeliveryError(f"cannot run pymda-deliver: {exc}", sysexits.EX_TEMPFAIL) from None
-        if proc.returncode != 0:
-            raise DeliveryError(f"pymda-deliver exited {proc.returncode}", _known_code(proc.returncode))
+        if proc.returncode != 0:  # killed by a signal: it may have delivered just before
+            raise DeliveryError(f"pymda-deliver exited {proc.returncode}", _known_code(proc.returncode),
+                                uncertain=proc.returncode < 0)
 
     def _service(self, entry, rcpt: str, orig: str, once: bool) -> None:
         env = entry.envelope
@@ -101,14 +102,16 @@ class LocalDelivery:
                     if not data:
                         break
                     answer += data
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:  # before the request went out, or while it was being served
             raise DeliveryError(f"mailbox of {rcpt} belongs to another uid, and the privileged delivery "
-                                f"service pymda-local does not answer at {path}: {exc}", sysexits.EX_TEMPFAIL) from None
+                                f"service pymda-local does not answer at {path}: {exc}", sysexits.EX_TEMPFAIL,
+                                uncertain=True) from None
         try:
             reply = json.loads(answer)
             code, text = int(reply["code"]), str(reply.get("text", ""))
         except (ValueError, KeyError, TypeError):
-            raise DeliveryError("pymda-local gave no answer (it may have been killed)", sysexits.EX_TEMPFAIL) from None
+            raise DeliveryError("pymda-local gave no answer (it may have been killed)", sysexits.EX_TEMPFAIL,
+                                uncertain=True) from None
         if code != 0:
             raise DeliveryError(f"pymda-local: {text}", _known_code(code))
 

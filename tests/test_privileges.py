@@ -330,3 +330,24 @@ def test_repeat_finds_the_journal_when_the_user_already_deleted_the_copy(tmp_pat
     assert delivered.seen(tmp_path, f"{delivered.LIMIT // 20 * 3 - 1:019d}")
     assert not delivered.seen(tmp_path, tag)
     assert (tmp_path / "pymail-delivered").stat().st_size <= delivered.LIMIT + 20
+
+
+def test_deliverer_killed_after_writing_makes_the_retry_look_first(make_mailsys):
+    """pymda-deliver (exec mode) killed by a signal after it filed the message:
+    the runner cannot know, so the retry is made with --once and finds it."""
+    system = make_mailsys('[deliver]\nmode = "exec"\n')
+    box = system.maildir("alice")
+    box.mkdir(parents=True, exist_ok=True)
+    (box / ".procmailrc").write_text(":0 c\n.Sub/\n:0\n| test -e $HOME/killed || { touch $HOME/killed; kill -9 $PPID; }\n")
+    from pymta.queue import Queue
+
+    queue = Queue(system.root / "queue")
+    queue.enqueue("carol@remote.example", ["alice@example.test"], MSG)
+    first = system.run("pymta.qrunner", "--once")
+    assert first.returncode == 0 and b"exited -9" in first.stderr, first.stderr
+    assert len(list((box / ".Sub" / "new").iterdir())) == 1
+    assert queue.flush() == 1
+    again = system.run("pymta.qrunner", "--once")
+    assert b"possible duplicate" in again.stderr, again.stderr
+    assert len(list((box / ".Sub" / "new").iterdir())) == 1  # found, not written twice
+    assert not system.queue_files()
