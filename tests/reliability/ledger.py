@@ -165,7 +165,8 @@ class Report:
         if self.duplicated:
             lines.append("  duplicated by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_kinds.items())))
             lines.append("  duplicated where: " + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_where.items()))
-                         + "  (local: two Maildir copies; remote: two at the relay; mixed: delivered and bounced)")
+                         + "  (redelivered: two Maildir copies of one queue entry; resubmitted: the client sent it"
+                         " again after a lost answer; remote: two at the relay; mixed: delivered and bounced)")
             lines.append("  duplicated: " + " ".join(f"{t}x{n}" for t, n in list(self.duplicated.items())[:30]))
         for item in self.corrupted[:50]:
             lines.append(f"  corrupted: {item}")
@@ -299,11 +300,28 @@ class Ledger:
             if n + bounces.get(token, 0) > 1:
                 report.duplicated[token] = n + bounces.get(token, 0)
                 report.duplicated_kinds[kind] = report.duplicated_kinds.get(kind, 0) + 1
-                remote = sum(1 for how, _ in copies.get(token, ()) if how == "sink")
-                where = "local" if n - remote > 1 else "remote" if remote > 1 else "mixed"
-                report.duplicated_where[where] = report.duplicated_where.get(where, 0) + 1
+                report.duplicated_where[where_repeated(copies.get(token, ()))] = \
+                    report.duplicated_where.get(where_repeated(copies.get(token, ())), 0) + 1
         report.unacked_found = sum(1 for t in copies if t not in self.acked)
         return report
+
+
+def where_repeated(copies) -> str:
+    """Why a token has more than one copy.  ``redelivered``: two Maildir files
+    carry the same queue tag (``V<queue ID><recipient hash>``), the runner
+    delivered one entry twice -- what pymail promises not to do; ``resubmitted``:
+    Maildir copies from different queue entries or IMAP APPENDs (a client that
+    lost the answer sent it again); ``remote``: two copies at the relay."""
+    import re
+
+    tags = [m[1] for how, name in copies if how == "maildir" and isinstance(name, str)
+            for m in [re.search(r"V([0-9A-Za-z]+)\.", name)] if m]
+    if len(tags) != len(set(tags)):
+        return "redelivered"
+    local = sum(1 for how, _ in copies if how != "sink")
+    if local > 1:
+        return "resubmitted"
+    return "remote" if len(copies) - local > 1 else "mixed"
 
 
 def peek(mail_root: Path, queue_dir: Path | None, rng: random.Random, limit: int = 40) -> list:
