@@ -37,8 +37,9 @@ from pymta.queue import Queue, is_queue_id
 CATCH_UP = 0.5
 
 # What the runner may import after leaving root (see daemon.preload).
-PRELOAD = ("pymta.qrunner", "pymta.local", "pymta.bounce", "pymta.smtp_client", "pymta.routing", "pymta.aliases",
-           "pymta.dkim_sign", "pymta.sendmail", "pymda.deliver", "pymda.localserver", "pymda.forward",
+PRELOAD = ("pymta.qrunner", "pymta.delivery", "pymta.recipient", "pymta.local", "pymta.remote", "pymta.bounce",
+           "pymta.maildrop", "pymta.maildrop_bounce", "pymta.smtp_client", "pymta.routing", "pymta.aliases",
+           "pymta.dkim_sign", "pymda.deliver", "pymda.localserver", "pymda.forward",
            "pymda.rules.engine", "pymda.rules.actions", "pymda.rules.mbox", "pymda.index")
 PRELOAD_OTHERS = ("dns.resolver", "dkim", "ssl", "json", "hashlib", "email.parser")
 

@@ -29,7 +29,6 @@ NAMED_IN_STRINGS = "<upper floors named in strings>"
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
 }
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {
-    ("pymta.maildrop_bounce", "pymta.qrunner", "pymta.sendmail"): "issue 16: moving the pickup to pymta/maildrop.py",
 }
 
 
