@@ -234,7 +234,7 @@ def _pick_up_one(cfg, queue, path: Path) -> bool:
 
     from pymta.lib.sizelimit import TooBig, read_at_most
     from pymta.queue import ENVELOPE_MAX, Envelope, is_queue_id
-    from pymta.queue_cmd import valid_address
+    from pymta.lib.address import valid_envelope_address as valid_address
 
     name = path.name
     try:

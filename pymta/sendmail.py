@@ -395,7 +395,7 @@ def _too_big(limit: int) -> int:
 def submit(cfg, opts: Options) -> int:
     from pymta.lib.sizelimit import TooBig
     from pymta.queue import QueueError
-    from pymta.queue_cmd import valid_address
+    from pymta.lib.address import valid_envelope_address as valid_address
 
     sender = opts.sender if opts.sender is not None else _default_sender(cfg)
     if sender in ("<>",):
