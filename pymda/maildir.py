@@ -191,13 +191,8 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
     if tag is None and (context := delivery_tag.get()) is not None:
         tag, once = context
     folder_dir = os.path.join(dirs[1], "..") if dirs else maildir  # where the journal lives
-    if tag and once:
-        from pymda import delivered
-
-        if (earlier := find_tagged(maildir, tag)) is not None:
-            return earlier
-        if delivered.seen(folder_dir, tag):  # delivered, then read and deleted by the user
-            return maildir / "new" / f"(delivered before as {tag}, since removed)"
+    if tag and once and (earlier := _earlier_copy(maildir, folder_dir, tag, dirs)) is not None:
+        return earlier
     if isinstance(chunks, (bytes, bytearray, memoryview)):
         chunks = (bytes(chunks),)
     for attempt in range(2):
@@ -236,6 +231,10 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
             last = chunk[-1:]
         if fsync:
             os.fsync(fd)
+        if tag:  # complete on disk: from now on a repeat must find it, in tmp/ at worst
+            from pymda import delivered
+
+            delivered.remember(folder_dir, tag)
     except OSError as exc:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -253,11 +252,39 @@ def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, 
     except OSError as exc:
         _unlink_quietly(tmp)
         raise MaildirError(f"{final}: {exc.strerror}") from None
-    if tag:
-        from pymda import delivered
-
-        delivered.remember(folder_dir, tag)
     return final
+
+
+def _earlier_copy(maildir: Path, folder_dir, tag: str, dirs) -> Path | None:
+    """Where the copy tagged ``tag`` went, when an earlier attempt made it.
+
+    The tag is journalled once the tmp/ file is complete and fsynced, before
+    the rename: so a journalled tag means the copy is in new/ or cur/, or was
+    deleted by the user since, or -- the attempt died before its rename --
+    still in tmp/, where it is finished now.
+    """
+    from pymda import delivered
+
+    if (earlier := find_tagged(maildir, tag)) is not None:
+        return earlier
+    if not delivered.seen(folder_dir, tag):
+        return None
+    tmp_dir = dirs[0] if dirs else maildir / "tmp"
+    needle = f"V{tag}."
+    try:
+        stranded = [n for n in os.listdir(tmp_dir) if needle in n]
+    except OSError:
+        stranded = []
+    for name in stranded:
+        size, wsize = message_sizes(Path(tmp_dir) / name, name)
+        final = (dirs[1] if dirs else maildir / "new") / sized_name(name, size, wsize)
+        try:
+            os.rename(Path(tmp_dir) / name, final)
+            fsync_dir(final.parent)
+            return final
+        except OSError:
+            continue
+    return maildir / "new" / f"(delivered before as {tag}, since removed)"
 
 
 def into_cur(tmp: str | os.PathLike, maildir: str | os.PathLike, base: str, flags: str) -> Path:

@@ -351,3 +351,19 @@ def test_deliverer_killed_after_writing_makes_the_retry_look_first(make_mailsys)
     assert b"possible duplicate" in again.stderr, again.stderr
     assert len(list((box / ".Sub" / "new").iterdir())) == 1  # found, not written twice
     assert not system.queue_files()
+
+
+def test_repeat_finishes_a_copy_whose_rename_never_happened(tmp_path):
+    """The attempt died after its tmp/ file was complete and journalled, before
+    the rename into new/: the repeat moves that file in instead of writing."""
+    from pymda import delivered, maildir
+
+    tag = maildir.queue_tag("0123456789ABCDEF013", "alice@example.test")
+    maildir.ensure_maildir(tmp_path)
+    stranded = tmp_path / "tmp" / maildir.unique_name(tag)
+    stranded.write_bytes(b"Subject: x\n\nbody\n")
+    delivered.remember(tmp_path, tag)
+    again = maildir.deliver(tmp_path, b"Subject: x\n\nbody\n", tag=tag, once=True, fsync=False)
+    assert again.parent.name == "new" and again.read_bytes() == b"Subject: x\n\nbody\n"
+    assert ",S=17,W=20" in again.name
+    assert not list((tmp_path / "tmp").iterdir()) and len(list((tmp_path / "new").iterdir())) == 1
