@@ -6,9 +6,11 @@ deleted that copy before the retry; the journal remembers the tag anyway,
 so the repeat still writes nothing.
 
 ``pymail-delivered`` in the folder (beside ``new/ cur/ tmp/``, like the
-IMAP index) holds one tag per line, appended after the message was renamed
-into ``new/`` -- never before, so a tag in the journal always means the
-message was there.  Past 64 KB (about 1,800 deliveries) it becomes
+IMAP index) holds one tag per line, appended once the ``tmp/`` copy is
+complete and fsynced, before its rename into ``new/``: a journalled tag
+means the copy is in ``new/`` or ``cur/``, was deleted since, or -- the
+attempt died before the rename -- waits in ``tmp/`` to be moved in
+(``maildir._earlier_copy``).  Past 64 KB (about 1,800 deliveries) it becomes
 ``pymail-delivered.old`` and a new one starts: two generations are kept,
 far more than a retry needs.  Appends are single small ``O_APPEND``
 writes, atomic between processes; no lock and no fsync (a power cut may
