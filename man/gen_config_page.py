@@ -40,9 +40,11 @@ from pymta.lib.config import PARAMS  # noqa: E402
 SECTION_INTRO = {
     "": "Keys at the top of the file, before any table.",
     "paths": "Where things are.  A relative path is taken from \\fBroot\\fR.",
-    "listen": ("Listeners started by \\fBpymail run\\fR only.  "
-               "Under systemd or inetd the socket units or \\fIinetd.conf\\fR lines decide the addresses "
-               "and these keys are not read."),
+    "listen": (
+        "Listeners started by \\fBpymail run\\fR only.  "
+        "Under systemd or inetd the socket units or \\fIinetd.conf\\fR lines decide the addresses "
+        "and these keys are not read."
+    ),
     "run": "How \\fBpymail run\\fR restarts a program that died; systemd's \\fBRestart=\\fR does this job under systemd.",
     "auth": "Passwords: who may send them, and how they are checked and made.",
     "smtpd": "Limits and policy of \\fBpymta\\-smtpd\\fR(8).",
@@ -54,9 +56,11 @@ SECTION_INTRO = {
     "sendmail": "The sendmail command.",
     "pop3d": "The POP3 server.",
     "imapd": "The IMAP server.",
-    "limits": ("What the per-client connection limits of the listening daemons leave out, and their time unit.  "
-               "Under inetd or an \\fBAccept=yes\\fR socket unit these limits are the starter's job: "
-               "see \\fBpymail\\-security\\fR(7)."),
+    "limits": (
+        "What the per-client connection limits of the listening daemons leave out, and their time unit.  "
+        "Under inetd or an \\fBAccept=yes\\fR socket unit these limits are the starter's job: "
+        "see \\fBpymail\\-security\\fR(7)."
+    ),
 }
 
 # type -> (name shown with each key, what a value must be)
@@ -68,8 +72,11 @@ TYPES = {
     "bool": ("boolean", "\\fBtrue\\fR or \\fBfalse\\fR."),
     "list": ("list of strings", "A TOML array of strings."),
     "table": ("table of strings", "A TOML table whose values are strings; its keys are compared in lower case."),
-    "listen": ("HOST:PORT", "A string \\fIHOST\\fR:\\fIPORT\\fR, [\\fIIPv6\\fR]:\\fIPORT\\fR, or :\\fIPORT\\fR "
-                            "(all IPv4 addresses, 0.0.0.0); an empty string disables the listener."),
+    "listen": (
+        "HOST:PORT",
+        "A string \\fIHOST\\fR:\\fIPORT\\fR, [\\fIIPv6\\fR]:\\fIPORT\\fR, or :\\fIPORT\\fR "
+        "(all IPv4 addresses, 0.0.0.0); an empty string disables the listener.",
+    ),
 }
 
 
@@ -110,7 +117,7 @@ def roff_text(text: str) -> str:
     """A doc string as roff: `code` and name(N) references in bold."""
     out, pos = [], 0
     for m in _MARKUP.finditer(text):
-        out.append(_escape(text[pos:m.start()]))
+        out.append(_escape(text[pos : m.start()]))
         if m.group(1) is not None:
             out.append(_code(m.group(1)))
         else:
@@ -144,9 +151,11 @@ def generated_keys() -> str:
             lines += [f"\\fB{TYPES[kind][0]}\\fR", TYPES[kind][1]]
         else:  # a new type: at least name it
             lines += [f"\\fB{_escape(kind)}\\fR", "See \\fIpymta/lib/config.py\\fR."]
-    lines += [".SH KEYS",
-              "Every key, by table, as declared in \\fIpymta/lib/config.py\\fR.",
-              "Each entry shows the key as it is written inside its table, its type and its default."]
+    lines += [
+        ".SH KEYS",
+        "Every key, by table, as declared in \\fIpymta/lib/config.py\\fR.",
+        "Each entry shows the key as it is written inside its table, its type and its default.",
+    ]
     for section, params in sections():
         lines.append(f'.SS "{"Top level" if not section else "[" + section + "]"}"')
         intro = SECTION_INTRO.get(section)
@@ -188,8 +197,7 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         if new == page:
             return 0
-        sys.stdout.writelines(difflib.unified_diff(page.splitlines(True), new.splitlines(True),
-                                                   str(PAGE), "generated"))
+        sys.stdout.writelines(difflib.unified_diff(page.splitlines(True), new.splitlines(True), str(PAGE), "generated"))
         print(f"{PAGE} is stale: run python3 man/gen_config_page.py", file=sys.stderr)
         return 1
     if new != page:

@@ -37,8 +37,17 @@ class Command(NamedTuple):
 
 class IMAPSettings(Record):
     # a Record, not a dataclass: every inetd connection imports this module
-    __slots__ = ("hostname", "max_line", "max_literal", "max_mem_literal", "autologout", "login_timeout",
-                 "idle_poll", "plaintext_ok", "software")
+    __slots__ = (
+        "hostname",
+        "max_line",
+        "max_literal",
+        "max_mem_literal",
+        "autologout",
+        "login_timeout",
+        "idle_poll",
+        "plaintext_ok",
+        "software",
+    )
     FIELDS = (
         ("hostname", "localhost"),
         ("max_line", 65536),  # octets of one command line (literals excluded)
@@ -66,8 +75,12 @@ class IMAPCore(Protocol):
         self.store: MailStore | None = None
         self.sel = None  # a pyimap.selected.Selected while a mailbox is selected
         self.out: list = []
-        self.reader = Reader(max_line=settings.max_line, max_literal=settings.max_literal,
-                             max_mem_literal=settings.max_mem_literal, sink_for=self._sink_for)
+        self.reader = Reader(
+            max_line=settings.max_line,
+            max_literal=settings.max_literal,
+            max_mem_literal=settings.max_mem_literal,
+            sink_for=self._sink_for,
+        )
         self.waiting = False  # a Job is outstanding
         self.closed = False
         self.idle_tag: str | None = None
@@ -168,9 +181,24 @@ class IMAPCore(Protocol):
             pass
 
     def _capabilities(self) -> str:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
-                "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE",
-                f"APPENDLIMIT={self.settings.max_literal}"]
+        caps = [
+            "IMAP4rev1",
+            "LITERAL+",
+            "SASL-IR",
+            "ID",
+            "ENABLE",
+            "IDLE",
+            "NAMESPACE",
+            "UNSELECT",
+            "UIDPLUS",
+            "MOVE",
+            "CHILDREN",
+            "SPECIAL-USE",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "CONDSTORE",
+            f"APPENDLIMIT={self.settings.max_literal}",
+        ]
         if self.state == NOT_AUTH:
             if self.info.tls_available and not self.info.tls:
                 caps.append("STARTTLS")

@@ -14,8 +14,9 @@ MACROS = {
     "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
 }
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "MODSEQ"}
-_SECTION = re.compile(r"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[(.*)\](?:<([0-9]{1,20})\.([0-9]{1,20})>)?$",
-                      re.DOTALL | re.IGNORECASE)
+_SECTION = re.compile(
+    r"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[(.*)\](?:<([0-9]{1,20})\.([0-9]{1,20})>)?$", re.DOTALL | re.IGNORECASE
+)
 _PATH = re.compile(r"^([0-9]{1,10}(?:\.[0-9]{1,10})*)(?:\.(.*))?$", re.DOTALL)
 STREAM_ABOVE = 256 * 1024
 _ENV_CACHE: dict = {}
@@ -180,7 +181,6 @@ def _count_crlf_size(fh) -> int:
 
 def _stream(fh):
     from pyimap.message import to_crlf
-
     from pymta.lib.lineends import converted_chunks
 
     try:
@@ -220,8 +220,9 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
             buf.append(b"BODYSTRUCTURE " + loader.part().structure(True))
         elif name == "BODY":
             buf.append(b"BODY " + loader.part().structure(False))
-        elif name in ("RFC822", "RFC822.TEXT", "RFC822.HEADER") or (name == "BODY[]" and not item[2] and not item[3]
-                                                                     and item[5] is None):
+        elif name in ("RFC822", "RFC822.TEXT", "RFC822.HEADER") or (
+            name == "BODY[]" and not item[2] and not item[3] and item[5] is None
+        ):
             label = name.encode() if name != "BODY[]" else item[1]
             if name in ("RFC822", "BODY[]") and e.size > STREAM_ABOVE and loader._full is None:
                 fh = open(path, "rb")
@@ -260,7 +261,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
                     data = b""
             if partial is not None:
                 start, count = partial
-                data = data[start:start + count]
+                data = data[start : start + count]
             buf.append(label + b" " + _literal(data))
     buf.append(b")\r\n")
     out.append(b"".join(buf))

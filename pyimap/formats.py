@@ -22,21 +22,31 @@ _DATE_TIME = re.compile(r"^\s?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\
 
 def format_internaldate(ts: int) -> bytes:
     t = time.gmtime(ts)
-    return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (t.tm_mday, MONTH_NAMES[t.tm_mon - 1].encode(), t.tm_year,
-                                                     t.tm_hour, t.tm_min, t.tm_sec)
+    return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (
+        t.tm_mday,
+        MONTH_NAMES[t.tm_mon - 1].encode(),
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )
 
 
 def parse_date_time(text: str) -> int:
     m = _DATE_TIME.match(text)
     if not m:
         raise ParseError("Bad date-time")
-    mon = [x.upper() for x in MONTH_NAMES].index(m.group(2).upper()) + 1 if m.group(2).upper() in \
-        [x.upper() for x in MONTH_NAMES] else None
+    mon = (
+        [x.upper() for x in MONTH_NAMES].index(m.group(2).upper()) + 1
+        if m.group(2).upper() in [x.upper() for x in MONTH_NAMES]
+        else None
+    )
     if mon is None:
         raise ParseError("Bad month in date-time")
     try:
-        ts = calendar.timegm((int(m.group(3)), mon, int(m.group(1)), int(m.group(4)), int(m.group(5)),
-                              int(m.group(6)), 0, 0, 0))
+        ts = calendar.timegm(
+            (int(m.group(3)), mon, int(m.group(1)), int(m.group(4)), int(m.group(5)), int(m.group(6)), 0, 0, 0)
+        )
     except (ValueError, OverflowError):
         raise ParseError("Bad date-time") from None
     off = (int(m.group(8)) * 60 + int(m.group(9))) * 60

@@ -15,8 +15,7 @@ login here, the mailbox tree in ``mailboxes``, the selected mailbox in
 
 from __future__ import annotations
 
-from pyimap.core import (ANY_STATE, AUTH, LOGOUT, NOT_AUTH, SELECTED, Command, IMAPCore,
-                         IMAPSettings)
+from pyimap.core import ANY_STATE, AUTH, LOGOUT, NOT_AUTH, SELECTED, Command, IMAPCore, IMAPSettings
 from pyimap.mailboxes import MailboxCommands
 from pyimap.parser import Atom, ParseError
 from pyimap.selected import SelectedCommands
@@ -83,9 +82,14 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
             items = args[0]
             if len(items) % 2 or len(items) > 60:
                 raise ParseError("Bad ID parameter list")
-            self.client_id = {self._astring(items[i]).lower()[:30]: (items[i + 1].decode("utf-8", "replace")[:200]
-                              if isinstance(items[i + 1], bytes) else str(items[i + 1])[:200])
-                              for i in range(0, len(items), 2)}
+            self.client_id = {
+                self._astring(items[i]).lower()[:30]: (
+                    items[i + 1].decode("utf-8", "replace")[:200]
+                    if isinstance(items[i + 1], bytes)
+                    else str(items[i + 1])[:200]
+                )
+                for i in range(0, len(items), 2)
+            }
         elif not (isinstance(args[0], Atom) and args[0].upper() == "NIL"):
             raise ParseError("Bad ID argument")
         self._untagged('ID ("name" "pymail" "version" "0.1")')
@@ -139,9 +143,15 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
             self._tagged(tag, "NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections")
             return
         if len(args) == 2:  # SASL-IR (RFC 4959)
-            self._auth_response(tag, str(args[1]) if isinstance(args[1], Atom) else
-                                args[1].decode("ascii", "replace") if isinstance(args[1], bytes) else "",
-                                initial=True)
+            self._auth_response(
+                tag,
+                str(args[1])
+                if isinstance(args[1], Atom)
+                else args[1].decode("ascii", "replace")
+                if isinstance(args[1], bytes)
+                else "",
+                initial=True,
+            )
             return
         self.auth_tag = tag
         self._send(b"+ \r\n")

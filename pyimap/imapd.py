@@ -26,15 +26,17 @@ class IMAPBackend(LoginBackend):
         if ok:
             log.info(f"imap-login: user=<{record.address}>, rip={info.peer_ip}, tls={'yes' if info.tls else 'no'}, ok")
         else:
-            log.warning(f"imap-login: auth failed, user=<{username[:100]}>, rip={info.peer_ip} "
-                        f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
+            log.warning(
+                f"imap-login: auth failed, user=<{username[:100]}>, rip={info.peer_ip} "
+                f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})"
+            )
         if delay:
             time.sleep(delay)
         return record.address if ok else None
 
     def open_store(self, account: str):
-        from pymda.maildir import user_maildir
         from pyimap.store import UserStore
+        from pymda.maildir import user_maildir
 
         store = UserStore(user_maildir(self.cfg.mail_dir, account))
         store.ensure()
@@ -55,22 +57,41 @@ def build(cfg, service: str):
     )
     from pymta.lib.daemon import per_connection
 
-    return per_connection(IMAPServer, base, backend,
-                          lambda settings, info: settings.replace(plaintext_ok=backend.plaintext_ok(info)))
+    return per_connection(
+        IMAPServer, base, backend, lambda settings, info: settings.replace(plaintext_ok=backend.plaintext_ok(info))
+    )
 
 
 # What a session may import, loaded before the switch to daemon_user (see daemon.preload).
-PRELOAD = ("pyimap.imapd", "pyimap.imap_server", "pyimap.store", "pyimap.fetch", "pyimap.search", "pyimap.message",
-           "pyimap.parser", "pyimap.mailbox_names", "pymda.maildir", "pymda.index")
+PRELOAD = (
+    "pyimap.imapd",
+    "pyimap.imap_server",
+    "pyimap.store",
+    "pyimap.fetch",
+    "pyimap.search",
+    "pyimap.message",
+    "pyimap.parser",
+    "pyimap.mailbox_names",
+    "pymda.maildir",
+    "pymda.index",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
-    return daemon.main(argv, prog="pyimap-imapd", description="The pymail IMAP4rev1 server.", service="imap", tls_service="imaps",
-                       build=build, busy_reply=b"* BYE Too many connections, try again later\r\n", section="imapd",
-                       client_busy_reply=b"* BYE Too many connections from your address, try again later\r\n",
-                       preload=PRELOAD)
+    return daemon.main(
+        argv,
+        prog="pyimap-imapd",
+        description="The pymail IMAP4rev1 server.",
+        service="imap",
+        tls_service="imaps",
+        build=build,
+        busy_reply=b"* BYE Too many connections, try again later\r\n",
+        section="imapd",
+        client_busy_reply=b"* BYE Too many connections from your address, try again later\r\n",
+        preload=PRELOAD,
+    )
 
 
 if __name__ == "__main__":

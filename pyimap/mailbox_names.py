@@ -60,7 +60,7 @@ def decode_mutf7(name: str) -> str:
         end = name.find("-", i + 1)
         if end < 0:
             raise BadName("unterminated &-sequence")
-        chunk = name[i + 1:end]
+        chunk = name[i + 1 : end]
         if not chunk:
             out.append("&")
         else:

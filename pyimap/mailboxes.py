@@ -40,8 +40,8 @@ class MailboxCommands:
         if not self._store_call(tag, self.store.rename, old, new):
             return
         if self.sel is not None and old != "INBOX" and (self.sel.name == old or self.sel.name.startswith(old + "/")):
-            self.sel.index = self.store.index(new + self.sel.name[len(old):])
-            self.sel.name = new + self.sel.name[len(old):]
+            self.sel.index = self.store.index(new + self.sel.name[len(old) :])
+            self.sel.name = new + self.sel.name[len(old) :]
         self._done(tag, "RENAME completed")
 
     def _store_call(self, tag, fn, *names) -> bool:
@@ -97,7 +97,12 @@ class MailboxCommands:
         patterns_tok = args[1]
         rest = args[2:]
         if not lsub and rest:
-            if len(rest) != 2 or not isinstance(rest[0], Atom) or rest[0].upper() != "RETURN" or not isinstance(rest[1], list):
+            if (
+                len(rest) != 2
+                or not isinstance(rest[0], Atom)
+                or rest[0].upper() != "RETURN"
+                or not isinstance(rest[1], list)
+            ):
                 raise ParseError("Bad LIST return options")
             opts = rest[1]
             i = 0
@@ -115,8 +120,11 @@ class MailboxCommands:
                 i += 1
         elif rest:
             raise ParseError("Wrong number of arguments")
-        patterns = [self._astring(p) for p in patterns_tok] if isinstance(patterns_tok, list) else \
-            [self._astring(patterns_tok)]
+        patterns = (
+            [self._astring(p) for p in patterns_tok]
+            if isinstance(patterns_tok, list)
+            else [self._astring(patterns_tok)]
+        )
         if not patterns:
             raise ParseError("Empty pattern list")
         if len(patterns) == 1 and patterns[0] == "" and not lsub:
@@ -153,8 +161,7 @@ class MailboxCommands:
             universe = all_names
         children = {n for n in all_names for m in all_names if m.startswith(n + "/")}
         name_cmd = "LSUB" if lsub else "LIST"
-        out_names = sorted((n for n in universe if any(r.match(n) for r in regexes)),
-                           key=lambda n: (n != "INBOX", n))
+        out_names = sorted((n for n in universe if any(r.match(n) for r in regexes)), key=lambda n: (n != "INBOX", n))
         for n in out_names:
             attrs = []
             if lsub:

@@ -52,7 +52,7 @@ _HEADER_CACHE: dict = {}
 _HEADER_CACHE_MAX = 50_000
 
 
-def cached_headers(key, path) -> "Headers":
+def cached_headers(key, path) -> Headers:
     """Parsed headers of a message file, cached per process by ``key`` (folder, base name).
 
     A Maildir message never changes once delivered (only its name does), so
@@ -74,7 +74,7 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
     i = data.find(b"\r\n\r\n")
     if i < 0:
         return data, b""
-    return data[:i + 4], data[i + 4:]
+    return data[: i + 4], data[i + 4 :]
 
 
 def header_lines(header: bytes) -> list[tuple[str, bytes]]:
@@ -142,6 +142,7 @@ def decoded_lower(value: bytes) -> str:
     if b"=?" not in value:
         return value.decode("utf-8", "replace").lower()
     return decode_words(value).lower()
+
 
 _EW = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 
@@ -244,7 +245,7 @@ def parse_addresses(value: bytes) -> list:
         if at is None:
             local, dom = ts, []
         else:
-            local, dom = ts[:at], ts[at + 1:]
+            local, dom = ts[:at], ts[at + 1 :]
         lp = b"".join(t[1] if t[0] != "q" else t[1] for t in local)
         hp = b"".join(t[1] for t in dom)
         return lp or None, hp or None
@@ -276,7 +277,7 @@ def parse_addresses(value: bytes) -> list:
             if inner and inner[0] == ("s", b"@") and ("s", b":") in inner:
                 k = inner.index(("s", b":"))
                 adl = b"".join(x[1] for x in inner[:k])
-                inner = inner[k + 1:]
+                inner = inner[k + 1 :]
             mb, host = addr_spec(inner)
             out.append((phrase(collected), adl, mb, host))
             while i < n and toks[i][0] != "s":
@@ -311,9 +312,18 @@ def envelope(headers: Headers) -> bytes:
     frm = g("from")
     sender = g("sender") or frm
     reply_to = g("reply-to") or frm
-    fields = [nstring(g("date")), nstring(g("subject")), _addr_list(frm), _addr_list(sender),
-              _addr_list(reply_to), _addr_list(g("to")), _addr_list(g("cc")), _addr_list(g("bcc")),
-              nstring(g("in-reply-to")), nstring(g("message-id"))]
+    fields = [
+        nstring(g("date")),
+        nstring(g("subject")),
+        _addr_list(frm),
+        _addr_list(sender),
+        _addr_list(reply_to),
+        _addr_list(g("to")),
+        _addr_list(g("cc")),
+        _addr_list(g("bcc")),
+        nstring(g("in-reply-to")),
+        nstring(g("message-id")),
+    ]
     return b"(" + b" ".join(fields) + b")"
 
 
@@ -390,8 +400,15 @@ class Part:
 
     __slots__ = ("header", "headers", "type", "subtype", "params", "children", "message", "_data", "_start", "_end")
 
-    def __init__(self, data: bytes, depth: int = 0, default=(b"text", b"plain"), counter=None,
-                 start: int = 0, end: int | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        depth: int = 0,
+        default=(b"text", b"plain"),
+        counter=None,
+        start: int = 0,
+        end: int | None = None,
+    ) -> None:
         counter = counter if counter is not None else [0]
         counter[0] += 1
         end = len(data) if end is None else end
@@ -429,7 +446,7 @@ class Part:
 
     @property
     def body(self) -> bytes:
-        return self._data[self._start:self._end]
+        return self._data[self._start : self._end]
 
     @property
     def is_multipart(self) -> bool:
@@ -463,9 +480,15 @@ class Part:
             return b"(" + b" ".join(items) + b")"
         g = self.headers.get
         enc = g("content-transfer-encoding")
-        fields = [quote(self.type), quote(self.subtype), _plist(self.params), nstring(g("content-id")),
-                  nstring(g("content-description")), quote(enc.strip() if enc else b"7bit"),
-                  str(self._end - self._start).encode()]
+        fields = [
+            quote(self.type),
+            quote(self.subtype),
+            _plist(self.params),
+            nstring(g("content-id")),
+            nstring(g("content-description")),
+            quote(enc.strip() if enc else b"7bit"),
+            str(self._end - self._start).encode(),
+        ]
         lines = self._data.count(b"\n", self._start, self._end)  # as _lines(self.body), without the copy
         if self.message is not None:
             fields += [envelope(self.message.headers), self.message.structure(ext), str(lines).encode()]
@@ -477,7 +500,7 @@ class Part:
 
     # -- sections --
 
-    def find(self, path: list[int]) -> "Part | None":
+    def find(self, path: list[int]) -> Part | None:
         """The part a section number names (RFC 3501 6.4.5), from this message."""
         part = self
         message_level = True  # ``part`` is a message: its part 1 is its body when single-part

@@ -61,8 +61,15 @@ class Reader:
     error to answer without reading the literal.
     """
 
-    def __init__(self, *, max_line: int = 65536, max_literal: int = 64 << 20, max_mem_literal: int = 65536,
-                 max_command: int = 1 << 20, sink_for=None) -> None:
+    def __init__(
+        self,
+        *,
+        max_line: int = 65536,
+        max_literal: int = 64 << 20,
+        max_mem_literal: int = 65536,
+        max_command: int = 1 << 20,
+        sink_for=None,
+    ) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
         self.max_mem_literal = max_mem_literal
@@ -148,8 +155,11 @@ class Reader:
             if idx < 0:
                 if len(self.buf) > self.max_line:
                     if not self.skip_line:
-                        tag = self._tag_of(bytes(self.parts[0]) if self.parts and isinstance(self.parts[0], bytes)
-                                           else bytes(self.buf[:100]))
+                        tag = self._tag_of(
+                            bytes(self.parts[0])
+                            if self.parts and isinstance(self.parts[0], bytes)
+                            else bytes(self.buf[:100])
+                        )
                         self._abort_sink()
                         self.parts, self.size = [], 0
                         self.skip_line = True
@@ -158,7 +168,7 @@ class Reader:
                     self.buf.clear()
                 return None
             line = bytes(self.buf[:idx])
-            del self.buf[:idx + 1]
+            del self.buf[: idx + 1]
             if self.skip_line:
                 self.skip_line = False
                 continue
@@ -183,7 +193,7 @@ class Reader:
                 return (COMMAND, parts)
             size = int(m.group(1))
             plus = bool(m.group(2))
-            segment = line[:m.start()]
+            segment = line[: m.start()]
             self.parts.append(segment)
             self.size += len(segment)
             first = self.parts[0] if isinstance(self.parts[0], bytes) else b""
@@ -388,7 +398,7 @@ def expand(ranges, values: list[int], star: int) -> list[int]:
 
 # -- output helpers ----------------------------------------------------------------
 
-_SAFE_QUOTED = re.compile(rb'^[\x20-\x7e]*$')
+_SAFE_QUOTED = re.compile(rb"^[\x20-\x7e]*$")
 
 
 def quote(value) -> bytes:
@@ -404,5 +414,3 @@ def quote(value) -> bytes:
 
 def nstring(value) -> bytes:
     return b"NIL" if value is None else quote(value)
-
-

@@ -13,8 +13,9 @@ import calendar
 
 from pyimap.parser import Atom, ParseError, is_number, parse_sequence_set, seq_contains
 
-MONTHS = {m: i for i, m in enumerate(
-    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+MONTHS = {
+    m: i for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)
+}
 MAX_KEYS = 1000
 
 
@@ -53,11 +54,16 @@ def sent_date(value: bytes | None) -> int | None:
 
 
 FLAG_KEYS = {
-    "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
-    "DELETED": ("\\Deleted", True), "UNDELETED": ("\\Deleted", False),
-    "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
-    "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
-    "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
+    "ANSWERED": ("\\Answered", True),
+    "UNANSWERED": ("\\Answered", False),
+    "DELETED": ("\\Deleted", True),
+    "UNDELETED": ("\\Deleted", False),
+    "DRAFT": ("\\Draft", True),
+    "UNDRAFT": ("\\Draft", False),
+    "FLAGGED": ("\\Flagged", True),
+    "UNFLAGGED": ("\\Flagged", False),
+    "SEEN": ("\\Seen", True),
+    "UNSEEN": ("\\Seen", False),
 }
 
 ADDRESS_HEADERS = {"FROM": "from", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
@@ -233,8 +239,22 @@ def _and(preds):
 class Candidate:
     """One message as SEARCH sees it; headers and text loaded on demand."""
 
-    __slots__ = ("seq", "uid", "flags", "recent", "size", "idate", "modseq", "max_seq", "max_uid",
-                 "_path", "_headers", "_body", "_htext", "_key")
+    __slots__ = (
+        "seq",
+        "uid",
+        "flags",
+        "recent",
+        "size",
+        "idate",
+        "modseq",
+        "max_seq",
+        "max_uid",
+        "_path",
+        "_headers",
+        "_body",
+        "_htext",
+        "_key",
+    )
 
     def __init__(self, seq, uid, flags, recent, size, idate, modseq, max_seq, max_uid, path, key=None):
         self._key = key

@@ -38,7 +38,6 @@ class Selected:
         return i + 1 if i < len(self.view) and self.view[i] == uid else 0
 
 
-
 class SelectedCommands:
     def cmd_select(self, tag, args, readonly=False):
         self._need(args, 1, 2)
@@ -54,8 +53,12 @@ class SelectedCommands:
                 if p == "CONDSTORE":
                     self.condstore = True
                     i += 1
-                elif p == "QRESYNC" and "QRESYNC" in self.enabled and i + 1 < len(params) \
-                        and isinstance(params[i + 1], list):
+                elif (
+                    p == "QRESYNC"
+                    and "QRESYNC" in self.enabled
+                    and i + 1 < len(params)
+                    and isinstance(params[i + 1], list)
+                ):
                     qresync = params[i + 1]
                     i += 2
                 else:
@@ -98,7 +101,9 @@ class SelectedCommands:
         self._untagged(f"OK [HIGHESTMODSEQ {snap.highestmodseq}] Highest")
         if qresync is not None:
             self._qresync(qresync)
-        self._tagged(tag, f"OK [{'READ-ONLY' if readonly else 'READ-WRITE'}] {'EXAMINE' if readonly else 'SELECT'} completed")
+        self._tagged(
+            tag, f"OK [{'READ-ONLY' if readonly else 'READ-WRITE'}] {'EXAMINE' if readonly else 'SELECT'} completed"
+        )
 
     def _qresync(self, params) -> None:
         if len(params) < 2 or not all(isinstance(p, Atom) for p in params[:2]):
@@ -112,7 +117,9 @@ class SelectedCommands:
             known = parse_sequence_set(str(params[2]))
         # Without tombstones every UID below UIDNEXT that is not here may have vanished.
         if known is not None:
-            candidates = [u for lo, hi in known for u in range(lo or 1, min(hi or sel.snap.uidnext, sel.snap.uidnext - 1) + 1)]
+            candidates = [
+                u for lo, hi in known for u in range(lo or 1, min(hi or sel.snap.uidnext, sel.snap.uidnext - 1) + 1)
+            ]
             gone = sorted(u for u in set(candidates[:100000]) if u not in sel.snap.entries)
             text = uid_set_text(gone)
         else:
@@ -135,7 +142,6 @@ class SelectedCommands:
 
     def cmd_examine(self, tag, args):
         self.cmd_select(tag, args, readonly=True)
-
 
     def cmd_append(self, tag, args):
         self._need(args, 2, 4)
@@ -177,9 +183,14 @@ class SelectedCommands:
         path = message.finish(mtime=idate)
         index = self.store.index(name)
         try:
-            uidvalidity, uid = index.add(path, flags=letters, keywords=kws,
-                                         idate=idate if idate is not None else int(time.time()),
-                                         size=message.wsize, base=message.base)
+            uidvalidity, uid = index.add(
+                path,
+                flags=letters,
+                keywords=kws,
+                idate=idate if idate is not None else int(time.time()),
+                size=message.wsize,
+                base=message.base,
+            )
         except BaseException:
             message.abort()
             raise
@@ -344,8 +355,11 @@ class SelectedCommands:
             self._done(tag, f"{'MOVE' if move else 'COPY'} completed")
             return
         uidvalidity, pairs = sel.index.copy_into(dest, present)
-        code = f"[COPYUID {uidvalidity} {uid_set_text([p[0] for p in pairs])} {uid_set_text([p[1] for p in pairs])}]" \
-            if pairs else ""
+        code = (
+            f"[COPYUID {uidvalidity} {uid_set_text([p[0] for p in pairs])} {uid_set_text([p[1] for p in pairs])}]"
+            if pairs
+            else ""
+        )
         if move:
             if code:
                 self._untagged(f"OK {code} Moved")
@@ -387,8 +401,19 @@ class SelectedCommands:
             flags = {LETTER_FLAG[c] for c in e.flags if c in LETTER_FLAG}
             if e.kw:
                 flags |= e.kw
-            cand = Candidate(seq, u, flags, u in sel.recent, e.size, e.idate, e.modseq, max_seq, max_uid,
-                             f"{folder}/{e.sub}/{e.name}", (folder, e.base))
+            cand = Candidate(
+                seq,
+                u,
+                flags,
+                u in sel.recent,
+                e.size,
+                e.idate,
+                e.modseq,
+                max_seq,
+                max_uid,
+                f"{folder}/{e.sub}/{e.name}",
+                (folder, e.base),
+            )
             try:
                 ok = pred(cand)
             except FileNotFoundError:
@@ -430,8 +455,12 @@ class SelectedCommands:
         changed_since = None
         if len(args) == 3:
             mods = args[2]
-            if not isinstance(mods, list) or len(mods) not in (2, 3) or str(mods[0]).upper() != "CHANGEDSINCE" \
-                    or not is_number(str(mods[1])):
+            if (
+                not isinstance(mods, list)
+                or len(mods) not in (2, 3)
+                or str(mods[0]).upper() != "CHANGEDSINCE"
+                or not is_number(str(mods[1]))
+            ):
                 raise ParseError("Bad FETCH modifier")
             changed_since = int(mods[1])
             self.condstore = True
@@ -441,8 +470,9 @@ class SelectedCommands:
             items.append(("MODSEQ",))
         if uid and not any(i[0] == "UID" for i in items):
             items.insert(0, ("UID",))
-        sets_seen = not sel.readonly and any(i[0] in ("BODY[]", "RFC822", "RFC822.TEXT") and i[-1] is False
-                                             for i in items)
+        sets_seen = not sel.readonly and any(
+            i[0] in ("BODY[]", "RFC822", "RFC822.TEXT") and i[-1] is False for i in items
+        )
         snap = sel.index.sync()
         if sets_seen:
             changes = {}
@@ -478,8 +508,9 @@ class SelectedCommands:
                 try:
                     if e is None:
                         raise FileNotFoundError
-                    pieces = render_message(sel, e, u, seq, want,
-                                            flags_text(e, u in sel.recent) if wants_flags else None)
+                    pieces = render_message(
+                        sel, e, u, seq, want, flags_text(e, u in sel.recent) if wants_flags else None
+                    )
                 except FileNotFoundError:
                     missing = True
                     continue

@@ -9,7 +9,8 @@ store through the backend's ``open_store``.  Today that is
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 
 class StoreError(Exception):
@@ -57,8 +58,16 @@ class Folder(Protocol):
         """Like sync(), after waiting for a writer: a message file was found gone."""
         ...
 
-    def add(self, tmp_file: str, *, flags: str = "", keywords: Iterable[str] = (), idate: int | None = None,
-            size: int | None = None, base: str | None = None) -> tuple[int, int]:
+    def add(
+        self,
+        tmp_file: str,
+        *,
+        flags: str = "",
+        keywords: Iterable[str] = (),
+        idate: int | None = None,
+        size: int | None = None,
+        base: str | None = None,
+    ) -> tuple[int, int]:
         """Move a finished spool file in; (uidvalidity, uid)."""
         ...
 

@@ -12,10 +12,10 @@ import os
 import shutil
 from pathlib import Path
 
-from pymda.index import INDEX_NAME, FolderIndex, IndexUnavailable
-from pymda.maildir import Spool, ensure_maildir
 from pyimap import mailbox_names as mn
 from pyimap.storage import StoreError
+from pymda.index import INDEX_NAME, FolderIndex, IndexUnavailable
+from pymda.maildir import Spool, ensure_maildir
 
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
 SUBSCRIPTIONS = "subscriptions"
@@ -115,7 +115,7 @@ class UserStore:
         os.rename(src, dst)
         for d in os.listdir(self.home):
             if d.startswith(prefix_old):
-                os.rename(self.home / d, self.home / (prefix_new + d[len(prefix_old):]))
+                os.rename(self.home / d, self.home / (prefix_new + d[len(prefix_old) :]))
         self._indexes.clear()
 
     def _rename_inbox(self, new: str) -> None:

@@ -60,7 +60,7 @@ class Roots:
             if path == name:
                 return real, []
             if path.startswith(name.rstrip("/") + "/"):
-                return real, [p for p in path[len(name):].split("/") if p]
+                return real, [p for p in path[len(name) :].split("/") if p]
         raise Refused(f"{path} is outside {self.describe()}")
 
     def _walk(self, path: str, *, create: bool = False, last: str = "dir"):
@@ -100,7 +100,7 @@ class Roots:
                             continue
                     # a symbolic link: check where it leads, then start over
                     target = os.readlink(name, dir_fd=fd)
-                    path = os.path.normpath(os.path.join(*walked, target, *parts[i + 1:]))
+                    path = os.path.normpath(os.path.join(*walked, target, *parts[i + 1 :]))
                     break
                 else:
                     found, fd = fd, -1

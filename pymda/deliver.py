@@ -136,12 +136,25 @@ def rules_variables(cfg, record, box: Path, home: Path, recipient: str, sender: 
     ext = split_extension(recipient, delim) or split_extension(original or "", delim)
     local = record.address.rpartition("@")[0]
     return {
-        "HOME": str(home), "LOGNAME": local, "USER": record.address, "SHELL": "/bin/sh",
-        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin", "MAILDIR": str(box), "DEFAULT": f"{box}/",
-        "ORGMAIL": f"{box}/", "SENDMAIL": cfg.get("deliver.sendmail") or default_sendmail(), "SENDMAILFLAGS": "-oi",
-        "LOCKEXT": ".lock", "SHELLMETAS": "&|<>~;?*[", "SHELLFLAGS": "-c", "MSGPREFIX": "msg.",
-        "TIMEOUT": str(int(cfg.get("deliver.pipe_timeout", 300.0))), "HOST": cfg.get("hostname", "localhost"),
-        "SENDER": sender, "RECIPIENT": original or recipient, "EXTENSION": ext,
+        "HOME": str(home),
+        "LOGNAME": local,
+        "USER": record.address,
+        "SHELL": "/bin/sh",
+        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin",
+        "MAILDIR": str(box),
+        "DEFAULT": f"{box}/",
+        "ORGMAIL": f"{box}/",
+        "SENDMAIL": cfg.get("deliver.sendmail") or default_sendmail(),
+        "SENDMAILFLAGS": "-oi",
+        "LOCKEXT": ".lock",
+        "SHELLMETAS": "&|<>~;?*[",
+        "SHELLFLAGS": "-c",
+        "MSGPREFIX": "msg.",
+        "TIMEOUT": str(int(cfg.get("deliver.pipe_timeout", 300.0))),
+        "HOST": cfg.get("hostname", "localhost"),
+        "SENDER": sender,
+        "RECIPIENT": original or recipient,
+        "EXTENSION": ext,
     }
 
 
@@ -162,8 +175,19 @@ def lookup_user(users, address: str):
         raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL) from None
 
 
-def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original: str | None = None,
-                    qid: str | None = None, dry_run: bool = False, record=None, once: bool = False):
+def deliver_message(
+    cfg,
+    users,
+    recipient: str,
+    chunks,
+    sender: str,
+    *,
+    original: str | None = None,
+    qid: str | None = None,
+    dry_run: bool = False,
+    record=None,
+    once: bool = False,
+):
     """Deliver to the user ``recipient`` names, through their rules when they have any.
 
     ``chunks`` is an iterable of message bytes with LF line ends.  Without
@@ -190,6 +214,7 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
     tag = maildir.queue_tag(qid, record.address) if qid else None
 
     if not files and not has_forward and not dry_run:
+
         def with_trace():
             yield trace_headers(sender, record.address)
             if isinstance(chunks, (bytes, bytearray)):
@@ -218,11 +243,23 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
         if has_forward:
             from pymda import forward
 
-            outcome = forward.apply(fwd, data, variables, record=record, box=box, sender=sender, files=files,
-                                    dry_run=dry_run, qid=qid, args=args, confine=confine)
+            outcome = forward.apply(
+                fwd,
+                data,
+                variables,
+                record=record,
+                box=box,
+                sender=sender,
+                files=files,
+                dry_run=dry_run,
+                qid=qid,
+                args=args,
+                confine=confine,
+            )
         else:
-            outcome = run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run,
-                                qid=qid, confine=confine)
+            outcome = run_rules(
+                data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid, confine=confine
+            )
     except (DeliveryError, MemoryError):
         raise
     except Exception as exc:  # a bug must not lose mail: the MTA keeps it and retries
@@ -234,17 +271,20 @@ def deliver_message(cfg, users, recipient: str, chunks, sender: str, *, original
         return outcome
     where = ", ".join(outcome.folders) or "nowhere"
     if outcome.exit_code != sysexits.EX_OK:
-        raise DeliveryError(f"{record.address}: {outcome.reason or 'rules exit code ' + str(outcome.exit_code)}"
-                            f" (delivered to: {where})" if outcome.folders else
-                            f"{record.address}: {outcome.reason or 'rules exit code ' + str(outcome.exit_code)}",
-                            outcome.exit_code)
+        raise DeliveryError(
+            f"{record.address}: {outcome.reason or 'rules exit code ' + str(outcome.exit_code)} (delivered to: {where})"
+            if outcome.folders
+            else f"{record.address}: {outcome.reason or 'rules exit code ' + str(outcome.exit_code)}",
+            outcome.exit_code,
+        )
     log.info(f"to=<{record.address}>, orig_to=<{original or recipient}>, delivered by rules to {where}", qid)
     first = outcome.folders[0] if outcome.folders else str(box)
     return Path(first) if not first.startswith(("|", "!")) else box
 
 
-def deliver_alias_target(cfg, kind: str, target: str, chunks, sender: str, *, original: str,
-                         qid: str | None = None) -> str:
+def deliver_alias_target(
+    cfg, kind: str, target: str, chunks, sender: str, *, original: str, qid: str | None = None
+) -> str:
     """Deliver to a ``|command`` or ``/path/to/mbox`` target from the aliases file (aliases(5)).
 
     The command runs with ``/bin/sh -c`` (the aliases file is the admin's),
@@ -260,15 +300,30 @@ def deliver_alias_target(cfg, kind: str, target: str, chunks, sender: str, *, or
     if kind == "pipe":
         import subprocess
 
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "SHELL": "/bin/sh", "HOME": "/", "SENDER": sender,
-               "RECIPIENT": original, "EXTENSION": split_extension(original, delim), "LOGNAME": "nobody"}
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "SHELL": "/bin/sh",
+            "HOME": "/",
+            "SENDER": sender,
+            "RECIPIENT": original,
+            "EXTENSION": split_extension(original, delim),
+            "LOGNAME": "nobody",
+        }
         extra = {}
         if os.geteuid() == 0:
             extra = {"user": "nobody", "group": "nogroup" if _group_exists("nogroup") else "nobody"}
         try:
-            proc = subprocess.run(["/bin/sh", "-c", target], input=data, env=env, cwd="/", stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, timeout=cfg.get("deliver.pipe_timeout", 300.0),
-                                  start_new_session=True, **extra)
+            proc = subprocess.run(
+                ["/bin/sh", "-c", target],
+                input=data,
+                env=env,
+                cwd="/",
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=cfg.get("deliver.pipe_timeout", 300.0),
+                start_new_session=True,
+                **extra,
+            )
         except subprocess.TimeoutExpired:
             raise DeliveryError(f"command {target!r} timed out", sysexits.EX_TEMPFAIL) from None
         except OSError as exc:
@@ -285,7 +340,9 @@ def deliver_alias_target(cfg, kind: str, target: str, chunks, sender: str, *, or
             try:
                 path = maildir.deliver(Path(target), data)
             except maildir.MaildirError as exc:
-                raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT) from None
+                raise DeliveryError(
+                    str(exc), sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT
+                ) from None
             log.info(f"to=<{original}>, delivered to maildir {path}", qid)
             return f"maildir {target}"
         from pymda.rules import mbox
@@ -311,7 +368,7 @@ def _group_exists(name: str) -> bool:
 
 def _split_message(data: bytes) -> tuple[bytes, bytes]:
     idx = data.find(b"\n\n")
-    return (data, b"") if idx < 0 else (data[:idx + 2], data[idx + 2:])
+    return (data, b"") if idx < 0 else (data[: idx + 2], data[idx + 2 :])
 
 
 USAGE = """\
@@ -357,10 +414,14 @@ def _parse_args(argv: list[str]) -> dict:
             i += 1
             opts["queue_id"] = argv[i]
         elif arg == "-m":
-            rest = argv[i + 1:]
+            rest = argv[i + 1 :]
             assigns = []
-            while rest and "=" in rest[0] and not rest[0].startswith(("/", ".")) and \
-                    rest[0].split("=", 1)[0].replace("_", "a").isalnum():
+            while (
+                rest
+                and "=" in rest[0]
+                and not rest[0].startswith(("/", "."))
+                and rest[0].split("=", 1)[0].replace("_", "a").isalnum()
+            ):
                 assigns.append(rest.pop(0).split("=", 1))
             if not rest:
                 raise DeliveryError("-m needs a rules file", sysexits.EX_USAGE)
@@ -403,8 +464,16 @@ def become_mailbox_owner(cfg, record) -> None:
 
 
 # What a delivery may import after leaving root (see preload_delivery).
-DELIVERY_MODULES = ("pymda.deliver", "pymda.localserver", "pymda.forward", "pymda.rules.engine", "pymda.rules.actions",
-                    "pymda.rules.mbox", "pymda.maildir", "pymta.lib.privilege")
+DELIVERY_MODULES = (
+    "pymda.deliver",
+    "pymda.localserver",
+    "pymda.forward",
+    "pymda.rules.engine",
+    "pymda.rules.actions",
+    "pymda.rules.mbox",
+    "pymda.maildir",
+    "pymta.lib.privilege",
+)
 DELIVERY_OTHERS = ("hashlib", "shlex", "subprocess")
 
 
@@ -435,13 +504,22 @@ def run_m_mode(opts: dict, data: bytes) -> int:
     assigns, rcfile, args = opts["m"]
     sender = opts["f"]
     if not sender and data.startswith(b"From "):
-        sender = data[5:data.find(b"\n")].split(b" ", 1)[0].decode("utf-8", "surrogateescape")
+        sender = data[5 : data.find(b"\n")].split(b" ", 1)[0].decode("utf-8", "surrogateescape")
     home = os.environ.get("HOME") or "/"
     variables = {
-        "HOME": home, "LOGNAME": os.environ.get("LOGNAME", os.environ.get("USER", "")), "SHELL": "/bin/sh",
-        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin", "MAILDIR": os.getcwd(), "SENDMAIL": default_sendmail(),
-        "SENDMAILFLAGS": "-oi", "LOCKEXT": ".lock", "SHELLMETAS": "&|<>~;?*[", "SHELLFLAGS": "-c",
-        "MSGPREFIX": "msg.", "TIMEOUT": "960", "SENDER": sender or "",
+        "HOME": home,
+        "LOGNAME": os.environ.get("LOGNAME", os.environ.get("USER", "")),
+        "SHELL": "/bin/sh",
+        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin",
+        "MAILDIR": os.getcwd(),
+        "SENDMAIL": default_sendmail(),
+        "SENDMAILFLAGS": "-oi",
+        "LOCKEXT": ".lock",
+        "SHELLMETAS": "&|<>~;?*[",
+        "SHELLFLAGS": "-c",
+        "MSGPREFIX": "msg.",
+        "TIMEOUT": "960",
+        "SENDER": sender or "",
     }
     for name, value in assigns:
         variables[name] = value
@@ -455,8 +533,7 @@ def run_m_mode(opts: dict, data: bytes) -> int:
     if not os.path.exists(rcpath):
         log.error(f"{rcfile}: no such rules file")
         return sysexits.EX_NOINPUT
-    outcome = run_rules(data, [rcpath], variables, args=args, inbox=inbox, sender=sender or "",
-                        dry_run=opts["dry_run"])
+    outcome = run_rules(data, [rcpath], variables, args=args, inbox=inbox, sender=sender or "", dry_run=opts["dry_run"])
     if opts["dry_run"]:
         _print_report(outcome)
         return sysexits.EX_OK
@@ -472,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         opts = _parse_args(argv)
         if any(c in (opts["f"] or "") + (opts["d"] or "") + (opts["a"] or "") for c in "\r\n\x00"):
             raise DeliveryError("address contains CR, LF or NUL", sysexits.EX_DATAERR)
-        if opts["queue_id"] is not None and not (opts["queue_id"].isascii() and opts["queue_id"].isalnum()
-                                                 and len(opts["queue_id"]) <= 64):
+        if opts["queue_id"] is not None and not (
+            opts["queue_id"].isascii() and opts["queue_id"].isalnum() and len(opts["queue_id"]) <= 64
+        ):
             raise DeliveryError("--queue-id takes letters and digits only", sysexits.EX_USAGE)
         if opts["m"]:
             return run_m_mode(opts, b"".join(crlf_to_lf(sys.stdin.buffer)))
@@ -490,8 +568,18 @@ def main(argv: list[str] | None = None) -> int:
         if record is None:
             raise DeliveryError(f"{opts['d']}: no such user", sysexits.EX_NOUSER)
         become_mailbox_owner(cfg, record)
-        result = deliver_message(cfg, users, opts["d"], crlf_to_lf(sys.stdin.buffer), sender, original=opts["a"],
-                                 dry_run=opts["dry_run"], record=record, qid=opts["queue_id"], once=opts["once"])
+        result = deliver_message(
+            cfg,
+            users,
+            opts["d"],
+            crlf_to_lf(sys.stdin.buffer),
+            sender,
+            original=opts["a"],
+            dry_run=opts["dry_run"],
+            record=record,
+            qid=opts["queue_id"],
+            once=opts["once"],
+        )
         if opts["dry_run"]:
             if isinstance(result, Path):
                 sys.stdout.write(f"would deliver to: {result}/ (INBOX; no rules file)\n")

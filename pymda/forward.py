@@ -42,8 +42,20 @@ def safe(path) -> bool:
     return True
 
 
-def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files, dry_run: bool = False,
-          qid=None, args=(), confine=None):
+def apply(
+    path,
+    data: bytes,
+    variables: dict,
+    *,
+    record,
+    box,
+    sender: str,
+    files,
+    dry_run: bool = False,
+    qid=None,
+    args=(),
+    confine=None,
+):
     from pymda.confined import Refused
     from pymda.rules.engine import Engine, default_roots, run_rules
     from pymda.rules.parser import Action, Recipe
@@ -58,8 +70,9 @@ def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files
         log.error(f"{path}: refused: {exc}; ignored", qid)
         targets = []
     if not targets:
-        return run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid,
-                         confine=confine)
+        return run_rules(
+            data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid, confine=confine
+        )
     local = record.address.rpartition("@")[0]
     keep = False
     eng = Engine(data, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid, confine=confine)
@@ -88,8 +101,9 @@ def apply(path, data: bytes, variables: dict, *, record, box, sender: str, files
 
         return Outcome(False, sysexits.EX_TEMPFAIL, eng.folders, f"temporary failure: {eng.tempfail}", eng.report)
     if keep:
-        outcome = run_rules(data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid,
-                         confine=confine)
+        outcome = run_rules(
+            data, files, variables, args=args, inbox=box, sender=sender, dry_run=dry_run, qid=qid, confine=confine
+        )
         outcome.folders[:0] = eng.folders
         outcome.report[:0] = eng.report
         return outcome

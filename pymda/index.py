@@ -70,7 +70,7 @@ class Entry:
     def relpath(self) -> str:
         return f"{self.sub}/{self.name}"
 
-    def copy(self) -> "Entry":
+    def copy(self) -> Entry:
         return Entry(self.uid, self.modseq, self.idate, self.size, self.sub, self.flags, self.kw, self.base)
 
     def __repr__(self) -> str:
@@ -136,9 +136,16 @@ def _parse(data: bytes) -> Snapshot | None:
             uid = int(parts[0])
             kwf = parts[6]
             kw = empty if kwf == "-" else frozenset(table[int(i)] for i in kwf.split(","))
-            entries[uid] = Entry(uid, int(parts[1]), int(parts[2]), int(parts[3]),
-                                 "new" if parts[4] == "n" else "cur",
-                                 "" if parts[5] == "-" else parts[5], kw, parts[7])
+            entries[uid] = Entry(
+                uid,
+                int(parts[1]),
+                int(parts[2]),
+                int(parts[3]),
+                "new" if parts[4] == "n" else "cur",
+                "" if parts[5] == "-" else parts[5],
+                kw,
+                parts[7],
+            )
         except (ValueError, IndexError):
             continue
     if entries and uidnext <= max(entries):
@@ -152,11 +159,15 @@ def _format(snap: Snapshot) -> bytes:
         for k in e.kw:
             if k not in table:
                 table[k] = len(table)
-    out = [f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} {snap.new_mtime} {snap.cur_mtime}",
-           "K " + " ".join(table) if table else "K"]
+    out = [
+        f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} {snap.new_mtime} {snap.cur_mtime}",
+        "K " + " ".join(table) if table else "K",
+    ]
     for e in snap.entries.values():
         kw = ",".join(str(table[k]) for k in sorted(e.kw)) if e.kw else "-"
-        out.append(f"{e.uid} {e.modseq} {e.idate} {e.size} {'n' if e.sub == 'new' else 'c'} {e.flags or '-'} {kw} {e.base}")
+        out.append(
+            f"{e.uid} {e.modseq} {e.idate} {e.size} {'n' if e.sub == 'new' else 'c'} {e.flags or '-'} {kw} {e.base}"
+        )
     out.append("")
     return "\n".join(out).encode("utf-8", "surrogateescape")
 
@@ -174,12 +185,13 @@ _SHARED: dict[str, tuple] = {}
 _SHARED_MAX = 256
 
 
-def _head_of(snap: "Snapshot") -> bytes:
-    return (f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} "
-            f"{snap.new_mtime} {snap.cur_mtime}").encode()
+def _head_of(snap: Snapshot) -> bytes:
+    return (
+        f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} {snap.new_mtime} {snap.cur_mtime}"
+    ).encode()
 
 
-def _remember(folder: str, key: tuple, snap: "Snapshot") -> None:
+def _remember(folder: str, key: tuple, snap: Snapshot) -> None:
     if len(_SHARED) >= _SHARED_MAX and folder not in _SHARED:
         _SHARED.pop(next(iter(_SHARED)))
     _SHARED[folder] = (key, snap)
@@ -346,8 +358,14 @@ class FolderIndex:
             snap = Snapshot(uv, 1, 1, {})
             force_full = True
         else:
-            snap = Snapshot(snap.uidvalidity, snap.uidnext, snap.highestmodseq,
-                            {u: e for u, e in snap.entries.items()}, snap.new_mtime, snap.cur_mtime)
+            snap = Snapshot(
+                snap.uidvalidity,
+                snap.uidnext,
+                snap.highestmodseq,
+                {u: e for u, e in snap.entries.items()},
+                snap.new_mtime,
+                snap.cur_mtime,
+            )
         now = time.time_ns()
         scan = {}
         for sub, recorded in (("new", snap.new_mtime), ("cur", snap.cur_mtime)):
@@ -461,11 +479,13 @@ class FolderIndex:
         data = _format(snap)
         tmp = self.path / f".{INDEX_NAME}.tmp{os.getpid()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600
+            )
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 if fsync:
                     os.fsync(fd)
             finally:
@@ -494,8 +514,14 @@ class FolderIndex:
         with self._lock():
             try:
                 snap = self._sync_locked()
-                snap = Snapshot(snap.uidvalidity, snap.uidnext, snap.highestmodseq, dict(snap.entries),
-                                snap.new_mtime, snap.cur_mtime)
+                snap = Snapshot(
+                    snap.uidvalidity,
+                    snap.uidnext,
+                    snap.highestmodseq,
+                    dict(snap.entries),
+                    snap.new_mtime,
+                    snap.cur_mtime,
+                )
                 cur_before = self._dir_mtime("cur")
                 new_before = self._dir_mtime("new")
                 trusted_cur = cur_before == snap.cur_mtime
@@ -514,8 +540,16 @@ class FolderIndex:
                 raise
             return snap, result
 
-    def add(self, tmp_file: str | os.PathLike, *, flags: str = "", keywords=(), idate: int | None = None,
-            size: int | None = None, base: str | None = None) -> tuple[int, int]:
+    def add(
+        self,
+        tmp_file: str | os.PathLike,
+        *,
+        flags: str = "",
+        keywords=(),
+        idate: int | None = None,
+        size: int | None = None,
+        base: str | None = None,
+    ) -> tuple[int, int]:
         """Move a complete message file into cur/ and give it the next UID.
 
         Returns (uidvalidity, uid).  ``base`` (the final base name) defaults
@@ -542,8 +576,16 @@ class FolderIndex:
             uid = snap.uidnext
             snap.uidnext += 1
             snap.highestmodseq += 1
-            snap.entries[uid] = Entry(uid, snap.highestmodseq, int(idate if idate is not None else time.time()),
-                                      ws, "cur", flags, frozenset(keywords), base)
+            snap.entries[uid] = Entry(
+                uid,
+                snap.highestmodseq,
+                int(idate if idate is not None else time.time()),
+                ws,
+                "cur",
+                flags,
+                frozenset(keywords),
+                base,
+            )
             return uid
 
         snap, uid = self._mutate(do, undo=undo)
@@ -631,7 +673,7 @@ class FolderIndex:
 
         return self._mutate(do)[1]
 
-    def copy_into(self, dest: "FolderIndex", uids) -> tuple[int, list[tuple[int, int]]]:
+    def copy_into(self, dest: FolderIndex, uids) -> tuple[int, list[tuple[int, int]]]:
         """Hard-link (or copy) messages into ``dest``, keeping flags, keywords and dates.
 
         Returns (dest uidvalidity, [(source uid, dest uid), ...]).

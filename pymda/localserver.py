@@ -85,8 +85,14 @@ def parse_request(line: bytes) -> dict:
     offset = req.get("offset", 0)
     if not isinstance(offset, int) or offset < 0:
         raise ValueError("bad offset")
-    return {"rcpt": req["rcpt"], "sender": req.get("sender", ""), "orig": req.get("orig") or req["rcpt"],
-            "qid": qid or None, "offset": offset, "once": bool(req.get("once"))}
+    return {
+        "rcpt": req["rcpt"],
+        "sender": req.get("sender", ""),
+        "orig": req.get("orig") or req["rcpt"],
+        "qid": qid or None,
+        "offset": offset,
+        "once": bool(req.get("once")),
+    }
 
 
 def pread_chunks(fd: int, offset: int, size: int = 1 << 16):
@@ -110,8 +116,17 @@ def deliver_request(cfg, req: dict, fd: int) -> tuple[int, str]:
         if record is None:
             return sysexits.EX_NOUSER, f"{req['rcpt']}: no such user"
         become_mailbox_owner(cfg, record)
-        path = deliver_message(cfg, users, req["rcpt"], pread_chunks(fd, req["offset"]), req["sender"],
-                               original=req["orig"], qid=req["qid"], record=record, once=req["once"])
+        path = deliver_message(
+            cfg,
+            users,
+            req["rcpt"],
+            pread_chunks(fd, req["offset"]),
+            req["sender"],
+            original=req["orig"],
+            qid=req["qid"],
+            record=record,
+            once=req["once"],
+        )
         return sysexits.EX_OK, f"delivered as uid {os.geteuid()} to {path}"
     except DeliveryError as exc:
         return exc.exit_code, str(exc)
@@ -249,9 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     log.set_program("pymda-local")
     from pymta.lib.cliargs import ArgumentParser
 
-    parser = ArgumentParser(prog="pymda-local", description="Deliver into mailboxes of other uids for the queue runner (runs as root).")
-    parser.add_argument("-C", dest="config", metavar="FILE", help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
-    parser.add_argument("--listen", metavar="PATH", help="listen on this Unix socket (default: ROOT/run/local.sock when not started by systemd or inetd)")
+    parser = ArgumentParser(
+        prog="pymda-local", description="Deliver into mailboxes of other uids for the queue runner (runs as root)."
+    )
+    parser.add_argument(
+        "-C",
+        dest="config",
+        metavar="FILE",
+        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="PATH",
+        help="listen on this Unix socket (default: ROOT/run/local.sock when not started by systemd or inetd)",
+    )
     args = parser.parse_args(argv)
     from pymta.lib import config
     from pymta.lib.activation import fd_is_socket, listen_fds

@@ -34,7 +34,8 @@ import stat
 import time
 from pathlib import Path
 
-from pymta.lib.fsutil import fsync_dir, unlink_quietly as _unlink_quietly
+from pymta.lib.fsutil import fsync_dir
+from pymta.lib.fsutil import unlink_quietly as _unlink_quietly
 
 _ARRIVAL = re.compile(r"([0-9]+)\.(?:M([0-9]{1,7}))?").match
 
@@ -142,8 +143,9 @@ def open_subdirs(box_fd: int, folder: bool = False) -> tuple[int, int]:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), sub) from None
                 raise
         if folder:
-            os.close(os.open("maildirfolder", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=box_fd))
+            os.close(
+                os.open("maildirfolder", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=box_fd)
+            )
     except BaseException:
         for fd in fds.values():
             os.close(fd)
@@ -173,8 +175,16 @@ def crlf_size(data: bytes) -> int:
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
-def deliver(maildir: Path, chunks, *, folder: bool = False, fsync: bool = True, tag: str | None = None,
-            once: bool = False, dirs: tuple[Path, Path] | None = None) -> Path:
+def deliver(
+    maildir: Path,
+    chunks,
+    *,
+    folder: bool = False,
+    fsync: bool = True,
+    tag: str | None = None,
+    once: bool = False,
+    dirs: tuple[Path, Path] | None = None,
+) -> Path:
     """Write a message into ``maildir/new`` and return its final path.
 
     ``chunks`` is an iterable of bytes with LF line ends (or one bytes
@@ -356,7 +366,7 @@ class Spool:
         try:
             view = memoryview(lf)
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
         except OSError as exc:
             self.error = exc
 

@@ -85,10 +85,12 @@ def build_dsn(cfg, entry, rcpts: list[Recipient], action: str, to: str) -> bytes
     human = [
         f"This is the mail system at host {host}.",
         "",
-        ("I'm sorry to have to inform you that your message could not be delivered to one or more recipients."
-         if failed else
-         "Your message could not be delivered yet; the mail system will keep trying until the message is "
-         f"{int(cfg['qrunner.max_lifetime'] // 3600)} hours old."),
+        (
+            "I'm sorry to have to inform you that your message could not be delivered to one or more recipients."
+            if failed
+            else "Your message could not be delivered yet; the mail system will keep trying until the message is "
+            f"{int(cfg['qrunner.max_lifetime'] // 3600)} hours old."
+        ),
         "It's attached below.",
         "",
         "For further assistance, please send mail to postmaster.",

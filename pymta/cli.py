@@ -66,7 +66,13 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "--config", "config_file", metavar="FILE", help="Config file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml).")
+@click.option(
+    "-C",
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="Config file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml).",
+)
 def cli(config_file):
     """Set up and run pymail, and manage its users."""
 
@@ -132,6 +138,7 @@ def _bcrypt_rounds(cfg: config.Config) -> int:
 
 # -- init ---------------------------------------------------------------------------------
 
+
 def _check_reachable(directory: Path, owner) -> None:
     """Fail now, not as a crash loop later, when daemon_user cannot reach the tree."""
     from pymta.lib.setup import unreachable_by
@@ -140,9 +147,11 @@ def _check_reachable(directory: Path, owner) -> None:
         return
     blocked = unreachable_by(directory, owner)
     if blocked is not None:
-        _fail(f"{owner.pw_name} (daemon_user) cannot reach {directory.absolute()}: {blocked}; use a folder "
-              "it can reach, such as /var/lib/pymail, or --daemon-user root for a trial on a machine of your own",
-              EX_CANTCREAT)
+        _fail(
+            f"{owner.pw_name} (daemon_user) cannot reach {directory.absolute()}: {blocked}; use a folder "
+            "it can reach, such as /var/lib/pymail, or --daemon-user root for a trial on a machine of your own",
+            EX_CANTCREAT,
+        )
 
 
 _INIT_EXPLICIT = ("", "paths", "listen", "auth")
@@ -152,8 +161,12 @@ DEFAULT_DAEMON_USER = "pymail"  # what `pymail init` run as root sets up (Postfi
 def _valid_hostname(name: str) -> bool:
     labels = name.split(".")
     return 0 < len(name) <= 253 and all(
-        0 < len(lab) <= 63 and lab[0] != "-" and lab[-1] != "-" and all(c.isascii() and (c.isalnum() or c == "-") for c in lab)
-        for lab in labels)
+        0 < len(lab) <= 63
+        and lab[0] != "-"
+        and lab[-1] != "-"
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in lab)
+        for lab in labels
+    )
 
 
 def _default_hostname() -> str:
@@ -187,7 +200,9 @@ def _init_toml(values: dict) -> str:
             key = param.name.split(".", 1)[1] if section else param.name
             value = values.get(param.name, param.default)
             if param.name == "root":
-                out += _comment('Relative paths are taken from root; "." is the folder of this file, so the whole tree can be moved.')
+                out += _comment(
+                    'Relative paths are taken from root; "." is the folder of this file, so the whole tree can be moved.'
+                )
             else:
                 out += _comment(param.doc)
             out.append(f"{key} = {_toml(value)}" if explicit else f"# {key} = {_toml(value)}")
@@ -246,14 +261,26 @@ def _add_alias(path: Path, name: str, target: str) -> bool:
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--domain", default="example.test", show_default=True, help="The local mail domain.")
 @click.option("--hostname", default=None, help="This system's name (default: the machine's FQDN, or localhost).")
-@click.option("--force", is_flag=True, help="Overwrite an existing DIR/pymail.toml (users, aliases and TLS files are kept).")
-@click.option("--daemon-user", "daemon_user", default=None, metavar="NAME",
-              help="The user the daemons and the queue runner run as (daemon_user). Default when run as root: "
-                   "pymail, made as a system user if missing; else the user running init.")
-@click.option("--postmaster", default=None, metavar="ADDRESS",
-              help="Where mail to postmaster goes (an alias in DIR/aliases). Default: the first user added.")
-def init(directory: Path, domain: str, hostname: str | None, force: bool, daemon_user: str | None,
-         postmaster: str | None):
+@click.option(
+    "--force", is_flag=True, help="Overwrite an existing DIR/pymail.toml (users, aliases and TLS files are kept)."
+)
+@click.option(
+    "--daemon-user",
+    "daemon_user",
+    default=None,
+    metavar="NAME",
+    help="The user the daemons and the queue runner run as (daemon_user). Default when run as root: "
+    "pymail, made as a system user if missing; else the user running init.",
+)
+@click.option(
+    "--postmaster",
+    default=None,
+    metavar="ADDRESS",
+    help="Where mail to postmaster goes (an alias in DIR/aliases). Default: the first user added.",
+)
+def init(
+    directory: Path, domain: str, hostname: str | None, force: bool, daemon_user: str | None, postmaster: str | None
+):
     """Create a ready-to-run setup in DIR: config, queue, mail store, users, aliases, TLS."""
     from pymta.lib import tls
 
@@ -306,7 +333,9 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool, daemon
         if postmaster is not None:  # RFC 5321 4.5.1: postmaster must exist
             try:
                 if not _add_alias(directory / "aliases", "postmaster", postmaster):
-                    click.echo(f"pymail: warning: {directory / 'aliases'} already has a postmaster alias; kept it", err=True)
+                    click.echo(
+                        f"pymail: warning: {directory / 'aliases'} already has a postmaster alias; kept it", err=True
+                    )
             except ValueError:
                 _fail(f"{directory / 'aliases'}: not UTF-8; add 'postmaster: {postmaster}' yourself", EX_DATAERR)
         if owner is not None and os.geteuid() == 0:
@@ -331,11 +360,13 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool, daemon
         click.echo(f"kept    {path}")
     if tls_note:
         click.echo(f"pymail: {tls_note}", err=True)
-    click.echo(textwrap.dedent(f"""
+    click.echo(
+        textwrap.dedent(f"""
         Next steps:
           pymail user add {directory} you@{domain.lower()}     (prints the new password)
           pymail config check {directory}
-          pymail run {directory}     (SMTP on {config.PARAM_BY_NAME['listen.smtp'].default}; Ctrl-C stops it)"""))
+          pymail run {directory}     (SMTP on {config.PARAM_BY_NAME["listen.smtp"].default}; Ctrl-C stops it)""")
+    )
 
 
 # -- user ---------------------------------------------------------------------------------
@@ -417,7 +448,11 @@ def _ensure_maildir(path: Path, mail_root: Path) -> None:
 @user.command("add")
 @click.argument("args", nargs=-1, metavar="[DIR] ADDRESS")
 @_config_option
-@click.option("--password-stdin", is_flag=True, help="Read the password from one line of standard input (else one is generated and printed).")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from one line of standard input (else one is generated and printed).",
+)
 def user_add(args, config_file, password_stdin):
     """Add a user and create their Maildir."""
     cfg, users, address = _user_target(args, config_file)
@@ -453,15 +488,21 @@ def _give_postmaster_to(cfg, users, address: str) -> None:
         if _add_alias(path, "postmaster", address):
             click.echo(f"postmaster mail goes to {address} (alias 'postmaster: {address}' added to {path})")
     except (OSError, ValueError) as exc:
-        click.echo(f"pymail: warning: no postmaster alias added to {path} "
-                   f"({_os_message(exc) if isinstance(exc, OSError) else 'not UTF-8'}): add 'postmaster: {address}'",
-                   err=True)
+        click.echo(
+            f"pymail: warning: no postmaster alias added to {path} "
+            f"({_os_message(exc) if isinstance(exc, OSError) else 'not UTF-8'}): add 'postmaster: {address}'",
+            err=True,
+        )
 
 
 @user.command("passwd")
 @click.argument("args", nargs=-1, metavar="[DIR] ADDRESS")
 @_config_option
-@click.option("--password-stdin", is_flag=True, help="Read the password from one line of standard input (else one is generated and printed).")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from one line of standard input (else one is generated and printed).",
+)
 def user_passwd(args, config_file, password_stdin):
     """Set a user's password."""
     cfg, users, address = _user_target(args, config_file)
@@ -590,8 +631,13 @@ def _host_port(host: str, port: int) -> str:
 
 
 def _port_option(service: str):
-    return click.option(f"--{service}-port", f"{service}_port", type=click.IntRange(1, 65535), metavar="N",
-                        help=f"Port for {service} (host from listen.{service}).")
+    return click.option(
+        f"--{service}-port",
+        f"{service}_port",
+        type=click.IntRange(1, 65535),
+        metavar="N",
+        help=f"Port for {service} (host from listen.{service}).",
+    )
 
 
 def _run_options(f):
@@ -630,8 +676,11 @@ def run(directory, config_file, **ports):
         missing[QUEUE_RUNNER] = ["qrunner"]
     if os.geteuid() == 0:
         if not cfg["daemon_user"]:
-            _fail('started as root with no daemon_user: set one (pymail init does), or daemon_user = "root" '
-                  "to run everything as root on purpose", EX_CONFIG)
+            _fail(
+                'started as root with no daemon_user: set one (pymail init does), or daemon_user = "root" '
+                "to run everything as root on purpose",
+                EX_CONFIG,
+            )
         if cfg["daemon_user"] != "root":
             from pymta.lib.privilege import daemon_account
 
@@ -662,8 +711,9 @@ def run(directory, config_file, **ports):
     lines.append("Ctrl-C (or SIGTERM) stops everything.")
     click.echo("\n".join(lines))
     sys.stdout.flush()
-    code = Supervisor(programs, env=env, restart_delay=cfg["run.restart_delay"],
-                      max_restart_delay=cfg["run.max_restart_delay"]).run()
+    code = Supervisor(
+        programs, env=env, restart_delay=cfg["run.restart_delay"], max_restart_delay=cfg["run.max_restart_delay"]
+    ).run()
     raise click.exceptions.Exit(code)
 
 

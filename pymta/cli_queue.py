@@ -100,9 +100,11 @@ def show(queue_id):
         raise click.exceptions.Exit(EX_NOINPUT)
     with entry:
         env = entry.envelope
-        click.echo(f"queue-id: {qid}\nqueue: {entry.where}\nsize: {entry.size}\n"
-                   f"arrival: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(env.arrival))}\n"
-                   f"sender: <{env.sender}>")
+        click.echo(
+            f"queue-id: {qid}\nqueue: {entry.where}\nsize: {entry.size}\n"
+            f"arrival: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(env.arrival))}\n"
+            f"sender: <{env.sender}>"
+        )
         for rcpt in env.recipients:
             click.echo(f"recipient: <{rcpt}>")
         click.echo(f"meta: {json.dumps(env.meta, sort_keys=True)}")

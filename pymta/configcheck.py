@@ -37,8 +37,13 @@ def problems(cfg: config.Config) -> list[tuple[str, str]]:
 
     found = []
     if os.geteuid() == 0 and not cfg["daemon_user"]:
-        found.append(("daemon_user", 'empty, and run as root the queue runner refuses to start: name the '
-                                        'daemons\' user (pymail init does), or "root" on purpose'))
+        found.append(
+            (
+                "daemon_user",
+                "empty, and run as root the queue runner refuses to start: name the "
+                'daemons\' user (pymail init does), or "root" on purpose',
+            )
+        )
     rounds = cfg.get("auth.bcrypt_rounds", 10)
     if not 4 <= rounds <= 31:
         found.append(("auth.bcrypt_rounds", "must be between 4 and 31"))
@@ -104,8 +109,10 @@ def recipient_warnings(cfg: config.Config) -> list[str]:
         names = sorted(aliases.table())
         postmaster = unclaimed_postmaster(cfg, users, aliases)
         if postmaster is not None:
-            out.append(f"{postmaster}: no alias or user takes postmaster's mail (RFC 5321 4.5.1 requires one), so "
-                       f"it is refused; add 'postmaster: ADDRESS' to {aliases.path}")
+            out.append(
+                f"{postmaster}: no alias or user takes postmaster's mail (RFC 5321 4.5.1 requires one), so "
+                f"it is refused; add 'postmaster: ADDRESS' to {aliases.path}"
+            )
         for name in names:
             address = name if "@" in name else f"{name}@{first}"
             if not is_local(address):

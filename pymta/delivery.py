@@ -20,8 +20,19 @@ from pathlib import Path
 from pymta import bounce
 from pymta.lib import log, sysexits
 from pymta.queue import CorruptEntry, Entry, Queue
-from pymta.recipient import (ATTEMPTING, BOUNCED, DEFERRED, DUPLICATE_NOTE, PENDING, SENT, EntryState, Recipient,
-                             Status, expand, reexpand_deferred_aliases)
+from pymta.recipient import (
+    ATTEMPTING,
+    BOUNCED,
+    DEFERRED,
+    DUPLICATE_NOTE,
+    PENDING,
+    SENT,
+    EntryState,
+    Recipient,
+    Status,
+    expand,
+    reexpand_deferred_aliases,
+)
 
 PERMANENT_EXITS = sysexits.PERMANENT
 
@@ -115,12 +126,15 @@ class EntryDelivery:
             from pymda.deliver import deliver_alias_target
 
             try:
-                where = deliver_alias_target(self.cfg, rcpt.kind, rcpt.to, entry.message_chunks(), env.sender,
-                                             original=rcpt.orig, qid=qid)
+                where = deliver_alias_target(
+                    self.cfg, rcpt.kind, rcpt.to, entry.message_chunks(), env.sender, original=rcpt.orig, qid=qid
+                )
                 rcpt.set(SENT, Status.of("2.0.0", f"delivered to {where}{dup}"))
             except DeliveryError as exc:
-                rcpt.set(DEFERRED if exc.temporary else BOUNCED,
-                         Status.of("4.3.0" if exc.temporary else "5.3.0", f"{rcpt.kind} delivery: {exc}"))
+                rcpt.set(
+                    DEFERRED if exc.temporary else BOUNCED,
+                    Status.of("4.3.0" if exc.temporary else "5.3.0", f"{rcpt.kind} delivery: {exc}"),
+                )
         elif not self.is_local(rcpt.to):
             self.deliver_remote(entry, [rcpt])
             return
@@ -170,8 +184,12 @@ class EntryDelivery:
             bounce.send_bounce(self.cfg, self.queue, entry, bounced)
             for rcpt in bounced:
                 rcpt.notified = True
-        if deferred and self.cfg["qrunner.delay_warning"] and not state.warned \
-                and now - env.arrival >= self.cfg["qrunner.delay_warning"]:
+        if (
+            deferred
+            and self.cfg["qrunner.delay_warning"]
+            and not state.warned
+            and now - env.arrival >= self.cfg["qrunner.delay_warning"]
+        ):
             bounce.send_delay_warning(self.cfg, self.queue, entry, deferred)
             state.warned = True
         if deferred:
@@ -188,4 +206,3 @@ class EntryDelivery:
     def close(self) -> None:
         if self.remote is not None:
             self.remote.close_all()
-

@@ -20,8 +20,20 @@ from pathlib import Path
 from pymta.lib import log
 
 # What we sign: the RFC 6376 5.4.1 list of headers that matter.
-SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"in-reply-to",
-                  b"references", b"mime-version", b"content-type", b"content-transfer-encoding"]
+SIGNED_HEADERS = [
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"in-reply-to",
+    b"references",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
+]
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -55,8 +67,12 @@ def keygen(cfg, domain: str, selector: str, bits: int = 2048) -> tuple[Path, str
     tmp = path.with_suffix(".tmp")
     old = os.umask(0o077)
     try:
-        done = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}",
-                               "-out", str(tmp)], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}", "-out", str(tmp)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DKIMError(f"openssl failed: {exc}") from None
     finally:
@@ -69,8 +85,9 @@ def keygen(cfg, domain: str, selector: str, bits: int = 2048) -> tuple[Path, str
 
 
 def public_key_b64(path: Path) -> str:
-    done = subprocess.run(["openssl", "pkey", "-in", str(path), "-pubout", "-outform", "DER"],
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        ["openssl", "pkey", "-in", str(path), "-pubout", "-outform", "DER"], capture_output=True, timeout=60
+    )
     if done.returncode != 0:
         raise DKIMError(f"openssl cannot read {path}")
     return base64.b64encode(done.stdout).decode()
@@ -80,7 +97,7 @@ def dns_record(path: Path, selector: str, domain: str) -> str:
     key = public_key_b64(path)
     value = f"v=DKIM1; k=rsa; p={key}"
     # TXT strings are at most 255 octets: split for zone files
-    chunks = " ".join(f'"{value[i:i + 250]}"' for i in range(0, len(value), 250))
+    chunks = " ".join(f'"{value[i : i + 250]}"' for i in range(0, len(value), 250))
     return f"{selector}._domainkey.{domain.rstrip('.')}. IN TXT ( {chunks} )"
 
 
@@ -89,11 +106,20 @@ def sign(message_lf: bytes, domain: str, selector: str, key_pem: bytes) -> bytes
     import dkim
 
     crlf = message_lf.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    present = {line.split(b":", 1)[0].strip().lower() for line in crlf.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-               if b":" in line and line[:1] not in (b" ", b"\t")}
+    present = {
+        line.split(b":", 1)[0].strip().lower()
+        for line in crlf.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        if b":" in line and line[:1] not in (b" ", b"\t")
+    }
     headers = [h for h in SIGNED_HEADERS if h in present] or [b"from"]
-    sig = dkim.sign(crlf, selector.encode(), domain.encode(), key_pem, include_headers=headers,
-                    canonicalize=(b"relaxed", b"relaxed"))
+    sig = dkim.sign(
+        crlf,
+        selector.encode(),
+        domain.encode(),
+        key_pem,
+        include_headers=headers,
+        canonicalize=(b"relaxed", b"relaxed"),
+    )
     return sig.replace(b"\r\n", b"\n")
 
 

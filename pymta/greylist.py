@@ -54,8 +54,17 @@ def client_network(ip: str) -> str:
 
 
 class Greylist:
-    def __init__(self, path: Path, *, delay: float, retry_window: float, max_age: float, auto_allowlist: int,
-                 max_entries: int = MAX_ENTRIES, clock=time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        delay: float,
+        retry_window: float,
+        max_age: float,
+        auto_allowlist: int,
+        max_entries: int = MAX_ENTRIES,
+        clock=time.time,
+    ) -> None:
         self.path = Path(path)
         self.delay = delay
         self.retry_window = retry_window
@@ -65,10 +74,14 @@ class Greylist:
         self.clock = clock
 
     @classmethod
-    def from_config(cls, cfg) -> "Greylist":
-        return cls(Path(cfg.root) / "run" / "greylist.sqlite", delay=cfg["smtpd.greylist_delay"],
-                   retry_window=cfg["smtpd.greylist_retry_window"], max_age=cfg["smtpd.greylist_max_age"],
-                   auto_allowlist=cfg["smtpd.greylist_auto_allowlist"])
+    def from_config(cls, cfg) -> Greylist:
+        return cls(
+            Path(cfg.root) / "run" / "greylist.sqlite",
+            delay=cfg["smtpd.greylist_delay"],
+            retry_window=cfg["smtpd.greylist_retry_window"],
+            max_age=cfg["smtpd.greylist_max_age"],
+            auto_allowlist=cfg["smtpd.greylist_auto_allowlist"],
+        )
 
     def check(self, ip: str, sender: str, recipient: str) -> tuple[bool, str]:
         """(let it in?, why): why is "new", "early" (refused), "retry" (the
@@ -99,13 +112,18 @@ class Greylist:
     def _check(self, db, net: str, sender: str, rcpt: str) -> tuple[bool, str]:
         now = self.clock()
         client = db.execute("SELECT passes, last FROM clients WHERE net = ?", (net,)).fetchone()
-        if (self.auto_allowlist > 0 and client is not None and client[0] >= self.auto_allowlist
-                and now - client[1] <= self.max_age):
+        if (
+            self.auto_allowlist > 0
+            and client is not None
+            and client[0] >= self.auto_allowlist
+            and now - client[1] <= self.max_age
+        ):
             db.execute("UPDATE clients SET last = ? WHERE net = ?", (now, net))
             return True, "allowlisted"
         key = (net, sender, rcpt)
-        row = db.execute("SELECT first, last, passed FROM triplets WHERE net = ? AND sender = ? AND rcpt = ?",
-                         key).fetchone()
+        row = db.execute(
+            "SELECT first, last, passed FROM triplets WHERE net = ? AND sender = ? AND rcpt = ?", key
+        ).fetchone()
         if row is None or (not row[2] and now - row[0] > self.retry_window) or (row[2] and now - row[1] > self.max_age):
             cur = db.execute("INSERT OR REPLACE INTO triplets VALUES (?, ?, ?, ?, ?, 0)", key + (now, now))
             if cur.lastrowid % PRUNE_EVERY == 0:
@@ -136,14 +154,20 @@ class Greylist:
             db.close()
 
     def _prune(self, db, now: float) -> None:
-        db.execute("DELETE FROM triplets WHERE (passed = 0 AND first < ?) OR (passed = 1 AND last < ?)",
-                   (now - self.retry_window, now - self.max_age))
+        db.execute(
+            "DELETE FROM triplets WHERE (passed = 0 AND first < ?) OR (passed = 1 AND last < ?)",
+            (now - self.retry_window, now - self.max_age),
+        )
         db.execute("DELETE FROM clients WHERE last < ?", (now - self.max_age,))
         (count,) = db.execute("SELECT COUNT(*) FROM triplets").fetchone()
         if count > self.max_entries:
-            db.execute("DELETE FROM triplets WHERE rowid IN (SELECT rowid FROM triplets ORDER BY last LIMIT ?)",
-                       (count - self.max_entries,))
+            db.execute(
+                "DELETE FROM triplets WHERE rowid IN (SELECT rowid FROM triplets ORDER BY last LIMIT ?)",
+                (count - self.max_entries,),
+            )
         (count,) = db.execute("SELECT COUNT(*) FROM clients").fetchone()
         if count > self.max_entries:
-            db.execute("DELETE FROM clients WHERE rowid IN (SELECT rowid FROM clients ORDER BY last LIMIT ?)",
-                       (count - self.max_entries,))
+            db.execute(
+                "DELETE FROM clients WHERE rowid IN (SELECT rowid FROM clients ORDER BY last LIMIT ?)",
+                (count - self.max_entries,),
+            )

@@ -52,8 +52,17 @@ class LocalDelivery:
             raise DeliveryError(f"{rcpt}: no such user", sysexits.EX_NOUSER)
         way = self.how(record)
         if way == INPROCESS:
-            deliver_message(self.cfg, self.users, rcpt, entry.message_chunks(), env.sender, original=orig,
-                            qid=env.queue_id, record=record, once=once)
+            deliver_message(
+                self.cfg,
+                self.users,
+                rcpt,
+                entry.message_chunks(),
+                env.sender,
+                original=orig,
+                qid=env.queue_id,
+                record=record,
+                once=once,
+            )
         elif way == EXEC:
             self._exec(entry, rcpt, orig, once)
         else:
@@ -64,8 +73,19 @@ class LocalDelivery:
         import subprocess
 
         env = entry.envelope
-        cmd = [sys.executable, "-m", "pymda.deliver", "-d", rcpt, "-f", env.sender, "-a", orig,
-               "--queue-id", env.queue_id]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pymda.deliver",
+            "-d",
+            rcpt,
+            "-f",
+            env.sender,
+            "-a",
+            orig,
+            "--queue-id",
+            env.queue_id,
+        ]
         if once:
             cmd.append("--once")
         if self.cfg.path:
@@ -82,14 +102,26 @@ class LocalDelivery:
         except OSError as exc:
             raise DeliveryError(f"cannot run pymda-deliver: {exc}", sysexits.EX_TEMPFAIL) from None
         if proc.returncode != 0:  # killed by a signal: it may have delivered just before
-            raise DeliveryError(f"pymda-deliver exited {proc.returncode}", _known_code(proc.returncode),
-                                uncertain=proc.returncode < 0)
+            raise DeliveryError(
+                f"pymda-deliver exited {proc.returncode}", _known_code(proc.returncode), uncertain=proc.returncode < 0
+            )
 
     def _service(self, entry, rcpt: str, orig: str, once: bool) -> None:
         env = entry.envelope
         path = socket_path(self.cfg)
-        request = json.dumps({"rcpt": rcpt, "sender": env.sender, "orig": orig, "qid": env.queue_id,
-                              "offset": entry.offset, "once": once}).encode() + b"\n"
+        request = (
+            json.dumps(
+                {
+                    "rcpt": rcpt,
+                    "sender": env.sender,
+                    "orig": orig,
+                    "qid": env.queue_id,
+                    "offset": entry.offset,
+                    "once": once,
+                }
+            ).encode()
+            + b"\n"
+        )
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(10.0)
@@ -103,15 +135,19 @@ class LocalDelivery:
                         break
                     answer += data
         except (OSError, TimeoutError) as exc:  # before the request went out, or while it was being served
-            raise DeliveryError(f"mailbox of {rcpt} belongs to another uid, and the privileged delivery "
-                                f"service pymda-local does not answer at {path}: {exc}", sysexits.EX_TEMPFAIL,
-                                uncertain=True) from None
+            raise DeliveryError(
+                f"mailbox of {rcpt} belongs to another uid, and the privileged delivery "
+                f"service pymda-local does not answer at {path}: {exc}",
+                sysexits.EX_TEMPFAIL,
+                uncertain=True,
+            ) from None
         try:
             reply = json.loads(answer)
             code, text = int(reply["code"]), str(reply.get("text", ""))
         except (ValueError, KeyError, TypeError):
-            raise DeliveryError("pymda-local gave no answer (it may have been killed)", sysexits.EX_TEMPFAIL,
-                                uncertain=True) from None
+            raise DeliveryError(
+                "pymda-local gave no answer (it may have been killed)", sysexits.EX_TEMPFAIL, uncertain=True
+            ) from None
         if code != 0:
             raise DeliveryError(f"pymda-local: {text}", _known_code(code))
 
@@ -151,9 +187,11 @@ def describe(cfg, users) -> list[str]:
         except DeliveryError:
             continue
         ways.setdefault(way, []).append(f"{record.address} (uid {owner})")
-    why = {INPROCESS: f"mailbox owned by the runner's uid {uid}, deliver.mode = inprocess",
-           EXEC: "a separate process (deliver.mode = exec, or a mailbox owned by another uid while the runner is root)",
-           SERVICE: "mailbox owned by another uid: the privileged pymda-local becomes the owner"}
+    why = {
+        INPROCESS: f"mailbox owned by the runner's uid {uid}, deliver.mode = inprocess",
+        EXEC: "a separate process (deliver.mode = exec, or a mailbox owned by another uid while the runner is root)",
+        SERVICE: "mailbox owned by another uid: the privileged pymda-local becomes the owner",
+    }
     for way, who_list in ways.items():
         shown = ", ".join(who_list[:5]) + (f" and {len(who_list) - 5} more" if len(who_list) > 5 else "")
         lines.append(f"delivery {way}: {shown} -- {why[way]}")

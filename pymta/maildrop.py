@@ -62,7 +62,7 @@ class MaildropWriter:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
 
     def commit(self) -> str:
         from pymta.lib.fsutil import fsync_dir
@@ -232,9 +232,9 @@ def _pick_up_one(cfg, queue, path: Path) -> bool:
     """Queue one maildrop file (True), or refuse, bounce and remove it, or keep it for later (False)."""
     import stat
 
+    from pymta.lib.address import valid_envelope_address as valid_address
     from pymta.lib.sizelimit import TooBig, read_at_most
     from pymta.queue import ENVELOPE_MAX, Envelope, is_queue_id
-    from pymta.lib.address import valid_envelope_address as valid_address
 
     name = path.name
     try:
@@ -262,14 +262,18 @@ def _pick_up_one(cfg, queue, path: Path) -> bool:
             if not env.recipients or not all(valid_address(r) for r in env.recipients):
                 raise Refused(Status.of("5.1.3", "bad recipient address syntax"))
             if len(env.recipients) > max_rcpts:
-                raise Refused(Status.of("5.5.3", f"too many recipients ({len(env.recipients)}; "
-                                                 f"smtpd.max_recipients is {max_rcpts})"))
+                raise Refused(
+                    Status.of(
+                        "5.5.3", f"too many recipients ({len(env.recipients)}; smtpd.max_recipients is {max_rcpts})"
+                    )
+                )
             try:
                 # counted while reading: the owner may grow the file at any time (no fstat size)
                 body = read_at_most(fh, limit)
             except TooBig:
-                raise Refused(Status.of("5.3.4", f"message file too big (smtpd.max_message_size is "
-                                                 f"{limit} octets)")) from None
+                raise Refused(
+                    Status.of("5.3.4", f"message file too big (smtpd.max_message_size is {limit} octets)")
+                ) from None
         except (ValueError, KeyError, TypeError, OSError) as exc:
             log.warning(f"maildrop: uid={uid} ({user}): file {name} refused: {exc}")
             if env is not None:
@@ -284,21 +288,24 @@ def _pick_up_one(cfg, queue, path: Path) -> bool:
 
         over = charge_local_user(cfg, uid, len(env.recipients))
         if over:  # a 4xx, not a refusal: kept, and picked up on a later pass once the hour allows
-            log.warning(f"maildrop: uid={uid} ({user}): file {name} kept: rate limit exceeded "
-                        f"(submission.max_{over}_per_hour)")
+            log.warning(
+                f"maildrop: uid={uid} ({user}): file {name} kept: rate limit exceeded (submission.max_{over}_per_hour)"
+            )
             return False
         meta = {k: v for k, v in env.meta.items() if k in PICKUP_META and isinstance(v, str) and len(v) < 200}
         meta.update({"client": "local", "service": "pickup", "uid": uid, "user": user})
         prefix = b""
         if not sender_belongs_to(cfg, uid, user, env.sender):
             meta["sender_unverified"] = True
-            prefix = (f"X-Authentication-Warning: {cfg['hostname']}: {user} set sender to "
-                      f"<{env.sender}> using -f\n").encode()
+            prefix = (
+                f"X-Authentication-Warning: {cfg['hostname']}: {user} set sender to <{env.sender}> using -f\n"
+            ).encode()
             log.warning(f"uid={uid} ({user}) set sender to <{env.sender}>, which is not theirs")
         qid = queue.enqueue(env.sender, env.recipients, prefix + body, meta)
         was = f", submitted as {env.queue_id}" if is_queue_id(env.queue_id) else ""
-        log.info(f"uid={uid}, user={user}, from=<{env.sender}>, nrcpt={len(env.recipients)} "
-                 f"(queued from maildrop{was})", qid)
+        log.info(
+            f"uid={uid}, user={user}, from=<{env.sender}>, nrcpt={len(env.recipients)} (queued from maildrop{was})", qid
+        )
     _unlink(path)
     return True
 

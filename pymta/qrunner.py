@@ -37,10 +37,27 @@ from pymta.queue import Queue, is_queue_id
 CATCH_UP = 0.5
 
 # What the runner may import after leaving root (see daemon.preload).
-PRELOAD = ("pymta.qrunner", "pymta.delivery", "pymta.recipient", "pymta.local", "pymta.remote", "pymta.bounce",
-           "pymta.maildrop", "pymta.maildrop_bounce", "pymta.smtp_client", "pymta.routing", "pymta.aliases",
-           "pymta.dkim_sign", "pymda.deliver", "pymda.localserver", "pymda.forward",
-           "pymda.rules.engine", "pymda.rules.actions", "pymda.rules.mbox", "pymda.index")
+PRELOAD = (
+    "pymta.qrunner",
+    "pymta.delivery",
+    "pymta.recipient",
+    "pymta.local",
+    "pymta.remote",
+    "pymta.bounce",
+    "pymta.maildrop",
+    "pymta.maildrop_bounce",
+    "pymta.smtp_client",
+    "pymta.routing",
+    "pymta.aliases",
+    "pymta.dkim_sign",
+    "pymda.deliver",
+    "pymda.localserver",
+    "pymda.forward",
+    "pymda.rules.engine",
+    "pymda.rules.actions",
+    "pymda.rules.mbox",
+    "pymda.index",
+)
 PRELOAD_OTHERS = ("dns.resolver", "dkim", "ssl", "json", "hashlib", "email.parser")
 
 
@@ -189,8 +206,10 @@ def leave_root(cfg, runner: Runner) -> int:
     if os.geteuid() != 0 or name == "root":  # "root": the admin's explicit choice (pymail-security(7))
         return 0
     if not name:
-        log.error('refusing to run as root: set daemon_user (pymail init does), or daemon_user = "root" '
-                  "to run the queue as root on purpose")
+        log.error(
+            'refusing to run as root: set daemon_user (pymail init does), or daemon_user = "root" '
+            "to run the queue as root on purpose"
+        )
         return sysexits.EX_CONFIG
     from pymta.lib.privilege import PrivilegeError, become_account, daemon_account
 
@@ -233,11 +252,19 @@ def hand_over(path: Path, uid: int, gid: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-qrunner")
     parser = ArgumentParser(prog="pymta-qrunner", description="Deliver the messages in the pymail queue.")
-    parser.add_argument("-C", dest="config", metavar="FILE",
-                        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
+    parser.add_argument(
+        "-C",
+        dest="config",
+        metavar="FILE",
+        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)",
+    )
     parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
-    parser.add_argument("queue_ids", nargs="*", metavar="QUEUE-ID",
-                        help="with --once: only these entries (sendmail -odi), without the maildrop pickup")
+    parser.add_argument(
+        "queue_ids",
+        nargs="*",
+        metavar="QUEUE-ID",
+        help="with --once: only these entries (sendmail -odi), without the maildrop pickup",
+    )
     args = parser.parse_args(argv)
     if args.queue_ids and not args.once:
         parser.error("queue IDs go with --once")

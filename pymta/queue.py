@@ -70,8 +70,6 @@ def is_queue_id(text: str) -> bool:
     return len(text) == 19 and all(c in "0123456789ABCDEF" for c in text)
 
 
-
-
 def _clean_field(value: str, what: str) -> str:
     if any(c in value for c in "\r\n\x00"):
         raise ValueError(f"{what} contains CR, LF or NUL")
@@ -81,8 +79,9 @@ def _clean_field(value: str, what: str) -> str:
 class Envelope:
     """Sender, recipients and facts about the submission (``meta``)."""
 
-    def __init__(self, sender: str, recipients: list[str], queue_id: str = "", arrival: float = 0.0,
-                 meta: dict | None = None) -> None:
+    def __init__(
+        self, sender: str, recipients: list[str], queue_id: str = "", arrival: float = 0.0, meta: dict | None = None
+    ) -> None:
         self.sender = sender
         self.recipients = recipients
         self.queue_id = queue_id
@@ -95,19 +94,30 @@ class Envelope:
         _clean_field(self.sender, "sender")
         for rcpt in self.recipients:
             _clean_field(rcpt, "recipient")
-        record = {"v": 1, "id": self.queue_id, "arrival": self.arrival, "sender": self.sender,
-                  "recipients": self.recipients, "meta": self.meta}
+        record = {
+            "v": 1,
+            "id": self.queue_id,
+            "arrival": self.arrival,
+            "sender": self.sender,
+            "recipients": self.recipients,
+            "meta": self.meta,
+        }
         return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
-    def from_line(cls, line: bytes) -> "Envelope":
+    def from_line(cls, line: bytes) -> Envelope:
         import json
 
         record = json.loads(line)
         if not isinstance(record, dict) or record.get("v") != 1:
             raise ValueError("unknown envelope version")
-        env = cls(sender=record["sender"], recipients=list(record["recipients"]),
-                  queue_id=record["id"], arrival=float(record["arrival"]), meta=record.get("meta") or {})
+        env = cls(
+            sender=record["sender"],
+            recipients=list(record["recipients"]),
+            queue_id=record["id"],
+            arrival=float(record["arrival"]),
+            meta=record.get("meta") or {},
+        )
         if not isinstance(env.sender, str) or not all(isinstance(r, str) for r in env.recipients):
             raise ValueError("bad envelope field types")
         return env
@@ -138,7 +148,7 @@ class Queue:
         return self.path / "wake.sock"
 
     # -- the door: writing -----------------------------------------------------
-    def writer(self, sender: str, recipients: list[str], meta: dict | None = None) -> "QueueWriter":
+    def writer(self, sender: str, recipients: list[str], meta: dict | None = None) -> QueueWriter:
         return QueueWriter(self, sender, recipients, meta or {})
 
     def enqueue(self, sender: str, recipients: list[str], chunks, meta: dict | None = None) -> str:
@@ -282,7 +292,7 @@ class Queue:
         out.sort(key=lambda item: item[1].name)
         return out
 
-    def lock_entry(self, queue_id: str, wait: float = 5.0) -> "tuple[Entry | None, str]":
+    def lock_entry(self, queue_id: str, wait: float = 5.0) -> tuple[Entry | None, str]:
         """Open and lock entry ``queue_id``, waiting up to ``wait`` seconds
         for a runner to finish with it: (entry, "") or (None, why)."""
         deadline = time.time() + wait
@@ -323,7 +333,7 @@ class Queue:
                 count += 1
         return count
 
-    def open_entry(self, path: Path, lock: bool = True) -> "Entry | None":
+    def open_entry(self, path: Path, lock: bool = True) -> Entry | None:
         """Open and (by default) lock an entry; None if gone or locked by another runner."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -376,7 +386,7 @@ class Queue:
         except (ValueError, OSError):
             return None  # a torn state cannot happen (rename); an unreadable one restarts from the envelope
 
-    def load_state(self, queue_id: str) -> "EntryState | None":
+    def load_state(self, queue_id: str) -> EntryState | None:
         """``state/ID`` as typed records (pymta.recipient), or None."""
         from pymta.recipient import EntryState
 
@@ -388,7 +398,7 @@ class Queue:
         except (ValueError, KeyError, TypeError):
             return None  # unreadable: restart from the envelope
 
-    def save_state(self, queue_id: str, state: "EntryState", durable: bool = True) -> None:
+    def save_state(self, queue_id: str, state: EntryState, durable: bool = True) -> None:
         self.write_state(queue_id, state.to_dict(), durable)
 
     def write_state(self, queue_id: str, state: dict, durable: bool = True) -> None:
@@ -412,7 +422,7 @@ class Queue:
         if durable:
             fsync_dir(path.parent)
 
-    def mark_attempt(self, entry: "Entry") -> bool:
+    def mark_attempt(self, entry: Entry) -> bool:
         """Note on the entry itself that a first delivery attempt has begun.
 
         An extended attribute, not a state file: a state file is one more
@@ -426,7 +436,7 @@ class Queue:
         except (OSError, AttributeError):
             return False
 
-    def attempted(self, entry: "Entry") -> bool:
+    def attempted(self, entry: Entry) -> bool:
         """Whether mark_attempt() was done on this entry (by a runner that then died)."""
         try:
             os.getxattr(entry.fh.fileno(), ATTEMPT_XATTR)
@@ -434,7 +444,7 @@ class Queue:
         except (OSError, AttributeError):
             return False
 
-    def remove(self, entry: "Entry") -> None:
+    def remove(self, entry: Entry) -> None:
         """Delivery finished for every recipient: the entry goes away.
 
         No directory fsync: if a power cut undoes the unlink, the entry comes
@@ -445,7 +455,7 @@ class Queue:
         except FileNotFoundError:
             pass
 
-    def defer(self, entry: "Entry", when: float) -> Path:
+    def defer(self, entry: Entry, when: float) -> Path:
         target = self.path_for(entry.path.name, "deferred", when)
         target_dir = target.parent
         os.makedirs(target_dir, exist_ok=True)
@@ -485,7 +495,7 @@ class Entry:
 
     @property
     def where(self) -> str:
-        """"new", "hold" or "deferred"."""
+        """ "new", "hold" or "deferred"."""
         name = self.path.parent.name
         return name if name in ("new", "hold") else "deferred"
 
@@ -564,7 +574,7 @@ class QueueWriter:
         view = memoryview(self._buf)
         try:
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
         except OSError as exc:
             view.release()
             self.abort()

@@ -28,10 +28,15 @@ from pymta.lib.sizelimit import TooBig, limited
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-queue")
     parser = ArgumentParser(prog="pymta-queue", description="Put the message on standard input into the pymail queue.")
-    parser.add_argument("-C", dest="config", metavar="FILE",
-                        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)")
-    parser.add_argument("-f", dest="sender", default="", metavar="SENDER",
-                        help="envelope sender (default: empty, the null sender <>)")
+    parser.add_argument(
+        "-C",
+        dest="config",
+        metavar="FILE",
+        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)",
+    )
+    parser.add_argument(
+        "-f", dest="sender", default="", metavar="SENDER", help="envelope sender (default: empty, the null sender <>)"
+    )
     parser.add_argument("recipients", nargs="+", metavar="RECIPIENT", help="envelope recipients, user@domain")
     args = parser.parse_args(argv)
     if not valid_address(args.sender, allow_null=True):
@@ -51,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"client": "local", "uid": os.getuid(), "service": "pickup"}
     limit = cfg["smtpd.max_message_size"]
     try:
-        qid = Queue(cfg.queue_dir).enqueue(args.sender, args.recipients, limited(crlf_to_lf(sys.stdin.buffer), limit),
-                                           meta)
+        qid = Queue(cfg.queue_dir).enqueue(
+            args.sender, args.recipients, limited(crlf_to_lf(sys.stdin.buffer), limit), meta
+        )
     except TooBig:
         log.error(f"message not queued: larger than smtpd.max_message_size ({limit} octets)")
         return sysexits.EX_DATAERR

@@ -43,12 +43,12 @@ class Status:
     text: str = ""
 
     @classmethod
-    def of(cls, enhanced: str, detail: str, code: int = 0) -> "Status":
+    def of(cls, enhanced: str, detail: str, code: int = 0) -> Status:
         """``enhanced`` and a detail, shown as ``"5.1.1 unknown user"``."""
         return cls(code or _CLASS_CODE.get(enhanced[:1], 450), enhanced, f"{enhanced} {detail}")
 
     @classmethod
-    def from_text(cls, text: str, failed: bool = True) -> "Status":
+    def from_text(cls, text: str, failed: bool = True) -> Status:
         """A status from text that may start with an enhanced code (an alias
         verdict, a state file from before ``enhanced`` was kept); without
         one the code is the class default (5.0.0 when ``failed``, else 4.0.0)."""
@@ -87,8 +87,14 @@ class Recipient:
         self.reason = reason
 
     def to_dict(self) -> dict:
-        out = {"to": self.to, "kind": self.kind, "orig": self.orig, "status": self.state,
-               "attempts": self.attempts, "reason": self.reason.text}
+        out = {
+            "to": self.to,
+            "kind": self.kind,
+            "orig": self.orig,
+            "status": self.state,
+            "attempts": self.attempts,
+            "reason": self.reason.text,
+        }
         if self.reason.enhanced:
             out.update(code=self.reason.code, enhanced=self.reason.enhanced)
         for name in ("verdict", "dup", "notified", "remote", "diag"):
@@ -98,7 +104,7 @@ class Recipient:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipient":
+    def from_dict(cls, d: dict) -> Recipient:
         text = str(d.get("reason") or "")
         state = str(d.get("status") or PENDING)
         if d.get("enhanced"):
@@ -107,10 +113,19 @@ class Recipient:
             reason = Status.from_text(text, failed=state == BOUNCED)
         else:
             reason = NO_STATUS
-        return cls(to=str(d["to"]), kind=str(d.get("kind") or "address"), orig=str(d.get("orig") or d["to"]),
-                   state=state, attempts=int(d.get("attempts") or 0), reason=reason,
-                   verdict=str(d.get("verdict") or ""), dup=bool(d.get("dup")), notified=bool(d.get("notified")),
-                   remote=str(d.get("remote") or ""), diag=str(d.get("diag") or ""))
+        return cls(
+            to=str(d["to"]),
+            kind=str(d.get("kind") or "address"),
+            orig=str(d.get("orig") or d["to"]),
+            state=state,
+            attempts=int(d.get("attempts") or 0),
+            reason=reason,
+            verdict=str(d.get("verdict") or ""),
+            dup=bool(d.get("dup")),
+            notified=bool(d.get("notified")),
+            remote=str(d.get("remote") or ""),
+            diag=str(d.get("diag") or ""),
+        )
 
 
 @dataclass
@@ -132,10 +147,14 @@ class EntryState:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EntryState":
+    def from_dict(cls, d: dict) -> EntryState:
         rcpts = [Recipient.from_dict(r) for r in d.get("rcpts") or [] if isinstance(r, dict) and "to" in r]
-        return cls(rcpts=rcpts, first=float(d.get("first") or 0.0), next=float(d.get("next") or 0.0),
-                   warned=bool(d.get("warned")))
+        return cls(
+            rcpts=rcpts,
+            first=float(d.get("first") or 0.0),
+            next=float(d.get("next") or 0.0),
+            warned=bool(d.get("warned")),
+        )
 
 
 def expand(aliases, is_local, addresses, seen: set) -> list[Recipient]:

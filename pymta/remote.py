@@ -56,9 +56,17 @@ class RemoteDelivery:
                         return conn
                     conn.close()
         ca_file = self.cfg["relay.tls_ca_file"]
-        conn = Connection(host, ip, port, self.helo, tls=route.tls, auth=route.auth,
-                          connect_timeout=self.cfg["relay.connect_timeout"], timeout=self.cfg["relay.command_timeout"],
-                          ca_file=str(self.cfg.root / ca_file) if ca_file else "")
+        conn = Connection(
+            host,
+            ip,
+            port,
+            self.helo,
+            tls=route.tls,
+            auth=route.auth,
+            connect_timeout=self.cfg["relay.connect_timeout"],
+            timeout=self.cfg["relay.command_timeout"],
+            ca_file=str(self.cfg.root / ca_file) if ca_file else "",
+        )
         conn.reused = False
         conn.key = key
         return conn
@@ -109,8 +117,7 @@ class RemoteDelivery:
             with sem:
                 self._deliver_group(entry, r, members)
 
-    def _set(self, entry: Entry, rcpt: Recipient, state: str, reason: Status, relay: str = "",
-             diag: str = "") -> None:
+    def _set(self, entry: Entry, rcpt: Recipient, state: str, reason: Status, relay: str = "", diag: str = "") -> None:
         if rcpt.dup and state == SENT:
             reason = replace(reason, text=reason.text + DUPLICATE_NOTE)
         rcpt.set(state, reason)
@@ -119,8 +126,7 @@ class RemoteDelivery:
         if diag:
             rcpt.diag = diag
         where = f", relay={relay}" if relay else ""
-        log.info(f"to=<{rcpt.to}>, orig_to=<{rcpt.orig}>{where}, status={state} ({reason})",
-                 entry.envelope.queue_id)
+        log.info(f"to=<{rcpt.to}>, orig_to=<{rcpt.orig}>{where}, status={state} ({reason})", entry.envelope.queue_id)
 
     def _transaction(self, entry: Entry, rcpts: list[Recipient]):
         from pymta.smtp_client import Transaction
@@ -143,8 +149,14 @@ class RemoteDelivery:
                 yield prefix
             yield from entry.message_chunks()
 
-        return Transaction(env.sender, [r.to for r in rcpts], chunks, entry.size + len(prefix), eightbit,
-                           not all(a.isascii() for a in addresses))
+        return Transaction(
+            env.sender,
+            [r.to for r in rcpts],
+            chunks,
+            entry.size + len(prefix),
+            eightbit,
+            not all(a.isascii() for a in addresses),
+        )
 
     def _deliver_group(self, entry: Entry, r, rcpts: list[Recipient]) -> None:
         from pymta import routing
@@ -178,8 +190,11 @@ class RemoteDelivery:
                 conn.close()
                 continue
             self._release(conn)
-            if result.failure is not None and (result.mail is None or result.mail.code // 100 == 4) \
-                    and result.failure.temporary:
+            if (
+                result.failure is not None
+                and (result.mail is None or result.mail.code // 100 == 4)
+                and result.failure.temporary
+            ):
                 last = (relay, result.failure)  # MAIL deferred or session lost before it: next MX
                 continue
             self._record(entry, rcpts, relay, result)
@@ -213,21 +228,42 @@ class RemoteDelivery:
             if reply is None:
                 self._set(entry, rcpt, DEFERRED, Status.of("4.4.2", f"{relay}: lost connection during RCPT"), relay)
             elif reply.code // 100 != 2:
-                self._set(entry, rcpt, DEFERRED if reply.temporary else BOUNCED,
-                          _status(reply, f"{reply.enhanced} {relay} said: {reply} (in reply to RCPT TO)"), relay,
-                          f"smtp; {reply}")
+                self._set(
+                    entry,
+                    rcpt,
+                    DEFERRED if reply.temporary else BOUNCED,
+                    _status(reply, f"{reply.enhanced} {relay} said: {reply} (in reply to RCPT TO)"),
+                    relay,
+                    f"smtp; {reply}",
+                )
             elif result.data is None:
-                self._set(entry, rcpt, DEFERRED,
-                          Status.of("4.4.2", f"{relay}: lost connection while sending the message"),
-                          relay, "smtp; 421 lost connection")
+                self._set(
+                    entry,
+                    rcpt,
+                    DEFERRED,
+                    Status.of("4.4.2", f"{relay}: lost connection while sending the message"),
+                    relay,
+                    "smtp; 421 lost connection",
+                )
             elif result.data.code // 100 == 2:
-                self._set(entry, rcpt, SENT, Status(result.data.code, "2.0.0", f"2.0.0 {relay}: {result.data}"),
-                          relay, f"smtp; {result.data}")
+                self._set(
+                    entry,
+                    rcpt,
+                    SENT,
+                    Status(result.data.code, "2.0.0", f"2.0.0 {relay}: {result.data}"),
+                    relay,
+                    f"smtp; {result.data}",
+                )
             else:
                 d = result.data
-                self._set(entry, rcpt, DEFERRED if d.temporary else BOUNCED,
-                          _status(d, f"{d.enhanced} {relay} said: {d} (in reply to end of DATA)"), relay,
-                          f"smtp; {d}")
+                self._set(
+                    entry,
+                    rcpt,
+                    DEFERRED if d.temporary else BOUNCED,
+                    _status(d, f"{d.enhanced} {relay} said: {d} (in reply to end of DATA)"),
+                    relay,
+                    f"smtp; {d}",
+                )
 
 
 def _status(reply, text: str) -> Status:

@@ -48,7 +48,11 @@ def sender_owned(cfg, login: str, address: str, *, users=None, aliases=None) -> 
 
         aliases = Aliases(cfg.path_of("aliases"))
     for _orig, target in aliases.expand(address, lambda a: cfg.is_local_domain(a.rpartition("@")[2])):
-        if target.kind == "address" and target.value.lower() != address and _is_login(cfg, users, login, target.value.lower()):
+        if (
+            target.kind == "address"
+            and target.value.lower() != address
+            and _is_login(cfg, users, login, target.value.lower())
+        ):
             return True
     return False
 

@@ -146,7 +146,7 @@ def read_message(stream, dot_ends: bool, limit: int | None = None) -> bytes:
                 return b""
             cut = data.find(b"\n.\n", searched)
             if cut >= 0:
-                del data[cut + 1:]
+                del data[cut + 1 :]
                 break
         if limit is not None and len(data) > limit:
             raise TooBig(limit)
@@ -213,8 +213,9 @@ def recipients_from_headers(fields: list[bytes]) -> list[str]:
     return [addr for _, addr in getaddresses(values) if addr]
 
 
-def complete_headers(fields: list[bytes], sender: str, full_name: str | None, hostname: str,
-                     remove_bcc: bool) -> list[bytes]:
+def complete_headers(
+    fields: list[bytes], sender: str, full_name: str | None, hostname: str, remove_bcc: bool
+) -> list[bytes]:
     from email.utils import formatdate, make_msgid
 
     if remove_bcc:
@@ -393,9 +394,9 @@ def _too_big(limit: int) -> int:
 
 
 def submit(cfg, opts: Options) -> int:
+    from pymta.lib.address import valid_envelope_address as valid_address
     from pymta.lib.sizelimit import TooBig
     from pymta.queue import QueueError
-    from pymta.lib.address import valid_envelope_address as valid_address
 
     sender = opts.sender if opts.sender is not None else _default_sender(cfg)
     if sender in ("<>",):
@@ -428,8 +429,12 @@ def submit(cfg, opts: Options) -> int:
             seen.add(r.lower())
             unique.append(r)
     if not unique:
-        print("sendmail: fatal: no recipient addresses found in message header" if opts.extract
-              else "sendmail: fatal: no recipients specified", file=sys.stderr)
+        print(
+            "sendmail: fatal: no recipient addresses found in message header"
+            if opts.extract
+            else "sendmail: fatal: no recipients specified",
+            file=sys.stderr,
+        )
         return sysexits.EX_USAGE
     for r in unique:
         if not valid_address(r):
@@ -437,11 +442,15 @@ def submit(cfg, opts: Options) -> int:
             return sysexits.EX_DATAERR
     if len(unique) > cfg["smtpd.max_recipients"]:
         # the runner would refuse the maildrop file; say so now, while someone listens
-        print(f"sendmail: fatal: too many recipients ({len(unique)}; smtpd.max_recipients is "
-              f"{cfg['smtpd.max_recipients']})", file=sys.stderr)
+        print(
+            f"sendmail: fatal: too many recipients ({len(unique)}; smtpd.max_recipients is "
+            f"{cfg['smtpd.max_recipients']})",
+            file=sys.stderr,
+        )
         return sysexits.EX_UNAVAILABLE
-    fields = complete_headers(fields, sender or "MAILER-DAEMON@" + cfg["hostname"], opts.full_name, cfg["hostname"],
-                              remove_bcc=opts.extract)
+    fields = complete_headers(
+        fields, sender or "MAILER-DAEMON@" + cfg["hostname"], opts.full_name, cfg["hostname"], remove_bcc=opts.extract
+    )
     message = b"".join(fields) + (body if body.startswith(b"\n") or not body else b"\n" + body)
     if not body:
         message += b"\n"

@@ -108,7 +108,12 @@ class ReplyParser:
         return out
 
     def _line(self, line: bytes) -> Reply | None:
-        if len(line) < 3 or not line[:3].isdigit() or line[0:1] not in b"2345" or (len(line) > 3 and line[3:4] not in b" -"):
+        if (
+            len(line) < 3
+            or not line[:3].isdigit()
+            or line[0:1] not in b"2345"
+            or (len(line) > 3 and line[3:4] not in b" -")
+        ):
             raise ProtocolError("malformed reply line")
         code = int(line[:3])
         if self._code is not None and code != self._code:
@@ -173,8 +178,15 @@ class TxnResult:
 class SMTPClient:
     """One SMTP client session.  See the module docstring."""
 
-    def __init__(self, helo: str, *, tls: str = "opportunistic", tls_possible: bool = True,
-                 auth: tuple[str, str] | None = None, auth_ok_plaintext: bool = False) -> None:
+    def __init__(
+        self,
+        helo: str,
+        *,
+        tls: str = "opportunistic",
+        tls_possible: bool = True,
+        auth: tuple[str, str] | None = None,
+        auth_ok_plaintext: bool = False,
+    ) -> None:
         self.helo = helo
         self.tls_policy = tls  # none | opportunistic | require | verify
         self.tls_possible = tls_possible
@@ -263,7 +275,9 @@ class SMTPClient:
         self.result = TxnResult()
         limit = self.extensions.get("SIZE", "")
         if "SIZE" in self.extensions and limit.isdigit() and int(limit) > 0 and txn.size > int(limit):
-            self.result.failure = Reply(552, (f"5.3.4 message size {txn.size} exceeds the server's limit {limit}",), True)
+            self.result.failure = Reply(
+                552, (f"5.3.4 message size {txn.size} exceeds the server's limit {limit}",), True
+            )
             self.ready = True
             return []
         if txn.smtputf8 and "SMTPUTF8" not in self.extensions:
@@ -329,7 +343,9 @@ class SMTPClient:
             if reply.code == 220:
                 return [STARTTLS]
             if self.tls_policy in ("require", "verify"):
-                return self._fail_reply(Reply(421, (f"4.7.4 STARTTLS refused ({reply}) but TLS is required",), True), "TLS")
+                return self._fail_reply(
+                    Reply(421, (f"4.7.4 STARTTLS refused ({reply}) but TLS is required",), True), "TLS"
+                )
             self._tls_refused = True
             return self._after_ehlo()
         if st == _AUTH:
@@ -356,8 +372,12 @@ class SMTPClient:
         return []
 
     def _after_ehlo(self) -> list:
-        want_tls = (self.tls_policy != "none" and self.tls_possible and not self.tls_active
-                    and not getattr(self, "_tls_refused", False))
+        want_tls = (
+            self.tls_policy != "none"
+            and self.tls_possible
+            and not self.tls_active
+            and not getattr(self, "_tls_refused", False)
+        )
         if want_tls and "STARTTLS" in self.extensions:
             self.state = _STARTTLS
             return [b"STARTTLS\r\n"]
@@ -442,9 +462,19 @@ class SMTPClient:
 class Connection:
     """A blocking SMTP session over one TCP connection (TLS by ``ssl`` when asked)."""
 
-    def __init__(self, host: str, ip: str, port: int, helo: str, *, tls: str = "opportunistic",
-                 auth: tuple[str, str] | None = None, connect_timeout: float = 30.0,
-                 timeout: float = 300.0, ca_file: str = "") -> None:
+    def __init__(
+        self,
+        host: str,
+        ip: str,
+        port: int,
+        helo: str,
+        *,
+        tls: str = "opportunistic",
+        auth: tuple[str, str] | None = None,
+        connect_timeout: float = 30.0,
+        timeout: float = 300.0,
+        ca_file: str = "",
+    ) -> None:
         self.host, self.ip, self.port = host, ip, port
         self.timeout = timeout
         self.tls = tls
@@ -510,7 +540,7 @@ class Connection:
             try:
                 self.sock.settimeout(self.timeout)
                 data = self.sock.recv(65536)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 pending.extend(m.timed_out())
                 continue
             except OSError:

@@ -21,10 +21,9 @@ from collections import namedtuple
 
 from pymta.lib import sasl
 from pymta.lib.address import AddressError, parse_path, split_path
-from pymta.lib.record import REQUIRED, Record
 from pymta.lib.linereader import LineReader
+from pymta.lib.record import REQUIRED, Record
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol
-
 
 Reply = namedtuple("Reply", "code enhanced text")  # e.g. Reply(550, "5.1.1", "User unknown")
 
@@ -43,9 +42,22 @@ class Refused(Exception):
 
 
 class SMTPSettings(Record):
-    __slots__ = ("hostname", "max_message_size", "max_recipients", "max_command_line", "max_text_line",
-                 "max_errors", "command_timeout", "data_timeout", "require_auth", "auth_plaintext_ok", "software",
-                 "max_session_time", "max_junk_commands", "recipient_policy")
+    __slots__ = (
+        "hostname",
+        "max_message_size",
+        "max_recipients",
+        "max_command_line",
+        "max_text_line",
+        "max_errors",
+        "command_timeout",
+        "data_timeout",
+        "require_auth",
+        "auth_plaintext_ok",
+        "software",
+        "max_session_time",
+        "max_junk_commands",
+        "recipient_policy",
+    )
     FIELDS = (
         ("hostname", REQUIRED),
         ("max_message_size", 25 * 1024 * 1024),
@@ -93,7 +105,7 @@ class Envelope(Record):
 # costs every inetd connection.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Optional
+    from collections.abc import Callable
     from typing import Protocol as Interface
 
     class MessageSink(Interface):
@@ -150,6 +162,7 @@ _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 def _failure_state(exc: BaseException) -> int:
     """_NO_SPACE for a full disk or quota (an OSError or a QueueError carrying its errno), else _LOCAL_ERROR."""
     return _NO_SPACE if getattr(exc, "errno", None) in _NO_SPACE_ERRNOS else _LOCAL_ERROR
+
 
 _MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
 # Commands that move no mail (Postfix's smtpd_junk_command_limit counts the
@@ -523,8 +536,9 @@ class SMTPServer(LineReader, Protocol):
             params[key] = value if eq else None
         return params
 
-    def _backend_check(self, check: Callable[[Session, Envelope, str], Optional[Reply]], envelope: Envelope,
-                       address: str):
+    def _backend_check(
+        self, check: Callable[[Session, Envelope, str], Reply | None], envelope: Envelope, address: str
+    ):
         try:
             return check(self.session, envelope, address)
         except Exception as exc:  # a backend bug must not take the session down

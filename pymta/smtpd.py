@@ -117,12 +117,28 @@ class SMTPBackend(LoginBackend):
             except UsersUnavailable:
                 return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
             if not owned:
-                return self._refuse("MAIL", session, envelope, address, Reply(
-                    553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {log.printable(login)}"))
+                return self._refuse(
+                    "MAIL",
+                    session,
+                    envelope,
+                    address,
+                    Reply(
+                        553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {log.printable(login)}"
+                    ),
+                )
         if self.sendrate.charge(self.account_key(login), messages=1):
-            return self._refuse("MAIL", session, envelope, address, Reply(
-                450, "4.7.1", f"<{address}>: Sender address rejected: rate limit exceeded for user "
-                f"{log.printable(login)} ({self.cfg['submission.max_messages_per_hour']} messages per hour)"))
+            return self._refuse(
+                "MAIL",
+                session,
+                envelope,
+                address,
+                Reply(
+                    450,
+                    "4.7.1",
+                    f"<{address}>: Sender address rejected: rate limit exceeded for user "
+                    f"{log.printable(login)} ({self.cfg['submission.max_messages_per_hour']} messages per hour)",
+                ),
+            )
         return None
 
     def check_recipient(self, session, envelope, address: str):
@@ -143,10 +159,19 @@ class SMTPBackend(LoginBackend):
         elif not (session.auth_user or self.is_trusted(session.info.peer_ip)):
             return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
         if session.auth_user and self.sendrate.charge(self.account_key(session.auth_user), recipients=1):
-            return self._refuse("RCPT", session, envelope, address, Reply(
-                450, "4.7.1", f"<{address}>: Recipient address rejected: rate limit exceeded for user "
-                f"{log.printable(session.auth_user)} "
-                f"({self.cfg['submission.max_recipients_per_hour']} recipients per hour)"))
+            return self._refuse(
+                "RCPT",
+                session,
+                envelope,
+                address,
+                Reply(
+                    450,
+                    "4.7.1",
+                    f"<{address}>: Recipient address rejected: rate limit exceeded for user "
+                    f"{log.printable(session.auth_user)} "
+                    f"({self.cfg['submission.max_recipients_per_hour']} recipients per hour)",
+                ),
+            )
         return None
 
     def _check_local(self, session, envelope, address: str):
@@ -163,8 +188,13 @@ class SMTPBackend(LoginBackend):
             return None
         if unknown != [address]:  # the admin's alias is broken: say where, in the log only
             log.warning(f"alias <{address}> leads to <{unknown[0]}>, which is no user: recipient refused")
-        return self._refuse("RCPT", session, envelope, address, Reply(
-            550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table"))
+        return self._refuse(
+            "RCPT",
+            session,
+            envelope,
+            address,
+            Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table"),
+        )
 
     def _is_local_address(self, address: str) -> bool:
         return self.cfg.is_local_domain(address.rpartition("@")[2])
@@ -188,8 +218,10 @@ class SMTPBackend(LoginBackend):
         """One log line per refusal, as Postfix's NOQUEUE: reject lines."""
         auth = f" sasl_username=<{log.printable(session.auth_user)}>" if session.auth_user else ""
         what = f"from=<{envelope.mail_from}>" + (f" to=<{address}>" if stage == "RCPT" else "")
-        log.info(f"NOQUEUE: reject: {stage} from [{session.info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
-                 f"{what}{auth}")
+        log.info(
+            f"NOQUEUE: reject: {stage} from [{session.info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
+            f"{what}{auth}"
+        )
         return reply
 
     def check_policy(self, session, envelope, address: str):
@@ -209,8 +241,14 @@ class SMTPBackend(LoginBackend):
             verdict = self._dnsbl.verdict(ip)
             # postmaster stays reachable, so a blocked sender can ask why (RFC 5321 4.5.1)
             if verdict.blocked and not self._is_postmaster(address):
-                return self._reject(session, envelope, address, Reply(
-                    554, "5.7.1", f"Service unavailable; client [{ip}] blocked using {', '.join(verdict.listed)}"))
+                return self._reject(
+                    session,
+                    envelope,
+                    address,
+                    Reply(
+                        554, "5.7.1", f"Service unavailable; client [{ip}] blocked using {', '.join(verdict.listed)}"
+                    ),
+                )
             allowlisted = verdict.score < 0
         if self.cfg["smtpd.greylist"] and not allowlisted:
             from pymta.greylist import Greylist
@@ -231,8 +269,10 @@ class SMTPBackend(LoginBackend):
     def _reject(self, session, envelope, address: str, reply):
         """Log a policy refusal the way Postfix does, one line, and return it."""
         info = session.info
-        log.info(f"NOQUEUE: reject: RCPT from [{info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
-                 f"from=<{envelope.mail_from}> to=<{address}> helo=<{log.printable(session.helo or '')}>")
+        log.info(
+            f"NOQUEUE: reject: RCPT from [{info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
+            f"from=<{envelope.mail_from}> to=<{address}> helo=<{log.printable(session.helo or '')}>"
+        )
         return reply
 
     def qualify(self, address: str) -> str:
@@ -249,8 +289,10 @@ class SMTPBackend(LoginBackend):
             log.info(f"client=[{info.peer_ip}], sasl_username={username}, auth ok")
         else:
             # Say in the log why a login failed (the client only hears "failed"), and make guessing slow.
-            log.warning(f"client=[{info.peer_ip}], sasl_username={username}, auth failed "
-                        f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})")
+            log.warning(
+                f"client=[{info.peer_ip}], sasl_username={username}, auth failed "
+                f"(user {'known' if self.users.exists(username) else 'unknown'}, tls={'yes' if info.tls else 'no'})"
+            )
         if delay:
             time.sleep(delay)
         return ok
@@ -271,8 +313,10 @@ class SMTPBackend(LoginBackend):
         info = session.info
         proto = ("ESMTP" if session.esmtp else "SMTP") + ("S" if info.tls else "") + ("A" if session.auth_user else "")
         helo = log.printable(session.helo or "unknown")
-        lines = [f"Received: from {helo} ([{info.peer_ip}])",
-                 f"\tby {self.cfg['hostname']} (pymail) with {proto} id {queue_id}"]
+        lines = [
+            f"Received: from {helo} ([{info.peer_ip}])",
+            f"\tby {self.cfg['hostname']} (pymail) with {proto} id {queue_id}",
+        ]
         if info.tls:
             lines.append(f"\t(using {info.tls_version} with cipher {info.tls_cipher})")
         if session.auth_user:
@@ -324,8 +368,9 @@ class _FromCheck:
         try:
             for address in addresses:
                 if not self.backend.sender_owned(self.session.auth_user, address):
-                    return Reply(550, "5.7.1",
-                                 f"<{log.printable(address)}>: From: address rejected: not owned by user {login}")
+                    return Reply(
+                        550, "5.7.1", f"<{log.printable(address)}>: From: address rejected: not owned by user {login}"
+                    )
         except UsersUnavailable:
             return Reply(451, "4.3.0", "Temporary lookup failure")
         return None
@@ -351,8 +396,11 @@ class _LoggingSink:
             log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
             raise
         auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
-        log.info(f"client={log.printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
-                 f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)} (queued)", qid)
+        log.info(
+            f"client={log.printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
+            f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)} (queued)",
+            qid,
+        )
         return qid
 
     def abort(self) -> None:
@@ -379,8 +427,12 @@ def build(cfg, service: str, *, queue=None, check_local_recipients: bool = True)
     )
     from pymta.lib.daemon import per_connection
 
-    return per_connection(SMTPServer, base, backend,
-                          lambda settings, info: settings.replace(auth_plaintext_ok=backend.plaintext_auth_ok(info)))
+    return per_connection(
+        SMTPServer,
+        base,
+        backend,
+        lambda settings, info: settings.replace(auth_plaintext_ok=backend.plaintext_auth_ok(info)),
+    )
 
 
 # What a session may import, loaded before the switch to daemon_user (see daemon.preload).
@@ -390,10 +442,18 @@ PRELOAD = ("pymta.smtpd", "pymta.aliases", "pymta.queue")
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
-    return daemon.main(argv, prog="pymta-smtpd", description="The pymail ESMTP server.", service="smtp", tls_service="smtps",
-                       build=build, busy_reply=b"421 4.3.2 Too many connections, try again later\r\n", section="smtpd",
-                       client_busy_reply=b"421 4.7.0 Too many connections from your address, try again later\r\n",
-                       preload=PRELOAD)
+    return daemon.main(
+        argv,
+        prog="pymta-smtpd",
+        description="The pymail ESMTP server.",
+        service="smtp",
+        tls_service="smtps",
+        build=build,
+        busy_reply=b"421 4.3.2 Too many connections, try again later\r\n",
+        section="smtpd",
+        client_busy_reply=b"421 4.7.0 Too many connections from your address, try again later\r\n",
+        preload=PRELOAD,
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,16 @@ class Program:
 class Supervisor:
     """Runs programs in the foreground, restarts dead ones, stops all on SIGINT/SIGTERM."""
 
-    def __init__(self, programs: list[Program], *, env: dict | None = None, restart_delay: float = 1.0,
-                 max_restart_delay: float = 60.0, stop_timeout: float = 5.0, poll_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        programs: list[Program],
+        *,
+        env: dict | None = None,
+        restart_delay: float = 1.0,
+        max_restart_delay: float = 60.0,
+        stop_timeout: float = 5.0,
+        poll_interval: float = 0.1,
+    ) -> None:
         self.programs = programs
         self.env = env
         self.stop_timeout = stop_timeout
@@ -86,8 +94,13 @@ class Supervisor:
         program.restart_at = None
         program.started = time.monotonic()
         try:
-            program.proc = subprocess.Popen(program.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                            process_group=0, preexec_fn=die_with_parent(signal.SIGTERM))
+            program.proc = subprocess.Popen(
+                program.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
         except OSError as exc:
             program.proc = None
             self._schedule_restart(program, time.monotonic(), f"cannot start {program.argv[0]}: {exc.strerror or exc}")

@@ -78,7 +78,7 @@ class Maildrop:
         self._lock_fd: int | None = None
 
     @classmethod
-    def open(cls, path) -> "Maildrop":
+    def open(cls, path) -> Maildrop:
         """Lock the Maildir and list it; raises MaildropInUse or OSError."""
         drop = cls(path)
         drop.lock()

@@ -181,7 +181,9 @@ class POP3Server(LineReader, Protocol):
     def _process(self) -> list:
         self._batch_bytes = self._batch_streams = 0
         while not (self._closed or self._awaiting_tls or self._job is not None):
-            if (self._batch_bytes + len(self._out) > BATCH_OUTPUT or self._batch_streams >= BATCH_STREAMS) and self._buf:
+            if (
+                self._batch_bytes + len(self._out) > BATCH_OUTPUT or self._batch_streams >= BATCH_STREAMS
+            ) and self._buf:
                 # Pipelined commands keep coming: let the driver send what we
                 # have (a Job makes it drain) before answering more.
                 self._job = "resume"
@@ -237,10 +239,12 @@ class POP3Server(LineReader, Protocol):
         if drop is not None:
             drop.close()
         if self.user:
-            text = (f"logout: user=<{self.user}>, rip={self.info.peer_ip}, {reason}, "
-                    f"retr={self.retr_count}/{self.retr_bytes}, top={self.top_count}, "
-                    f"del={self._deleted_count}/{len(self._msgs)}, size={self._total_size()}, "
-                    f"time={time.monotonic() - self._started:.3f}s")
+            text = (
+                f"logout: user=<{self.user}>, rip={self.info.peer_ip}, {reason}, "
+                f"retr={self.retr_count}/{self.retr_bytes}, top={self.top_count}, "
+                f"del={self._deleted_count}/{len(self._msgs)}, size={self._total_size()}, "
+                f"time={time.monotonic() - self._started:.3f}s"
+            )
             (log.debug if debug else log.info)(text)
         elif debug:
             log.debug(f"disconnect from {self.info.peer_ip} before login ({reason})")
@@ -303,8 +307,9 @@ class POP3Server(LineReader, Protocol):
             self._bad(b"-ERR Syntax: APOP name digest\r\n")
             return
         self._user = None
-        self._start_login(Job(self.backend.apop_login, self.info, name, self._timestamp,
-                              parts[1].decode("ascii").lower()))
+        self._start_login(
+            Job(self.backend.apop_login, self.info, name, self._timestamp, parts[1].decode("ascii").lower())
+        )
 
     def _cmd_auth(self, arg: bytes) -> None:
         mech, _, initial = arg.strip(b" ").partition(b" ")

@@ -77,14 +77,17 @@ class POP3Backend(LoginBackend):
             result = self._open_maildrop(info, account, method, tls)
             if result.status != "ok":
                 return result
-            log.info(f"login: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
-                     f"messages={len(result.maildrop.messages)}")
+            log.info(
+                f"login: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
+                f"messages={len(result.maildrop.messages)}"
+            )
             return result
         known = self.users.exists(user)
         why = reason if known else "unknown user"
         # Say in the log why a login failed (the client only hears "failed"), and make guessing slow.
-        log.warning(f"login failed: user=<{log.printable(user)}>, method={method}, rip={info.peer_ip}, tls={tls}, "
-                    f"reason={why}")
+        log.warning(
+            f"login failed: user=<{log.printable(user)}>, method={method}, rip={info.peer_ip}, tls={tls}, reason={why}"
+        )
         if delay:
             time.sleep(delay)
         return LoginResult("auth")
@@ -97,8 +100,10 @@ class POP3Backend(LoginBackend):
             path = user_maildir(self.cfg.mail_dir, account)
             drop = Maildrop.open(path)
         except MaildropInUse:
-            log.warning(f"login refused: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
-                        f"reason=maildrop in use by another POP3 session")
+            log.warning(
+                f"login refused: user=<{account}>, method={method}, rip={info.peer_ip}, tls={tls}, "
+                f"reason=maildrop in use by another POP3 session"
+            )
             return LoginResult("in-use")
         except (OSError, MaildirError) as exc:
             log.error(f"login failed: user=<{account}>, rip={info.peer_ip}: cannot open maildrop: {exc}")
@@ -119,10 +124,18 @@ PRELOAD = ("pypop.pop3d", "pypop.pop3_server", "pypop.maildrop", "pymda.maildir"
 def main(argv: list[str] | None = None) -> int:
     from pymta.lib import daemon
 
-    return daemon.main(argv, prog="pypop-pop3d", description="The pymail POP3 server.", service="pop3", tls_service="pop3s",
-                       build=build, busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n", section="pop3d",
-                       client_busy_reply=b"-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n",
-                       preload=PRELOAD)
+    return daemon.main(
+        argv,
+        prog="pypop-pop3d",
+        description="The pymail POP3 server.",
+        service="pop3",
+        tls_service="pop3s",
+        build=build,
+        busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+        section="pop3d",
+        client_busy_reply=b"-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n",
+        preload=PRELOAD,
+    )
 
 
 if __name__ == "__main__":

@@ -21,12 +21,32 @@ PASSWORD = "s3cret-pass"
 # Files whose tests start real daemons, run external programs or fuzz at length: marked
 # "slow", so that `pytest -m "not slow"` (the developers' fast path) stays under 30 s.
 SLOW_FILES = {
-    "test_access_control.py", "test_auth_guard.py", "test_backscatter.py", "test_conn_limits.py",
-    "test_crash_quick.py", "test_dkim.py", "test_faults.py", "test_hostile_input.py", "test_imap.py",
-    "test_imap_dovecot.py", "test_imap_mbsync.py", "test_mail_in.py", "test_pop3.py", "test_privileges.py",
-    "test_procmail_differential.py", "test_queue_runner.py", "test_queue_tools.py", "test_relay.py",
-    "test_relay_mx.py", "test_rules.py", "test_rules_confinement.py", "test_sendmail.py",
-    "test_sendmail_limits.py", "test_smtpd_policy.py", "test_submission_policy.py", "test_supervisor.py",
+    "test_access_control.py",
+    "test_auth_guard.py",
+    "test_backscatter.py",
+    "test_conn_limits.py",
+    "test_crash_quick.py",
+    "test_dkim.py",
+    "test_faults.py",
+    "test_hostile_input.py",
+    "test_imap.py",
+    "test_imap_dovecot.py",
+    "test_imap_mbsync.py",
+    "test_mail_in.py",
+    "test_pop3.py",
+    "test_privileges.py",
+    "test_procmail_differential.py",
+    "test_queue_runner.py",
+    "test_queue_tools.py",
+    "test_relay.py",
+    "test_relay_mx.py",
+    "test_rules.py",
+    "test_rules_confinement.py",
+    "test_sendmail.py",
+    "test_sendmail_limits.py",
+    "test_smtpd_policy.py",
+    "test_submission_policy.py",
+    "test_supervisor.py",
     "test_fuzz_protocols.py",
 }
 
@@ -76,8 +96,26 @@ def env_with_repo() -> dict:
 def tls_files(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mx.example.test",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mx.example.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -105,11 +143,7 @@ class MailSystem:
         # runner may stay root only when the config says so (pymail-security(7)).
         as_root = 'daemon_user = "root"\n' if os.geteuid() == 0 and "daemon_user" not in extra else ""
         self.config.write_text(
-            f'hostname = "mx.example.test"\n'
-            f'domains = ["{DOMAIN}"]\n'
-            f'root = "{self.root}"\n'
-            f"{as_root}"
-            f"{extra}\n"
+            f'hostname = "mx.example.test"\ndomains = ["{DOMAIN}"]\nroot = "{self.root}"\n{as_root}{extra}\n'
         )
 
     def add_user(self, address: str, password: str) -> None:
@@ -153,9 +187,12 @@ class MailSystem:
     def program(self, module: str, *args: str) -> list[str]:
         return [sys.executable, "-m", module, "-C", str(self.config), *args]
 
-    def run(self, module: str, *args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.program(module, *args), input=input, capture_output=True, timeout=timeout,
-                              env=env_with_repo())
+    def run(
+        self, module: str, *args: str, input: bytes | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.program(module, *args), input=input, capture_output=True, timeout=timeout, env=env_with_repo()
+        )
 
     def start(self, argv: list[str], **kw) -> subprocess.Popen:
         proc = subprocess.Popen(argv, env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)

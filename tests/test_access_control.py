@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import client_tls, DOMAIN, PASSWORD, REPO, MailSystem
+
+from conftest import DOMAIN, PASSWORD, REPO, MailSystem, client_tls
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 TEST_USER, TEST_GROUP = "pymailh5", "pymailh5x"  # made by useradd for the privilege tests
@@ -48,7 +49,9 @@ class Line:
     ``source`` binds the client to another loopback address (127.0.0.2 ...),
     which is how one machine plays several clients."""
 
-    def __init__(self, port: int, *, source: str = "127.0.0.1", implicit_tls: bool = False, timeout: float = 20) -> None:
+    def __init__(
+        self, port: int, *, source: str = "127.0.0.1", implicit_tls: bool = False, timeout: float = 20
+    ) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
         if implicit_tls:
             sock = client_tls().wrap_socket(sock)
@@ -256,9 +259,14 @@ RELAY_TRICKS = [
     ("cr-in-address", "<bob@example.test\rRCPT TO:<x@evil.example>>", 500, "5.5.2"),
 ]
 # Forms of a local address that are accepted -- as local mail, never relayed.
-LOCAL_FORMS = ["<BOB@Example.Test>", "<@evil.example:bob@example.test>", "<bob+evil.example@example.test>", '<"bob"@example.test>']
+LOCAL_FORMS = [
+    "<BOB@Example.Test>",
+    "<@evil.example:bob@example.test>",
+    "<bob+evil.example@example.test>",
+    '<"bob"@example.test>',
+]
 LISTENERS = ["smtp", "submission", "smtps"]
-RELAY_CONFIG = '[smtpd]\ntrusted_networks = []\nmax_errors = 1000\nprocesses = 1\n'
+RELAY_CONFIG = "[smtpd]\ntrusted_networks = []\nmax_errors = 1000\nprocesses = 1\n"
 
 
 @pytest.fixture(scope="module")
@@ -310,18 +318,29 @@ def test_pipelined_and_split_recipients(relay_sys, listener):
     s = open_listener(relay_sys, listener)
     if listener != "smtp":
         s.send(b"MAIL FROM:<spammer@evil.example>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<x@evil.example>\r\n")
-        assert [s.reply() for _ in range(3)] == [b"530 5.7.0 Authentication required\r\n",
-                                                 b"503 5.5.1 Error: need MAIL command\r\n",
-                                                 b"503 5.5.1 Error: need MAIL command\r\n"]
+        assert [s.reply() for _ in range(3)] == [
+            b"530 5.7.0 Authentication required\r\n",
+            b"503 5.5.1 Error: need MAIL command\r\n",
+            b"503 5.5.1 Error: need MAIL command\r\n",
+        ]
         s.quit()
         return
     before = len(queued_envelopes(relay_sys))
-    s.send(b"MAIL FROM:<spammer@evil.example>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<x@evil.example>\r\n"
-           b"RCPT TO:<alice@example.test>\nRCPT TO:<y@evil.example>\r\n"
-           b"RCPT TO:<bob@example.test\r\nRCPT TO:<z@evil.example>>\r\n")
+    s.send(
+        b"MAIL FROM:<spammer@evil.example>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<x@evil.example>\r\n"
+        b"RCPT TO:<alice@example.test>\nRCPT TO:<y@evil.example>\r\n"
+        b"RCPT TO:<bob@example.test\r\nRCPT TO:<z@evil.example>>\r\n"
+    )
     replies = [s.reply() for _ in range(7)]
-    assert [code_of(r) for r in replies] == [(250, "2.1.0"), (250, "2.1.5"), (554, "5.7.1"), (250, "2.1.5"),
-                                             (554, "5.7.1"), (501, "5.1.3"), (555, "5.5.4")], replies
+    assert [code_of(r) for r in replies] == [
+        (250, "2.1.0"),
+        (250, "2.1.5"),
+        (554, "5.7.1"),
+        (250, "2.1.5"),
+        (554, "5.7.1"),
+        (501, "5.1.3"),
+        (555, "5.5.4"),
+    ], replies
     for form in LOCAL_FORMS:
         assert s.cmd(f"RCPT TO:{form}") == b"250 2.1.5 Ok\r\n", form
     assert s.cmd("DATA") == b"354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -341,9 +360,11 @@ def test_no_relay_through_a_running_qrunner_to_the_next_hop(make_mailsys):
     sink = SMTPSink()
     try:
         system = make_mailsys(RELAY_CONFIG + f'[relay]\ntransport_map = {{ "*" = "[127.0.0.1]:{sink.port}" }}\n')
-        ports = {"smtp": system.start_smtpd("inetd", "--service", "smtp"),
-                 "submission": system.start_smtpd("listen", "--service", "submission"),
-                 "smtps": system.start_smtpd("listen", "--tls", "--service", "smtps")}
+        ports = {
+            "smtp": system.start_smtpd("inetd", "--service", "smtp"),
+            "submission": system.start_smtpd("listen", "--service", "submission"),
+            "smtps": system.start_smtpd("listen", "--tls", "--service", "smtps"),
+        }
         system.start_qrunner()
         for listener in LISTENERS:
             s = open_listener(system, listener, ports[listener])
@@ -388,8 +409,10 @@ def test_no_relay_through_a_running_qrunner_to_the_next_hop(make_mailsys):
 # =================================================================================
 
 BASE, CAP = 0.1, 0.25
-GUARD_CONFIG = (f"[auth]\nfailure_delay = {BASE}\nmax_failure_delay = {CAP}\n"
-                "[smtpd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\n")
+GUARD_CONFIG = (
+    f"[auth]\nfailure_delay = {BASE}\nmax_failure_delay = {CAP}\n"
+    "[smtpd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\n"
+)
 DAEMONS = {"smtp": ("pymta.smtpd", "submission"), "pop3": ("pypop.pop3d", "pop3"), "imap": ("pyimap.imapd", "imap")}
 
 
@@ -618,8 +641,8 @@ def test_shipped_units_run_nothing_as_root():
         assert keys.get("NoNewPrivileges") == ["yes"], unit.name
         assert "DynamicUser" not in keys and "AmbientCapabilities" not in keys, unit.name
     page = (REPO / "man" / "pymail.7").read_text()
-    privileges = page[page.index('.SH "PRIVILEGES"'):]
-    privileges = privileges[:privileges.index("\n.SH ", 1)]
+    privileges = page[page.index('.SH "PRIVILEGES"') :]
+    privileges = privileges[: privileges.index("\n.SH ", 1)]
     assert "pymda\\-local" in privileges and "root" in privileges and "daemon_user" in privileges
 
 
@@ -660,8 +683,17 @@ def test_user():
     try:
         pwd.getpwnam(TEST_USER)
     except KeyError:
-        run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
-            "-G", TEST_GROUP, TEST_USER)
+        run(
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            "-G",
+            TEST_GROUP,
+            TEST_USER,
+        )
         made.append(("userdel", TEST_USER))
     run("usermod", "-a", "-G", TEST_GROUP, TEST_USER)  # also when left over from an earlier run
     yield pwd.getpwnam(TEST_USER)
@@ -828,8 +860,11 @@ def imap_session_as_user(port: int, system: MailSystem, check) -> None:
     c.close()
 
 
-SESSIONS = {"pymta.smtpd": smtp_session_as_user, "pypop.pop3d": pop3_session_as_user,
-            "pyimap.imapd": imap_session_as_user}
+SESSIONS = {
+    "pymta.smtpd": smtp_session_as_user,
+    "pypop.pop3d": pop3_session_as_user,
+    "pyimap.imapd": imap_session_as_user,
+}
 
 
 @pytest.mark.parametrize("mode", ["listen", "fds", "inetd"])
@@ -837,8 +872,9 @@ SESSIONS = {"pymta.smtpd": smtp_session_as_user, "pypop.pop3d": pop3_session_as_
 def test_daemon_started_as_root_serves_as_daemon_user(open_root, test_user, module, mode):
     pw = test_user
     extra_gid = grp.getgrnam(TEST_GROUP).gr_gid
-    system = open_root(f'daemon_user = "{TEST_USER}"\n'
-                       "[smtpd]\nprocesses = 2\n[pop3d]\nprocesses = 2\n[imapd]\nprocesses = 2\n")
+    system = open_root(
+        f'daemon_user = "{TEST_USER}"\n[smtpd]\nprocesses = 2\n[pop3d]\nprocesses = 2\n[imapd]\nprocesses = 2\n'
+    )
     from pymda import maildir as md
 
     md.ensure_maildir(system.maildir("alice"))
@@ -899,8 +935,9 @@ def test_exec_delivery_and_pipes_run_as_the_mailbox_owner(open_root, test_user, 
         os.chmod(path, 0o755)
     os.chmod(system.config, 0o644)
     os.chmod(system.root / "users", 0o644)
-    queued = system.run("pymta.queue_cmd", "-f", "carol@remote.example", "dave@example.test",
-                        input=b"Subject: for dave\n\nhello\n")
+    queued = system.run(
+        "pymta.queue_cmd", "-f", "carol@remote.example", "dave@example.test", input=b"Subject: for dave\n\nhello\n"
+    )
     assert queued.returncode == 0, queued.stderr
     run = system.run("pymta.qrunner", "--once")
     assert run.returncode == 0, run.stderr
@@ -920,9 +957,28 @@ def test_exec_delivery_and_pipes_run_as_the_mailbox_owner(open_root, test_user, 
 
 SECRET = b"BOB-ONLY-SECRET"
 # Every way of naming bob's mailbox, the users file or the queue from alice's session.
-FOREIGN_NAMES = ["../bob", "..", "../../example.test/bob", "#shared", "#shared/bob", "~bob", "~bob/INBOX", "~/../bob",
-                 "/abs/path", "Other Users/bob", "Other Users", "bob", "INBOX/../../bob", "&AC4-&AC4-/bob",
-                 "..\\bob", "./bob", "INBOX/..", "../../../users", "../../../queue/new", "../../../aliases"]
+FOREIGN_NAMES = [
+    "../bob",
+    "..",
+    "../../example.test/bob",
+    "#shared",
+    "#shared/bob",
+    "~bob",
+    "~bob/INBOX",
+    "~/../bob",
+    "/abs/path",
+    "Other Users/bob",
+    "Other Users",
+    "bob",
+    "INBOX/../../bob",
+    "&AC4-&AC4-/bob",
+    "..\\bob",
+    "./bob",
+    "INBOX/..",
+    "../../../users",
+    "../../../queue/new",
+    "../../../aliases",
+]
 
 
 @pytest.fixture
@@ -942,15 +998,21 @@ def two_users(make_mailsys):
 
 
 def tree_state(path: Path) -> dict:
-    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(path.rglob("*")) if p.name not in ("dovecot-uidlist", "pymail-index")}
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+        if p.name not in ("dovecot-uidlist", "pymail-index")
+    }
 
 
 def outside_alice(system: MailSystem) -> set[str]:
     """Every path of the tree but alice's Maildir and the auth guard's memory."""
     alice, run = system.maildir("alice"), system.root / "run"
-    return {str(p) for p in system.root.rglob("*")
-            if alice not in p.parents and p != alice and run not in p.parents and p != run}
+    return {
+        str(p)
+        for p in system.root.rglob("*")
+        if alice not in p.parents and p != alice and run not in p.parents and p != run
+    }
 
 
 def test_imap_alice_cannot_reach_bobs_mailbox_by_any_name(two_users):
@@ -985,8 +1047,11 @@ def test_imap_alice_cannot_reach_bobs_mailbox_by_any_name(two_users):
         for verb, done in results.items():
             # Refused as a name, or (a plain relative name) simply not there:
             # never bob's mailbox.
-            assert invalid.match(done) or done.startswith((b"t NO [NONEXISTENT]", b"t NO [TRYCREATE]")), \
-                (name, verb, done)
+            assert invalid.match(done) or done.startswith((b"t NO [NONEXISTENT]", b"t NO [TRYCREATE]")), (
+                name,
+                verb,
+                done,
+            )
     # COPY and MOVE out of alice's INBOX towards bob, and CREATE there.
     assert cmd("s", "s SELECT INBOX")[1].startswith(b"s OK [READ-WRITE]")
     for name in FOREIGN_NAMES:
@@ -997,8 +1062,15 @@ def test_imap_alice_cannot_reach_bobs_mailbox_by_any_name(two_users):
         done = cmd("t", f"t CREATE {q}")[1]
         assert invalid.match(done) or done.startswith(b"t OK "), (name, done)
     # LIST with any reference shows alice's folders only.
-    for ref, pattern in [('""', '"*"'), ('"../"', '"*"'), ('"~bob/"', '"*"'), ('"/"', '"*"'), ('""', '"../*"'),
-                         ('"#shared/"', '"*"'), ('""', '"%/%"')]:
+    for ref, pattern in [
+        ('""', '"*"'),
+        ('"../"', '"*"'),
+        ('"~bob/"', '"*"'),
+        ('"/"', '"*"'),
+        ('""', '"../*"'),
+        ('"#shared/"', '"*"'),
+        ('""', '"%/%"'),
+    ]:
         untagged, done = cmd("l", f"l LIST {ref} {pattern}")
         assert done.startswith((b"l OK ", b"l NO [CANNOT]")), (ref, pattern, done)
         assert not any(b"BobPrivate" in line for line in untagged), untagged
@@ -1019,9 +1091,15 @@ def test_pop3_alice_sees_only_her_own_messages(two_users):
     system = two_users
     port = system.start_daemon("pypop.pop3d", "listen")
     # Names that try to lead elsewhere log in as alice or not at all.
-    for name, expect in [(ALICE, True), ("alice+../../bob@example.test", True), ("ALICE@EXAMPLE.TEST", True),
-                         (BOB, False), ("../bob@example.test", False), ("alice@example.test/../bob", False),
-                         ("bob@example.test/../../alice@example.test", False)]:
+    for name, expect in [
+        (ALICE, True),
+        ("alice+../../bob@example.test", True),
+        ("ALICE@EXAMPLE.TEST", True),
+        (BOB, False),
+        ("../bob@example.test", False),
+        ("alice@example.test/../bob", False),
+        ("bob@example.test/../../alice@example.test", False),
+    ]:
         c = Line(port)
         c.line()
         c.send(f"USER {name}\r\nPASS {PASSWORD if name != BOB else 'not-bobs-password'}\r\n")

@@ -23,24 +23,33 @@ import threading
 import time
 
 import pytest
+
 from conftest import PASSWORD
 from test_access_control import ALICE, BOB, SMTP, Line, b64, imap_tagged
 
 BASE = 0.3  # auth.failure_delay: a refusal must come well before it
 LIMIT = 5  # auth.account_failure_limit
-CONFIG = (f"[auth]\nfailure_delay = {BASE}\nmax_failure_delay = 2.0\naccount_failure_limit = {LIMIT}\n"
-          "failure_window = 120\n[smtpd]\nprocesses = 2\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\n")
+CONFIG = (
+    f"[auth]\nfailure_delay = {BASE}\nmax_failure_delay = 2.0\naccount_failure_limit = {LIMIT}\n"
+    "failure_window = 120\n[smtpd]\nprocesses = 2\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\n"
+)
 DAEMONS = {"smtp": ("pymta.smtpd", "submission"), "pop3": ("pypop.pop3d", "pop3"), "imap": ("pyimap.imapd", "imap")}
 
 # What each protocol answers: logged in, wrong password, refused (temporary).
 REPLIES = {
-    "smtp": {b"235 2.7.0 Authentication successful\r\n": "ok",
-             b"535 5.7.8 Authentication credentials invalid\r\n": "wrong",
-             b"454 4.7.0 Temporary authentication failure\r\n": "refused"},
-    "pop3": {b"-ERR [AUTH] Authentication failed\r\n": "wrong",
-             b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n": "refused"},
-    "imap": {b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n": "wrong",
-             b"a NO [UNAVAILABLE] Temporary authentication failure, try again later\r\n": "refused"},
+    "smtp": {
+        b"235 2.7.0 Authentication successful\r\n": "ok",
+        b"535 5.7.8 Authentication credentials invalid\r\n": "wrong",
+        b"454 4.7.0 Temporary authentication failure\r\n": "refused",
+    },
+    "pop3": {
+        b"-ERR [AUTH] Authentication failed\r\n": "wrong",
+        b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n": "refused",
+    },
+    "imap": {
+        b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n": "wrong",
+        b"a NO [UNAVAILABLE] Temporary authentication failure, try again later\r\n": "refused",
+    },
 }
 
 

@@ -51,11 +51,21 @@ def test_bare_postmaster_from_an_untrusted_client_is_checked(make_mailsys):
 
 def test_alias_to_an_unknown_user_is_refused_at_rcpt(make_mailsys):
     system = make_mailsys(UNTRUSTED)
-    replace_aliases(system, "postmaster: alice\nteam: alice, ghost\nsales: bob\nring: ring2\nring2: ring\n"
-                            "robot: |/bin/cat, someone@remote.example, /tmp/box\n")
+    replace_aliases(
+        system,
+        "postmaster: alice\nteam: alice, ghost\nsales: bob\nring: ring2\nring2: ring\n"
+        "robot: |/bin/cat, someone@remote.example, /tmp/box\n",
+    )
     port = system.start_smtpd()
-    replies = rcpt_reply(port, "team@example.test", "sales@example.test", "ring@example.test",
-                         "robot@example.test", "alice+tag@example.test", "ghost@example.test")
+    replies = rcpt_reply(
+        port,
+        "team@example.test",
+        "sales@example.test",
+        "ring@example.test",
+        "robot@example.test",
+        "alice+tag@example.test",
+        "ghost@example.test",
+    )
     assert [c for c, _ in replies] == [550, 250, 550, 250, 250, 550]
     assert b"5.1.1" in replies[0][1] and b"ghost" not in replies[0][1]  # the alias's insides stay private
     [proc] = system.procs
@@ -81,9 +91,13 @@ def fresh_tree(tmp_path):
 
 def start_smtpd(tree):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pymta.smtpd", "-C", str(tree / "pymail.toml"),
-                             "--listen", f"127.0.0.1:{port}"], env=env_with_repo(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymta.smtpd", "-C", str(tree / "pymail.toml"), "--listen", f"127.0.0.1:{port}"],
+        env=env_with_repo(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_port(port, proc=proc)
     return proc, port
 
@@ -128,7 +142,9 @@ def test_config_check_warns_about_aliases_that_lead_nowhere(fresh_tree):
         fh.write("team: alice, ghost\n")
     check = pymail("config", "check", fresh_tree)
     assert check.exit_code == 0
-    assert "alias team leads to ghost@example.test, which is no user: mail to team@example.test is refused" in check.stderr
+    assert (
+        "alias team leads to ghost@example.test, which is no user: mail to team@example.test is refused" in check.stderr
+    )
 
 
 SPAM_LINE = b"Buy cheap pills now, the best offer of the year, click here!!!\n"

@@ -266,8 +266,9 @@ def test_pymail_run_serves_smtp_and_stops_on_sigterm(tree, tmp_path):
     ports = {service: free_port() for service in cli_mod.SERVICES}
     args = [a for service, port in ports.items() for a in (f"--{service}-port", str(port))]
     out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "pymail"), "run", str(tree), *args],
-                            stdout=out, stderr=err, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "pymail"), "run", str(tree), *args], stdout=out, stderr=err, cwd=tmp_path
+    )
     try:
         banner = b""
         deadline = time.monotonic() + 20

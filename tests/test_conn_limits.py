@@ -32,11 +32,20 @@ REFUSAL = {
 QUIT = {"pymta.smtpd": b"QUIT\r\n", "pypop.pop3d": b"QUIT\r\n", "pyimap.imapd": b"z LOGOUT\r\n"}
 
 
-def limits_config(module: str, *, sessions: int = 0, rate: int = 0, processes: int = 2,
-                  exempt: str = "[]", rate_time_unit: float = 60.0) -> str:
-    return (f"[{SECTION[module]}]\nprocesses = {processes}\nmax_sessions_per_client = {sessions}\n"
-            f"connection_rate_per_client = {rate}\n"
-            f"[limits]\nexempt_networks = {exempt}\nrate_time_unit = {rate_time_unit}\n")
+def limits_config(
+    module: str,
+    *,
+    sessions: int = 0,
+    rate: int = 0,
+    processes: int = 2,
+    exempt: str = "[]",
+    rate_time_unit: float = 60.0,
+) -> str:
+    return (
+        f"[{SECTION[module]}]\nprocesses = {processes}\nmax_sessions_per_client = {sessions}\n"
+        f"connection_rate_per_client = {rate}\n"
+        f"[limits]\nexempt_networks = {exempt}\nrate_time_unit = {rate_time_unit}\n"
+    )
 
 
 def start(system, module: str) -> tuple[int, Stderr]:
@@ -131,7 +140,8 @@ def test_one_address_over_its_session_limit_is_refused_and_others_are_served(mak
     other = greeted(module, port, "127.0.0.3")  # a second address still gets a session
     lines = wait_logged(err, "connection concurrency limit exceeded")
     assert len(lines) == 1 and lines[0].endswith(
-        f"connection concurrency limit exceeded: 4 from [127.0.0.2] for service {SERVICE_NAME[module]}"), lines
+        f"connection concurrency limit exceeded: 4 from [127.0.0.2] for service {SERVICE_NAME[module]}"
+    ), lines
     # closing a session frees its place
     close_session(module, held.pop())
     time.sleep(0.2)
@@ -196,7 +206,8 @@ def test_connection_rate_limit(make_mailsys, module):
     close_session(module, greeted(module, port, "127.0.0.3"))  # another address has its own count
     lines = wait_logged(err, "connection rate limit exceeded")
     assert len(lines) == 1 and lines[0].endswith(
-        f"connection rate limit exceeded: 4 from [127.0.0.2] for service {SERVICE_NAME[module]}"), lines
+        f"connection rate limit exceeded: 4 from [127.0.0.2] for service {SERVICE_NAME[module]}"
+    ), lines
     time.sleep(1.6)  # a new time unit
     close_session(module, greeted(module, port, "127.0.0.2"))
     err.assert_clean()

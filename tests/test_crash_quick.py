@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import DOMAIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reliability"))
@@ -75,9 +76,12 @@ def test_ledger_finds_lost_corrupt_torn_and_unreadable(tmp_path):
     _put(box, "1.M3P1Q1R1.host", make_message(twice, "a@b", "c@d"))
     _put(box, "1.M4P1Q1R1.host", make_message(twice, "a@b", "c@d"))
     half = _put(box, "1.M5P1Q1R1.host", msg[:-30], size=len(msg))  # smaller than its S=
-    dsn = (b'From: Mail Delivery System <MAILER-DAEMON@mx>\nContent-Type: multipart/report; '
-           b'report-type=delivery-status;\n\tboundary="B"\n\n--B\nContent-Type: text/rfc822-headers\n\n'
-           + make_message(bounced, "a@b", "c@d").partition(b"\n\n")[0] + b"\n\n--B--\n")
+    dsn = (
+        b"From: Mail Delivery System <MAILER-DAEMON@mx>\nContent-Type: multipart/report; "
+        b'report-type=delivery-status;\n\tboundary="B"\n\n--B\nContent-Type: text/rfc822-headers\n\n'
+        + make_message(bounced, "a@b", "c@d").partition(b"\n\n")[0]
+        + b"\n\n--B--\n"
+    )
     _put(box, "1.M6P1Q1R1.host", dsn)
     (box / "pymail-index").write_bytes(b"garbage\n")
     queue = Queue(tmp_path / "queue")

@@ -16,8 +16,9 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 
 
 def test_config_page_matches_the_parameter_table():
-    check = subprocess.run([sys.executable, str(REPO / "man" / "gen_config_page.py"), "--check"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, str(REPO / "man" / "gen_config_page.py"), "--check"], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 

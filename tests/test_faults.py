@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, env_with_repo, free_port, wait_port
 
+from conftest import PASSWORD, env_with_repo, free_port, wait_port
 from pymda import maildir as md
 from pymda.index import INDEX_NAME, FolderIndex
 from pymta.queue import Queue
@@ -107,13 +107,19 @@ def small_disk(tmp_path):
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mnt)],
-                              capture_output=True, timeout=30, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mnt)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
     except FileNotFoundError:
         pytest.skip("no mount(8): cannot make the small tmpfs the full-disk tests need")
     if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN): "
-                    f"{done.stderr.decode(errors='replace').strip()}")
+        pytest.skip(
+            f"mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN): "
+            f"{done.stderr.decode(errors='replace').strip()}"
+        )
     try:
         yield SmallDisk(mnt)
     finally:
@@ -126,8 +132,12 @@ def start_logged(system, module: str, *args: str) -> tuple[int, Path]:
     port = free_port()
     logfile = system.root / f"{module}.log"
     with open(logfile, "wb") as err:
-        proc = subprocess.Popen(system.program(module, *args, "--listen", f"127.0.0.1:{port}"),
-                                env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            system.program(module, *args, "--listen", f"127.0.0.1:{port}"),
+            env=env_with_repo(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     system.procs.append(proc)
     wait_port(port, proc=proc)
     return port, logfile
@@ -183,8 +193,11 @@ def test_smtpd_full_queue_disk_answers_452_leaves_nothing_and_recovers(small_dis
     qid = text.decode().rsplit(" ", 1)[1]
     log = logfile.read_text()
     # the failures are logged with the queue ID the Received: header carried
-    failed_ids = re.findall(r"error: ([0-9A-F]{19}): cannot queue message from <carol@remote\.example>: "
-                            r"cannot write queue file: No space left on device", log)
+    failed_ids = re.findall(
+        r"error: ([0-9A-F]{19}): cannot queue message from <carol@remote\.example>: "
+        r"cannot write queue file: No space left on device",
+        log,
+    )
     assert len(failed_ids) == 2 and qid not in failed_ids, log
     assert f"{qid}: client=client.example[127.0.0.1], from=<{SENDER}>" in log
     assert "Traceback" not in log
@@ -252,8 +265,9 @@ def test_qrunner_defers_on_full_mail_store_then_delivers_exactly_one_copy(small_
     assert f"{qid}: removed" in log
     files = maildir_files(box)
     assert files["tmp"] == [] and files["cur"] == [] and len(files["new"]) == 1
-    assert (box / "new" / files["new"][0]).read_bytes() == \
-        f"Return-Path: <{SENDER}>\nDelivered-To: {ALICE}\n".encode() + message
+    assert (
+        box / "new" / files["new"][0]
+    ).read_bytes() == f"Return-Path: <{SENDER}>\nDelivered-To: {ALICE}\n".encode() + message
     assert queue_leftovers(system.root / "queue") == []
 
 
@@ -358,8 +372,10 @@ def test_read_only_queue_and_store_give_451_unavailable_and_deferral(small_disk,
     md.ensure_maildir(store / "example.test" / "alice")
     qid = Queue(system.root / "queue").enqueue(SENDER, [ALICE], body("later"))
     # smtpd and pymta-queue get the queue on the small disk; the runner keeps its own
-    system.write_config(f'[paths]\nmail = "{store}"\nqueue = "{qdir}"\n'
-                        f'[smtpd]\nprocesses = 1\n[imapd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n')
+    system.write_config(
+        f'[paths]\nmail = "{store}"\nqueue = "{qdir}"\n'
+        f"[smtpd]\nprocesses = 1\n[imapd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n"
+    )
     port, logfile = start_logged(system, "pymta.smtpd")
     imap_port, _ = start_logged(system, "pyimap.imapd")
     pop_port, _ = start_logged(system, "pypop.pop3d")
@@ -369,21 +385,26 @@ def test_read_only_queue_and_store_give_451_unavailable_and_deferral(small_disk,
     small_disk.remount("ro")
     try:
         # other I/O errors than ENOSPC: IMAP says UNAVAILABLE, not OVERQUOTA; the session goes on
-        assert m.append("INBOX", None, None, crlf(body("ro"))) == \
-            ("NO", [b"[UNAVAILABLE] Temporary failure, try again"])
+        assert m.append("INBOX", None, None, crlf(body("ro"))) == (
+            "NO",
+            [b"[UNAVAILABLE] Temporary failure, try again"],
+        )
         assert m.noop()[0] == "OK"
         assert m.select("INBOX") == ("OK", [b"0"])  # a fresh index needs no rewrite
         assert m.logout()[0] == "BYE"
         assert pop.cmd(b"USER " + ALICE.encode()) == b"+OK\r\n"
-        assert pop.cmd(b"PASS " + PASSWORD.encode()) == \
-            b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n"  # its lock file cannot be opened
+        assert (
+            pop.cmd(b"PASS " + PASSWORD.encode()) == b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n"
+        )  # its lock file cannot be opened
         pop.close()
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             with pytest.raises(smtplib.SMTPDataError) as failed:
                 smtp.sendmail(SENDER, [ALICE], crlf(body("refused")))
             # not a full disk: the general local-error answer, not 452 4.3.1
-            assert (failed.value.smtp_code, failed.value.smtp_error) == \
-                (451, b"4.3.0 Requested action aborted: local error in processing")
+            assert (failed.value.smtp_code, failed.value.smtp_error) == (
+                451,
+                b"4.3.0 Requested action aborted: local error in processing",
+            )
         door = system.run("pymta.queue_cmd", ALICE, input=body("door"))
         assert door.returncode == 75 and b"Read-only file system" in door.stderr
         # the runner, with its queue elsewhere, meets the read-only Maildir: deferred
@@ -394,8 +415,11 @@ def test_read_only_queue_and_store_give_451_unavailable_and_deferral(small_disk,
     finally:
         small_disk.remount("rw")
     assert queue_leftovers(qdir) == []
-    assert re.search(r"error: [0-9A-F]{19}: cannot queue message from <carol@remote\.example>: "
-                     r"cannot create queue file: Read-only file system", logfile.read_text())
+    assert re.search(
+        r"error: [0-9A-F]{19}: cannot queue message from <carol@remote\.example>: "
+        r"cannot create queue file: Read-only file system",
+        logfile.read_text(),
+    )
     log = run_once(system)
     assert f"{qid}: to=<{ALICE}>, orig_to=<{ALICE}>, status=sent" in log
     assert len(maildir_files(store / "example.test" / "alice")["new"]) == 1
@@ -505,8 +529,9 @@ def test_running_qrunner_quarantines_corrupt_entries_logs_them_and_goes_on(mails
         (new / name).write_bytes(data)
     logfile = mailsys.root / "qrunner.log"
     with open(logfile, "wb") as err:
-        proc = subprocess.Popen(mailsys.program("pymta.qrunner"), env=env_with_repo(), stdout=subprocess.DEVNULL,
-                                stderr=err)
+        proc = subprocess.Popen(
+            mailsys.program("pymta.qrunner"), env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=err
+        )
     mailsys.procs.append(proc)
     good = [Queue(mailsys.root / "queue").enqueue(SENDER, [ALICE], body(f"good{n}")) for n in range(3)]
     mailsys.wait_messages(3, timeout=30)
@@ -547,8 +572,10 @@ def test_silent_dns_server_defers_without_bouncing_or_stalling_the_runner(make_m
     thread = threading.Thread(target=drink, daemon=True)
     thread.start()
     try:
-        system = make_mailsys(f'[relay]\ndns_servers = ["127.0.0.1:{swallow.getsockname()[1]}"]\n'
-                              f'dns_timeout = 1.5\n[qrunner]\nretry_min = 60.0\n')
+        system = make_mailsys(
+            f'[relay]\ndns_servers = ["127.0.0.1:{swallow.getsockname()[1]}"]\n'
+            f"dns_timeout = 1.5\n[qrunner]\nretry_min = 60.0\n"
+        )
         queue = Queue(system.root / "queue")
         remote = queue.enqueue(SENDER, ["rita@silent.test"], body("remote"))
         local = queue.enqueue(SENDER, [ALICE], body("local"))
@@ -562,8 +589,11 @@ def test_silent_dns_server_defers_without_bouncing_or_stalling_the_runner(make_m
     assert queries, "the resolver never asked the silent server"
     assert elapsed >= 1.4, elapsed  # it did wait for the DNS timeout ...
     assert elapsed < 30, elapsed  # ... and no longer than a bounded time
-    assert re.search(rf"{remote}: to=<rita@silent\.test>, orig_to=<rita@silent\.test>, status=deferred \(4\.4\.3 "
-                     rf"domain silent\.test: MX lookup failed \((LifetimeTimeout|Timeout)\)\)", log), log
+    assert re.search(
+        rf"{remote}: to=<rita@silent\.test>, orig_to=<rita@silent\.test>, status=deferred \(4\.4\.3 "
+        rf"domain silent\.test: MX lookup failed \((LifetimeTimeout|Timeout)\)\)",
+        log,
+    ), log
     st = rcpt_state(system, remote)
     assert st["status"] == "deferred" and "notified" not in st
     assert f"{local}: to=<{ALICE}>, orig_to=<{ALICE}>, status=sent" in log

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOMAIN, PASSWORD
+from conftest import PASSWORD
 
 LINE_MB = int(os.environ.get("PYMAIL_HOSTILE_LINE_MB", "1024"))
 RSS_LIMIT_KB = 100 * 1024
@@ -245,8 +245,9 @@ def serving_pid(proc: subprocess.Popen, mode: str) -> int:
 @pytest.mark.parametrize("mode", ["listen", "inetd"])
 @pytest.mark.parametrize("where", ["smtp-command", "smtp-data", "pop3", "imap"])
 def test_gigabyte_line_is_refused_without_buffering(hostile, where, mode):
-    module = {"smtp-command": "pymta.smtpd", "smtp-data": "pymta.smtpd", "pop3": "pypop.pop3d",
-              "imap": "pyimap.imapd"}[where]
+    module = {"smtp-command": "pymta.smtpd", "smtp-data": "pymta.smtpd", "pop3": "pypop.pop3d", "imap": "pyimap.imapd"}[
+        where
+    ]
     port, proc, err = start(hostile, module, mode)
     with Wire(port, timeout=30) as w:
         pid = serving_pid(proc, mode)
@@ -375,8 +376,11 @@ def test_huge_literal_announcements(hostile):
         assert w.cmd(b"h NOOP\r\n") == b"h OK NOOP completed\r\n"
     # a non-synchronizing literal cannot be refused before it is sent: the
     # session ends at once instead of reading (or storing) 4 GB
-    for command in (b"i APPEND INBOX {4294967296+}\r\n", b"i LOGIN {99999999999999999999+}\r\n",
-                    b"i SEARCH TEXT {4294967296+}\r\n"):
+    for command in (
+        b"i APPEND INBOX {4294967296+}\r\n",
+        b"i LOGIN {99999999999999999999+}\r\n",
+        b"i SEARCH TEXT {4294967296+}\r\n",
+    ):
         with imap_login(port) if b"LOGIN" not in command else Wire(port) as w:
             started = time.monotonic()
             w.send(command + b"x" * 65536)
@@ -437,7 +441,9 @@ def test_thousand_deep_mime_is_delivered_and_fetched(hostile):
     with imap_login(port) as w:
         assert w.cmd(b"s SELECT INBOX\r\n", b"s ").splitlines()[-1].startswith(b"s OK [READ-WRITE]")
         reply = w.cmd(b"f FETCH 1 (BODYSTRUCTURE)\r\n", b"f ")
-        assert reply.startswith(b"* 1 FETCH (BODYSTRUCTURE (") and reply.endswith(b"f OK FETCH completed\r\n"), reply[-300:]
+        assert reply.startswith(b"* 1 FETCH (BODYSTRUCTURE (") and reply.endswith(b"f OK FETCH completed\r\n"), reply[
+            -300:
+        ]
         print(f"BODYSTRUCTURE of a 1000 deep message: {len(reply)} bytes, depth {reply.count(b'(')}")
         reply = w.cmd(b"g FETCH 1 (BODY[" + b".".join([b"1"] * 1000) + b"])\r\n", b"g ")
         assert reply.startswith(b"* 1 FETCH (BODY[1.1.1.") and reply.endswith(b"g OK FETCH completed\r\n"), reply[-200:]
@@ -511,7 +517,9 @@ def test_thousand_idle_connections(make_mailsys):
     if soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard) if hard != resource.RLIM_INFINITY else 4096, hard))
     # imapd's default max_sessions is 1,000: the same 100 for all three here
-    system = make_mailsys("[smtpd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\nmax_sessions = 100\n")
+    system = make_mailsys(
+        "[smtpd]\nprocesses = 1\n[pop3d]\nprocesses = 1\n[imapd]\nprocesses = 1\nmax_sessions = 100\n"
+    )
     for module in SERVICES:
         port, proc, err = start(system, module)
         t0 = time.monotonic()
@@ -524,7 +532,11 @@ def test_thousand_idle_connections(make_mailsys):
             busy = [x for x in lines if x == BUSY_REPLY[module]]
             # max_sessions = 100 (start_daemon's port probe may still hold a slot for a moment)
             assert 98 <= len(greeted) <= 100 and len(greeted) + len(busy) == 1000, (
-                module, len(greeted), len(busy), set(lines) - set(greeted) - set(busy))
+                module,
+                len(greeted),
+                len(busy),
+                set(lines) - set(greeted) - set(busy),
+            )
             assert proc.poll() is None
             deadline = time.monotonic() + 10
             while (fds := len(os.listdir(f"/proc/{proc.pid}/fd"))) >= 120 and time.monotonic() < deadline:
@@ -565,8 +577,9 @@ def test_daemon_out_of_file_descriptors_keeps_serving(make_mailsys):
     assert "Traceback" not in text, text[-2000:]
     lines = [x for x in text.splitlines() if "socket.accept() out of system resource" in x]
     assert 1 <= len(lines) <= elapsed + 2, (len(lines), elapsed)
-    assert all(x.endswith("error: socket.accept() out of system resource: OSError(24, 'Too many open files')")
-               for x in lines), lines[:3]
+    assert all(
+        x.endswith("error: socket.accept() out of system resource: OSError(24, 'Too many open files')") for x in lines
+    ), lines[:3]
 
 
 # -- malformed TLS ---------------------------------------------------------------------------
@@ -646,8 +659,10 @@ def test_malformed_tls_on_the_implicit_tls_port(hostile, mode):
     failed = [x for x in err.ours() if "TLS handshake failed" in x]
     if mode == "inetd":  # one line per failed handshake (in listen mode asyncio does not tell us about them)
         assert len(failed) == len(cases) + 4, err.ours()  # + truncated, abandoned, slow, start_daemon's probe
-        assert all(re.fullmatch(r"pymta-smtpd\[\d+\]: TLS handshake failed: client=\[127\.0\.0\.1\]: \w+: .+", x)
-                   for x in failed), failed
+        assert all(
+            re.fullmatch(r"pymta-smtpd\[\d+\]: TLS handshake failed: client=\[127\.0\.0\.1\]: \w+: .+", x)
+            for x in failed
+        ), failed
     assert len(err.ours()) <= len(cases) + 4, err.ours()
 
 
@@ -730,19 +745,42 @@ def test_malformed_tls_pop3_imap(hostile, module):
 
 BAD_CHARS = b"500 5.5.2 Error: invalid characters in command\r\n"
 SMTP_SESSIONS = [
-    [(b"EHLO \xff\xfe", BAD_CHARS), (b"EHLO a\x00b", BAD_CHARS), (b"EHLO a\rb", BAD_CHARS), (b"HELO \xc3\x28", BAD_CHARS),
-     (b"\xff\xfe", BAD_CHARS), (b"EHLO ok.test", None),
-     (b"MAIL FROM:<\xff@x.test>", BAD_CHARS), (b"MAIL FROM:<a\x00b@x.test>", BAD_CHARS),
-     (b"MAIL FROM:<a\rb@x.test>", BAD_CHARS), (b"MAIL FROM:<a@x.test>", b"250 2.1.0 Ok\r\n")],
-    [(b"EHLO ok.test", None), (b"MAIL FROM:<a@x.test>", b"250 2.1.0 Ok\r\n"),
-     (b"RCPT TO:<\xff@example.test>", BAD_CHARS), (b"RCPT TO:<al\x00ice@example.test>", BAD_CHARS),
-     (b"RCPT TO:<alice\r@example.test>", BAD_CHARS), (b"RCPT TO:<alice@example.test>", b"250 2.1.5 Ok\r\n"),
-     (b"VRFY \xff", BAD_CHARS), (b"VRFY a\x00b", BAD_CHARS), (b"VRFY a\rb", BAD_CHARS)],
-    [(b"EHLO ok.test", None), (b"AUTH PLAIN \xff\xfe", BAD_CHARS), (b"AUTH \xff", BAD_CHARS),
-     (b"AUTH PLAIN", b"334 \r\n"), (b"\xff\x00", b"501 5.5.2 Invalid base64\r\n"),
-     (b"AUTH LOGIN", b"334 VXNlcm5hbWU6\r\n"), (b"\xc3\x28\r", b"501 5.5.2 Invalid base64\r\n"),
-     (b"AUTH PLAIN " + __import__("base64").b64encode(b"\0al\xffice@example.test\0\x00\r"),
-      b"535 5.7.8 Authentication credentials invalid\r\n")],
+    [
+        (b"EHLO \xff\xfe", BAD_CHARS),
+        (b"EHLO a\x00b", BAD_CHARS),
+        (b"EHLO a\rb", BAD_CHARS),
+        (b"HELO \xc3\x28", BAD_CHARS),
+        (b"\xff\xfe", BAD_CHARS),
+        (b"EHLO ok.test", None),
+        (b"MAIL FROM:<\xff@x.test>", BAD_CHARS),
+        (b"MAIL FROM:<a\x00b@x.test>", BAD_CHARS),
+        (b"MAIL FROM:<a\rb@x.test>", BAD_CHARS),
+        (b"MAIL FROM:<a@x.test>", b"250 2.1.0 Ok\r\n"),
+    ],
+    [
+        (b"EHLO ok.test", None),
+        (b"MAIL FROM:<a@x.test>", b"250 2.1.0 Ok\r\n"),
+        (b"RCPT TO:<\xff@example.test>", BAD_CHARS),
+        (b"RCPT TO:<al\x00ice@example.test>", BAD_CHARS),
+        (b"RCPT TO:<alice\r@example.test>", BAD_CHARS),
+        (b"RCPT TO:<alice@example.test>", b"250 2.1.5 Ok\r\n"),
+        (b"VRFY \xff", BAD_CHARS),
+        (b"VRFY a\x00b", BAD_CHARS),
+        (b"VRFY a\rb", BAD_CHARS),
+    ],
+    [
+        (b"EHLO ok.test", None),
+        (b"AUTH PLAIN \xff\xfe", BAD_CHARS),
+        (b"AUTH \xff", BAD_CHARS),
+        (b"AUTH PLAIN", b"334 \r\n"),
+        (b"\xff\x00", b"501 5.5.2 Invalid base64\r\n"),
+        (b"AUTH LOGIN", b"334 VXNlcm5hbWU6\r\n"),
+        (b"\xc3\x28\r", b"501 5.5.2 Invalid base64\r\n"),
+        (
+            b"AUTH PLAIN " + __import__("base64").b64encode(b"\0al\xffice@example.test\0\x00\r"),
+            b"535 5.7.8 Authentication credentials invalid\r\n",
+        ),
+    ],
 ]
 
 
@@ -758,9 +796,13 @@ def test_invalid_bytes_smtp(hostile):
             assert w.cmd(b"NOOP\r\n") == b"250 2.0.0 Ok\r\n"
     with Wire(port) as w:  # message text: 8-bit and NUL are data; a bare CR is refused (RFC 5321 2.3.8)
         w.cmd(b"EHLO ok.test\r\n", b"250 ")
-        for text, reply in ((b"Subject: \xff\xfe bad\r\nX-Nul: a\x00b\r\n\r\nbody \xc3\x28\r\n", b"250 2.0.0 Ok: queued as "),
-                            (b"Subject: x\r\nX-CR: a\rb\r\n\r\nbody\r\n",
-                             b"550 5.6.0 Message contains bare CR or LF; refused (see RFC 5321 2.3.8)\r\n")):
+        for text, reply in (
+            (b"Subject: \xff\xfe bad\r\nX-Nul: a\x00b\r\n\r\nbody \xc3\x28\r\n", b"250 2.0.0 Ok: queued as "),
+            (
+                b"Subject: x\r\nX-CR: a\rb\r\n\r\nbody\r\n",
+                b"550 5.6.0 Message contains bare CR or LF; refused (see RFC 5321 2.3.8)\r\n",
+            ),
+        ):
             assert w.cmd(b"MAIL FROM:<a@x.test>\r\n") == b"250 2.1.0 Ok\r\n"
             assert w.cmd(b"RCPT TO:<alice@example.test>\r\n") == b"250 2.1.5 Ok\r\n"
             assert w.cmd(b"DATA\r\n") == b"354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -773,18 +815,20 @@ def test_invalid_bytes_smtp(hostile):
 def test_invalid_bytes_pop3(hostile):
     port, _, err = start(hostile, "pypop.pop3d")
     with Wire(port) as w:
-        for command, reply in ((b"USER \xff\xfe", b"-ERR Syntax: USER name\r\n"),
-                               (b"USER a\x00b", b"-ERR Invalid characters in command\r\n"),
-                               (b"USER a\rb", b"-ERR Invalid characters in command\r\n"),
-                               (b"\xff\xfe", b"-ERR Invalid characters in command\r\n"),
-                               (b"APOP \xff 0123456789abcdef0123456789abcdef", b"-ERR Syntax: APOP name digest\r\n"),
-                               (b"APOP a\x00b 0123456789abcdef0123456789abcdef", b"-ERR Invalid characters in command\r\n"),
-                               (b"USER alice@example.test", b"+OK\r\n"),
-                               (b"PASS \xff\x00", b"-ERR Invalid characters in command\r\n"),
-                               (b"USER alice@example.test", b"+OK\r\n"),
-                               (b"PASS a\rb", b"-ERR Invalid characters in command\r\n"),
-                               (b"USER alice@example.test", b"+OK\r\n"),
-                               (b"PASS \xff\xfe", b"-ERR [AUTH] Authentication failed\r\n")):
+        for command, reply in (
+            (b"USER \xff\xfe", b"-ERR Syntax: USER name\r\n"),
+            (b"USER a\x00b", b"-ERR Invalid characters in command\r\n"),
+            (b"USER a\rb", b"-ERR Invalid characters in command\r\n"),
+            (b"\xff\xfe", b"-ERR Invalid characters in command\r\n"),
+            (b"APOP \xff 0123456789abcdef0123456789abcdef", b"-ERR Syntax: APOP name digest\r\n"),
+            (b"APOP a\x00b 0123456789abcdef0123456789abcdef", b"-ERR Invalid characters in command\r\n"),
+            (b"USER alice@example.test", b"+OK\r\n"),
+            (b"PASS \xff\x00", b"-ERR Invalid characters in command\r\n"),
+            (b"USER alice@example.test", b"+OK\r\n"),
+            (b"PASS a\rb", b"-ERR Invalid characters in command\r\n"),
+            (b"USER alice@example.test", b"+OK\r\n"),
+            (b"PASS \xff\xfe", b"-ERR [AUTH] Authentication failed\r\n"),
+        ):
             assert w.cmd(command + b"\r\n", b"") == reply, command
     pop3_ok(port)
     err.assert_clean()
@@ -793,13 +837,15 @@ def test_invalid_bytes_pop3(hostile):
 def test_invalid_bytes_imap(hostile):
     port, _, err = start(hostile, "pyimap.imapd")
     with Wire(port) as w:
-        for command, reply in ((b"a LOGIN \xff \xfe", b"a BAD 8-bit characters in atom"),
-                               (b'b LOGIN "\xff" "\xfe"', b"b BAD String is not UTF-8"),
-                               (b'c LOGIN "a\x00b" "x"', b"c BAD Bad character in quoted string"),
-                               (b'd LOGIN "a\rb" "x"', b"d BAD Bad character in quoted string"),
-                               (b"\xff\xfe NOOP", b"* BAD 8-bit characters in atom"),  # the tag is not echoed
-                               (b"e\x00f NOOP", b"* BAD Control character in command"),
-                               (b"g NOOP", b"g OK NOOP completed")):
+        for command, reply in (
+            (b"a LOGIN \xff \xfe", b"a BAD 8-bit characters in atom"),
+            (b'b LOGIN "\xff" "\xfe"', b"b BAD String is not UTF-8"),
+            (b'c LOGIN "a\x00b" "x"', b"c BAD Bad character in quoted string"),
+            (b'd LOGIN "a\rb" "x"', b"d BAD Bad character in quoted string"),
+            (b"\xff\xfe NOOP", b"* BAD 8-bit characters in atom"),  # the tag is not echoed
+            (b"e\x00f NOOP", b"* BAD Control character in command"),
+            (b"g NOOP", b"g OK NOOP completed"),
+        ):
             assert w.cmd(command + b"\r\n") == reply + b"\r\n", command
         assert w.cmd(b"\xff\xfe LOGIN {3}\r\n") == b"+ Ready for literal data\r\n"
         assert w.cmd(b"abc x\r\n") == b"* BAD 8-bit characters in atom\r\n"
@@ -807,23 +853,32 @@ def test_invalid_bytes_imap(hostile):
         assert w.cmd(b"a\x00b {1}\r\n") == b"+ Ready for literal data\r\n"
         assert w.cmd(b"x\r\n", b"h ") == b"h NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
     with imap_login(port) as w:
-        for command, reply in ((b'b SELECT "\xff\xfe"', b"b BAD String is not UTF-8"),
-                               (b"c SELECT \xff", b"c BAD 8-bit characters in atom"),
-                               (b'd CREATE "\xc3\x28"', b"d BAD String is not UTF-8"),
-                               (b'e CREATE "caf\xc3\xa9"',
-                                b"e NO [CANNOT] Invalid mailbox name: 8-bit or control character in mailbox name"),
-                               (b'f CREATE "a\rb"', b"f BAD Bad character in quoted string"),
-                               (b'g SEARCH SUBJECT "\xff\xfe"', b"g BAD Command SEARCH not valid in this state")):
+        for command, reply in (
+            (b'b SELECT "\xff\xfe"', b"b BAD String is not UTF-8"),
+            (b"c SELECT \xff", b"c BAD 8-bit characters in atom"),
+            (b'd CREATE "\xc3\x28"', b"d BAD String is not UTF-8"),
+            (
+                b'e CREATE "caf\xc3\xa9"',
+                b"e NO [CANNOT] Invalid mailbox name: 8-bit or control character in mailbox name",
+            ),
+            (b'f CREATE "a\rb"', b"f BAD Bad character in quoted string"),
+            (b'g SEARCH SUBJECT "\xff\xfe"', b"g BAD Command SEARCH not valid in this state"),
+        ):
             assert w.cmd(command + b"\r\n") == reply + b"\r\n", command
         assert w.cmd(b"e CREATE {3}\r\n") == b"+ Ready for literal data\r\n"
-        assert w.cmd(b"a\x00b\r\n") == b"e NO [CANNOT] Invalid mailbox name: 8-bit or control character in mailbox name\r\n"
+        assert (
+            w.cmd(b"a\x00b\r\n")
+            == b"e NO [CANNOT] Invalid mailbox name: 8-bit or control character in mailbox name\r\n"
+        )
         assert w.cmd(b"s SELECT INBOX\r\n", b"s ").splitlines()[-1].startswith(b"s OK [READ-WRITE]")
-        for command, reply in ((b'f SEARCH SUBJECT "\xff\xfe"', b"f BAD String not in the given charset"),
-                               (b'h SEARCH SUBJECT "a\x00b"', b"h BAD Bad character in quoted string"),
-                               (b"i APPEND INBOX (\\Seen \xff) {3+}\r\nabc", b"i BAD 8-bit characters in atom"),
-                               (b"j APPEND INBOX (\\Seen a\x00b) {3+}\r\nabc", b"j BAD Control character in command"),
-                               (b"k APPEND INBOX (\\Seen a\rb) {3+}\r\nabc", b"k BAD Unexpected character in command"),
-                               (b"l NOOP", b"l OK NOOP completed")):
+        for command, reply in (
+            (b'f SEARCH SUBJECT "\xff\xfe"', b"f BAD String not in the given charset"),
+            (b'h SEARCH SUBJECT "a\x00b"', b"h BAD Bad character in quoted string"),
+            (b"i APPEND INBOX (\\Seen \xff) {3+}\r\nabc", b"i BAD 8-bit characters in atom"),
+            (b"j APPEND INBOX (\\Seen a\x00b) {3+}\r\nabc", b"j BAD Control character in command"),
+            (b"k APPEND INBOX (\\Seen a\rb) {3+}\r\nabc", b"k BAD Unexpected character in command"),
+            (b"l NOOP", b"l OK NOOP completed"),
+        ):
             assert w.cmd(command + b"\r\n") == reply + b"\r\n", command
         assert w.cmd(b"g SEARCH CHARSET UTF-8 SUBJECT {2}\r\n") == b"+ Ready for literal data\r\n"
         assert w.cmd(b"\xff\xfe\r\n") == b"g BAD String not in the given charset\r\n"
@@ -848,15 +903,18 @@ def header_names(message: bytes) -> list[bytes]:
     return [line.split(b":", 1)[0].lower() for line in head.split(b"\n") if line and not line[:1].isspace()]
 
 
-@pytest.mark.parametrize("args, code", [
-    (["-f", "a@b.test\nBcc: x@y.test", "bob@example.test"], 65),
-    (["-f", "a@b.test\rBcc: x@y.test", "bob@example.test"], 65),
-    (["-f", "<a@b.test>\r\nBcc: x@y.test", "bob@example.test"], 65),
-    (["bob@example.test\nBcc: evil@x.test"], 65),
-    (["bob@example.test\r\nevil@x.test"], 65),
-    (["--", "bob@example.test\revil@x.test"], 65),
-    (["<bob@example.test>\n"], 65),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["-f", "a@b.test\nBcc: x@y.test", "bob@example.test"], 65),
+        (["-f", "a@b.test\rBcc: x@y.test", "bob@example.test"], 65),
+        (["-f", "<a@b.test>\r\nBcc: x@y.test", "bob@example.test"], 65),
+        (["bob@example.test\nBcc: evil@x.test"], 65),
+        (["bob@example.test\r\nevil@x.test"], 65),
+        (["--", "bob@example.test\revil@x.test"], 65),
+        (["<bob@example.test>\n"], 65),
+    ],
+)
 def test_sendmail_refuses_line_ends_in_addresses(hostile, args, code):
     result = hostile.run("pymta.sendmail", *args, input=b"Subject: t\n\nhi\n")
     assert result.returncode == code, result.stderr
@@ -865,8 +923,15 @@ def test_sendmail_refuses_line_ends_in_addresses(hostile, args, code):
 
 
 def test_sendmail_full_name_cannot_add_headers(hostile):
-    result = hostile.run("pymta.sendmail", "-f", "alice@example.test", "-F", "Name\r\nBcc: evil@x.test\nX-Evil: 1",
-                         "bob@example.test", input=b"Subject: t\n\nhi\n")
+    result = hostile.run(
+        "pymta.sendmail",
+        "-f",
+        "alice@example.test",
+        "-F",
+        "Name\r\nBcc: evil@x.test\nX-Evil: 1",
+        "bob@example.test",
+        input=b"Subject: t\n\nhi\n",
+    )
     assert result.returncode == 0, result.stderr
     [(envelope, message)] = queued(hostile)
     assert envelope["sender"] == "alice@example.test"
@@ -880,26 +945,59 @@ def test_sendmail_commas_and_header_recipients(hostile):
     result = hostile.run("pymta.sendmail", "bob@example.test,carol@elsewhere.test", input=b"Subject: t\n\nhi\n")
     assert result.returncode == 0, result.stderr
     # -t: folded and repeated header fields are read as RFC 5322 says, Bcc: is removed
-    message = (b"To: bob@example.test,\n  dave@elsewhere.test\nTo: erin@elsewhere.test\n"
-               b"Cc: \"x\\\"\n Bcc: y@z.test\" <frank@elsewhere.test>\nBcc: grace@elsewhere.test\n"
-               b"Subject: t\n\nTo: not-a-header@elsewhere.test\n")
+    message = (
+        b"To: bob@example.test,\n  dave@elsewhere.test\nTo: erin@elsewhere.test\n"
+        b'Cc: "x\\"\n Bcc: y@z.test" <frank@elsewhere.test>\nBcc: grace@elsewhere.test\n'
+        b"Subject: t\n\nTo: not-a-header@elsewhere.test\n"
+    )
     result = hostile.run("pymta.sendmail", "-t", input=message)
     assert result.returncode == 0, result.stderr
     (env1, _), (env2, msg2) = queued(hostile)
     assert env1["recipients"] == ["bob@example.test", "carol@elsewhere.test"]
-    assert sorted(env2["recipients"]) == sorted(["bob@example.test", "dave@elsewhere.test", "erin@elsewhere.test",
-                                                 "frank@elsewhere.test", "grace@elsewhere.test"])
+    assert sorted(env2["recipients"]) == sorted(
+        [
+            "bob@example.test",
+            "dave@elsewhere.test",
+            "erin@elsewhere.test",
+            "frank@elsewhere.test",
+            "grace@elsewhere.test",
+        ]
+    )
     assert b"bcc" not in header_names(msg2)
     assert b"\nTo: not-a-header@elsewhere.test\n" in msg2  # the body is not a header
 
 
 # -- path traversal ------------------------------------------------------------------------------
 
-TRAVERSAL_NAMES = [b'"../bob"', b'"../../x"', b'"/etc"', b'"~bob"', b'"INBOX/../../bob"', b'"a/./b"', b'"."', b'".."',
-                   b'"a/.."', b'"a//b"', b'"&AC4-&AC4-/bob"', b'"INBOX/.."', b'"../bob/INBOX"']
-TRAVERSAL_COMMANDS = [b"CREATE %s", b"SELECT %s", b"EXAMINE %s", b"RENAME INBOX %s", b"RENAME %s y", b"SUBSCRIBE %s",
-                      b"STATUS %s (MESSAGES)", b"APPEND %s {3+}\r\nabc", b"DELETE %s", b"COPY 1 %s", b"MOVE 1 %s",
-                      b"UID COPY 1 %s"]
+TRAVERSAL_NAMES = [
+    b'"../bob"',
+    b'"../../x"',
+    b'"/etc"',
+    b'"~bob"',
+    b'"INBOX/../../bob"',
+    b'"a/./b"',
+    b'"."',
+    b'".."',
+    b'"a/.."',
+    b'"a//b"',
+    b'"&AC4-&AC4-/bob"',
+    b'"INBOX/.."',
+    b'"../bob/INBOX"',
+]
+TRAVERSAL_COMMANDS = [
+    b"CREATE %s",
+    b"SELECT %s",
+    b"EXAMINE %s",
+    b"RENAME INBOX %s",
+    b"RENAME %s y",
+    b"SUBSCRIBE %s",
+    b"STATUS %s (MESSAGES)",
+    b"APPEND %s {3+}\r\nabc",
+    b"DELETE %s",
+    b"COPY 1 %s",
+    b"MOVE 1 %s",
+    b"UID COPY 1 %s",
+]
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -942,19 +1040,26 @@ def test_mailbox_names_cannot_leave_the_maildir(traversal):
                 assert reply.startswith(tag + b" NO [CANNOT] Invalid mailbox name: "), (command, name, reply)
             for pattern in (b'LIST "" %s', b"LIST %s *", b"LSUB %s *"):
                 reply = w.cmd(b"l " + pattern.replace(b"%s", name) + b"\r\n", b"l ")
-                assert reply == b"l OK LIST completed\r\n" or reply == b"l OK LSUB completed\r\n", (pattern, name, reply)
+                assert reply == b"l OK LIST completed\r\n" or reply == b"l OK LSUB completed\r\n", (
+                    pattern,
+                    name,
+                    reply,
+                )
         for literal in (b"a\x00b", b"../\x00", b"\x00"):  # NUL arrives only in a literal
             head = b"x CREATE {%d}\r\n" % len(literal)
             assert w.cmd(head) == b"+ Ready for literal data\r\n"
-            assert w.cmd(literal + b"\r\n") == (b"x NO [CANNOT] Invalid mailbox name: "
-                                                b"8-bit or control character in mailbox name\r\n")
+            assert w.cmd(literal + b"\r\n") == (
+                b"x NO [CANNOT] Invalid mailbox name: 8-bit or control character in mailbox name\r\n"
+            )
         for pattern in (b"*", b"%", b"../*", b"/*", b"~*"):  # what LIST shows is alice's alone
             reply = w.cmd(b'l LIST "" "' + pattern + b'"\r\n', b"l ")
             assert b"Target" not in reply and b"bob" not in reply, reply
         assert w.cmd(b"z NOOP\r\n", b"z ").endswith(b"z OK NOOP completed\r\n")
     after = tree(traversal.root / "mail")
     assert changed_outside(before, after, "example.test/alice/") == []
-    assert [k for k in after if k.startswith("example.test/bob/")] == [k for k in before if k.startswith("example.test/bob/")]
+    assert [k for k in after if k.startswith("example.test/bob/")] == [
+        k for k in before if k.startswith("example.test/bob/")
+    ]
     err.assert_clean()
 
 
@@ -963,15 +1068,24 @@ def test_user_names_with_dot_dot(traversal):
     pop, _, pop_err = start(traversal, "pypop.pop3d")
     imap, _, imap_err = start(traversal, "pyimap.imapd")
     before = tree(traversal.root)
-    names = [b"../bob@example.test", b"alice/../bob@example.test", b"alice@example.test/../bob",
-             b"alice@../example.test", b"../../../etc/passwd", b"bob@example.test/..", b"./bob@example.test"]
+    names = [
+        b"../bob@example.test",
+        b"alice/../bob@example.test",
+        b"alice@example.test/../bob",
+        b"alice@../example.test",
+        b"../../../etc/passwd",
+        b"bob@example.test/..",
+        b"./bob@example.test",
+    ]
     for name in names:
         with Wire(pop) as w:
             assert w.cmd(b"USER " + name + b"\r\n") == b"+OK\r\n"
             assert w.cmd(b"PASS " + PASSWORD.encode() + b"\r\n") == b"-ERR [AUTH] Authentication failed\r\n"
         with Wire(imap) as w:
-            assert (w.cmd(b'a LOGIN "' + name + b'" ' + PASSWORD.encode() + b"\r\n")
-                    == b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+            assert (
+                w.cmd(b'a LOGIN "' + name + b'" ' + PASSWORD.encode() + b"\r\n")
+                == b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+            )
         with Wire(smtp) as w:
             w.cmd(b"EHLO client.test\r\n", b"250 ")
             token = __import__("base64").b64encode(b"\0" + name + b"\0" + PASSWORD.encode())
@@ -980,12 +1094,16 @@ def test_user_names_with_dot_dot(traversal):
         w.cmd(b"EHLO client.test\r\n", b"250 ")
         assert w.cmd(b"MAIL FROM:<../../x@example.test>\r\n") == b"501 5.1.7 Bad sender address syntax\r\n"
         assert w.cmd(b"MAIL FROM:<carol@elsewhere.test>\r\n") == b"250 2.1.0 Ok\r\n"
-        for rcpt, reply in ((b"../bob@example.test", b"501 5.1.3 Bad recipient address syntax"),
-                            (b"bob/../alice@example.test", b"501 5.1.3 Bad recipient address syntax"),
-                            (b"alice@../example.test", b"501 5.1.3 Bad recipient address syntax"),
-                            (b"alice@example.test/../bob", b"501 5.1.3 Bad recipient address syntax"),
-                            (b'"../bob"@example.test', b'550 5.1.1 <"../bob"@example.test>: Recipient address '
-                                                        b"rejected: User unknown in local recipient table")):
+        for rcpt, reply in (
+            (b"../bob@example.test", b"501 5.1.3 Bad recipient address syntax"),
+            (b"bob/../alice@example.test", b"501 5.1.3 Bad recipient address syntax"),
+            (b"alice@../example.test", b"501 5.1.3 Bad recipient address syntax"),
+            (b"alice@example.test/../bob", b"501 5.1.3 Bad recipient address syntax"),
+            (
+                b'"../bob"@example.test',
+                b'550 5.1.1 <"../bob"@example.test>: Recipient address rejected: User unknown in local recipient table',
+            ),
+        ):
             assert w.cmd(b"RCPT TO:<" + rcpt + b">\r\n") == reply + b"\r\n", rcpt
     after = tree(traversal.root)
     changed = [k for k in changed_outside(before, after, "run") if not k.startswith("queue/")]  # authfail records

@@ -22,13 +22,18 @@ def start_imapd(system, mode: str = "listen", *args: str) -> int:
 
 
 def msg(subject="hello", body="Hi there.\r\n") -> bytes:
-    return (f"From: Ann <ann@example.org>\r\nTo: {ALICE}\r\nSubject: {subject}\r\n"
-            f"Date: Tue, 02 Jan 2024 10:00:00 +0000\r\nMessage-ID: <{subject}@x>\r\n\r\n{body}").encode()
+    return (
+        f"From: Ann <ann@example.org>\r\nTo: {ALICE}\r\nSubject: {subject}\r\n"
+        f"Date: Tue, 02 Jan 2024 10:00:00 +0000\r\nMessage-ID: <{subject}@x>\r\n\r\n{body}"
+    ).encode()
 
 
 def login(port, *, ssl_mode=False) -> imaplib.IMAP4:
-    m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=client_tls(), timeout=30) if ssl_mode else \
-        imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    m = (
+        imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=client_tls(), timeout=30)
+        if ssl_mode
+        else imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    )
     typ, _ = m.login(ALICE, PASSWORD)
     assert typ == "OK"
     return m

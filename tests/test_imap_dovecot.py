@@ -6,19 +6,20 @@ from __future__ import annotations
 import imaplib
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from conftest import PASSWORD, REPO, free_port, wait_port
 from test_imap import ALICE, start_imapd
+
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from test_imap_message import CORPUS, rfc3501_message  # noqa: E402
 
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
-pytestmark = pytest.mark.skipif(DOVECOT is None or os.geteuid() != 0,
-                                reason="needs Debian's dovecot-imapd (and root, to hand the store to 'mail')")
+pytestmark = pytest.mark.skipif(
+    DOVECOT is None or os.geteuid() != 0, reason="needs Debian's dovecot-imapd (and root, to hand the store to 'mail')"
+)
 
 MESSAGES = [
     CORPUS.encode(),
@@ -33,14 +34,32 @@ MESSAGES = [
     b"Subject: html only\nContent-Type: text/html\nContent-Language: en\nContent-Location: http://x/y\n"
     b"Content-MD5: abc\n\n<p>x</p>\n",
     b"Reply-To: r@x.org\nSender: s@x.org\nIn-Reply-To: <a@b>\nBcc: hidden@x.org\nSubject: =?ISO-8859-1?Q?caf=E9?=\n"
-    b"Content-Type: multipart/alternative; boundary=\"b 1\"\n\n--b 1\nContent-Type: text/plain; charset=utf-8\n\n"
+    b'Content-Type: multipart/alternative; boundary="b 1"\n\n--b 1\nContent-Type: text/plain; charset=utf-8\n\n'
     b"\xc3\xa9t\xc3\xa9\n--b 1\nContent-Type: text/html\n\n<b>x</b>\n--b 1--\n",
 ]
-ITEMS = ["BODYSTRUCTURE", "ENVELOPE", "BODY", "RFC822.SIZE", "BODY.PEEK[HEADER]", "BODY.PEEK[TEXT]", "BODY.PEEK[1]",
-         "BODY.PEEK[1.MIME]", "BODY.PEEK[2]", "BODY.PEEK[1.1]", "BODY.PEEK[1.2]", "BODY.PEEK[3.HEADER]",
-         "BODY.PEEK[3.TEXT]", "BODY.PEEK[3.1]", "BODY.PEEK[3.2]", "BODY.PEEK[3.2.MIME]",
-         "BODY.PEEK[HEADER.FIELDS (SUBJECT TO)]", "BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT TO)]",
-         "BODY.PEEK[]<5.20>", "BODY.PEEK[1]<3.4>", "BODY.PEEK[]"]
+ITEMS = [
+    "BODYSTRUCTURE",
+    "ENVELOPE",
+    "BODY",
+    "RFC822.SIZE",
+    "BODY.PEEK[HEADER]",
+    "BODY.PEEK[TEXT]",
+    "BODY.PEEK[1]",
+    "BODY.PEEK[1.MIME]",
+    "BODY.PEEK[2]",
+    "BODY.PEEK[1.1]",
+    "BODY.PEEK[1.2]",
+    "BODY.PEEK[3.HEADER]",
+    "BODY.PEEK[3.TEXT]",
+    "BODY.PEEK[3.1]",
+    "BODY.PEEK[3.2]",
+    "BODY.PEEK[3.2.MIME]",
+    "BODY.PEEK[HEADER.FIELDS (SUBJECT TO)]",
+    "BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT TO)]",
+    "BODY.PEEK[]<5.20>",
+    "BODY.PEEK[1]<3.4>",
+    "BODY.PEEK[]",
+]
 
 
 def grab(port: int) -> dict:
@@ -78,7 +97,9 @@ def test_same_answers_as_dovecot(mailsys, short_dir):
     os.chmod(twin, 0o755)
     os.chmod(twin / "users", 0o644)
     pop3, imap = free_port(), free_port()
-    proc = mailsys.start([sys.executable, str(REPO / "tests" / "bench" / "dovecot_side.py"), str(twin), str(pop3), str(imap)])
+    proc = mailsys.start(
+        [sys.executable, str(REPO / "tests" / "bench" / "dovecot_side.py"), str(twin), str(pop3), str(imap)]
+    )
     wait_port(imap, proc=proc)
     port = start_imapd(mailsys, "listen")
     ours, theirs = grab(port), grab(imap)

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.skipif(shutil.which("mbsync") is None, reason="mbsync (
 
 def message(i: int, side: str) -> bytes:
     body = "".join(f"line {n} of message {i} from the {side}\n" for n in range(i % 40 + 1))
-    return (f"From: sender{i}@example.org\nTo: {ALICE}\nSubject: {side} message {i}\n"
-            f"Message-ID: <{side}{i}@example.org>\nDate: Tue, 02 Jan 2024 10:00:00 +0000\n\n{body}").encode()
+    return (
+        f"From: sender{i}@example.org\nTo: {ALICE}\nSubject: {side} message {i}\n"
+        f"Message-ID: <{side}{i}@example.org>\nDate: Tue, 02 Jan 2024 10:00:00 +0000\n\n{body}"
+    ).encode()
 
 
 def contents(maildir: Path) -> dict[bytes, bytes]:

@@ -26,10 +26,8 @@ PACKAGES = ("pymta", "pymda", "pypop", "pyimap")
 # (importer, NAMED_IN_STRINGS) for a lower floor that names upper ones in strings,
 # and cycles as the sorted tuple of their modules.  Remove an entry when its move lands.
 NAMED_IN_STRINGS = "<upper floors named in strings>"
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-}
-KNOWN_CYCLES: dict[tuple[str, ...], str] = {
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
+KNOWN_CYCLES: dict[tuple[str, ...], str] = {}
 
 
 def module_files() -> dict[str, Path]:
@@ -196,10 +194,26 @@ def test_the_checker_sees_what_it_should(tmp_path):
         "def later():\n"
         "    from pymda.maildir import deliver\n"
     )
-    modules = dict.fromkeys(["pymta.lib", "pymta.lib.log", "pymta.lib.config", "pymta.lib.sasl",
-                             "pypop.sibling", "pypop.m", "pymda", "pymda.maildir"], source)
+    modules = dict.fromkeys(
+        [
+            "pymta.lib",
+            "pymta.lib.log",
+            "pymta.lib.config",
+            "pymta.lib.sasl",
+            "pypop.sibling",
+            "pypop.m",
+            "pymda",
+            "pymda.maildir",
+        ],
+        source,
+    )
     assert imports_of("pypop.m", source, modules) == {
-        "pymta.lib.log", "pymta.lib.config", "pymta.lib.sasl", "pypop.sibling", "pymda.maildir"}
+        "pymta.lib.log",
+        "pymta.lib.config",
+        "pymta.lib.sasl",
+        "pypop.sibling",
+        "pymda.maildir",
+    }
     assert import_graph(), "no modules found"
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {("a", "b", "c")}
     assert floor_violations({"pymta.lib.x": {"pymda.y"}, "pymda.y": {"pymta.lib.x"}}) == {("pymta.lib.x", "pymda.y")}

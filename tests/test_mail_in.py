@@ -63,8 +63,11 @@ def test_implicit_tls_submission_with_auth(mailsys, mode):
         code, _ = smtp.login("alice@example.test", PASSWORD)
         assert code == 235
         # From: alice, as submission asks of alice (test_submission_policy)
-        smtp.sendmail("alice@example.test", ["someone@remote.example", "bob@example.test"],
-                      MESSAGE.replace(b"Carol <carol@remote.example>", b"Alice <alice@example.test>"))
+        smtp.sendmail(
+            "alice@example.test",
+            ["someone@remote.example", "bob@example.test"],
+            MESSAGE.replace(b"Carol <carol@remote.example>", b"Alice <alice@example.test>"),
+        )
     [path] = mailsys.wait_messages(1, user="bob")
     assert b"with ESMTPSA id" in path.read_bytes()
     assert b"(authenticated as alice@example.test)" in path.read_bytes()
@@ -97,7 +100,7 @@ def _try_auth(smtp, mechanism, user, password):
 
 
 def test_auth_not_offered_without_tls_to_remote_peers(make_mailsys):
-    system = make_mailsys('[auth]\nallow_plaintext_loopback = false\n')
+    system = make_mailsys("[auth]\nallow_plaintext_loopback = false\n")
     port = system.start_smtpd("listen", "--service", "submission")
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.ehlo("client.example")
@@ -124,7 +127,7 @@ def raw_session(port: int, payload: bytes, wait: float = 2.0) -> bytes:
                 out += chunk
                 if out.endswith(b"221 2.0.0 Bye\r\n"):
                     break
-        except socket.timeout:
+        except TimeoutError:
             pass
     return out
 
@@ -134,8 +137,10 @@ def codes(reply: bytes) -> list[int]:
 
 
 def test_refusals_with_exact_codes(make_mailsys):
-    system = make_mailsys('[smtpd]\ntrusted_networks = []\nmax_message_size = 1000\nmax_command_line = 512\n'
-                          'max_recipients = 2\nmax_errors = 20\n')
+    system = make_mailsys(
+        "[smtpd]\ntrusted_networks = []\nmax_message_size = 1000\nmax_command_line = 512\n"
+        "max_recipients = 2\nmax_errors = 20\n"
+    )
     port = system.start_smtpd("listen")
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         assert smtp.docmd("MAIL", "FROM:<a@remote.example>")[0] == 503  # before EHLO
@@ -170,14 +175,19 @@ def test_too_many_errors_closes_with_421(mailsys):
 
 
 def test_relay_tricks_are_refused(make_mailsys):
-    system = make_mailsys('[smtpd]\ntrusted_networks = []\n')
+    system = make_mailsys("[smtpd]\ntrusted_networks = []\n")
     port = system.start_smtpd("listen")
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.ehlo("client.example")
         smtp.mail("a@remote.example")
-        for rcpt in ["victim%elsewhere.example@example.test", '"victim@elsewhere.example"@example.test',
-                     "victim@[127.0.0.1]", "victim@ELSEWHERE.example", "victim@elsewhere.example.",
-                     "@example.test:victim@elsewhere.example"]:
+        for rcpt in [
+            "victim%elsewhere.example@example.test",
+            '"victim@elsewhere.example"@example.test',
+            "victim@[127.0.0.1]",
+            "victim@ELSEWHERE.example",
+            "victim@elsewhere.example.",
+            "@example.test:victim@elsewhere.example",
+        ]:
             code = smtp.docmd("RCPT", f"TO:<{rcpt}>")[0]
             assert code in (550, 554, 501), rcpt
         assert smtp.docmd("RCPT", "TO:<ALICE@EXAMPLE.TEST>")[0] == 250  # domain and local part are case-insensitive
@@ -186,9 +196,12 @@ def test_relay_tricks_are_refused(make_mailsys):
 @pytest.mark.parametrize("smuggle", [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r\n.\n"])
 def test_smtp_smuggling_never_ends_data_early(mailsys, smuggle):
     port = mailsys.start_smtpd("listen")
-    payload = (b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
-               b"Subject: one\r\n\r\nfirst" + smuggle +
-               b"MAIL FROM:<admin@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n")
+    payload = (
+        b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+        b"Subject: one\r\n\r\nfirst"
+        + smuggle
+        + b"MAIL FROM:<admin@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n"
+    )
     reply = raw_session(port, payload)
     assert codes(reply) == [250, 250, 250, 354, 550, 221]
     assert not mailsys.queue_files()
@@ -250,8 +263,11 @@ def test_full_queue_disk_gives_451_and_no_entry(mailsys):
     else:
         (mailsys.root / "queue" / "tmp").chmod(0o500)
     port = mailsys.start_smtpd("listen")
-    reply = raw_session(port, b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
-                              b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    reply = raw_session(
+        port,
+        b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+        b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+    )
     assert codes(reply) == [250, 250, 250, 354, 451, 221]
     assert not list((mailsys.root / "queue" / "new").iterdir())
 
@@ -315,8 +331,10 @@ def test_classic_inetd_with_stderr_on_the_socket_keeps_logs_off_the_wire(mailsys
     proc = subprocess.Popen(mailsys.program("pymta.smtpd"), stdin=conn, stdout=conn, stderr=conn, env=env_with_repo())
     conn.close()
     listener.close()
-    client.sendall(b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
-                   b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    client.sendall(
+        b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+        b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+    )
     data = b""
     while True:
         chunk = client.recv(65536)

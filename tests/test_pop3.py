@@ -96,7 +96,7 @@ def test_every_command_in_every_mode(mailsys, mode, security):
         resp, lines, octets = pop.retr(i + 1)
         assert resp == b"+OK %d octets" % sizes[i]
         assert lines == wire(body)
-    assert pop.top(2, 3)[1] == wire(BODIES[1])[:3 + 3]
+    assert pop.top(2, 3)[1] == wire(BODIES[1])[: 3 + 3]
     assert pop.noop() == b"+OK"
     assert pop.dele(1) == b"+OK Message 1 deleted"
     assert pop.stat() == (2, sum(sizes[1:]))
@@ -201,15 +201,24 @@ def test_pipelined_commands_answered_in_order(mailsys):
     sock = socket.create_connection(("127.0.0.1", port), timeout=20)
     f = sock.makefile("rb")
     f.readline()
-    sock.sendall(f"USER {ALICE}\r\nPASS {PASSWORD}\r\nSTAT\r\nLIST 1\r\nRETR 3\r\nDELE 2\r\nUIDL 2\r\nNOOP\r\nQUIT\r\n".encode())
+    sock.sendall(
+        f"USER {ALICE}\r\nPASS {PASSWORD}\r\nSTAT\r\nLIST 1\r\nRETR 3\r\nDELE 2\r\nUIDL 2\r\nNOOP\r\nQUIT\r\n".encode()
+    )
     out = f.read()
     size = md.crlf_size(BODIES[2])
-    assert out == (b"+OK\r\n" + b"+OK Logged in, 3 messages (%d octets)\r\n" % sum(map(md.crlf_size, BODIES))
-                   + b"+OK 3 %d\r\n" % sum(map(md.crlf_size, BODIES))
-                   + b"+OK 1 %d\r\n" % md.crlf_size(BODIES[0])
-                   + b"+OK %d octets\r\n" % size + BODIES[2].replace(b"\n", b"\r\n") + b"\r\n.\r\n"
-                   + b"+OK Message 2 deleted\r\n" + b"-ERR Message 2 already deleted\r\n" + b"+OK\r\n"
-                   + b"+OK Logging out, 1 message deleted\r\n")
+    assert out == (
+        b"+OK\r\n"
+        + b"+OK Logged in, 3 messages (%d octets)\r\n" % sum(map(md.crlf_size, BODIES))
+        + b"+OK 3 %d\r\n" % sum(map(md.crlf_size, BODIES))
+        + b"+OK 1 %d\r\n" % md.crlf_size(BODIES[0])
+        + b"+OK %d octets\r\n" % size
+        + BODIES[2].replace(b"\n", b"\r\n")
+        + b"\r\n.\r\n"
+        + b"+OK Message 2 deleted\r\n"
+        + b"-ERR Message 2 already deleted\r\n"
+        + b"+OK\r\n"
+        + b"+OK Logging out, 1 message deleted\r\n"
+    )
     sock.close()
 
 
@@ -264,8 +273,13 @@ def test_killed_session_releases_lock(mailsys):
     """Under inetd a session is a process: killing it must free the maildrop."""
     fill(mailsys, BODIES[:1])
     path = mailsys.maildir()
-    proc = subprocess.Popen(mailsys.program("pypop.pop3d"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        mailsys.program("pypop.pop3d"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     proc.stdin.write(f"USER {ALICE}\r\nPASS {PASSWORD}\r\n".encode())
     proc.stdin.flush()
     proc.stdout.readline()
@@ -295,23 +309,43 @@ def test_large_message_streamed_byte_identical(mailsys):
 
 @pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
 def test_fetchmail_downloads_100_messages_byte_identical(mailsys, tmp_path):
-    bodies = [b"From: sender%d@remote.example\nTo: alice@example.test\nSubject: message %d\nMessage-ID: <%d@remote.example>\n\n"
-              b"Body of message %d.\n.a line with a leading dot\n\n%s\n" % (i, i, i, i, b"x" * (i * 37 % 3000))
-              for i in range(100)]
+    bodies = [
+        b"From: sender%d@remote.example\nTo: alice@example.test\nSubject: message %d\nMessage-ID: <%d@remote.example>\n\n"
+        b"Body of message %d.\n.a line with a leading dot\n\n%s\n" % (i, i, i, i, b"x" * (i * 37 % 3000))
+        for i in range(100)
+    ]
     fill(mailsys, bodies)
     port = start_pop3d(mailsys, "listen")
     out = tmp_path / "fetched"
     out.mkdir()
     rc = tmp_path / "fetchmailrc"
-    rc.write_text(f'poll 127.0.0.1 protocol pop3 port {port} auth password\n'
-                  f'  user "{ALICE}" password "{PASSWORD}" is "someone" here\n'
-                  f'  fetchall keep sslproto "" mda "cat > {out}/msg.$$"\n')
+    rc.write_text(
+        f"poll 127.0.0.1 protocol pop3 port {port} auth password\n"
+        f'  user "{ALICE}" password "{PASSWORD}" is "someone" here\n'
+        f'  fetchall keep sslproto "" mda "cat > {out}/msg.$$"\n'
+    )
     rc.chmod(0o600)
     home = tmp_path / "home"
     home.mkdir()
-    done = subprocess.run(["fetchmail", "-f", str(rc), "--nosyslog", "--invisible", "--norewrite", "--nodetach",
-                           "-i", str(tmp_path / "fetchids"), "--pidfile", str(tmp_path / "fetchmail.pid")],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
+    done = subprocess.run(
+        [
+            "fetchmail",
+            "-f",
+            str(rc),
+            "--nosyslog",
+            "--invisible",
+            "--norewrite",
+            "--nodetach",
+            "-i",
+            str(tmp_path / "fetchids"),
+            "--pidfile",
+            str(tmp_path / "fetchmail.pid"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(home)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     got = sorted(p.read_bytes() for p in out.iterdir())
     assert len(got) == 100

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import smtplib
@@ -36,8 +35,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: watches p
 
 
 def pymail(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bin" / "pymail"), *map(str, args)], capture_output=True,
-                          text=True, env=env_with_repo(), timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, str(REPO / "bin" / "pymail"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env_with_repo(),
+        timeout=120,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -94,19 +99,29 @@ def test_pymail_run_as_root_serves_as_daemon_user_and_pipes_run_as_the_owner(ope
     services = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
     ports = {s: free_port() for s in services}
     args = [a for s, p in ports.items() for a in (f"--{s}-port", str(p))]
-    proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "pymail"), "run", str(tree), *args],
-                            env=env_with_repo(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "pymail"), "run", str(tree), *args],
+        env=env_with_repo(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         for port in ports.values():
             wait_port(port, timeout=30, proc=proc)
-        wait_for(lambda: (tree / "run" / "local.sock").exists() and (tree / "queue" / "wake.sock").exists(),
-                 what="runner and pymda-local")
+        wait_for(
+            lambda: (tree / "run" / "local.sock").exists() and (tree / "queue" / "wake.sock").exists(),
+            what="runner and pymda-local",
+        )
         send(ports["smtp"], "alice@example.test")
         send(ports["smtp"], "bob@example.test")
-        wait_for(lambda: list((alice / ".Sub" / "new").glob("*")) if (alice / ".Sub" / "new").is_dir() else [],
-                 what="alice's delivery")
-        wait_for(lambda: list((bob / ".Sub" / "new").glob("*")) if (bob / ".Sub" / "new").is_dir() else [],
-                 what="bob's delivery")
+        wait_for(
+            lambda: list((alice / ".Sub" / "new").glob("*")) if (alice / ".Sub" / "new").is_dir() else [],
+            what="alice's delivery",
+        )
+        wait_for(
+            lambda: list((bob / ".Sub" / "new").glob("*")) if (bob / ".Sub" / "new").is_dir() else [],
+            what="bob's delivery",
+        )
         assert (alice / "uid.txt").read_text().strip() == str(pw.pw_uid)  # in process, the runner's uid
         assert (bob / "uid.txt").read_text().strip() == "65534"  # pymda-local became bob's owner
         [bobs] = list((bob / ".Sub" / "new").iterdir())
@@ -210,12 +225,19 @@ def test_pymda_local_serves_only_its_clients_and_checks_requests(mailsys, open_d
     message.write_bytes(b'{"v":1}\n' + MSG)
     fd = os.open(message, os.O_RDONLY)
     try:
-        good = json.dumps({"rcpt": "alice@example.test", "sender": "a@remote.example", "qid": "ABC123",
-                           "offset": 8}).encode() + b"\n"
+        good = (
+            json.dumps(
+                {"rcpt": "alice@example.test", "sender": "a@remote.example", "qid": "ABC123", "offset": 8}
+            ).encode()
+            + b"\n"
+        )
         assert _ask(sock_path, good, fd, as_uid=65534)["code"] == 77  # not root, not daemon_user
-        for bad in (b"not json\n", b'{"rcpt": "-oQ/tmp/x@example.test", "offset": 8}\n',
-                    b'{"rcpt": "alice@example.test", "qid": "../x", "offset": 8}\n',
-                    b'{"rcpt": "alice@example.test\\nX: y", "offset": 8}\n'):
+        for bad in (
+            b"not json\n",
+            b'{"rcpt": "-oQ/tmp/x@example.test", "offset": 8}\n',
+            b'{"rcpt": "alice@example.test", "qid": "../x", "offset": 8}\n',
+            b'{"rcpt": "alice@example.test\\nX: y", "offset": 8}\n',
+        ):
             assert _ask(sock_path, bad, fd)["code"] == 64, bad
         assert _ask(sock_path, good)["code"] == 64  # no descriptor
         assert _ask(sock_path, good, fd)["code"] == 0
@@ -269,14 +291,28 @@ def test_local_delivery_repeated_after_a_crash_finds_its_earlier_copy(make_mails
     queue = Queue(system.root / "queue")
     qid = queue.enqueue("carol@remote.example", ["alice@example.test"], MSG)
     cfg = config.load(system.config)
-    deliver_message(cfg, UsersFile(cfg.path_of("users")), "alice@example.test", MSG, "carol@remote.example",
-                    qid=qid)  # the attempt the crash interrupted
+    deliver_message(
+        cfg, UsersFile(cfg.path_of("users")), "alice@example.test", MSG, "carol@remote.example", qid=qid
+    )  # the attempt the crash interrupted
     [entry] = [queue.open_entry(p) for p in (system.root / "queue" / "new").iterdir()]
     with entry:
         if not queue.mark_attempt(entry):
-            queue.write_state(qid, {"first": time.time(), "rcpts": [
-                {"to": "alice@example.test", "kind": "address", "orig": "alice@example.test",
-                 "status": "attempting", "attempts": 1, "reason": ""}]})
+            queue.write_state(
+                qid,
+                {
+                    "first": time.time(),
+                    "rcpts": [
+                        {
+                            "to": "alice@example.test",
+                            "kind": "address",
+                            "orig": "alice@example.test",
+                            "status": "attempting",
+                            "attempts": 1,
+                            "reason": "",
+                        }
+                    ],
+                },
+            )
     run = system.run("pymta.qrunner", "--once")
     assert run.returncode == 0, run.stderr
     assert b"possible duplicate" in run.stderr
@@ -297,8 +333,9 @@ def test_maildir_once_finds_a_tagged_copy_in_cur(tmp_path):
     os.rename(first, tmp_path / "cur" / (first.name + ":2,S"))
     again = maildir.deliver(tmp_path, b"one\n", tag=tag, once=True, fsync=False)
     assert again.parent.name == "cur" and not list((tmp_path / "new").iterdir())
-    other = maildir.deliver(tmp_path, b"two\n", tag=maildir.queue_tag("0123456789ABCDEF012", "bob@x.test"),
-                            once=True, fsync=False)
+    other = maildir.deliver(
+        tmp_path, b"two\n", tag=maildir.queue_tag("0123456789ABCDEF012", "bob@x.test"), once=True, fsync=False
+    )
     assert other.parent.name == "new"
     assert maildir.deliver(tmp_path, b"three\n", tag=tag, fsync=False).parent.name == "new"  # without once: written
 
@@ -338,7 +375,9 @@ def test_deliverer_killed_after_writing_makes_the_retry_look_first(make_mailsys)
     system = make_mailsys('[deliver]\nmode = "exec"\n')
     box = system.maildir("alice")
     box.mkdir(parents=True, exist_ok=True)
-    (box / ".procmailrc").write_text(":0 c\n.Sub/\n:0\n| test -e $HOME/killed || { touch $HOME/killed; kill -9 $PPID; }\n")
+    (box / ".procmailrc").write_text(
+        ":0 c\n.Sub/\n:0\n| test -e $HOME/killed || { touch $HOME/killed; kill -9 $PPID; }\n"
+    )
     from pymta.queue import Queue
 
     queue = Queue(system.root / "queue")

@@ -30,35 +30,43 @@ REPO = Path(__file__).resolve().parent.parent
 PROCMAIL = shutil.which("procmail")
 pytestmark = pytest.mark.skipif(PROCMAIL is None, reason="procmail is not installed")
 
-PLAIN = (b"From: Alice Example <alice@example.org>\n"
-         b"To: Bob <bob@example.test>\n"
-         b"Cc: carol@example.net\n"
-         b"Subject: Meeting notes 2024\n"
-         b"Message-ID: <m1@example.org>\n"
-         b"\n"
-         b"Hello Bob,\n"
-         b"From here on we meet on Tuesdays.\n"
-         b"Regards\n")
+PLAIN = (
+    b"From: Alice Example <alice@example.org>\n"
+    b"To: Bob <bob@example.test>\n"
+    b"Cc: carol@example.net\n"
+    b"Subject: Meeting notes 2024\n"
+    b"Message-ID: <m1@example.org>\n"
+    b"\n"
+    b"Hello Bob,\n"
+    b"From here on we meet on Tuesdays.\n"
+    b"Regards\n"
+)
 FROMLINE = b"From alice@example.org  Sat Nov 28 07:00:00 2026\n" + PLAIN
-LIST = (b"From: dev-owner@lists.example.org\n"
-        b"To: python-dev@lists.example.org\n"
-        b"List-Id: Python development <python-dev.lists.example.org>\n"
-        b"Precedence: list\n"
-        b"Subject: [Python-Dev] PEP 999 accepted\n"
-        b"Received: from a by b\nReceived: from c by d\nReceived: from e by f\n"
-        b"\n"
-        b"The PEP is accepted.\n")
-BOUNCE = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.org>\n"
-          b"To: bob@example.test\n"
-          b"Subject: Undelivered Mail Returned to Sender\n"
-          b"\n"
-          b"This is the mail system at host mx.example.org.\n")
-SPAM = (b"From: winner@lottery.example\n"
-        b"To: undisclosed-recipients:;\n"
-        b"Subject: YOU HAVE WON\n"
-        b"X-Spam-Score: 7.5\n"
-        b"\n"
-        b"viagra viagra viagra cheap cheap\n" + b"x" * 3000 + b"\n")
+LIST = (
+    b"From: dev-owner@lists.example.org\n"
+    b"To: python-dev@lists.example.org\n"
+    b"List-Id: Python development <python-dev.lists.example.org>\n"
+    b"Precedence: list\n"
+    b"Subject: [Python-Dev] PEP 999 accepted\n"
+    b"Received: from a by b\nReceived: from c by d\nReceived: from e by f\n"
+    b"\n"
+    b"The PEP is accepted.\n"
+)
+BOUNCE = (
+    b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.org>\n"
+    b"To: bob@example.test\n"
+    b"Subject: Undelivered Mail Returned to Sender\n"
+    b"\n"
+    b"This is the mail system at host mx.example.org.\n"
+)
+SPAM = (
+    b"From: winner@lottery.example\n"
+    b"To: undisclosed-recipients:;\n"
+    b"Subject: YOU HAVE WON\n"
+    b"X-Spam-Score: 7.5\n"
+    b"\n"
+    b"viagra viagra viagra cheap cheap\n" + b"x" * 3000 + b"\n"
+)
 NOEOL = b"From: a@example.org\nSubject: no final newline\n\nlast line"
 
 # (id, rules, message, extra assignments)
@@ -80,7 +88,7 @@ CASES = [
     ("FROM_MAILER-not-human", ":0\n* ^FROM_MAILER\nmailer/\n:0\nhuman/\n", PLAIN, []),
     ("match-operator-folder", ":0\n* ^List-Id:.*<\\/[a-z-]+\nlist-$MATCH/\n", LIST, []),
     ("match-left-minimal", ":0\n* ^Subject:.*\\/[0-9]+\nyear-$MATCH/\n", PLAIN, []),
-    ("assign-and-expand", "BOX=archive\nSUB=\"$BOX-2024\"\n:0\n${SUB}/\n", PLAIN, []),
+    ("assign-and-expand", 'BOX=archive\nSUB="$BOX-2024"\n:0\n${SUB}/\n', PLAIN, []),
     ("default-expansion", ":0\n${UNSET:-fallback}/\n", PLAIN, []),
     ("dollar-condition", "WHO=alice\n:0\n* $ ^From:.*$WHO@\nfrom-$WHO/\n", PLAIN, []),
     ("escaped-var-regex", "SUBJ=[Python-Dev]\n:0\n* $ ^Subject: $\\SUBJ\npydev/\n", LIST, []),
@@ -92,7 +100,12 @@ CASES = [
     ("E-else-chain", ":0\n* ^Subject: nope\none/\n:0 E\n* ^Subject: Meeting\ntwo/\n:0 E\nthree/\n", PLAIN, []),
     ("E-skipped", ":0 c\n* ^Subject: Meeting\none/\n:0 E\ntwo/\n:0\nthree/\n", PLAIN, []),
     ("e-after-error", ":0 c\nno/such/dir/mbox\n:0 e\nrescued/\n", PLAIN, []),
-    ("nested-blocks", ":0\n* ^From:.*alice\n{\n  :0\n  * ^Subject:.*notes\n  {\n    :0\n    deep/\n  }\n}\n", PLAIN, []),
+    (
+        "nested-blocks",
+        ":0\n* ^From:.*alice\n{\n  :0\n  * ^Subject:.*notes\n  {\n    :0\n    deep/\n  }\n}\n",
+        PLAIN,
+        [],
+    ),
     ("block-no-delivery", ":0\n* ^From:.*alice\n{\n  TAG=yes\n}\n:0\n* TAG ?? yes\ntagged/\n", PLAIN, []),
     ("filter-sed", ":0 fw\n| sed -e 's/Meeting/Conference/'\n:0\nout/\n", PLAIN, []),
     ("filter-formail-header", ":0 fhw\n| formail -A 'X-Filtered: yes'\n:0\n* ^X-Filtered: yes\nfiltered/\n", PLAIN, []),
@@ -130,7 +143,7 @@ CASES = [
 
 INCLUDED = ":0\n* ^FROM_DAEMON\nbounces/\n"
 
-RECORDER = "#!/bin/sh\nn=$(ls \"$MAILDIR\" | grep -c '^sent-')\nprintf '%s\\n' \"$@\" > \"$MAILDIR/sent-$n.args\"\ncat > \"$MAILDIR/sent-$n.msg\"\n"
+RECORDER = '#!/bin/sh\nn=$(ls "$MAILDIR" | grep -c \'^sent-\')\nprintf \'%s\\n\' "$@" > "$MAILDIR/sent-$n.args"\ncat > "$MAILDIR/sent-$n.msg"\n'
 
 _FROM_ = re.compile(rb"^From \S+ +\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}\n", re.M)
 
@@ -151,7 +164,7 @@ def run_one(tool: str, root: Path, rules: str, message: bytes, extra: list[str])
         if item == "NODEFAULT":
             continue
         if item == "--":
-            args = extra[extra.index("--") + 1:]
+            args = extra[extra.index("--") + 1 :]
             break
         assigns.append(item)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "PYTHONPATH": str(REPO)}

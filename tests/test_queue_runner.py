@@ -28,8 +28,13 @@ def delivered_subjects(mailsys, user="alice") -> list[str]:
 
 
 def test_pymta_queue_door_and_qrunner_once(mailsys):
-    proc = mailsys.run("pymta.queue_cmd", "-f", "carol@remote.example", "alice@example.test",
-                       input=b"Subject: via door\r\n\r\nline one\r\nline two\r\n")
+    proc = mailsys.run(
+        "pymta.queue_cmd",
+        "-f",
+        "carol@remote.example",
+        "alice@example.test",
+        input=b"Subject: via door\r\n\r\nline one\r\nline two\r\n",
+    )
     assert proc.returncode == 0, proc.stderr
     qid = proc.stdout.decode().strip()
     assert re.fullmatch(r"[0-9A-F]{19}", qid)
@@ -39,8 +44,10 @@ def test_pymta_queue_door_and_qrunner_once(mailsys):
     assert run.returncode == 0, run.stderr
     assert f"{qid}: to=<alice@example.test>".encode() in run.stderr
     [path] = mailsys.messages()
-    assert path.read_bytes() == (b"Return-Path: <carol@remote.example>\nDelivered-To: alice@example.test\n"
-                                 b"Subject: via door\n\nline one\nline two\n")
+    assert path.read_bytes() == (
+        b"Return-Path: <carol@remote.example>\nDelivered-To: alice@example.test\n"
+        b"Subject: via door\n\nline one\nline two\n"
+    )
     assert not mailsys.queue_files()
 
 
@@ -68,8 +75,11 @@ def test_aliases_unknown_users_and_remote_recipients(mailsys):
     # remote.example is unreachable (nothing listens on port 1): its recipient is deferred
     mailsys.write_config('[relay]\ntransport_map = { "remote.example" = "[127.0.0.1]:1" }\n')
     q = Queue(mailsys.root / "queue")
-    q.enqueue("carol@remote.example", ["team@example.test", "loop@example.test", "ghost@example.test",
-                                       "someone@remote.example"], message(1))
+    q.enqueue(
+        "carol@remote.example",
+        ["team@example.test", "loop@example.test", "ghost@example.test", "someone@remote.example"],
+        message(1),
+    )
     run = mailsys.run("pymta.qrunner", "--once")
     assert run.returncode == 0, run.stderr
     assert delivered_subjects(mailsys, "alice") == ["test 1"]  # via team and via the loop: one copy
@@ -88,8 +98,11 @@ def test_alias_loops_and_unreadable_includes_never_lose_a_recipient(mailsys):
     members = mailsys.root / "members"
     (mailsys.root / "aliases").write_text(f"ring: ring2\nring2: ring\nlist: :include:{members}\n")
     q = Queue(mailsys.root / "queue")
-    q.enqueue("carol@remote.example", ["ring@example.test", "list@example.test", "alice@example.test",
-                                       "postmaster@example.test"], message(3))
+    q.enqueue(
+        "carol@remote.example",
+        ["ring@example.test", "list@example.test", "alice@example.test", "postmaster@example.test"],
+        message(3),
+    )
     run = mailsys.run("pymta.qrunner", "--once")
     assert run.returncode == 0, run.stderr
     assert b"to=<ring@example.test>, orig_to=<ring@example.test>, status=bounced (5.4.6 alias loop" in run.stderr
@@ -164,16 +177,32 @@ def test_a_first_attempt_is_marked_on_the_entry_not_in_a_state_file(mailsys):
 
 
 def test_pymda_deliver_exit_codes(mailsys):
-    ok = mailsys.run("pymda.deliver", "-d", "Bob+lists@example.test", "-f", "x@remote.example",
-                     input=b"Subject: direct\r\n\r\nhi\r\n")
+    ok = mailsys.run(
+        "pymda.deliver",
+        "-d",
+        "Bob+lists@example.test",
+        "-f",
+        "x@remote.example",
+        input=b"Subject: direct\r\n\r\nhi\r\n",
+    )
     assert ok.returncode == 0, ok.stderr
     [path] = mailsys.messages("bob")
-    assert path.read_bytes() == b"Return-Path: <x@remote.example>\nDelivered-To: bob@example.test\nSubject: direct\n\nhi\n"
+    assert (
+        path.read_bytes() == b"Return-Path: <x@remote.example>\nDelivered-To: bob@example.test\nSubject: direct\n\nhi\n"
+    )
     assert mailsys.run("pymda.deliver", "-d", "nobody@example.test", input=b"x\n").returncode == 67
     assert mailsys.run("pymda.deliver", input=b"x\n").returncode == 64
-    bad_config = subprocess.run([*mailsys.program("pymda.deliver", "-d", "bob@example.test")[:3], "-C",
-                                 str(mailsys.root / "missing.toml"), "-d", "bob@example.test"],
-                                input=b"x\n", capture_output=True)
+    bad_config = subprocess.run(
+        [
+            *mailsys.program("pymda.deliver", "-d", "bob@example.test")[:3],
+            "-C",
+            str(mailsys.root / "missing.toml"),
+            "-d",
+            "bob@example.test",
+        ],
+        input=b"x\n",
+        capture_output=True,
+    )
     assert bad_config.returncode == 78
     # An unwritable Maildir is a temporary failure: the MTA keeps the message.
     new = mailsys.maildir("alice") / "tmp"

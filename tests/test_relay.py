@@ -23,14 +23,18 @@ SENDER = "alice@example.test"
 
 
 def relay_config(port: int, extra: str = "") -> str:
-    return (f'[relay]\ntransport_map = {{ "remote.test" = "[127.0.0.1]:{port}", ".sub.test" = "[127.0.0.1]:{port}" }}\n'
-            f'connect_timeout = 3.0\ncommand_timeout = 5.0\nconnection_cache_time = 0.0\n{extra}\n'
-            f'[qrunner]\nretry_min = 1.0\nretry_max = 4.0\n')
+    return (
+        f'[relay]\ntransport_map = {{ "remote.test" = "[127.0.0.1]:{port}", ".sub.test" = "[127.0.0.1]:{port}" }}\n'
+        f"connect_timeout = 3.0\ncommand_timeout = 5.0\nconnection_cache_time = 0.0\n{extra}\n"
+        f"[qrunner]\nretry_min = 1.0\nretry_max = 4.0\n"
+    )
 
 
 def msg(subject: str = "hello", body: str = "line one\n.dotted line\n..two dots\nend\n") -> bytes:
-    return (f"From: Alice <{SENDER}>\nTo: rita@remote.test\nSubject: {subject}\n"
-            f"Message-ID: <{subject.replace(' ', '-')}@example.test>\n\n{body}").encode()
+    return (
+        f"From: Alice <{SENDER}>\nTo: rita@remote.test\nSubject: {subject}\n"
+        f"Message-ID: <{subject.replace(' ', '-')}@example.test>\n\n{body}"
+    ).encode()
 
 
 def state(system, qid: str) -> dict:
@@ -310,11 +314,15 @@ def test_tls_required_but_not_offered_defers(make_mailsys, aio_peer):
 
 def test_relay_host_with_auth(make_mailsys):
     peer = make_mailsys()
-    peer.config.write_text(peer.config.read_text().replace('domains = ["example.test"]', 'domains = ["remote.test"]')
-                           + '[smtpd]\ntrusted_networks = []\n')
+    peer.config.write_text(
+        peer.config.read_text().replace('domains = ["example.test"]', 'domains = ["remote.test"]')
+        + "[smtpd]\ntrusted_networks = []\n"
+    )
     port = peer.start_smtpd("listen", "--service", "submission")
-    sender = make_mailsys(f'[relay]\nhost = "[127.0.0.1]:{port}"\nusername = "alice@example.test"\n'
-                          f'password_file = "relay.pw"\ncommand_timeout = 10.0\n')
+    sender = make_mailsys(
+        f'[relay]\nhost = "[127.0.0.1]:{port}"\nusername = "alice@example.test"\n'
+        f'password_file = "relay.pw"\ncommand_timeout = 10.0\n'
+    )
     (sender.root / "relay.pw").write_text(PASSWORD + "\n")
     Queue(sender.root / "queue").enqueue(SENDER, ["someone@elsewhere.test"], msg("via relay"))
     log = run_once(sender)

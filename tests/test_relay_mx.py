@@ -83,8 +83,9 @@ def tinydns():
 def mx_peer(make_mailsys):
     """Our own smtpd on 127.0.0.1:PORT (PORT is relay.smtp_port of the sender)."""
     peer = make_mailsys()
-    text = peer.config.read_text().replace('domains = ["example.test"]',
-                                          'domains = ["mx.test", "bare.test", "shuffle.test"]')
+    text = peer.config.read_text().replace(
+        'domains = ["example.test"]', 'domains = ["mx.test", "bare.test", "shuffle.test"]'
+    )
     peer.config.write_text(text)
     for domain in ("mx.test", "bare.test", "shuffle.test"):
         peer.add_user(f"rita@{domain}", PASSWORD)
@@ -93,9 +94,11 @@ def mx_peer(make_mailsys):
 
 
 def sender_system(make_mailsys, dns_port: int, smtp_port: int):
-    return make_mailsys(f'[relay]\ndns_servers = ["127.0.0.1:{dns_port}"]\nsmtp_port = {smtp_port}\n'
-                        f'dns_timeout = 3.0\nconnect_timeout = 2.0\ncommand_timeout = 5.0\n'
-                        f'[qrunner]\nretry_min = 1.0\n')
+    return make_mailsys(
+        f'[relay]\ndns_servers = ["127.0.0.1:{dns_port}"]\nsmtp_port = {smtp_port}\n'
+        f"dns_timeout = 3.0\nconnect_timeout = 2.0\ncommand_timeout = 5.0\n"
+        f"[qrunner]\nretry_min = 1.0\n"
+    )
 
 
 def run_once(system) -> str:

@@ -14,13 +14,15 @@ import pytest
 
 from pymta.queue import Queue
 
-MSG = (b"From: Carol <carol@remote.example>\n"
-       b"To: alice@example.test\n"
-       b"Subject: Python list digest\n"
-       b"List-Id: <python.lists.example.org>\n"
-       b"\n"
-       b"line one\n"
-       b"From the list\n")
+MSG = (
+    b"From: Carol <carol@remote.example>\n"
+    b"To: alice@example.test\n"
+    b"Subject: Python list digest\n"
+    b"List-Id: <python.lists.example.org>\n"
+    b"\n"
+    b"line one\n"
+    b"From the list\n"
+)
 TRACE = b"Return-Path: <carol@remote.example>\nDelivered-To: alice@example.test\n"
 
 RECORDER = """#!/bin/sh
@@ -105,20 +107,24 @@ def test_mbox_from_line_quoting_and_lock(mailsys):
     assert (box / "saved.mbox").read_bytes().count(b"\nFrom carol@remote.example  ") == 1
 
 
-FORGED_FROM_ = (b"From victim@bank.example Mon Jan  1 00:00:00 2024\n"
-                b"From: Bank <victim@bank.example>\n"
-                b"Subject: forged envelope\n"
-                b"\n"
-                b"From the bank\n"
-                b">From quoted once\n"
-                b">>From quoted twice\n")
-FORGED_QUOTED = (b">From victim@bank.example Mon Jan  1 00:00:00 2024\n"
-                 b"From: Bank <victim@bank.example>\n"
-                 b"Subject: forged envelope\n"
-                 b"\n"
-                 b">From the bank\n"
-                 b">>From quoted once\n"
-                 b">>>From quoted twice\n")
+FORGED_FROM_ = (
+    b"From victim@bank.example Mon Jan  1 00:00:00 2024\n"
+    b"From: Bank <victim@bank.example>\n"
+    b"Subject: forged envelope\n"
+    b"\n"
+    b"From the bank\n"
+    b">From quoted once\n"
+    b">>From quoted twice\n"
+)
+FORGED_QUOTED = (
+    b">From victim@bank.example Mon Jan  1 00:00:00 2024\n"
+    b"From: Bank <victim@bank.example>\n"
+    b"Subject: forged envelope\n"
+    b"\n"
+    b">From the bank\n"
+    b">>From quoted once\n"
+    b">>>From quoted twice\n"
+)
 
 
 def mbox_separators(data: bytes) -> list[bytes]:
@@ -153,10 +159,14 @@ def test_mbox_quotes_from_lines_in_the_header_of_an_alias_file_target(mailsys, o
 
 
 def test_pipe_gets_message_clean_env_and_user_variables(mailsys, recorder, monkeypatch):
-    box = setup_rules(mailsys, f"TAG=\"tag $LOGNAME\"\n:0 w\n| {recorder} $MAILDIR/out --subject=\"$SENDER\"\n")
+    box = setup_rules(mailsys, f'TAG="tag $LOGNAME"\n:0 w\n| {recorder} $MAILDIR/out --subject="$SENDER"\n')
     env = dict(os.environ, LEAKY_SECRET="should-not-pass", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.run(mailsys.program("pymda.deliver", "-d", "alice@example.test", "-f", "carol@remote.example"),
-                          input=MSG, capture_output=True, env=env)
+    proc = subprocess.run(
+        mailsys.program("pymda.deliver", "-d", "alice@example.test", "-f", "carol@remote.example"),
+        input=MSG,
+        capture_output=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (box / "out.msg").read_bytes() == TRACE + MSG + b"\n"  # procmail: ends with an empty line
     assert (box / "out.args").read_text() == "--subject=carol@remote.example\n"
@@ -184,7 +194,7 @@ def test_filter_rewrites_message(mailsys):
 
 
 def test_forward_runs_sendmail_with_flags_and_addresses(mailsys, recorder):
-    box = setup_rules(mailsys, f"SENDMAIL=\"{recorder} $MAILDIR/fwd\"\n:0\n! bob@elsewhere.example carol@x.example\n")
+    box = setup_rules(mailsys, f'SENDMAIL="{recorder} $MAILDIR/fwd"\n:0\n! bob@elsewhere.example carol@x.example\n')
     proc = deliver(mailsys)
     assert proc.returncode == 0, proc.stderr
     assert (box / "fwd.args").read_text() == "-oi\nbob@elsewhere.example\ncarol@x.example\n"
@@ -193,7 +203,7 @@ def test_forward_runs_sendmail_with_flags_and_addresses(mailsys, recorder):
 
 
 def test_forward_refuses_option_like_address(mailsys, recorder):
-    box = setup_rules(mailsys, f"SENDMAIL=\"{recorder} $MAILDIR/fwd\"\nX=-oQ/tmp\n:0\n! $X\n")
+    box = setup_rules(mailsys, f'SENDMAIL="{recorder} $MAILDIR/fwd"\nX=-oQ/tmp\n:0\n! $X\n')
     proc = deliver(mailsys)
     assert proc.returncode == 0
     assert not (box / "fwd.args").exists()
@@ -286,7 +296,7 @@ def test_site_rules_run_first(mailsys):
 
 
 def test_logfile_and_log(mailsys):
-    box = setup_rules(mailsys, "LOGFILE=$MAILDIR/rules.log\nLOG=\"hello log\n\"\n:0\n.Logged/\n")
+    box = setup_rules(mailsys, 'LOGFILE=$MAILDIR/rules.log\nLOG="hello log\n"\n:0\n.Logged/\n')
     assert deliver(mailsys).returncode == 0
     text = (box / "rules.log").read_text()
     assert "hello log\n" in text and "Subject: Python list digest" in text and ".Logged/new/" in text
@@ -294,7 +304,7 @@ def test_logfile_and_log(mailsys):
 
 def test_catastrophic_regex_does_not_hang(mailsys):
     # built at run time through $, so the parser cannot see it: refused when used
-    box = setup_rules(mailsys, "P=\"(a+)+$\"\n:0 B\n* $ $P\n.Never/\n")
+    box = setup_rules(mailsys, 'P="(a+)+$"\n:0 B\n* $ $P\n.Never/\n')
     body = MSG + b"a" * 40 + b"b\n"
     start = time.time()
     proc = deliver(mailsys, input=body)
@@ -367,8 +377,8 @@ def test_alias_pipe_and_file_targets(mailsys, open_tmp):
     os.chmod(out, 0o777)
     mbox_path = out / "archive.mbox"
     (mailsys.root / "aliases").write_text(
-        f'archive: {mbox_path}, "|cat > {out}/piped; printf %s $RECIPIENT > {out}/rcpt"\n'
-        f"broken: \"|exit 1\"\n")
+        f'archive: {mbox_path}, "|cat > {out}/piped; printf %s $RECIPIENT > {out}/rcpt"\nbroken: "|exit 1"\n'
+    )
     q = Queue(mailsys.root / "queue")
     q.enqueue("carol@remote.example", ["archive@example.test"], MSG)
     run = mailsys.run("pymta.qrunner", "--once")
@@ -399,11 +409,19 @@ def test_m_mode_without_default_is_not_delivered(tmp_path):
     rc = tmp_path / "rc"
     rc.write_text(":0\n* ^Subject: nope\nx/\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.run([sys.executable, "-m", "pymda.deliver", "-m", f"MAILDIR={tmp_path}", str(rc)],
-                          input=MSG, capture_output=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pymda.deliver", "-m", f"MAILDIR={tmp_path}", str(rc)],
+        input=MSG,
+        capture_output=True,
+        env=env,
+    )
     assert proc.returncode == 73
-    proc = subprocess.run([sys.executable, "-m", "pymda.deliver", "-m", f"MAILDIR={tmp_path}",
-                           f"DEFAULT={tmp_path}/inbox/", str(rc)], input=MSG, capture_output=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pymda.deliver", "-m", f"MAILDIR={tmp_path}", f"DEFAULT={tmp_path}/inbox/", str(rc)],
+        input=MSG,
+        capture_output=True,
+        env=env,
+    )
     assert proc.returncode == 0
     assert only_message(tmp_path / "inbox") == MSG
 
@@ -440,8 +458,21 @@ def test_m_mode_dry_run(tmp_path):
     rc = tmp_path / "rc"
     rc.write_text("FOLDER=lists\n:0\n* ^List-Id:.*python\n$FOLDER/\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.run([sys.executable, "-m", "pymda.deliver", "--dry-run", "-m", f"MAILDIR={tmp_path}",
-                           f"DEFAULT={tmp_path}/inbox/", str(rc)], input=MSG, capture_output=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pymda.deliver",
+            "--dry-run",
+            "-m",
+            f"MAILDIR={tmp_path}",
+            f"DEFAULT={tmp_path}/inbox/",
+            str(rc),
+        ],
+        input=MSG,
+        capture_output=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"{rc}:2: match (1 condition)" in proc.stdout.decode()
     assert f"would deliver to: {tmp_path}/lists/" in proc.stdout.decode()

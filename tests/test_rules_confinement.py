@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import env_with_repo
 
+from conftest import env_with_repo
 from pymta.queue import Queue
 
 MSG = b"From: Carol <carol@remote.example>\nTo: alice@example.test\nSubject: confinement\n\nbody\n"
@@ -78,7 +78,7 @@ def swapped_components(box: Path, outside: Path) -> None:
 
 
 CASES = {
-    "logfile": ("LOGFILE={out}/rules.log\nLOG=\"hello\n\"\n", 1, None),
+    "logfile": ('LOGFILE={out}/rules.log\nLOG="hello\n"\n', 1, None),
     "includerc-users-file": ("INCLUDERC={root}/users\n", 1, None),
     "maildir-dotdot": ("MAILDIR=..\n:0 c\nbob/\n", 1, None),
     "folder-dotdot": (":0\n../bob/\n", 2, None),
@@ -88,7 +88,7 @@ CASES = {
     "symlink-out": (":0\nlink/\n", 2, symlink_to_outside),
     "symlinked-tmp-new": (":0\n.Swapped/\n", 2, swapped_components),
     "redirection": (":0\n| cat > {out}/x\n", 2, None),
-    "redirection-append-quoted": (":0 w\n| cat >> \"$HOME/../../bob/new/x\" 2>&1\n", 2, None),
+    "redirection-append-quoted": (':0 w\n| cat >> "$HOME/../../bob/new/x" 2>&1\n', 2, None),
 }
 
 
@@ -120,17 +120,46 @@ def test_symlink_inside_home_is_followed(make_mailsys):
     assert inbox(box) == []
 
 
-ALLOWED_ENV = {"HOME", "LOGNAME", "USER", "SHELL", "PATH", "SENDER", "RECIPIENT", "EXTENSION", "MAILDIR", "DEFAULT",
-               "ORGMAIL", "SENDMAIL", "SENDMAILFLAGS", "LOCKEXT", "SHELLMETAS", "SHELLFLAGS", "MSGPREFIX", "TIMEOUT",
-               "HOST", "LASTFOLDER", "MINE",
-               "PWD", "SHLVL", "_", "OLDPWD"}  # the last ones sh sets itself
+ALLOWED_ENV = {
+    "HOME",
+    "LOGNAME",
+    "USER",
+    "SHELL",
+    "PATH",
+    "SENDER",
+    "RECIPIENT",
+    "EXTENSION",
+    "MAILDIR",
+    "DEFAULT",
+    "ORGMAIL",
+    "SENDMAIL",
+    "SENDMAILFLAGS",
+    "LOCKEXT",
+    "SHELLMETAS",
+    "SHELLFLAGS",
+    "MSGPREFIX",
+    "TIMEOUT",
+    "HOST",
+    "LASTFOLDER",
+    "MINE",
+    "PWD",
+    "SHLVL",
+    "_",
+    "OLDPWD",
+}  # the last ones sh sets itself
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_pipe_sees_a_clean_environment(make_mailsys, mode):
     ms = make_mailsys(f'[deliver]\nmode = "{mode}"\n')
-    runner_env = {"PYMAIL_SECRET": "runner-only", "LISTEN_FDS": "3", "LISTEN_PID": "1", "NOTIFY_SOCKET": "/run/x",
-                  "LD_PRELOAD": "", "LEAKY": "yes"}
+    runner_env = {
+        "PYMAIL_SECRET": "runner-only",
+        "LISTEN_FDS": "3",
+        "LISTEN_PID": "1",
+        "NOTIFY_SOCKET": "/run/x",
+        "LD_PRELOAD": "",
+        "LEAKY": "yes",
+    }
     box, log = run_queue(ms, "MINE=set-by-rules\n:0 c\n| env > $HOME/env.txt\n", runner_env)
     names = dict(line.split("=", 1) for line in (box / "env.txt").read_text().splitlines() if "=" in line)
     assert set(names) <= ALLOWED_ENV, sorted(set(names) - ALLOWED_ENV)
@@ -151,7 +180,7 @@ def test_filter_with_too_much_output_is_killed_and_the_message_kept(make_mailsys
 
 def test_backquote_output_is_bounded(make_mailsys):
     ms = make_mailsys()
-    box, log = run_queue(ms, "BIG=`yes | head -c 1000000`\n:0 c\n| printf %s \"$BIG\" | wc -c > $HOME/size\n")
+    box, log = run_queue(ms, 'BIG=`yes | head -c 1000000`\n:0 c\n| printf %s "$BIG" | wc -c > $HOME/size\n')
     assert (box / "size").read_text().strip() == "0"
     assert ".procmailrc:1:" in log and "more output than allowed" in log, log
     assert len(inbox(box)) == 1
@@ -178,9 +207,14 @@ def test_m_mode_is_confined_to_home_and_maildir(tmp_path):
     rc.write_text(f"LOGFILE={outside}/log\n:0\n{outside}/x.mbox\n")
     env = env_with_repo()
     env["HOME"] = str(home)
-    proc = subprocess.run([os.sys.executable, "-m", "pymda.deliver", "-m", f"MAILDIR={maildir}",
-                           f"DEFAULT={maildir}/inbox/", str(rc)], input=MSG, capture_output=True, env=env,
-                          cwd=home, timeout=60)
+    proc = subprocess.run(
+        [os.sys.executable, "-m", "pymda.deliver", "-m", f"MAILDIR={maildir}", f"DEFAULT={maildir}/inbox/", str(rc)],
+        input=MSG,
+        capture_output=True,
+        env=env,
+        cwd=home,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert list(outside.iterdir()) == []
     assert b"rc:1: LOGFILE" in proc.stderr and b"refusing folder" in proc.stderr

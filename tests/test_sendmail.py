@@ -49,14 +49,26 @@ def entries(system):
 
 
 def test_sendmail_t_removes_bcc_and_completes_headers(mailsys):
-    proc = sendmail(mailsys, "-t", "-i", "-f", "alice@example.test", "-F", "Alice Example",
-                    input=b"To: bob@example.test\r\nCc: Carol <carol@remote.test>\r\nBcc: secret@example.test,\r\n"
-                          b" hidden@remote.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\nafter dot\r\n")
+    proc = sendmail(
+        mailsys,
+        "-t",
+        "-i",
+        "-f",
+        "alice@example.test",
+        "-F",
+        "Alice Example",
+        input=b"To: bob@example.test\r\nCc: Carol <carol@remote.test>\r\nBcc: secret@example.test,\r\n"
+        b" hidden@remote.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\nafter dot\r\n",
+    )
     assert proc.returncode == 0, proc.stderr
     [(env, body)] = entries(mailsys)
     assert env["sender"] == "alice@example.test"
-    assert sorted(env["recipients"]) == ["bob@example.test", "carol@remote.test", "hidden@remote.test",
-                                         "secret@example.test"]
+    assert sorted(env["recipients"]) == [
+        "bob@example.test",
+        "carol@remote.test",
+        "hidden@remote.test",
+        "secret@example.test",
+    ]
     head, _, text = body.partition(b"\n\n")
     assert b"Bcc" not in head and b"secret@" not in head and b"hidden@" not in head
     assert b'From: "Alice Example" <alice@example.test>\n' in head
@@ -67,8 +79,11 @@ def test_sendmail_t_removes_bcc_and_completes_headers(mailsys):
 
 
 def test_sendmail_dot_ends_message_without_i_and_keeps_existing_headers(mailsys):
-    proc = sendmail(mailsys, "bob@example.test",
-                    input=b"From: x@example.test\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <a@b>\n\nkept\n.\nlost\n")
+    proc = sendmail(
+        mailsys,
+        "bob@example.test",
+        input=b"From: x@example.test\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <a@b>\n\nkept\n.\nlost\n",
+    )
     assert proc.returncode == 0, proc.stderr
     [(env, body)] = entries(mailsys)
     assert env["sender"] == "root@example.test"  # the caller's login name
@@ -95,9 +110,27 @@ def test_sendmail_errors_use_sysexits_and_queue_nothing(mailsys):
 
 
 def test_sendmail_ignores_the_usual_flags_silently(mailsys):
-    proc = sendmail(mailsys, "-oi", "-odb", "-oem", "-oep", "-N", "failure,delay", "-B", "8BITMIME", "-v", "-m",
-                    "-oMrfoo", "-L", "label", "-r", "alice@example.test", "--", "bob@example.test",
-                    input=b"Subject: flags\n\nx\n")
+    proc = sendmail(
+        mailsys,
+        "-oi",
+        "-odb",
+        "-oem",
+        "-oep",
+        "-N",
+        "failure,delay",
+        "-B",
+        "8BITMIME",
+        "-v",
+        "-m",
+        "-oMrfoo",
+        "-L",
+        "label",
+        "-r",
+        "alice@example.test",
+        "--",
+        "bob@example.test",
+        input=b"Subject: flags\n\nx\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert b"queued as" in proc.stderr  # -v
     [(env, _)] = entries(mailsys)
@@ -134,8 +167,10 @@ def test_sendmail_q_and_odi_with_a_running_runner_only_wake_it(mailsys):
 
 
 def test_sendmail_bs_is_an_smtp_session(mailsys):
-    session = (b"EHLO me\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
-               b"Subject: via -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+    session = (
+        b"EHLO me\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+        b"Subject: via -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n"
+    )
     proc = sendmail(mailsys, "-bs", input=session)
     assert proc.returncode == 0, proc.stderr
     replies = proc.stdout.decode()
@@ -150,16 +185,18 @@ def test_sendmail_bs_is_an_smtp_session(mailsys):
 def test_mailq_and_newaliases_entry_points(mailsys):
     assert sendmail(mailsys, "-bp").stdout == b"Mail queue is empty\n"
     sendmail(mailsys, "-f", "alice@example.test", "someone@remote.test", input=b"Subject: q\n\nx\n")
-    proc = subprocess.run([sys.executable, str(REPO / "bin" / "mailq"), "-C", str(mailsys.config)],
-                          capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "mailq"), "-C", str(mailsys.config)], capture_output=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.decode().splitlines()
     assert lines[0].startswith("-Queue ID-")
     assert re.match(r"[0-9A-F]{19}\*\s+\d+ \w{3} \w{3} \d\d \d\d:\d\d:\d\d\s+alice@example.test$", lines[1]), lines
     assert lines[2].strip() == "someone@remote.test"
     assert lines[-1] == "-- 1 Kbytes in 1 Request."
-    proc = subprocess.run([sys.executable, str(REPO / "bin" / "newaliases"), "-C", str(mailsys.config)],
-                          capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "newaliases"), "-C", str(mailsys.config)], capture_output=True, timeout=30
+    )
     assert proc.returncode == 0 and b"1 aliases" in proc.stderr
 
 
@@ -184,8 +221,14 @@ def public_sys(tls_files):
 
 def test_unprivileged_sendmail_goes_through_the_maildrop(public_sys):
     system = public_sys
-    proc = sendmail(system, "-t", "-F", "No Body", as_nobody=True,
-                    input=b"To: bob@example.test\nBcc: alice@example.test\nSubject: from nobody\n\nhello\n")
+    proc = sendmail(
+        system,
+        "-t",
+        "-F",
+        "No Body",
+        as_nobody=True,
+        input=b"To: bob@example.test\nBcc: alice@example.test\nSubject: from nobody\n\nhello\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert not entries(system)  # not in the queue yet: nobody cannot write it
     [dropped] = [p for p in (system.root / "maildrop").iterdir() if not p.name.startswith(".")]
@@ -203,8 +246,14 @@ def test_unprivileged_sendmail_goes_through_the_maildrop(public_sys):
 
 def test_unprivileged_sender_forgery_is_marked_and_logged(public_sys):
     system = public_sys
-    proc = sendmail(system, "-f", "ceo@example.test", "bob@example.test", as_nobody=True,
-                    input=b"From: ceo@example.test\nSubject: forged\n\nsend money\n")
+    proc = sendmail(
+        system,
+        "-f",
+        "ceo@example.test",
+        "bob@example.test",
+        as_nobody=True,
+        input=b"From: ceo@example.test\nSubject: forged\n\nsend money\n",
+    )
     assert proc.returncode == 0, proc.stderr
     log = run_once(system)
     assert "uid=65534 (nobody) set sender to <ceo@example.test>" in log
@@ -217,8 +266,9 @@ def test_unprivileged_maildrop_rejects_junk_and_links(public_sys):
     system = public_sys
     drop = system.root / "maildrop"
     # junk written directly by a user, and a symlink to a root-only file
-    subprocess.run(SETPRIV + ["sh", "-c", f'printf "not json\\nx\\n" > {drop}/JUNK1; ln -s /etc/shadow {drop}/LINK1'],
-                   check=True)
+    subprocess.run(
+        SETPRIV + ["sh", "-c", f'printf "not json\\nx\\n" > {drop}/JUNK1; ln -s /etc/shadow {drop}/LINK1'], check=True
+    )
     log = run_once(system)
     assert "refused" in log or "cannot open" in log
     assert not entries(system)
@@ -227,8 +277,10 @@ def test_unprivileged_maildrop_rejects_junk_and_links(public_sys):
 
 def test_unprivileged_sendmail_bs(public_sys):
     system = public_sys
-    session = (b"HELO me\r\nMAIL FROM:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
-               b"Subject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    session = (
+        b"HELO me\r\nMAIL FROM:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+        b"Subject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n"
+    )
     proc = sendmail(system, "-bs", input=session, as_nobody=True)
     assert proc.returncode == 0, proc.stderr
     assert b"\r\n250 " in proc.stdout and b"221" in proc.stdout

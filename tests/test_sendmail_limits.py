@@ -77,8 +77,9 @@ def test_sendmail_read_message_stops_reading_endless_stdin_at_the_limit():
         read_message(io.BufferedReader(stream), dot_ends=True, limit=200_000)
     assert stream.served < 200_000 + 2 * 65536
     # the dot still ends the message, even one split across reads
-    assert read_message(io.BufferedReader(io.BytesIO(b"a\r\n" * 30000 + b".\r\nafter\n")), True, 100_000) \
-        == b"a\n" * 30000
+    assert (
+        read_message(io.BufferedReader(io.BytesIO(b"a\r\n" * 30000 + b".\r\nafter\n")), True, 100_000) == b"a\n" * 30000
+    )
 
 
 # -- sendmail ----------------------------------------------------------------------------------
@@ -111,10 +112,14 @@ def test_sendmail_refuses_too_many_recipients_and_bad_addresses(mailsys):
     proc = sendmail(mailsys, *rcpts, input=b"Subject: many\n\nx\n")
     assert proc.returncode == 69, proc.stderr
     assert proc.stderr == b"sendmail: fatal: too many recipients (4; smtpd.max_recipients is 3)\n"
-    proc = sendmail(mailsys, "-t", input=b"To: a@example.test, b@example.test\nCc: c@example.test, d@example.test\n\nx\n")
+    proc = sendmail(
+        mailsys, "-t", input=b"To: a@example.test, b@example.test\nCc: c@example.test, d@example.test\n\nx\n"
+    )
     assert proc.returncode == 69 and b"too many recipients" in proc.stderr
     proc = sendmail(mailsys, "-t", input=b"To: bob@example.test, broken@\n\nx\n")
-    assert proc.returncode == 65 and b"cannot read the recipient addresses in 'bob@example.test, broken@'" in proc.stderr
+    assert (
+        proc.returncode == 65 and b"cannot read the recipient addresses in 'bob@example.test, broken@'" in proc.stderr
+    )
     proc = sendmail(mailsys, "-t", input=b"To: bob@example.test, a@b c@d\n\nx\n")
     assert proc.returncode == 65 and b"cannot read the recipient addresses" in proc.stderr
     # an empty group is no error
@@ -133,8 +138,15 @@ def test_unprivileged_sendmail_refuses_what_the_runner_would_drop(public_sys):
     system.write_config(LIMITS)
     proc = sendmail(system, "bob@example.test", as_nobody=True, input=b"Subject: big\n\n" + b"x" * 20000 + b"\n")
     assert proc.returncode == 69 and b"message file too big" in proc.stderr  # it used to exit 0
-    proc = sendmail(system, "a@example.test", "b@example.test", "c@example.test", "d@example.test",
-                    as_nobody=True, input=b"Subject: many\n\nx\n")
+    proc = sendmail(
+        system,
+        "a@example.test",
+        "b@example.test",
+        "c@example.test",
+        "d@example.test",
+        as_nobody=True,
+        input=b"Subject: many\n\nx\n",
+    )
     assert proc.returncode == 69 and b"too many recipients" in proc.stderr
     assert not real_files(system.root / "maildrop")
     assert not entries(system)
@@ -175,8 +187,8 @@ def test_maildrop_with_more_recipients_than_max_recipients_is_refused_with_a_bou
 def test_maildrop_file_grown_after_the_size_check_is_refused_at_the_real_limit(public_sys, monkeypatch):
     """The race: the owner grows the file between the runner's fstat and its read."""
     from pymta.lib import config
-    from pymta.queue import Queue
     from pymta.maildrop import pickup as pickup_maildrop
+    from pymta.queue import Queue
 
     system = public_sys
     system.write_config(LIMITS)

@@ -20,7 +20,6 @@ import pytest
 
 from conftest import PASSWORD
 
-
 LISTED = "127.0.0.2"  # zen.test (*3) and bl.test=127.0.0.2 (*2)
 CLEAN = "127.0.0.3"  # listed nowhere
 ALLOWED = "127.0.0.4"  # zen.test (*3), but wl.test (*-5) too
@@ -54,9 +53,20 @@ def dnsmasq():
         pytest.skip("dnsmasq not installed (.ci/run installs it)")
     for attempt in range(5):  # the port is free for UDP; TCP (which dnsmasq also binds) may not be
         port = free_udp_port()
-        argv = [binary, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll", "--conf-file=/dev/null",
-                f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file", "--local=/test/",
-                "--log-facility=-"]
+        argv = [
+            binary,
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--conf-file=/dev/null",
+            f"--port={port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--pid-file",
+            "--local=/test/",
+            "--log-facility=-",
+        ]
         if os.geteuid() == 0:
             argv.append("--user=root")  # else it changes to a user that may not exist here
         argv += [f"--host-record={name},{ip}" for name, ip in RECORDS.items()]
@@ -103,8 +113,10 @@ def rcpt(source_ip: str, port: int, to: str = "alice@example.test", sender: str 
 
 
 def dnsbl_system(make_mailsys, dns_port: int, extra: str = ""):
-    return make_mailsys(f'[relay]\ndns_servers = ["127.0.0.1:{dns_port}"]\n'
-                        f'[smtpd]\ntrusted_networks = []\ndnsbl_sites = {SITES}\ndnsbl_timeout = 2.0\n{extra}')
+    return make_mailsys(
+        f'[relay]\ndns_servers = ["127.0.0.1:{dns_port}"]\n'
+        f"[smtpd]\ntrusted_networks = []\ndnsbl_sites = {SITES}\ndnsbl_timeout = 2.0\n{extra}"
+    )
 
 
 # -- DNSBL / DNSWL ---------------------------------------------------------------------------
@@ -142,8 +154,10 @@ def test_allowlist_weight_offsets_a_block(make_mailsys, dnsmasq):
     port = system.start_smtpd()
     assert rcpt(ALLOWED, port)[0] == 250
     # the same client without the allowlist: blocked by zen.test
-    strict = make_mailsys(f'[relay]\ndns_servers = ["127.0.0.1:{dnsmasq}"]\n'
-                          f'[smtpd]\ntrusted_networks = []\ndnsbl_sites = ["zen.test*3"]\n')
+    strict = make_mailsys(
+        f'[relay]\ndns_servers = ["127.0.0.1:{dnsmasq}"]\n'
+        f'[smtpd]\ntrusted_networks = []\ndnsbl_sites = ["zen.test*3"]\n'
+    )
     assert rcpt(ALLOWED, strict.start_smtpd())[0] == 554
 
 
@@ -152,8 +166,9 @@ def test_answer_filter_counts_only_the_named_codes(make_mailsys, dnsmasq):
     port = system.start_smtpd()
     assert rcpt(WRONG_CODE, port)[0] == 250
     # the same list without a filter counts any answer
-    unfiltered = make_mailsys(f'[relay]\ndns_servers = ["127.0.0.1:{dnsmasq}"]\n'
-                              f'[smtpd]\ntrusted_networks = []\ndnsbl_sites = ["bl.test*2"]\n')
+    unfiltered = make_mailsys(
+        f'[relay]\ndns_servers = ["127.0.0.1:{dnsmasq}"]\n[smtpd]\ntrusted_networks = []\ndnsbl_sites = ["bl.test*2"]\n'
+    )
     code, text = rcpt(WRONG_CODE, unfiltered.start_smtpd())
     assert code == 554 and text.endswith(b"blocked using bl.test")
 
@@ -172,8 +187,10 @@ def test_silent_dns_server_never_refuses_mail(make_mailsys):
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
     silent.bind(("127.0.0.1", 0))
     try:
-        system = make_mailsys(f'[relay]\ndns_servers = ["127.0.0.1:{silent.getsockname()[1]}"]\n'
-                              f'[smtpd]\ntrusted_networks = []\ndnsbl_sites = {SITES}\ndnsbl_timeout = 1.0\n')
+        system = make_mailsys(
+            f'[relay]\ndns_servers = ["127.0.0.1:{silent.getsockname()[1]}"]\n'
+            f"[smtpd]\ntrusted_networks = []\ndnsbl_sites = {SITES}\ndnsbl_timeout = 1.0\n"
+        )
         port = system.start_smtpd()
         started = time.monotonic()
         with smtp_from(LISTED, port) as client:
@@ -184,8 +201,10 @@ def test_silent_dns_server_never_refuses_mail(make_mailsys):
 
 
 def test_trusted_and_submission_clients_are_not_looked_up(make_mailsys, dnsmasq):
-    system = make_mailsys(f'[relay]\ndns_servers = ["127.0.0.1:{dnsmasq}"]\n'
-                          f'[smtpd]\ntrusted_networks = ["{LISTED}/32"]\ndnsbl_sites = {SITES}\n')
+    system = make_mailsys(
+        f'[relay]\ndns_servers = ["127.0.0.1:{dnsmasq}"]\n'
+        f'[smtpd]\ntrusted_networks = ["{LISTED}/32"]\ndnsbl_sites = {SITES}\n'
+    )
     port = system.start_smtpd()
     assert rcpt(LISTED, port)[0] == 250  # trusted network
     submission = system.start_smtpd("listen", "--service", "submission")
@@ -254,7 +273,7 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     while True:
         try:
             chunk = sock.recv(4096)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             break
         if not chunk:
             break

@@ -44,8 +44,9 @@ def session_as_inetd(mailsys, module: str, talk) -> tuple[set[str], str]:
         served, _ = listener.accept()
     argv = [sys.executable, "-X", "importtime", "-m", module, "-C", str(mailsys.config)]
     with served, client:
-        proc = subprocess.Popen(argv, stdin=served.fileno(), stdout=served.fileno(), stderr=subprocess.PIPE,
-                                env=env_with_repo())
+        proc = subprocess.Popen(
+            argv, stdin=served.fileno(), stdout=served.fileno(), stderr=subprocess.PIPE, env=env_with_repo()
+        )
         served.close()
         try:
             talk(client)

@@ -57,8 +57,11 @@ def submission(make_mailsys):
         system = make_mailsys(extra)
         (system.root / "aliases").write_text(ALIASES)
         add_user_line(system, "lists@example.test:HASH::::::allow_any_sender=yes")
-        add_user_line(system, "desk@example.test:HASH::::::quota=1G allow_senders=support@example.test,@partner.example")
+        add_user_line(
+            system, "desk@example.test:HASH::::::quota=1G allow_senders=support@example.test,@partner.example"
+        )
         return system, system.start_smtpd("listen", "--service", "submission")
+
     return start
 
 
@@ -76,7 +79,13 @@ def test_mail_from_someone_else_is_refused_with_553(submission):
 def test_own_address_extensions_aliases_and_null_sender_are_allowed(submission):
     system, port = submission()
     s = Submission(port)
-    for sender in ("alice@example.test", "Alice+Lists@Example.Test", "postmaster@example.test", "team@example.test", ""):
+    for sender in (
+        "alice@example.test",
+        "Alice+Lists@Example.Test",
+        "postmaster@example.test",
+        "team@example.test",
+        "",
+    ):
         code, _, final = s.send(sender, header_from=sender or "alice@example.test")
         assert code == 250 and final[0] == 250, (sender, final)
     assert s.send("bobs@example.test")[0] == 553  # an alias that leads to bob only
@@ -147,7 +156,7 @@ def test_recipient_rate_per_user(submission):
 
 # -- sendmail run by an ordinary user: the maildrop pickup charges the uid ----------------
 
-from test_sendmail import public_sys, sendmail, run_once  # noqa: E402,F401  (root + setpriv, else skipped)
+from test_sendmail import public_sys, run_once, sendmail  # noqa: E402,F401  (root + setpriv, else skipped)
 
 
 def test_maildrop_rate_per_uid_keeps_the_excess_for_later(public_sys):

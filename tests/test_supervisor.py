@@ -23,18 +23,25 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, MailSystem, client_tls, env_with_repo, free_port
-from test_access_control import TEST_USER, status_ids, test_user  # noqa: F401  (fixture)
-from test_privileges import open_dir, pymail  # noqa: F401  (fixture)
 
+from conftest import REPO, MailSystem, client_tls, env_with_repo, free_port
 from pymta.cli import SERVICES
 from pymta.lib.restarts import RestartBackoff, how_it_ended
 from pymta.supervisor import Program, Supervisor
+from test_access_control import TEST_USER, status_ids, test_user  # noqa: F401  (fixture)
+from test_privileges import open_dir, pymail  # noqa: F401  (fixture)
 
 RECOVERY = 15.0  # seconds from a kill to every port greeting and a message delivered
 PROCESSES = 2
-GREETING = {"smtp": b"220", "submission": b"220", "smtps": b"220", "pop3": b"+OK", "pop3s": b"+OK",
-            "imap": b"* OK", "imaps": b"* OK"}
+GREETING = {
+    "smtp": b"220",
+    "submission": b"220",
+    "smtps": b"220",
+    "pop3": b"+OK",
+    "pop3s": b"+OK",
+    "imap": b"* OK",
+    "imaps": b"* OK",
+}
 TLS = {"smtps", "pop3s", "imaps"}
 
 
@@ -97,9 +104,15 @@ def test_program_that_cannot_start_is_retried_without_an_exception():
 
 def test_supervisor_stops_children():
     sleepers = [Program(f"s{i}", [sys.executable, "-c", "import time; time.sleep(60)"]) for i in range(2)]
-    stubborn = Program("stubborn", [sys.executable, "-c",
-                                    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                    "print('up', flush=True); time.sleep(60)"])
+    stubborn = Program(
+        "stubborn",
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('up', flush=True); time.sleep(60)",
+        ],
+    )
     sup = Supervisor(sleepers + [stubborn], stop_timeout=1.0)
     seen: dict = {}
     thread = _stop_after(sup, 1.0, seen)
@@ -127,8 +140,9 @@ print("stopped", flush=True)
 
 
 def test_workers_dying_in_a_loop_are_replaced_with_a_growing_pause():
-    proc = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(REPO)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", POOL_SCRIPT, str(REPO)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline() == "ready\n"
         time.sleep(1.6)
@@ -172,13 +186,21 @@ class Running:
     def __init__(self, root: Path, tls_files) -> None:
         self.ports = {service: free_port() for service in SERVICES}
         listen = "".join(f'{service} = "127.0.0.1:{port}"\n' for service, port in self.ports.items())
-        self.sys = MailSystem(root, tls_files, f"[listen]\n{listen}"
-                                               f"[smtpd]\nprocesses = {PROCESSES}\n[pop3d]\nprocesses = {PROCESSES}\n"
-                                               f"[imapd]\nprocesses = {PROCESSES}\n")
+        self.sys = MailSystem(
+            root,
+            tls_files,
+            f"[listen]\n{listen}"
+            f"[smtpd]\nprocesses = {PROCESSES}\n[pop3d]\nprocesses = {PROCESSES}\n"
+            f"[imapd]\nprocesses = {PROCESSES}\n",
+        )
         self.log = root / "pymail-run.log"
         with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "pymail"), "run", str(root)],
-                                         stdout=subprocess.DEVNULL, stderr=err, env=env_with_repo())
+            self.proc = subprocess.Popen(
+                [sys.executable, str(REPO / "bin" / "pymail"), "run", str(root)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env_with_repo(),
+            )
         self.sent = 0
 
     def children(self, table, pid: int) -> list[int]:
@@ -232,15 +254,19 @@ class Running:
         def send():
             try:
                 with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=5) as smtp:
-                    smtp.sendmail("carol@remote.example", ["alice@example.test"],
-                                  f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+                    smtp.sendmail(
+                        "carol@remote.example", ["alice@example.test"], f"Subject: {subject}\r\n\r\nbody\r\n".encode()
+                    )
                 return True
             except (OSError, smtplib.SMTPException):
                 return False
 
         self.wait(send, deadline, "SMTP does not take a message")
-        self.wait(lambda: any(subject.encode() in p.read_bytes() for p in self.sys.messages("alice")), deadline,
-                  f"message {subject!r} not delivered")
+        self.wait(
+            lambda: any(subject.encode() in p.read_bytes() for p in self.sys.messages("alice")),
+            deadline,
+            f"message {subject!r} not delivered",
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -264,8 +290,11 @@ def running(tmp_path_factory, tls_files):
     try:
         deadline = time.monotonic() + 30
         system.check_whole(deadline)
-        system.wait(lambda: all(len(system.workers_of(s)[1]) == PROCESSES for s in SERVICES), deadline,
-                    "not every daemon has its workers")
+        system.wait(
+            lambda: all(len(system.workers_of(s)[1]) == PROCESSES for s in SERVICES),
+            deadline,
+            "not every daemon has its workers",
+        )
         yield system
     finally:
         system.stop()
@@ -279,8 +308,9 @@ def test_sigkill_of_a_listening_parent_stops_its_workers_and_the_service_comes_b
     killed = time.monotonic()
     deadline = killed + RECOVERY
     # the workers follow their parent at once, so the port is free for the restart
-    running.wait(lambda: not set(workers) & set(_proc_table()), killed + 5,
-                 f"workers {workers} outlived their killed parent")
+    running.wait(
+        lambda: not set(workers) & set(_proc_table()), killed + 5, f"workers {workers} outlived their killed parent"
+    )
     running.check_whole(deadline)
 
     def new_daemon():
@@ -297,8 +327,11 @@ def test_sigkill_of_a_worker_is_replaced_and_the_parent_stays(running, service):
     assert parent and len(workers) == PROCESSES
     os.kill(workers[0], signal.SIGKILL)
     killed = time.monotonic()
-    running.wait(lambda: (w := running.workers_of(service))[0] == parent and len(w[1]) == PROCESSES
-                 and workers[0] not in w[1], killed + 5, "the killed worker was not replaced")
+    running.wait(
+        lambda: (w := running.workers_of(service))[0] == parent and len(w[1]) == PROCESSES and workers[0] not in w[1],
+        killed + 5,
+        "the killed worker was not replaced",
+    )
     running.check_whole(killed + RECOVERY)
     assert running.workers_of(service)[0] == parent  # `pymail run` had nothing to restart
     assert f"worker {workers[0]} was killed by signal 9 (SIGKILL)" in running.log.read_text()
@@ -339,8 +372,12 @@ def test_sigkill_of_pymail_run_as_root_leaves_nothing_behind(open_dir, test_user
     assert made.returncode == 0, made.stderr
     ports = {service: free_port() for service in SERVICES}
     args = [a for service, port in ports.items() for a in (f"--{service}-port", str(port))]
-    proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "pymail"), "run", str(tree), *args],
-                            env=env_with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "pymail"), "run", str(tree), *args],
+        env=env_with_repo(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     config = str((tree / "pymail.toml").resolve())
 
     def ours() -> list[int]:

@@ -42,8 +42,17 @@ class Result:
         return "timed out" if self.timed_out else f"exited {self.code}"
 
 
-def run(argv: list[str], data: bytes | None, env: dict, cwd: str | None, timeout: float, *,
-        capture: bool = False, stderr=None, limit: int | None = None) -> Result:
+def run(
+    argv: list[str],
+    data: bytes | None,
+    env: dict,
+    cwd: str | None,
+    timeout: float,
+    *,
+    capture: bool = False,
+    stderr=None,
+    limit: int | None = None,
+) -> Result:
     """Run ``argv``; with ``capture`` read its output, at most ``limit`` bytes.
 
     Output not captured goes where ``stderr`` goes (the LOGFILE), else to
@@ -54,10 +63,16 @@ def run(argv: list[str], data: bytes | None, env: dict, cwd: str | None, timeout
     else:
         stdout = stderr if stderr is not None else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-                                stdout=stdout, stderr=stderr, env=env,
-                                cwd=cwd if cwd and os.path.isdir(cwd) else None, start_new_session=True,
-                                close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=cwd if cwd and os.path.isdir(cwd) else None,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError as exc:
         return Result(None, error=f"cannot run {argv[0]}: {exc.strerror}")
     result = Result(None)
@@ -191,7 +206,7 @@ def _word(command: str, i: int) -> tuple[list[tuple[str, str]], int]:
                 plain = []
             end = command.find(c, i + 1)
             end = n if end < 0 else end
-            segs.append(("sq" if c == "'" else "dq", command[i + 1:end]))
+            segs.append(("sq" if c == "'" else "dq", command[i + 1 : end]))
             i = end + 1
             continue
         plain.append(c)

@@ -63,7 +63,7 @@ class Message:
         if data.startswith(b"From "):
             nl = data.find(b"\n")
             if nl >= 0:
-                self.from_, data = data[:nl + 1], data[nl + 1:]
+                self.from_, data = data[: nl + 1], data[nl + 1 :]
         self.set(data)
 
     def set(self, data: bytes) -> None:
@@ -71,7 +71,7 @@ class Message:
         if idx < 0:
             self.header, self.body = data, b""
         else:
-            self.header, self.body = data[:idx + 2], data[idx + 2:]
+            self.header, self.body = data[: idx + 2], data[idx + 2 :]
         self._text = {}
 
     def text(self, area: str) -> str:
@@ -158,9 +158,20 @@ class _ConfinedLock:
 
 
 class Engine:
-    def __init__(self, data: bytes, variables: dict, *, args=(), inbox: Path | None = None, sender: str = "",
-                 dry_run: bool = False, qid: str | None = None, regex_timeout: float = rx.SEARCH_TIMEOUT,
-                 confine=None, max_output: int | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        variables: dict,
+        *,
+        args=(),
+        inbox: Path | None = None,
+        sender: str = "",
+        dry_run: bool = False,
+        qid: str | None = None,
+        regex_timeout: float = rx.SEARCH_TIMEOUT,
+        confine=None,
+        max_output: int | None = None,
+    ) -> None:
         self.msg = Message(data)
         self.vars: dict[str, str] = {k: str(v) for k, v in variables.items() if v is not None}
         # Every path the rules name stays under these (pymda.confined), in
@@ -350,12 +361,12 @@ class Engine:
         return "".join(parts)
 
     def backquote(self, command: str) -> str:
-        res = self._program(command, self.msg.part(True, True, True), capture=True, line=self.line,
-                            limit=CAPTURE_LIMIT)
+        res = self._program(command, self.msg.part(True, True, True), capture=True, line=self.line, limit=CAPTURE_LIMIT)
         self.special["?"] = str(res.code if res.code is not None else 1)
         if res.overflow:
-            self.log(f"{self.special['_']}:{self.line}: `{command}` {res.why()} (over {CAPTURE_LIMIT} bytes)",
-                     "warning")
+            self.log(
+                f"{self.special['_']}:{self.line}: `{command}` {res.why()} (over {CAPTURE_LIMIT} bytes)", "warning"
+            )
         return res.output.decode("utf-8", "surrogateescape").rstrip("\n")
 
     def assign(self, item: Assign) -> None:
@@ -394,7 +405,7 @@ class Engine:
             self._refuse(item.line, f"LOCKEXT={value}", confined.Refused("a lock file name may not hold '/'"))
             self.vars["LOCKEXT"] = ".lock"
         elif name == "SHIFT" and value and value.strip().isdigit():
-            self.args = self.args[int(value):]
+            self.args = self.args[int(value) :]
             self.vars.pop("SHIFT", None)
 
     def _global_lock(self, value: str | None, line: int) -> None:
@@ -402,8 +413,9 @@ class Engine:
             self.global_lock.release()
             self.global_lock = None
         if value and not self.dry_run:
-            self.global_lock = self._lock(self._abs(value), line, "LOCKFILE",
-                                          timeout=float(self.vars.get("LOCKTIMEOUT_WAIT", 60)))
+            self.global_lock = self._lock(
+                self._abs(value), line, "LOCKFILE", timeout=float(self.vars.get("LOCKTIMEOUT_WAIT", 60))
+            )
 
     def _lock(self, path: str, line, what: str, timeout: float = mbox.LOCK_TIMEOUT):
         """A dotlock at ``path`` inside the user's directories, held; None when refused or busy (logged)."""
@@ -521,7 +533,10 @@ class Engine:
                     return False
             except (rx.RegexError, rx.RegexTimeout, ValueError) as exc:
                 what = "took too long" if isinstance(exc, rx.RegexTimeout) else str(exc)
-                self.log(f"{self.special['_']}:{cond.line}: condition {cond.text!r}: {what}; treated as not matching", "warning")
+                self.log(
+                    f"{self.special['_']}:{cond.line}: condition {cond.text!r}: {what}; treated as not matching",
+                    "warning",
+                )
                 return False
         if weighted:
             self.special["="] = str(int(score))
@@ -584,7 +599,7 @@ class Engine:
             size = max(self.msg.size(), 1)
             ref = max(int(cond.arg), 1)
             ratio = ref / size if cond.op == "<" else size / ref
-            return w * ratio ** x
+            return w * ratio**x
         if cond.kind == "program":
             code = self.condition_program(cond, r)
             ok = (code == 0) != cond.negate
@@ -651,8 +666,16 @@ class Engine:
                 return actions.Result(None, error=f"writes to {target}: {_why(exc)}", refused=True)
         err = self._stderr()
         try:
-            return actions.run(argv, data, self.env(), self.vars.get("MAILDIR"), self.timeout(), capture=capture,
-                               stderr=err, limit=limit)
+            return actions.run(
+                argv,
+                data,
+                self.env(),
+                self.vars.get("MAILDIR"),
+                self.timeout(),
+                capture=capture,
+                stderr=err,
+                limit=limit,
+            )
         finally:
             if err is not None:
                 os.close(err)
@@ -695,12 +718,19 @@ class Engine:
             self.frames.append(_Frame(a.items, frame.rcfile))
             return True
         if kind == "capture":
-            res = self._program(a.text, _maybe_blank(self.msg.part(*self._parts(r), True), r), capture=True,
-                                line=a.line, limit=CAPTURE_LIMIT)
+            res = self._program(
+                a.text,
+                _maybe_blank(self.msg.part(*self._parts(r), True), r),
+                capture=True,
+                line=a.line,
+                limit=CAPTURE_LIMIT,
+            )
             self.special["?"] = str(res.code if res.code is not None else 1)
             if res.overflow:
-                self.log(f"{self.special['_']}:{a.line}: {a.var}=| {a.text!r} {res.why()} "
-                         f"(over {CAPTURE_LIMIT} bytes)", "warning")
+                self.log(
+                    f"{self.special['_']}:{a.line}: {a.var}=| {a.text!r} {res.why()} (over {CAPTURE_LIMIT} bytes)",
+                    "warning",
+                )
             out = res.output.decode("utf-8", "surrogateescape")
             if out.endswith("\n"):
                 out = out[:-1]
@@ -773,7 +803,7 @@ class Engine:
             from_ = None
             if out.startswith(b"From "):
                 nl = out.find(b"\n")
-                from_, out = out[:nl + 1], out[nl + 1:]
+                from_, out = out[: nl + 1], out[nl + 1 :]
             header = out if out.endswith(b"\n\n") else out + (b"\n" if out.endswith(b"\n") else b"\n\n")
             body = self.msg.body
             self.msg.from_ = from_ if from_ is not None else self.msg.from_
@@ -824,8 +854,11 @@ class Engine:
 
         from . import actions
 
-        argv = shlex.split(self.vars.get("SENDMAIL") or "/usr/sbin/sendmail") + \
-            (self.vars.get("SENDMAILFLAGS") or "").split() + addresses
+        argv = (
+            shlex.split(self.vars.get("SENDMAIL") or "/usr/sbin/sendmail")
+            + (self.vars.get("SENDMAILFLAGS") or "").split()
+            + addresses
+        )
         err = self._stderr()
         try:
             res = actions.run(argv, data, self.env(), self.vars.get("MAILDIR"), self.timeout(), stderr=err)
@@ -873,7 +906,7 @@ class Engine:
         if not is_maildir and os.path.isdir(path):
             return self._fail_dest(r, line, f"{dest}: a directory that is not a Maildir", False)
         path = path.rstrip("/") or "/"
-        plusplus = (self.inbox is not None and Path(path).parent == self.inbox and Path(path).name.startswith("."))
+        plusplus = self.inbox is not None and Path(path).parent == self.inbox and Path(path).name.startswith(".")
         kind = "Maildir++ folder" if plusplus else ("maildir" if is_maildir else "mbox")
         if self.dry_run:
             self.note(line, f"{verb} to {kind} {path}{'/' if is_maildir else ''}")
@@ -894,8 +927,13 @@ class Engine:
                     return self._fail_dest(r, line, f"refusing folder {dest!r}: a symbolic link in it", False)
                 return self._fail_dest(r, line, f"cannot deliver to {path}/: {exc.strerror}", True)
         else:
-            data = mbox.format_message(self.msg.from_ if h else None, self.msg.header if h else b"",
-                                       self.msg.body if b else b"", self.sender, raw)
+            data = mbox.format_message(
+                self.msg.from_ if h else None,
+                self.msg.header if h else b"",
+                self.msg.body if b else b"",
+                self.sender,
+                raw,
+            )
             if not h:
                 data = mbox.from_line(self.sender) + mbox.quote_from(self.msg.body)
                 data = data if raw else _ensure_blank(data)
@@ -903,8 +941,7 @@ class Engine:
                 with self.roots.parent(path) as inside:
                     mbox.append(inside, data, lockext=self.vars.get("LOCKEXT", ".lock"))
             except mbox.MboxError as exc:
-                return self._fail_dest(r, line, f"cannot deliver to {path}: {exc}".replace(inside, path),
-                                       exc.temporary)
+                return self._fail_dest(r, line, f"cannot deliver to {path}: {exc}".replace(inside, path), exc.temporary)
             except confined.Refused as exc:
                 return self._fail_dest(r, line, f"refusing folder {dest!r}: {exc}", False)
             except OSError as exc:
@@ -927,8 +964,9 @@ class Engine:
         try:
             if data is None:
                 return path
-            written = maildir.deliver(Path(path), data, folder=folder,
-                                      dirs=(Path(confined.fd_path(tmp_fd)), Path(confined.fd_path(new_fd))))
+            written = maildir.deliver(
+                Path(path), data, folder=folder, dirs=(Path(confined.fd_path(tmp_fd)), Path(confined.fd_path(new_fd)))
+            )
         finally:
             os.close(tmp_fd)
             os.close(new_fd)
@@ -944,7 +982,7 @@ class Engine:
         return False
 
     # -- end -------------------------------------------------------------------------
-    def clone(self) -> "Engine":
+    def clone(self) -> Engine:
         other = copy.copy(self)
         other.vars = dict(self.vars)
         other.special = dict(self.special)
@@ -999,8 +1037,19 @@ def _maybe_blank(data: bytes, r: Recipe) -> bytes:
     return data if "r" in r.flags else _ensure_blank(data)
 
 
-def run_rules(data: bytes, rule_files, variables: dict, *, args=(), inbox=None, sender: str = "",
-              dry_run: bool = False, qid: str | None = None, confine=None, max_output: int | None = None) -> Outcome:
+def run_rules(
+    data: bytes,
+    rule_files,
+    variables: dict,
+    *,
+    args=(),
+    inbox=None,
+    sender: str = "",
+    dry_run: bool = False,
+    qid: str | None = None,
+    confine=None,
+    max_output: int | None = None,
+) -> Outcome:
     """Run each existing rules file in turn (site file first) and deliver; see Engine.
 
     A file with syntax errors is not run: its problems are logged with line
@@ -1009,8 +1058,17 @@ def run_rules(data: bytes, rule_files, variables: dict, *, args=(), inbox=None, 
     (a ``.procmailrc`` linked to a file elsewhere is refused); the site's
     file is the admin's.
     """
-    eng = Engine(data, variables, args=args, inbox=inbox, sender=sender, dry_run=dry_run, qid=qid, confine=confine,
-                 max_output=max_output)
+    eng = Engine(
+        data,
+        variables,
+        args=args,
+        inbox=inbox,
+        sender=sender,
+        dry_run=dry_run,
+        qid=qid,
+        confine=confine,
+        max_output=max_output,
+    )
     for path in rule_files:
         try:
             rules = _parsed(path, eng.roots.opener() if eng.roots.contains(str(path)) else None)

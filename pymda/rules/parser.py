@@ -78,8 +78,9 @@ class RuleFile:
     problems: list
 
 
-def parse_condition(text: str, line: int, case_sensitive: bool = False, *, allow_weight: bool = True,
-                    compile_regex: bool = False) -> Condition:
+def parse_condition(
+    text: str, line: int, case_sensitive: bool = False, *, allow_weight: bool = True, compile_regex: bool = False
+) -> Condition:
     """Parse what follows ``*`` on a condition line; raise ValueError with a message."""
     original = text
     text = text.strip()
@@ -88,7 +89,7 @@ def parse_condition(text: str, line: int, case_sensitive: bool = False, *, allow
         m = _WEIGHT.match(text)
         if m:
             weight = (float(m.group(1)), float(m.group(2)))
-            text = text[m.end():].strip()
+            text = text[m.end() :].strip()
     negate = False
     while True:
         if text.startswith("!"):
@@ -176,7 +177,7 @@ class _Parser:
                 continue
             self.pos = end + 1
             return s[start:end]
-        return s[start:self.pos]
+        return s[start : self.pos]
 
     @staticmethod
     def joined(raw: str) -> str:
@@ -185,7 +186,7 @@ class _Parser:
     @staticmethod
     def strip_comment(text: str) -> str:
         m = re.search(r"(^|[ \t])#", text)
-        return text[:m.start()] if m else text
+        return text[: m.start()] if m else text
 
     # -- statements --
     def parse(self) -> list:
@@ -231,7 +232,9 @@ class _Parser:
                     continue
             line = self.line()
             text = self.rest_of_line().strip()
-            self.problems.append((line, f"unexpected text {text[:40]!r} (expected a recipe ':0', an assignment or '}}')"))
+            self.problems.append(
+                (line, f"unexpected text {text[:40]!r} (expected a recipe ':0', an assignment or '}}')")
+            )
 
     def word(self) -> list:
         """An assignment value: sh-like word of plain, "double", 'single' and `back` quoted parts."""
@@ -253,7 +256,7 @@ class _Parser:
                 if s.startswith("\\\n", self.pos):
                     self.pos += 2
                     continue
-                plain.append(s[self.pos:self.pos + 2])
+                plain.append(s[self.pos : self.pos + 2])
                 self.pos += 2
                 continue
             if c in "\"'`":
@@ -266,7 +269,7 @@ class _Parser:
                             end += 2
                             continue
                         if s[end + 1] in ('"', "\\", "`") or (c == '"' and s[end + 1] == "$"):
-                            buf.append(s[end:end + 2] if s[end + 1] == "$" else s[end + 1])
+                            buf.append(s[end : end + 2] if s[end + 1] == "$" else s[end + 1])
                             end += 2
                             continue
                     buf.append(s[end])
@@ -291,7 +294,9 @@ class _Parser:
             self.problems.append((line, f"bad recipe line {header!r}"))
             return None
         if m.group(1) not in ("", "0"):
-            self.problems.append((line, f"old-style ':{m.group(1)}' recipe line is not supported; use ':0' and '*' conditions"))
+            self.problems.append(
+                (line, f"old-style ':{m.group(1)}' recipe line is not supported; use ':0' and '*' conditions")
+            )
         flags = re.sub(r"\s+", "", m.group(2))
         bad = [f for f in flags if f not in FLAGS]
         if bad:
@@ -315,7 +320,7 @@ class _Parser:
         aline = self.line()
         c = self.s[self.pos]
         if c == "{":
-            nxt = self.s[self.pos + 1:self.pos + 2]
+            nxt = self.s[self.pos + 1 : self.pos + 2]
             if nxt and nxt not in " \t\r\n":
                 self.problems.append((aline, "'{' must be followed by white space"))
             self.pos += 1

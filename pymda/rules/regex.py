@@ -29,16 +29,20 @@ import threading
 
 TO_ = r"(^((Original-)?(Resent-)?(To|Cc|Bcc)|(X-Envelope|Apparently(-Resent)?)-To):(.*[^-a-zA-Z0-9_.])?)"
 TO = r"(^((Original-)?(Resent-)?(To|Cc|Bcc)|(X-Envelope|Apparently(-Resent)?)-To):(.*[^a-zA-Z])?)"
-FROM_DAEMON = (r"(^(Mailing-List:|Precedence:.*(junk|bulk|list)|To: Multiple recipients of |"
-               r"(((Resent-)?(From|Sender)|X-Envelope-From):|>?From )([^>]*[^(.%@a-z0-9])?"
-               r"(Post(ma?(st(e?r)?|n)|office)|(send)?Mail(er)?|daemon|m(mdf|ajordomo)|n?uucp|LIST(SERV|proc)|"
-               r"NETSERV|o(wner|ps)|r(e(quest|sponse)|oot)|b(ounce|bs\.smtp)|echo|mirror|s(erv(ices?|er)|"
-               r"mtp(error)?|ystem)|A(dmin(istrator)?|MMGR|utoanswer))(([^).!:a-z0-9][-_a-z0-9]*)?[%@>\t ][^<)]*"
-               r"(\(.*\).*)?)?$([^>]|$)))")
-FROM_MAILER = (r"(^(((Resent-)?(From|Sender)|X-Envelope-From):|>?From )([^>]*[^(.%@a-z0-9])?"
-               r"(Post(ma(st(er)?|n)|office)|(send)?Mail(er)?|daemon|mmdf|n?uucp|ops|r(esponse|oot)|"
-               r"(bbs\.)?smtp(error)?|s(erv(ices?|er)|ystem)|A(dmin(istrator)?|MMGR))(([^).!:a-z0-9][-_a-z0-9]*)?"
-               r"[%@>\t ][^<)]*(\(.*\).*)?)?$([^>]|$))")
+FROM_DAEMON = (
+    r"(^(Mailing-List:|Precedence:.*(junk|bulk|list)|To: Multiple recipients of |"
+    r"(((Resent-)?(From|Sender)|X-Envelope-From):|>?From )([^>]*[^(.%@a-z0-9])?"
+    r"(Post(ma?(st(e?r)?|n)|office)|(send)?Mail(er)?|daemon|m(mdf|ajordomo)|n?uucp|LIST(SERV|proc)|"
+    r"NETSERV|o(wner|ps)|r(e(quest|sponse)|oot)|b(ounce|bs\.smtp)|echo|mirror|s(erv(ices?|er)|"
+    r"mtp(error)?|ystem)|A(dmin(istrator)?|MMGR|utoanswer))(([^).!:a-z0-9][-_a-z0-9]*)?[%@>\t ][^<)]*"
+    r"(\(.*\).*)?)?$([^>]|$)))"
+)
+FROM_MAILER = (
+    r"(^(((Resent-)?(From|Sender)|X-Envelope-From):|>?From )([^>]*[^(.%@a-z0-9])?"
+    r"(Post(ma(st(er)?|n)|office)|(send)?Mail(er)?|daemon|mmdf|n?uucp|ops|r(esponse|oot)|"
+    r"(bbs\.)?smtp(error)?|s(erv(ices?|er)|ystem)|A(dmin(istrator)?|MMGR))(([^).!:a-z0-9][-_a-z0-9]*)?"
+    r"[%@>\t ][^<)]*(\(.*\).*)?)?$([^>]|$))"
+)
 MACROS = (("^TO_", TO_), ("^FROM_DAEMON", FROM_DAEMON), ("^FROM_MAILER", FROM_MAILER), ("^TO", TO))
 
 SEARCH_TIMEOUT = 5.0  # seconds one search may take (main thread only; see search())
@@ -313,7 +317,11 @@ def _for_thread(compiled: re.Pattern):
         third_party = None
     value = None
     if third_party is not None:
-        flags = third_party.MULTILINE | third_party.ASCII | (third_party.IGNORECASE if compiled.flags & re.IGNORECASE else 0)
+        flags = (
+            third_party.MULTILINE
+            | third_party.ASCII
+            | (third_party.IGNORECASE if compiled.flags & re.IGNORECASE else 0)
+        )
         try:
             value = third_party.compile(compiled.pattern, flags | third_party.V0)
         except Exception:

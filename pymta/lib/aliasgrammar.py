@@ -15,7 +15,7 @@ it for the queue runner, a ``.forward`` delivers it as the user.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 INCLUDE = ":include:"
 
@@ -60,5 +60,5 @@ def parse_target(target: str) -> tuple[str, str]:
     if target.startswith("/"):
         return "file", target
     if target.lower().startswith(INCLUDE):
-        return "include", target[len(INCLUDE):].strip()
+        return "include", target[len(INCLUDE) :].strip()
     return "address", target

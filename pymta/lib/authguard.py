@@ -107,9 +107,11 @@ class AuthGuard:
         if spent is not None:
             from pymta.lib.log import printable
 
-            raise LoginRefused(f"login refused without a password check: user=<{printable(account, 100)}>, "
-                               f"rip={peer_ip}: {spent} failed logins for this account in the last "
-                               f"{self.window:.0f} s (auth.account_failure_limit = {self.limit})")
+            raise LoginRefused(
+                f"login refused without a password check: user=<{printable(account, 100)}>, "
+                f"rip={peer_ip}: {spent} failed logins for this account in the last "
+                f"{self.window:.0f} s (auth.account_failure_limit = {self.limit})"
+            )
         return Attempt(address, key, token)
 
     def penalty(self, peer_ip: str) -> float:
@@ -128,8 +130,11 @@ class AuthGuard:
             # hand an attacker a fresh budget.  The address's failures stay
             # too: one valid password must not buy it a fresh run at others.
             if attempt.account is not None:
-                self._update(self._path("user", attempt.account),
-                             lambda data: (None, self._login_succeeded(data, attempt, now)), now)
+                self._update(
+                    self._path("user", attempt.account),
+                    lambda data: (None, self._login_succeeded(data, attempt, now)),
+                    now,
+                )
             return 0.0
 
         def count_failure(data: bytes):
@@ -143,8 +148,11 @@ class AuthGuard:
         """Give back the slot of a check that could not be made (users file unreadable)."""
         if attempt.account is not None:
             now = time.time()
-            self._update(self._path("user", attempt.account),
-                         lambda data: (None, self._without_slot(data, attempt.token, now)), now)
+            self._update(
+                self._path("user", attempt.account),
+                lambda data: (None, self._without_slot(data, attempt.token, now)),
+                now,
+            )
 
     def delay_for(self, count: int) -> float:
         return min(self.maximum, self.base * 2 ** min(count - 1, 64)) if count > 0 else 0.0

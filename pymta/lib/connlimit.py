@@ -48,20 +48,35 @@ IPV6_PREFIX = 84
 MUTEX = 0  # byte of the lock file guarding the table; byte 1 + s guards slot s
 
 
-def from_config(cfg, section: str, service: str, processes: int) -> "ClientLimits | None":
+def from_config(cfg, section: str, service: str, processes: int) -> ClientLimits | None:
     """The limits of daemon ``section`` (smtpd, pop3d, imapd), or None when both are off."""
     sessions = cfg[f"{section}.max_sessions_per_client"]
     rate = cfg[f"{section}.connection_rate_per_client"]
     if not sessions and not rate:
         return None
     # A replacement worker takes a dead worker's slot; room for twice as many anyway.
-    return ClientLimits(service, sessions, rate, cfg["limits.rate_time_unit"], cfg["limits.exempt_networks"],
-                        slots=2 * max(processes, 1) + 2)
+    return ClientLimits(
+        service,
+        sessions,
+        rate,
+        cfg["limits.rate_time_unit"],
+        cfg["limits.exempt_networks"],
+        slots=2 * max(processes, 1) + 2,
+    )
 
 
 class ClientLimits:
-    def __init__(self, service: str, max_sessions: int, rate: int, rate_time_unit: float,
-                 exempt_networks: list[str], *, slots: int, entries: int = ENTRIES) -> None:
+    def __init__(
+        self,
+        service: str,
+        max_sessions: int,
+        rate: int,
+        rate_time_unit: float,
+        exempt_networks: list[str],
+        *,
+        slots: int,
+        entries: int = ENTRIES,
+    ) -> None:
         self.service = service
         self.max_sessions = max_sessions  # 0: no limit
         self.rate = rate  # 0: no limit
@@ -73,13 +88,13 @@ class ClientLimits:
         self.map = mmap.mmap(-1, size)  # MAP_SHARED | MAP_ANONYMOUS: shared with the workers forked later
         view = memoryview(self.map)
         at = 0
-        self.keys = view[at:at + 8 * entries].cast("Q")
+        self.keys = view[at : at + 8 * entries].cast("Q")
         at += 8 * entries
-        self.window_start = view[at:at + 8 * entries].cast("d")
+        self.window_start = view[at : at + 8 * entries].cast("d")
         at += 8 * entries
-        self.window_count = view[at:at + 4 * entries].cast("I")
+        self.window_count = view[at : at + 4 * entries].cast("I")
         at += 4 * entries
-        self.sessions = view[at:at + 2 * entries * slots].cast("H")
+        self.sessions = view[at : at + 2 * entries * slots].cast("H")
         self.slot = None  # this process's column, claimed on first use
         self.slot_pid = 0
         self.full_warned = 0.0
@@ -111,8 +126,9 @@ class ClientLimits:
                 if open_now >= self.max_sessions:
                     open_now = self._open_sessions(entry, forget_dead=True)
                 if open_now >= self.max_sessions:
-                    log.warning(f"connection concurrency limit exceeded: {open_now + 1} from [{ip}] "
-                                f"for service {self.service}")
+                    log.warning(
+                        f"connection concurrency limit exceeded: {open_now + 1} from [{ip}] for service {self.service}"
+                    )
                     return None
             if slot is None:
                 return -1
@@ -163,8 +179,10 @@ class ClientLimits:
         if free < 0:
             if now - self.full_warned > 60:
                 self.full_warned = now
-                log.warning(f"client limits table full; connections from new addresses are not counted "
-                            f"for service {self.service}")
+                log.warning(
+                    f"client limits table full; connections from new addresses are not counted "
+                    f"for service {self.service}"
+                )
             return -1
         self.keys[free] = key
         self.window_start[free] = now
@@ -200,8 +218,10 @@ class ClientLimits:
                 self._clear_slot(slot)
                 self.slot = slot
                 return slot
-        log.warning(f"client limits: no free slot among {self.slots}; sessions of process {pid} "
-                    f"are not counted for service {self.service}")
+        log.warning(
+            f"client limits: no free slot among {self.slots}; sessions of process {pid} "
+            f"are not counted for service {self.service}"
+        )
         return None
 
     def _try_slot(self, slot: int) -> bool:
@@ -212,7 +232,7 @@ class ClientLimits:
             return False
 
     def _clear_slot(self, slot: int) -> None:
-        self.sessions[slot * self.entries:(slot + 1) * self.entries] = _zeros(self.entries)
+        self.sessions[slot * self.entries : (slot + 1) * self.entries] = _zeros(self.entries)
 
     def _locked(self):
         return _Mutex(self.lock_fd)

@@ -51,8 +51,10 @@ class ArgParser:
         )
 
     def error(self, message: str):
-        sys.stderr.write(f"usage: {self.prog} [-h] [-C FILE] [--listen HOST:PORT] [--tls] [--service NAME]\n"
-                         f"{self.prog}: error: {message}\n")
+        sys.stderr.write(
+            f"usage: {self.prog} [-h] [-C FILE] [--listen HOST:PORT] [--tls] [--service NAME]\n"
+            f"{self.prog}: error: {message}\n"
+        )
         raise SystemExit(sysexits.EX_USAGE)
 
     def parse_args(self, argv: list[str] | None = None) -> Options:
@@ -93,8 +95,19 @@ def arg_parser(prog: str, description: str, default_service: str) -> ArgParser:
     return ArgParser(prog, description, default_service)
 
 
-def main(argv, *, prog: str, description: str, service: str, tls_service: str, build, busy_reply: bytes,
-         section: str, client_busy_reply: bytes = b"", preload: tuple[str, ...] = ()) -> int:
+def main(
+    argv,
+    *,
+    prog: str,
+    description: str,
+    service: str,
+    tls_service: str,
+    build,
+    busy_reply: bytes,
+    section: str,
+    client_busy_reply: bytes = b"",
+    preload: tuple[str, ...] = (),
+) -> int:
     """A daemon's whole ``main``: its command line, then ``run`` with the
     ``SECTION.max_sessions`` and ``SECTION.processes`` parameters.
     ``client_busy_reply`` answers a client over its own limits
@@ -104,9 +117,16 @@ def main(argv, *, prog: str, description: str, service: str, tls_service: str, b
     args = arg_parser(prog, description, f"{service} ({tls_service} with --tls)").parse_args(argv)
     if args.service is None:
         args.service = tls_service if args.tls else service
-    return run(prog, args, build, busy_reply=busy_reply, max_sessions_key=f"{section}.max_sessions",
-               processes_key=f"{section}.processes", client_busy_reply=client_busy_reply or busy_reply,
-               preload_modules=preload)
+    return run(
+        prog,
+        args,
+        build,
+        busy_reply=busy_reply,
+        max_sessions_key=f"{section}.max_sessions",
+        processes_key=f"{section}.processes",
+        client_busy_reply=client_busy_reply or busy_reply,
+        preload_modules=preload,
+    )
 
 
 def per_connection(server_class, settings, backend, adjust):
@@ -143,8 +163,17 @@ def tls_loader(cfg):
     return load
 
 
-def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, processes_key: str | None = None,
-        client_busy_reply: bytes = b"", preload_modules: tuple[str, ...] = ()) -> int:
+def run(
+    prog: str,
+    args,
+    build,
+    *,
+    busy_reply: bytes,
+    max_sessions_key: str,
+    processes_key: str | None = None,
+    client_busy_reply: bytes = b"",
+    preload_modules: tuple[str, ...] = (),
+) -> int:
     log.set_program(prog)
     from pymta.lib import config
 
@@ -206,10 +235,18 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
 
         def serve() -> None:
             try:
-                driver_async.run(factory, sockets, service=service, tls=tls, implicit_tls=args.tls,
-                                 handshake_timeout=handshake_timeout, max_sessions=cfg[max_sessions_key],
-                                 busy_reply=busy_reply, client_limits=client_limits,
-                                 client_busy_reply=client_busy_reply or busy_reply)
+                driver_async.run(
+                    factory,
+                    sockets,
+                    service=service,
+                    tls=tls,
+                    implicit_tls=args.tls,
+                    handshake_timeout=handshake_timeout,
+                    max_sessions=cfg[max_sessions_key],
+                    busy_reply=busy_reply,
+                    client_limits=client_limits,
+                    client_busy_reply=client_busy_reply or busy_reply,
+                )
             except KeyboardInterrupt:
                 pass
 
@@ -235,8 +272,9 @@ def run(prog: str, args, build, *, busy_reply: bytes, max_sessions_key: str, pro
         if failed:
             return failed
     if sock is not None:
-        driver_blocking.serve_socket(sock, factory(), service=service, tls=tls, implicit_tls=args.tls,
-                                     handshake_timeout=handshake_timeout)
+        driver_blocking.serve_socket(
+            sock, factory(), service=service, tls=tls, implicit_tls=args.tls, handshake_timeout=handshake_timeout
+        )
     else:
         if args.tls:
             log.error("--tls needs a socket on stdin")
@@ -267,8 +305,17 @@ def _ready_to_serve(tls, implicit_tls: bool, switch, preload_modules: tuple[str,
 # What every network daemon may import after the switch to daemon_user, when
 # the interpreter's own files can be out of the new user's reach (a Python
 # under /root).  Each program names its own modules (``preload=`` of main).
-_COMMON_MODULES = ("pymta.lib.driver_async", "pymta.lib.driver_blocking", "pymta.lib.tls", "pymta.lib.authguard",
-                   "pymta.lib.users", "pymta.lib.log", "concurrent.futures.thread", "passlib.hash", "syslog")
+_COMMON_MODULES = (
+    "pymta.lib.driver_async",
+    "pymta.lib.driver_blocking",
+    "pymta.lib.tls",
+    "pymta.lib.authguard",
+    "pymta.lib.users",
+    "pymta.lib.log",
+    "concurrent.futures.thread",
+    "passlib.hash",
+    "syslog",
+)
 
 
 def _imported_names(module) -> set[str]:
@@ -287,8 +334,11 @@ def _imported_names(module) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             try:
-                base = importlib.util.resolve_name("." * node.level + (node.module or ""), module.__package__) \
-                    if node.level else node.module
+                base = (
+                    importlib.util.resolve_name("." * node.level + (node.module or ""), module.__package__)
+                    if node.level
+                    else node.module
+                )
             except (ImportError, ValueError):
                 continue
             names.add(base)

@@ -40,7 +40,7 @@ class _Connection(asyncio.BufferedProtocol):
     would have asyncio allocate, shrink and free a 256 KiB bytes object per
     read -- three system calls (mmap, mremap, munmap) for each command line."""
 
-    def __init__(self, server: "AsyncServer") -> None:
+    def __init__(self, server: AsyncServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport = None
@@ -261,8 +261,13 @@ class _Connection(asyncio.BufferedProtocol):
         # CVE-2011-0411: plaintext pipelined behind STARTTLS is never input.
         self.held.clear()
         try:
-            transport = await self.loop.start_tls(self.transport, self, self.server.tls(), server_side=True,
-                                                  ssl_handshake_timeout=self.server.handshake_timeout)
+            transport = await self.loop.start_tls(
+                self.transport,
+                self,
+                self.server.tls(),
+                server_side=True,
+                ssl_handshake_timeout=self.server.handshake_timeout,
+            )
         except Exception as exc:  # handshake failure or a certificate that will not load
             log.info(f"TLS handshake failed: client=[{self.info.peer_ip}]: {type(exc).__name__}: {exc}")
             self._close()
@@ -312,9 +317,20 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 class AsyncServer:
-    def __init__(self, factory, *, service: str = "", tls=None, implicit_tls: bool = False,
-                 handshake_timeout: float = 30.0, max_sessions: int = 100, busy_reply: bytes = b"",
-                 client_limits=None, client_busy_reply: bytes = b"", job_threads: int = 32) -> None:
+    def __init__(
+        self,
+        factory,
+        *,
+        service: str = "",
+        tls=None,
+        implicit_tls: bool = False,
+        handshake_timeout: float = 30.0,
+        max_sessions: int = 100,
+        busy_reply: bytes = b"",
+        client_limits=None,
+        client_busy_reply: bytes = b"",
+        job_threads: int = 32,
+    ) -> None:
         self.factory = factory
         self.service = service
         self.tls = tls  # function returning an SSLContext, or None
@@ -363,9 +379,15 @@ class AsyncServer:
             sock.setblocking(False)
             # asyncio calls listen() again: keep the queue long (its default of
             # 100 drops a burst of connections, which then hang unanswered).
-            servers.append(await loop.create_server(
-                lambda: _Connection(self), sock=sock, ssl=ssl, backlog=socket.SOMAXCONN,
-                ssl_handshake_timeout=self.handshake_timeout if ssl else None))
+            servers.append(
+                await loop.create_server(
+                    lambda: _Connection(self),
+                    sock=sock,
+                    ssl=ssl,
+                    backlog=socket.SOMAXCONN,
+                    ssl_handshake_timeout=self.handshake_timeout if ssl else None,
+                )
+            )
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -427,8 +449,10 @@ def _raise_fd_limit(max_sessions: int) -> None:
         except (ValueError, OSError):
             pass
     if soft < 3 * max_sessions + 64:
-        log.warning(f"open files limit {soft} is low for max_sessions {max_sessions}; "
-                    f"connections beyond it wait until descriptors are free")
+        log.warning(
+            f"open files limit {soft} is low for max_sessions {max_sessions}; "
+            f"connections beyond it wait until descriptors are free"
+        )
 
 
 def run(factory, sockets: list[socket.socket], **options) -> None:

@@ -35,7 +35,7 @@ class _SocketIO:
         self.sock.settimeout(timeout)
         try:
             return self.sock.recv(RECV_SIZE)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return None
         except OSError:
             return b""
@@ -73,7 +73,7 @@ class _PipeIO:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.wfd, view):]
+                view = view[os.write(self.wfd, view) :]
             return True
         except OSError:
             return False
@@ -111,8 +111,15 @@ def _handshake_failed(info: ConnectionInfo, exc: Exception) -> None:
     log.info(f"TLS handshake failed: client=[{info.peer_ip}]: {type(exc).__name__}: {exc}")
 
 
-def serve_socket(sock: socket.socket, protocol, *, service: str = "", tls=None, implicit_tls: bool = False,
-                 handshake_timeout: float = 30.0) -> None:
+def serve_socket(
+    sock: socket.socket,
+    protocol,
+    *,
+    service: str = "",
+    tls=None,
+    implicit_tls: bool = False,
+    handshake_timeout: float = 30.0,
+) -> None:
     info = socket_info(sock, service)
     info.tls_available = tls is not None and not implicit_tls
     if implicit_tls:

@@ -55,7 +55,9 @@ def _write(level: str, text: str) -> None:
         else:
             _syslog = False
     if _syslog:
-        priority = {"": _syslog.LOG_INFO, "warning": _syslog.LOG_WARNING, "error": _syslog.LOG_ERR}.get(level, _syslog.LOG_DEBUG)
+        priority = {"": _syslog.LOG_INFO, "warning": _syslog.LOG_WARNING, "error": _syslog.LOG_ERR}.get(
+            level, _syslog.LOG_DEBUG
+        )
         _syslog.syslog(priority, f"{level}: {text}" if level else text)
         return
     prefix = f"{_program}[{os.getpid()}]: "

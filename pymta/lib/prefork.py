@@ -120,8 +120,10 @@ class WorkerPool:
             ran = now - slot.started
             delay = slot.backoff.next_delay(ran)
             slot.due = now + delay
-            log.warning(f"worker {pid} {how_it_ended(os.waitstatus_to_exitcode(status))} after {ran:.1f} s; "
-                        f"starting another in {delay:g} s")
+            log.warning(
+                f"worker {pid} {how_it_ended(os.waitstatus_to_exitcode(status))} after {ran:.1f} s; "
+                f"starting another in {delay:g} s"
+            )
 
     def _stop_workers(self) -> None:
         running = [slot.pid for slot in self.slots if slot.pid is not None]

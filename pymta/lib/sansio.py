@@ -76,8 +76,18 @@ class Stream:
 class ConnectionInfo(Record):
     """What a protocol may know about its connection (never the socket)."""
 
-    __slots__ = ("peer_ip", "peer_port", "local_ip", "local_port", "service", "tls", "tls_version",
-                 "tls_cipher", "tls_available", "extra")
+    __slots__ = (
+        "peer_ip",
+        "peer_port",
+        "local_ip",
+        "local_port",
+        "service",
+        "tls",
+        "tls_version",
+        "tls_cipher",
+        "tls_available",
+        "extra",
+    )
     FIELDS = (
         ("peer_ip", "unknown"),
         ("peer_port", 0),

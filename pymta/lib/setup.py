@@ -28,8 +28,21 @@ def ensure_daemon_account(name: str, home: Path):
         raise OSError(f"no such user {name!r} (only root can make it)")
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false") if os.path.exists(p)), "/bin/false")
-    proc = subprocess.run([useradd, "--system", "--user-group", "--no-create-home", "--home-dir",
-                           str(Path(home).absolute()), "--shell", nologin, name], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            useradd,
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            str(Path(home).absolute()),
+            "--shell",
+            nologin,
+            name,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise OSError(f"useradd failed: {proc.stderr.strip() or proc.returncode}")
     return pwd.getpwnam(name)

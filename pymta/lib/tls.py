@@ -78,7 +78,9 @@ def client_context(verify: bool) -> ssl.SSLContext:
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._:-]{0,252})")
 
 
-def make_self_signed(cert_path: str | os.PathLike, key_path: str | os.PathLike, hostname: str, days: int = 3650) -> None:
+def make_self_signed(
+    cert_path: str | os.PathLike, key_path: str | os.PathLike, hostname: str, days: int = 3650
+) -> None:
     """Write a self-signed RSA certificate for ``hostname`` (key mode 0600) with the openssl command."""
     # the name goes into -subj and -addext, where '/', ',' and '=' have meaning
     if not _HOSTNAME.fullmatch(hostname or ""):
@@ -97,9 +99,24 @@ def make_self_signed(cert_path: str | os.PathLike, key_path: str | os.PathLike, 
     work = Path(tempfile.mkdtemp(prefix=".tls-", dir=key.parent))  # mode 0700: the key is never readable by others
     try:
         tmp_key, tmp_cert = work / "key.pem", work / "cert.pem"
-        cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days),
-               "-subj", f"/CN={hostname}", "-addext", f"subjectAltName={san}",
-               "-keyout", str(tmp_key), "-out", str(tmp_cert)]
+        cmd = [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            str(days),
+            "-subj",
+            f"/CN={hostname}",
+            "-addext",
+            f"subjectAltName={san}",
+            "-keyout",
+            str(tmp_key),
+            "-out",
+            str(tmp_cert),
+        ]
         try:
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -28,10 +28,9 @@ import os
 import re
 from pathlib import Path
 
+from . import log
 from .address import AddressError, account_address
 from .record import Record
-
-from . import log
 
 RECIPIENT_DELIMITER = "+"
 DEFAULT_ROUNDS = 10
@@ -491,7 +490,7 @@ class UsersFile:
         def change(parsed: _Parsed) -> list[bytes]:
             if address in parsed.line_of:
                 raise UserExists(f"{address}: user exists")
-            return parsed.lines + [f"{address}:{hashed}".encode("utf-8")]
+            return parsed.lines + [f"{address}:{hashed}".encode()]
 
         self._modify(change)
         return UserRecord(address, hashed)
@@ -557,7 +556,7 @@ class UsersFile:
                 pass
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -19,7 +19,7 @@ def main():
 
     def send(data):
         while data:
-            data = data[os.write(wfd, data):]
+            data = data[os.write(wfd, data) :]
 
     send(b"220 bare.example.test ESMTP bare responder\r\n")
     buf = b""
@@ -28,7 +28,7 @@ def main():
         if in_data:
             end = buf.find(b"\r\n.\r\n")
             if end >= 0:
-                buf = buf[end + 5:]
+                buf = buf[end + 5 :]
                 in_data = False
                 send(b"250 2.0.0 Ok: queued\r\n")
                 continue
@@ -36,7 +36,7 @@ def main():
         else:
             eol = buf.find(b"\n")
             if eol >= 0:
-                line, buf = buf[:eol], buf[eol + 1:]
+                line, buf = buf[:eol], buf[eol + 1 :]
                 verb = line.strip()[:4].upper()
                 if verb in (b"EHLO", b"HELO", b"MAIL", b"RCPT", b"RSET", b"NOOP"):
                     send(b"250 2.0.0 Ok\r\n")

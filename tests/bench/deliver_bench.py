@@ -36,8 +36,10 @@ sys.path.insert(0, str(REPO))
 
 
 def message(size: int) -> bytes:
-    head = (b"From: Carol <carol@remote.example>\nTo: someone@example.test\nSubject: benchmark message\n"
-            b"Message-ID: <bench@remote.example>\nList-Id: <bench.lists.example.org>\n\n")
+    head = (
+        b"From: Carol <carol@remote.example>\nTo: someone@example.test\nSubject: benchmark message\n"
+        b"Message-ID: <bench@remote.example>\nList-Id: <bench.lists.example.org>\n\n"
+    )
     line = b"The quick brown fox jumps over the lazy dog, again and again.\n"
     return head + line * max(1, (size - len(head)) // len(line))
 
@@ -93,7 +95,13 @@ def run_inproc(cfg, users, data: bytes, n: int, deliver_message) -> list:
         for _ in range(n):
             deliver_message(cfg, users, rcpt, [data], "carol@remote.example")
         t = time.perf_counter() - start
-        rows.append((f"inproc: {'INBOX, no rules' if user == 'plain' else '50-recipe rules'}", n, (t, time.process_time() - cpu0)))
+        rows.append(
+            (
+                f"inproc: {'INBOX, no rules' if user == 'plain' else '50-recipe rules'}",
+                n,
+                (t, time.process_time() - cpu0),
+            )
+        )
     return rows
 
 
@@ -116,8 +124,15 @@ def main() -> None:
 
         bare = time_processes([sys.executable, "-c", "pass"], args.n, None, env)
         rows.append(("bare python3 -c pass", args.n, bare))
-        prog = [sys.executable, str(REPO / "bin" / "pymda-deliver"), "-C", str(conf), "-f", "carol@remote.example",
-                "-d"]
+        prog = [
+            sys.executable,
+            str(REPO / "bin" / "pymda-deliver"),
+            "-C",
+            str(conf),
+            "-f",
+            "carol@remote.example",
+            "-d",
+        ]
         for user in ("plain", "rules"):
             t = time_processes(prog + [f"{user}@example.test"], args.n, data, env)
             rows.append((f"exec: {'INBOX, no rules' if user == 'plain' else '50-recipe rules'}", args.n, t))
@@ -146,8 +161,10 @@ def main() -> None:
             print(f"{name:<34} {n:>6} {t:>8.2f} {n / t:>9.1f} {1000 * t / n:>8.2f} {1000 * cpu / n:>11.2f}")
         per_bare, cpu_bare = bare[0] / args.n, bare[1] / args.n
         for name, n, (t, cpu) in rows[1:3]:
-            print(f"start-up ratio {name.split(': ')[1]:<20} wall {t / n / per_bare:.2f}, cpu {cpu / n / cpu_bare:.2f}"
-                  " x bare python (goal <= 2.0)")
+            print(
+                f"start-up ratio {name.split(': ')[1]:<20} wall {t / n / per_bare:.2f}, cpu {cpu / n / cpu_bare:.2f}"
+                " x bare python (goal <= 2.0)"
+            )
     finally:
         if args.keep:
             print(f"kept {root}")

@@ -79,8 +79,9 @@ def main() -> int:
         st = os.stat(root / "mail")
     user = "dovenull" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
     conf = run / "dovecot.conf"
-    conf.write_text(CONFIG.format(run=run, root=root, pop3=sys.argv[2], imap=sys.argv[3], uid=st.st_uid,
-                                  gid=st.st_gid, user=user))
+    conf.write_text(
+        CONFIG.format(run=run, root=root, pop3=sys.argv[2], imap=sys.argv[3], uid=st.st_uid, gid=st.st_gid, user=user)
+    )
     os.execvp("dovecot", ["dovecot", "-F", "-c", str(conf)])
 
 

@@ -61,8 +61,10 @@ def make_tree(root: Path, processes: int = 1) -> Path:
     (root / "queue").mkdir()
     (root / "users").write_text(f"{USER}:{{BLF-CRYPT}}{bcrypt.using(rounds=4).hash(PASSWORD)}::::::\n")
     cfg = root / "pymail.toml"
-    cfg.write_text(f'hostname = "bench.example.test"\ndomains = ["example.test"]\nroot = "{root}"\n'
-                   f'[auth]\nfailure_delay = 0.0\n[imapd]\nprocesses = {processes}\n')
+    cfg.write_text(
+        f'hostname = "bench.example.test"\ndomains = ["example.test"]\nroot = "{root}"\n'
+        f"[auth]\nfailure_delay = 0.0\n[imapd]\nprocesses = {processes}\n"
+    )
     return cfg
 
 
@@ -72,8 +74,10 @@ def fill(box: Path, n: int, *, fast_names=False) -> None:
     maildir.ensure_maildir(box)
     body = "".join(f"Line {i} of a load test message, long enough to look like text.\n" for i in range(20))
     for i in range(n):
-        data = (f"From: Load Tester <load{i % 7}@example.org>\nTo: {USER}\nSubject: load message {i}\n"
-                f"Date: Tue, 02 Jan 2024 10:00:00 +0000\nMessage-ID: <load{i}@example.org>\n\n{body}").encode()
+        data = (
+            f"From: Load Tester <load{i % 7}@example.org>\nTo: {USER}\nSubject: load message {i}\n"
+            f"Date: Tue, 02 Jan 2024 10:00:00 +0000\nMessage-ID: <load{i}@example.org>\n\n{body}"
+        ).encode()
         if fast_names:
             wsize = len(data) + data.count(b"\n")
             (box / "cur" / f"{1700000000 + i}.M{i}P1Q1.bench,S={len(data)},W={wsize}:2,").write_bytes(data)
@@ -93,7 +97,15 @@ def start(cfg: Path, mode: str, logf) -> tuple[subprocess.Popen, int]:
     if mode == "listen":
         argv = prog + ["--listen", f"127.0.0.1:{port}"]
     else:
-        argv = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={REPO}", "--inetd", "-a"] + prog
+        argv = [
+            "systemd-socket-activate",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-E",
+            f"PYTHONPATH={REPO}",
+            "--inetd",
+            "-a",
+        ] + prog
     proc = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=logf)
     wait_port(port)
     return proc, port
@@ -108,8 +120,23 @@ def stop(proc) -> None:
 
 
 def load(port: int, clients: int, seconds: float) -> str:
-    r = subprocess.run([sys.executable, str(YARDSTICK), "127.0.0.1", str(port), USER, PASSWORD, "-c", str(clients),
-                        "-t", str(seconds)], capture_output=True, text=True, timeout=seconds * 4 + 60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(YARDSTICK),
+            "127.0.0.1",
+            str(port),
+            USER,
+            PASSWORD,
+            "-c",
+            str(clients),
+            "-t",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds * 4 + 60,
+    )
     return (r.stdout.strip().splitlines() or [r.stderr.strip()])[-1]
 
 

@@ -62,17 +62,22 @@ def make_tree(root: Path, messages: int, big_mb: int) -> Path:
     from pymta.lib.users import hash_password
 
     config = root / "pymail.toml"
-    config.write_text(f'hostname = "bench.example.test"\ndomains = ["example.test"]\nroot = "{root}"\n'
-                      f'[pop3d]\nprocesses = {int(os.environ.get("POP3D_PROCESSES", "1"))}\n')
+    config.write_text(
+        f'hostname = "bench.example.test"\ndomains = ["example.test"]\nroot = "{root}"\n'
+        f"[pop3d]\nprocesses = {int(os.environ.get('POP3D_PROCESSES', '1'))}\n"
+    )
     hashed = hash_password(PASSWORD)
     (root / "users").write_text("".join(f"{u}:{hashed}\n" for u in CLIENT_USERS + [BIG_USER]))
-    filler = (b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n" * 17)
+    filler = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n" * 17
     for user in CLIENT_USERS:
         box = root / "mail" / "example.test" / user.split("@")[0]
         md.ensure_maildir(box)
         for i in range(messages):
-            md.deliver(box, b"From: sender%d@remote.example\nTo: %s\nSubject: message %d\n\n" % (i, user.encode(), i)
-                       + filler, fsync=False)
+            md.deliver(
+                box,
+                b"From: sender%d@remote.example\nTo: %s\nSubject: message %d\n\n" % (i, user.encode(), i) + filler,
+                fsync=False,
+            )
     big = root / "mail" / "example.test" / "bob"
     md.ensure_maildir(big)
     line = b"0123456789" * 7 + b"\n"
@@ -92,7 +97,15 @@ def start(config: Path, mode: str) -> tuple[subprocess.Popen, int]:
     if mode == "listen":
         argv = prog + ["--listen", f"127.0.0.1:{port}"]
     else:
-        argv = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={REPO}", "--inetd", "-a"] + prog
+        argv = [
+            "systemd-socket-activate",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-E",
+            f"PYTHONPATH={REPO}",
+            "--inetd",
+            "-a",
+        ] + prog
     proc = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
@@ -123,10 +136,14 @@ def load_numbers(port: int, clients: int, seconds: float, same_user: bool = Fals
         raise SystemExit(f"{LOAD} not found")
     users = [USER] * clients if same_user or clients == 1 else CLIENT_USERS[:clients]
     if same_user:
-        runs = [[sys.executable, str(LOAD), "127.0.0.1", str(port), USER, PASSWORD, "-c", str(clients), "-t", str(seconds)]]
+        runs = [
+            [sys.executable, str(LOAD), "127.0.0.1", str(port), USER, PASSWORD, "-c", str(clients), "-t", str(seconds)]
+        ]
     else:
-        runs = [[sys.executable, str(LOAD), "127.0.0.1", str(port), u, PASSWORD, "-c", "1", "-t", str(seconds)]
-                for u in users]
+        runs = [
+            [sys.executable, str(LOAD), "127.0.0.1", str(port), u, PASSWORD, "-c", "1", "-t", str(seconds)]
+            for u in users
+        ]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for argv in runs]
     sessions = retr = errors = 0.0
     for proc in procs:
@@ -147,8 +164,10 @@ def side_by_side(ours: int, theirs: int, clients: int, seconds: float, rounds: i
         a.append(load_numbers(ours, clients, seconds)[0])
         b.append(load_numbers(theirs, clients, seconds)[0])
     ma, mb = statistics.median(a), statistics.median(b)
-    print(f"side by side clients={clients}: pypop {ma:6.2f} sessions/s {[round(x, 2) for x in a]}, "
-          f"dovecot {mb:6.2f} {[round(x, 2) for x in b]}, ratio {ma / mb:.2f}")
+    print(
+        f"side by side clients={clients}: pypop {ma:6.2f} sessions/s {[round(x, 2) for x in a]}, "
+        f"dovecot {mb:6.2f} {[round(x, 2) for x in b]}, ratio {ma / mb:.2f}"
+    )
 
 
 def list_time(port: int, rounds: int = 50) -> tuple[float, int]:
@@ -186,8 +205,13 @@ class _PairPOP3(poplib.POP3):
 def big_retr_inetd(config: Path) -> tuple[int, int, float]:
     """One inetd-style process on a socketpair; (VmHWM MB, octets, seconds)."""
     ours, theirs = socket.socketpair()
-    proc = subprocess.Popen([sys.executable, "-m", "pypop.pop3d", "-C", str(config)], stdin=theirs, stdout=theirs,
-                            stderr=subprocess.DEVNULL, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pypop.pop3d", "-C", str(config)],
+        stdin=theirs,
+        stdout=theirs,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
     theirs.close()
     pop = _PairPOP3(ours)
     pop.user(BIG_USER)
@@ -233,12 +257,20 @@ def main() -> None:
     ap.add_argument("-t", "--seconds", type=float, default=10.0)
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--big-mb", type=int, default=50)
-    ap.add_argument("--dovecot-port", type=int, default=0,
-                    help="also load a Dovecot serving the same mailbox and user on this port")
-    ap.add_argument("--dovecot", action="store_true",
-                    help="start Debian's Dovecot over the same tree (tests/bench/dovecot_side.py) and load it too")
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="with a Dovecot: alternating rounds of SECONDS/2 each per server (default 5)")
+    ap.add_argument(
+        "--dovecot-port", type=int, default=0, help="also load a Dovecot serving the same mailbox and user on this port"
+    )
+    ap.add_argument(
+        "--dovecot",
+        action="store_true",
+        help="start Debian's Dovecot over the same tree (tests/bench/dovecot_side.py) and load it too",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="with a Dovecot: alternating rounds of SECONDS/2 each per server (default 5)",
+    )
     ap.add_argument("--processes", type=int, default=1, help="pop3d.processes for listening mode (0: one per CPU)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary tree")
     a = ap.parse_args()
@@ -251,8 +283,15 @@ def main() -> None:
         dovecot = None
         if a.dovecot:
             a.dovecot_port = free_port()
-            dovecot = subprocess.Popen([sys.executable, str(REPO / "tests" / "bench" / "dovecot_side.py"), str(root),
-                                        str(a.dovecot_port), str(free_port())])
+            dovecot = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "tests" / "bench" / "dovecot_side.py"),
+                    str(root),
+                    str(a.dovecot_port),
+                    str(free_port()),
+                ]
+            )
             wait_port(a.dovecot_port)
         for mode in ("listen", "inetd"):
             proc, port = start(config, mode)
@@ -260,8 +299,10 @@ def main() -> None:
                 for clients in (1, 8):
                     print(f"pypop {mode:6s} clients={clients}: {load(port, clients, a.seconds)}")
                 if mode == "listen":
-                    print(f"pypop {mode:6s} clients=8, one mailbox: {load(port, 8, a.seconds, same_user=True)}"
-                          "  (most sessions get -ERR [IN-USE]: the maildrop lock)")
+                    print(
+                        f"pypop {mode:6s} clients=8, one mailbox: {load(port, 8, a.seconds, same_user=True)}"
+                        "  (most sessions get -ERR [IN-USE]: the maildrop lock)"
+                    )
                 if mode == "listen":
                     ms, count = list_time(port)
                     print(f"pypop {mode:6s} LIST of {count} messages: {ms:.2f} ms (median of 50, round trip)")

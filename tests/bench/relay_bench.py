@@ -46,7 +46,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=600)
     ap.add_argument("--concurrency", type=int, default=20)
     ap.add_argument("--dest-concurrency", type=int, default=4)
-    ap.add_argument("--cache", type=float, default=5.0, help="relay.connection_cache_time (0: a connection per message)")
+    ap.add_argument(
+        "--cache", type=float, default=5.0, help="relay.connection_cache_time (0: a connection per message)"
+    )
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     if not shutil.which("smtp-sink"):
@@ -58,29 +60,36 @@ def main() -> int:
     port = free_port()
     sink_log = open(root / "sink.log", "wb")
     # -c: count, -C: no ESMTP disabled; -u needed as root; -m: concurrency; backlog 256
-    sink = subprocess.Popen(["smtp-sink", "-u", "nobody", "-c", "-m", "500", f"0.0.0.0:{port}", "256"],
-                            stdout=sink_log, stderr=subprocess.STDOUT)
+    sink = subprocess.Popen(
+        ["smtp-sink", "-u", "nobody", "-c", "-m", "500", f"0.0.0.0:{port}", "256"],
+        stdout=sink_log,
+        stderr=subprocess.STDOUT,
+    )
     transport = ", ".join(f'"d{i}.bench" = "[127.0.0.{i + 1}]:{port}"' for i in range(args.destinations))
     (root / "pymail.toml").write_text(
         f'hostname = "bench.test"\ndomains = ["local.test"]\nroot = "{root}"\n'
-        f"[relay]\ntransport_map = {{ {transport} }}\ntls = \"none\"\nconnection_cache_time = {args.cache}\n"
+        f'[relay]\ntransport_map = {{ {transport} }}\ntls = "none"\nconnection_cache_time = {args.cache}\n'
         f"[qrunner]\nconcurrency = {args.concurrency}\ndestination_concurrency = {args.dest_concurrency}\n"
-        f"scan_interval = 1.0\n")
+        f"scan_interval = 1.0\n"
+    )
     q = Queue(root / "queue")
     q.create()
     body = b"x" * 70 + b"\n"
     t0 = time.time()
     for i in range(args.n):
-        msg = (f"From: a@local.test\nTo: r{i}@d{i % args.destinations}.bench\nSubject: bench {i}\n"
-               f"Message-ID: <{i}@local.test>\n\n").encode()
+        msg = (
+            f"From: a@local.test\nTo: r{i}@d{i % args.destinations}.bench\nSubject: bench {i}\n"
+            f"Message-ID: <{i}@local.test>\n\n"
+        ).encode()
         msg += body * max(1, (args.size - len(msg)) // len(body))
         q.enqueue("a@local.test", [f"r{i}@d{i % args.destinations}.bench"], msg)
     t_enqueue = time.time() - t0
     env = dict(os.environ, PYTHONPATH=str(REPO))
     err = open(root / "qrunner.log", "wb")
     start = time.time()
-    runner = subprocess.Popen([sys.executable, "-m", "pymta.qrunner", "-C", str(root / "pymail.toml")],
-                              env=env, stderr=err)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "pymta.qrunner", "-C", str(root / "pymail.toml")], env=env, stderr=err
+    )
     try:
         while True:
             left = [p for sub in ("new", "deferred") for p in (root / "queue" / sub).rglob("*") if p.is_file()]
@@ -105,8 +114,10 @@ def main() -> int:
     print(f"enqueue:         {args.n / t_enqueue:.0f} msg/s (fsynced queue commits, for reference)")
     print(f"relay wall time: {elapsed:.2f} s")
     print(f"relayed:         {sent / elapsed:.0f} msg/s  (sent={sent}, deferred={deferred})")
-    print(f"settings:        concurrency={args.concurrency}, destination_concurrency={args.dest_concurrency}, "
-          f"connection_cache_time={args.cache}")
+    print(
+        f"settings:        concurrency={args.concurrency}, destination_concurrency={args.dest_concurrency}, "
+        f"connection_cache_time={args.cache}"
+    )
     if deferred:
         print("\n".join([line for line in log.splitlines() if "deferred" in line][:5]))
     if args.keep:

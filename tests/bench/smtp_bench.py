@@ -69,6 +69,7 @@ class Failure(Exception):
 
 # -- helpers -----------------------------------------------------------------------
 
+
 def find_smtp_source() -> str:
     found = shutil.which("smtp-source")
     if found:
@@ -138,8 +139,15 @@ class Procs:
     def start(self, name: str, argv: list[str], errfile: Path | None, **kw) -> subprocess.Popen:
         err = open(errfile, "wb") if errfile else subprocess.DEVNULL
         try:
-            proc = subprocess.Popen(argv, env=env_with_repo(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, start_new_session=True, **kw)
+            proc = subprocess.Popen(
+                argv,
+                env=env_with_repo(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                **kw,
+            )
         finally:
             if errfile:
                 err.close()
@@ -173,8 +181,11 @@ class Procs:
 
     def died(self) -> list[str]:
         """Daemons (not the load generator, which is meant to exit) that are gone."""
-        return [f"{name} exited with {proc.returncode}" for name, proc, _ in self.procs
-                if name != "smtp-source" and proc.poll() is not None]
+        return [
+            f"{name} exited with {proc.returncode}"
+            for name, proc, _ in self.procs
+            if name != "smtp-source" and proc.poll() is not None
+        ]
 
     def report(self, lines: int = 15) -> None:
         for name, _, errfile in self.procs:
@@ -197,6 +208,7 @@ def wait_port(port: int, proc: subprocess.Popen, errfile: Path, timeout: float =
 
 
 # -- the pymail tree ------------------------------------------------------------------
+
 
 class Tree:
     def __init__(self, root: Path) -> None:
@@ -232,8 +244,9 @@ class Tree:
         for path in sorted((self.root / "queue" / "state").glob("*"))[:limit]:
             try:
                 state = json.loads(path.read_bytes())
-                out.extend(f"{path.name}: <{r.get('to')}> {r.get('status')}: {r.get('reason')}"
-                           for r in state.get("rcpts", []))
+                out.extend(
+                    f"{path.name}: <{r.get('to')}> {r.get('status')}: {r.get('reason')}" for r in state.get("rcpts", [])
+                )
             except (OSError, ValueError, AttributeError) as exc:
                 out.append(f"{path.name}: unreadable state ({exc})")
         return out
@@ -249,6 +262,7 @@ class Tree:
 
 
 # -- one measurement --------------------------------------------------------------------
+
 
 class Result:
     def __init__(self, mode: str, n: int, conc: int) -> None:
@@ -278,8 +292,22 @@ class Result:
 
 
 def run_smtp_source(smtp_source: str, port: int, args, n: int, procs: Procs, errfile: Path) -> tuple[float, int]:
-    argv = [smtp_source, "-s", str(args.concurrency), "-m", str(n), "-l", str(args.size),
-            "-f", SENDER, "-t", RCPT, "-M", "client.example.org", f"127.0.0.1:{port}"]
+    argv = [
+        smtp_source,
+        "-s",
+        str(args.concurrency),
+        "-m",
+        str(n),
+        "-l",
+        str(args.size),
+        "-f",
+        SENDER,
+        "-t",
+        RCPT,
+        "-M",
+        "client.example.org",
+        f"127.0.0.1:{port}",
+    ]
     t0 = time.perf_counter()
     proc = procs.start("smtp-source", argv, errfile)
     try:
@@ -357,8 +385,9 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
     try:
         if mode == "listen":
             prof = tree.root / "smtpd.prof" if args.profile else None
-            smtpd = procs.start("smtpd", tree.program("pymta.smtpd", "--listen", f"127.0.0.1:{port}", profile=prof),
-                                smtpd_err)
+            smtpd = procs.start(
+                "smtpd", tree.program("pymta.smtpd", "--listen", f"127.0.0.1:{port}", profile=prof), smtpd_err
+            )
         else:
             activate = [find_socket_activate(), "--inetd", "-a", "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={REPO}"]
             if mode == "inetd":
@@ -411,8 +440,14 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
             before = children_cpu()
             t1 = time.perf_counter()
             with open(qerr, "wb") as err:
-                subprocess.run(argv, env=env_with_repo(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=err, timeout=3600)
+                subprocess.run(
+                    argv,
+                    env=env_with_repo(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    timeout=3600,
+                )
             result.deliver_time = time.perf_counter() - t1
             after = children_cpu()
             result.cpu["qrunner --once"] = (after[0] - before[0], after[1] - before[1])
@@ -429,8 +464,9 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
         started = list(procs.procs)
         procs.stop_all()
         procs.procs = started  # for report()
-    traceback_in = [name for name, _, errfile in started
-                    if errfile and errfile.exists() and b"Traceback" in errfile.read_bytes()]
+    traceback_in = [
+        name for name, _, errfile in started if errfile and errfile.exists() and b"Traceback" in errfile.read_bytes()
+    ]
     if traceback_in:
         result.problems.append(f"Traceback in stderr of: {', '.join(traceback_in)}")
     if result.problems:
@@ -465,6 +501,7 @@ def python_startup(python: list[str], runs: int = 20) -> float:
 
 # -- main ---------------------------------------------------------------------------------
 
+
 def fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -475,34 +512,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inetd-n", type=int, default=500, help="messages in inetd and bare modes (default 500)")
     parser.add_argument("-c", "--concurrency", type=int, default=20, help="parallel SMTP sessions (default 20)")
     parser.add_argument("--size", type=int, default=1024, help="message payload in octets (default 1024)")
-    parser.add_argument("--modes", default="listen,inetd,bare",
-                        help="comma list of listen, inetd, bare (default: all three)")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the per-connection processes (default: this one, %(default)s)")
-    parser.add_argument("--python-arg", action="append", default=[], metavar="ARG",
-                        help="option for that interpreter in inetd and bare modes, repeatable "
-                             "(e.g. --python-arg=-S to leave out site-packages .pth start-up hooks)")
-    parser.add_argument("--stall", type=float, default=30.0, help="give up waiting for delivery after this many "
-                                                                  "seconds without progress (default 30)")
-    parser.add_argument("--start-timeout", type=float, default=30.0,
-                        help="seconds a daemon may take to start (default 30)")
+    parser.add_argument(
+        "--modes", default="listen,inetd,bare", help="comma list of listen, inetd, bare (default: all three)"
+    )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for the per-connection processes (default: this one, %(default)s)",
+    )
+    parser.add_argument(
+        "--python-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="option for that interpreter in inetd and bare modes, repeatable "
+        "(e.g. --python-arg=-S to leave out site-packages .pth start-up hooks)",
+    )
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=30.0,
+        help="give up waiting for delivery after this many seconds without progress (default 30)",
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=30.0, help="seconds a daemon may take to start (default 30)"
+    )
     parser.add_argument("--send-timeout", type=float, default=900.0, help="limit for one smtp-source run")
-    parser.add_argument("--processes", type=int, default=0,
-                        help="smtpd.processes for listening mode (0: one per CPU)")
-    parser.add_argument("--no-qrunner", action="store_true",
-                        help="do not run the qrunner (measures accepting alone; no delivered/s)")
-    parser.add_argument("--profile", action="store_true",
-                        help="listen mode: smtpd under cProfile; the queue is then drained by "
-                             "'qrunner --once' under cProfile (delivered/s is then that run's)")
-    parser.add_argument("--dir", default="/var/tmp" if os.path.isdir("/var/tmp") else None, metavar="PARENT",
-                        help="where to make the temporary tree (default: %(default)s: disk-backed, unlike a "
-                             "tmpfs /tmp where fsync is free; the file system decides much of the result)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="R",
-                        help="run the modes R times, interleaved, and report the best run of each: the rates "
-                             "suffer from whatever else the machine is doing (default 1)")
-    parser.add_argument("--settle", type=float, default=0.0, metavar="S",
-                        help="before each run, sync and wait up to S seconds until creating a file is cheap "
-                             "again (under 60 us): see the 'file creation' figure each run prints (default 0)")
+    parser.add_argument("--processes", type=int, default=0, help="smtpd.processes for listening mode (0: one per CPU)")
+    parser.add_argument(
+        "--no-qrunner", action="store_true", help="do not run the qrunner (measures accepting alone; no delivered/s)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="listen mode: smtpd under cProfile; the queue is then drained by "
+        "'qrunner --once' under cProfile (delivered/s is then that run's)",
+    )
+    parser.add_argument(
+        "--dir",
+        default="/var/tmp" if os.path.isdir("/var/tmp") else None,
+        metavar="PARENT",
+        help="where to make the temporary tree (default: %(default)s: disk-backed, unlike a "
+        "tmpfs /tmp where fsync is free; the file system decides much of the result)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="run the modes R times, interleaved, and report the best run of each: the rates "
+        "suffer from whatever else the machine is doing (default 1)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each run, sync and wait up to S seconds until creating a file is cheap "
+        "again (under 60 us): see the 'file creation' figure each run prints (default 0)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary trees and logs")
     args = parser.parse_args(argv)
     os.environ["SMTPD_PROCESSES"] = str(args.processes)  # read where the tree is made
@@ -520,8 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         smtp_source = find_smtp_source()
-        print(f"smtp-source: {smtp_source}; python: {args.python}; size {args.size} octets; "
-              f"{os.cpu_count()} CPUs; tree: {workdir}")
+        print(
+            f"smtp-source: {smtp_source}; python: {args.python}; size {args.size} octets; "
+            f"{os.cpu_count()} CPUs; tree: {workdir}"
+        )
         if "inetd" in modes or "bare" in modes:
             python = [args.python, *args.python_arg]
             startup = python_startup(python)
@@ -529,8 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         for run, mode in ((r, m) for r in range(max(1, args.repeat)) for m in modes):
             n = args.n if mode == "listen" else args.inetd_n
             cost = settle(workdir, args.settle) if args.settle > 0 else creation_cost(workdir)
-            print(f"[{mode}] {n} messages, {args.concurrency} sessions (load average {load_average():.1f}, "
-                  f"file creation {cost:.0f} us) ...", flush=True)
+            print(
+                f"[{mode}] {n} messages, {args.concurrency} sessions (load average {load_average():.1f}, "
+                f"file creation {cost:.0f} us) ...",
+                flush=True,
+            )
             try:
                 res = bench(mode, n, args, workdir, smtp_source, run)
             except Failure as exc:  # this mode could not run; go on with the others
@@ -538,14 +611,23 @@ def main(argv: list[str] | None = None) -> int:
                 res.problems.append(f"FAILED: {exc}")
             results.append(res)
             if res.send_time:
-                print(f"[{mode}] sent in {res.send_time:.2f}s -> {res.accepted_rate:.0f}/s accepted"
-                      + (f"; in Maildir after {fmt(res.deliver_time, '.2f')}s ({res.delivered}/{n} files)"
-                         if mode != "bare" and not args.no_qrunner and not (args.profile and mode == "listen")
-                         else ""), flush=True)
+                print(
+                    f"[{mode}] sent in {res.send_time:.2f}s -> {res.accepted_rate:.0f}/s accepted"
+                    + (
+                        f"; in Maildir after {fmt(res.deliver_time, '.2f')}s ({res.delivered}/{n} files)"
+                        if mode != "bare" and not args.no_qrunner and not (args.profile and mode == "listen")
+                        else ""
+                    ),
+                    flush=True,
+                )
             if res.cpu:
-                print(f"[{mode}] CPU per message (user+sys): " + ", ".join(
-                    f"{name} {(u + s) / n * 1000:.2f} ms ({u / n * 1000:.2f}+{s / n * 1000:.2f})"
-                    for name, (u, s) in res.cpu.items()))
+                print(
+                    f"[{mode}] CPU per message (user+sys): "
+                    + ", ".join(
+                        f"{name} {(u + s) / n * 1000:.2f} ms ({u / n * 1000:.2f}+{s / n * 1000:.2f})"
+                        for name, (u, s) in res.cpu.items()
+                    )
+                )
             if res.note:
                 print(f"[{mode}] {res.note}")
             for problem in res.problems:
@@ -569,8 +651,10 @@ def main(argv: list[str] | None = None) -> int:
     bare = best.get("bare")
     print()
     title = "best of each mode's runs" if args.repeat > 1 else ""
-    print(f"{'mode':<8} {'N':>6} {'conc':>5} {'accepted/s':>11} {'delivered/s':>12} {'ratio':>7} "
-          f"{'srv CPU ms/msg':>15} {'load':>5}  notes {title}")
+    print(
+        f"{'mode':<8} {'N':>6} {'conc':>5} {'accepted/s':>11} {'delivered/s':>12} {'ratio':>7} "
+        f"{'srv CPU ms/msg':>15} {'load':>5}  notes {title}"
+    )
     for mode, r in best.items():
         ratio = None
         if mode == "inetd" and bare and bare.accepted_rate:
@@ -581,16 +665,22 @@ def main(argv: list[str] | None = None) -> int:
         note = "ok" if not problems else f"{problems} problem(s)"
         if len(runs[mode]) > 1:
             note += "; all runs: " + " ".join(f"{x.accepted_rate:.0f}" for x in runs[mode])
-        print(f"{mode:<8} {r.n:>6} {r.conc:>5} {r.accepted_rate:>11.0f} {fmt(r.delivered_rate):>12} "
-              f"{fmt(ratio, '.2f'):>7} {fmt(r.server_cpu_ms, '.2f'):>15} {r.load:>5.1f}  {note}")
+        print(
+            f"{mode:<8} {r.n:>6} {r.conc:>5} {r.accepted_rate:>11.0f} {fmt(r.delivered_rate):>12} "
+            f"{fmt(ratio, '.2f'):>7} {fmt(r.server_cpu_ms, '.2f'):>15} {r.load:>5.1f}  {note}"
+        )
     if "inetd" in best and bare:
         print("ratio = pymta-smtpd (inetd) connections/s / bare responder connections/s; goal >= 0.67")
         inetd_cpu, bare_cpu = best["inetd"].server_cpu_ms, bare.server_cpu_ms
         if inetd_cpu and bare_cpu:
-            print(f"CPU ratio (bare CPU / pymta CPU per connection, qrunner included) = {bare_cpu / inetd_cpu:.2f}: "
-                  f"steadier than the rates when the machine is busy")
-    print("srv CPU = user+sys CPU of the server side per message (smtpd or the socket-activated processes, "
-          "plus the qrunner); load = 1-minute load average at the start of the run")
+            print(
+                f"CPU ratio (bare CPU / pymta CPU per connection, qrunner included) = {bare_cpu / inetd_cpu:.2f}: "
+                f"steadier than the rates when the machine is busy"
+            )
+    print(
+        "srv CPU = user+sys CPU of the server side per message (smtpd or the socket-activated processes, "
+        "plus the qrunner); load = 1-minute load average at the start of the run"
+    )
     return 1 if any(r.problems for r in results) else 0
 
 

@@ -81,8 +81,9 @@ for _p in (str(REPO), str(HERE), str(REPO / "tests" / "reliability")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from ledger import Ledger, crlf, make_message  # tests/reliability/ledger.py
 from smtp_bench import Failure, Procs, Tree, free_port, load_average, tail, wait_port
+
+from ledger import Ledger, crlf, make_message  # tests/reliability/ledger.py
 
 DOMAIN = "example.test"
 SENDER = f"soak@{DOMAIN}"
@@ -139,7 +140,7 @@ class Client:
         self.errors: dict[str, int] = {k: 0 for k in KINDS}
         self.first_errors: dict[str, list[str]] = {k: [] for k in KINDS}
         self.refused: dict[str, int] = {k: 0 for k in KINDS}  # expected refusals (see the docstring)
-        self.fetched = 0            # copies retrieved and checked (IMAP FETCH, POP3 RETR)
+        self.fetched = 0  # copies retrieved and checked (IMAP FETCH, POP3 RETR)
         self.deleted: list[str] = []  # tokens whose deletion the server confirmed (EXPUNGE OK, QUIT +OK)
 
     def run(self, seconds: float) -> None:
@@ -216,8 +217,9 @@ class Client:
                 self.ledger.ack(token, "imap-append")
             doomed = [(uid, token) for uid, token in fetched if rng.random() < 0.5]
             if doomed:
-                typ, data = imap.uid("STORE", b",".join(uid for uid, _ in doomed).decode(), "+FLAGS.SILENT",
-                                     r"(\Deleted)")
+                typ, data = imap.uid(
+                    "STORE", b",".join(uid for uid, _ in doomed).decode(), "+FLAGS.SILENT", r"(\Deleted)"
+                )
                 _expect(typ == "OK", "STORE", typ, data)
                 typ, data = imap.expunge()
                 _expect(typ == "OK", "EXPUNGE", typ, data)
@@ -263,9 +265,19 @@ class Client:
     def result(self) -> dict:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         lg = self.ledger
-        return {"kinds": lg.kinds, "acked": lg.acked, "consumed": lg.consumed, "corrupt_seen": lg.corrupt_seen,
-                "lat": self.lat, "errors": self.errors, "first_errors": self.first_errors, "refused": self.refused,
-                "fetched": self.fetched, "deleted": self.deleted, "cpu": usage.ru_utime + usage.ru_stime}
+        return {
+            "kinds": lg.kinds,
+            "acked": lg.acked,
+            "consumed": lg.consumed,
+            "corrupt_seen": lg.corrupt_seen,
+            "lat": self.lat,
+            "errors": self.errors,
+            "first_errors": self.first_errors,
+            "refused": self.refused,
+            "fetched": self.fetched,
+            "deleted": self.deleted,
+            "cpu": usage.ru_utime + usage.ru_stime,
+        }
 
 
 def _expect(ok: bool, what: str, code, msg) -> None:
@@ -338,7 +350,7 @@ class Sampler(threading.Thread):
         self.parents = parents
         self.queue_dir = queue_dir
         self.interval = interval
-        self.hwm: dict[str, dict[int, int]] = {n: {} for n in parents}    # daemon -> pid -> kB
+        self.hwm: dict[str, dict[int, int]] = {n: {} for n in parents}  # daemon -> pid -> kB
         self.cpu: dict[str, dict[int, float]] = {n: {} for n in parents}  # daemon -> pid -> last seen CPU s
         self.reaped: dict[str, float] = {n: 0.0 for n in parents}
         self.backlog = 0
@@ -466,8 +478,12 @@ def soak(args, workdir: Path) -> int:
         ctx = multiprocessing.get_context("fork")  # before any thread of ours exists
         go = ctx.Event()
         results = ctx.Queue()
-        workers = [ctx.Process(target=client_main, args=(i, ports, args.seed, args.mix, args.duration, go, results),
-                               daemon=True) for i in range(args.clients)]
+        workers = [
+            ctx.Process(
+                target=client_main, args=(i, ports, args.seed, args.mix, args.duration, go, results), daemon=True
+            )
+            for i in range(args.clients)
+        ]
         for w in workers:
             w.start()
         sampler = Sampler(parents, tree.root / "queue")
@@ -475,10 +491,13 @@ def soak(args, workdir: Path) -> int:
         cpu0 = sampler.cpu_total()
         sampler.start()
         load = load_average()
-        print(f"soak: {args.duration:g}s, {args.clients} client processes, mix "
-              + ",".join(f"{k}={v}" for k, v in args.mix.items())
-              + f", seed {args.seed}, {os.cpu_count()} CPUs, {nproc} process(es) per daemon, "
-                f"load average {load:.1f}, tree {tree.root}", flush=True)
+        print(
+            f"soak: {args.duration:g}s, {args.clients} client processes, mix "
+            + ",".join(f"{k}={v}" for k, v in args.mix.items())
+            + f", seed {args.seed}, {os.cpu_count()} CPUs, {nproc} process(es) per daemon, "
+            f"load average {load:.1f}, tree {tree.root}",
+            flush=True,
+        )
         t0 = time.perf_counter()
         go.set()
         parts: dict[int, dict] = {}
@@ -530,35 +549,45 @@ def soak(args, workdir: Path) -> int:
 
     # -- the report ----------------------------------------------------------------
     print(f"\nload: {load_time:.1f}s wall (clients stop starting operations after {args.duration:g}s)")
-    print(f"{'kind':<6} {'ops':>7} {'ops/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'errors':>7}")
+    print(f"{'kind':<6} {'ops':>7} {'ops/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
     for kind in KINDS:
         lat = sorted(x for p in parts.values() for x in p["lat"][kind])
         errs = sum(p["errors"][kind] for p in parts.values())
         if not lat and not errs:
             continue
         ms = [percentile(lat, q) * 1000 for q in (50, 90, 99, 100)]
-        print(f"{kind:<6} {len(lat):>7} {len(lat) / load_time:>8.1f} " + " ".join(f"{v:>8.1f}" for v in ms)
-              + f" {errs:>7}")
+        print(
+            f"{kind:<6} {len(lat):>7} {len(lat) / load_time:>8.1f} "
+            + " ".join(f"{v:>8.1f}" for v in ms)
+            + f" {errs:>7}"
+        )
     refused = {k: sum(p["refused"][k] for p in parts.values()) for k in KINDS}
     if any(refused.values()):
-        print(f"expected refusals (not errors, not in the latencies): pop3 -ERR [IN-USE] {refused['pop3']}, "
-              f"imap FETCH NO (expunged by another session) {refused['imap']}")
+        print(
+            f"expected refusals (not errors, not in the latencies): pop3 -ERR [IN-USE] {refused['pop3']}, "
+            f"imap FETCH NO (expunged by another session) {refused['imap']}"
+        )
     for kind in KINDS:
         firsts = [e for p in parts.values() for e in p["first_errors"][kind]][:FIRST_ERRORS]
         for e in firsts:
             print(f"  {kind} error: {e}")
     client_cpu = sum(p["cpu"] for p in parts.values())
-    print(f"load generator CPU: {client_cpu:.1f}s over {load_time:.1f}s "
-          f"({client_cpu / load_time * 100:.0f}% of one core, of {os.cpu_count()})")
+    print(
+        f"load generator CPU: {client_cpu:.1f}s over {load_time:.1f}s "
+        f"({client_cpu / load_time * 100:.0f}% of one core, of {os.cpu_count()})"
+    )
 
     print(f"\n{'daemon':<8} {'procs':>5} {'peak VmHWM MB':>14} {'CPU s (load)':>13} {'CPU s (+drain)':>15}")
     for name in parents:
         hwm = max(sampler.hwm[name].values(), default=0) / 1024
-        print(f"{name:<8} {len(sampler.hwm[name]):>5} {hwm:>14.1f} {cpu_load[name] - cpu0[name]:>13.1f} "
-              f"{cpu_end[name] - cpu0[name]:>15.1f}")
-    print("peak VmHWM = the largest of the daemon's processes (parent and pre-forked children), sampled every "
-          f"{sampler.interval:g}s; queue backlog peaked at {backlog_load} entries during the load")
+        print(
+            f"{name:<8} {len(sampler.hwm[name]):>5} {hwm:>14.1f} {cpu_load[name] - cpu0[name]:>13.1f} "
+            f"{cpu_end[name] - cpu0[name]:>15.1f}"
+        )
+    print(
+        "peak VmHWM = the largest of the daemon's processes (parent and pre-forked children), sampled every "
+        f"{sampler.interval:g}s; queue backlog peaked at {backlog_load} entries during the load"
+    )
 
     if drain_time is None:
         print(f"\ndrain: queue NOT empty ({left} entries left, no progress for {args.stall:g}s) {leftovers}")
@@ -570,11 +599,14 @@ def soak(args, workdir: Path) -> int:
     accepted = sum(report.acked.values())
     deleted = {t for p in parts.values() for t in p["deleted"]}
     fetched = sum(p["fetched"] for p in parts.values())
-    print(f"\naccepted {accepted} ("
-          + ", ".join(f"{k} {v}" for k, v in sorted(report.acked.items())) + f"), delivered {report.delivered}, "
-          f"consumed {len(deleted)} (retrieved, then deleted with the server's OK; {fetched} copies retrieved "
-          f"and checked), lost {len(report.lost)}, duplicated {len(report.duplicated)}, "
-          f"corrupted {len(report.corrupted)}")
+    print(
+        f"\naccepted {accepted} ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(report.acked.items()))
+        + f"), delivered {report.delivered}, "
+        f"consumed {len(deleted)} (retrieved, then deleted with the server's OK; {fetched} copies retrieved "
+        f"and checked), lost {len(report.lost)}, duplicated {len(report.duplicated)}, "
+        f"corrupted {len(report.corrupted)}"
+    )
     print("ledger: " + report.summary().replace("\n", "\nledger: "))
 
     failed = []
@@ -598,17 +630,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of load (default 40)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
-    parser.add_argument("--mix", type=parse_mix, default=parse_mix("smtp=70,imap=20,pop3=10"),
-                        help="weights of the operations (default smtp=70,imap=20,pop3=10)")
+    parser.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=parse_mix("smtp=70,imap=20,pop3=10"),
+        help="weights of the operations (default smtp=70,imap=20,pop3=10)",
+    )
     parser.add_argument("--seed", type=int, help="seed of the clients' choices (default: random, printed)")
-    parser.add_argument("--processes", type=int, default=0,
-                        help="smtpd/pop3d/imapd.processes (default 0: one per CPU)")
-    parser.add_argument("--bcrypt-cost", type=int, default=4,
-                        help="bcrypt cost of the users' password hashes (default 4; pymail user add writes 10)")
-    parser.add_argument("--stall", type=float, default=60.0,
-                        help="give up the drain after this many seconds without progress (default 60)")
-    parser.add_argument("--dir", default="/var/tmp" if os.path.isdir("/var/tmp") else None, metavar="PARENT",
-                        help="where to make the temporary tree (default: %(default)s)")
+    parser.add_argument("--processes", type=int, default=0, help="smtpd/pop3d/imapd.processes (default 0: one per CPU)")
+    parser.add_argument(
+        "--bcrypt-cost",
+        type=int,
+        default=4,
+        help="bcrypt cost of the users' password hashes (default 4; pymail user add writes 10)",
+    )
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=60.0,
+        help="give up the drain after this many seconds without progress (default 60)",
+    )
+    parser.add_argument(
+        "--dir",
+        default="/var/tmp" if os.path.isdir("/var/tmp") else None,
+        metavar="PARENT",
+        help="where to make the temporary tree (default: %(default)s)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and daemon logs")
     args = parser.parse_args(argv)
     if args.seed is None:

@@ -68,8 +68,12 @@ RULES = ":0 fwr\n| cat\n:0\n.Filtered/\n"
 TIMEOUT = 15.0
 RECOVERY = 15.0  # seconds pymail has to answer on every port again after the last kill
 DAEMONS = (("smtpd", "pymta.smtpd"), ("pop3d", "pypop.pop3d"), ("imapd", "pyimap.imapd"))
-MODULE_KIND = {"pymta.qrunner": "qrunner", "pymda.deliver": "deliver", "pymta.queue_cmd": "queue-door",
-               "pymta.sendmail": "sendmail"}
+MODULE_KIND = {
+    "pymta.qrunner": "qrunner",
+    "pymda.deliver": "deliver",
+    "pymta.queue_cmd": "queue-door",
+    "pymta.sendmail": "sendmail",
+}
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -152,12 +156,13 @@ class Harness:
             "[qrunner]\nscan_interval = 1.0\nretry_min = 1.0\nretry_max = 2.0\nconcurrency = 4\n"
             f'[deliver]\nmode = "{mode}"\n'
             "[run]\nrestart_delay = 0.2\nmax_restart_delay = 2.0\n"
-            "[listen]\n" + "".join(f'{service} = "{where}"\n' for service, where in self.listen().items()) +
-            f'[relay]\ntransport_map = {{ "{RELAY_DOMAIN}" = "[127.0.0.1]:{self.sink_port}" }}\n'
+            "[listen]\n"
+            + "".join(f'{service} = "{where}"\n' for service, where in self.listen().items())
+            + f'[relay]\ntransport_map = {{ "{RELAY_DOMAIN}" = "[127.0.0.1]:{self.sink_port}" }}\n'
             'tls = "none"\nconnect_timeout = 5.0\ncommand_timeout = 20.0\n'
         )
         as_root = 'daemon_user = "root"\n' if os.geteuid() == 0 else ""  # the tree is root's (conftest)
-        text = (f'hostname = "mx.{DOMAIN}"\ndomains = ["{DOMAIN}"]\nroot = "{self.root}"\n{as_root}{extra}')
+        text = f'hostname = "mx.{DOMAIN}"\ndomains = ["{DOMAIN}"]\nroot = "{self.root}"\n{as_root}{extra}'
         tmp = self.sys.config.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self.sys.config)
@@ -168,24 +173,33 @@ class Harness:
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         err = open(self.logs / f"{name}.log", "ab")
         try:
-            return subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, start_new_session=True)
+            return subprocess.Popen(
+                argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
         finally:
             err.close()
 
     def listen(self) -> dict[str, str]:
         """`pymail run`'s listeners: one port per daemon, the TLS twins off."""
         where = {"smtp": "smtpd", "pop3": "pop3d", "imap": "imapd"}
-        return {service: f"127.0.0.1:{self.ports[where[service]]}" if service in where else ""
-                for service in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")}
+        return {
+            service: f"127.0.0.1:{self.ports[where[service]]}" if service in where else ""
+            for service in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+        }
 
     def start_pymail(self) -> None:
         """Start `pymail run` and wait until every daemon greets."""
         self.run_proc = self.spawn("pymail-run", [sys.executable, "-m", "pymta.cli", "run", "-C", self.tag])
         silent = self.silent_daemons(30)
         if silent:
-            self.problems.append(f"{', '.join(silent)} did not start under pymail run "
-                                 f"(exit {self.run_proc.poll()}), seed {self.seed}")
+            self.problems.append(
+                f"{', '.join(silent)} did not start under pymail run (exit {self.run_proc.poll()}), seed {self.seed}"
+            )
             raise RuntimeError(self.problems[-1])
 
     def stop_pymail(self) -> None:
@@ -281,16 +295,28 @@ class Harness:
     # -- load ------------------------------------------------------------------------------------
     def client(self, n: int) -> None:
         rng = random.Random(self.seed * 1000 + n)
-        actions = [(self.smtp_send, 45), (self.queue_door, 10), (self.sendmail, 8), (self.imap_append, 12),
-                   (self.pop3_drain, 10), (self.imap_churn, 10)]
+        actions = [
+            (self.smtp_send, 45),
+            (self.queue_door, 10),
+            (self.sendmail, 8),
+            (self.imap_append, 12),
+            (self.pop3_drain, 10),
+            (self.imap_churn, 10),
+        ]
         funcs = [a for a, _ in actions]
         weights = [w for _, w in actions]
         while not self.stop_load.is_set():
             action = rng.choices(funcs, weights)[0]
             try:
                 action(rng)
-            except (OSError, EOFError, smtplib.SMTPException, imaplib.IMAP4.error, poplib.error_proto,
-                    subprocess.TimeoutExpired):
+            except (
+                OSError,
+                EOFError,
+                smtplib.SMTPException,
+                imaplib.IMAP4.error,
+                poplib.error_proto,
+                subprocess.TimeoutExpired,
+            ):
                 time.sleep(0.05)  # a dropped connection: not acknowledged, try the next
             except Exception as exc:  # anything else is the harness's own trouble: count it, carry on
                 with self.lock:
@@ -330,8 +356,14 @@ class Harness:
         bounce = kind == "queue-door" and rng.random() < 0.2
         rcpt = f"nobody{rng.randrange(100)}@{DOMAIN}" if bounce else f"{rng.choice(LOCAL_USERS)}@{DOMAIN}"
         token = self.ledger.token(kind)
-        proc = subprocess.run(self.program(module, *args, "-f", SENDER, rcpt), input=make_message(token, SENDER, rcpt),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env, timeout=60)
+        proc = subprocess.run(
+            self.program(module, *args, "-f", SENDER, rcpt),
+            input=make_message(token, SENDER, rcpt),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
+            timeout=60,
+        )
         if proc.returncode == 0:
             self.ledger.ack(token, kind)
 
@@ -410,9 +442,13 @@ class Harness:
     # -- the run ------------------------------------------------------------------------------------
     def start(self) -> None:
         with open(self.logs / "sink.log", "ab") as err:
-            self.sink = subprocess.Popen([sys.executable, str(HERE / "relay_sink.py"), str(self.sink_port),
-                                          str(self.sink_dir), str(self.seed)], env=self.env, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=err)
+            self.sink = subprocess.Popen(
+                [sys.executable, str(HERE / "relay_sink.py"), str(self.sink_port), str(self.sink_dir), str(self.seed)],
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
         if self.sink.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the relay sink did not start: {(self.logs / 'sink.log').read_text()[-500:]}")
         self.write_config("exec")
@@ -434,10 +470,12 @@ class Harness:
         left = queue.all_entries()
         proc = None
         while time.time() < deadline:
-            subprocess.run([sys.executable, "-m", "pymta.cli", "queue", "flush"], env=env, capture_output=True,
-                           timeout=60)
-            proc = subprocess.run(self.program("pymta.qrunner", "--once"), env=self.env, capture_output=True,
-                                  timeout=120)
+            subprocess.run(
+                [sys.executable, "-m", "pymta.cli", "queue", "flush"], env=env, capture_output=True, timeout=60
+            )
+            proc = subprocess.run(
+                self.program("pymta.qrunner", "--once"), env=self.env, capture_output=True, timeout=120
+            )
             if proc.returncode != 0:
                 self.problems.append(f"pymta-qrunner --once exited {proc.returncode}: {proc.stderr[-500:]!r}")
             left = queue.all_entries()
@@ -453,8 +491,10 @@ class Harness:
     def probe_sink(self) -> str:
         try:
             with smtplib.SMTP("127.0.0.1", self.sink_port, timeout=5) as smtp:
-                return (f"EHLO answered {smtp.ehlo('probe.invalid')[0]}, "
-                        f"{len(relay_sink.received(self.sink_dir))} messages received")
+                return (
+                    f"EHLO answered {smtp.ehlo('probe.invalid')[0]}, "
+                    f"{len(relay_sink.received(self.sink_dir))} messages received"
+                )
         except (OSError, smtplib.SMTPException) as exc:
             return f"does not answer: {exc!r}"
 
@@ -537,7 +577,7 @@ class Harness:
         for path in sorted(self.logs.glob("*.log")):
             text = path.read_text(errors="replace")
             if "Traceback" in text:
-                found.append(f"{path.name}: {text[text.index('Traceback'):][:600]}")
+                found.append(f"{path.name}: {text[text.index('Traceback') :][:600]}")
         return found
 
     def run(self, kills: int, gap: tuple[float, float]) -> Result:
@@ -638,13 +678,38 @@ def _close_quietly(client) -> None:
 
 def make_tls(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=mx.example.test", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mx.example.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
-def run(kills: int, seed: int | None = None, clients: int = 3, root: Path | None = None, tls_files=None,
-        gap: tuple[float, float] = (0.05, 0.4), log=print) -> Result:
+def run(
+    kills: int,
+    seed: int | None = None,
+    clients: int = 3,
+    root: Path | None = None,
+    tls_files=None,
+    gap: tuple[float, float] = (0.05, 0.4),
+    log=print,
+) -> Result:
     """One harness run; ``root`` is an empty directory (a temporary one by default)."""
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
@@ -667,7 +732,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder, removed on success)")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder, removed on success)"
+    )
     args = parser.parse_args(argv)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pymail-crash-"))
     result = run(args.kills, args.seed, args.clients, root)

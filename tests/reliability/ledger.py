@@ -73,9 +73,11 @@ def body_for(token: str) -> bytes:
 
 def make_message(token: str, sender: str, recipient: str) -> bytes:
     """A complete RFC 5322 message for ``token`` with LF line ends."""
-    head = (f"From: <{sender}>\nTo: <{recipient}>\nSubject: crash test {token}\n"
-            f"Message-ID: <{token}@crash.invalid>\nDate: Sat, 28 Nov 2026 09:00:00 +0000\n"
-            f"X-Crash-Token: {token}\n\n")
+    head = (
+        f"From: <{sender}>\nTo: <{recipient}>\nSubject: crash test {token}\n"
+        f"Message-ID: <{token}@crash.invalid>\nDate: Sat, 28 Nov 2026 09:00:00 +0000\n"
+        f"X-Crash-Token: {token}\n\n"
+    )
     return head.encode() + body_for(token)
 
 
@@ -100,7 +102,10 @@ def check_message(data: bytes) -> tuple[str | None, str]:
     token = m.group(1).decode()
     if not sep:
         return token, "truncated in the header"
-    if f"Message-ID: <{token}@crash.invalid>".encode() not in head or f"Subject: crash test {token}".encode() not in head:
+    if (
+        f"Message-ID: <{token}@crash.invalid>".encode() not in head
+        or f"Subject: crash test {token}".encode() not in head
+    ):
         return token, "header damaged"
     expected = body_for(token)
     if body != expected:
@@ -134,17 +139,17 @@ def bounce_complete(data: bytes) -> bool:
 
 @dataclass
 class Report:
-    acked: dict = field(default_factory=dict)        # kind -> count
+    acked: dict = field(default_factory=dict)  # kind -> count
     delivered: int = 0
     bounced: int = 0
-    lost: list = field(default_factory=list)          # tokens
-    duplicated: dict = field(default_factory=dict)    # token -> copies
+    lost: list = field(default_factory=list)  # tokens
+    duplicated: dict = field(default_factory=dict)  # token -> copies
     duplicated_kinds: dict = field(default_factory=dict)  # kind -> duplicated tokens
     duplicated_where: dict = field(default_factory=dict)  # local / remote / mixed -> duplicated tokens
-    corrupted: list = field(default_factory=list)     # (token or None, where, problem)
-    unreadable: list = field(default_factory=list)    # (path, problem)
-    unacked_found: int = 0                            # not acknowledged, yet delivered (allowed)
-    queue_left: list = field(default_factory=list)    # committed entries still queued
+    corrupted: list = field(default_factory=list)  # (token or None, where, problem)
+    unreadable: list = field(default_factory=list)  # (path, problem)
+    unacked_found: int = 0  # not acknowledged, yet delivered (allowed)
+    queue_left: list = field(default_factory=list)  # committed entries still queued
     copies_checked: int = 0
 
     @property
@@ -153,7 +158,8 @@ class Report:
 
     def summary(self) -> str:
         lines = [
-            "acknowledged: " + ", ".join(f"{k}={v}" for k, v in sorted(self.acked.items()))
+            "acknowledged: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.acked.items()))
             + f" (total {sum(self.acked.values())})",
             f"delivered: {self.delivered}  bounced: {self.bounced}  copies checked: {self.copies_checked}"
             f"  unacknowledged but delivered: {self.unacked_found}",
@@ -163,10 +169,15 @@ class Report:
         if self.lost:
             lines.append("  lost tokens: " + " ".join(self.lost[:50]))
         if self.duplicated:
-            lines.append("  duplicated by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_kinds.items())))
-            lines.append("  duplicated where: " + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_where.items()))
-                         + "  (redelivered: two Maildir copies of one queue entry; resubmitted: the client sent it"
-                         " again after a lost answer; remote: two at the relay; mixed: delivered and bounced)")
+            lines.append(
+                "  duplicated by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_kinds.items()))
+            )
+            lines.append(
+                "  duplicated where: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(self.duplicated_where.items()))
+                + "  (redelivered: two Maildir copies of one queue entry; resubmitted: the client sent it"
+                " again after a lost answer; remote: two at the relay; mixed: delivered and bounced)"
+            )
             lines.append("  duplicated: " + " ".join(f"{t}x{n}" for t, n in list(self.duplicated.items())[:30]))
         for item in self.corrupted[:50]:
             lines.append(f"  corrupted: {item}")
@@ -184,11 +195,11 @@ class Ledger:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._n = 0
-        self.kinds: dict[str, str] = {}           # token -> kind (every token made)
-        self.acked: dict[str, str] = {}           # token -> kind
-        self.consumed: dict[str, list] = {}       # token -> [(how, identity)]
-        self.corrupt_seen: list = []              # problems seen by clients while consuming
-        self.torn_seen: list = []                 # (path, problem) from peek() during the run
+        self.kinds: dict[str, str] = {}  # token -> kind (every token made)
+        self.acked: dict[str, str] = {}  # token -> kind
+        self.consumed: dict[str, list] = {}  # token -> [(how, identity)]
+        self.corrupt_seen: list = []  # problems seen by clients while consuming
+        self.torn_seen: list = []  # (path, problem) from peek() during the run
 
     def token(self, kind: str) -> str:
         """A new unique token for a message of ``kind``."""
@@ -229,7 +240,7 @@ class Ledger:
         from pymda import maildir as md
 
         report = Report()
-        copies: dict[str, set] = {}   # token -> identities of stored/received copies
+        copies: dict[str, set] = {}  # token -> identities of stored/received copies
         bounces: dict[str, int] = {}
         report.corrupted.extend(self.corrupt_seen)
         report.unreadable.extend(self.torn_seen)
@@ -300,8 +311,9 @@ class Ledger:
             if n + bounces.get(token, 0) > 1:
                 report.duplicated[token] = n + bounces.get(token, 0)
                 report.duplicated_kinds[kind] = report.duplicated_kinds.get(kind, 0) + 1
-                report.duplicated_where[where_repeated(copies.get(token, ()))] = \
+                report.duplicated_where[where_repeated(copies.get(token, ()))] = (
                     report.duplicated_where.get(where_repeated(copies.get(token, ())), 0) + 1
+                )
         report.unacked_found = sum(1 for t in copies if t not in self.acked)
         return report
 
@@ -314,8 +326,13 @@ def where_repeated(copies) -> str:
     lost the answer sent it again); ``remote``: two copies at the relay."""
     import re
 
-    tags = [m[1] for how, name in copies if how == "maildir" and isinstance(name, str)
-            for m in [re.search(r"V([0-9A-Za-z]+)\.", name)] if m]
+    tags = [
+        m[1]
+        for how, name in copies
+        if how == "maildir" and isinstance(name, str)
+        for m in [re.search(r"V([0-9A-Za-z]+)\.", name)]
+        if m
+    ]
     if len(tags) != len(set(tags)):
         return "redelivered"
     local = sum(1 for how, _ in copies if how != "sink")
@@ -404,8 +421,14 @@ def _state_note(queue, queue_id: str) -> str:
     """Why an entry is still queued: each recipient's status, attempts and last reason."""
     state = queue.read_state(queue_id) or {}
     rcpts = state.get("rcpts") or []
-    return "".join(f" [{r.get('to')}: {r.get('status')} x{r.get('attempts')} {r.get('reason', '')!r}]"
-                   for r in rcpts if isinstance(r, dict)) or " [no state]"
+    return (
+        "".join(
+            f" [{r.get('to')}: {r.get('status')} x{r.get('attempts')} {r.get('reason', '')!r}]"
+            for r in rcpts
+            if isinstance(r, dict)
+        )
+        or " [no state]"
+    )
 
 
 def _check_queue(queue_dir: Path, report: Report) -> None:
@@ -426,5 +449,5 @@ def _check_queue(queue_dir: Path, report: Report) -> None:
             report.corrupted.append((token, str(path), "queued copy: " + problem))
         report.queue_left.append(f"{where}/{path.name}{_state_note(queue, path.name)}")
     corrupt = queue_dir / "corrupt"
-    for name in (os.listdir(corrupt) if corrupt.is_dir() else []):
+    for name in os.listdir(corrupt) if corrupt.is_dir() else []:
         report.unreadable.append((str(corrupt / name), "quarantined by the runner"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 from pyimap.imap_server import IMAPServer, IMAPSettings
 from pyimap.store import UserStore
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 
 PASSWORD = b"pw"
 
@@ -80,7 +80,9 @@ class Client:
 
 
 def make_message(subject="hi", frm="a@example.org", to="b@example.org", body="body\n", extra="") -> bytes:
-    return (f"From: {frm}\nTo: {to}\nSubject: {subject}\nDate: Mon, 7 Feb 1994 21:52:25 -0800\n{extra}\n{body}").encode()
+    return (
+        f"From: {frm}\nTo: {to}\nSubject: {subject}\nDate: Mon, 7 Feb 1994 21:52:25 -0800\n{extra}\n{body}"
+    ).encode()
 
 
 def deliver(root: Path, user="alice", data: bytes | None = None, folder: str = "") -> Path:

@@ -9,15 +9,22 @@ import os
 import time
 
 import pytest
-from test_faults import small_disk  # noqa: F401 (a fixture)
 
 from pymta.lib.authguard import AuthGuard, LoginRefused, address_key
+from test_faults import small_disk  # noqa: F401 (a fixture)
 
 
 class Cfg(dict):
     def __init__(self, root, **auth) -> None:
-        super().__init__({"auth.failure_delay": 0.1, "auth.max_failure_delay": 0.4, "auth.failure_window": 900.0,
-                          "auth.account_failure_limit": 3, "auth.known_address_days": 30})
+        super().__init__(
+            {
+                "auth.failure_delay": 0.1,
+                "auth.max_failure_delay": 0.4,
+                "auth.failure_window": 900.0,
+                "auth.account_failure_limit": 3,
+                "auth.known_address_days": 30,
+            }
+        )
         self.update({f"auth.{k}": v for k, v in auth.items()})
         self.root = root
 
@@ -82,8 +89,11 @@ def test_corrupt_and_future_state_never_locks_anyone_out(tmp_path):
     guard = AuthGuard(Cfg(tmp_path))
     guard.admit("192.0.2.1", "alice")  # makes the folder
     future = time.time() + 10 * 365 * 86400
-    account_file(guard).write_bytes(b"".join(b"f %.3f t%d\n" % (future, i) for i in range(50))
-                                    + b"f nan x\nf inf x\n\xff\xfe garbage\n" + b"x" * 200_000)
+    account_file(guard).write_bytes(
+        b"".join(b"f %.3f t%d\n" % (future, i) for i in range(50))
+        + b"f nan x\nf inf x\n\xff\xfe garbage\n"
+        + b"x" * 200_000
+    )
     guard._path("ip", "192.0.2.1").write_bytes(b"999999 %.0f\n" % future)
     guard.record(guard.admit("192.0.2.1", "alice"), False)  # admitted: none of that counts
     assert guard.penalty("192.0.2.1") == 0.1

@@ -113,15 +113,18 @@ def test_maildir_subdirs_that_are_links_are_refused(tree):
         os.close(fd)
 
 
-@pytest.mark.parametrize("command,targets", [
-    ("cat > /tmp/x", ["/tmp/x"]),
-    ("cat >>/tmp/x 2>&1", ["/tmp/x"]),
-    ("echo '>' \">\" \\> x", []),
-    ("a 2>/dev/null >&2", ["/dev/null"]),
-    ("x &> f; y >| g; z <> h", ["f", "g", "h"]),
-    ('cat > "$HOME/a b"', ["$HOME/a b"]),
-    ("echo $(cat > /x)", ["/x"]),
-    ("a # > comment", []),
-])
+@pytest.mark.parametrize(
+    "command,targets",
+    [
+        ("cat > /tmp/x", ["/tmp/x"]),
+        ("cat >>/tmp/x 2>&1", ["/tmp/x"]),
+        ("echo '>' \">\" \\> x", []),
+        ("a 2>/dev/null >&2", ["/dev/null"]),
+        ("x &> f; y >| g; z <> h", ["f", "g", "h"]),
+        ('cat > "$HOME/a b"', ["$HOME/a b"]),
+        ("echo $(cat > /x)", ["/x"]),
+        ("a # > comment", []),
+    ],
+)
 def test_redirections_found(command, targets):
     assert ["".join(t for _, t in word) for word in redirections(command)] == targets

@@ -15,11 +15,19 @@ from pymta import aliases
 from pymta.lib import config, users
 
 # PYMAIL_FUZZ_EXAMPLES: the long run (see tests/unit/test_fuzz_protocols.py)
-FAST = settings(max_examples=int(os.environ.get("PYMAIL_FUZZ_EXAMPLES", "0") or 0) or 200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=int(os.environ.get("PYMAIL_FUZZ_EXAMPLES", "0") or 0) or 200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
-toml_scalars = st.one_of(st.text(max_size=40), st.integers(), st.floats(allow_nan=False), st.booleans(),
-                         st.lists(st.text(max_size=10), max_size=4))
+toml_scalars = st.one_of(
+    st.text(max_size=40),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.text(max_size=10), max_size=4),
+)
 known_keys = st.sampled_from([p.name for p in config.PARAMS] + ["bogus", "smtpd.bogus", "paths"])
 
 

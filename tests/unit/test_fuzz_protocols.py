@@ -34,13 +34,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyimap import mailbox_names as mn
-from pyimap import parser as imap_parser
 from pyimap import message as imap_message
+from pyimap import parser as imap_parser
 from pyimap.fetch import parse_items
 from pyimap.imap_server import IMAPServer, IMAPSettings
 from pyimap.message import Headers, Part, envelope, parse_addresses, section_bytes
-from pyimap.parser import (COMMAND, CONTINUE, ERROR, Atom, Literal, ParseError, Reader, expand, parse_sequence_set,
-                           tokenize)
+from pyimap.parser import (
+    COMMAND,
+    CONTINUE,
+    ERROR,
+    Atom,
+    Literal,
+    ParseError,
+    Reader,
+    expand,
+    parse_sequence_set,
+    tokenize,
+)
 from pyimap.search import Candidate, compile_keys
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
 from pymta.smtp_client import ProtocolError, ReplyParser, SMTPClient, Transaction
@@ -56,9 +66,16 @@ def fuzz(default: int):
     The deadline is the "no hang" check; it is generous because the suite
     shares two cores with other work.
     """
-    return settings(max_examples=EXAMPLES or default, deadline=timedelta(seconds=10),
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=EXAMPLES or default,
+        deadline=timedelta(seconds=10),
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -69,10 +86,11 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 
 cuts = st.lists(st.integers(0, 1 << 16), max_size=12)
 noise = st.binary(max_size=120)
-ascii_junk = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7f), max_size=60).map(str.encode)
+ascii_junk = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=60).map(str.encode)
 utf8_junk = st.text(max_size=30).map(lambda s: s.encode("utf-8", "surrogatepass"))
-invalid_utf8 = st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf8\x88\x80\x80\x80",
-                                b"\x80abc", b"caf\xe9"])
+invalid_utf8 = st.sampled_from(
+    [b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf8\x88\x80\x80\x80", b"\x80abc", b"caf\xe9"]
+)
 crlf = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"", b"\r\r\n", b"\n\r"])
 # Digits str.isdigit() accepts but int() may not: superscripts, other scripts, fullwidth.
 odd_digits = st.sampled_from(["\u00b2", "\u00b9", "\u2460", "\u0663", "\uff11", "\U0001d7d9", "\u09e6"])
@@ -80,9 +98,15 @@ huge_number = st.integers(10, 6000).map(lambda n: b"9" * n)
 
 
 def number_token():
-    return st.one_of(st.integers(0, 20).map(lambda n: str(n).encode()),
-                     st.integers(0, 1 << 70).map(lambda n: str(n).encode()),
-                     huge_number, odd_digits.map(str.encode), st.just(b"-1"), st.just(b"0x10"), st.just(b""))
+    return st.one_of(
+        st.integers(0, 20).map(lambda n: str(n).encode()),
+        st.integers(0, 1 << 70).map(lambda n: str(n).encode()),
+        huge_number,
+        odd_digits.map(str.encode),
+        st.just(b"-1"),
+        st.just(b"0x10"),
+        st.just(b""),
+    )
 
 
 # -- SMTP server (pymta.smtp_server) -------------------------------------------------------------
@@ -180,20 +204,79 @@ SMTP_STATES = {
     "authenticated": b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice@example.org\0s3cret") + b"\r\n",
 }
 
-smtp_verbs = st.sampled_from([b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"NOOP", b"QUIT", b"VRFY", b"EXPN",
-                              b"BDAT", b"HELP", b"STARTTLS", b"AUTH", b"ehlo", b"MaIl", b"X", b"", b"DATA\x00"])
+smtp_verbs = st.sampled_from(
+    [
+        b"HELO",
+        b"EHLO",
+        b"MAIL",
+        b"RCPT",
+        b"DATA",
+        b"RSET",
+        b"NOOP",
+        b"QUIT",
+        b"VRFY",
+        b"EXPN",
+        b"BDAT",
+        b"HELP",
+        b"STARTTLS",
+        b"AUTH",
+        b"ehlo",
+        b"MaIl",
+        b"X",
+        b"",
+        b"DATA\x00",
+    ]
+)
 smtp_paths = st.one_of(
-    st.sampled_from([b"<>", b"<a@b.example>", b"<postmaster>", b"<POSTMASTER>", b"<@relay:a@b.example>",
-                     b"<\"quoted local\"@b.example>", b"<a@[192.0.2.1]>", b"<a@[IPv6:::1]>", b"<j\xc3\xb6@b.example>",
-                     b"<unknown@b.example>", b"<a@b", b"a@b.example", b"<<a@b>>", b"<a@b.example> junk", b"<a@-b->",
-                     b"<" + b"x" * 300 + b"@b.example>", b"<a@" + b"b." * 200 + b"example>"]),
-    st.builds(lambda l, d: b"<" + l + b"@" + d + b">", ascii_junk, ascii_junk))
-smtp_params = st.lists(st.one_of(
-    st.sampled_from([b"SIZE=100", b"SIZE=", b"SIZE=99999999999999999999999", b"BODY=8BITMIME", b"BODY=7BIT",
-                     b"BODY=BINARYMIME", b"SMTPUTF8", b"SMTPUTF8=yes", b"NOTIFY=NEVER", b"=", b"SIZE=1 SIZE=2"]),
-    st.builds(lambda n: b"SIZE=" + n, number_token())), max_size=4)
-smtp_b64 = st.one_of(st.binary(max_size=60).map(base64.b64encode), ascii_junk,
-                     st.sampled_from([b"*", b"=", b"", b"AGFsaWNlQGV4YW1wbGUub3JnAHMzY3JldA==", b"====", b"YQ"]))
+    st.sampled_from(
+        [
+            b"<>",
+            b"<a@b.example>",
+            b"<postmaster>",
+            b"<POSTMASTER>",
+            b"<@relay:a@b.example>",
+            b'<"quoted local"@b.example>',
+            b"<a@[192.0.2.1]>",
+            b"<a@[IPv6:::1]>",
+            b"<j\xc3\xb6@b.example>",
+            b"<unknown@b.example>",
+            b"<a@b",
+            b"a@b.example",
+            b"<<a@b>>",
+            b"<a@b.example> junk",
+            b"<a@-b->",
+            b"<" + b"x" * 300 + b"@b.example>",
+            b"<a@" + b"b." * 200 + b"example>",
+        ]
+    ),
+    st.builds(lambda l, d: b"<" + l + b"@" + d + b">", ascii_junk, ascii_junk),
+)
+smtp_params = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                b"SIZE=100",
+                b"SIZE=",
+                b"SIZE=99999999999999999999999",
+                b"BODY=8BITMIME",
+                b"BODY=7BIT",
+                b"BODY=BINARYMIME",
+                b"SMTPUTF8",
+                b"SMTPUTF8=yes",
+                b"NOTIFY=NEVER",
+                b"=",
+                b"SIZE=1 SIZE=2",
+            ]
+        ),
+        st.builds(lambda n: b"SIZE=" + n, number_token()),
+    ),
+    max_size=4,
+)
+smtp_b64 = st.one_of(
+    st.binary(max_size=60).map(base64.b64encode),
+    ascii_junk,
+    st.sampled_from([b"*", b"=", b"", b"AGFsaWNlQGV4YW1wbGUub3JnAHMzY3JldA==", b"====", b"YQ"]),
+)
 
 
 @st.composite
@@ -203,8 +286,12 @@ def smtp_command(draw) -> bytes:
     if kind == 0:
         arg = draw(ascii_junk)
     elif kind == 1:
-        arg = draw(st.sampled_from([b"FROM:", b"TO:", b"from: ", b"To:"])) + draw(smtp_paths) + b" " + \
-            b" ".join(draw(smtp_params))
+        arg = (
+            draw(st.sampled_from([b"FROM:", b"TO:", b"from: ", b"To:"]))
+            + draw(smtp_paths)
+            + b" "
+            + b" ".join(draw(smtp_params))
+        )
     elif kind == 2:
         arg = draw(st.sampled_from([b"PLAIN", b"LOGIN", b"CRAM-MD5", b"plain"])) + b" " + draw(smtp_b64)
     elif kind == 3:
@@ -218,10 +305,30 @@ def smtp_command(draw) -> bytes:
 
 @st.composite
 def smtp_data_text(draw) -> bytes:
-    lines = draw(st.lists(st.one_of(
-        st.sampled_from([b".", b"..", b".x", b"", b"Subject: hi", b"\x00\xff8bit", b"a\rb", b"a\nb", b"x" * 9000,
-                         b".\r\nMAIL FROM:<smuggled@x>", b"\n.\n", b"\r.\r"]),
-        noise), max_size=10))
+    lines = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(
+                    [
+                        b".",
+                        b"..",
+                        b".x",
+                        b"",
+                        b"Subject: hi",
+                        b"\x00\xff8bit",
+                        b"a\rb",
+                        b"a\nb",
+                        b"x" * 9000,
+                        b".\r\nMAIL FROM:<smuggled@x>",
+                        b"\n.\n",
+                        b"\r.\r",
+                    ]
+                ),
+                noise,
+            ),
+            max_size=10,
+        )
+    )
     ends = draw(st.lists(crlf, min_size=len(lines), max_size=len(lines)))
     text = b"".join(line + end for line, end in zip(lines, ends))
     return text + draw(st.sampled_from([b".\r\n", b"\r\n.\r\n", b"", b"\n.\n", b".\n"]))
@@ -256,8 +363,10 @@ def test_smtp_session_any_bytes_in_any_state(state, data, cut_points):
 
 
 @fuzz(300)
-@given(st.sampled_from(["greeted", "ehlo", "authenticated"]),
-       st.lists(st.binary(min_size=1, max_size=80).filter(lambda b: b"\n" not in b), min_size=1, max_size=30))
+@given(
+    st.sampled_from(["greeted", "ehlo", "authenticated"]),
+    st.lists(st.binary(min_size=1, max_size=80).filter(lambda b: b"\n" not in b), min_size=1, max_size=30),
+)
 def test_smtp_garbage_lines_each_get_one_5xx_until_the_error_cap(state, junk):
     """A line that starts with no verb is answered with exactly one 500 reply;
     after max_errors of them the session ends with 421."""
@@ -297,15 +406,50 @@ def test_smtp_data_ends_only_at_crlf_dot_crlf_with_one_reply(text, cut_points):
 
 
 smtp_reply_lines = st.one_of(
-    st.builds(lambda code, sep, text, end: code + sep + text + end,
-              st.sampled_from([b"220", b"250", b"235", b"334", b"354", b"421", b"450", b"550", b"554", b"199",
-                               b"600", b"25", b"2500", b"abc", b""]),
-              st.sampled_from([b" ", b"-", b"", b"x"]),
-              st.one_of(ascii_junk, st.sampled_from([b"PIPELINING", b"STARTTLS", b"AUTH PLAIN LOGIN", b"AUTH",
-                                                     b"SIZE 10", b"SIZE x", b"SIZE 99999999999999999999",
-                                                     b"8BITMIME", b"SMTPUTF8", b"VXNlcm5hbWU6", b"\x1b[31m\xff"])),
-              crlf),
-    noise)
+    st.builds(
+        lambda code, sep, text, end: code + sep + text + end,
+        st.sampled_from(
+            [
+                b"220",
+                b"250",
+                b"235",
+                b"334",
+                b"354",
+                b"421",
+                b"450",
+                b"550",
+                b"554",
+                b"199",
+                b"600",
+                b"25",
+                b"2500",
+                b"abc",
+                b"",
+            ]
+        ),
+        st.sampled_from([b" ", b"-", b"", b"x"]),
+        st.one_of(
+            ascii_junk,
+            st.sampled_from(
+                [
+                    b"PIPELINING",
+                    b"STARTTLS",
+                    b"AUTH PLAIN LOGIN",
+                    b"AUTH",
+                    b"SIZE 10",
+                    b"SIZE x",
+                    b"SIZE 99999999999999999999",
+                    b"8BITMIME",
+                    b"SMTPUTF8",
+                    b"VXNlcm5hbWU6",
+                    b"\x1b[31m\xff",
+                ]
+            ),
+        ),
+        crlf,
+    ),
+    noise,
+)
 
 CLIENT_STATES = ["greeting", "ehlo", "starttls", "auth", "auth-login", "pipelined", "serial", "text", "helo"]
 
@@ -319,13 +463,17 @@ def client_in_state(state: str):
         kw = {"tls": "none", "auth": ("u@x.test", "p"), "auth_ok_plaintext": True}
     c = SMTPClient("me.test", **kw)
     sent = []
-    script = {"greeting": [], "ehlo": [b"220 hi\r\n"], "helo": [b"220 hi\r\n", b"502 no\r\n"],
-              "starttls": [b"220 hi\r\n", b"250-x\r\n250 STARTTLS\r\n"],
-              "auth": [b"220 hi\r\n", b"250-x\r\n250 AUTH PLAIN LOGIN\r\n"],
-              "auth-login": [b"220 hi\r\n", b"250-x\r\n250 AUTH LOGIN\r\n", b"334 VXNlcm5hbWU6\r\n"],
-              "pipelined": [b"220 hi\r\n", b"250-x\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"],
-              "serial": [b"220 hi\r\n", b"250 x\r\n"],
-              "text": [b"220 hi\r\n", b"250-x\r\n250 PIPELINING\r\n"]}[state]
+    script = {
+        "greeting": [],
+        "ehlo": [b"220 hi\r\n"],
+        "helo": [b"220 hi\r\n", b"502 no\r\n"],
+        "starttls": [b"220 hi\r\n", b"250-x\r\n250 STARTTLS\r\n"],
+        "auth": [b"220 hi\r\n", b"250-x\r\n250 AUTH PLAIN LOGIN\r\n"],
+        "auth-login": [b"220 hi\r\n", b"250-x\r\n250 AUTH LOGIN\r\n", b"334 VXNlcm5hbWU6\r\n"],
+        "pipelined": [b"220 hi\r\n", b"250-x\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"],
+        "serial": [b"220 hi\r\n", b"250 x\r\n"],
+        "text": [b"220 hi\r\n", b"250-x\r\n250 PIPELINING\r\n"],
+    }[state]
     for reply in script:
         sent += c.data_received(reply)
     if state in ("pipelined", "serial", "text"):
@@ -391,9 +539,11 @@ class FakeMaildrop:
     """Storage double for the POP3 machine: messages in memory, deletions recorded."""
 
     def __init__(self) -> None:
-        self.messages = [FakeMessage(1, b"Subject: one\n\nline\n.dot\n..two\n"),
-                         FakeMessage(2, b"Subject: two\r\n\r\nno newline at end\r"),
-                         FakeMessage(3, b".\n\n.\n\r\n\x00\xff\n")]
+        self.messages = [
+            FakeMessage(1, b"Subject: one\n\nline\n.dot\n..two\n"),
+            FakeMessage(2, b"Subject: two\r\n\r\nno newline at end\r"),
+            FakeMessage(3, b".\n\n.\n\r\n\x00\xff\n"),
+        ]
         self.closed = False
 
     def open_message(self, msg):
@@ -438,16 +588,47 @@ POP3_STATES = {
     "transaction": b"USER alice\r\nPASS pw\r\n",
     "transaction-deleted": b"USER alice\r\nPASS pw\r\nDELE 2\r\n",
 }
-pop3_verbs = st.sampled_from([b"USER", b"PASS", b"APOP", b"AUTH", b"STLS", b"CAPA", b"QUIT", b"STAT", b"LIST", b"RETR",
-                              b"DELE", b"NOOP", b"RSET", b"TOP", b"UIDL", b"list", b"XTND", b"", b"RETR\x00"])
+pop3_verbs = st.sampled_from(
+    [
+        b"USER",
+        b"PASS",
+        b"APOP",
+        b"AUTH",
+        b"STLS",
+        b"CAPA",
+        b"QUIT",
+        b"STAT",
+        b"LIST",
+        b"RETR",
+        b"DELE",
+        b"NOOP",
+        b"RSET",
+        b"TOP",
+        b"UIDL",
+        b"list",
+        b"XTND",
+        b"",
+        b"RETR\x00",
+    ]
+)
 
 
 @st.composite
 def pop3_command(draw) -> bytes:
     verb = draw(pop3_verbs)
-    args = draw(st.lists(st.one_of(number_token(), ascii_junk, utf8_junk, invalid_utf8, smtp_b64,
-                                   st.sampled_from([b"alice", b"pw", b"PLAIN", b"0123456789abcdef0123456789abcdef"])),
-                         max_size=3))
+    args = draw(
+        st.lists(
+            st.one_of(
+                number_token(),
+                ascii_junk,
+                utf8_junk,
+                invalid_utf8,
+                smtp_b64,
+                st.sampled_from([b"alice", b"pw", b"PLAIN", b"0123456789abcdef0123456789abcdef"]),
+            ),
+            max_size=3,
+        )
+    )
     line = verb + b"".join(b" " + a for a in args)
     if draw(st.booleans()) and len(line) < 300:
         line += b"x" * draw(st.sampled_from([0, 250, 260, 9000]))
@@ -477,8 +658,10 @@ def test_pop3_session_any_bytes_in_any_state(state, data, cut_points):
 
 
 @fuzz(300)
-@given(st.sampled_from(["authorization", "transaction"]),
-       st.lists(st.binary(min_size=1, max_size=80).filter(lambda b: b"\n" not in b), min_size=1, max_size=30))
+@given(
+    st.sampled_from(["authorization", "transaction"]),
+    st.lists(st.binary(min_size=1, max_size=80).filter(lambda b: b"\n" not in b), min_size=1, max_size=30),
+)
 def test_pop3_garbage_lines_each_get_one_err_until_the_error_cap(state, junk):
     run = POP3Run()
     run.feed(POP3_STATES[state])
@@ -502,68 +685,273 @@ def imap_quoted(draw_text: bytes) -> bytes:
 
 
 imap_seq_item = st.one_of(
-    st.sampled_from([b"*", b"1", b"2", b"3", b"$", b"0", b"4294967295", b"4294967296", b"1:*", b"*:1", b"3:2",
-                     b"1:", b":1", b"1::2", b"", b"-1", b"1.5"]),
+    st.sampled_from(
+        [
+            b"*",
+            b"1",
+            b"2",
+            b"3",
+            b"$",
+            b"0",
+            b"4294967295",
+            b"4294967296",
+            b"1:*",
+            b"*:1",
+            b"3:2",
+            b"1:",
+            b":1",
+            b"1::2",
+            b"",
+            b"-1",
+            b"1.5",
+        ]
+    ),
     st.builds(lambda a, b: a + b":" + b, number_token(), number_token()),
-    number_token())
+    number_token(),
+)
 imap_seq_set = st.lists(imap_seq_item, min_size=1, max_size=6).map(b",".join)
 imap_mailbox = st.one_of(
-    st.sampled_from([b"INBOX", b"inbox", b"INBOX/sub", b"Sent", b"a/b/c", b"&-", b"&AOk-t&AOk-", b"&Jjo-",
-                     b"&ZeVnLIqe-", b"&", b"&AOk", b"&A-", b"&AOkA6Q-", b"&2D3eAA-", b"&,,,-", b"..", b"a//b",
-                     b"/abs", b"~user", b"a\\b", b"*", b"%", b"a/" * 20 + b"z", b"x" * 600]),
-    st.text(max_size=20).map(lambda s: mn.encode_mutf7(s).encode()), ascii_junk)
+    st.sampled_from(
+        [
+            b"INBOX",
+            b"inbox",
+            b"INBOX/sub",
+            b"Sent",
+            b"a/b/c",
+            b"&-",
+            b"&AOk-t&AOk-",
+            b"&Jjo-",
+            b"&ZeVnLIqe-",
+            b"&",
+            b"&AOk",
+            b"&A-",
+            b"&AOkA6Q-",
+            b"&2D3eAA-",
+            b"&,,,-",
+            b"..",
+            b"a//b",
+            b"/abs",
+            b"~user",
+            b"a\\b",
+            b"*",
+            b"%",
+            b"a/" * 20 + b"z",
+            b"x" * 600,
+        ]
+    ),
+    st.text(max_size=20).map(lambda s: mn.encode_mutf7(s).encode()),
+    ascii_junk,
+)
 imap_string = st.one_of(
-    ascii_junk.map(imap_quoted), utf8_junk.map(imap_quoted), invalid_utf8.map(imap_quoted),
+    ascii_junk.map(imap_quoted),
+    utf8_junk.map(imap_quoted),
+    invalid_utf8.map(imap_quoted),
     st.sampled_from([b'"unterminated', b'"bad \\x escape"', b'"\\', b'""', b'"a\\"b"', b"NIL"]),
     st.binary(max_size=40).map(lambda b: b"{%d}\r\n" % len(b) + b),  # matching synchronizing literal
     st.binary(max_size=40).map(lambda b: b"{%d+}\r\n" % len(b) + b),  # LITERAL+
     st.builds(lambda b, d: b"{%d}\r\n" % max(0, len(b) + d) + b, st.binary(max_size=20), st.integers(-3, 3)),
-    st.sampled_from([b"{99999999999999999999}\r\n", b"{100000000+}\r\n", b"{70000}\r\n", b"{1", b"{}\r\n", b"{-1}\r\n",
-                     b"{0}\r\n", b"{0+}\r\n"]))
-search_keys = [b"ALL", b"ANSWERED", b"BCC", b"BEFORE", b"BODY", b"CC", b"DELETED", b"DRAFT", b"FLAGGED", b"FROM",
-               b"HEADER", b"KEYWORD", b"LARGER", b"NEW", b"NOT", b"OLD", b"ON", b"OR", b"RECENT", b"SEEN",
-               b"SENTBEFORE", b"SENTON", b"SENTSINCE", b"SINCE", b"SMALLER", b"SUBJECT", b"TEXT", b"TO", b"UID",
-               b"UNANSWERED", b"UNDELETED", b"UNDRAFT", b"UNFLAGGED", b"UNKEYWORD", b"UNSEEN", b"MODSEQ", b"CHARSET",
-               b"RETURN", b"BOGUS"]
+    st.sampled_from(
+        [
+            b"{99999999999999999999}\r\n",
+            b"{100000000+}\r\n",
+            b"{70000}\r\n",
+            b"{1",
+            b"{}\r\n",
+            b"{-1}\r\n",
+            b"{0}\r\n",
+            b"{0+}\r\n",
+        ]
+    ),
+)
+search_keys = [
+    b"ALL",
+    b"ANSWERED",
+    b"BCC",
+    b"BEFORE",
+    b"BODY",
+    b"CC",
+    b"DELETED",
+    b"DRAFT",
+    b"FLAGGED",
+    b"FROM",
+    b"HEADER",
+    b"KEYWORD",
+    b"LARGER",
+    b"NEW",
+    b"NOT",
+    b"OLD",
+    b"ON",
+    b"OR",
+    b"RECENT",
+    b"SEEN",
+    b"SENTBEFORE",
+    b"SENTON",
+    b"SENTSINCE",
+    b"SINCE",
+    b"SMALLER",
+    b"SUBJECT",
+    b"TEXT",
+    b"TO",
+    b"UID",
+    b"UNANSWERED",
+    b"UNDELETED",
+    b"UNDRAFT",
+    b"UNFLAGGED",
+    b"UNKEYWORD",
+    b"UNSEEN",
+    b"MODSEQ",
+    b"CHARSET",
+    b"RETURN",
+    b"BOGUS",
+]
 imap_date = st.one_of(
-    st.sampled_from([b"1-Feb-1994", b"31-Dec-9999", b"0-Jan-2000", b"32-Jan-2000", b"1-Foo-2000", b"1-Feb-999",
-                     b'"1-Feb-1994"', b"1-feb-1994", b"29-Feb-2001", b"31-Apr-2020", b"1--1994", b"-Feb-"]),
-    st.builds(lambda d, y: d + b"-Mar-" + y, number_token(), number_token()))
+    st.sampled_from(
+        [
+            b"1-Feb-1994",
+            b"31-Dec-9999",
+            b"0-Jan-2000",
+            b"32-Jan-2000",
+            b"1-Foo-2000",
+            b"1-Feb-999",
+            b'"1-Feb-1994"',
+            b"1-feb-1994",
+            b"29-Feb-2001",
+            b"31-Apr-2020",
+            b"1--1994",
+            b"-Feb-",
+        ]
+    ),
+    st.builds(lambda d, y: d + b"-Mar-" + y, number_token(), number_token()),
+)
 
 
-imap_words = st.sampled_from([
-    b"\\Seen", b"\\Bogus", b"$Forwarded", b"\\*", b"(\\Seen \\Deleted)", b"BODY[]", b"BODY.PEEK[1.2.MIME]",
-    b"BODY[HEADER.FIELDS (From To)]", b"BODY[]<0.10>", b"BODY[0]", b"BINARY[1]", b"BODY[TEXT]<5.99999999999>",
-    b"RFC822", b"FLAGS", b"ENVELOPE", b"BODYSTRUCTURE", b"(UNCHANGEDSINCE 5)", b"(CHANGEDSINCE 1)",
-    b"[", b"]", b"(", b")", b"{", b"\x00", b"\x7f"])
+imap_words = st.sampled_from(
+    [
+        b"\\Seen",
+        b"\\Bogus",
+        b"$Forwarded",
+        b"\\*",
+        b"(\\Seen \\Deleted)",
+        b"BODY[]",
+        b"BODY.PEEK[1.2.MIME]",
+        b"BODY[HEADER.FIELDS (From To)]",
+        b"BODY[]<0.10>",
+        b"BODY[0]",
+        b"BINARY[1]",
+        b"BODY[TEXT]<5.99999999999>",
+        b"RFC822",
+        b"FLAGS",
+        b"ENVELOPE",
+        b"BODYSTRUCTURE",
+        b"(UNCHANGEDSINCE 5)",
+        b"(CHANGEDSINCE 1)",
+        b"[",
+        b"]",
+        b"(",
+        b")",
+        b"{",
+        b"\x00",
+        b"\x7f",
+    ]
+)
 
 
 def imap_args(depth: int = 0):
-    leaf = st.one_of(imap_string, imap_seq_set, imap_mailbox, imap_date, number_token(), ascii_junk.filter(bool),
-                     st.sampled_from(search_keys), imap_words)
+    leaf = st.one_of(
+        imap_string,
+        imap_seq_set,
+        imap_mailbox,
+        imap_date,
+        number_token(),
+        ascii_junk.filter(bool),
+        st.sampled_from(search_keys),
+        imap_words,
+    )
     if depth >= 2:
         return leaf
-    return st.one_of(leaf, st.lists(st.deferred(lambda: imap_args(depth + 1)), max_size=5)
-                     .map(lambda xs: b"(" + b" ".join(xs) + b")"))
+    return st.one_of(
+        leaf,
+        st.lists(st.deferred(lambda: imap_args(depth + 1)), max_size=5).map(lambda xs: b"(" + b" ".join(xs) + b")"),
+    )
 
 
-imap_verbs = st.sampled_from([b"CAPABILITY", b"NOOP", b"LOGOUT", b"ID", b"ENABLE", b"STARTTLS", b"LOGIN",
-                              b"AUTHENTICATE",
-                              b"SELECT", b"EXAMINE", b"CREATE", b"DELETE", b"RENAME", b"SUBSCRIBE", b"UNSUBSCRIBE",
-                              b"LIST", b"LSUB", b"STATUS", b"APPEND", b"NAMESPACE", b"IDLE", b"CHECK", b"CLOSE",
-                              b"UNSELECT", b"EXPUNGE", b"SEARCH", b"FETCH", b"STORE", b"COPY", b"MOVE", b"UID FETCH",
-                              b"UID SEARCH", b"UID STORE", b"UID EXPUNGE", b"UID COPY", b"UID MOVE", b"UID BOGUS",
-                              b"DONE", b"BOGUS", b""])
-condstore_modifier = st.builds(lambda k, n: b"(" + k + b" " + n + b")",
-                               st.sampled_from([b"CHANGEDSINCE", b"UNCHANGEDSINCE", b"VANISHED"]), number_token())
+imap_verbs = st.sampled_from(
+    [
+        b"CAPABILITY",
+        b"NOOP",
+        b"LOGOUT",
+        b"ID",
+        b"ENABLE",
+        b"STARTTLS",
+        b"LOGIN",
+        b"AUTHENTICATE",
+        b"SELECT",
+        b"EXAMINE",
+        b"CREATE",
+        b"DELETE",
+        b"RENAME",
+        b"SUBSCRIBE",
+        b"UNSUBSCRIBE",
+        b"LIST",
+        b"LSUB",
+        b"STATUS",
+        b"APPEND",
+        b"NAMESPACE",
+        b"IDLE",
+        b"CHECK",
+        b"CLOSE",
+        b"UNSELECT",
+        b"EXPUNGE",
+        b"SEARCH",
+        b"FETCH",
+        b"STORE",
+        b"COPY",
+        b"MOVE",
+        b"UID FETCH",
+        b"UID SEARCH",
+        b"UID STORE",
+        b"UID EXPUNGE",
+        b"UID COPY",
+        b"UID MOVE",
+        b"UID BOGUS",
+        b"DONE",
+        b"BOGUS",
+        b"",
+    ]
+)
+condstore_modifier = st.builds(
+    lambda k, n: b"(" + k + b" " + n + b")",
+    st.sampled_from([b"CHANGEDSINCE", b"UNCHANGEDSINCE", b"VANISHED"]),
+    number_token(),
+)
 fetch_items = st.one_of(
-    st.builds(lambda sec, a, b: b"BODY[" + sec + b"]<" + a + b"." + b + b">",
-              st.sampled_from([b"", b"1", b"2.1", b"1.MIME", b"TEXT", b"HEADER.FIELDS (Subject)", b"3.2.1.TEXT"]),
-              number_token(), number_token()),
+    st.builds(
+        lambda sec, a, b: b"BODY[" + sec + b"]<" + a + b"." + b + b">",
+        st.sampled_from([b"", b"1", b"2.1", b"1.MIME", b"TEXT", b"HEADER.FIELDS (Subject)", b"3.2.1.TEXT"]),
+        number_token(),
+        number_token(),
+    ),
     st.builds(lambda a: b"BODY.PEEK[" + a + b"]", st.one_of(number_token(), imap_seq_set)),
-    st.lists(st.sampled_from([b"FLAGS", b"UID", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"RFC822.SIZE", b"MODSEQ",
-                              b"BODY[]", b"BODY.PEEK[HEADER]", b"RFC822.HEADER", b"INTERNALDATE"]), min_size=1,
-             max_size=4).map(lambda xs: b"(" + b" ".join(xs) + b")"))
+    st.lists(
+        st.sampled_from(
+            [
+                b"FLAGS",
+                b"UID",
+                b"ENVELOPE",
+                b"BODYSTRUCTURE",
+                b"BODY",
+                b"RFC822.SIZE",
+                b"MODSEQ",
+                b"BODY[]",
+                b"BODY.PEEK[HEADER]",
+                b"RFC822.HEADER",
+                b"INTERNALDATE",
+            ]
+        ),
+        min_size=1,
+        max_size=4,
+    ).map(lambda xs: b"(" + b" ".join(xs) + b")"),
+)
 imap_tags = st.one_of(st.sampled_from([b"a1", b"*", b"+", b"t+", b"", b"(", b"a\x01", b"\xff"]), ascii_junk)
 
 
@@ -571,8 +959,9 @@ imap_tags = st.one_of(st.sampled_from([b"a1", b"*", b"+", b"t+", b"", b"(", b"a\
 def imap_command(draw) -> bytes:
     verb = draw(imap_verbs)
     if verb == b"SEARCH" or verb == b"UID SEARCH":
-        args = [draw(search_program()) if draw(st.booleans()) else draw(imap_args())
-                for _ in range(draw(st.integers(0, 5)))]
+        args = [
+            draw(search_program()) if draw(st.booleans()) else draw(imap_args()) for _ in range(draw(st.integers(0, 5)))
+        ]
     elif verb in (b"FETCH", b"UID FETCH", b"STORE", b"UID STORE"):
         extra = st.one_of(imap_args(), condstore_modifier, fetch_items)
         args = [draw(imap_seq_set)] + draw(st.lists(extra, max_size=3))
@@ -632,15 +1021,19 @@ def check_tokens(tokens, depth: int) -> None:
 
 
 @fuzz(400)
-@given(st.one_of(imap_seq_set, st.binary(max_size=40), st.text(max_size=30).map(str.encode)),
-       st.lists(st.integers(1, 50), max_size=20, unique=True).map(sorted), st.integers(0, 60))
+@given(
+    st.one_of(imap_seq_set, st.binary(max_size=40), st.text(max_size=30).map(str.encode)),
+    st.lists(st.integers(1, 50), max_size=20, unique=True).map(sorted),
+    st.integers(0, 60),
+)
 def test_imap_sequence_sets_parse_or_parse_error(text, values, star):
     try:
         ranges = parse_sequence_set(text.decode("utf-8", "replace"))
     except ParseError:
         return
-    assert ranges and all((lo is None or 1 <= lo <= 0xFFFFFFFF) and (hi is None or 1 <= hi <= 0xFFFFFFFF)
-                          for lo, hi in ranges)
+    assert ranges and all(
+        (lo is None or 1 <= lo <= 0xFFFFFFFF) and (hi is None or 1 <= hi <= 0xFFFFFFFF) for lo, hi in ranges
+    )
     picked = expand(ranges, values, star or 1)
     assert set(picked) <= set(values) and picked == sorted(picked)
 
@@ -648,8 +1041,10 @@ def test_imap_sequence_sets_parse_or_parse_error(text, values, star):
 def message_file(tmp: Path) -> str:
     path = tmp / "msg"
     if not path.exists():
-        path.write_bytes(b"Date: Mon, 7 Feb 1994 21:52:25 -0800\nFrom: =?utf-8?q?J=C3=B6rg?= <j@x.de>\n"
-                         b"Subject: =?bogus-charset?B?aGk=?= =?utf-8?B?!!?=\nTo: a@b\n\nbody \xff text\n")
+        path.write_bytes(
+            b"Date: Mon, 7 Feb 1994 21:52:25 -0800\nFrom: =?utf-8?q?J=C3=B6rg?= <j@x.de>\n"
+            b"Subject: =?bogus-charset?B?aGk=?= =?utf-8?B?!!?=\nTo: a@b\n\nbody \xff text\n"
+        )
     return str(path)
 
 
@@ -660,9 +1055,29 @@ def scratch():
     shutil.rmtree(d, ignore_errors=True)
 
 
-SEARCH_ARGS = {b"BCC": 1, b"BEFORE": 1, b"BODY": 1, b"CC": 1, b"FROM": 1, b"HEADER": 2, b"KEYWORD": 1,
-               b"LARGER": 1, b"ON": 1, b"SENTBEFORE": 1, b"SENTON": 1, b"SENTSINCE": 1, b"SINCE": 1, b"SMALLER": 1,
-               b"SUBJECT": 1, b"TEXT": 1, b"TO": 1, b"UID": 1, b"UNKEYWORD": 1, b"MODSEQ": 1, b"CHARSET": 1}
+SEARCH_ARGS = {
+    b"BCC": 1,
+    b"BEFORE": 1,
+    b"BODY": 1,
+    b"CC": 1,
+    b"FROM": 1,
+    b"HEADER": 2,
+    b"KEYWORD": 1,
+    b"LARGER": 1,
+    b"ON": 1,
+    b"SENTBEFORE": 1,
+    b"SENTON": 1,
+    b"SENTSINCE": 1,
+    b"SINCE": 1,
+    b"SMALLER": 1,
+    b"SUBJECT": 1,
+    b"TEXT": 1,
+    b"TO": 1,
+    b"UID": 1,
+    b"UNKEYWORD": 1,
+    b"MODSEQ": 1,
+    b"CHARSET": 1,
+}
 search_arg = st.one_of(number_token(), imap_date, imap_string, imap_seq_set, ascii_junk.filter(bool))
 
 
@@ -675,9 +1090,17 @@ def search_program(draw, depth: int = 0) -> bytes:
         n = SEARCH_ARGS.get(key, 0) + draw(st.sampled_from([0, 0, 0, 0, -1, 1, 2]))
         return b" ".join([key] + [draw(search_arg) for _ in range(max(0, n))])
     if choice == 6:
-        return draw(st.one_of(imap_seq_set, st.builds(lambda a, b, c: b"MODSEQ " + a + b" " + b + b" " + c,
-                                                      imap_string, st.sampled_from([b"all", b"priv", b"x"]),
-                                                      number_token())))
+        return draw(
+            st.one_of(
+                imap_seq_set,
+                st.builds(
+                    lambda a, b, c: b"MODSEQ " + a + b" " + b + b" " + c,
+                    imap_string,
+                    st.sampled_from([b"all", b"priv", b"x"]),
+                    number_token(),
+                ),
+            )
+        )
     if choice == 7:
         return b"NOT " + draw(search_program(depth + 1))
     if choice == 8:
@@ -776,7 +1199,7 @@ class IMAPBackend:
 
 IMAP_MESSAGES = [
     b"From: a@example.org\nTo: b@example.org\nSubject: one\nDate: Mon, 7 Feb 1994 21:52:25 -0800\n\nbody one\n",
-    b"From: \"Doe, J\" <j@x.org>\nSubject: =?utf-8?q?caf=C3=A9?=\nContent-Type: multipart/mixed; boundary=XX\n\n"
+    b'From: "Doe, J" <j@x.org>\nSubject: =?utf-8?q?caf=C3=A9?=\nContent-Type: multipart/mixed; boundary=XX\n\n'
     b"--XX\nContent-Type: text/plain; charset=utf-8\n\nhi\n--XX\nContent-Type: message/rfc822\n\nSubject: in\n\nx\n"
     b"--XX--\n",
     b"Subject: \xff8bit\n\n.\n..\n",
@@ -798,8 +1221,12 @@ class IMAPRun(MachineRun):
     peer = "127.0.0.1"
 
     def __init__(self, root: Path) -> None:
-        super().__init__(IMAPServer(IMAPSettings(plaintext_ok=True, max_line=8192, max_literal=100000,
-                                                 max_mem_literal=4096), IMAPBackend(root)))
+        super().__init__(
+            IMAPServer(
+                IMAPSettings(plaintext_ok=True, max_line=8192, max_literal=100000, max_mem_literal=4096),
+                IMAPBackend(root),
+            )
+        )
 
 
 IMAP_STATES = {
@@ -839,9 +1266,12 @@ def test_imap_session_any_bytes_in_any_state(imap_template, scratch, state, data
 
 
 @fuzz(200)
-@given(st.sampled_from(["not-authenticated", "selected"]),
-       st.lists(st.binary(min_size=1, max_size=80).filter(lambda b: b"\n" not in b and b"{" not in b),
-                min_size=1, max_size=30))
+@given(
+    st.sampled_from(["not-authenticated", "selected"]),
+    st.lists(
+        st.binary(min_size=1, max_size=80).filter(lambda b: b"\n" not in b and b"{" not in b), min_size=1, max_size=30
+    ),
+)
 def test_imap_garbage_lines_each_get_one_bad_until_the_error_cap(imap_garbage_root, state, junk):
     """A line with a control character is answered with exactly one BAD; after MAX_BAD of them, BYE."""
     run = IMAPRun(imap_garbage_root)  # nothing here changes the mailbox: one copy serves every example
@@ -868,26 +1298,89 @@ def imap_garbage_root(imap_template, scratch):
 # -- MIME structure (pyimap.message: ENVELOPE, BODYSTRUCTURE, sections) ---------------------------
 
 
-header_names = st.sampled_from([b"Content-Type", b"content-type", b"Content-Transfer-Encoding", b"Content-Disposition",
-                                b"Content-Language", b"Content-ID", b"Content-Description", b"Content-Location",
-                                b"Content-MD5", b"From", b"To", b"Cc", b"Bcc", b"Sender", b"Reply-To", b"Subject",
-                                b"Date", b"Message-ID", b"In-Reply-To", b"X-\xff", b"", b" folded"])
+header_names = st.sampled_from(
+    [
+        b"Content-Type",
+        b"content-type",
+        b"Content-Transfer-Encoding",
+        b"Content-Disposition",
+        b"Content-Language",
+        b"Content-ID",
+        b"Content-Description",
+        b"Content-Location",
+        b"Content-MD5",
+        b"From",
+        b"To",
+        b"Cc",
+        b"Bcc",
+        b"Sender",
+        b"Reply-To",
+        b"Subject",
+        b"Date",
+        b"Message-ID",
+        b"In-Reply-To",
+        b"X-\xff",
+        b"",
+        b" folded",
+    ]
+)
 ctype_values = st.one_of(
-    st.sampled_from([b"text/plain", b"TEXT/HTML; charset=\"utf-8\"", b"message/rfc822", b"message/global",
-                     b"multipart/digest", b"multipart/alternative", b"application/octet-stream", b"text",
-                     b"/", b"a/", b"/b", b"multipart/mixed; boundary=", b"multipart/mixed; boundary=\"\"",
-                     b"multipart/mixed; boundary=\"unterminated", b"multipart/mixed; boundary=\"a\\\"b\"",
-                     b"text/plain; name*0*=utf-8''%E2%82%AC; name*1=x.txt", b"text/plain; filename*=''%ZZ",
-                     b"text/plain; =; ; x; x=\"\\", b"text/plain; charset=\xff\xfe", b"text/plain;;;;;;"]),
-    st.builds(lambda t, p: t + b"; " + p, st.sampled_from([b"text/plain", b"multipart/mixed"]), ascii_junk))
+    st.sampled_from(
+        [
+            b"text/plain",
+            b'TEXT/HTML; charset="utf-8"',
+            b"message/rfc822",
+            b"message/global",
+            b"multipart/digest",
+            b"multipart/alternative",
+            b"application/octet-stream",
+            b"text",
+            b"/",
+            b"a/",
+            b"/b",
+            b"multipart/mixed; boundary=",
+            b'multipart/mixed; boundary=""',
+            b'multipart/mixed; boundary="unterminated',
+            b'multipart/mixed; boundary="a\\"b"',
+            b"text/plain; name*0*=utf-8''%E2%82%AC; name*1=x.txt",
+            b"text/plain; filename*=''%ZZ",
+            b'text/plain; =; ; x; x="\\',
+            b"text/plain; charset=\xff\xfe",
+            b"text/plain;;;;;;",
+        ]
+    ),
+    st.builds(lambda t, p: t + b"; " + p, st.sampled_from([b"text/plain", b"multipart/mixed"]), ascii_junk),
+)
 other_values = st.one_of(
-    ascii_junk, utf8_junk, invalid_utf8,
-    st.sampled_from([b"=?utf-8?B?SGVsbG8=?=", b"=?iso-8859-1?Q?caf=E9?= =?utf-8?q?x?=", b"=?bogus?B?!!!?=",
-                     b"=?utf-8*de?Q?=ZZ?=", b"=?utf-16?B?/w==?=", b"=?rot13?Q?x?=", b"=?punycode?Q?\xff?=",
-                     b"=?idna?B?eA==?=", b"=?undefined?Q?x?=", b"Doe <a@b>, (c (nested) \\) <x@y>, g: a@b, c@d;",
-                     b"\"unterminated <a@b", b"<@r1,@r2:a@b>", b"a@[1.2.3.4", b"::;;<<>>@@,,", b"(((((((",
-                     b"base64", b"quoted-printable", b"attachment; filename*=utf-8''a%20b",
-                     b"inline; filename=\"x\\", b"en, de-DE\tfr", b"Mon, 99 Foo 1994 99:99:99 +9999"]))
+    ascii_junk,
+    utf8_junk,
+    invalid_utf8,
+    st.sampled_from(
+        [
+            b"=?utf-8?B?SGVsbG8=?=",
+            b"=?iso-8859-1?Q?caf=E9?= =?utf-8?q?x?=",
+            b"=?bogus?B?!!!?=",
+            b"=?utf-8*de?Q?=ZZ?=",
+            b"=?utf-16?B?/w==?=",
+            b"=?rot13?Q?x?=",
+            b"=?punycode?Q?\xff?=",
+            b"=?idna?B?eA==?=",
+            b"=?undefined?Q?x?=",
+            b"Doe <a@b>, (c (nested) \\) <x@y>, g: a@b, c@d;",
+            b'"unterminated <a@b',
+            b"<@r1,@r2:a@b>",
+            b"a@[1.2.3.4",
+            b"::;;<<>>@@,,",
+            b"(((((((",
+            b"base64",
+            b"quoted-printable",
+            b"attachment; filename*=utf-8''a%20b",
+            b'inline; filename="x\\',
+            b"en, de-DE\tfr",
+            b"Mon, 99 Foo 1994 99:99:99 +9999",
+        ]
+    ),
+)
 
 
 @st.composite
@@ -915,8 +1408,12 @@ def mime_tree(draw, depth: int = 0) -> bytes:
         return draw(header_block(b"message/rfc822")) + b"\n" + inner
     boundary = draw(st.sampled_from([b"b1", b"=_x", b"a b", b"--", b"b" * 70, b"b1" + bytes([depth + 48])]))
     quoted = draw(st.booleans())
-    ctype = b"multipart/" + draw(st.sampled_from([b"mixed", b"digest", b"alternative"])) + b"; boundary=" + \
-        (b'"' + boundary + b'"' if quoted else boundary)
+    ctype = (
+        b"multipart/"
+        + draw(st.sampled_from([b"mixed", b"digest", b"alternative"]))
+        + b"; boundary="
+        + (b'"' + boundary + b'"' if quoted else boundary)
+    )
     children = draw(st.lists(st.deferred(lambda: mime_tree(depth + 1)), max_size=4))
     delim = draw(st.sampled_from([boundary, boundary, boundary, boundary + b"x", boundary[:-1], b"other"]))
     body = draw(st.sampled_from([b"preamble\n", b""]))
@@ -929,33 +1426,33 @@ def mime_tree(draw, depth: int = 0) -> bytes:
 def parse_imap_value(data: bytes, pos: int = 0, depth: int = 0):
     """A minimal parser of the server's response syntax (lists, quoted, literals, atoms): (value, end)."""
     assert depth < 200
-    if data[pos:pos + 1] == b"(":
+    if data[pos : pos + 1] == b"(":
         items, pos = [], pos + 1
-        while data[pos:pos + 1] != b")":
+        while data[pos : pos + 1] != b")":
             assert pos < len(data), "unbalanced list"
-            if data[pos:pos + 1] == b" ":
+            if data[pos : pos + 1] == b" ":
                 pos += 1
                 continue
             value, pos = parse_imap_value(data, pos, depth + 1)
             items.append(value)
         return items, pos + 1
-    if data[pos:pos + 1] == b'"':
+    if data[pos : pos + 1] == b'"':
         end = pos + 1
         out = bytearray()
-        while data[end:end + 1] != b'"':
+        while data[end : end + 1] != b'"':
             assert end < len(data) and data[end] not in b"\r\n", "bad quoted string"
-            if data[end:end + 1] == b"\\":
+            if data[end : end + 1] == b"\\":
                 end += 1
-            out += data[end:end + 1]
+            out += data[end : end + 1]
             end += 1
         return bytes(out), end + 1
     m = re.compile(rb"\{(\d+)\}\r\n").match(data, pos)
     if m:
         n = int(m.group(1))
         assert m.end() + n <= len(data)
-        return data[m.end():m.end() + n], m.end() + n
+        return data[m.end() : m.end() + n], m.end() + n
     m = re.compile(rb"[^ ()\"\r\n{]+").match(data, pos)
-    assert m, data[pos:pos + 40]
+    assert m, data[pos : pos + 40]
     return m.group(0), m.end()
 
 
@@ -964,8 +1461,7 @@ def to_crlf(data: bytes) -> bytes:
 
 
 @fuzz(400)
-@given(st.one_of(mime_tree(), st.binary(max_size=300)),
-       st.lists(st.lists(st.integers(0, 5), max_size=4), max_size=4))
+@given(st.one_of(mime_tree(), st.binary(max_size=300)), st.lists(st.lists(st.integers(0, 5), max_size=4), max_size=4))
 def test_mime_structure_and_envelope_always_render(data, paths):
     raw = to_crlf(data)
     part = Part(raw)
@@ -1007,16 +1503,20 @@ PIECE = 64 << 10  # what a driver reads at a time
 
 
 def pieces(data: bytes):
-    return (data[i:i + PIECE] for i in range(0, len(data), PIECE))
+    return (data[i : i + PIECE] for i in range(0, len(data), PIECE))
 
 
-@pytest.mark.parametrize("state, data", [
-    ("ehlo", b"A" * BIG),  # one endless command line
-    ("ehlo", b"NOOP\r\n" * (BIG // 24)),  # endless pipelined commands (1 MiB: tracemalloc is slow)
-    ("data", b"x" * BIG),  # one endless text line
-    ("data", (b"y" * 1000 + b"\r\n") * (BIG // 1002)),  # a big message to a sink that keeps nothing
-    ("auth-plain", b"A" * BIG),  # an endless AUTH line
-], ids=["long-command", "pipelined-noop", "long-text-line", "big-message", "long-auth-line"])
+@pytest.mark.parametrize(
+    "state, data",
+    [
+        ("ehlo", b"A" * BIG),  # one endless command line
+        ("ehlo", b"NOOP\r\n" * (BIG // 24)),  # endless pipelined commands (1 MiB: tracemalloc is slow)
+        ("data", b"x" * BIG),  # one endless text line
+        ("data", (b"y" * 1000 + b"\r\n") * (BIG // 1002)),  # a big message to a sink that keeps nothing
+        ("auth-plain", b"A" * BIG),  # an endless AUTH line
+    ],
+    ids=["long-command", "pipelined-noop", "long-text-line", "big-message", "long-auth-line"],
+)
 def test_smtp_memory_stays_bounded_on_large_input(state, data):
     run = SMTPRun(max_message_size=1 << 30, max_errors=1 << 30)
     run.feed(SMTP_STATES[state])
@@ -1032,11 +1532,15 @@ def test_smtp_memory_stays_bounded_on_large_input(state, data):
     assert peak <= 32 * PIECE, peak
 
 
-@pytest.mark.parametrize("state, data", [
-    ("authorization", b"A" * BIG),
-    ("transaction", b"STAT\r\n" * (BIG // 24)),
-    ("auth-continuation", b"A" * BIG),
-], ids=["long-command", "pipelined-stat", "long-auth-line"])
+@pytest.mark.parametrize(
+    "state, data",
+    [
+        ("authorization", b"A" * BIG),
+        ("transaction", b"STAT\r\n" * (BIG // 24)),
+        ("auth-continuation", b"A" * BIG),
+    ],
+    ids=["long-command", "pipelined-stat", "long-auth-line"],
+)
 def test_pop3_memory_stays_bounded_on_large_input(state, data):
     run = POP3Run()
     run.feed(POP3_STATES[state])
@@ -1057,12 +1561,16 @@ def test_pop3_memory_stays_bounded_on_large_input(state, data):
     assert peak <= 32 * PIECE, peak
 
 
-@pytest.mark.parametrize("data", [
-    b"a NOOP " + b"A" * BIG + b"\r\n",  # an endless line
-    b"a LOGIN {4000+}\r\n" + b"x" * 4000 + b" {4000+}\r\n" + b"y" * 4000 + b"\r\n",
-    b"a LOGIN {99999999+}\r\n" + b"z" * BIG + b"\r\n",  # a literal over the cap, sent anyway
-    (b"a SEARCH " + b"(" * 40 + b"ALL" + b")" * 40 + b"\r\n") * 2000,
-], ids=["long-line", "two-literals", "oversized-literal", "nested-lists"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a NOOP " + b"A" * BIG + b"\r\n",  # an endless line
+        b"a LOGIN {4000+}\r\n" + b"x" * 4000 + b" {4000+}\r\n" + b"y" * 4000 + b"\r\n",
+        b"a LOGIN {99999999+}\r\n" + b"z" * BIG + b"\r\n",  # a literal over the cap, sent anyway
+        (b"a SEARCH " + b"(" * 40 + b"ALL" + b")" * 40 + b"\r\n") * 2000,
+    ],
+    ids=["long-line", "two-literals", "oversized-literal", "nested-lists"],
+)
 def test_imap_reader_memory_stays_bounded_on_large_input(data):
     reader = Reader(max_line=65536, max_mem_literal=65536, max_command=1 << 20)
 
@@ -1086,8 +1594,17 @@ def test_mime_memory_in_proportion_to_the_message(shape):
         data = b"x" * (1 << 20) + b"\r\n"
         for level in range(40):
             b = b"b%d" % level
-            data = (b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n" + data
-                    + b"\r\n--" + b + b"--\r\n")
+            data = (
+                b"Content-Type: multipart/mixed; boundary="
+                + b
+                + b"\r\n\r\n--"
+                + b
+                + b"\r\n"
+                + data
+                + b"\r\n--"
+                + b
+                + b"--\r\n"
+            )
     elif shape == "wide":  # as many parts as the part cap allows, and more
         data = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\nx\r\n" * 50000 + b"--b--\r\n"
     elif shape == "headers":
@@ -1118,17 +1635,33 @@ def test_regression_sequence_set_numbers_are_ascii_and_bounded(text):
     assert parse_sequence_set("0000000001:4294967295") == [(1, 4294967295)]
 
 
-@pytest.mark.parametrize("keys", [b"LARGER \xc2\xb2", b"SMALLER " + b"9" * 5000, b"SENTON \xc2\xb2-Feb-1994",
-                                  b"SINCE 1-Feb-" + b"9" * 5000, b"MODSEQ \xc2\xb2", b"UID 1:" + b"9" * 5000,
-                                  b'MODSEQ "/flags/\\\\seen" all ' + b"9" * 5000])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        b"LARGER \xc2\xb2",
+        b"SMALLER " + b"9" * 5000,
+        b"SENTON \xc2\xb2-Feb-1994",
+        b"SINCE 1-Feb-" + b"9" * 5000,
+        b"MODSEQ \xc2\xb2",
+        b"UID 1:" + b"9" * 5000,
+        b'MODSEQ "/flags/\\\\seen" all ' + b"9" * 5000,
+    ],
+)
 def test_regression_search_numbers_with_odd_digits_are_parse_errors(keys):
     """str.isdigit() accepts "\u00b2", which int() refuses: SEARCH LARGER \u00b2 raised ValueError."""
     with pytest.raises(ParseError):
         compile_keys(tokenize([keys]))
 
 
-@pytest.mark.parametrize("item", ["BODY[]<" + "9" * 5000 + ".1>", "BODY[" + "9" * 5000 + "]",
-                                  "BODY[1." + "9" * 5000 + ".TEXT]", "BODY[]<\u0661.\u0662>"])
+@pytest.mark.parametrize(
+    "item",
+    [
+        "BODY[]<" + "9" * 5000 + ".1>",
+        "BODY[" + "9" * 5000 + "]",
+        "BODY[1." + "9" * 5000 + ".TEXT]",
+        "BODY[]<\u0661.\u0662>",
+    ],
+)
 def test_regression_fetch_section_numbers_are_ascii_and_bounded(item):
     with pytest.raises(ParseError):
         parse_items(Atom(item))
@@ -1159,16 +1692,20 @@ def test_regression_session_answers_bad_not_serverbug(imap_template, scratch):
 def test_regression_mime_parts_share_the_message_bytes():
     """Each nesting level used to copy its body: 20 levels of a 1 MiB message held ~40 MiB.
     Now a part is a range of the one message; sections and sizes are unchanged."""
-    data = b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n" \
-           b"Content-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\r\nleaf\r\n--i--\r\n\r\n--o--\r\n"
+    data = (
+        b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"Content-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\r\nleaf\r\n--i--\r\n\r\n--o--\r\n"
+    )
     part = Part(data)
     inner = part.children[0].message
     assert inner.children[0].body == b"leaf" and inner.children[0]._data is data
-    assert part.children[0].body == data[data.index(b"Content-Type: multipart/alt"):data.index(b"\r\n--o--")]
+    assert part.children[0].body == data[data.index(b"Content-Type: multipart/alt") : data.index(b"\r\n--o--")]
     assert section_bytes(part, [1, 1], "", []) == b"leaf"
-    assert part.structure(False) == (b'(("message" "rfc822" NIL NIL NIL "7bit" 71 (NIL NIL NIL NIL NIL NIL NIL NIL '
-                                     b'NIL NIL) (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 4 0) '
-                                     b'"alternative") 6) "mixed")')
+    assert part.structure(False) == (
+        b'(("message" "rfc822" NIL NIL NIL "7bit" 71 (NIL NIL NIL NIL NIL NIL NIL NIL '
+        b'NIL NIL) (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 4 0) '
+        b'"alternative") 6) "mixed")'
+    )
     deep = b"x" * (1 << 20)
     for level in range(30):
         deep = b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (level, level) + deep
@@ -1185,18 +1722,24 @@ def test_regression_smtp_replies_never_echo_8bit():
     """MAIL FROM:<a@b> \u0085 echoed the UTF-8 parameter (a C1 control) in a 555 reply."""
     run = SMTPRun()
     run.feed(b"EHLO c\r\nMAIL FROM:<a@b.example> \xc2\x85X=1\r\nMAIL FROM:<a@b.example> SIZE=1 SIZE=2\r\n")
-    assert bytes(run.out).split(b"\r\n")[-3:] == [b"555 5.5.4 Unsupported option: \\x85X", b"501 5.5.4 Duplicate option: SIZE", b""]
+    assert bytes(run.out).split(b"\r\n")[-3:] == [
+        b"555 5.5.4 Unsupported option: \\x85X",
+        b"501 5.5.4 Duplicate option: SIZE",
+        b"",
+    ]
 
 
 def test_regression_imap_status_lines_never_echo_8bit(imap_garbage_root):
     """BAD texts echoed UTF-8 atoms; a UTF-8 tag was echoed; a UTF-8 keyword was stored and shown in FLAGS."""
     run = IMAPRun(imap_garbage_root)
     run.feed(IMAP_STATES["examined"])
-    for line, reply in [(b"a FETCH 1 \xc3\xa9", b"a BAD Unknown FETCH item \\xe9"),
-                        (b"b SEARCH \xc2\x9b31m", b"b BAD Unknown search key \\x9b31m"),
-                        (b"c STATUS INBOX (\xc3\xa9)", b"c BAD Unknown STATUS item \\xc9"),
-                        (b"\xc3\xa9 NOOP", b"* BAD Invalid tag"),
-                        (b"d STORE 1 +FLAGS (k\xc3\xa9)", b"d BAD Invalid keyword")]:
+    for line, reply in [
+        (b"a FETCH 1 \xc3\xa9", b"a BAD Unknown FETCH item \\xe9"),
+        (b"b SEARCH \xc2\x9b31m", b"b BAD Unknown search key \\x9b31m"),
+        (b"c STATUS INBOX (\xc3\xa9)", b"c BAD Unknown STATUS item \\xc9"),
+        (b"\xc3\xa9 NOOP", b"* BAD Invalid tag"),
+        (b"d STORE 1 +FLAGS (k\xc3\xa9)", b"d BAD Invalid keyword"),
+    ]:
         start = len(run.out)
         run.feed(line + b"\r\n")
         assert bytes(run.out[start:]) == reply + b"\r\n"

@@ -127,7 +127,8 @@ def test_many_processes_agree_on_uids(tmp_path):
         "idx = FolderIndex(%r)\n"
         "for i in range(25):\n"
         "    maildir.deliver(%r, b'x\\n', fsync=False)\n"
-        "    idx.sync()\n" % (str(Path(__file__).resolve().parents[2]), str(box), str(box)))
+        "    idx.sync()\n" % (str(Path(__file__).resolve().parents[2]), str(box), str(box))
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
     assert all(p.wait(60) == 0 for p in procs)
     time.sleep(0.01)

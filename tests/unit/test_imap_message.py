@@ -6,18 +6,20 @@ import email.policy
 import pytest
 
 from imap_helpers import Client, deliver
-from pyimap.message import Headers, Part, envelope, parse_addresses, section_bytes, split_header, to_crlf
+from pyimap.message import Headers, Part, envelope, parse_addresses, section_bytes, to_crlf
 
 
 def rfc3501_message() -> bytes:
-    head = ("Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\n"
-            "From: Terry Gray <gray@cac.washington.edu>\n"
-            "Subject: IMAP4rev1 WG mtg summary and minutes\n"
-            "To: imap@cac.washington.edu\n"
-            "cc: minutes@CNRI.Reston.VA.US, John Klensin <KLENSIN@MIT.EDU>\n"
-            "Message-Id: <B27397-0100000@cac.washington.edu>\n"
-            "MIME-Version: 1.0\n"
-            "Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\n\n")
+    head = (
+        "Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\n"
+        "From: Terry Gray <gray@cac.washington.edu>\n"
+        "Subject: IMAP4rev1 WG mtg summary and minutes\n"
+        "To: imap@cac.washington.edu\n"
+        "cc: minutes@CNRI.Reston.VA.US, John Klensin <KLENSIN@MIT.EDU>\n"
+        "Message-Id: <B27397-0100000@cac.washington.edu>\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\n\n"
+    )
     lines = ["x" * 31] * 84 + ["y" * 30] * 8  # 92 lines, 3028 octets with CRLF
     return head.encode() + "".join(line + "\n" for line in lines).encode()
 
@@ -29,30 +31,42 @@ def test_rfc3501_fetch_example_envelope_and_body(tmp_path):
     c.login()
     c.cmd("a SELECT INBOX")
     r = c.cmd("b FETCH 1 (ENVELOPE BODY)")
-    assert r == ('* 1 FETCH (ENVELOPE ("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" '
-                 '"IMAP4rev1 WG mtg summary and minutes" '
-                 '(("Terry Gray" NIL "gray" "cac.washington.edu")) '
-                 '(("Terry Gray" NIL "gray" "cac.washington.edu")) '
-                 '(("Terry Gray" NIL "gray" "cac.washington.edu")) '
-                 '((NIL NIL "imap" "cac.washington.edu")) '
-                 '((NIL NIL "minutes" "CNRI.Reston.VA.US")'
-                 '("John Klensin" NIL "KLENSIN" "MIT.EDU")) NIL NIL '
-                 '"<B27397-0100000@cac.washington.edu>") '
-                 'BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7bit" 3028 92))\r\n'
-                 'b OK FETCH completed\r\n')
+    assert r == (
+        '* 1 FETCH (ENVELOPE ("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" '
+        '"IMAP4rev1 WG mtg summary and minutes" '
+        '(("Terry Gray" NIL "gray" "cac.washington.edu")) '
+        '(("Terry Gray" NIL "gray" "cac.washington.edu")) '
+        '(("Terry Gray" NIL "gray" "cac.washington.edu")) '
+        '((NIL NIL "imap" "cac.washington.edu")) '
+        '((NIL NIL "minutes" "CNRI.Reston.VA.US")'
+        '("John Klensin" NIL "KLENSIN" "MIT.EDU")) NIL NIL '
+        '"<B27397-0100000@cac.washington.edu>") '
+        'BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7bit" 3028 92))\r\n'
+        "b OK FETCH completed\r\n"
+    )
 
 
-@pytest.mark.parametrize("value, expected", [
-    (b"a@b.c", [(None, None, b"a", b"b.c")]),
-    (b'"Doe, John" <jd@x.org>, ann@y.org', [(b"Doe, John", None, b"jd", b"x.org"), (None, None, b"ann", b"y.org")]),
-    (b"John (comment) Doe <jd@x.org>", [(b"John Doe", None, b"jd", b"x.org")]),
-    (b"<@relay.net:jd@x.org>", [(None, b"@relay.net", b"jd", b"x.org")]),
-    (b"undisclosed-recipients:;", [(None, None, b"undisclosed-recipients", None), (None, None, None, None)]),
-    (b"team: a@x.org, B <b@y.org>;, c@z.org", [(None, None, b"team", None), (None, None, b"a", b"x.org"),
-                                               (b"B", None, b"b", b"y.org"), (None, None, None, None),
-                                               (None, None, b"c", b"z.org")]),
-    (b"=?UTF-8?Q?J=C3=B6rg?= <j@x.de>", [(b"=?UTF-8?Q?J=C3=B6rg?=", None, b"j", b"x.de")]),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (b"a@b.c", [(None, None, b"a", b"b.c")]),
+        (b'"Doe, John" <jd@x.org>, ann@y.org', [(b"Doe, John", None, b"jd", b"x.org"), (None, None, b"ann", b"y.org")]),
+        (b"John (comment) Doe <jd@x.org>", [(b"John Doe", None, b"jd", b"x.org")]),
+        (b"<@relay.net:jd@x.org>", [(None, b"@relay.net", b"jd", b"x.org")]),
+        (b"undisclosed-recipients:;", [(None, None, b"undisclosed-recipients", None), (None, None, None, None)]),
+        (
+            b"team: a@x.org, B <b@y.org>;, c@z.org",
+            [
+                (None, None, b"team", None),
+                (None, None, b"a", b"x.org"),
+                (b"B", None, b"b", b"y.org"),
+                (None, None, None, None),
+                (None, None, b"c", b"z.org"),
+            ],
+        ),
+        (b"=?UTF-8?Q?J=C3=B6rg?= <j@x.de>", [(b"=?UTF-8?Q?J=C3=B6rg?=", None, b"j", b"x.de")]),
+    ],
+)
 def test_address_parsing(value, expected):
     assert parse_addresses(value) == expected
 
@@ -146,7 +160,8 @@ def test_corpus_structure_independently_checked():
     assert section_bytes(root, [3, 1], "", []) == crlf(INNER_TEXT)
     assert section_bytes(root, [3, 2], "", []) == crlf(GIF_B64)
     assert section_bytes(root, [3, "HEADER"][:1], "HEADER", []) == crlf(
-        "From: Dave <dave@example.org>\nSubject: inner\nContent-Type: multipart/mixed; boundary=in\n\n")
+        "From: Dave <dave@example.org>\nSubject: inner\nContent-Type: multipart/mixed; boundary=in\n\n"
+    )
     assert section_bytes(root, [2], "MIME", []).startswith(b"Content-Type: application/pdf;")
     assert section_bytes(root, [2], "MIME", []).endswith(b"Content-Language: en, de\r\n\r\n")
     assert section_bytes(root, [3], "TEXT", []).startswith(b"--in\r\n")
@@ -175,8 +190,10 @@ Content-Transfer-Encoding: base64
 {GIF_B64}
 --in--
 """)
-    inner_env = ('(NIL "inner" (("Dave" NIL "dave" "example.org")) (("Dave" NIL "dave" "example.org")) '
-                 '(("Dave" NIL "dave" "example.org")) NIL NIL NIL NIL NIL)')
+    inner_env = (
+        '(NIL "inner" (("Dave" NIL "dave" "example.org")) (("Dave" NIL "dave" "example.org")) '
+        '(("Dave" NIL "dave" "example.org")) NIL NIL NIL NIL NIL)'
+    )
     expected = (
         '((("text" "plain" ("charset" "utf-8") NIL NIL "7bit" %d 3 NIL NIL NIL NIL)'
         '("text" "html" ("charset" "utf-8") NIL NIL "quoted-printable" %d 2 NIL NIL NIL NIL) "alternative" '
@@ -200,26 +217,39 @@ def test_corpus_over_the_protocol(tmp_path):
     c = Client(tmp_path)
     c.login()
     c.cmd("a SELECT INBOX")
-    r = c.send(b"b FETCH 1 (BODY.PEEK[1.2] BODY.PEEK[3.2]<4.10> BODY.PEEK[3.HEADER.FIELDS (SUBJECT)] BODY.PEEK[2.MIME])\r\n")
+    r = c.send(
+        b"b FETCH 1 (BODY.PEEK[1.2] BODY.PEEK[3.2]<4.10> BODY.PEEK[3.HEADER.FIELDS (SUBJECT)] BODY.PEEK[2.MIME])\r\n"
+    )
     html = crlf(HTML)
-    mime = crlf('Content-Type: application/pdf; name="report.pdf"\nContent-Disposition: attachment; '
-                'filename="report.pdf"\nContent-Transfer-Encoding: base64\nContent-ID: <pdf1@example.org>\n'
-                'Content-Description: The report\nContent-Language: en, de\n\n')
-    assert r == (b"* 1 FETCH (BODY[1.2] {%d}\r\n" % len(html) + html +
-                 b" BODY[3.2]<4> {10}\r\n" + crlf(GIF_B64)[4:14] +
-                 b" BODY[3.HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: inner\r\n\r\n"
-                 b" BODY[2.MIME] {%d}\r\n" % len(mime) + mime + b")\r\nb OK FETCH completed\r\n")
+    mime = crlf(
+        'Content-Type: application/pdf; name="report.pdf"\nContent-Disposition: attachment; '
+        'filename="report.pdf"\nContent-Transfer-Encoding: base64\nContent-ID: <pdf1@example.org>\n'
+        "Content-Description: The report\nContent-Language: en, de\n\n"
+    )
+    assert r == (
+        b"* 1 FETCH (BODY[1.2] {%d}\r\n" % len(html)
+        + html
+        + b" BODY[3.2]<4> {10}\r\n"
+        + crlf(GIF_B64)[4:14]
+        + b" BODY[3.HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: inner\r\n\r\n"
+        b" BODY[2.MIME] {%d}\r\n" % len(mime) + mime + b")\r\nb OK FETCH completed\r\n"
+    )
     r = c.cmd("c FETCH 1 ENVELOPE")
-    assert r == ('* 1 FETCH (ENVELOPE ("Tue, 02 Jan 2024 10:00:00 +0100" "=?UTF-8?Q?Quarterly_r=C3=A9port?=" '
-                 '(("Alice Example" NIL "alice" "example.org")) (("Alice Example" NIL "alice" "example.org")) '
-                 '(("Alice Example" NIL "alice" "example.org")) (("Bob" NIL "bob" "example.net")'
-                 '(NIL NIL "carol" "example.com")) NIL NIL "<m0@example.org>" "<m1@example.org>"))\r\n'
-                 'c OK FETCH completed\r\n')
+    assert r == (
+        '* 1 FETCH (ENVELOPE ("Tue, 02 Jan 2024 10:00:00 +0100" "=?UTF-8?Q?Quarterly_r=C3=A9port?=" '
+        '(("Alice Example" NIL "alice" "example.org")) (("Alice Example" NIL "alice" "example.org")) '
+        '(("Alice Example" NIL "alice" "example.org")) (("Bob" NIL "bob" "example.net")'
+        '(NIL NIL "carol" "example.com")) NIL NIL "<m0@example.org>" "<m1@example.org>"))\r\n'
+        "c OK FETCH completed\r\n"
+    )
     full = to_crlf(CORPUS.encode())
     r = c.send(b"d FETCH 1 BODY.PEEK[]\r\n")
     assert r == b"* 1 FETCH (BODY[] {%d}\r\n" % len(full) + full + b")\r\nd OK FETCH completed\r\n"
     r = c.send(b"e FETCH 1 BODY.PEEK[TEXT]<0.44>\r\n")
-    assert r == b"* 1 FETCH (BODY[TEXT]<0> {44}\r\nThis is a multi-part message in MIME format.)\r\ne OK FETCH completed\r\n"
+    assert (
+        r
+        == b"* 1 FETCH (BODY[TEXT]<0> {44}\r\nThis is a multi-part message in MIME format.)\r\ne OK FETCH completed\r\n"
+    )
 
 
 def test_deep_nesting_is_capped():

@@ -7,10 +7,17 @@ from hypothesis import strategies as st
 from pyimap import mailbox_names as mn
 
 
-@pytest.mark.parametrize("text, wire", [
-    ("INBOX", "INBOX"), ("a&b", "a&-b"), ("&", "&-"), ("Entwürfe", "Entw&APw-rfe"),
-    ("台北", "&U,BTFw-"), ("~peter/mail/台北/日本語", "~peter/mail/&U,BTFw-/&ZeVnLIqe-"),
-])
+@pytest.mark.parametrize(
+    "text, wire",
+    [
+        ("INBOX", "INBOX"),
+        ("a&b", "a&-b"),
+        ("&", "&-"),
+        ("Entwürfe", "Entw&APw-rfe"),
+        ("台北", "&U,BTFw-"),
+        ("~peter/mail/台北/日本語", "~peter/mail/&U,BTFw-/&ZeVnLIqe-"),
+    ],
+)
 def test_mutf7_examples(text, wire):  # RFC 3501 5.1.3 and LESSONS 21
     assert mn.encode_mutf7(text) == wire
     assert mn.decode_mutf7(wire) == text
@@ -27,16 +34,40 @@ def test_malformed_mutf7(bad):
         mn.decode_mutf7(bad)
 
 
-@pytest.mark.parametrize("name, d", [("Sent", ".Sent"), ("Lists/python", ".Lists.python"),
-                                     ("a.b", ".a&AC4-b"), ("Entwürfe", ".Entw&APw-rfe"), ("INBOX", "")])
+@pytest.mark.parametrize(
+    "name, d",
+    [
+        ("Sent", ".Sent"),
+        ("Lists/python", ".Lists.python"),
+        ("a.b", ".a&AC4-b"),
+        ("Entwürfe", ".Entw&APw-rfe"),
+        ("INBOX", ""),
+    ],
+)
 def test_maildir_mapping(name, d):
     assert mn.to_dir(name) == d
     if d:
         assert mn.from_dir(d) == name
 
 
-@pytest.mark.parametrize("bad", ["..", "a/../b", "/etc", "a//b", "a/", "~root", "a\\b", "x\x00y", "x\ny", ".", "a/./b",
-                                 "&AC4-&AC4-", "a/&AC4-&AC4-/b"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "..",
+        "a/../b",
+        "/etc",
+        "a//b",
+        "a/",
+        "~root",
+        "a\\b",
+        "x\x00y",
+        "x\ny",
+        ".",
+        "a/./b",
+        "&AC4-&AC4-",
+        "a/&AC4-&AC4-/b",
+    ],
+)
 def test_unsafe_names_are_refused(bad):
     with pytest.raises(mn.BadName):
         mn.normalize(bad)

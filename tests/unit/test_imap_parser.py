@@ -4,8 +4,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyimap.parser import (COMMAND, CONTINUE, ERROR, Atom, Literal, ParseError, Reader, expand, parse_sequence_set,
-                           quote, tokenize)
+from pyimap.parser import (
+    COMMAND,
+    CONTINUE,
+    ERROR,
+    Atom,
+    ParseError,
+    Reader,
+    expand,
+    parse_sequence_set,
+    quote,
+    tokenize,
+)
 
 
 def events(reader, data: bytes):
@@ -45,7 +55,7 @@ def test_byte_at_a_time_gives_the_same_result():
     r = Reader()
     pieces = []
     for i in range(len(data)):
-        pieces += events(r, data[i:i + 1])
+        pieces += events(r, data[i : i + 1])
     assert pieces == whole
     assert tokenize(whole[1][1]) == ["a2", "FETCH", "1:*", ["FLAGS", "BODY.PEEK[HEADER.FIELDS (From To)]<0.10>"]]
 
@@ -55,8 +65,9 @@ def test_quoted_strings_and_nesting():
     assert toks == ["a", "SEARCH", "OR", ["FROM", b"x y"], ["NOT", "SUBJECT", b"q\\"], "ALL"]
 
 
-@pytest.mark.parametrize("bad", [b'a "unterminated', b"a (((", b"a )", b'a "nul\x00"', b"a x]y", b'a "bad\\q"',
-                                 b"a {3}x"])
+@pytest.mark.parametrize(
+    "bad", [b'a "unterminated', b"a (((", b"a )", b'a "nul\x00"', b"a x]y", b'a "bad\\q"', b"a {3}x"]
+)
 def test_malformed_input_is_a_parse_error(bad):
     with pytest.raises(ParseError):
         tokenize([bad])
@@ -126,7 +137,7 @@ def test_sequence_sets():
 
 
 def test_quote_falls_back_to_literal():
-    assert quote("a\"b") == b'"a\\"b"'
+    assert quote('a"b') == b'"a\\"b"'
     assert quote("ä") == b"{2}\r\n\xc3\xa4"
     assert quote(None) == b"NIL"
 
@@ -148,8 +159,32 @@ def test_fuzz_reader_and_tokenizer_only_raise_parse_errors(data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([b"a", b" ", b"(", b")", b'"', b"\\", b"{1}\r\n", b"{2+}\r\n", b"[", b"]", b"<",
-                                 b"1:*", b"\r\n", b"\x00", b"\xff", b"BODY[", b"NIL"]), max_size=40))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"a",
+                b" ",
+                b"(",
+                b")",
+                b'"',
+                b"\\",
+                b"{1}\r\n",
+                b"{2+}\r\n",
+                b"[",
+                b"]",
+                b"<",
+                b"1:*",
+                b"\r\n",
+                b"\x00",
+                b"\xff",
+                b"BODY[",
+                b"NIL",
+            ]
+        ),
+        max_size=40,
+    )
+)
 def test_fuzz_grammar_fragments(pieces):
     r = Reader(max_line=128, max_mem_literal=16)
     r.feed(b"".join(pieces) + b"\r\n")

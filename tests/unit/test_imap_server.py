@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from imap_helpers import Client, deliver, make_message, strip_uidvalidity, tagged
+from imap_helpers import Client, deliver, make_message, strip_uidvalidity
 from pyimap.imap_server import IMAPSettings
 
 
@@ -27,8 +27,23 @@ def test_greeting_and_capability(tmp_path):
     assert c.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
     r = c.cmd("a CAPABILITY")
     caps = r.split("\r\n")[0].split()[2:]
-    for cap in ("IMAP4rev1", "STARTTLS", "LOGINDISABLED", "IDLE", "UIDPLUS", "MOVE", "LITERAL+", "NAMESPACE", "ID",
-                "ENABLE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "SASL-IR", "CONDSTORE"):
+    for cap in (
+        "IMAP4rev1",
+        "STARTTLS",
+        "LOGINDISABLED",
+        "IDLE",
+        "UIDPLUS",
+        "MOVE",
+        "LITERAL+",
+        "NAMESPACE",
+        "ID",
+        "ENABLE",
+        "UNSELECT",
+        "CHILDREN",
+        "SPECIAL-USE",
+        "SASL-IR",
+        "CONDSTORE",
+    ):
         assert cap in caps
     assert "AUTH=PLAIN" not in caps
     assert r.endswith("a OK CAPABILITY completed\r\n")
@@ -36,8 +51,11 @@ def test_greeting_and_capability(tmp_path):
 
 def test_login_refused_before_tls_then_allowed_after(tmp_path):
     c = Client(tmp_path, tls_available=True, plaintext_ok=False)
-    assert c.cmd("a LOGIN alice pw") == "a NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections\r\n"
-    assert c.cmd("b AUTHENTICATE PLAIN") .startswith("b NO [PRIVACYREQUIRED]")
+    assert (
+        c.cmd("a LOGIN alice pw")
+        == "a NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections\r\n"
+    )
+    assert c.cmd("b AUTHENTICATE PLAIN").startswith("b NO [PRIVACYREQUIRED]")
     assert c.backend.logins == []
     r = c.cmd("c STARTTLS")
     assert r == "c OK Begin TLS negotiation now\r\n" and c.starttls
@@ -94,8 +112,20 @@ def test_noop_logout_and_unknown(c):
 
 def test_bad_syntax_never_raises(c):
     c.login()
-    for line in ['a SELECT', 'a SELECT "x', 'a FETCH', 'a LIST', 'a STORE 1 FLAGS', 'a UID', 'a UID FOO 1',
-                 '+ NOOP', 'a SEARCH (', 'a APPEND', 'a STATUS INBOX', 'a STATUS INBOX (FOO)']:
+    for line in [
+        "a SELECT",
+        'a SELECT "x',
+        "a FETCH",
+        "a LIST",
+        "a STORE 1 FLAGS",
+        "a UID",
+        "a UID FOO 1",
+        "+ NOOP",
+        "a SEARCH (",
+        "a APPEND",
+        "a STATUS INBOX",
+        "a STATUS INBOX (FOO)",
+    ]:
         r = c.cmd(line)
         assert re.match(r"^(\S+ (BAD|NO) .*\r\n|\* BAD .*\r\n)$", r), (line, r)
 
@@ -121,13 +151,15 @@ def test_login_timeout_and_autologout(c):
 def test_new_user_gets_special_use_folders(c, tmp_path):
     c.login()
     r = c.cmd('a LIST "" "*"')
-    assert r == ('* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
-                 '* LIST (\\HasNoChildren \\Archive) "/" "Archive"\r\n'
-                 '* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
-                 '* LIST (\\HasNoChildren \\Junk) "/" "Junk"\r\n'
-                 '* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
-                 '* LIST (\\HasNoChildren \\Trash) "/" "Trash"\r\n'
-                 'a OK LIST completed\r\n')
+    assert r == (
+        '* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+        '* LIST (\\HasNoChildren \\Archive) "/" "Archive"\r\n'
+        '* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+        '* LIST (\\HasNoChildren \\Junk) "/" "Junk"\r\n'
+        '* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+        '* LIST (\\HasNoChildren \\Trash) "/" "Trash"\r\n'
+        "a OK LIST completed\r\n"
+    )
     assert (tmp_path / "alice" / ".Sent" / "maildirfolder").exists()
     assert c.cmd('b LIST "" ""') == '* LIST (\\Noselect) "/" ""\r\nb OK LIST completed\r\n'
 
@@ -137,9 +169,11 @@ def test_create_list_children_rename_delete(c, tmp_path):
     assert c.cmd("a CREATE Lists/python/") == "a OK CREATE completed\r\n"
     assert (tmp_path / "alice" / ".Lists.python" / "cur").is_dir()
     assert c.cmd("b CREATE Lists/python") == "b NO [ALREADYEXISTS] Mailbox already exists\r\n"
-    assert c.cmd('c LIST "" "Lists*"') == ('* LIST (\\Noselect \\HasChildren) "/" "Lists"\r\n'
-                                            '* LIST (\\HasNoChildren) "/" "Lists/python"\r\n'
-                                            'c OK LIST completed\r\n')
+    assert c.cmd('c LIST "" "Lists*"') == (
+        '* LIST (\\Noselect \\HasChildren) "/" "Lists"\r\n'
+        '* LIST (\\HasNoChildren) "/" "Lists/python"\r\n'
+        "c OK LIST completed\r\n"
+    )
     assert c.cmd('c LIST "" "%"').count("Lists") == 1
     assert c.cmd('c LIST "Lists/" "%"') == '* LIST (\\HasNoChildren) "/" "Lists/python"\r\nc OK LIST completed\r\n'
     assert c.cmd("d RENAME Lists/python Lists/py") == "d OK RENAME completed\r\n"
@@ -156,8 +190,13 @@ def test_unsafe_mailbox_names_get_no(c, tmp_path, name):
     r = c.cmd(f"a CREATE {name}")
     assert r.startswith("a NO "), r
     assert c.cmd(f"b SELECT {name}").startswith("b NO ")
-    assert sorted(p.name for p in (tmp_path / "alice").iterdir() if p.name.startswith(".")) == \
-        [".Archive", ".Drafts", ".Junk", ".Sent", ".Trash"]
+    assert sorted(p.name for p in (tmp_path / "alice").iterdir() if p.name.startswith(".")) == [
+        ".Archive",
+        ".Drafts",
+        ".Junk",
+        ".Sent",
+        ".Trash",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]
 
 
@@ -177,8 +216,10 @@ def test_subscribe_lsub(c):
     assert c.cmd("a SUBSCRIBE x/y") == "a OK SUBSCRIBE completed\r\n"
     assert c.cmd('b LSUB "" "x*"') == '* LSUB () "/" "x/y"\r\nb OK LSUB completed\r\n'
     assert c.cmd('b LSUB "" "%"').count('"x"') == 1 and '(\\Noselect) "/" "x"' in c.cmd('b LSUB "" "%"')
-    assert c.cmd('c LIST (SUBSCRIBED) "" "x*"') == \
-        '* LIST (\\HasNoChildren \\Subscribed) "/" "x/y"\r\nc OK LIST completed\r\n'
+    assert (
+        c.cmd('c LIST (SUBSCRIBED) "" "x*"')
+        == '* LIST (\\HasNoChildren \\Subscribed) "/" "x/y"\r\nc OK LIST completed\r\n'
+    )
     assert c.cmd("d UNSUBSCRIBE x/y") == "d OK UNSUBSCRIBE completed\r\n"
     assert c.cmd('e LSUB "" "x*"') == "e OK LSUB completed\r\n"
 
@@ -187,11 +228,13 @@ def test_list_extended_status_and_special_use(c, tmp_path):
     c.login()
     deliver(tmp_path)
     r = c.cmd('a LIST "" (INBOX Sent) RETURN (CHILDREN STATUS (MESSAGES UNSEEN))')
-    assert r == ('* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
-                 '* STATUS "INBOX" (MESSAGES 1 UNSEEN 1)\r\n'
-                 '* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
-                 '* STATUS "Sent" (MESSAGES 0 UNSEEN 0)\r\n'
-                 'a OK LIST completed\r\n')
+    assert r == (
+        '* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+        '* STATUS "INBOX" (MESSAGES 1 UNSEEN 1)\r\n'
+        '* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+        '* STATUS "Sent" (MESSAGES 0 UNSEEN 0)\r\n'
+        "a OK LIST completed\r\n"
+    )
     r = c.cmd('b LIST (SPECIAL-USE) "" "*"')
     assert "INBOX" not in r and r.count("* LIST") == 5
 
@@ -201,12 +244,17 @@ def test_status(c, tmp_path):
     deliver(tmp_path)
     deliver(tmp_path)
     r = c.cmd("a STATUS INBOX (MESSAGES RECENT UIDNEXT UNSEEN HIGHESTMODSEQ)")
-    assert re.match(r'^\* STATUS "INBOX" \(MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2 HIGHESTMODSEQ \d+\)\r\na OK STATUS completed\r\n$', r)
+    assert re.match(
+        r'^\* STATUS "INBOX" \(MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2 HIGHESTMODSEQ \d+\)\r\na OK STATUS completed\r\n$',
+        r,
+    )
     assert c.cmd("b STATUS nope (MESSAGES)") == "b NO [NONEXISTENT] Mailbox does not exist\r\n"
 
 
 def test_namespace_id_enable(c):
-    assert c.cmd('a ID ("name" "test" "version" "1")') == '* ID ("name" "pymail" "version" "0.1")\r\na OK ID completed\r\n'
+    assert (
+        c.cmd('a ID ("name" "test" "version" "1")') == '* ID ("name" "pymail" "version" "0.1")\r\na OK ID completed\r\n'
+    )
     assert c.server.client_id == {"name": "test", "version": "1"}
     c.login()
     assert c.cmd("b NAMESPACE") == '* NAMESPACE (("" "/")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
@@ -223,11 +271,13 @@ def test_select_responses(c, tmp_path):
     c.login()
     r = strip_uidvalidity(c.cmd("a SELECT INBOX"))
     r = re.sub(r"HIGHESTMODSEQ \d+", "HIGHESTMODSEQ M", r)
-    assert r == ("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)\r\n"
-                 "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded \\*)] Flags permitted\r\n"
-                 "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen\r\n"
-                 "* OK [UIDVALIDITY V] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
-                 "* OK [HIGHESTMODSEQ M] Highest\r\na OK [READ-WRITE] SELECT completed\r\n")
+    assert r == (
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)\r\n"
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded \\*)] Flags permitted\r\n"
+        "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen\r\n"
+        "* OK [UIDVALIDITY V] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+        "* OK [HIGHESTMODSEQ M] Highest\r\na OK [READ-WRITE] SELECT completed\r\n"
+    )
     # SELECT moved them to cur/: the next session sees no \Recent
     assert not list((tmp_path / "alice" / "new").iterdir())
     c2 = Client(tmp_path)
@@ -246,15 +296,19 @@ def test_select_responses(c, tmp_path):
 def test_append_with_flags_date_and_appenduid(c, tmp_path):
     c.login()
     msg = b"From: a@b\r\nSubject: t\r\n\r\nhello\r\n"
-    assert c.cmd(f"a APPEND Drafts (\\Draft $Label1) \" 7-Feb-1994 21:52:25 -0800\" {{{len(msg)}}}") == \
-        "+ Ready for literal data\r\n"
+    assert (
+        c.cmd(f'a APPEND Drafts (\\Draft $Label1) " 7-Feb-1994 21:52:25 -0800" {{{len(msg)}}}')
+        == "+ Ready for literal data\r\n"
+    )
     r = c.send(msg + b"\r\n").decode()
     m = re.match(r"^a OK \[APPENDUID (\d+) 1\] APPEND completed\r\n$", r)
     assert m, r
     c.cmd("b SELECT Drafts")
     r = c.cmd("c FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
-    assert r == ('* 1 FETCH (FLAGS (\\Draft $Label1) INTERNALDATE "08-Feb-1994 05:52:25 +0000" RFC822.SIZE 32 '
-                 'BODY[] {32}\r\nFrom: a@b\r\nSubject: t\r\n\r\nhello\r\n)\r\nc OK FETCH completed\r\n')
+    assert r == (
+        '* 1 FETCH (FLAGS (\\Draft $Label1) INTERNALDATE "08-Feb-1994 05:52:25 +0000" RFC822.SIZE 32 '
+        "BODY[] {32}\r\nFrom: a@b\r\nSubject: t\r\n\r\nhello\r\n)\r\nc OK FETCH completed\r\n"
+    )
     files = list((tmp_path / "alice" / ".Drafts" / "cur").iterdir())
     assert len(files) == 1 and files[0].read_bytes() == b"From: a@b\nSubject: t\n\nhello\n"
     assert files[0].name.endswith(",S=28,W=32:2,D")
@@ -296,17 +350,23 @@ def selected(c, tmp_path, n=3, **kw):
 
 def test_store_variants_and_silent(c, tmp_path):
     selected(c, tmp_path)
-    assert c.cmd("a STORE 1 +FLAGS (\\Seen \\Flagged)") == \
-        "* 1 FETCH (FLAGS (\\Flagged \\Seen \\Recent))\r\na OK STORE completed\r\n"
+    assert (
+        c.cmd("a STORE 1 +FLAGS (\\Seen \\Flagged)")
+        == "* 1 FETCH (FLAGS (\\Flagged \\Seen \\Recent))\r\na OK STORE completed\r\n"
+    )
     assert c.cmd("b STORE 1 -FLAGS (\\Flagged)") == "* 1 FETCH (FLAGS (\\Seen \\Recent))\r\nb OK STORE completed\r\n"
     assert c.cmd("c STORE 1:2 FLAGS.SILENT (\\Answered)") == "c OK STORE completed\r\n"
     r = c.cmd("d UID STORE 2 +FLAGS (work)")
-    assert r == ("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded work)\r\n"
-                 "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded work \\*)] Flags permitted\r\n"
-                 "* 2 FETCH (UID 2 FLAGS (\\Answered work \\Recent))\r\nd OK STORE completed\r\n")
-    assert c.cmd("e FETCH 1:3 FLAGS") == ("* 1 FETCH (FLAGS (\\Answered \\Recent))\r\n"
-                                          "* 2 FETCH (FLAGS (\\Answered work \\Recent))\r\n"
-                                          "* 3 FETCH (FLAGS (\\Recent))\r\ne OK FETCH completed\r\n")
+    assert r == (
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded work)\r\n"
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded work \\*)] Flags permitted\r\n"
+        "* 2 FETCH (UID 2 FLAGS (\\Answered work \\Recent))\r\nd OK STORE completed\r\n"
+    )
+    assert c.cmd("e FETCH 1:3 FLAGS") == (
+        "* 1 FETCH (FLAGS (\\Answered \\Recent))\r\n"
+        "* 2 FETCH (FLAGS (\\Answered work \\Recent))\r\n"
+        "* 3 FETCH (FLAGS (\\Recent))\r\ne OK FETCH completed\r\n"
+    )
     assert c.cmd("f STORE 1 FLAGS (\\Bogus)").startswith("f BAD")
     assert c.cmd("g STORE 9 FLAGS (\\Seen)") == "g BAD Invalid message sequence number\r\n"
 
@@ -323,8 +383,11 @@ def test_fetch_implicit_seen_and_peek(c, tmp_path):
 def test_fetch_macros_and_uid(c, tmp_path):
     selected(c, tmp_path, 1)
     r = c.cmd("a FETCH 1 FAST")
-    assert re.match(r'^\* 1 FETCH \(FLAGS \(\\Recent\) INTERNALDATE "\d\d-\w\w\w-\d{4} \d\d:\d\d:\d\d \+0000" '
-                    r'RFC822.SIZE 99\)\r\n', r), r
+    assert re.match(
+        r'^\* 1 FETCH \(FLAGS \(\\Recent\) INTERNALDATE "\d\d-\w\w\w-\d{4} \d\d:\d\d:\d\d \+0000" '
+        r"RFC822.SIZE 99\)\r\n",
+        r,
+    ), r
     r = c.cmd("b FETCH 1 ALL")
     assert 'ENVELOPE ("Mon, 7 Feb 1994 21:52:25 -0800" "s1" ((NIL NIL "a" "example.org"))' in r
     r = c.cmd("c FETCH 1 FULL")
@@ -336,8 +399,7 @@ def test_fetch_macros_and_uid(c, tmp_path):
 
 def test_rfc822_items(c, tmp_path):
     selected(c, tmp_path, 1)
-    hdr = ("From: a@example.org\r\nTo: b@example.org\r\nSubject: s1\r\n"
-           "Date: Mon, 7 Feb 1994 21:52:25 -0800\r\n\r\n")
+    hdr = "From: a@example.org\r\nTo: b@example.org\r\nSubject: s1\r\nDate: Mon, 7 Feb 1994 21:52:25 -0800\r\n\r\n"
     r = c.cmd("a FETCH 1 RFC822.HEADER")
     assert r == f"* 1 FETCH (RFC822.HEADER {{{len(hdr)}}}\r\n{hdr})\r\na OK FETCH completed\r\n"
     r = c.cmd("b FETCH 1 (RFC822.TEXT)")
@@ -349,10 +411,15 @@ def test_rfc822_items(c, tmp_path):
 def test_header_fields_and_partial(c, tmp_path):
     selected(c, tmp_path, 1)
     r = c.cmd("a FETCH 1 BODY.PEEK[HEADER.FIELDS (subject FROM)]")
-    assert r == ("* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT FROM)] {36}\r\n"
-                 "From: a@example.org\r\nSubject: s1\r\n\r\n)\r\na OK FETCH completed\r\n")
+    assert r == (
+        "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT FROM)] {36}\r\n"
+        "From: a@example.org\r\nSubject: s1\r\n\r\n)\r\na OK FETCH completed\r\n"
+    )
     r = c.cmd("b FETCH 1 BODY.PEEK[HEADER.FIELDS.NOT (Subject From Date)]")
-    assert r == "* 1 FETCH (BODY[HEADER.FIELDS.NOT (SUBJECT FROM DATE)] {21}\r\nTo: b@example.org\r\n\r\n)\r\nb OK FETCH completed\r\n"
+    assert (
+        r
+        == "* 1 FETCH (BODY[HEADER.FIELDS.NOT (SUBJECT FROM DATE)] {21}\r\nTo: b@example.org\r\n\r\n)\r\nb OK FETCH completed\r\n"
+    )
     r = c.cmd("c FETCH 1 BODY.PEEK[]<0.4>")
     assert r == "* 1 FETCH (BODY[]<0> {4}\r\nFrom)\r\nc OK FETCH completed\r\n"
     r = c.cmd("d FETCH 1 BODY.PEEK[]<97.100>")
@@ -366,8 +433,15 @@ def test_header_fields_and_partial(c, tmp_path):
 
 def test_search_keys(c, tmp_path):
     deliver(tmp_path, data=make_message(subject="Hello there", frm="Joe <joe@example.org>", body="apples\n"))
-    deliver(tmp_path, data=make_message(subject="=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=", frm="ann@example.net", body="pears\n",
-                                        extra="Cc: carl@example.com\nX-Spam: yes\n"))
+    deliver(
+        tmp_path,
+        data=make_message(
+            subject="=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=",
+            frm="ann@example.net",
+            body="pears\n",
+            extra="Cc: carl@example.com\nX-Spam: yes\n",
+        ),
+    )
     deliver(tmp_path, data=make_message(subject="third", body="x" * 5000 + "\n"))
     c.login()
     c.cmd("s SELECT INBOX")
@@ -391,29 +465,29 @@ def test_search_keys(c, tmp_path):
     assert s("NEW") == "* SEARCH 2 3"
     assert s("OLD") == "* SEARCH"
     assert s('FROM "JOE"') == "* SEARCH 1"
-    assert s('FROM example.net') == "* SEARCH 2"
-    assert s('CC carl') == "* SEARCH 2"
-    assert s('TO b@') == "* SEARCH 1 2 3"
-    assert s('BCC x') == "* SEARCH"
-    assert s('SUBJECT there') == "* SEARCH 1"
+    assert s("FROM example.net") == "* SEARCH 2"
+    assert s("CC carl") == "* SEARCH 2"
+    assert s("TO b@") == "* SEARCH 1 2 3"
+    assert s("BCC x") == "* SEARCH"
+    assert s("SUBJECT there") == "* SEARCH 1"
     r = c.send("q SEARCH CHARSET UTF-8 SUBJECT {%d+}\r\ngrü\r\n" % len("grü".encode()))
     assert r.decode() == "* SEARCH 2\r\nq OK SEARCH completed\r\n"
-    assert s('HEADER X-Spam yes') == "* SEARCH 2"
+    assert s("HEADER X-Spam yes") == "* SEARCH 2"
     assert s('HEADER X-Spam ""') == "* SEARCH 2"
-    assert s('BODY PEARS') == "* SEARCH 2"
-    assert s('TEXT apples') == "* SEARCH 1"
-    assert s('TEXT ann@') == "* SEARCH 2"
-    assert s('LARGER 1000') == "* SEARCH 3"
-    assert s('SMALLER 1000') == "* SEARCH 1 2"
-    assert s('SENTON 7-Feb-1994') == "* SEARCH 1 2 3"
-    assert s('SENTBEFORE 7-Feb-1994') == "* SEARCH"
-    assert s('SENTSINCE 1-Jan-2000') == "* SEARCH"
-    assert s('SINCE 1-Jan-2000') == "* SEARCH 1 2 3"
-    assert s('BEFORE 1-Jan-2000') == "* SEARCH"
-    assert s('ON 1-Jan-2000') == "* SEARCH"
-    assert s('2:*') == "* SEARCH 2 3"
-    assert s('UID 1,3') == "* SEARCH 1 3"
-    assert s('1:2 UNSEEN', uid=True) == "* SEARCH 2"
+    assert s("BODY PEARS") == "* SEARCH 2"
+    assert s("TEXT apples") == "* SEARCH 1"
+    assert s("TEXT ann@") == "* SEARCH 2"
+    assert s("LARGER 1000") == "* SEARCH 3"
+    assert s("SMALLER 1000") == "* SEARCH 1 2"
+    assert s("SENTON 7-Feb-1994") == "* SEARCH 1 2 3"
+    assert s("SENTBEFORE 7-Feb-1994") == "* SEARCH"
+    assert s("SENTSINCE 1-Jan-2000") == "* SEARCH"
+    assert s("SINCE 1-Jan-2000") == "* SEARCH 1 2 3"
+    assert s("BEFORE 1-Jan-2000") == "* SEARCH"
+    assert s("ON 1-Jan-2000") == "* SEARCH"
+    assert s("2:*") == "* SEARCH 2 3"
+    assert s("UID 1,3") == "* SEARCH 1 3"
+    assert s("1:2 UNSEEN", uid=True) == "* SEARCH 2"
     assert c.cmd("x SEARCH CHARSET KOI8-R ALL") == "x NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n"
     assert c.cmd("y SEARCH FOO").startswith("y BAD")
     assert c.cmd("z SEARCH BEFORE 1-Foo-2000").startswith("z BAD")
@@ -436,8 +510,10 @@ def test_copy_move_expunge_uidplus(c, tmp_path):
     assert '"Trash" (MESSAGES 4 UIDNEXT 5)' in r
     c.cmd("i SELECT Trash")
     r = c.cmd("j FETCH 1:* (UID FLAGS)")
-    assert r == ("* 1 FETCH (UID 1 FLAGS ())\r\n* 2 FETCH (UID 2 FLAGS ())\r\n"
-                 "* 3 FETCH (UID 3 FLAGS ())\r\n* 4 FETCH (UID 4 FLAGS ())\r\nj OK FETCH completed\r\n")
+    assert r == (
+        "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 FETCH (UID 2 FLAGS ())\r\n"
+        "* 3 FETCH (UID 3 FLAGS ())\r\n* 4 FETCH (UID 4 FLAGS ())\r\nj OK FETCH completed\r\n"
+    )
 
 
 def test_close_expunges_unselect_does_not(c, tmp_path):
@@ -456,8 +532,8 @@ def test_rename_inbox_moves_messages(c, tmp_path):
     selected(c, tmp_path, 2)
     c.cmd("a UNSELECT")
     assert c.cmd("b RENAME INBOX Old") == "b OK RENAME completed\r\n"
-    assert '(MESSAGES 0)' in c.cmd("c STATUS INBOX (MESSAGES)")
-    assert '(MESSAGES 2)' in c.cmd("d STATUS Old (MESSAGES)")
+    assert "(MESSAGES 0)" in c.cmd("c STATUS INBOX (MESSAGES)")
+    assert "(MESSAGES 2)" in c.cmd("d STATUS Old (MESSAGES)")
 
 
 # -- two sessions: untagged updates ---------------------------------------------------------
@@ -555,8 +631,9 @@ def test_rfc3501_expunge_example(c, tmp_path):
     """RFC 3501 6.4.3: messages 3, 4, 7 and 11 deleted -> * 3, * 3, * 5, * 8 EXPUNGE."""
     selected(c, tmp_path, 12)
     c.cmd("a STORE 3:4,7,11 +FLAGS.SILENT (\\Deleted)")
-    assert c.cmd("A202 EXPUNGE") == ("* 3 EXPUNGE\r\n* 3 EXPUNGE\r\n* 5 EXPUNGE\r\n* 8 EXPUNGE\r\n"
-                                     "A202 OK EXPUNGE completed\r\n")
+    assert c.cmd("A202 EXPUNGE") == (
+        "* 3 EXPUNGE\r\n* 3 EXPUNGE\r\n* 5 EXPUNGE\r\n* 8 EXPUNGE\r\nA202 OK EXPUNGE completed\r\n"
+    )
     r = c.cmd("b FETCH 1:* UID")
     assert [int(x) for x in re.findall(r"UID (\d+)", r)] == [1, 2, 5, 6, 8, 9, 10, 12]
 
@@ -572,16 +649,17 @@ def test_rfc3501_store_example(c, tmp_path):
         "* 2 FETCH (FLAGS (\\Seen \\Deleted))\r\n"
         "* 3 FETCH (FLAGS (\\Flagged \\Seen \\Deleted))\r\n"
         "* 4 FETCH (FLAGS (\\Seen \\Deleted))\r\n"
-        "A003 OK STORE completed\r\n")
+        "A003 OK STORE completed\r\n"
+    )
 
 
 def test_rfc3501_uid_fetch_example(c, tmp_path):
     """RFC 3501 6.4.8: UID FETCH 4827313:4828442 FLAGS answers with UID and FLAGS."""
     selected(c, tmp_path, 3)
     c.cmd("x STORE 2 FLAGS.SILENT (\\Seen)")
-    assert c.cmd("A999 UID FETCH 2:3 FLAGS") == ("* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))\r\n"
-                                                 "* 3 FETCH (UID 3 FLAGS (\\Recent))\r\n"
-                                                 "A999 OK FETCH completed\r\n")
+    assert c.cmd("A999 UID FETCH 2:3 FLAGS") == (
+        "* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))\r\n* 3 FETCH (UID 3 FLAGS (\\Recent))\r\nA999 OK FETCH completed\r\n"
+    )
 
 
 def test_client_gone_mid_append_leaves_no_spool_file(c, tmp_path):

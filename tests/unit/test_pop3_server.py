@@ -84,7 +84,7 @@ class Driver:
         if self.bytewise:
             for i in range(len(data)):
                 if not self.closed:
-                    self.run(self.server.data_received(data[i:i + 1]))
+                    self.run(self.server.data_received(data[i : i + 1]))
         else:
             self.run(self.server.data_received(data))
         return bytes(self.out)
@@ -198,7 +198,10 @@ def test_three_failed_logins_close(maildir):
     backend = FakeBackend(maildir)
     drv = Driver(backend)
     out = drv.send(b"USER a\r\nPASS b\r\nUSER a\r\nPASS b\r\nUSER a\r\nPASS b\r\nUSER a\r\n")
-    assert out == (b"+OK\r\n" + pop3_server.AUTH_FAILED) * 3 + b"-ERR Too many authentication failures, closing connection\r\n"
+    assert (
+        out
+        == (b"+OK\r\n" + pop3_server.AUTH_FAILED) * 3 + b"-ERR Too many authentication failures, closing connection\r\n"
+    )
     assert drv.closed and len(backend.logins) == 3
 
 
@@ -209,8 +212,10 @@ def test_pipelining_in_order_across_login_job(maildir, bytewise):
     out = drv.send(f"CAPA\r\nUSER {USER}\r\nPASS {PASSWORD}\r\nSTAT\r\nRETR 2\r\nDELE 1\r\nLIST\r\nQUIT\r\n".encode())
     parts = out.split(b"+OK Logged in, 2 messages (7 octets)\r\n")
     assert len(parts) == 2 and parts[0].endswith(b"IMPLEMENTATION pymail\r\n.\r\n+OK\r\n")
-    assert parts[1] == (b"+OK 2 7\r\n+OK 4 octets\r\nbb\r\n.\r\n+OK Message 1 deleted\r\n"
-                        b"+OK 1 messages (4 octets)\r\n2 4\r\n.\r\n+OK Logging out, 1 message deleted\r\n")
+    assert parts[1] == (
+        b"+OK 2 7\r\n+OK 4 octets\r\nbb\r\n.\r\n+OK Message 1 deleted\r\n"
+        b"+OK 1 messages (4 octets)\r\n2 4\r\n.\r\n+OK Logging out, 1 message deleted\r\n"
+    )
     assert drv.closed
 
 
@@ -280,7 +285,9 @@ def test_second_session_in_use(maildir):
     login(first)
     second = Driver(FakeBackend(maildir))
     second.send(f"USER {USER}\r\n".encode())
-    assert second.send(f"PASS {PASSWORD}\r\n".encode()) == b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n"
+    assert (
+        second.send(f"PASS {PASSWORD}\r\n".encode()) == b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n"
+    )
     first.send(b"QUIT\r\n")
     login(second)
 
@@ -336,7 +343,9 @@ def test_auth_plain_initial_response(maildir):
 def test_apop(maildir):
     drv = Driver(FakeBackend(maildir, apop=True))
     greeting = drv.greeting()
-    assert greeting.startswith(b"+OK pop.example.test POP3 server ready <") and greeting.endswith(b"@pop.example.test>\r\n")
+    assert greeting.startswith(b"+OK pop.example.test POP3 server ready <") and greeting.endswith(
+        b"@pop.example.test>\r\n"
+    )
     stamp = greeting.split(b" ")[-1].strip().decode()
     assert drv.send(b"APOP alice\r\n") == b"-ERR Syntax: APOP name digest\r\n"
     assert drv.send(f"APOP {USER} {'0' * 32}\r\n".encode()) == pop3_server.AUTH_FAILED
@@ -447,11 +456,32 @@ def test_maildrop_lock_is_per_open_file(maildir):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(st.binary(max_size=300),
-                          st.sampled_from([b"USER alice@example.test\r\n", b"PASS secret pass\r\n", b"LIST\r\n",
-                                           b"RETR 1\r\n", b"TOP 1 2\r\n", b"DELE 1\r\n", b"RSET\r\n", b"UIDL\r\n",
-                                           b"STLS\r\n", b"AUTH PLAIN\r\n", b"CAPA\r\n", b"\r\n", b"\n", b"QUIT\r\n"])),
-                max_size=30))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.sampled_from(
+                [
+                    b"USER alice@example.test\r\n",
+                    b"PASS secret pass\r\n",
+                    b"LIST\r\n",
+                    b"RETR 1\r\n",
+                    b"TOP 1 2\r\n",
+                    b"DELE 1\r\n",
+                    b"RSET\r\n",
+                    b"UIDL\r\n",
+                    b"STLS\r\n",
+                    b"AUTH PLAIN\r\n",
+                    b"CAPA\r\n",
+                    b"\r\n",
+                    b"\n",
+                    b"QUIT\r\n",
+                ]
+            ),
+        ),
+        max_size=30,
+    )
+)
 def test_fuzz_arbitrary_bytes_never_raise(tmp_path_factory, chunks):
     path = tmp_path_factory.mktemp("fuzz") / "alice"
     md.ensure_maildir(path)

@@ -5,17 +5,47 @@ from __future__ import annotations
 from pymta.recipient import BOUNCED, DEFERRED, EntryState, Recipient, Status
 
 OLD_STATE = {  # as written before "code" and "enhanced" were kept
-    "first": 1764313200.6, "next": 1764313500.6, "warned": True,
+    "first": 1764313200.6,
+    "next": 1764313500.6,
+    "warned": True,
     "rcpts": [
-        {"to": "alice@example.test", "kind": "address", "orig": "team@example.test", "status": "sent",
-         "attempts": 1, "reason": "2.0.0 delivered to maildir"},
-        {"to": "bob@remote.test", "kind": "address", "orig": "bob@remote.test", "status": "bounced",
-         "attempts": 1, "reason": "5.1.1 mx.remote.test[192.0.2.1]:25 said: 550 5.1.1 no such user",
-         "remote": "mx.remote.test[192.0.2.1]:25", "diag": "smtp; 550 5.1.1 no such user", "notified": True},
-        {"to": "gone@example.test", "kind": "error", "orig": "gone@example.test", "status": "pending",
-         "attempts": 0, "reason": "", "verdict": "5.4.6 alias loop: no deliverable target", "dup": True},
-        {"to": "carol@remote.test", "kind": "address", "orig": "carol@remote.test", "status": "deferred",
-         "attempts": 3, "reason": "TLS: 421 4.7.4 STARTTLS refused"},
+        {
+            "to": "alice@example.test",
+            "kind": "address",
+            "orig": "team@example.test",
+            "status": "sent",
+            "attempts": 1,
+            "reason": "2.0.0 delivered to maildir",
+        },
+        {
+            "to": "bob@remote.test",
+            "kind": "address",
+            "orig": "bob@remote.test",
+            "status": "bounced",
+            "attempts": 1,
+            "reason": "5.1.1 mx.remote.test[192.0.2.1]:25 said: 550 5.1.1 no such user",
+            "remote": "mx.remote.test[192.0.2.1]:25",
+            "diag": "smtp; 550 5.1.1 no such user",
+            "notified": True,
+        },
+        {
+            "to": "gone@example.test",
+            "kind": "error",
+            "orig": "gone@example.test",
+            "status": "pending",
+            "attempts": 0,
+            "reason": "",
+            "verdict": "5.4.6 alias loop: no deliverable target",
+            "dup": True,
+        },
+        {
+            "to": "carol@remote.test",
+            "kind": "address",
+            "orig": "carol@remote.test",
+            "status": "deferred",
+            "attempts": 3,
+            "reason": "TLS: 421 4.7.4 STARTTLS refused",
+        },
     ],
 }
 

@@ -15,8 +15,14 @@ MSG = b"From: alice@example.org\nTo: bob@example.test\nSubject: Report 42\n\nbod
 def run(tmp_path: Path, rules: str, message: bytes = MSG, **variables):
     rc = tmp_path / "rc"
     rc.write_text(rules)
-    base = {"MAILDIR": str(tmp_path), "DEFAULT": f"{tmp_path}/inbox/", "SHELL": "/bin/sh",
-            "PATH": "/usr/bin:/bin", "LOCKEXT": ".lock", "SENDMAILFLAGS": "-oi"}
+    base = {
+        "MAILDIR": str(tmp_path),
+        "DEFAULT": f"{tmp_path}/inbox/",
+        "SHELL": "/bin/sh",
+        "PATH": "/usr/bin:/bin",
+        "LOCKEXT": ".lock",
+        "SENDMAILFLAGS": "-oi",
+    }
     base.update(variables)
     return run_rules(message, [rc], base, inbox=tmp_path / "inbox", sender="alice@example.org")
 
@@ -39,19 +45,22 @@ def test_default_when_nothing_matches(tmp_path):
     assert out.exit_code == 0 and msgs(tmp_path / "inbox") == [MSG]
 
 
-@pytest.mark.parametrize("rules,folders", [
-    # A: only when the last recipe without A matched
-    (":0\n* ^Subject: Report\n{ }\n:0 A\na/\n", ["a"]),
-    (":0\n* ^Subject: Nope\n{ }\n:0 A\na/\n:0\nb/\n", ["b"]),
-    # a: ...and the previous one succeeded
-    (":0 c\n* ^Subject\nnot/a/dir/mbox\n:0 a\na/\n:0\nb/\n", ["b"]),
-    # E: else-if chains
-    (":0\n* ^Subject: X\nx/\n:0 E\n* ^Subject: Y\ny/\n:0 E\nz/\n", ["z"]),
-    (":0 c\n* ^Subject: Report\nx/\n:0 E\ny/\n:0 E\nz/\n:0\nw/\n", ["w", "x"]),
-    # e: the previous recipe was tried and failed
-    (":0 c\nnot/a/dir/mbox\n:0 e\nerr/\n", ["err"]),
-    (":0 c\nok/\n:0 e\nerr/\n:0\nlast/\n", ["last", "ok"]),
-])
+@pytest.mark.parametrize(
+    "rules,folders",
+    [
+        # A: only when the last recipe without A matched
+        (":0\n* ^Subject: Report\n{ }\n:0 A\na/\n", ["a"]),
+        (":0\n* ^Subject: Nope\n{ }\n:0 A\na/\n:0\nb/\n", ["b"]),
+        # a: ...and the previous one succeeded
+        (":0 c\n* ^Subject\nnot/a/dir/mbox\n:0 a\na/\n:0\nb/\n", ["b"]),
+        # E: else-if chains
+        (":0\n* ^Subject: X\nx/\n:0 E\n* ^Subject: Y\ny/\n:0 E\nz/\n", ["z"]),
+        (":0 c\n* ^Subject: Report\nx/\n:0 E\ny/\n:0 E\nz/\n:0\nw/\n", ["w", "x"]),
+        # e: the previous recipe was tried and failed
+        (":0 c\nnot/a/dir/mbox\n:0 e\nerr/\n", ["err"]),
+        (":0 c\nok/\n:0 e\nerr/\n:0\nlast/\n", ["last", "ok"]),
+    ],
+)
 def test_chaining_flags(tmp_path, rules, folders):
     out = run(tmp_path, rules)
     assert out.exit_code == 0
@@ -81,13 +90,15 @@ def test_size_weights(tmp_path):
 
 
 def test_variable_forms(tmp_path):
-    eng = engine(tmp_path, "A=x\nB=${A:-d}${U:-d}${A:+p}${U:+p}\nC=\"$#|$1|$@\"\nD='$A'\nE=$\\F\nF=a.b\nG=$\\F\n",
-                 )
+    eng = engine(
+        tmp_path,
+        "A=x\nB=${A:-d}${U:-d}${A:+p}${U:+p}\nC=\"$#|$1|$@\"\nD='$A'\nE=$\\F\nF=a.b\nG=$\\F\n",
+    )
     assert eng.vars["B"] == "xdp"
     assert eng.vars["D"] == "$A"
     assert eng.vars["G"] == "a\\.b"
     eng = Engine(MSG, {"MAILDIR": str(tmp_path), "SHELL": "/bin/sh"}, args=["one", "two"])
-    eng.run_file(parse("C=\"$#|$1|$@\"\n"))
+    eng.run_file(parse('C="$#|$1|$@"\n'))
     assert eng.vars["C"] == "2|one|one two"
 
 
@@ -167,8 +178,10 @@ def test_maildir_and_default_assignments(tmp_path):
 
 
 def test_local_lockfile_for_pipe_and_global_lockfile(tmp_path):
-    out = run(tmp_path, "LOCKFILE=global.lock\n:0 c:\n| cat >> log.txt\n:0 c: explicit.lck\n| cat >> log2.txt\n"
-                        ":0\n/dev/null\n")
+    out = run(
+        tmp_path,
+        "LOCKFILE=global.lock\n:0 c:\n| cat >> log.txt\n:0 c: explicit.lck\n| cat >> log2.txt\n:0\n/dev/null\n",
+    )
     assert out.exit_code == 0
     assert (tmp_path / "log.txt").read_bytes() == MSG + b"\n"
     assert (tmp_path / "log2.txt").read_bytes() == MSG + b"\n"

@@ -18,8 +18,10 @@ def test_recipe_parts_and_lines():
 
 
 def test_condition_kinds_and_weights():
-    rf = parse(":0\n* < 1000\n* > 5\n* ? test -n x\n* $ ^To:.*$ME\n* SUBJ ?? ^hi\n* B ?? body\n"
-               "* 2^1 ^Received:\n* -1.5^0 \\!literal\nfolder/\n")
+    rf = parse(
+        ":0\n* < 1000\n* > 5\n* ? test -n x\n* $ ^To:.*$ME\n* SUBJ ?? ^hi\n* B ?? body\n"
+        "* 2^1 ^Received:\n* -1.5^0 \\!literal\nfolder/\n"
+    )
     assert rf.problems == []
     conds = rf.items[0].conditions
     assert [c.kind for c in conds] == ["size", "size", "program", "expand", "var", "var", "regex", "regex"]
@@ -33,8 +35,13 @@ def test_actions():
     rf = parse(":0:\nmbox\n:0\n! a@b c@d\n:0\nVAR=| cat\n:0\n{ X=1 }\n:0 c\n.Folder/ # comment\n")
     assert rf.problems == []
     kinds = [(r.action.kind, r.action.text, r.lockfile) for r in rf.items]
-    assert kinds == [("folder", "mbox", ""), ("forward", "a@b c@d", None), ("capture", "cat", None),
-                     ("block", "{", None), ("folder", ".Folder/", None)]
+    assert kinds == [
+        ("folder", "mbox", ""),
+        ("forward", "a@b c@d", None),
+        ("capture", "cat", None),
+        ("block", "{", None),
+        ("folder", ".Folder/", None),
+    ]
     assert rf.items[2].action.var == "VAR"
     assert [type(i).__name__ for i in rf.items[3].action.items] == ["Assign"]
 

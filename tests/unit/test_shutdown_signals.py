@@ -40,8 +40,9 @@ print("alive")
 
 
 def test_second_sigterm_after_serve_is_harmless():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO)], capture_output=True, text=True, timeout=30,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(REPO)], capture_output=True, text=True, timeout=30, check=False
+    )
     assert proc.stdout.splitlines() == ["handler ignored", "wakeup -1", "alive"], (proc.stdout, proc.stderr)
     assert proc.returncode == 0
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

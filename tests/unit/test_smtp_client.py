@@ -7,9 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymta.lib.sansio import CLOSE, STARTTLS, Stream
-from pymta.smtp_client import (MAX_REPLY_LINES, ProtocolError, Reply, ReplyParser, SMTPClient, Transaction,
-                               smtp_text)
-
+from pymta.smtp_client import MAX_REPLY_LINES, ProtocolError, Reply, ReplyParser, SMTPClient, Transaction, smtp_text
 
 # -- reply parser ------------------------------------------------------------------------
 
@@ -19,12 +17,13 @@ def test_multiline_reply_fed_byte_by_byte():
     data = b"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
     out = []
     for i in range(len(data)):
-        out += p.feed(data[i:i + 1])
+        out += p.feed(data[i : i + 1])
     assert out == [Reply(250, ("mx.test", "PIPELINING", "SIZE 1000"))]
 
 
-@pytest.mark.parametrize("bad", [b"2500 x\r\n", b"abc\r\n", b"25\r\n", b"650 x\r\n", b"250x\r\n",
-                                 b"250-a\r\n251 b\r\n"])
+@pytest.mark.parametrize(
+    "bad", [b"2500 x\r\n", b"abc\r\n", b"25\r\n", b"650 x\r\n", b"250x\r\n", b"250-a\r\n251 b\r\n"]
+)
 def test_malformed_replies_are_protocol_errors(bad):
     with pytest.raises(ProtocolError):
         ReplyParser().feed(bad)

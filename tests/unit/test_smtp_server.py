@@ -607,12 +607,15 @@ def test_end_of_data_split_across_chunks():
 # -- backend failures ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exc, reply", [
-    (TempFailure("queue locked"), "451 4.3.0 Requested action aborted: local error in processing"),
-    (OSError(13, "Permission denied"), "451 4.3.0 Requested action aborted: local error in processing"),
-    (OSError(28, "No space left on device"), "452 4.3.1 Insufficient system storage"),  # ENOSPC
-    (OSError(122, "Disk quota exceeded"), "452 4.3.1 Insufficient system storage"),  # EDQUOT
-])
+@pytest.mark.parametrize(
+    "exc, reply",
+    [
+        (TempFailure("queue locked"), "451 4.3.0 Requested action aborted: local error in processing"),
+        (OSError(13, "Permission denied"), "451 4.3.0 Requested action aborted: local error in processing"),
+        (OSError(28, "No space left on device"), "452 4.3.1 Insufficient system storage"),  # ENOSPC
+        (OSError(122, "Disk quota exceeded"), "452 4.3.1 Insufficient system storage"),  # EDQUOT
+    ],
+)
 def test_commit_failure_gets_451_without_traceback(exc, reply):
     d = ready()
     d.backend.fail_commit = exc
@@ -650,7 +653,12 @@ def test_backend_check_exception_gets_451():
 
 def test_pipelined_commands_answered_in_order_in_one_send():
     d = Driver()
-    batch = b"EHLO x\r\n" + TRANSACTION + b"hello\r\n.\r\n" + b"MAIL FROM:<c@example.net>\r\nRCPT TO:<unknown@example.org>\r\nRSET\r\nQUIT\r\n"
+    batch = (
+        b"EHLO x\r\n"
+        + TRANSACTION
+        + b"hello\r\n.\r\n"
+        + b"MAIL FROM:<c@example.net>\r\nRCPT TO:<unknown@example.org>\r\nRSET\r\nQUIT\r\n"
+    )
     actions = d.m.data_received(batch)
     # The commit Job stops processing; the rest waits in the machine's buffer.
     assert isinstance(actions[-1], Job) and len(actions) == 2
@@ -723,6 +731,7 @@ def test_starttls_refusals():
 
 
 # -- AUTH ------------------------------------------------------------------------------------
+
 
 def tls_ready():
     return ready(info=ConnectionInfo(tls=True, tls_available=True))
@@ -914,9 +923,26 @@ def test_connection_lost_aborts_the_sink():
 
 REPLY_LINE = re.compile(r"^[2-5]\d\d[ -]")
 WORDS = [
-    b"EHLO x\r\n", b"HELO x\r\n", b"MAIL FROM:<a@example.net>\r\n", b"RCPT TO:<b@example.org>\r\n",
-    b"DATA\r\n", b".\r\n", b"\r\n", b"\n", b"\r", b".", b"AUTH PLAIN\r\n", b"AUTH LOGIN\r\n", b"*\r\n",
-    b"STARTTLS\r\n", b"RSET\r\n", b"QUIT\r\n", b"x" * 3000, b"\x00", b"\xff", GOOD_PLAIN.encode() + b"\r\n",
+    b"EHLO x\r\n",
+    b"HELO x\r\n",
+    b"MAIL FROM:<a@example.net>\r\n",
+    b"RCPT TO:<b@example.org>\r\n",
+    b"DATA\r\n",
+    b".\r\n",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b".",
+    b"AUTH PLAIN\r\n",
+    b"AUTH LOGIN\r\n",
+    b"*\r\n",
+    b"STARTTLS\r\n",
+    b"RSET\r\n",
+    b"QUIT\r\n",
+    b"x" * 3000,
+    b"\x00",
+    b"\xff",
+    GOOD_PLAIN.encode() + b"\r\n",
 ]
 
 
@@ -1054,8 +1080,10 @@ class PolicyBackend(FakeBackend):
 def test_recipient_policy_is_a_job_after_check_recipient():
     backend = PolicyBackend()
     d = ready(backend=backend, recipient_policy=True)
-    replies = d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<unknown@example.org>\r\n"
-                     b"RCPT TO:<alice@example.org>\r\nRCPT TO:<postmaster>\r\nDATA\r\n")
+    replies = d.feed(
+        b"MAIL FROM:<a@example.net>\r\nRCPT TO:<unknown@example.org>\r\n"
+        b"RCPT TO:<alice@example.org>\r\nRCPT TO:<postmaster>\r\nDATA\r\n"
+    )
     assert codes(replies) == [250, 550, 450, 250, 354]
     assert backend.policy_calls == ["alice@example.org", "postmaster"]  # unknown users never reach it
     assert any(isinstance(a, Job) and "_check_policy" in repr(a) for a in d.actions)

@@ -93,8 +93,10 @@ def test_scheme_refuses_wrong_password(name):
 def test_known_vectors():
     # sha1("password"), and the glibc SHA-crypt specification's example
     assert verify_hash("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "password")
-    assert verify_hash("{SHA512-CRYPT}$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1",
-                       "Hello world!")
+    assert verify_hash(
+        "{SHA512-CRYPT}$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1",
+        "Hello world!",
+    )
     assert verify_hash("{MD5-CRYPT}$1$saltsalt$qjXMvbEw8oaL.CzflDtaK/", "password")
 
 
@@ -126,10 +128,19 @@ def test_plain_refused_unless_allowed(scheme, capsys):
     assert verify_hash(stored, PW + "x", allow_plain_scheme=True) is False
 
 
-@pytest.mark.parametrize("stored", [
-    "{NOSUCH}abc", "{BLF-CRYPT}not-a-hash", "{SHA512-CRYPT}$5$wrongprefix", "{SHA256}!!!notbase64",
-    "{SHA}" + b64(b"short"), "{SSHA}" + b64(b"x"), "{CRYPT}weird", "{ARGON2ID}$argon2id$broken",
-])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "{NOSUCH}abc",
+        "{BLF-CRYPT}not-a-hash",
+        "{SHA512-CRYPT}$5$wrongprefix",
+        "{SHA256}!!!notbase64",
+        "{SHA}" + b64(b"short"),
+        "{SSHA}" + b64(b"x"),
+        "{CRYPT}weird",
+        "{ARGON2ID}$argon2id$broken",
+    ],
+)
 def test_unknown_or_malformed_is_false_with_warning(stored, capsys):
     assert verify_hash(stored, PW) is False
     assert "warning" in capsys.readouterr().err
@@ -147,11 +158,34 @@ def test_nul_in_password_is_false_not_exception():
 # -- addresses -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [
-    "noat", "@x.test", "a@", "a:b@x.test", "a/b@x.test", "a@x/y", "a\\b@x.test", "a b@x.test", "a\n@x.test",
-    "a\x00@x.test", "a\t@x.test", "..@x.test", ".a@x.test", "a.@x.test", "a..b@x.test", "a@..", "a@.x.test",
-    "a@x..test", "a@x.test.", "a@b@x.test", "#a@x.test", "a@x\u200btest", "x" * 65 + "@x.test",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "noat",
+        "@x.test",
+        "a@",
+        "a:b@x.test",
+        "a/b@x.test",
+        "a@x/y",
+        "a\\b@x.test",
+        "a b@x.test",
+        "a\n@x.test",
+        "a\x00@x.test",
+        "a\t@x.test",
+        "..@x.test",
+        ".a@x.test",
+        "a.@x.test",
+        "a..b@x.test",
+        "a@..",
+        "a@.x.test",
+        "a@x..test",
+        "a@x.test.",
+        "a@b@x.test",
+        "#a@x.test",
+        "a@x\u200btest",
+        "x" * 65 + "@x.test",
+    ],
+)
 def test_invalid_addresses(bad):
     with pytest.raises(InvalidAddress):
         normalize_address(bad)
@@ -230,9 +264,7 @@ def test_corrupt_lines_skipped_with_line_number(ufile, capsys):
         b"no-password-field\n"
         b"not an address:{PLAIN}x\n"
         b"c@x.test:{PLAIN}x:notanumber\n"
-        b"\xff\xfe@x.test:{PLAIN}x\n"
-        + f"ok@x.test:{good}\n".encode()
-        + b"ok@x.test:{PLAIN}dup\n"
+        b"\xff\xfe@x.test:{PLAIN}x\n" + f"ok@x.test:{good}\n".encode() + b"ok@x.test:{PLAIN}dup\n"
     )
     assert [r.address for r in ufile.list()] == ["ok@x.test"]
     assert ufile.verify("ok@x.test", PW)
@@ -390,6 +422,7 @@ def test_unreadable_file_is_a_temporary_failure_and_not_rewritten(ufile, monkeyp
 
 
 # -- the system's libxcrypt and passlib agree -------------------------------------------
+
 
 def _crypt_hashes():
     import passlib.hash
