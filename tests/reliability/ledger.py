@@ -245,6 +245,8 @@ class Ledger:
         report.corrupted.extend(self.corrupt_seen)
         report.unreadable.extend(self.torn_seen)
 
+        from pypop.maildrop import uidl_for
+
         def add_copy(token, identity):
             copies.setdefault(token, set()).add(identity)
 
@@ -278,7 +280,7 @@ class Ledger:
                         report.corrupted.append((token, str(path), problem))
                     continue
                 if token is not None:
-                    add_copy(token, ("maildir", name.partition(":")[0]))
+                    add_copy(token, ("maildir", uidl_for(name.partition(":")[0])))  # as POP3 names it
             _check_index(folder, report)
 
         for i, (rcpts, data) in enumerate(sink or []):
@@ -292,7 +294,7 @@ class Ledger:
         for token, records in self.consumed.items():
             for how, identity in records:
                 if how == "pop3":
-                    add_copy(token, ("maildir", identity))  # UIDL is the base name
+                    add_copy(token, ("maildir", identity))  # UIDL: the base name, or its unique part past 70
                 elif not any(k == "maildir" for k, _ in copies.get(token, ())):
                     add_copy(token, (how, identity))  # gone from the store: the fetched copy counts
 
