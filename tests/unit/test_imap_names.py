@@ -18,7 +18,7 @@ from pyimap import mailbox_names as mn
         ("~peter/mail/台北/日本語", "~peter/mail/&U,BTFw-/&ZeVnLIqe-"),
     ],
 )
-def test_mutf7_examples(text, wire):  # RFC 3501 5.1.3 and LESSONS 21
+def test_mutf7_examples(text, wire):  # RFC 3501 5.1.3; "&" must round-trip (stalwartlabs/stalwart#76)
     assert mn.encode_mutf7(text) == wire
     assert mn.decode_mutf7(wire) == text
 
