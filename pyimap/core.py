@@ -174,7 +174,7 @@ class IMAPCore(Protocol):
 
     def _log_error(self, what: str, exc: Exception) -> None:
         try:
-            from pymta.lib import log
+            from pymta.lib import log  # noqa: PLC0415 lazy: only on the error path
 
             log.error(f"{what}: {type(exc).__name__}: {exc}")
         except Exception:

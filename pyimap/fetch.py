@@ -126,7 +126,7 @@ class _Loader:
 
     def full(self) -> bytes:
         if self._full is None:
-            from pyimap.message import read_crlf
+            from pyimap.message import read_crlf  # noqa: PLC0415 lazy
 
             self._full = read_crlf(self.path)
         return self._full
@@ -134,18 +134,18 @@ class _Loader:
     def header(self) -> bytes:
         if self._header is None:
             if self._full is not None:
-                from pyimap.message import split_header
+                from pyimap.message import split_header  # noqa: PLC0415 lazy
 
                 self._header = split_header(self._full)[0]
             else:
-                from pyimap.message import read_header
+                from pyimap.message import read_header  # noqa: PLC0415 lazy
 
                 self._header = read_header(self.path)
         return self._header
 
     def part(self):
         if self._part is None:
-            from pyimap.message import Part
+            from pyimap.message import Part  # noqa: PLC0415 lazy
 
             self._part = Part(self.full())
         return self._part
@@ -155,7 +155,7 @@ def _envelope(sel, e, loader) -> bytes:
     key = (sel.index.dir, e.base)
     env = _ENV_CACHE.get(key)
     if env is None:
-        from pyimap.message import Headers, cached_headers, envelope
+        from pyimap.message import Headers, cached_headers, envelope  # noqa: PLC0415 lazy
 
         if loader._full is not None:
             env = envelope(Headers(loader.header()))
@@ -180,8 +180,8 @@ def _count_crlf_size(fh) -> int:
 
 
 def _stream(fh):
-    from pyimap.message import to_crlf
-    from pymta.lib.lineends import converted_chunks
+    from pyimap.message import to_crlf  # noqa: PLC0415 lazy
+    from pymta.lib.lineends import converted_chunks  # noqa: PLC0415 lazy
 
     try:
         yield from converted_chunks(fh, to_crlf)
@@ -235,7 +235,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
             if name == "RFC822.HEADER":
                 data = loader.header()
             elif name == "RFC822.TEXT":
-                from pyimap.message import split_header
+                from pyimap.message import split_header  # noqa: PLC0415 lazy
 
                 data = split_header(loader.full())[1]
             else:
@@ -244,7 +244,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
         elif name == "BODY[]":
             _, label, spath, kind, fields, partial, _peek = item
             if kind in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT") and not spath:
-                from pyimap.message import Headers, section_bytes  # header only: no need to read the body
+                from pyimap.message import Headers, section_bytes  # noqa: PLC0415 lazy; header only: no need to read the body
 
                 hdr = loader.header()
                 if kind == "HEADER":
@@ -254,7 +254,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
                     keep = kind == "HEADER.FIELDS"
                     data = b"".join(raw for n, raw in Headers(hdr).lines if (n in want) == keep) + b"\r\n"
             else:
-                from pyimap.message import section_bytes
+                from pyimap.message import section_bytes  # noqa: PLC0415 lazy
 
                 data = section_bytes(loader.part(), spath, kind, fields)
                 if data is None:

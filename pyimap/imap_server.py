@@ -164,7 +164,7 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
         self._auth_response(tag, parts[0].decode("ascii", "replace").strip(), initial=False)
 
     def _auth_response(self, tag: str, text: str, initial: bool) -> None:
-        from pymta.lib import sasl
+        from pymta.lib import sasl  # noqa: PLC0415 lazy
 
         raw = b""
         try:

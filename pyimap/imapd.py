@@ -35,8 +35,8 @@ class IMAPBackend(LoginBackend):
         return record.address if ok else None
 
     def open_store(self, account: str):
-        from pyimap.store import UserStore
-        from pymda.maildir import user_maildir
+        from pyimap.store import UserStore  # noqa: PLC0415 lazy
+        from pymda.maildir import user_maildir  # noqa: PLC0415 lazy
 
         store = UserStore(user_maildir(self.cfg.mail_dir, account))
         store.ensure()
@@ -44,7 +44,7 @@ class IMAPBackend(LoginBackend):
 
 
 def build(cfg, service: str):
-    from pyimap.imap_server import IMAPServer, IMAPSettings
+    from pyimap.imap_server import IMAPServer, IMAPSettings  # noqa: PLC0415 lazy
 
     backend = IMAPBackend(cfg, service)
     base = IMAPSettings(
@@ -55,7 +55,7 @@ def build(cfg, service: str):
         login_timeout=cfg["imapd.login_timeout"],
         idle_poll=cfg["imapd.idle_poll"],
     )
-    from pymta.lib.daemon import per_connection
+    from pymta.lib.daemon import per_connection  # noqa: PLC0415 lazy
 
     return per_connection(
         IMAPServer, base, backend, lambda settings, info: settings.replace(plaintext_ok=backend.plaintext_ok(info))
@@ -78,7 +78,7 @@ PRELOAD = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pymta.lib import daemon
+    from pymta.lib import daemon  # noqa: PLC0415 lazy
 
     return daemon.main(
         argv,

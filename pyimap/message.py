@@ -10,6 +10,8 @@ treated as opaque text.  No ``email`` import: start-up cost matters.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from itertools import islice
 
@@ -148,9 +150,6 @@ _EW = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 
 
 def decode_words(value: bytes) -> str:
-    import base64
-    import binascii
-
     def one(m):
         charset = m.group(1).decode("ascii", "replace").split("*")[0]
         enc = m.group(2).upper()

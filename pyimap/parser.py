@@ -17,6 +17,7 @@ else escapes, which the fuzz tests check.
 
 from __future__ import annotations
 
+import bisect
 import re
 
 
@@ -252,7 +253,7 @@ def tokenize(parts: list, max_depth: int = MAX_DEPTH) -> list:
     """Command parts -> nested list of Atom / bytes (strings) / list / sink objects."""
     top: list = []
     stack = [top]
-    for i, part in enumerate(parts):
+    for _i, part in enumerate(parts):
         if not isinstance(part, (bytes, bytearray)):
             value = part.data if isinstance(part, Literal) else part
             stack[-1].append(value)
@@ -379,8 +380,6 @@ def seq_contains(ranges, n: int, star: int) -> bool:
 
 def expand(ranges, values: list[int], star: int) -> list[int]:
     """The members of sorted ``values`` that the set names (``*`` = star)."""
-    import bisect
-
     picked = set()
     for lo, hi in ranges:
         a = star if lo is None else lo

@@ -41,7 +41,7 @@ def day_of(ts: int) -> int:
 def sent_date(value: bytes | None) -> int | None:
     if not value:
         return None
-    from email.utils import parsedate_tz
+    from email.utils import parsedate_tz  # noqa: PLC0415 lazy
 
     try:
         t = parsedate_tz(value.decode("ascii", "replace"))
@@ -266,7 +266,7 @@ class Candidate:
 
     def headers(self):
         if self._headers is None:
-            from pyimap.message import Headers, cached_headers, read_header
+            from pyimap.message import Headers, cached_headers, read_header  # noqa: PLC0415 lazy
 
             try:
                 if self._key is not None:
@@ -281,7 +281,7 @@ class Candidate:
 
     def body_lower(self) -> bytes:
         if self._body is None:
-            from pyimap.message import read_crlf, split_header
+            from pyimap.message import read_crlf, split_header  # noqa: PLC0415 lazy
 
             try:
                 self._body = split_header(read_crlf(self._path))[1].lower()
@@ -293,7 +293,7 @@ class Candidate:
 
     def header_text_lower(self) -> str:
         if self._htext is None:
-            from pyimap.message import decoded_lower
+            from pyimap.message import decoded_lower  # noqa: PLC0415 lazy
 
             self._htext = "\n".join(decoded_lower(line) for _n, line in self.headers().lines)
         return self._htext

@@ -374,7 +374,7 @@ class SelectedCommands:
     # -- SEARCH --
 
     def cmd_search(self, tag, args, uid=False):
-        from pyimap.search import Candidate, compile_keys
+        from pyimap.search import Candidate, compile_keys  # noqa: PLC0415 lazy
 
         charset = "UTF-8"
         if args and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
@@ -441,12 +441,12 @@ class SelectedCommands:
     # -- FETCH --
 
     def _parse_fetch_items(self, token) -> list[tuple]:
-        from pyimap.fetch import parse_items
+        from pyimap.fetch import parse_items  # noqa: PLC0415 lazy
 
         return parse_items(token)
 
     def cmd_fetch(self, tag, args, uid=False):
-        from pyimap.fetch import render_message
+        from pyimap.fetch import render_message  # noqa: PLC0415 lazy
 
         self._need(args, 2, 3)
         sel = self.sel

@@ -94,7 +94,7 @@ def trusted_file(path: Path, qid: str | None = None) -> bool:
     procmail's "suspicious rcfile" check: it must belong to this uid or to
     root and be writable by nobody else; otherwise it is skipped (the mail
     goes to the INBOX) and the log says why."""
-    from pymta.lib.privilege import safe_for
+    from pymta.lib.privilege import safe_for  # noqa: PLC0415 lazy
 
     problem = safe_for(path, os.geteuid())
     if problem is None:
@@ -121,7 +121,7 @@ def mailbox_owner(cfg, record) -> tuple[int, int]:
         else:
             raise DeliveryError(f"{record.address}: no Maildir and no mail store {cfg.mail_dir}", sysexits.EX_TEMPFAIL)
     if gid is None:
-        import pwd
+        import pwd  # noqa: PLC0415 lazy
 
         try:
             gid = pwd.getpwuid(uid).pw_gid
@@ -167,7 +167,7 @@ def _chunks_bytes(chunks) -> bytes:
 def lookup_user(users, address: str):
     """The user's record, None if unknown; a missing or unreadable users file
     is a temporary failure (75), never "no such user" (67)."""
-    from pymta.lib.users import UsersUnavailable
+    from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
 
     try:
         return users.lookup(address)
@@ -230,7 +230,7 @@ def deliver_message(
         log.info(f"to=<{record.address}>, orig_to=<{original or recipient}>, delivered to maildir {path.name}", qid)
         return path
 
-    from pymda.rules.engine import run_rules
+    from pymda.rules.engine import run_rules  # noqa: PLC0415 lazy
 
     data = trace_headers(sender, record.address) + _chunks_bytes(chunks)
     variables = rules_variables(cfg, record, box, home, recipient, sender, original)
@@ -241,7 +241,7 @@ def deliver_message(
     context = maildir.delivery_tag.set((tag, once) if tag else None)
     try:
         if has_forward:
-            from pymda import forward
+            from pymda import forward  # noqa: PLC0415 lazy
 
             outcome = forward.apply(
                 fwd,
@@ -298,7 +298,7 @@ def deliver_alias_target(
     data = trace_headers(sender, original) + _chunks_bytes(chunks)
     delim = cfg.get("deliver.recipient_delimiter", "+")
     if kind == "pipe":
-        import subprocess
+        import subprocess  # noqa: PLC0415 lazy
 
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -345,7 +345,7 @@ def deliver_alias_target(
                 ) from None
             log.info(f"to=<{original}>, delivered to maildir {path}", qid)
             return f"maildir {target}"
-        from pymda.rules import mbox
+        from pymda.rules import mbox  # noqa: PLC0415 lazy
 
         try:
             mbox.append(target, mbox.format_message(None, *_split_message(data), sender=sender))
@@ -357,7 +357,7 @@ def deliver_alias_target(
 
 
 def _group_exists(name: str) -> bool:
-    import grp
+    import grp  # noqa: PLC0415 lazy
 
     try:
         grp.getgrnam(name)
@@ -455,7 +455,7 @@ def become_mailbox_owner(cfg, record) -> None:
     if uid == 0:
         return
     preload_delivery()
-    from pymta.lib.privilege import PrivilegeError, become
+    from pymta.lib.privilege import PrivilegeError, become  # noqa: PLC0415 lazy
 
     try:
         become(uid, gid)
@@ -480,7 +480,7 @@ DELIVERY_OTHERS = ("hashlib", "shlex", "subprocess")
 def preload_delivery() -> None:
     """Import now what delivery may need: after the switch the interpreter's
     own files may be out of reach (e.g. a Python under /root)."""
-    from pymta.lib.daemon import preload
+    from pymta.lib.daemon import preload  # noqa: PLC0415 lazy
 
     preload(DELIVERY_MODULES, DELIVERY_OTHERS, common=False)
 
@@ -499,7 +499,7 @@ def _print_report(outcome, out=None) -> None:
 
 def run_m_mode(opts: dict, data: bytes) -> int:
     """procmail -m: assignments, RCFILE, arguments; DEFAULT decides where unmatched mail goes."""
-    from pymda.rules.engine import run_rules
+    from pymda.rules.engine import run_rules  # noqa: PLC0415 lazy
 
     assigns, rcfile, args = opts["m"]
     sender = opts["f"]
@@ -555,8 +555,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DeliveryError("--queue-id takes letters and digits only", sysexits.EX_USAGE)
         if opts["m"]:
             return run_m_mode(opts, b"".join(crlf_to_lf(sys.stdin.buffer)))
-        from pymta.lib import config
-        from pymta.lib.users import UsersFile
+        from pymta.lib import config  # noqa: PLC0415 lazy
+        from pymta.lib.users import UsersFile  # noqa: PLC0415 lazy
 
         try:
             cfg = config.load(opts["C"])

@@ -21,6 +21,9 @@ from __future__ import annotations
 import os
 import stat
 
+from pymda.confined import Refused
+from pymda.rules.engine import Engine, Outcome, default_roots, run_rules
+from pymda.rules.parser import Action, Recipe
 from pymta.lib import log, sysexits
 from pymta.lib.aliasgrammar import parse_target, targets_in, unquote
 
@@ -56,10 +59,6 @@ def apply(
     args=(),
     confine=None,
 ):
-    from pymda.confined import Refused
-    from pymda.rules.engine import Engine, default_roots, run_rules
-    from pymda.rules.parser import Action, Recipe
-
     roots = default_roots(confine, variables)
     try:  # read as the rules files are: a .forward linked out of the user's directories is refused
         targets = read_targets(path, roots.opener() if roots.contains(str(path)) else None) if safe(path) else []
@@ -97,8 +96,6 @@ def apply(
         if not eng.forward(Recipe("", None, [], Action("forward", " ".join(addresses), 0), 0)):
             eng.tempfail = eng.tempfail or f"{path}: forward failed"
     if eng.tempfail:
-        from pymda.rules.engine import Outcome
-
         return Outcome(False, sysexits.EX_TEMPFAIL, eng.folders, f"temporary failure: {eng.tempfail}", eng.report)
     if keep:
         outcome = run_rules(
@@ -107,6 +104,4 @@ def apply(
         outcome.folders[:0] = eng.folders
         outcome.report[:0] = eng.report
         return outcome
-    from pymda.rules.engine import Outcome
-
     return Outcome(True, sysexits.EX_OK, eng.folders, "", eng.report)

@@ -102,7 +102,7 @@ def _sort_flags(flags: str) -> str:
 
 
 def _is_sorted_letters(flags: str) -> bool:
-    return flags.isalpha() and all(a < b for a, b in zip(flags, flags[1:]))
+    return flags.isalpha() and all(a < b for a, b in zip(flags, flags[1:], strict=False))
 
 
 def _name_date(base: str) -> int | None:
@@ -309,7 +309,7 @@ class FolderIndex:
         same file), without importing filelock (and importlib.metadata) on
         every inetd connection.
         """
-        import fcntl
+        import fcntl  # noqa: PLC0415 lazy
 
         path = str(self.file) + ".lock"
         owner = self

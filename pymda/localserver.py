@@ -107,8 +107,8 @@ def pread_chunks(fd: int, offset: int, size: int = 1 << 16):
 
 def deliver_request(cfg, req: dict, fd: int) -> tuple[int, str]:
     """In the forked child: become the mailbox owner, then deliver."""
-    from pymda.deliver import DeliveryError, become_mailbox_owner, deliver_message, lookup_user
-    from pymta.lib.users import UsersFile
+    from pymda.deliver import DeliveryError, become_mailbox_owner, deliver_message, lookup_user  # noqa: PLC0415 lazy
+    from pymta.lib.users import UsersFile  # noqa: PLC0415 lazy
 
     users = UsersFile(cfg.path_of("users"))
     try:
@@ -175,7 +175,7 @@ def serve_connection(cfg, conn: socket.socket, allowed: set[int]) -> None:
 def allowed_uids(cfg) -> set[int]:
     allowed = {0}
     if cfg["daemon_user"]:
-        import pwd
+        import pwd  # noqa: PLC0415 lazy
 
         try:
             allowed.add(pwd.getpwnam(cfg["daemon_user"]).pw_uid)
@@ -205,7 +205,7 @@ def listen_unix(path: str, owner_uid: int | None) -> socket.socket:
 
 def serve(cfg, sock: socket.socket, allowed: set[int]) -> None:
     """Accept requests, one forked child each, at most MAX_CHILDREN at once."""
-    from pymda.deliver import preload_delivery
+    from pymda.deliver import preload_delivery  # noqa: PLC0415 lazy
 
     preload_delivery()
     children: set[int] = set()
@@ -262,7 +262,7 @@ def serve(cfg, sock: socket.socket, allowed: set[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymda-local")
-    from pymta.lib.cliargs import ArgumentParser
+    from pymta.lib.cliargs import ArgumentParser  # noqa: PLC0415 lazy
 
     parser = ArgumentParser(
         prog="pymda-local", description="Deliver into mailboxes of other uids for the queue runner (runs as root)."
@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         help="listen on this Unix socket (default: ROOT/run/local.sock when not started by systemd or inetd)",
     )
     args = parser.parse_args(argv)
-    from pymta.lib import config
-    from pymta.lib.activation import fd_is_socket, listen_fds
+    from pymta.lib import config  # noqa: PLC0415 lazy
+    from pymta.lib.activation import fd_is_socket, listen_fds  # noqa: PLC0415 lazy
 
     cfg = config.load_logged(args.config)
     if cfg is None:

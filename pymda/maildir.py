@@ -81,7 +81,7 @@ delivery_tag: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.Cont
 
 def queue_tag(queue_id: str, recipient: str) -> str:
     """The ``V`` part of the names of one queue entry's deliveries to one recipient."""
-    import hashlib
+    import hashlib  # noqa: PLC0415 lazy
 
     digest = hashlib.sha256(recipient.lower().encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return "".join(c for c in queue_id if c.isalnum()) + digest
@@ -242,7 +242,7 @@ def deliver(
         if fsync:
             os.fsync(fd)
         if tag:  # complete on disk: from now on a repeat must find it, in tmp/ at worst
-            from pymda import delivered
+            from pymda import delivered  # noqa: PLC0415 lazy
 
             delivered.remember(folder_dir, tag)
     except OSError as exc:
@@ -273,7 +273,7 @@ def _earlier_copy(maildir: Path, folder_dir, tag: str, dirs) -> Path | None:
     deleted by the user since, or -- the attempt died before its rename --
     still in tmp/, where it is finished now.
     """
-    from pymda import delivered
+    from pymda import delivered  # noqa: PLC0415 lazy
 
     if (earlier := find_tagged(maildir, tag)) is not None:
         return earlier
@@ -319,7 +319,7 @@ def stage_copy(src: str | os.PathLike, maildir: str | os.PathLike, base: str) ->
     except FileNotFoundError:
         return None
     except OSError:
-        import shutil
+        import shutil  # noqa: PLC0415 lazy
 
         try:
             shutil.copyfile(src, tmp)

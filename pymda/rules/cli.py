@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from pymda.rules.parser import Recipe, parse_file, walk
+
 
 @click.group("rules")
 def rules():
@@ -25,8 +27,6 @@ def check(files):
     Exit status 0 when every file is fine, 65 when any has a problem,
     66 when a file cannot be read.
     """
-    from pymda.rules.parser import Recipe, parse_file, walk
-
     status = 0
     for name in files:
         try:

@@ -652,7 +652,7 @@ class Engine:
         output to a file outside the user's directories."""
         shell = self.vars.get("SHELL") or "/bin/sh"
         argv = [shell, "-c", command, "sh", *self.args]
-        from . import actions
+        from . import actions  # noqa: PLC0415 lazy
 
         for word in actions.redirections(command):
             target = self._redirection_target(word)
@@ -850,9 +850,9 @@ class Engine:
             return True
         h, b = self._parts(r)
         data = _maybe_blank(self.msg.part(h, b, False), r)
-        import shlex
+        import shlex  # noqa: PLC0415 lazy
 
-        from . import actions
+        from . import actions  # noqa: PLC0415 lazy
 
         argv = (
             shlex.split(self.vars.get("SENDMAIL") or "/usr/sbin/sendmail")

@@ -312,7 +312,7 @@ def _for_thread(compiled: re.Pattern):
     if key in _threaded:
         return _threaded[key]
     try:
-        import regex as third_party
+        import regex as third_party  # noqa: PLC0415 optional
     except ImportError:
         third_party = None
     value = None
