@@ -58,6 +58,20 @@ class SMTPSettings(Record):
         "max_junk_commands",
         "recipient_policy",
     )
+    hostname: str
+    max_message_size: int
+    max_recipients: int
+    max_command_line: int
+    max_text_line: int
+    max_errors: int
+    command_timeout: float
+    data_timeout: float
+    require_auth: bool
+    auth_plaintext_ok: bool
+    software: str
+    max_session_time: float
+    max_junk_commands: int
+    recipient_policy: bool
     FIELDS = (
         ("hostname", REQUIRED),
         ("max_message_size", 25 * 1024 * 1024),
@@ -84,6 +98,10 @@ class Session(Record):
     """Per connection; replaced after STARTTLS (RFC 3207 4.2)."""
 
     __slots__ = ("info", "helo", "esmtp", "auth_user")
+    info: ConnectionInfo
+    helo: str | None
+    esmtp: bool
+    auth_user: str | None
     FIELDS = (("info", REQUIRED), ("helo", None), ("esmtp", False), ("auth_user", None))
 
 
@@ -91,6 +109,11 @@ class Envelope(Record):
     """Per transaction; replaced on RSET, HELO/EHLO and after DATA."""
 
     __slots__ = ("mail_from", "rcpt_to", "size", "body", "smtputf8")
+    mail_from: str | None
+    rcpt_to: list[str]
+    size: int | None
+    body: str | None
+    smtputf8: bool
     FIELDS = (
         ("mail_from", None),  # None: no MAIL yet; "" is the null sender <>
         ("rcpt_to", []),
@@ -107,6 +130,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Protocol as Interface
+
+    from pymta.lib.sansio import _Marker
 
     class MessageSink(Interface):
         """Where the text of one message goes, in pieces, after DATA."""
@@ -190,11 +215,11 @@ class SMTPServer(LineReader, Protocol):
         self._errors = 0
         self._closed = False
         self._awaiting_tls = False
-        self._job = None  # what a pending Job is for: "commit" / "auth"
+        self._job: str | None = None  # what a pending Job is for: "commit" / "auth"
         self._out: list[bytes] = []  # replies of the current batch
-        self._marker = None  # Job / STARTTLS / CLOSE ending the current batch
+        self._marker: Job | _Marker | None = None  # Job / STARTTLS / CLOSE ending the current batch
         # DATA state
-        self._sink = None
+        self._sink: MessageSink | None = None
         self._dstate = _NOMINAL
         self._size = 0
         self._prev_crlf = True  # the last line ended in CRLF (CRLF.CRLF detection)
@@ -300,7 +325,7 @@ class SMTPServer(LineReader, Protocol):
         return self._flush()
 
     def _flush(self) -> list:
-        actions = [b"".join(self._out)] if self._out else []
+        actions: list = [b"".join(self._out)] if self._out else []
         if self._marker is not None:
             actions.append(self._marker)
         self._out = []
@@ -474,6 +499,7 @@ class SMTPServer(LineReader, Protocol):
             return
         if self._parse_params(rest, ()) is None:  # no DSN: no RCPT parameters
             return
+        address: str | None
         if path.lower() == "<postmaster>":  # RFC 5321 4.1.1.3: MUST be accepted
             address = "postmaster"
         else:
@@ -536,9 +562,7 @@ class SMTPServer(LineReader, Protocol):
             params[key] = value if eq else None
         return params
 
-    def _backend_check(
-        self, check: Callable[[Session, Envelope, str], Reply | None], envelope: Envelope, address: str
-    ):
+    def _backend_check(self, check: Callable[[Session, Envelope, str], Reply | None], envelope: Envelope, address: str):
         try:
             return check(self.session, envelope, address)
         except Exception as exc:  # a backend bug must not take the session down
@@ -738,7 +762,7 @@ class SMTPServer(LineReader, Protocol):
             self._data_end()
         return True
 
-    def _data_text(self, body: bytes) -> None:
+    def _data_text(self, body: bytes | bytearray) -> None:
         """Complete lines (CRLF-ended, dot-stuffed) to the sink as LF text."""
         lf = body.count(b"\n")
         crlf = body.count(b"\r\n")
@@ -765,6 +789,7 @@ class SMTPServer(LineReader, Protocol):
 
     def _write(self, data: bytes) -> None:
         try:
+            assert self._sink is not None  # only between DATA and its end
             self._sink.write(data)
         except Exception as exc:  # disk full and friends: answer 452/451 at the end
             _log_failure("write", exc)
@@ -869,6 +894,6 @@ def _chomp(line: bytes) -> bytes:
 
 
 def _log_failure(what: str, exc: Exception) -> None:
-    from pymta.lib import log  # only on the error path
+    from pymta.lib import log  # noqa: PLC0415 lazy: only on the error path
 
     log.warning(f"smtpd backend {what} failed: {type(exc).__name__}: {exc}")

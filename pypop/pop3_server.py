@@ -62,6 +62,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol as Interface
 
+    from pypop.maildrop import Maildrop
+
     class Backend(Interface):
         """What the POP3 machine asks of pop3d.  The logins run as Jobs (password
         hashing is slow) and answer a LoginResult whose maildrop is a
@@ -112,7 +114,7 @@ class POP3Server(LineReader, Protocol):
         self._user: str | None = None  # from USER, waiting for PASS
         # TRANSACTION state
         self.user = ""
-        self._drop = None
+        self._drop: Maildrop | None = None
         self._msgs: list = []
         self._deleted: set[int] = set()  # 0-based indexes
         self._started = 0.0
@@ -417,6 +419,7 @@ class POP3Server(LineReader, Protocol):
         self._state = _UPDATE
         doomed = [self._msgs[i] for i in sorted(self._deleted)]
         self._job = "commit"
+        assert self._drop is not None  # set at login, with the TRANSACTION state
         self._marker(Job(self._drop.commit, doomed))
 
     def _commit_done(self, result) -> None:
@@ -496,6 +499,7 @@ class POP3Server(LineReader, Protocol):
             # to pump (a client fetching one message after another waits on
             # each answer; the output of a pipelined batch stays bounded by
             # BATCH_OUTPUT).
+            assert self._drop is not None  # TRANSACTION state
             try:
                 data = self._drop.read_small(msg, SMALL)
             except OSError:
@@ -552,6 +556,7 @@ class POP3Server(LineReader, Protocol):
         RETRs hold no file open while they wait.
         """
         msg = self._msgs[index]
+        assert self._drop is not None  # TRANSACTION state
         try:
             small = self._drop.read_small(msg, SMALL) if top_lines is None and msg.size <= SMALL else None
             fh = io.BytesIO(small) if small is not None else self._drop.open_message(msg)

@@ -66,7 +66,7 @@ def _check_address_literal(literal: str) -> None:
         text = inner[5:]
         if not text or "%" in text or not text.isascii():  # no zone ids on the wire
             raise AddressError("invalid IPv6 address literal")
-        import ipaddress  # rare path: keep it off the start-up cost
+        import ipaddress  # noqa: PLC0415 lazy: rare path: keep it off the start-up cost
 
         try:
             ipaddress.IPv6Address(text)

@@ -22,6 +22,8 @@ INCLUDE = ":include:"
 
 def split_targets(text: str) -> list[str]:
     """Comma-separated targets; commas inside double quotes do not split."""
+    out: list[str]
+    cur: list[str]
     out, cur, quoted = [], [], False
     for ch in text:
         if ch == '"':

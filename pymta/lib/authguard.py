@@ -34,6 +34,13 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+from pymta.lib import log
+from pymta.lib.log import printable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pymta.lib.users import UsersFile
+
 # Known-good addresses remembered per account: enough for a phone, a laptop,
 # home and office; bounded so the file stays small.
 KNOWN_ADDRESSES = 16
@@ -58,7 +65,7 @@ def address_key(peer_ip: str) -> str:
     """The unit an address is counted in: an IPv4 address, or an IPv6 /64
     (a subscriber gets at least a /64; counting single v6 addresses would
     give an attacker 2**64 fresh ones).  IPv4-mapped IPv6 is IPv4."""
-    import ipaddress
+    import ipaddress  # noqa: PLC0415 lazy
 
     try:
         addr = ipaddress.ip_address(peer_ip.split("%", 1)[0])
@@ -105,8 +112,6 @@ class AuthGuard:
 
         spent = self._update(self._path("user", key), take_slot, now)
         if spent is not None:
-            from pymta.lib.log import printable
-
             raise LoginRefused(
                 f"login refused without a password check: user=<{printable(account, 100)}>, "
                 f"rip={peer_ip}: {spent} failed logins for this account in the last "
@@ -175,7 +180,7 @@ class AuthGuard:
     #          "g <address> <time>" per known-good address, newest first
 
     def _path(self, kind: str, value: str) -> Path:
-        import hashlib
+        import hashlib  # noqa: PLC0415 lazy
 
         digest = hashlib.sha256(f"{kind}:{value.lower()}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return self.dir / digest
@@ -187,8 +192,8 @@ class AuthGuard:
 
     def _parse_address(self, data: bytes, now: float) -> int:
         try:
-            count, last = data.split()
-            count, last = int(count), float(last)
+            count_text, last_text = data.split()
+            count, last = int(count_text), float(last_text)
         except ValueError:
             return 0
         return max(0, min(count, 10**6)) if self._fresh(last, now, self.window) else 0
@@ -226,7 +231,7 @@ class AuthGuard:
         """Read-modify-write one state file under flock; ``change(data)`` returns
         (result, new bytes or None).  Returns the result, or None when the file
         cannot be used (full disk, no permission): the check goes on uncounted."""
-        import fcntl
+        import fcntl  # noqa: PLC0415 lazy
 
         try:
             try:
@@ -247,8 +252,6 @@ class AuthGuard:
             finally:
                 os.close(fd)  # also lets go of the lock
         except OSError as exc:
-            from pymta.lib import log
-
             log.warning(f"authguard: {path.name}: cannot keep count: {exc.strerror}; not counted")
             return None
         if size == 0:
@@ -298,13 +301,13 @@ class LoginBackend:
     def __init__(self, cfg, service: str) -> None:
         self.cfg = cfg
         self.service = service
-        self._users = None
-        self._guard = None
+        self._users: UsersFile | None = None
+        self._guard: AuthGuard | None = None
 
     @property
     def users(self):
         if self._users is None:
-            from pymta.lib.users import UsersFile
+            from pymta.lib.users import UsersFile  # noqa: PLC0415 lazy
 
             self._users = UsersFile(self.cfg.path_of("users"))
         return self._users
@@ -319,7 +322,7 @@ class LoginBackend:
         """The account a login name is counted under: ``Alice+x@Example.Test.``
         logs in as alice@example.test, so its failures are alice's (else every
         spelling would get a fresh count); an unknown name counts as itself."""
-        from pymta.lib.users import UsersError
+        from pymta.lib.users import UsersError  # noqa: PLC0415 lazy
 
         try:
             record = self.users.lookup(name)

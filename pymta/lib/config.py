@@ -17,6 +17,8 @@ import os
 from collections import namedtuple
 from pathlib import Path
 
+from pymta.lib import log
+
 DEFAULT_CONFIG_FILE = "/etc/pymail/pymail.toml"
 
 
@@ -633,7 +635,7 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
             problems.append(("domains", f"{domain!r} is not a domain name"))
     for key in ("smtpd.trusted_networks", "limits.exempt_networks"):
         for net in values[key]:
-            import ipaddress
+            import ipaddress  # noqa: PLC0415 lazy
 
             try:
                 ipaddress.ip_network(net, strict=False)
@@ -649,7 +651,7 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
 
 def load(path: str | os.PathLike | None = None) -> Config:
     """Read and validate a config file; raise ConfigError with every problem."""
-    import tomllib
+    import tomllib  # noqa: PLC0415 lazy
 
     file = find_config_file(str(path) if path is not None else None)
     try:
@@ -673,8 +675,6 @@ def load_logged(path: str | os.PathLike | None = None) -> Config | None:
     try:
         return load(path)
     except ConfigError as exc:
-        from pymta.lib import log
-
         for key, message in exc.problems:
             log.error(f"config: {key}: {message}")
         return None

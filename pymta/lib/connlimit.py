@@ -95,7 +95,7 @@ class ClientLimits:
         self.window_count = view[at : at + 4 * entries].cast("I")
         at += 4 * entries
         self.sessions = view[at : at + 2 * entries * slots].cast("H")
-        self.slot = None  # this process's column, claimed on first use
+        self.slot: int | None = None  # this process's column, claimed on first use
         self.slot_pid = 0
         self.full_warned = 0.0
 
@@ -262,7 +262,7 @@ def _anonymous_file(name: str) -> int:
     """A descriptor of a file no path leads to, for the record locks."""
     if hasattr(os, "memfd_create"):
         return os.memfd_create(name, getattr(os, "MFD_CLOEXEC", 0))
-    import tempfile
+    import tempfile  # noqa: PLC0415 lazy
 
     fh = tempfile.TemporaryFile()
     fd = os.dup(fh.fileno())

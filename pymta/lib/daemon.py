@@ -134,7 +134,8 @@ def per_connection(server_class, settings, backend, adjust):
     ``adjust(settings, info)`` as its settings -- what depends on the peer,
     such as whether a password may cross without TLS."""
 
-    class PeerAdjusted(server_class):  # not smtp_server.Session: a server, not its state
+    # not smtp_server.Session: a server, not its state (the type: a base class given at run time)
+    class PeerAdjusted(server_class):  # type: ignore[valid-type,misc]
         def connection_made(self, info):
             self.settings = adjust(settings, info)
             return super().connection_made(info)
@@ -152,7 +153,7 @@ def tls_loader(cfg):
         return None
 
     def load():
-        from pymta.lib import tls
+        from pymta.lib import tls  # noqa: PLC0415 lazy
 
         try:
             return tls.server_context(cert, key)
@@ -175,7 +176,7 @@ def run(
     preload_modules: tuple[str, ...] = (),
 ) -> int:
     log.set_program(prog)
-    from pymta.lib import config
+    from pymta.lib import config  # noqa: PLC0415 lazy
 
     cfg = config.load_logged(args.config)
     if cfg is None:
@@ -189,7 +190,7 @@ def run(
     handshake_timeout = cfg["smtpd.tls_handshake_timeout"]
     switch = None
     if cfg["daemon_user"]:
-        from pymta.lib.privilege import daemon_account
+        from pymta.lib.privilege import daemon_account  # noqa: PLC0415 lazy
 
         switch, problem = daemon_account(cfg["daemon_user"])
         if problem:
@@ -200,7 +201,7 @@ def run(
 
     sockets = []
     if args.listen:
-        from pymta.lib.activation import open_listener
+        from pymta.lib.activation import open_listener  # noqa: PLC0415 lazy
 
         for spec in args.listen:
             try:
@@ -210,14 +211,14 @@ def run(
                 log.error(f"cannot listen on {spec}: {exc}")
                 return sysexits.EX_OSERR
     else:
-        from pymta.lib.activation import listen_fds
+        from pymta.lib.activation import listen_fds  # noqa: PLC0415 lazy
 
         sockets = listen_fds()
     if sockets:
-        from pymta.lib import driver_async
+        from pymta.lib import driver_async  # noqa: PLC0415 lazy
 
         # a long-running server finds a broken certificate now, not per connection
-        from pymta.lib.pdeathsig import keep_across_uid_change
+        from pymta.lib.pdeathsig import keep_across_uid_change  # noqa: PLC0415 lazy
 
         restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the switch to daemon_user
         tls, failed = _ready_to_serve(tls, args.tls, switch, preload_modules)
@@ -228,7 +229,7 @@ def run(
         where = ", ".join(_sockname(s) for s in sockets)
         processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
         log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''}, {processes} process(es))")
-        from pymta.lib import connlimit
+        from pymta.lib import connlimit  # noqa: PLC0415 lazy
 
         # made before the fork: every worker, replacements included, shares the counts
         client_limits = connlimit.from_config(cfg, max_sessions_key.partition(".")[0], service, processes)
@@ -255,7 +256,7 @@ def run(
         # parent then only watches its workers: it replaces a dead one, and
         # its own death (even by SIGKILL) stops them all, freeing the port.
         if processes > 1:
-            from pymta.lib.prefork import run_workers
+            from pymta.lib.prefork import run_workers  # noqa: PLC0415 lazy
 
             run_workers(processes, serve)
         else:
@@ -263,8 +264,8 @@ def run(
         log.info("stopped")
         return sysexits.EX_OK
 
-    from pymta.lib import driver_blocking
-    from pymta.lib.activation import inetd_socket
+    from pymta.lib import driver_blocking  # noqa: PLC0415 lazy
+    from pymta.lib.activation import inetd_socket  # noqa: PLC0415 lazy
 
     sock = inetd_socket()
     if switch is not None:  # the key may be readable only by root: read it before the switch
@@ -320,15 +321,15 @@ _COMMON_MODULES = (
 
 def _imported_names(module) -> set[str]:
     """Every module name an ``import`` anywhere in ``module``'s source names."""
-    import ast
-    import importlib.util
+    import ast  # noqa: PLC0415 lazy
+    import importlib.util  # noqa: PLC0415 lazy
 
     try:
         with open(module.__file__, "rb") as fh:
             tree = ast.parse(fh.read())
     except (OSError, SyntaxError, TypeError, ValueError):
         return set()
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -341,6 +342,7 @@ def _imported_names(module) -> set[str]:
                 )
             except (ImportError, ValueError):
                 continue
+            assert base is not None  # level 0: "from" always names a module
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules among them
     return names
@@ -351,9 +353,9 @@ def preload(modules: tuple[str, ...], others: tuple[str, ...] = (), common: bool
     (the program's own) and every module of their packages that they import
     anywhere (function-level imports included), ``others`` as they are, and
     with ``common`` what every network daemon needs."""
-    import encodings
-    import importlib
-    import pkgutil
+    import encodings  # noqa: PLC0415 lazy
+    import importlib  # noqa: PLC0415 lazy
+    import pkgutil  # noqa: PLC0415 lazy
 
     ours = {name.partition(".")[0] for name in modules} | {__name__.partition(".")[0]}
     todo = list((_COMMON_MODULES if common else ()) + tuple(others) + tuple(modules))
@@ -370,7 +372,7 @@ def preload(modules: tuple[str, ...], others: tuple[str, ...] = (), common: bool
         if name.partition(".")[0] in ours:
             todo.extend(_imported_names(module) - seen)
     try:  # passlib loads its bcrypt backend on first use
-        import passlib.hash
+        import passlib.hash  # noqa: PLC0415 optional
 
         passlib.hash.bcrypt.get_backend()
     except Exception:
@@ -389,9 +391,13 @@ def _switch_user(pw, tls, preload_modules: tuple[str, ...]):
     loader, or False when the switch failed (never serve as root by mistake)."""
     if tls is not None:
         context = tls()
-        tls = lambda: context
+
+        def loaded_context():
+            return context
+
+        tls = loaded_context
     preload(preload_modules)
-    from pymta.lib.privilege import PrivilegeError, become_account
+    from pymta.lib.privilege import PrivilegeError, become_account  # noqa: PLC0415 lazy
 
     try:
         become_account(pw)

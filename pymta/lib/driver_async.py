@@ -17,13 +17,19 @@ for more.
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import socket
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from pymta.lib import log
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a write
 # Input that rearms the timeout: a line end, or this many bytes without one
@@ -43,22 +49,23 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: AsyncServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
-        self.transport = None
-        self.protocol = None
-        self.info = None
+        # None until connection_made, which sets them before anything else runs
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.protocol: Protocol = None  # type: ignore[assignment]
+        self.info: ConnectionInfo = None  # type: ignore[assignment]
         self.pending: deque = deque()
         self.busy = False  # a job, a stream or a handshake is under way
         self.closed = False
         self.counted = False
         self.ticket = -1  # from the per-client limits: what to release at the end
-        self.stream = None
+        self.stream: Iterator[bytes] | None = None
         self.write_paused = False
         self.read_paused = False
         self.held: list[bytes] = []  # input that arrived while busy
         self.eof = False
         self.eof_done = False
         self.deadline = 0.0
-        self.timer = None
+        self.timer: asyncio.TimerHandle | None = None
         self.progress = True  # the deadline may move: a line, a job, a reply to a timeout...
         self.unproven = 0  # bytes received since the deadline last moved, none of them a line end
 
@@ -230,6 +237,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _pump(self) -> None:
         buf = bytearray()
         try:
+            assert self.stream is not None  # _drive set it
             for chunk in self.stream:
                 buf += chunk
                 if len(buf) >= STREAM_FLUSH:
@@ -424,8 +432,6 @@ class _LoopErrors:
         self.last: dict[str, float] = {}
 
     def __call__(self, loop, context: dict) -> None:
-        import time
-
         message = context.get("message") or "event loop error"
         now = time.monotonic()
         if now - self.last.get(message, -1e9) < 1.0:
@@ -438,8 +444,6 @@ class _LoopErrors:
 def _raise_fd_limit(max_sessions: int) -> None:
     """Use the hard limit on open files (the soft one is often 1024) and say
     so when even that is too small for max_sessions."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < want:

@@ -141,7 +141,7 @@ def serve_pipes(protocol, *, rfd: int = 0, wfd: int = 1, service: str = "local")
 
 def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> None:
     pending = deque(protocol.connection_made(info))
-    out: list[bytes] = []
+    out: list[bytes | bytearray] = []
     eof = False
     deadline = 0.0
     progress = True  # the deadline may move (a line arrived, work was done, a timeout answered)

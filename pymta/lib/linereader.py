@@ -8,14 +8,19 @@ CVE-2005-1513: every buffer has a limit).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
 
 class LineReader:
     """Mixin over ``self._buf`` (a bytearray the machine appends input to)."""
 
+    _buf: bytearray  # the machine's own
     _skipping = False  # throwing away the rest of an over-long line
     _scanned = 0  # bytes of _buf already known to hold no LF
 
-    def _read_line(self, cap: int):
+    def _read_line(self, cap: int) -> bytes | Literal[False] | None:
         """Next line (terminator included), None if incomplete, False if longer than ``cap``."""
         buf = self._buf
         if self._skipping:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "pymail"
 _debug = bool(os.environ.get("PYMAIL_DEBUG"))
 
@@ -23,11 +27,11 @@ def printable(text: str, limit: int = 255) -> str:
     return "".join(c if 32 < ord(c) < 127 else "?" for c in text[:limit])
 
 
-_syslog = None  # None: not decided yet; False: stderr; else the syslog module
+_syslog: Any = None  # None: not decided yet; False: stderr; else the syslog module
 
 
 def _stderr_is_the_connection() -> bool:
-    import stat
+    import stat  # noqa: PLC0415 lazy
 
     try:
         err = os.fstat(2)
@@ -48,7 +52,7 @@ def _write(level: str, text: str) -> None:
     text = text.replace("\r", "\\r").replace("\n", "\\n")  # one event, one line
     if _syslog is None:
         if _stderr_is_the_connection():
-            import syslog
+            import syslog  # noqa: PLC0415 lazy
 
             syslog.openlog(_program, syslog.LOG_PID, syslog.LOG_MAIL)
             _syslog = syslog

@@ -22,7 +22,7 @@ def _prctl():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes
+        import ctypes  # noqa: PLC0415 lazy
 
         return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -54,7 +54,7 @@ def keep_across_uid_change():
     prctl = _prctl()
     if prctl is None:
         return lambda: None
-    import ctypes
+    import ctypes  # noqa: PLC0415 lazy
 
     sig = ctypes.c_int(0)
     prctl(PR_GET_PDEATHSIG, ctypes.byref(sig))

@@ -47,7 +47,7 @@ class WorkerPool:
         self.slots = [_Slot() for _ in range(count)]
         self.serve = serve
         self.stop_timeout = stop_timeout
-        self.unblocked = None  # the signal mask the workers get back
+        self.unblocked: set[int | signal.Signals] | None = None  # the signal mask the workers get back
         self.arm_child = None
 
     def run(self) -> None:
@@ -68,6 +68,7 @@ class WorkerPool:
                         self._fork(slot)
             self._stop_workers()
         finally:
+            assert self.unblocked is not None  # set before the try
             signal.pthread_sigmask(signal.SIG_SETMASK, self.unblocked)
 
     def _wait_for_signal(self) -> bool:
@@ -96,6 +97,7 @@ class WorkerPool:
         try:
             if self.arm_child is not None:
                 self.arm_child()
+            assert self.unblocked is not None  # run() set it before the fork
             signal.pthread_sigmask(signal.SIG_SETMASK, self.unblocked)
             self.serve()
         except BaseException as exc:  # one log line, never a traceback

@@ -21,7 +21,7 @@ class PrivilegeError(Exception):
 def daemon_account(name: str):
     """(pwd entry, problem) for ``daemon_user``: problem is a message when
     the switch cannot be made from this process's identity."""
-    import pwd
+    import pwd  # noqa: PLC0415 lazy
 
     try:
         pw = pwd.getpwnam(name)

@@ -34,7 +34,7 @@ def how_it_ended(returncode: int) -> str:
     Popen-style return code (negative: the signal) -- see
     ``os.waitstatus_to_exitcode``."""
     if returncode < 0:
-        import signal
+        import signal  # noqa: PLC0415 lazy
 
         try:
             name = signal.Signals(-returncode).name

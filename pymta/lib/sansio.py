@@ -28,6 +28,10 @@ from __future__ import annotations
 
 from pymta.lib.record import Record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class _Marker:
     __slots__ = ("name",)
@@ -88,6 +92,16 @@ class ConnectionInfo(Record):
         "tls_available",
         "extra",
     )
+    peer_ip: str
+    peer_port: int
+    local_ip: str
+    local_port: int
+    service: str
+    tls: bool
+    tls_version: str
+    tls_cipher: str
+    tls_available: bool
+    extra: dict[str, Any]
     FIELDS = (
         ("peer_ip", "unknown"),
         ("peer_port", 0),

@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from pymta.lib import log
+
 HOUR = 3600.0
 
 
@@ -40,34 +42,32 @@ class SendRate:
         None when allowed; else which limit is exceeded ("messages" or
         "recipients") and nothing is taken."""
         # a message with more recipients than an hour's allowance waits for a full bucket, not for ever
-        wanted = tuple(min(n, limit) if limit else n for n, limit in zip((messages, recipients), self.limits))
-        if not any(n and limit for n, limit in zip(wanted, self.limits)):
+        wanted = tuple(
+            min(n, limit) if limit else n for n, limit in zip((messages, recipients), self.limits, strict=True)
+        )
+        if not any(n and limit for n, limit in zip(wanted, self.limits, strict=True)):
             return None  # nothing to count, or unlimited
-        import fcntl
+        import fcntl  # noqa: PLC0415 lazy
 
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             fd = os.open(self._path(account), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            from pymta.lib import log
-
             log.warning(f"sendrate: {account}: cannot keep count: {exc.strerror}; not limited")
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             now = self.clock()
             tokens = self._tokens(os.pread(fd, 100, 0), now)
-            for kind, n, limit, have in zip(("messages", "recipients"), wanted, self.limits, tokens):
+            for kind, n, limit, have in zip(("messages", "recipients"), wanted, self.limits, tokens, strict=True):
                 if n and limit and have < n:
                     return kind
-            left = [have - n if limit else have for n, limit, have in zip(wanted, self.limits, tokens)]
+            left = [have - n if limit else have for n, limit, have in zip(wanted, self.limits, tokens, strict=True)]
             data = f"{left[0]:.4f} {left[1]:.4f} {now:.3f}\n".encode()
             os.pwrite(fd, data, 0)  # write, then cut: a full disk leaves the old count, never an empty file
             os.ftruncate(fd, len(data))
             return None
         except OSError as exc:
-            from pymta.lib import log
-
             log.warning(f"sendrate: {account}: cannot keep count: {exc.strerror}; not limited")
             return None
         finally:
@@ -80,7 +80,10 @@ class SendRate:
         except ValueError:
             return [float(limit) for limit in self.limits]
         elapsed = max(0.0, now - then)
-        return [min(float(limit), have + limit * elapsed / HOUR) for have, limit in zip((msgs, rcpts), self.limits)]
+        return [
+            min(float(limit), have + limit * elapsed / HOUR)
+            for have, limit in zip((msgs, rcpts), self.limits, strict=True)
+        ]
 
 
 def charge_local_user(cfg, uid: int, recipients: int) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 def ensure_daemon_account(name: str, home: Path):
     """The pwd entry of ``name``; made as a system user (no login, its own
     group) when missing and we are root.  Raises OSError with a message."""
-    import pwd
+    import pwd  # noqa: PLC0415 lazy
 
     try:
         return pwd.getpwnam(name)
