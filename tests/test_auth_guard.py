@@ -157,7 +157,7 @@ def test_per_address_delay_doubles_and_stays_with_the_address(make_mailsys):
     # failure waits base * 2**(n-1), capped, and so does the check before
     # it (the penalty for the failures so far): 0.1, 0.1+0.2, 0.2+0.4, 0.4+0.4.
     times = []
-    for i, user in enumerate([ALICE, BOB, "carol@example.test", "dave@example.test"]):
+    for _i, user in enumerate([ALICE, BOB, "carol@example.test", "dave@example.test"]):
         outcome, elapsed = login("smtp", port, "127.0.0.2", user, "guess")
         assert outcome == "wrong"
         times.append(elapsed)

@@ -105,7 +105,7 @@ def test_tree_is_relocatable(tree, tmp_path):
 def test_user_add_generates_password_and_maildir(tree):
     result = invoke("user", "add", tree, "Alice@Example.Test")
     assert result.exit_code == 0, result.output
-    password = [l.split(": ", 1)[1] for l in result.stdout.splitlines() if l.startswith("password: ")][0]
+    password = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("password: ")][0]
     assert len(password) == 16
     users = UsersFile(tree / "users")
     assert users.verify("alice@example.test", password)
@@ -194,16 +194,16 @@ def test_config_check_finds_problems(tree):
     result = invoke("config", "check", tree)
     assert result.exit_code == 78
     lines = result.stdout.splitlines()
-    assert any(l.startswith("paths.tls_cert: ") for l in lines)
-    assert any(l.startswith("paths.users: ") and ":2: " in l for l in lines)
-    assert any(l.startswith("paths.queue: ") for l in lines)
+    assert any(line.startswith("paths.tls_cert: ") for line in lines)
+    assert any(line.startswith("paths.users: ") and ":2: " in line for line in lines)
+    assert any(line.startswith("paths.queue: ") for line in lines)
     assert "config OK" not in result.stdout
 
 
 def test_config_show_every_parameter_as_toml(tree):
     result = invoke("config", "show", tree)
     assert result.exit_code == 0
-    names = [l.split(" = ", 1)[0] for l in result.stdout.splitlines()]
+    names = [line.split(" = ", 1)[0] for line in result.stdout.splitlines()]
     assert names == [p.name for p in config.PARAMS]
     shown = tomllib.loads(result.stdout)  # pasteable into pymail.toml
     assert shown["smtpd"]["max_recipients"] == 100 and shown["domains"] == ["example.test"]

@@ -48,7 +48,8 @@ def test_outbound_mail_is_signed_and_verifies(make_mailsys, aio_peer):
         Queue(sender.root / "queue").enqueue(
             SENDER,
             ["ok@remote.test"],
-            b"From: Alice <alice@example.test>\nTo: ok@remote.test\nSubject: signed\nDate: Sat, 28 Nov 2026 07:00:00 +0000\n"
+            b"From: Alice <alice@example.test>\nTo: ok@remote.test\nSubject: signed\n"
+            b"Date: Sat, 28 Nov 2026 07:00:00 +0000\n"
             b"Message-ID: <signed@example.test>\n\nbody line\n.leading dot\n",
         )
         run_once(sender)

@@ -30,8 +30,8 @@ def contents(maildir: Path) -> dict[bytes, bytes]:
             data = p.read_bytes().replace(b"\r\n", b"\n")
             # mbsync's own bookkeeping header (isync adds X-TUID to messages it
             # propagates, to find them again); everything else must be identical.
-            data = b"".join(l for l in data.splitlines(keepends=True) if not l.startswith(b"X-TUID: "))
-            mid = [l for l in data.split(b"\n") if l.lower().startswith(b"message-id:")][0]
+            data = b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"X-TUID: "))
+            mid = [line for line in data.split(b"\n") if line.lower().startswith(b"message-id:")][0]
             out[mid] = data
     return out
 

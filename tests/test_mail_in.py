@@ -11,7 +11,10 @@ import pytest
 
 from conftest import PASSWORD, client_tls
 
-MESSAGE = b"From: Carol <carol@remote.example>\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nHello Alice.\r\n.leading dot\r\n"
+MESSAGE = (
+    b"From: Carol <carol@remote.example>\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\n"
+    b"Hello Alice.\r\n.leading dot\r\n"
+)
 
 
 def stored_body(path) -> bytes:
@@ -200,7 +203,8 @@ def test_smtp_smuggling_never_ends_data_early(mailsys, smuggle):
         b"EHLO c\r\nMAIL FROM:<carol@remote.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
         b"Subject: one\r\n\r\nfirst"
         + smuggle
-        + b"MAIL FROM:<admin@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n"
+        + b"MAIL FROM:<admin@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+        b"Subject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n"
     )
     reply = raw_session(port, payload)
     assert codes(reply) == [250, 250, 250, 354, 550, 221]

@@ -310,7 +310,8 @@ def test_large_message_streamed_byte_identical(mailsys):
 @pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
 def test_fetchmail_downloads_100_messages_byte_identical(mailsys, tmp_path):
     bodies = [
-        b"From: sender%d@remote.example\nTo: alice@example.test\nSubject: message %d\nMessage-ID: <%d@remote.example>\n\n"
+        b"From: sender%d@remote.example\nTo: alice@example.test\nSubject: message %d\n"
+        b"Message-ID: <%d@remote.example>\n\n"
         b"Body of message %d.\n.a line with a leading dot\n\n%s\n" % (i, i, i, i, b"x" * (i * 37 % 3000))
         for i in range(100)
     ]

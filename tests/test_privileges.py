@@ -172,7 +172,7 @@ def test_queue_runner_started_as_root_becomes_daemon_user(open_dir, test_user, t
     (system.maildir("alice") / "new").mkdir(parents=True)
     (system.maildir("alice") / ".procmailrc").parent.mkdir(exist_ok=True)
     (system.maildir("alice") / ".procmailrc").write_text(":0 c\n| id -u > uid.txt\n:0\n.Sub/\n")
-    for dirpath, dirnames, filenames in os.walk(system.root / "mail"):
+    for dirpath, dirnames, _filenames in os.walk(system.root / "mail"):
         for name in dirnames:
             os.chown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid)
     from pymta.queue import Queue

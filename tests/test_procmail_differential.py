@@ -143,7 +143,10 @@ CASES = [
 
 INCLUDED = ":0\n* ^FROM_DAEMON\nbounces/\n"
 
-RECORDER = '#!/bin/sh\nn=$(ls "$MAILDIR" | grep -c \'^sent-\')\nprintf \'%s\\n\' "$@" > "$MAILDIR/sent-$n.args"\ncat > "$MAILDIR/sent-$n.msg"\n'
+RECORDER = (
+    "#!/bin/sh\nn=$(ls \"$MAILDIR\" | grep -c '^sent-')\n"
+    'printf \'%s\\n\' "$@" > "$MAILDIR/sent-$n.args"\ncat > "$MAILDIR/sent-$n.msg"\n'
+)
 
 _FROM_ = re.compile(rb"^From \S+ +\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}\n", re.M)
 

@@ -110,7 +110,7 @@ def test_alias_loops_and_unreadable_includes_never_lose_a_recipient(mailsys):
     assert delivered_subjects(mailsys, "alice") == ["test 3"]  # alice and postmaster->alice: one copy
     # The include file appears; the retry expands the list and delivers, alice gets no second copy.
     members.write_text("bob\nalice\n")
-    for bucket, qid in q.due_ids(now=time.time() + 10 * 3600):
+    for _bucket, qid in q.due_ids(now=time.time() + 10 * 3600):
         q.move(qid, "new")
     run = mailsys.run("pymta.qrunner", "--once")
     assert run.returncode == 0, run.stderr

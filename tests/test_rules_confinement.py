@@ -60,7 +60,7 @@ def system(request, make_mailsys):
 
 
 def refusal(log: str, line: int) -> bool:
-    return any(".procmailrc:%d:" % line in text and "refus" in text for text in log.splitlines())
+    return any(f".procmailrc:{line}:" in text and "refus" in text for text in log.splitlines())
 
 
 def symlink_to_outside(box: Path, outside: Path) -> None:

@@ -51,7 +51,7 @@ def dnsmasq():
     binary = dnsmasq_binary()
     if binary is None:
         pytest.skip("dnsmasq not installed (.ci/run installs it)")
-    for attempt in range(5):  # the port is free for UDP; TCP (which dnsmasq also binds) may not be
+    for _attempt in range(5):  # the port is free for UDP; TCP (which dnsmasq also binds) may not be
         port = free_udp_port()
         argv = [
             binary,

@@ -314,7 +314,7 @@ def run_smtp_source(smtp_source: str, port: int, args, n: int, procs: Procs, err
         rc = proc.wait(timeout=args.send_timeout)
     except subprocess.TimeoutExpired:
         procs.stop(proc)
-        raise Failure(f"smtp-source did not finish within {args.send_timeout}s:\n{tail(errfile)}")
+        raise Failure(f"smtp-source did not finish within {args.send_timeout}s:\n{tail(errfile)}") from None
     return time.perf_counter() - t0, rc
 
 

@@ -53,7 +53,7 @@ def body_for(token: str) -> bytes:
     """The body (LF line ends) that belongs to ``token``; deterministic."""
     rng = random.Random(int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "big"))
     lines = []
-    for i in range(rng.randint(5, 60)):
+    for _i in range(rng.randint(5, 60)):
         kind = rng.random()
         if kind < 0.1:
             n = rng.randint(200, 990)  # long lines, under the 998 limit
@@ -283,7 +283,7 @@ class Ledger:
                     add_copy(token, ("maildir", uidl_for(name.partition(":")[0])))  # as POP3 names it
             _check_index(folder, report)
 
-        for i, (rcpts, data) in enumerate(sink or []):
+        for i, (_rcpts, data) in enumerate(sink or []):
             report.copies_checked += 1
             token, problem = check_message(data)
             if problem:

@@ -72,7 +72,7 @@ def test_budget_refuses_unknown_addresses_and_keeps_known_ones(tmp_path):
 def test_a_known_address_that_keeps_failing_loses_its_pass(tmp_path):
     guard = AuthGuard(Cfg(tmp_path))
     guard.record(guard.admit("198.51.100.1", "alice"), True)
-    for i in range(3):
+    for _i in range(3):
         fail(guard, "198.51.100.1")
     with pytest.raises(LoginRefused):
         guard.admit("198.51.100.1", "alice")
@@ -106,7 +106,7 @@ def test_state_stays_small(tmp_path):
         guard.record(guard.admit(f"10.0.{i}.1", "alice"), True)
     for i in range(1000):
         guard.admit(f"10.1.{i // 250}.{i % 250}", "alice")
-    for i in range(200):  # over budget, only a known address gets checks: still bounded
+    for _i in range(200):  # over budget, only a known address gets checks: still bounded
         guard.admit("10.0.39.1", "alice")
     text = account_file(guard).read_text().splitlines()
     assert sum(line.startswith("g ") for line in text) == 16

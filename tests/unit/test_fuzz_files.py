@@ -64,8 +64,8 @@ def test_config_load_of_any_text_is_a_config_error_or_a_config(tmp_path_factory,
         config.load(path)
     except config.ConfigError as exc:
         assert exc.problems
-    except tomllib.TOMLDecodeError:  # pragma: no cover - load must wrap it
-        raise AssertionError("TOML errors must become ConfigError")
+    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - load must wrap it
+        raise AssertionError("TOML errors must become ConfigError") from exc
 
 
 @FAST

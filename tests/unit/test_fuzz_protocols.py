@@ -81,7 +81,7 @@ def fuzz(default: int):
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` split at the (sorted, clipped) cut points: arbitrary packet boundaries."""
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
 
 
 cuts = st.lists(st.integers(0, 1 << 16), max_size=12)
@@ -249,7 +249,7 @@ smtp_paths = st.one_of(
             b"<a@" + b"b." * 200 + b"example>",
         ]
     ),
-    st.builds(lambda l, d: b"<" + l + b"@" + d + b">", ascii_junk, ascii_junk),
+    st.builds(lambda local, d: b"<" + local + b"@" + d + b">", ascii_junk, ascii_junk),
 )
 smtp_params = st.lists(
     st.one_of(
@@ -330,7 +330,7 @@ def smtp_data_text(draw) -> bytes:
         )
     )
     ends = draw(st.lists(crlf, min_size=len(lines), max_size=len(lines)))
-    text = b"".join(line + end for line, end in zip(lines, ends))
+    text = b"".join(line + end for line, end in zip(lines, ends, strict=True))
     return text + draw(st.sampled_from([b".\r\n", b"\r\n.\r\n", b"", b"\n.\n", b".\n"]))
 
 
@@ -518,7 +518,7 @@ def test_smtp_reply_parser_parses_or_raises_protocol_error(data, cut_points):
     try:
         for piece in chunked(data, cut_points):
             for reply in p.feed(piece):
-                assert 200 <= reply.code <= 599 and all(l.isascii() and l.isprintable() for l in reply.lines)
+                assert 200 <= reply.code <= 599 and all(line.isascii() and line.isprintable() for line in reply.lines)
                 assert reply.enhanced[0] in "245"
     except ProtocolError:
         pass

@@ -122,12 +122,12 @@ def test_many_processes_agree_on_uids(tmp_path):
     box = tmp_path / "box"
     maildir.ensure_maildir(box)
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
         "from pymda import maildir\nfrom pymda.index import FolderIndex\n"
-        "idx = FolderIndex(%r)\n"
+        f"idx = FolderIndex({str(box)!r})\n"
         "for i in range(25):\n"
-        "    maildir.deliver(%r, b'x\\n', fsync=False)\n"
-        "    idx.sync()\n" % (str(Path(__file__).resolve().parents[2]), str(box), str(box))
+        f"    maildir.deliver({str(box)!r}, b'x\\n', fsync=False)\n"
+        "    idx.sync()\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
     assert all(p.wait(60) == 0 for p in procs)

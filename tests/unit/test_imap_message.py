@@ -26,7 +26,7 @@ def rfc3501_message() -> bytes:
 
 def test_rfc3501_fetch_example_envelope_and_body(tmp_path):
     """RFC 3501 7.4.2, the FETCH example (ENVELOPE and BODY exactly as printed there)."""
-    path = deliver(tmp_path, data=rfc3501_message())
+    deliver(tmp_path, data=rfc3501_message())
     c = Client(tmp_path)
     c.login()
     c.cmd("a SELECT INBOX")
@@ -81,7 +81,10 @@ def test_envelope_defaults_and_nil():
 
 PLAIN = "Hello Bob,\n\nthe report is attached.\n"
 HTML = "<p>Hello Bob,</p>\n<p>the report is attached.</p>\n"
-PDF_B64 = "JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K\nZW5kc3RyZWFtCmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK\n"
+PDF_B64 = (
+    "JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K\n"
+    "ZW5kc3RyZWFtCmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK\n"
+)
 INNER_TEXT = "Forwarded text.\n"
 GIF_B64 = "R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=\n"
 
@@ -194,21 +197,22 @@ Content-Transfer-Encoding: base64
         '(NIL "inner" (("Dave" NIL "dave" "example.org")) (("Dave" NIL "dave" "example.org")) '
         '(("Dave" NIL "dave" "example.org")) NIL NIL NIL NIL NIL)'
     )
+    inner_lines = inner_msg.count(b"\n")
     expected = (
-        '((("text" "plain" ("charset" "utf-8") NIL NIL "7bit" %d 3 NIL NIL NIL NIL)'
-        '("text" "html" ("charset" "utf-8") NIL NIL "quoted-printable" %d 2 NIL NIL NIL NIL) "alternative" '
+        f'((("text" "plain" ("charset" "utf-8") NIL NIL "7bit" {plain} 3 NIL NIL NIL NIL)'
+        f'("text" "html" ("charset" "utf-8") NIL NIL "quoted-printable" {html} 2 NIL NIL NIL NIL) "alternative" '
         '("boundary" "alt") NIL NIL NIL)'
-        '("application" "pdf" ("name" "report.pdf") "<pdf1@example.org>" "The report" "base64" %d NIL '
+        f'("application" "pdf" ("name" "report.pdf") "<pdf1@example.org>" "The report" "base64" {pdf} NIL '
         '("attachment" ("filename" "report.pdf")) ("en" "de") NIL)'
-        '("message" "rfc822" NIL NIL NIL "7bit" %d %s '
-        '(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d 1 NIL NIL NIL NIL)'
-        '("image" "gif" NIL NIL NIL "base64" %d NIL NIL NIL NIL) "mixed" ("boundary" "in") NIL NIL NIL) '
-        '%d NIL NIL NIL NIL) "mixed" ("boundary" "outer") NIL NIL NIL)'
-    ) % (plain, html, pdf, len(inner_msg), inner_env, inner_text, gif, inner_msg.count(b"\n"))
+        f'("message" "rfc822" NIL NIL NIL "7bit" {len(inner_msg)} {inner_env} '
+        f'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" {inner_text} 1 NIL NIL NIL NIL)'
+        f'("image" "gif" NIL NIL NIL "base64" {gif} NIL NIL NIL NIL) "mixed" ("boundary" "in") NIL NIL NIL) '
+        f'{inner_lines} NIL NIL NIL NIL) "mixed" ("boundary" "outer") NIL NIL NIL)'
+    )
     assert root.structure(True).decode() == expected
     # BODY (no extension data)
     body = root.structure(False).decode()
-    assert body.startswith('((("text" "plain" ("charset" "utf-8") NIL NIL "7bit" %d 3)' % plain)
+    assert body.startswith(f'((("text" "plain" ("charset" "utf-8") NIL NIL "7bit" {plain} 3)')
     assert body.endswith('"mixed")')
 
 

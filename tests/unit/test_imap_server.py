@@ -245,7 +245,8 @@ def test_status(c, tmp_path):
     deliver(tmp_path)
     r = c.cmd("a STATUS INBOX (MESSAGES RECENT UIDNEXT UNSEEN HIGHESTMODSEQ)")
     assert re.match(
-        r'^\* STATUS "INBOX" \(MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2 HIGHESTMODSEQ \d+\)\r\na OK STATUS completed\r\n$',
+        r'^\* STATUS "INBOX" \(MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2 HIGHESTMODSEQ \d+\)\r\n'
+        r"a OK STATUS completed\r\n$",
         r,
     )
     assert c.cmd("b STATUS nope (MESSAGES)") == "b NO [NONEXISTENT] Mailbox does not exist\r\n"
@@ -417,8 +418,8 @@ def test_header_fields_and_partial(c, tmp_path):
     )
     r = c.cmd("b FETCH 1 BODY.PEEK[HEADER.FIELDS.NOT (Subject From Date)]")
     assert (
-        r
-        == "* 1 FETCH (BODY[HEADER.FIELDS.NOT (SUBJECT FROM DATE)] {21}\r\nTo: b@example.org\r\n\r\n)\r\nb OK FETCH completed\r\n"
+        r == "* 1 FETCH (BODY[HEADER.FIELDS.NOT (SUBJECT FROM DATE)] {21}\r\nTo: b@example.org\r\n\r\n)\r\n"
+        "b OK FETCH completed\r\n"
     )
     r = c.cmd("c FETCH 1 BODY.PEEK[]<0.4>")
     assert r == "* 1 FETCH (BODY[]<0> {4}\r\nFrom)\r\nc OK FETCH completed\r\n"
@@ -470,7 +471,7 @@ def test_search_keys(c, tmp_path):
     assert s("TO b@") == "* SEARCH 1 2 3"
     assert s("BCC x") == "* SEARCH"
     assert s("SUBJECT there") == "* SEARCH 1"
-    r = c.send("q SEARCH CHARSET UTF-8 SUBJECT {%d+}\r\ngrü\r\n" % len("grü".encode()))
+    r = c.send(f"q SEARCH CHARSET UTF-8 SUBJECT {{{len('grü'.encode())}+}}\r\ngrü\r\n")
     assert r.decode() == "* SEARCH 2\r\nq OK SEARCH completed\r\n"
     assert s("HEADER X-Spam yes") == "* SEARCH 2"
     assert s('HEADER X-Spam ""') == "* SEARCH 2"
@@ -541,7 +542,7 @@ def test_rename_inbox_moves_messages(c, tmp_path):
 
 def test_other_session_changes_reach_noop(tmp_path):
     a, b = Client(tmp_path), Client(tmp_path)
-    for i in range(3):
+    for _i in range(3):
         deliver(tmp_path)
     a.login()
     b.login()
@@ -600,7 +601,7 @@ def test_message_renamed_by_another_process_between_index_read_and_open(tmp_path
     a.cmd("a SELECT INBOX")
     b.cmd("b SELECT INBOX")
     idx = a.server.sel.index
-    stale_key, stale = idx._cache_key, idx.read()
+    _stale_key, stale = idx._cache_key, idx.read()
     b.cmd("b1 STORE 1 +FLAGS (\\Flagged)")
     # make a's index believe nothing changed: it still holds the old file name
     idx.read()

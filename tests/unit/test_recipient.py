@@ -59,7 +59,7 @@ def test_a_state_file_written_by_the_old_runner_loads_and_keeps_its_fields():
     assert deferred.state == DEFERRED and deferred.reason.enhanced == "4.0.0"  # no code at the start
     again = state.to_dict()
     assert again["first"] == OLD_STATE["first"] and again["next"] == OLD_STATE["next"] and again["warned"]
-    for old, new in zip(OLD_STATE["rcpts"], again["rcpts"]):
+    for old, new in zip(OLD_STATE["rcpts"], again["rcpts"], strict=True):
         assert {k: v for k, v in new.items() if k not in ("code", "enhanced")} == old
 
 

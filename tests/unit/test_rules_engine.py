@@ -133,12 +133,12 @@ def test_includerc_and_switchrc(tmp_path):
 
 def test_broken_include_is_skipped(tmp_path):
     (tmp_path / "bad").write_text(":0 Q\n/dev/null\n")
-    out = run(tmp_path, "INCLUDERC=bad\n:0\nafter/\n")
+    run(tmp_path, "INCLUDERC=bad\n:0\nafter/\n")
     assert msgs(tmp_path / "after") == [MSG]
 
 
 def test_filter_failure_leaves_message(tmp_path):
-    out = run(tmp_path, ":0 fw\n| exit 2\n:0 f\n| true\n:0\nkept/\n")
+    run(tmp_path, ":0 fw\n| exit 2\n:0 f\n| true\n:0\nkept/\n")
     assert msgs(tmp_path / "kept") == [MSG]
 
 
@@ -166,13 +166,13 @@ def test_i_flag_ignores_unread_input(tmp_path):
 
 
 def test_w_and_W_flags_on_filters(tmp_path):
-    out = run(tmp_path, ":0 fW\n| exit 1\n:0 e\nfailed/\n")
+    run(tmp_path, ":0 fW\n| exit 1\n:0 e\nfailed/\n")
     assert msgs(tmp_path / "failed") == [MSG]
 
 
 def test_maildir_and_default_assignments(tmp_path):
     (tmp_path / "sub").mkdir()
-    out = run(tmp_path, "MAILDIR=sub\nDEFAULT=elsewhere/\n:0 c\nrel/\n")
+    run(tmp_path, "MAILDIR=sub\nDEFAULT=elsewhere/\n:0 c\nrel/\n")
     assert msgs(tmp_path / "sub" / "rel") == [MSG]
     assert msgs(tmp_path / "sub" / "elsewhere") == [MSG]
 

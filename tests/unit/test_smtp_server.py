@@ -990,7 +990,7 @@ def transcript(chunks):
 def test_fuzz_chunking_never_changes_the_dialogue(words, data):
     stream = b"".join(words)
     cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=max(len(stream) - 1, 1)), max_size=20)))
-    pieces = [stream[i:j] for i, j in zip([0] + cuts, cuts + [len(stream)]) if stream[i:j]]
+    pieces = [stream[i:j] for i, j in zip([0] + cuts, cuts + [len(stream)], strict=True) if stream[i:j]]
     assert transcript(pieces) == transcript([stream])
 
 

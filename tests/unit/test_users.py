@@ -121,7 +121,7 @@ def test_bcrypt_long_password_truncated_like_crypt():
 
 @pytest.mark.parametrize("scheme", ["PLAIN", "CLEARTEXT"])
 def test_plain_refused_unless_allowed(scheme, capsys):
-    stored = "{%s}%s" % (scheme, PW)
+    stored = f"{{{scheme}}}{PW}"
     assert verify_hash(stored, PW) is False
     assert "allow_plain_scheme" in capsys.readouterr().err
     assert verify_hash(stored, PW, allow_plain_scheme=True) is True
