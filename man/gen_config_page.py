@@ -45,7 +45,9 @@ SECTION_INTRO = {
         "Under systemd or inetd the socket units or \\fIinetd.conf\\fR lines decide the addresses "
         "and these keys are not read."
     ),
-    "run": "How \\fBpymail run\\fR restarts a program that died; systemd's \\fBRestart=\\fR does this job under systemd.",
+    "run": (
+        "How \\fBpymail run\\fR restarts a program that died; systemd's \\fBRestart=\\fR does this job under systemd."
+    ),
     "auth": "Passwords: who may send them, and how they are checked and made.",
     "smtpd": "Limits and policy of \\fBpymta\\-smtpd\\fR(8).",
     "qrunner": "The queue runner, \\fBpymta\\-qrunner\\fR(8).",

@@ -154,8 +154,8 @@ def _check_reachable(directory: Path, owner) -> None:
         )
 
 
-_INIT_EXPLICIT = ("", "paths", "listen", "auth")
-DEFAULT_DAEMON_USER = "pymail"  # what `pymail init` run as root sets up (Postfix: mail_owner = postfix)  # sections written out; the rest as commented defaults
+_INIT_EXPLICIT = ("", "paths", "listen", "auth")  # sections written out; the rest as commented defaults
+DEFAULT_DAEMON_USER = "pymail"  # what `pymail init` run as root sets up (Postfix: mail_owner = postfix)
 
 
 def _valid_hostname(name: str) -> bool:
@@ -201,7 +201,8 @@ def _init_toml(values: dict) -> str:
             value = values.get(param.name, param.default)
             if param.name == "root":
                 out += _comment(
-                    'Relative paths are taken from root; "." is the folder of this file, so the whole tree can be moved.'
+                    'Relative paths are taken from root; "." is the folder of this file, '
+                    "so the whole tree can be moved."
                 )
             else:
                 out += _comment(param.doc)

@@ -37,7 +37,9 @@ def keygen(domain, selector, bits):
         path, record = dkim_sign.keygen(cfg, domain, selector, bits)
     except dkim_sign.DKIMError as exc:
         click.echo(f"pymail: {exc}", err=True)
-        raise click.exceptions.Exit(EX_CANTCREAT if "exists" in str(exc) or "openssl" in str(exc) else EX_DATAERR)
+        raise click.exceptions.Exit(
+            EX_CANTCREAT if "exists" in str(exc) or "openssl" in str(exc) else EX_DATAERR
+        ) from None
     click.echo(f"; key written to {path}", err=True)
     if cfg["dkim.selector"] != selector:
         click.echo(f'; set dkim.selector = "{selector}" in the config to sign with it', err=True)
@@ -59,4 +61,4 @@ def record(domain, selector):
         click.echo(dkim_sign.dns_record(path, selector, domain))
     except dkim_sign.DKIMError as exc:
         click.echo(f"pymail: {exc}", err=True)
-        raise click.exceptions.Exit(EX_NOINPUT)
+        raise click.exceptions.Exit(EX_NOINPUT) from None

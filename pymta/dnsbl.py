@@ -45,7 +45,11 @@ def parse_site(spec: str) -> Site:
     zone, eq, filter_text = text.partition("=")
     zone = zone.strip().rstrip(".").lower()
     labels = zone.split(".")
-    if not zone or len(zone) > 200 or not all(l and all(c.isalnum() or c in "-_" for c in l) for l in labels):
+    if (
+        not zone
+        or len(zone) > 200
+        or not all(label and all(c.isalnum() or c in "-_" for c in label) for label in labels)
+    ):
         raise ValueError(f"{spec!r}: {zone!r} is not a DNS zone")
     return Site(zone, _parse_filter(spec, filter_text) if eq else None, weight)
 
@@ -91,7 +95,7 @@ def matches(site: Site, answer: str) -> bool:
         octets = [int(o) for o in answer.split(".")]
     except ValueError:
         return False
-    return len(octets) == 4 and all(o in allowed for o, allowed in zip(octets, site.filter))
+    return len(octets) == 4 and all(o in allowed for o, allowed in zip(octets, site.filter, strict=True))
 
 
 def query_name(ip: str, zone: str) -> str:

@@ -181,7 +181,7 @@ def _addresses(cfg, host: str) -> list[str]:
                 raise RouteError("5.1.2", f"host {host} not found") from None
             raise RouteError("4.4.3", f"host {host}: lookup failed ({exc.strerror})") from None
         ips = []
-        for family, _, _, _, addr in sorted(infos, key=lambda i: i[0] != socket.AF_INET):
+        for _family, _, _, _, addr in sorted(infos, key=lambda i: i[0] != socket.AF_INET):
             if addr[0] not in ips:
                 ips.append(addr[0])
         return ips
