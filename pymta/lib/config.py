@@ -41,7 +41,8 @@ PARAMS: tuple[Param, ...] = (
         "hostname",
         "str",
         "localhost",
-        "Name this system gives itself in greetings and Received: headers (Maildir file names use the kernel's host name, as the Maildir rules ask).",
+        "Name this system gives itself in greetings and Received: headers (Maildir file names use the kernel's host "
+        "name, as the Maildir rules ask).",
     ),
     Param(
         "domains", "list", [], "Local domains: mail for them is delivered here; mail for any other domain is relayed."
@@ -50,7 +51,8 @@ PARAMS: tuple[Param, ...] = (
         "root",
         "path",
         "/var/lib/pymail",
-        "Root folder; the relative paths below are taken from here. A relative root is taken from the config file's folder.",
+        "Root folder; the relative paths below are taken from here. A relative root is taken from the config file's "
+        "folder.",
     ),
     Param("paths.queue", "path", "queue", "The mail queue (see pymail(7) for its layout)."),
     Param("paths.mail", "path", "mail", "The mail store: a user's Maildir is MAIL/<domain>/<user>/."),
@@ -62,7 +64,13 @@ PARAMS: tuple[Param, ...] = (
         "daemon_user",
         "str",
         "",
-        "User the network daemons (pymta-smtpd, pypop-pop3d, pyimap-imapd) and the queue runner become, with that user's groups, when started as root: after opening their sockets and reading the TLS key, before serving any client or reading any message (like Postfix's mail_owner). The queue, mail store, users file and ROOT/run must be accessible to it; `pymail init` run as root makes the user pymail and sets this. Empty: keep the uid they were started with -- except the queue runner, which refuses to run as root unless this says \"root\" (then it delivers into other uids' mailboxes through pymda-deliver, which becomes their owner). Started by a user other than root or this one, they refuse to run (exit 77).",
+        "User the network daemons (pymta-smtpd, pypop-pop3d, pyimap-imapd) and the queue runner become, with that "
+        "user's groups, when started as root: after opening their sockets and reading the TLS key, before serving any "
+        "client or reading any message (like Postfix's mail_owner). The queue, mail store, users file and ROOT/run "
+        "must be accessible to it; `pymail init` run as root makes the user pymail and sets this. Empty: keep the uid "
+        'they were started with -- except the queue runner, which refuses to run as root unless this says "root" '
+        "(then it delivers into other uids' mailboxes through pymda-deliver, which becomes their owner). Started by a "
+        "user other than root or this one, they refuse to run (exit 77).",
     ),
     # -- listeners used by `pymail run` ---------------------------------------
     Param("listen.smtp", "listen", "127.0.0.1:2525", "SMTP (MX) listener for `pymail run`; empty to disable."),
@@ -76,7 +84,9 @@ PARAMS: tuple[Param, ...] = (
         "run.restart_delay",
         "float",
         1.0,
-        "Seconds `pymail run` waits before starting again a program that died. Each further death within ten times this long of its start doubles the wait, up to run.max_restart_delay; it retries forever, and the other programs keep running.",
+        "Seconds `pymail run` waits before starting again a program that died. Each further death within ten times "
+        "this long of its start doubles the wait, up to run.max_restart_delay; it retries forever, and the other "
+        "programs keep running.",
     ),
     Param(
         "run.max_restart_delay",
@@ -97,7 +107,10 @@ PARAMS: tuple[Param, ...] = (
         "auth.failure_delay",
         "float",
         1.0,
-        "Seconds a failed login waits before its answer; doubled for each recent failure from the same client address (IPv6: the same /64), up to auth.max_failure_delay. While such failures are remembered, every password check from that address (a right one, or one on a parallel connection) first waits as long (Dovecot's auth penalty). Failures for an account do not slow other addresses: auth.account_failure_limit bounds those.",
+        "Seconds a failed login waits before its answer; doubled for each recent failure from the same client address "
+        "(IPv6: the same /64), up to auth.max_failure_delay. While such failures are remembered, every password check "
+        "from that address (a right one, or one on a parallel connection) first waits as long (Dovecot's auth "
+        "penalty). Failures for an account do not slow other addresses: auth.account_failure_limit bounds those.",
     ),
     Param("auth.max_failure_delay", "float", 30.0, "Longest wait after a failed login, in seconds."),
     Param(
@@ -110,19 +123,25 @@ PARAMS: tuple[Param, ...] = (
         "auth.account_failure_limit",
         "int",
         20,
-        "Failed password checks one account may get in any auth.failure_window seconds, from all client addresses and processes together (80 an hour with the defaults). Beyond it, logins to the account are refused without checking the password (SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]), except from the addresses that logged in to it successfully within auth.known_address_days. 0: no budget.",
+        "Failed password checks one account may get in any auth.failure_window seconds, from all client addresses and "
+        "processes together (80 an hour with the defaults). Beyond it, logins to the account are refused without "
+        "checking the password (SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]), except from the "
+        "addresses that logged in to it successfully within auth.known_address_days. 0: no budget.",
     ),
     Param(
         "auth.known_address_days",
         "int",
         30,
-        "Days a client address (IPv6: its /64) that logged in to an account successfully stays known-good for it, so it keeps getting password checks while the account's failure budget is spent. Each account remembers its last 16 such addresses.",
+        "Days a client address (IPv6: its /64) that logged in to an account successfully stays known-good for it, so "
+        "it keeps getting password checks while the account's failure budget is spent. Each account remembers its "
+        "last 16 such addresses.",
     ),
     Param(
         "auth.bcrypt_rounds",
         "int",
         10,
-        "bcrypt cost (log2 of rounds, 4-31) for passwords set by `pymail user add/passwd`; existing hashes keep their own cost.",
+        "bcrypt cost (log2 of rounds, 4-31) for passwords set by `pymail user add/passwd`; existing hashes keep their "
+        "own cost.",
     ),
     # -- smtpd -------------------------------------------------------------------
     Param(
@@ -152,13 +171,16 @@ PARAMS: tuple[Param, ...] = (
         "smtpd.max_sessions_per_client",
         "int",
         50,
-        "Concurrent sessions one client address may have with a listening smtpd, all its processes together (Postfix's smtpd_client_connection_count_limit); more get 421 4.7.0. IPv6 clients count per /84. 0: no limit. Addresses in limits.exempt_networks are not counted.",
+        "Concurrent sessions one client address may have with a listening smtpd, all its processes together "
+        "(Postfix's smtpd_client_connection_count_limit); more get 421 4.7.0. IPv6 clients count per /84. 0: no "
+        "limit. Addresses in limits.exempt_networks are not counted.",
     ),
     Param(
         "smtpd.connection_rate_per_client",
         "int",
         60,
-        "Connections one client address may open to a listening smtpd per limits.rate_time_unit, refused ones included (Postfix's smtpd_client_connection_rate_limit); more get 421 4.7.0. 0: no limit.",
+        "Connections one client address may open to a listening smtpd per limits.rate_time_unit, refused ones "
+        "included (Postfix's smtpd_client_connection_rate_limit); more get 421 4.7.0. 0: no limit.",
     ),
     Param(
         "smtpd.processes",
@@ -177,19 +199,24 @@ PARAMS: tuple[Param, ...] = (
         "smtpd.max_session_time",
         "float",
         3600.0,
-        "Seconds one SMTP session may last in all, however busy the client keeps it; then 421 4.4.2 and the connection is closed (smtpd.command_timeout only counts silence).",
+        "Seconds one SMTP session may last in all, however busy the client keeps it; then 421 4.4.2 and the "
+        "connection is closed (smtpd.command_timeout only counts silence).",
     ),
     Param(
         "smtpd.max_junk_commands",
         "int",
         100,
-        "NOOP, RSET, VRFY, HELP, HELO and EHLO commands a session may send before it is closed with 421 4.7.0 (Postfix's smtpd_junk_command_limit); the count starts again after each message accepted.",
+        "NOOP, RSET, VRFY, HELP, HELO and EHLO commands a session may send before it is closed with 421 4.7.0 "
+        "(Postfix's smtpd_junk_command_limit); the count starts again after each message accepted.",
     ),
     Param(
         "smtpd.dnsbl_sites",
         "list",
         [],
-        'DNS block and allow lists asked about each client of the smtp service (port 25), as "zone[=filter]*weight" like postscreen_dnsbl_sites: filter an answer address such as 127.0.0.2 or 127.0.0.[2..11] (default: any), weight default 1, negative for an allowlist. Empty (the default): no lookups, so a fresh install asks no third party about its clients.',
+        'DNS block and allow lists asked about each client of the smtp service (port 25), as "zone[=filter]*weight" '
+        "like postscreen_dnsbl_sites: filter an answer address such as 127.0.0.2 or 127.0.0.[2..11] (default: any), "
+        "weight default 1, negative for an allowlist. Empty (the default): no lookups, so a fresh install asks no "
+        "third party about its clients.",
     ),
     Param(
         "smtpd.dnsbl_threshold",
@@ -207,7 +234,8 @@ PARAMS: tuple[Param, ...] = (
         "smtpd.greylist",
         "bool",
         False,
-        "Greylist the smtp service (port 25): the first attempt of each (client network, sender, recipient) gets 450 4.2.0 until smtpd.greylist_delay has passed. Trusted networks and authenticated clients are never greylisted.",
+        "Greylist the smtp service (port 25): the first attempt of each (client network, sender, recipient) gets 450 "
+        "4.2.0 until smtpd.greylist_delay has passed. Trusted networks and authenticated clients are never greylisted.",
     ),
     Param(
         "smtpd.greylist_delay",
@@ -219,38 +247,45 @@ PARAMS: tuple[Param, ...] = (
         "smtpd.greylist_retry_window",
         "float",
         172800.0,
-        "Seconds after the first attempt a retry still counts (postgrey's retry window, 2 days); later, greylisting starts again.",
+        "Seconds after the first attempt a retry still counts (postgrey's retry window, 2 days); later, greylisting "
+        "starts again.",
     ),
     Param(
         "smtpd.greylist_max_age",
         "float",
         35 * 86400.0,
-        "Seconds a passed triplet and an auto-allowlisted client network are remembered after their last mail (postgrey's max-age).",
+        "Seconds a passed triplet and an auto-allowlisted client network are remembered after their last mail "
+        "(postgrey's max-age).",
     ),
     Param(
         "smtpd.greylist_auto_allowlist",
         "int",
         1,
-        "Triplets a client network must pass before all its mail skips greylisting for smtpd.greylist_max_age; 0: never.",
+        "Triplets a client network must pass before all its mail skips greylisting for smtpd.greylist_max_age; 0: "
+        "never.",
     ),
     # -- submission: what an authenticated user may send ---------------------------
     Param(
         "submission.sender_login_match",
         "bool",
         True,
-        "An authenticated client may use as MAIL FROM and in From: only addresses its login owns: the account's address, its +extensions and the aliases that lead to it (Postfix's reject_sender_login_mismatch). Users-file extra fields allow_any_sender=yes / allow_senders=... widen it (pymail-users(5)).",
+        "An authenticated client may use as MAIL FROM and in From: only addresses its login owns: the account's "
+        "address, its +extensions and the aliases that lead to it (Postfix's reject_sender_login_mismatch). "
+        "Users-file extra fields allow_any_sender=yes / allow_senders=... widen it (pymail-users(5)).",
     ),
     Param(
         "submission.max_messages_per_hour",
         "int",
         200,
-        "Messages one authenticated user (or one local uid through sendmail's maildrop) may send per hour; more get 450 4.7.1 at MAIL. 0: unlimited.",
+        "Messages one authenticated user (or one local uid through sendmail's maildrop) may send per hour; more get "
+        "450 4.7.1 at MAIL. 0: unlimited.",
     ),
     Param(
         "submission.max_recipients_per_hour",
         "int",
         500,
-        "Recipients one authenticated user (or one local uid through sendmail's maildrop) may send to per hour; more get 450 4.7.1 at RCPT. 0: unlimited.",
+        "Recipients one authenticated user (or one local uid through sendmail's maildrop) may send to per hour; more "
+        "get 450 4.7.1 at RCPT. 0: unlimited.",
     ),
     # -- queue runner -------------------------------------------------------------
     Param(
@@ -275,14 +310,16 @@ PARAMS: tuple[Param, ...] = (
         "deliver.mode",
         "choice:inprocess|exec",
         "inprocess",
-        "inprocess: the runner writes Maildirs itself (fast, one uid); exec: it runs pymda-deliver per recipient (needed when mailboxes belong to different uids).",
+        "inprocess: the runner writes Maildirs itself (fast, one uid); exec: it runs pymda-deliver per recipient "
+        "(needed when mailboxes belong to different uids).",
     ),
     # -- local delivery rules (pymda) -------------------------------------------------
     Param(
         "deliver.rules_file",
         "str",
         ".procmailrc",
-        "The user's procmail-style rules file (pymda-rules(5)), relative to the user's home: the users-file home field, else the user's Maildir. Empty: no per-user rules.",
+        "The user's procmail-style rules file (pymda-rules(5)), relative to the user's home: the users-file home "
+        "field, else the user's Maildir. Empty: no per-user rules.",
     ),
     Param(
         "deliver.site_rules",
@@ -294,13 +331,15 @@ PARAMS: tuple[Param, ...] = (
         "deliver.forward_file",
         "str",
         ".forward",
-        "Per-user forwarding file (aliases(5) targets), relative to the user's home; applied before the rules. Empty: not used.",
+        "Per-user forwarding file (aliases(5) targets), relative to the user's home; applied before the rules. Empty: "
+        "not used.",
     ),
     Param(
         "deliver.pipe_timeout",
         "float",
         300.0,
-        "Seconds a program run by a rule (pipe, filter, condition) may take before it is killed; the rules' TIMEOUT variable starts with this value.",
+        "Seconds a program run by a rule (pipe, filter, condition) may take before it is killed; the rules' TIMEOUT "
+        "variable starts with this value.",
     ),
     Param(
         "deliver.recipient_delimiter",
@@ -312,14 +351,16 @@ PARAMS: tuple[Param, ...] = (
         "deliver.sendmail",
         "str",
         "",
-        "Program the rules' '!' forward action runs ($SENDMAIL). Empty: the sendmail installed beside pymda-deliver, else /usr/sbin/sendmail.",
+        "Program the rules' '!' forward action runs ($SENDMAIL). Empty: the sendmail installed beside pymda-deliver, "
+        "else /usr/sbin/sendmail.",
     ),
     # -- outbound relay, retries, bounces, sendmail (pymta) ---------------------------
     Param(
         "relay.transport_map",
         "table",
         {},
-        'Per-domain next hop, a table domain = "[host]:port": ".example.org" matches subdomains, "*" everything. Checked before relay.host and MX.',
+        'Per-domain next hop, a table domain = "[host]:port": ".example.org" matches subdomains, "*" everything. '
+        "Checked before relay.host and MX.",
     ),
     Param(
         "relay.host",
@@ -334,7 +375,8 @@ PARAMS: tuple[Param, ...] = (
         "relay.tls",
         "choice:opportunistic|require|verify|none",
         "opportunistic",
-        "STARTTLS policy: opportunistic (when offered, unverified), require (must encrypt), verify (must encrypt with a valid certificate for the host name), none.",
+        "STARTTLS policy: opportunistic (when offered, unverified), require (must encrypt), verify (must encrypt with "
+        "a valid certificate for the host name), none.",
     ),
     Param("relay.tls_policy", "table", {}, 'Per-destination-domain overrides of relay.tls, a table domain = "verify".'),
     Param("relay.tls_ca_file", "path", "", "CA bundle for the verify policy (empty: the system CAs)."),
@@ -351,7 +393,8 @@ PARAMS: tuple[Param, ...] = (
         "relay.command_timeout",
         "float",
         300.0,
-        "Seconds to wait for each reply of a remote server (RFC 5321 4.5.3.2 allows up to 10 minutes for the final DATA reply).",
+        "Seconds to wait for each reply of a remote server (RFC 5321 4.5.3.2 allows up to 10 minutes for the final "
+        "DATA reply).",
     ),
     Param("relay.helo_name", "str", "", "Name sent in EHLO (empty: hostname)."),
     Param(
@@ -367,19 +410,22 @@ PARAMS: tuple[Param, ...] = (
         "qrunner.delay_warning",
         "float",
         0.0,
-        "Send the sender a delay notice (RFC 3464 Action: delayed) once a message has waited this many seconds (0: never).",
+        "Send the sender a delay notice (RFC 3464 Action: delayed) once a message has waited this many seconds (0: "
+        "never).",
     ),
     Param(
         "bounce.postmaster",
         "str",
         "",
-        "Where failures of mail with the null sender <> and copies of double bounces go (empty: postmaster@ the first local domain).",
+        "Where failures of mail with the null sender <> and copies of double bounces go (empty: postmaster@ the first "
+        "local domain).",
     ),
     Param(
         "bounce.size_limit",
         "int",
         50000,
-        "Most octets of the original message a bounce quotes (Postfix's bounce_size_limit). Bounces quote only the original's headers, cut at this size, never its body: a forged sender gets no copy of a spammer's text.",
+        "Most octets of the original message a bounce quotes (Postfix's bounce_size_limit). Bounces quote only the "
+        "original's headers, cut at this size, never its body: a forged sender gets no copy of a spammer's text.",
     ),
     Param(
         "dkim.selector", "str", "", "DKIM selector used to sign outbound mail from local domains (empty: no signing)."
@@ -394,7 +440,8 @@ PARAMS: tuple[Param, ...] = (
         "sendmail.maildrop",
         "path",
         "maildrop",
-        "Drop folder for sendmail run by ordinary users (mode 1733, like Postfix's maildrop); only the runner reads it.",
+        "Drop folder for sendmail run by ordinary users (mode 1733, like Postfix's maildrop); only the runner reads "
+        "it.",
     ),
     # -- pop3d (pypop) ---------------------------------------------------------------
     Param("pop3d.processes", "int", 0, "Processes a listening pop3d forks to serve its sockets; 0: one per CPU."),
@@ -408,44 +455,54 @@ PARAMS: tuple[Param, ...] = (
         "pop3d.max_sessions_per_client",
         "int",
         20,
-        "Concurrent sessions one client address may have with a listening pop3d, all its processes together (per address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for a few users behind one NAT); more get -ERR [SYS/TEMP]. 0: no limit.",
+        "Concurrent sessions one client address may have with a listening pop3d, all its processes together (per "
+        "address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for a few users behind "
+        "one NAT); more get -ERR [SYS/TEMP]. 0: no limit.",
     ),
     Param(
         "pop3d.connection_rate_per_client",
         "int",
         60,
-        "Connections one client address may open to a listening pop3d per limits.rate_time_unit, refused ones included; more get -ERR [SYS/TEMP]. 0: no limit.",
+        "Connections one client address may open to a listening pop3d per limits.rate_time_unit, refused ones "
+        "included; more get -ERR [SYS/TEMP]. 0: no limit.",
     ),
     Param(
         "pop3d.timeout",
         "float",
         600.0,
-        "Seconds of client silence before a POP3 session is closed without deleting anything (RFC 1939 autologout: at least 10 minutes).",
+        "Seconds of client silence before a POP3 session is closed without deleting anything (RFC 1939 autologout: at "
+        "least 10 minutes).",
     ),
     Param(
         "pop3d.enable_apop",
         "bool",
         False,
-        "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} with auth.allow_plain_scheme = true.",
+        "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} "
+        "with auth.allow_plain_scheme = true.",
     ),
     # -- imapd (pyimap) --------------------------------------------------------------
     Param(
         "imapd.max_sessions",
         "int",
         1000,
-        "Concurrent sessions of one listening imapd process (Dovecot's imap process_limit is 1024); more get * BYE. Each needs about three open files: the daemon raises its limit to the hard one and warns when that is too low.",
+        "Concurrent sessions of one listening imapd process (Dovecot's imap process_limit is 1024); more get * BYE. "
+        "Each needs about three open files: the daemon raises its limit to the hard one and warns when that is too "
+        "low.",
     ),
     Param(
         "imapd.max_sessions_per_client",
         "int",
         50,
-        "Concurrent sessions one client address may have with a listening imapd, all its processes together (per address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for several users behind one NAT, each with a few connections); more get * BYE. 0: no limit.",
+        "Concurrent sessions one client address may have with a listening imapd, all its processes together (per "
+        "address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for several users "
+        "behind one NAT, each with a few connections); more get * BYE. 0: no limit.",
     ),
     Param(
         "imapd.connection_rate_per_client",
         "int",
         120,
-        "Connections one client address may open to a listening imapd per limits.rate_time_unit, refused ones included; more get * BYE. 0: no limit.",
+        "Connections one client address may open to a listening imapd per limits.rate_time_unit, refused ones "
+        "included; more get * BYE. 0: no limit.",
     ),
     Param(
         "imapd.max_line", "int", 65536, "Longest IMAP command line in octets, literals excluded; longer lines get BAD."
@@ -454,7 +511,8 @@ PARAMS: tuple[Param, ...] = (
         "imapd.max_literal",
         "int",
         100 * 1024 * 1024,
-        "Largest APPEND message in octets, advertised as APPENDLIMIT; bigger literals get NO [TOOBIG] before any byte is read.",
+        "Largest APPEND message in octets, advertised as APPENDLIMIT; bigger literals get NO [TOOBIG] before any byte "
+        "is read.",
     ),
     Param(
         "imapd.autologout",
@@ -475,7 +533,9 @@ PARAMS: tuple[Param, ...] = (
         "limits.exempt_networks",
         "list",
         ["127.0.0.0/8", "::1/128"],
-        "Client networks the per-client limits (SECTION.max_sessions_per_client, SECTION.connection_rate_per_client) do not count: loopback, where a webmail or a local relay speaks for many users. Like smtpd.trusted_networks, but for every service; empty to count everyone.",
+        "Client networks the per-client limits (SECTION.max_sessions_per_client, SECTION.connection_rate_per_client) "
+        "do not count: loopback, where a webmail or a local relay speaks for many users. Like smtpd.trusted_networks, "
+        "but for every service; empty to count everyone.",
     ),
     Param(
         "limits.rate_time_unit",
