@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyimap import mailbox_names as mn
 from pyimap.formats import ATOM_OK
@@ -20,6 +20,9 @@ from pyimap.parser import CONTINUE, ERROR, FATAL, Atom, ParseError, Reader, toke
 from pyimap.storage import Backend, MailStore, MessageSpool
 from pymta.lib.record import Record
 from pymta.lib.sansio import CLOSE, ConnectionInfo, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
 ANY_STATE = (NOT_AUTH, AUTH, SELECTED)
@@ -59,9 +62,52 @@ class IMAPSettings(Record):
         ("plaintext_ok", False),  # may a password cross this connection without TLS
         ("software", "pymail"),
     )
+    hostname: str
+    max_line: int
+    max_literal: int
+    max_mem_literal: int
+    autologout: float
+    login_timeout: float
+    idle_poll: float
+    plaintext_ok: bool
+    software: str
 
 
-class IMAPCore(Protocol):
+class CommandContext:
+    """What the command mixins (``mailboxes``, ``selected``) use of ``IMAPCore`` and what the
+    core uses of them: declarations for the type checker, nothing at run time."""
+
+    settings: IMAPSettings
+    state: str
+    store: MailStore | None
+    sel: Any  # a pyimap.selected.Selected or None (declared so there: selected imports this module)
+    out: list
+    closed: bool
+    idle_tag: str | None
+    idle_started: float
+    auth_tag: str | None
+    enabled: set[str]
+    condstore: bool
+
+    if TYPE_CHECKING:
+        # IMAPCore's
+        def _send(self, data: bytes) -> None: ...
+        def _untagged(self, text: str) -> None: ...
+        def _tagged(self, tag: str, text: str) -> None: ...
+        def _done(self, tag: str, text: str = "completed", allow_expunge: bool = True, code: str = "") -> None: ...
+        @staticmethod
+        def _need(args, n: int, max_n: int | None = None) -> None: ...
+        @staticmethod
+        def _astring(token) -> str: ...
+        def _mailbox(self, token) -> str: ...
+
+        # the commands' (selected, imap_server)
+        def _updates(self, allow_expunge: bool) -> None: ...
+        def _idle_line(self, parts) -> None: ...
+        def _auth_line(self, parts) -> None: ...
+
+
+class IMAPCore(Protocol, CommandContext):
     """The session and its plumbing; the subclass supplies COMMANDS and the cmd_* methods."""
 
     COMMANDS: dict[str, Command] = {}
@@ -90,8 +136,8 @@ class IMAPCore(Protocol):
         self.enabled: set[str] = set()
         self.condstore = False
         self.timeout = settings.login_timeout
-        self._job_then = None
-        self.client_id = None
+        self._job_then: Callable[[Any], None] | None = None
+        self.client_id: dict[str, str] | None = None
 
     # -- driver interface ---------------------------------------------------------
 

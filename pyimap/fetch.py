@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from pyimap.formats import format_internaldate
 from pyimap.parser import Atom, ParseError, tokenize
 from pymta.lib.sansio import Stream
+
+if TYPE_CHECKING:
+    from pyimap.message import Part
 
 MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
@@ -32,7 +36,7 @@ def parse_items(token) -> list[tuple]:
         atoms = [token]
         if isinstance(token, Atom) and token.upper() in MACROS:
             return [(x,) for x in MACROS[token.upper()]]
-    items = []
+    items: list[tuple] = []
     for a in atoms:
         if not isinstance(a, Atom):
             raise ParseError("Bad FETCH item")
@@ -120,9 +124,9 @@ class _Loader:
 
     def __init__(self, path) -> None:
         self.path = path
-        self._full = None
-        self._part = None
-        self._header = None
+        self._full: bytes | None = None
+        self._part: Part | None = None
+        self._header: bytes | None = None
 
     def full(self) -> bytes:
         if self._full is None:
@@ -207,6 +211,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
         if name == "UID":
             buf.append(b"UID %d" % uid)
         elif name == "FLAGS":
+            assert flags is not None  # given when items ask for FLAGS
             buf.append(b"FLAGS " + flags.encode("utf-8"))
         elif name == "INTERNALDATE":
             buf.append(b"INTERNALDATE " + format_internaldate(e.idate))
@@ -256,9 +261,8 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
             else:
                 from pyimap.message import section_bytes  # noqa: PLC0415 lazy
 
-                data = section_bytes(loader.part(), spath, kind, fields)
-                if data is None:
-                    data = b""
+                section = section_bytes(loader.part(), spath, kind, fields)
+                data = section if section is not None else b""  # no such section: empty
             if partial is not None:
                 start, count = partial
                 data = data[start : start + count]

@@ -56,7 +56,8 @@ def parse_date_time(text: str) -> int:
 def uid_set_text(uids: list[int]) -> str:
     """[1,2,3,5] -> '1:3,5'."""
     out = []
-    start = prev = None
+    start: int | None = None
+    prev = 0  # set with start
     for u in uids:
         if start is None:
             start = prev = u

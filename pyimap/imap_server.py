@@ -158,6 +158,7 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
 
     def _auth_line(self, parts) -> None:
         tag, self.auth_tag = self.auth_tag, None
+        assert tag is not None  # the core calls this only while an AUTHENTICATE waits
         if len(parts) != 1:
             self._tagged(tag, "BAD Bad AUTHENTICATE response")
             return

@@ -30,7 +30,7 @@ def _b64enc(text: str) -> str:
 
 def encode_mutf7(name: str) -> str:
     out = []
-    pending = []
+    pending: list[str] = []
     for ch in name:
         if 0x20 <= ord(ch) <= 0x7E:
             if pending:

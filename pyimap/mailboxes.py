@@ -9,15 +9,22 @@ protocol core's ``_tagged``/``_untagged``/``_done`` and asks the store
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from pyimap import mailbox_names as mn
-from pyimap.core import AUTH
+from pyimap.core import AUTH, CommandContext
 from pyimap.parser import Atom, ParseError, quote
 from pyimap.storage import StoreError
 
+if TYPE_CHECKING:
+    from pyimap.selected import Selected
 
-class MailboxCommands:
+
+class MailboxCommands(CommandContext):
+    sel: Selected | None
+
     def cmd_create(self, tag, args):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 1, 2)
         raw = self._astring(args[0])
         if raw.endswith(mn.DELIM):
@@ -26,6 +33,7 @@ class MailboxCommands:
             self._done(tag, "CREATE completed")
 
     def cmd_delete(self, tag, args):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 1, 1)
         name = self._mailbox(args[0])
         if self.sel is not None and self.sel.name == name:
@@ -35,6 +43,7 @@ class MailboxCommands:
             self._done(tag, "DELETE completed")
 
     def cmd_rename(self, tag, args):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 2, 2)
         old, new = self._mailbox(args[0]), self._mailbox(args[1])
         if not self._store_call(tag, self.store.rename, old, new):
@@ -54,6 +63,7 @@ class MailboxCommands:
         return True
 
     def cmd_subscribe(self, tag, args, subscribe=True):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 1, 1)
         name = self._mailbox(args[0])
         subs = self.store.subscriptions()
@@ -80,6 +90,7 @@ class MailboxCommands:
         return re.compile("^" + "".join(out) + "$", re.DOTALL)
 
     def cmd_list(self, tag, args, lsub=False):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 2)
         select_opts: set[str] = set()
         return_opts: set[str] = set()
@@ -187,6 +198,7 @@ class MailboxCommands:
         self.cmd_list(tag, args, lsub=True)
 
     def _status_line(self, name: str, items: list[str]) -> None:
+        assert self.store is not None  # logged in: AUTH or SELECTED
         if self.sel is not None and self.sel.name == name:
             self._updates(allow_expunge=False)
         snap = self.store.index(name).sync()
@@ -211,6 +223,7 @@ class MailboxCommands:
         self._untagged(f"STATUS {quote(mn.to_wire(name)).decode()} ({' '.join(vals)})")
 
     def cmd_status(self, tag, args):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 2, 2)
         name = self._mailbox(args[0])
         if not isinstance(args[1], list) or not args[1]:

@@ -544,7 +544,7 @@ def _split_multipart(data: bytes, first: int, n: int, boundary: bytes | None) ->
     if not boundary:
         return []
     delim = b"--" + boundary
-    out = []
+    out: list[tuple[int, int]] = []
     pos = first
     start = None
     while pos <= n:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from typing import Any
 
 
 class ParseError(Exception):
@@ -80,10 +81,10 @@ class Reader:
         self.parts: list = []
         self.size = 0  # bytes of the command held in memory
         self.lit_left = 0
-        self.lit_target = None  # bytearray (memory), sink, or "discard"
+        self.lit_target: Any = None  # bytearray (memory), sink, or "discard"
         self.lit_sink = None
         self.skip_line = False
-        self.pending_error = None
+        self.pending_error: tuple[str, str] | None = None
 
     def reset(self) -> None:
         """Forget everything (after STARTTLS)."""
@@ -380,7 +381,7 @@ def seq_contains(ranges, n: int, star: int) -> bool:
 
 def expand(ranges, values: list[int], star: int) -> list[int]:
     """The members of sorted ``values`` that the set names (``*`` = star)."""
-    picked = set()
+    picked: set[int] = set()
     for lo, hi in ranges:
         a = star if lo is None else lo
         b = star if hi is None else hi

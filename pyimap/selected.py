@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import time
 
-from pyimap.core import AUTH, SELECTED
+from pyimap.core import AUTH, SELECTED, CommandContext
 from pyimap.formats import LETTER_FLAG, flag_list_for, flags_text, parse_date_time, parse_flags, uid_set_text
 from pyimap.parser import Atom, Literal, ParseError, expand, is_number, parse_sequence_set
 from pyimap.storage import Folder, MessageSpool
@@ -38,8 +38,11 @@ class Selected:
         return i + 1 if i < len(self.view) and self.view[i] == uid else 0
 
 
-class SelectedCommands:
+class SelectedCommands(CommandContext):
+    sel: Selected | None
+
     def cmd_select(self, tag, args, readonly=False):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 1, 2)
         name = self._mailbox(args[0])
         qresync = None
@@ -110,6 +113,7 @@ class SelectedCommands:
             raise ParseError("Bad QRESYNC parameters")
         uidvalidity, modseq = int(params[0]), int(params[1])
         sel = self.sel
+        assert sel is not None  # SELECTED state
         if uidvalidity != sel.uidvalidity:
             return
         known = None
@@ -144,6 +148,7 @@ class SelectedCommands:
         self.cmd_select(tag, args, readonly=True)
 
     def cmd_append(self, tag, args):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 2, 4)
         message = args[-1]
         try:
@@ -205,6 +210,7 @@ class SelectedCommands:
     def cmd_close(self, tag, args):
         self._need(args, 0, 0)
         sel = self.sel
+        assert sel is not None  # SELECTED state
         if not sel.readonly:
             snap = sel.index.sync()
             doomed = [u for u in sel.view if u in snap.entries and "T" in snap.entries[u].flags]
@@ -222,6 +228,7 @@ class SelectedCommands:
 
     def cmd_expunge(self, tag, args, uid=False):
         sel = self.sel
+        assert sel is not None  # SELECTED state
         if uid:
             self._need(args, 1, 1)
             ranges = parse_sequence_set(str(args[0]))
@@ -243,6 +250,7 @@ class SelectedCommands:
     def _resolve(self, token, uid: bool) -> list[int]:
         """A sequence set -> the UIDs it names in the current view."""
         sel = self.sel
+        assert sel is not None  # SELECTED state
         if not isinstance(token, Atom):
             raise ParseError("Bad sequence set")
         if str(token) == "$":
@@ -264,6 +272,7 @@ class SelectedCommands:
     def cmd_store(self, tag, args, uid=False):
         self._need(args, 3, 4)
         sel = self.sel
+        assert sel is not None  # SELECTED state
         uids = self._resolve(args[0], uid)
         args = args[1:]
         unchanged_since = None
@@ -335,8 +344,10 @@ class SelectedCommands:
         self._done(tag, "STORE completed", allow_expunge=uid, code=code)
 
     def cmd_copy(self, tag, args, uid=False, move=False):
+        assert self.store is not None  # logged in: AUTH or SELECTED
         self._need(args, 2, 2)
         sel = self.sel
+        assert sel is not None  # SELECTED state
         uids = self._resolve(args[0], uid)
         name = self._mailbox(args[1])
         if not self.store.exists(name):
@@ -388,6 +399,7 @@ class SelectedCommands:
             args = args[2:]
         pred, info = compile_keys(args, charset)
         sel = self.sel
+        assert sel is not None  # SELECTED state
         snap = sel.index.sync()
         folder = sel.index.dir
         max_seq = len(sel.view)
@@ -450,6 +462,7 @@ class SelectedCommands:
 
         self._need(args, 2, 3)
         sel = self.sel
+        assert sel is not None  # SELECTED state
         uids = self._resolve(args[0], uid)
         items = self._parse_fetch_items(args[1])
         changed_since = None
@@ -535,6 +548,7 @@ class SelectedCommands:
 
     def _idle_line(self, parts) -> None:
         tag, self.idle_tag = self.idle_tag, None
+        assert tag is not None  # the core calls this only while idling
         line = parts[0] if len(parts) == 1 else b""
         if line.strip().upper() != b"DONE":
             self._tagged(tag, "BAD Expected DONE")
