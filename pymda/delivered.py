@@ -6,7 +6,7 @@ deleted that copy before the retry; the journal remembers the tag anyway,
 so the repeat still writes nothing.
 
 ``pymail-delivered`` in the folder (beside ``new/ cur/ tmp/``, like the
-IMAP index) holds one tag per line, appended once the ``tmp/`` copy is
+IMAP index) holds one ``<tag> <tmp name>`` per line, appended once the ``tmp/`` copy is
 complete and fsynced, before its rename into ``new/``: a journalled tag
 means the copy is in ``new/`` or ``cur/``, was deleted since, or -- the
 attempt died before the rename -- waits in ``tmp/`` to be moved in
@@ -25,15 +25,16 @@ JOURNAL = "pymail-delivered"
 LIMIT = 64 * 1024
 
 
-def remember(folder: str | os.PathLike, tag: str) -> None:
-    """Note that the message tagged ``tag`` is now in ``folder``; best effort."""
+def remember(folder: str | os.PathLike, tag: str, name: str) -> None:
+    """Note that the complete copy ``name`` (its ``tmp/`` name, which carries
+    ``tag``) now belongs to ``folder``; best effort."""
     path = os.path.join(folder, JOURNAL)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return  # the name check still works
     try:
-        os.write(fd, tag.encode("ascii") + b"\n")
+        os.write(fd, f"{tag} {name}\n".encode("ascii", "replace"))
         if os.fstat(fd).st_size > LIMIT:
             os.replace(path, path + ".old")
     except OSError:
@@ -42,18 +43,22 @@ def remember(folder: str | os.PathLike, tag: str) -> None:
         os.close(fd)
 
 
-def seen(folder: str | os.PathLike, tag: str) -> bool:
-    """Was the message tagged ``tag`` delivered into ``folder`` before?"""
-    line = tag.encode("ascii") + b"\n"
-    for name in (JOURNAL, JOURNAL + ".old"):
+def recorded(folder: str | os.PathLike, tag: str) -> list[str]:
+    """The names of the complete copies tagged ``tag`` that ``folder`` received
+    (empty: none).  Only these may be finished from ``tmp/``: a tmp file an
+    attempt left before it was complete is never journalled."""
+    prefix = tag.encode("ascii") + b" "
+    names = []
+    for journal in (JOURNAL + ".old", JOURNAL):
         try:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(folder, journal), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
         try:
             data = os.read(fd, 2 * LIMIT)
         finally:
             os.close(fd)
-        if data.startswith(line) or b"\n" + line in data:
-            return True
-    return False
+        for line in data.split(b"\n"):
+            if line.startswith(prefix):
+                names.append(line[len(prefix) :].decode("ascii", "replace"))
+    return names

@@ -244,7 +244,7 @@ def deliver(
         if tag:  # complete on disk: from now on a repeat must find it, in tmp/ at worst
             from pymda import delivered  # noqa: PLC0415 lazy
 
-            delivered.remember(folder_dir, tag)
+            delivered.remember(folder_dir, tag, name)
     except OSError as exc:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -277,19 +277,18 @@ def _earlier_copy(maildir: Path, folder_dir, tag: str, dirs) -> Path | None:
 
     if (earlier := find_tagged(maildir, tag)) is not None:
         return earlier
-    if not delivered.seen(folder_dir, tag):
+    names = delivered.recorded(folder_dir, tag)
+    if not names:
         return None
     tmp_dir = dirs[0] if dirs else maildir / "tmp"
-    needle = f"V{tag}."
-    try:
-        stranded = [n for n in os.listdir(tmp_dir) if needle in n]
-    except OSError:
-        stranded = []
-    for name in stranded:
-        size, wsize = message_sizes(Path(tmp_dir) / name, name)
+    for name in names:  # only a journalled (complete) tmp file is finished
+        stranded = Path(tmp_dir) / name
+        if "/" in name or not os.path.isfile(stranded):
+            continue
+        size, wsize = message_sizes(stranded, name)
         final = (dirs[1] if dirs else maildir / "new") / sized_name(name, size, wsize)
         try:
-            os.rename(Path(tmp_dir) / name, final)
+            os.rename(stranded, final)
             fsync_dir(final.parent)
             return final
         except OSError:

@@ -360,13 +360,13 @@ def test_repeat_finds_the_journal_when_the_user_already_deleted_the_copy(tmp_pat
     first.unlink()  # read and deleted by POP3
     again = maildir.deliver(tmp_path, b"one\n", tag=tag, once=True, fsync=False)
     assert "since removed" in again.name and not list((tmp_path / "new").iterdir())
-    assert not delivered.seen(tmp_path, maildir.queue_tag("0123456789ABCDEF012", "bob@example.test"))
+    assert not delivered.recorded(tmp_path, maildir.queue_tag("0123456789ABCDEF012", "bob@example.test"))
     # the journal keeps two generations, then forgets
-    for i in range(delivered.LIMIT // 20 * 3):
-        delivered.remember(tmp_path, f"{i:019d}")
-    assert delivered.seen(tmp_path, f"{delivered.LIMIT // 20 * 3 - 1:019d}")
-    assert not delivered.seen(tmp_path, tag)
-    assert (tmp_path / "pymail-delivered").stat().st_size <= delivered.LIMIT + 20
+    for i in range(delivered.LIMIT // 40 * 3):
+        delivered.remember(tmp_path, f"{i:019d}", f"name{i:019d}")
+    assert delivered.recorded(tmp_path, f"{delivered.LIMIT // 40 * 3 - 1:019d}")
+    assert not delivered.recorded(tmp_path, tag)
+    assert (tmp_path / "pymail-delivered").stat().st_size <= delivered.LIMIT + 60
 
 
 def test_deliverer_killed_after_writing_makes_the_retry_look_first(make_mailsys):
@@ -401,8 +401,26 @@ def test_repeat_finishes_a_copy_whose_rename_never_happened(tmp_path):
     maildir.ensure_maildir(tmp_path)
     stranded = tmp_path / "tmp" / maildir.unique_name(tag)
     stranded.write_bytes(b"Subject: x\n\nbody\n")
-    delivered.remember(tmp_path, tag)
+    delivered.remember(tmp_path, tag, stranded.name)
     again = maildir.deliver(tmp_path, b"Subject: x\n\nbody\n", tag=tag, once=True, fsync=False)
     assert again.parent.name == "new" and again.read_bytes() == b"Subject: x\n\nbody\n"
     assert ",S=17,W=20" in again.name
     assert not list((tmp_path / "tmp").iterdir()) and len(list((tmp_path / "new").iterdir())) == 1
+
+
+def test_repeat_never_finishes_a_tmp_file_that_was_not_journalled(tmp_path):
+    """An attempt killed while writing leaves a tmp/ file that may be cut short
+    and was never journalled; a later attempt's copy was read and deleted.
+    The next repeat must not move the stale tmp/ file in (the crash test
+    found this one)."""
+    from pymda import maildir
+
+    tag = maildir.queue_tag("0123456789ABCDEF014", "alice@example.test")
+    maildir.ensure_maildir(tmp_path)
+    stale = tmp_path / "tmp" / maildir.unique_name(tag)
+    stale.write_bytes(b"Subject: x\n\nbo")  # the first attempt, killed mid-write
+    second = maildir.deliver(tmp_path, b"Subject: x\n\nbody\n", tag=tag, once=True, fsync=False)
+    second.unlink()  # read and deleted by POP3
+    third = maildir.deliver(tmp_path, b"Subject: x\n\nbody\n", tag=tag, once=True, fsync=False)
+    assert "since removed" in third.name
+    assert not list((tmp_path / "new").iterdir()) and stale.exists()
