@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pymta.lib import log
 from pymta.lib.aliasgrammar import parse_target, split_targets, targets_in, unquote
 
 MAX_DEPTH = 10  # Postfix's limit on alias nesting is similar; stops loops
@@ -158,8 +159,6 @@ class Aliases:
                     if target.kind != "address":
                         # as Postfix's allow_mail_to_commands/files default: not from
                         # :include: files, which someone other than root may write
-                        from pymta.lib import log
-
                         log.warning(f"{path}: {target.kind} target {target.value!r} ignored in an :include: file")
                         continue
                     out.append(target)

@@ -31,8 +31,16 @@ from pathlib import Path
 
 import click
 
+from pymda.maildir import ensure_maildir, user_maildir
+from pymta import configcheck
+from pymta.aliases import Aliases, with_alias
+from pymta.configcheck import os_message, unclaimed_postmaster
 from pymta.lib import config, log
+from pymta.lib.privilege import daemon_account
+from pymta.lib.setup import ensure_daemon_account, hand_tree_to, unreachable_by
 from pymta.lib.sysexits import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE
+from pymta.lib.users import InvalidAddress, NoSuchUser, UserExists, UsersError, UsersFile, normalize_address
+from pymta.queue import Queue
 
 PLUGIN_PACKAGES = ("pymta", "pymda", "pypop", "pyimap")
 
@@ -90,8 +98,6 @@ def _fail(message: str, code: int):
 
 
 def _os_message(exc: OSError) -> str:
-    from pymta.configcheck import os_message
-
     return os_message(exc)
 
 
@@ -141,8 +147,6 @@ def _bcrypt_rounds(cfg: config.Config) -> int:
 
 def _check_reachable(directory: Path, owner) -> None:
     """Fail now, not as a crash loop later, when daemon_user cannot reach the tree."""
-    from pymta.lib.setup import unreachable_by
-
     if os.geteuid() != 0 or owner.pw_uid == 0:
         return
     blocked = unreachable_by(directory, owner)
@@ -231,8 +235,6 @@ def _write_new(path: Path, data: str, mode: int) -> None:
 
 
 def _postmaster_target(address: str) -> str:
-    from pymta.lib.users import InvalidAddress, normalize_address
-
     try:
         return normalize_address(address)
     except InvalidAddress as exc:
@@ -242,8 +244,6 @@ def _postmaster_target(address: str) -> str:
 def _add_alias(path: Path, name: str, target: str) -> bool:
     """Add ``name: target`` to the aliases file unless ``name`` is there;
     rewritten atomically, comments kept.  True when it was added."""
-    from pymta.aliases import with_alias
-
     try:
         old = os.stat(path)
         text = path.read_text(encoding="utf-8")  # not UTF-8: ValueError, never rewritten
@@ -283,7 +283,7 @@ def init(
     directory: Path, domain: str, hostname: str | None, force: bool, daemon_user: str | None, postmaster: str | None
 ):
     """Create a ready-to-run setup in DIR: config, queue, mail store, users, aliases, TLS."""
-    from pymta.lib import tls
+    from pymta.lib import tls  # noqa: PLC0415 lazy
 
     if postmaster is not None:
         postmaster = _postmaster_target(postmaster)
@@ -302,8 +302,6 @@ def init(
     if daemon_user is None and os.geteuid() == 0:
         daemon_user = DEFAULT_DAEMON_USER
     if daemon_user:
-        from pymta.lib.setup import ensure_daemon_account
-
         try:
             owner = ensure_daemon_account(daemon_user, directory)
         except OSError as exc:
@@ -321,7 +319,6 @@ def init(
             if path in made:
                 path.mkdir(mode=mode)
                 os.chmod(path, mode)  # not cut by the umask
-        from pymta.queue import Queue
 
         Queue(directory / "queue").create()  # smtpd can queue before the runner ever ran
         for name, content, mode in (("users", "", 0o640), ("aliases", _ALIASES_HEADER, 0o644)):
@@ -340,8 +337,6 @@ def init(
             except ValueError:
                 _fail(f"{directory / 'aliases'}: not UTF-8; add 'postmaster: {postmaster}' yourself", EX_DATAERR)
         if owner is not None and os.geteuid() == 0:
-            from pymta.lib.setup import hand_tree_to
-
             hand_tree_to(directory, owner)
     except OSError as exc:
         _fail(_os_message(exc), EX_CANTCREAT)
@@ -388,8 +383,6 @@ def _dir_and_address(args: tuple[str, ...]) -> tuple[str | None, str]:
 
 def _user_target(args, config_file, *, must_be_local: bool = True):
     """(config, users file, canonical address) for a user subcommand."""
-    from pymta.lib.users import InvalidAddress, UsersFile, normalize_address
-
     directory, address = _dir_and_address(args)
     cfg = load_config(directory, config_file)
     try:
@@ -419,8 +412,6 @@ def _new_password(from_stdin: bool) -> tuple[str, bool]:
 
 
 def _users_call(fn, *args, **kw):
-    from pymta.lib.users import NoSuchUser, UserExists, UsersError
-
     try:
         return fn(*args, **kw)
     except UserExists as exc:
@@ -436,8 +427,6 @@ def _users_call(fn, *args, **kw):
 def _ensure_maildir(path: Path, mail_root: Path) -> None:
     """Create a user's Maildir; when root makes it, it belongs to the mail store's owner
     (the daemons' user), not to root, or no delivery could write it."""
-    from pymda.maildir import ensure_maildir
-
     ensure_maildir(path)
     if os.geteuid() == 0:
         owner = os.stat(mail_root)
@@ -462,7 +451,6 @@ def user_add(args, config_file, password_stdin):
         _fail(f"{address}: user exists", EX_CANTCREAT)  # before asking for a password
     password, generated = _new_password(password_stdin)
     _users_call(users.add, address, password, rounds=rounds)
-    from pymda.maildir import user_maildir
 
     maildir = user_maildir(cfg.mail_dir, address)
     try:
@@ -479,9 +467,6 @@ def _give_postmaster_to(cfg, users, address: str) -> None:
     """RFC 5321 4.5.1: postmaster must exist.  While no alias or user takes
     postmaster's mail, the user just added gets it (``pymail init
     --postmaster`` names someone else)."""
-    from pymta.aliases import Aliases
-    from pymta.configcheck import unclaimed_postmaster
-
     path = cfg.path_of("aliases")
     if unclaimed_postmaster(cfg, users, Aliases(path)) is None:
         return
@@ -535,8 +520,6 @@ def user_del(args, config_file):
 @_config_option
 def user_list(directory, config_file):
     """List the users, one address a line."""
-    from pymta.lib.users import UsersFile
-
     cfg = load_config(directory, config_file)
     for record in UsersFile(cfg.path_of("users")).list():
         click.echo(record.address)
@@ -555,8 +538,6 @@ def config_group():
 @_config_option
 def config_check(directory, config_file):
     """Validate the config file and the files it names."""
-    from pymta import configcheck
-
     path = _config_path(directory, config_file)
     try:
         cfg = config.load(path)
@@ -567,8 +548,7 @@ def config_check(directory, config_file):
         click.echo(f"{key}: {message}")
     if problems:
         raise click.exceptions.Exit(EX_CONFIG)
-    from pymta.lib.users import UsersFile
-    from pymta.local import describe
+    from pymta.local import describe  # noqa: PLC0415 lazy
 
     for line in describe(cfg, UsersFile(cfg.path_of("users"))):
         click.echo(f"note: {line}")
@@ -653,8 +633,8 @@ def _run_options(f):
 @_run_options
 def run(directory, config_file, **ports):
     """Run every daemon and the queue runner in the foreground (Ctrl-C stops them)."""
-    from pymta.lib import tls
-    from pymta.supervisor import Program, Supervisor
+    from pymta.lib import tls  # noqa: PLC0415 lazy
+    from pymta.supervisor import Program, Supervisor  # noqa: PLC0415 lazy
 
     log.set_program("pymail")
     cfg = load_config(directory, config_file)
@@ -683,8 +663,6 @@ def run(directory, config_file, **ports):
                 EX_CONFIG,
             )
         if cfg["daemon_user"] != "root":
-            from pymta.lib.privilege import daemon_account
-
             owner, problem = daemon_account(cfg["daemon_user"])
             if problem:
                 _fail(problem, EX_CONFIG)

@@ -23,25 +23,24 @@ import time
 
 import click
 
+from pymta.cli import load_config as _load
+from pymta.lib import log
 from pymta.lib.sysexits import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL
+from pymta.queue import Queue, is_queue_id
+from pymta.recipient import DEFERRED, PENDING
 
 
 def _cfg(ctx):
-    from pymta.cli import load_config as _load
-
     return _load(None, None)
 
 
 def _queue(cfg):
-    from pymta.queue import Queue
-
     return Queue(cfg.queue_dir)
 
 
 def _ids(queue, which: str) -> list[str]:
     if which.upper() == "ALL":
         return [p.name for _, p in queue.all_entries()]
-    from pymta.queue import is_queue_id
 
     if not is_queue_id(which):
         click.echo(f"pymail: {which!r} is not a queue ID", err=True)
@@ -63,7 +62,6 @@ def _each(queue, which: str, action, verb: str) -> None:
         with entry:
             action(entry)
         done += 1
-        from pymta.lib import log
 
         log.info(f"{verb} by the administrator", qid)
     click.echo(f"{done} entr{'y' if done == 1 else 'ies'} {verb}")
@@ -79,7 +77,7 @@ def command():
 @command.command("list")
 def list_cmd():
     """List the queue in mailq's layout."""
-    from pymta.sendmail import format_mailq
+    from pymta.sendmail import format_mailq  # noqa: PLC0415 lazy
 
     sys.stdout.write(format_mailq(_queue(_cfg(None))))
 
@@ -143,8 +141,6 @@ def hold(which):
 
 
 def _to_new(queue, entry, reset: bool = False) -> None:
-    from pymta.recipient import DEFERRED, PENDING
-
     qid = entry.envelope.queue_id
     if reset:
         state = queue.load_state(qid)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 
+from pymta.aliases import Aliases, unknown_targets
+from pymta.aliases import check as check_aliases
 from pymta.lib import config
+from pymta.lib.users import UsersError, UsersFile
 
 
 def os_message(exc: OSError) -> str:
@@ -32,8 +35,7 @@ def unclaimed_postmaster(cfg: config.Config, users, aliases) -> str | None:
 
 def problems(cfg: config.Config) -> list[tuple[str, str]]:
     """What a valid file can still get wrong: TLS files, users file, directories."""
-    from pymta.lib import tls
-    from pymta.lib.users import UsersFile
+    from pymta.lib import tls  # noqa: PLC0415 lazy
 
     found = []
     if os.geteuid() == 0 and not cfg["daemon_user"]:
@@ -67,8 +69,6 @@ def problems(cfg: config.Config) -> list[tuple[str, str]]:
         found.append(("paths.users", os_message(exc)))
     aliases = cfg.path_of("aliases")
     if aliases.exists():
-        from pymta.aliases import check as check_aliases
-
         try:
             text = aliases.read_text(encoding="utf-8", errors="replace")
             for lineno, message in check_aliases(text, str(aliases)):
@@ -76,7 +76,7 @@ def problems(cfg: config.Config) -> list[tuple[str, str]]:
         except OSError as exc:
             found.append(("paths.aliases", os_message(exc)))
     if cfg.get("smtpd.dnsbl_sites"):
-        from pymta.dnsbl import parse_site
+        from pymta.dnsbl import parse_site  # noqa: PLC0415 lazy
 
         for spec in cfg["smtpd.dnsbl_sites"]:
             try:
@@ -96,9 +96,6 @@ def recipient_warnings(cfg: config.Config) -> list[str]:
     """Addresses smtpd refuses at RCPT although the admin meant them to work:
     postmaster (RFC 5321 4.5.1) and aliases that end at no user.  Warnings,
     not failures: the mail system runs, and says why such mail is refused."""
-    from pymta.aliases import Aliases, unknown_targets
-    from pymta.lib.users import UsersError, UsersFile
-
     if not cfg.domains:
         return []
     users, aliases = UsersFile(cfg.path_of("users")), Aliases(cfg.path_of("aliases"))

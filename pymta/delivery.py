@@ -17,8 +17,12 @@ import threading
 import time
 from pathlib import Path
 
+from pymda.deliver import DeliveryError, deliver_alias_target
 from pymta import bounce
+from pymta.aliases import Aliases
 from pymta.lib import log, sysexits
+from pymta.lib.users import UsersFile
+from pymta.local import LocalDelivery
 from pymta.queue import CorruptEntry, Entry, Queue
 from pymta.recipient import (
     ATTEMPTING,
@@ -33,15 +37,13 @@ from pymta.recipient import (
     expand,
     reexpand_deferred_aliases,
 )
+from pymta.remote import RemoteDelivery
 
 PERMANENT_EXITS = sysexits.PERMANENT
 
 
 class EntryDelivery:
     def __init__(self, cfg, queue: Queue) -> None:
-        from pymta.aliases import Aliases
-        from pymta.lib.users import UsersFile
-
         self.cfg = cfg
         self.queue = queue
         self.users = UsersFile(cfg.path_of("users"))
@@ -114,8 +116,6 @@ class EntryDelivery:
         self.finish(entry, state)
 
     def deliver_one(self, entry: Entry, rcpt: Recipient) -> None:
-        from pymda.deliver import DeliveryError
-
         env = entry.envelope
         qid = env.queue_id
         dup = DUPLICATE_NOTE if rcpt.dup else ""
@@ -123,8 +123,6 @@ class EntryDelivery:
             failed = rcpt.kind == "error"
             rcpt.set(BOUNCED if failed else DEFERRED, Status.from_text(rcpt.verdict, failed))
         elif rcpt.kind != "address":
-            from pymda.deliver import deliver_alias_target
-
             try:
                 where = deliver_alias_target(
                     self.cfg, rcpt.kind, rcpt.to, entry.message_chunks(), env.sender, original=rcpt.orig, qid=qid
@@ -156,16 +154,12 @@ class EntryDelivery:
         """Remote recipients: grouped per destination, one SMTP transaction each (pymta.remote)."""
         with self._remote_lock:
             if self.remote is None:
-                from pymta.remote import RemoteDelivery
-
                 self.remote = RemoteDelivery(self.cfg)
         self.remote.deliver(entry, rcpts)
 
     def local_delivery(self):
         """The seam into pymda (pymta/local.py), made for the first local recipient."""
         if self._local is None:
-            from pymta.local import LocalDelivery
-
             self._local = LocalDelivery(self.cfg, self.users)
         return self._local
 

@@ -139,7 +139,7 @@ class DNSBL:
         return verdict
 
     def _lookup(self, ip: str) -> Verdict:
-        from concurrent.futures import ThreadPoolExecutor, wait
+        from concurrent.futures import ThreadPoolExecutor, wait  # noqa: PLC0415 lazy
 
         pool = ThreadPoolExecutor(max_workers=len(self.sites), thread_name_prefix="dnsbl")
         try:
@@ -160,10 +160,10 @@ class DNSBL:
     def _ask(self, site: Site, ip: str):
         """The zone's A records for the client ([] if not listed), or None when
         the lookup failed -- logged, and counted as not listed."""
-        import dns.exception
-        import dns.resolver
+        import dns.exception  # noqa: PLC0415 lazy
+        import dns.resolver  # noqa: PLC0415 lazy
 
-        from pymta.routing import _resolver  # relay.dns_servers, as MX lookups use
+        from pymta.routing import _resolver  # noqa: PLC0415 lazy: relay.dns_servers, as MX lookups use
 
         res = _resolver(self.cfg)
         res.lifetime = self.timeout

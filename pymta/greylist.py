@@ -86,7 +86,7 @@ class Greylist:
     def check(self, ip: str, sender: str, recipient: str) -> tuple[bool, str]:
         """(let it in?, why): why is "new", "early" (refused), "retry" (the
         first pass), "known", "allowlisted" or "unavailable" (let in)."""
-        import sqlite3
+        import sqlite3  # noqa: PLC0415 lazy
 
         try:
             db = self._open()
@@ -101,7 +101,7 @@ class Greylist:
             return True, "unavailable"
 
     def _open(self):
-        import sqlite3
+        import sqlite3  # noqa: PLC0415 lazy
 
         os.makedirs(self.path.parent, mode=0o700, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
+import subprocess
 import sys
 
 from pymda.deliver import DeliveryError, deliver_message, lookup_user, mailbox_owner
@@ -70,8 +72,6 @@ class LocalDelivery:
         return way
 
     def _exec(self, entry, rcpt: str, orig: str, once: bool) -> None:
-        import subprocess
-
         env = entry.envelope
         cmd = [
             sys.executable,
@@ -160,7 +160,6 @@ def runner_uid(cfg) -> int | None:
     name = cfg["daemon_user"]
     if not name:
         return os.geteuid()
-    import pwd
 
     try:
         return pwd.getpwnam(name).pw_uid

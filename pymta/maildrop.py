@@ -41,7 +41,7 @@ class MaildropWriter:
     """Same interface as QueueWriter, writing to the maildrop folder."""
 
     def __init__(self, maildrop, sender: str, recipients: list[str], meta: dict) -> None:
-        from pymta.queue import Envelope, QueueError, make_queue_id
+        from pymta.queue import Envelope, QueueError, make_queue_id  # noqa: PLC0415 lazy
 
         self.maildrop = maildrop
         self.queue_id = make_queue_id()
@@ -65,7 +65,7 @@ class MaildropWriter:
             view = view[os.write(self.fd, view) :]
 
     def commit(self) -> str:
-        from pymta.lib.fsutil import fsync_dir
+        from pymta.lib.fsutil import fsync_dir  # noqa: PLC0415 lazy
 
         os.fsync(self.fd)
         os.close(self.fd)
@@ -111,7 +111,7 @@ class MaildropQueue:
 
 def poke(maildrop) -> None:
     """Wake the runner's pickup; silent if no runner listens."""
-    import socket
+    import socket  # noqa: PLC0415 lazy
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -141,7 +141,7 @@ def ensure(cfg) -> Path | None:
 
 def listen(cfg):
     """The bound ``.wake`` datagram socket (mode 0666, non-blocking), or None."""
-    import socket
+    import socket  # noqa: PLC0415 lazy
 
     maildrop = ensure(cfg)
     if maildrop is None:
@@ -166,7 +166,7 @@ def listen(cfg):
 
 
 def user_name(uid: int) -> str:
-    import pwd
+    import pwd  # noqa: PLC0415 lazy
 
     try:
         return pwd.getpwuid(uid).pw_name
@@ -179,7 +179,7 @@ def sender_belongs_to(cfg, uid: int, user: str, sender: str) -> bool:
         return True  # root and the mail system itself may set any sender
     if sender == "":
         return False
-    from pymta.senders import sender_owned
+    from pymta.senders import sender_owned  # noqa: PLC0415 lazy
 
     return sender_owned(cfg, user, sender)  # NAME@ a local domain or the host, and aliases leading to NAME
 
@@ -230,11 +230,11 @@ def _remove_if_older(path: Path, max_age: float) -> None:
 
 def _pick_up_one(cfg, queue, path: Path) -> bool:
     """Queue one maildrop file (True), or refuse, bounce and remove it, or keep it for later (False)."""
-    import stat
+    import stat  # noqa: PLC0415 lazy
 
-    from pymta.lib.address import valid_envelope_address as valid_address
-    from pymta.lib.sizelimit import TooBig, read_at_most
-    from pymta.queue import ENVELOPE_MAX, Envelope, is_queue_id
+    from pymta.lib.address import valid_envelope_address as valid_address  # noqa: PLC0415 lazy
+    from pymta.lib.sizelimit import TooBig, read_at_most  # noqa: PLC0415 lazy
+    from pymta.queue import ENVELOPE_MAX, Envelope, is_queue_id  # noqa: PLC0415 lazy
 
     name = path.name
     try:
@@ -277,14 +277,14 @@ def _pick_up_one(cfg, queue, path: Path) -> bool:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             log.warning(f"maildrop: uid={uid} ({user}): file {name} refused: {exc}")
             if env is not None:
-                from pymta.maildrop_bounce import bounce_refused
+                from pymta.maildrop_bounce import bounce_refused  # noqa: PLC0415 lazy
 
                 status = exc.status if isinstance(exc, Refused) else Status.from_text(str(exc))
                 to = submitter_address(cfg, uid, user, env.sender)
                 bounce_refused(cfg, queue, path, fh, len(line), env, to, status)
             _unlink(path)
             return False
-        from pymta.lib.sendrate import charge_local_user
+        from pymta.lib.sendrate import charge_local_user  # noqa: PLC0415 lazy
 
         over = charge_local_user(cfg, uid, len(env.recipients))
         if over:  # a 4xx, not a refusal: kept, and picked up on a later pass once the hour allows

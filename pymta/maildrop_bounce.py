@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pymta.recipient import Status
+from pymta import bounce
+from pymta.queue import Entry, Envelope, is_queue_id
+from pymta.recipient import BOUNCED, Recipient, Status
 
 MAX_LISTED = 20  # recipients named in the DSN; a refused list of 10,000 stays a short notice
 
@@ -26,10 +28,6 @@ def bounce_refused(cfg, queue, path, fh, offset: int, env, to: str, reason: Stat
     message at ``offset``); its queue ID.  ``to`` is the submitter's address
     (``pymta.maildrop.submitter_address``); ``reason`` is why the pickup
     refused the file (``5.3.4 message file too big``)."""
-    from pymta import bounce
-    from pymta.queue import Entry, Envelope, is_queue_id
-    from pymta.recipient import BOUNCED, Recipient
-
     qid = env.queue_id if is_queue_id(env.queue_id) else path.name[:19]
     notify = env.meta.get("notify")
     meta = {"notify": notify} if isinstance(notify, str) else {}

@@ -28,8 +28,11 @@ from pathlib import Path
 
 from pymta import maildrop
 from pymta.delivery import EntryDelivery
-from pymta.lib import log, sysexits
+from pymta.lib import config, log, sysexits
 from pymta.lib.cliargs import ArgumentParser
+from pymta.lib.daemon import preload
+from pymta.lib.pdeathsig import keep_across_uid_change
+from pymta.lib.privilege import PrivilegeError, become_account, daemon_account
 from pymta.queue import Queue, is_queue_id
 
 # Seconds after a targeted wake-up before new/ is listed again: wake-ups are
@@ -211,7 +214,6 @@ def leave_root(cfg, runner: Runner) -> int:
             "to run the queue as root on purpose"
         )
         return sysexits.EX_CONFIG
-    from pymta.lib.privilege import PrivilegeError, become_account, daemon_account
 
     pw, problem = daemon_account(name)
     if problem:
@@ -223,10 +225,8 @@ def leave_root(cfg, runner: Runner) -> int:
         if folder is not None:
             os.chown(folder, pw.pw_uid, pw.pw_gid)
             os.chmod(folder, 0o1733)
-        from pymta.lib.daemon import preload
 
         preload(PRELOAD, PRELOAD_OTHERS)  # the interpreter's files may be out of the new user's reach
-        from pymta.lib.pdeathsig import keep_across_uid_change
 
         restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the switch
         become_account(pw)
@@ -268,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.queue_ids and not args.once:
         parser.error("queue IDs go with --once")
-    from pymta.lib import config
 
     cfg = config.load_logged(args.config)
     if cfg is None:

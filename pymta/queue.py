@@ -89,7 +89,7 @@ class Envelope:
         self.meta = meta if meta is not None else {}  # client, helo, auth user, service, uid
 
     def to_line(self) -> bytes:
-        import json
+        import json  # noqa: PLC0415 lazy
 
         _clean_field(self.sender, "sender")
         for rcpt in self.recipients:
@@ -106,7 +106,7 @@ class Envelope:
 
     @classmethod
     def from_line(cls, line: bytes) -> Envelope:
-        import json
+        import json  # noqa: PLC0415 lazy
 
         record = json.loads(line)
         if not isinstance(record, dict) or record.get("v") != 1:
@@ -178,7 +178,7 @@ class Queue:
         sock = self._wake
         try:
             if sock is None:
-                import socket
+                import socket  # noqa: PLC0415 lazy
 
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 sock.setblocking(False)
@@ -192,7 +192,7 @@ class Queue:
 
     def listen(self):
         """Bind ``wake.sock`` for the runner: a non-blocking datagram socket (mode 0660)."""
-        import socket
+        import socket  # noqa: PLC0415 lazy
 
         try:
             os.unlink(self._wake_path)
@@ -375,7 +375,7 @@ class Queue:
         return self.path / "state" / queue_id
 
     def read_state(self, queue_id: str) -> dict | None:
-        import json
+        import json  # noqa: PLC0415 lazy
 
         try:
             with open(self.state_path(queue_id), "rb") as fh:
@@ -388,7 +388,7 @@ class Queue:
 
     def load_state(self, queue_id: str) -> EntryState | None:
         """``state/ID`` as typed records (pymta.recipient), or None."""
-        from pymta.recipient import EntryState
+        from pymta.recipient import EntryState  # noqa: PLC0415 lazy
 
         raw = self.read_state(queue_id)
         if raw is None:
@@ -408,7 +408,7 @@ class Queue:
         loss can only make a repeated delivery go unmarked."""
         path = self.state_path(queue_id)
         tmp = self.path / "tmp" / f"{queue_id}.state.{os.getpid()}"
-        import json
+        import json  # noqa: PLC0415 lazy
 
         data = json.dumps(state, ensure_ascii=True, separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error(f"bad recipient address {rcpt!r}")
             return sysexits.EX_DATAERR
 
-    from pymta.lib import config
-    from pymta.queue import Queue, QueueError
+    from pymta.lib import config  # noqa: PLC0415 lazy
+    from pymta.queue import Queue, QueueError  # noqa: PLC0415 lazy
 
     cfg = config.load_logged(args.config)
     if cfg is None:

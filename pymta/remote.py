@@ -11,9 +11,11 @@ import threading
 import time
 from dataclasses import replace
 
+from pymta import dkim_sign, routing
 from pymta.lib import log
 from pymta.queue import Entry
 from pymta.recipient import BOUNCED, DEFERRED, DUPLICATE_NOTE, SENT, Recipient, Status
+from pymta.smtp_client import Connection, Transaction
 
 
 class RemoteDelivery:
@@ -43,8 +45,6 @@ class RemoteDelivery:
             return sem
 
     def _connect(self, route, host: str, ip: str, port: int, fresh: bool = False):
-        from pymta.smtp_client import Connection
-
         key = (ip, port, route.tls, route.auth)
         if not fresh:
             with self._lock:
@@ -101,8 +101,6 @@ class RemoteDelivery:
 
     # -- delivery -----------------------------------------------------------------------
     def deliver(self, entry: Entry, rcpts: list[Recipient]) -> None:
-        from pymta import routing
-
         groups: dict[str, tuple] = {}
         for rcpt in rcpts:
             domain = rcpt.to.rpartition("@")[2]
@@ -129,13 +127,9 @@ class RemoteDelivery:
         log.info(f"to=<{rcpt.to}>, orig_to=<{rcpt.orig}>{where}, status={state} ({reason})", entry.envelope.queue_id)
 
     def _transaction(self, entry: Entry, rcpts: list[Recipient]):
-        from pymta.smtp_client import Transaction
-
         env = entry.envelope
         prefix = b""
         if self.cfg["dkim.selector"]:
-            from pymta import dkim_sign
-
             prefix = dkim_sign.signature_for(self.cfg, env.sender, entry) or b""
         eightbit = False
         for chunk in entry.message_chunks():
@@ -159,8 +153,6 @@ class RemoteDelivery:
         )
 
     def _deliver_group(self, entry: Entry, r, rcpts: list[Recipient]) -> None:
-        from pymta import routing
-
         try:
             routing.resolve(self.cfg, r)
         except routing.RouteError as exc:

@@ -24,9 +24,11 @@ or bounce.  dnspython is imported only when a lookup is really made.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class RouteError(Exception):
@@ -98,7 +100,6 @@ def _relay_auth(cfg) -> tuple[str, str] | None:
     path = cfg["relay.password_file"]
     if not path:
         return None
-    from pathlib import Path
 
     p = Path(path)
     if not p.is_absolute():
@@ -137,8 +138,6 @@ def resolve(cfg, r: Route) -> Route:
 
 
 def _ip_literal(host: str) -> str | None:
-    import ipaddress
-
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
@@ -146,13 +145,13 @@ def _ip_literal(host: str) -> str | None:
 
 
 def _resolver(cfg):
-    import dns.resolver
+    import dns.resolver  # noqa: PLC0415 lazy
 
     servers = cfg["relay.dns_servers"]
     if not servers:
         res = dns.resolver.Resolver()
     else:
-        import dns.nameserver
+        import dns.nameserver  # noqa: PLC0415 lazy
 
         res = dns.resolver.Resolver(configure=False)
         res.nameservers = [dns.nameserver.Do53Nameserver(*_server(s)) for s in servers]
@@ -185,8 +184,8 @@ def _addresses(cfg, host: str) -> list[str]:
             if addr[0] not in ips:
                 ips.append(addr[0])
         return ips
-    import dns.exception
-    import dns.resolver
+    import dns.exception  # noqa: PLC0415 lazy
+    import dns.resolver  # noqa: PLC0415 lazy
 
     res = _resolver(cfg)
     ips, nx = [], 0
@@ -212,8 +211,8 @@ def mx_hosts(cfg, domain: str) -> list[tuple[str, str, int]]:
     literal = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else None
     if literal:
         return [(literal, literal.removeprefix("IPv6:"), port)]
-    import dns.exception
-    import dns.resolver
+    import dns.exception  # noqa: PLC0415 lazy
+    import dns.resolver  # noqa: PLC0415 lazy
 
     res = _resolver(cfg)
     try:

@@ -44,7 +44,7 @@ def sender_owned(cfg, login: str, address: str, *, users=None, aliases=None) -> 
     if not cfg.is_local_domain(domain):
         return False
     if aliases is None:
-        from pymta.aliases import Aliases
+        from pymta.aliases import Aliases  # noqa: PLC0415 lazy
 
         aliases = Aliases(cfg.path_of("aliases"))
     for _orig, target in aliases.expand(address, lambda a: cfg.is_local_domain(a.rpartition("@")[2])):
@@ -95,7 +95,7 @@ def header_addresses(block: bytes, name: bytes = b"from") -> list[str] | None:
         fields.append(current)
     if not fields:
         return []
-    from email.utils import getaddresses
+    from email.utils import getaddresses  # noqa: PLC0415 lazy
 
     values = [f.split(b":", 1)[1].decode("utf-8", "replace") for f in fields]
     found = [addr for _, addr in getaddresses(values)]

@@ -134,8 +134,8 @@ def read_message(stream, dot_ends: bool, limit: int | None = None) -> bytes:
     no further (a script piping endless output must not fill memory).
     Reading also stops at the ending dot, as Postfix's sendmail does.
     """
-    from pymta.lib.lineends import crlf_to_lf
-    from pymta.lib.sizelimit import TooBig
+    from pymta.lib.lineends import crlf_to_lf  # noqa: PLC0415 lazy
+    from pymta.lib.sizelimit import TooBig  # noqa: PLC0415 lazy
 
     data = bytearray()
     for chunk in crlf_to_lf(stream):
@@ -198,7 +198,7 @@ _EMPTY_GROUP = re.compile(r"\s*[^:;<>@\"]*:\s*;\s*")  # "undisclosed-recipients:
 
 def recipients_from_headers(fields: list[bytes]) -> list[str]:
     """To/Cc/Bcc (or the Resent- ones) addresses; ValueError for a field whose addresses cannot be read."""
-    from email.utils import getaddresses
+    from email.utils import getaddresses  # noqa: PLC0415 lazy
 
     values = []
     resent = any(_name(f) in ("resent-to", "resent-cc", "resent-bcc") for f in fields)
@@ -216,7 +216,7 @@ def recipients_from_headers(fields: list[bytes]) -> list[str]:
 def complete_headers(
     fields: list[bytes], sender: str, full_name: str | None, hostname: str, remove_bcc: bool
 ) -> list[bytes]:
-    from email.utils import formatdate, make_msgid
+    from email.utils import formatdate, make_msgid  # noqa: PLC0415 lazy
 
     if remove_bcc:
         fields = [f for f in fields if _name(f) not in ("bcc", "resent-bcc")]
@@ -236,7 +236,7 @@ def complete_headers(
 
 
 def can_write_queue(cfg) -> bool:
-    from pymta.queue import Queue
+    from pymta.queue import Queue  # noqa: PLC0415 lazy
 
     return Queue(cfg.queue_dir).writable()
 
@@ -246,7 +246,7 @@ def can_write_queue(cfg) -> bool:
 
 def format_mailq(queue) -> str:
     """Postfix's mailq layout: ID (+ '*' active, '!' held), size, arrival, sender; recipients with reasons."""
-    from pymta.recipient import BOUNCED, SENT
+    from pymta.recipient import BOUNCED, SENT  # noqa: PLC0415 lazy
 
     entries = queue.all_entries()
     if not entries:
@@ -288,7 +288,7 @@ def format_mailq(queue) -> str:
 
 
 def _load_config(path):
-    from pymta.lib import config
+    from pymta.lib import config  # noqa: PLC0415 lazy
 
     try:
         return config.load(path)
@@ -313,7 +313,7 @@ def _qualify(cfg, address: str) -> str:
 
 def _door(cfg):
     """The queue itself for trusted callers, else the maildrop."""
-    from pymta.queue import Queue
+    from pymta.queue import Queue  # noqa: PLC0415 lazy
 
     if can_write_queue(cfg):
         return Queue(cfg.queue_dir), True
@@ -325,7 +325,7 @@ def run_queue(cfg) -> int:
     lock), and the running runner is woken; with no runner listening, one
     pass of ``pymta-qrunner --once`` runs before sendmail exits.  A user
     who cannot write the queue only wakes the runner's pickup."""
-    from pymta.queue import Queue
+    from pymta.queue import Queue  # noqa: PLC0415 lazy
 
     if not can_write_queue(cfg):
         poke(cfg.root / cfg["sendmail.maildrop"])
@@ -342,7 +342,7 @@ def run_qrunner_once(cfg, *queue_ids: str) -> int:
 
     A child, not the runner in this process: the runner's identity rules
     (``daemon_user``) and its imports stay its own."""
-    import subprocess
+    import subprocess  # noqa: PLC0415 lazy
 
     argv = [sys.executable, "-m", "pymta.qrunner", "--once", *queue_ids]
     if cfg.path is not None:
@@ -358,7 +358,7 @@ def run_qrunner_once(cfg, *queue_ids: str) -> int:
 
 
 def newaliases(cfg) -> int:
-    from pymta.aliases import check, parse
+    from pymta.aliases import check, parse  # noqa: PLC0415 lazy
 
     path = cfg.path_of("aliases")
     try:
@@ -377,8 +377,8 @@ def newaliases(cfg) -> int:
 
 
 def smtp_session(cfg) -> int:
-    from pymta.lib.driver_blocking import serve_pipes
-    from pymta.smtpd import build
+    from pymta.lib.driver_blocking import serve_pipes  # noqa: PLC0415 lazy
+    from pymta.smtpd import build  # noqa: PLC0415 lazy
 
     door, direct = _door(cfg)
     # an ordinary user cannot read the users file: local recipients are
@@ -394,9 +394,9 @@ def _too_big(limit: int) -> int:
 
 
 def submit(cfg, opts: Options) -> int:
-    from pymta.lib.address import valid_envelope_address as valid_address
-    from pymta.lib.sizelimit import TooBig
-    from pymta.queue import QueueError
+    from pymta.lib.address import valid_envelope_address as valid_address  # noqa: PLC0415 lazy
+    from pymta.lib.sizelimit import TooBig  # noqa: PLC0415 lazy
+    from pymta.queue import QueueError  # noqa: PLC0415 lazy
 
     sender = opts.sender if opts.sender is not None else _default_sender(cfg)
     if sender in ("<>",):
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None, prog: str = "sendmail") -> int:
     if cfg is None:
         return sysexits.EX_CONFIG
     if opts.mode == "p":
-        from pymta.queue import Queue
+        from pymta.queue import Queue  # noqa: PLC0415 lazy
 
         try:
             sys.stdout.write(format_mailq(Queue(cfg.queue_dir)))

@@ -548,12 +548,12 @@ class Connection:
             pending.extend(m.data_received(data))
 
     def _starttls(self) -> list:
-        from pymta.lib.tls import client_context
+        from pymta.lib.tls import client_context  # noqa: PLC0415 lazy
 
         verify = self.tls == "verify"
         try:
             if verify and self.ca_file:
-                import ssl
+                import ssl  # noqa: PLC0415 lazy
 
                 ctx = ssl.create_default_context(cafile=self.ca_file)
             else:

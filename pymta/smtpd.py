@@ -77,7 +77,7 @@ class SMTPBackend(LoginBackend):
     @property
     def aliases(self):
         if self._aliases is None:
-            from pymta.aliases import Aliases
+            from pymta.aliases import Aliases  # noqa: PLC0415 lazy
 
             self._aliases = Aliases(self.cfg.path_of("aliases"))
         return self._aliases
@@ -86,12 +86,12 @@ class SMTPBackend(LoginBackend):
         if ip == "local":  # sendmail -bs: a local user on a pipe
             return True
         if self._trusted is None:
-            import ipaddress
+            import ipaddress  # noqa: PLC0415 lazy
 
             self._trusted = [ipaddress.ip_network(n, strict=False) for n in self.cfg["smtpd.trusted_networks"]]
         if not self._trusted:
             return False
-        import ipaddress
+        import ipaddress  # noqa: PLC0415 lazy
 
         try:
             addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -110,7 +110,7 @@ class SMTPBackend(LoginBackend):
         if not login:
             return None
         if self.cfg["submission.sender_login_match"]:
-            from pymta.lib.users import UsersUnavailable
+            from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
 
             try:
                 owned = self.sender_owned(login, address)
@@ -177,8 +177,8 @@ class SMTPBackend(LoginBackend):
     def _check_local(self, session, envelope, address: str):
         """Every local recipient, aliases expanded, ends at a user -- else it is
         refused now, not bounced later to a sender who may be forged."""
-        from pymta.aliases import unknown_targets
-        from pymta.lib.users import UsersUnavailable
+        from pymta.aliases import unknown_targets  # noqa: PLC0415 lazy
+        from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
 
         try:
             unknown = unknown_targets(self.aliases, address, self._is_local_address, self.users.exists)
@@ -200,14 +200,14 @@ class SMTPBackend(LoginBackend):
         return self.cfg.is_local_domain(address.rpartition("@")[2])
 
     def sender_owned(self, login: str, address: str) -> bool:
-        from pymta.senders import sender_owned
+        from pymta.senders import sender_owned  # noqa: PLC0415 lazy
 
         return sender_owned(self.cfg, login, address, users=self.users, aliases=self.aliases)
 
     @property
     def sendrate(self):
         if self._sendrate is None:
-            from pymta.lib.sendrate import SendRate
+            from pymta.lib.sendrate import SendRate  # noqa: PLC0415 lazy
 
             self._sendrate = SendRate(self.cfg)
         return self._sendrate
@@ -235,7 +235,7 @@ class SMTPBackend(LoginBackend):
         allowlisted = False
         if self.cfg["smtpd.dnsbl_sites"]:
             if self._dnsbl is None:
-                from pymta.dnsbl import DNSBL
+                from pymta.dnsbl import DNSBL  # noqa: PLC0415 lazy
 
                 self._dnsbl = DNSBL(self.cfg)
             verdict = self._dnsbl.verdict(ip)
@@ -251,7 +251,7 @@ class SMTPBackend(LoginBackend):
                 )
             allowlisted = verdict.score < 0
         if self.cfg["smtpd.greylist"] and not allowlisted:
-            from pymta.greylist import Greylist
+            from pymta.greylist import Greylist  # noqa: PLC0415 lazy
 
             passed, why = Greylist.from_config(self.cfg).check(ip, envelope.mail_from, address)
             if not passed:
@@ -332,7 +332,7 @@ class _FromCheck:
     an address the login does not own."""
 
     def __init__(self, inner, backend: SMTPBackend, session, envelope) -> None:
-        from pymta.senders import HeaderCatcher
+        from pymta.senders import HeaderCatcher  # noqa: PLC0415 lazy
 
         self.inner = inner
         self.backend = backend
@@ -348,15 +348,15 @@ class _FromCheck:
     def commit(self) -> str:
         reply = self._verdict()
         if reply is not None:
-            from pymta.smtp_server import Refused
+            from pymta.smtp_server import Refused  # noqa: PLC0415 lazy
 
             self.backend._refuse("END-OF-MESSAGE", self.session, self.envelope, self.envelope.mail_from, reply)
             raise Refused(reply)
         return self.inner.commit()
 
     def _verdict(self):
-        from pymta.lib.users import UsersUnavailable
-        from pymta.senders import header_addresses
+        from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
+        from pymta.senders import header_addresses  # noqa: PLC0415 lazy
 
         login = log.printable(self.session.auth_user)
         self.headers.finish()
@@ -425,7 +425,7 @@ def build(cfg, service: str, *, queue=None, check_local_recipients: bool = True)
         # DNSBL and greylisting: port 25 only, never submission
         recipient_policy=service == "smtp" and bool(cfg["smtpd.dnsbl_sites"] or cfg["smtpd.greylist"]),
     )
-    from pymta.lib.daemon import per_connection
+    from pymta.lib.daemon import per_connection  # noqa: PLC0415 lazy
 
     return per_connection(
         SMTPServer,
@@ -440,7 +440,7 @@ PRELOAD = ("pymta.smtpd", "pymta.aliases", "pymta.queue")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pymta.lib import daemon
+    from pymta.lib import daemon  # noqa: PLC0415 lazy
 
     return daemon.main(
         argv,

@@ -63,7 +63,7 @@ def uidl_for(base: str) -> str:
     unique = base.split(",", 1)[0]
     if _uid_ok(unique):
         return unique
-    import hashlib  # rare: only for names that are not valid UIDL text
+    import hashlib  # noqa: PLC0415 lazy: rare: only for names that are not valid UIDL text
 
     return hashlib.md5(base.encode("utf-8", "surrogateescape")).hexdigest()
 

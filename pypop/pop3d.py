@@ -34,7 +34,7 @@ class POP3Backend(LoginBackend):
 
     def apop_login(self, info, user: str, timestamp: str, digest: str) -> LoginResult:
         """RFC 1939 7: MD5(timestamp + secret) -- needs the secret in clear in the users file."""
-        from pymta.lib.users import split_scheme
+        from pymta.lib.users import split_scheme  # noqa: PLC0415 lazy
 
         reason = ["wrong digest"]
 
@@ -49,8 +49,8 @@ class POP3Backend(LoginBackend):
             if not self.cfg["auth.allow_plain_scheme"]:
                 reason[0] = "APOP needs auth.allow_plain_scheme = true"
                 return False
-            import hashlib
-            import hmac
+            import hashlib  # noqa: PLC0415 lazy
+            import hmac  # noqa: PLC0415 lazy
 
             expected = hashlib.md5((timestamp + body).encode("utf-8")).hexdigest()
             return hmac.compare_digest(expected, digest)
@@ -60,7 +60,7 @@ class POP3Backend(LoginBackend):
     def _checked_login(self, info, user: str, method: str, password, check, reason) -> LoginResult:
         """The guarded password check, then the maildrop; a spent failure
         budget is -ERR [SYS/TEMP], the password unchecked."""
-        from pymta.lib.authguard import LoginRefused
+        from pymta.lib.authguard import LoginRefused  # noqa: PLC0415 lazy
 
         try:
             ok, delay = self.check_login(info, user, password, check)
@@ -93,8 +93,8 @@ class POP3Backend(LoginBackend):
         return LoginResult("auth")
 
     def _open_maildrop(self, info, account: str, method: str, tls: str) -> LoginResult:
-        from pymda.maildir import MaildirError, user_maildir
-        from pypop.maildrop import Maildrop, MaildropInUse
+        from pymda.maildir import MaildirError, user_maildir  # noqa: PLC0415 lazy
+        from pypop.maildrop import Maildrop, MaildropInUse  # noqa: PLC0415 lazy
 
         try:
             path = user_maildir(self.cfg.mail_dir, account)
@@ -122,7 +122,7 @@ PRELOAD = ("pypop.pop3d", "pypop.pop3_server", "pypop.maildrop", "pymda.maildir"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pymta.lib import daemon
+    from pymta.lib import daemon  # noqa: PLC0415 lazy
 
     return daemon.main(
         argv,
