@@ -459,7 +459,7 @@ def list_messages(maildir: Path) -> list[tuple[str, str]]:
 
     Plain strings, not Paths: a POP3 login lists thousands of names.
     """
-    out = []
+    out: list[tuple[str, str]] = []
     for sub in ("new", "cur"):
         try:
             names = os.listdir(f"{maildir}/{sub}")
