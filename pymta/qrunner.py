@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pymda.deliver import DELIVERY_MODULES, DELIVERY_OTHERS
 from pymta import maildrop
 from pymta.delivery import EntryDelivery
 from pymta.lib import config, log, sysexits
@@ -53,15 +54,10 @@ PRELOAD = (
     "pymta.routing",
     "pymta.aliases",
     "pymta.dkim_sign",
-    "pymda.deliver",
-    "pymda.localserver",
-    "pymda.forward",
-    "pymda.rules.engine",
-    "pymda.rules.actions",
-    "pymda.rules.mbox",
     "pymda.index",
+    *DELIVERY_MODULES,  # the runner delivers in process too
 )
-PRELOAD_OTHERS = ("dns.resolver", "dkim", "ssl", "json", "hashlib", "email.parser")
+PRELOAD_OTHERS = ("dns.resolver", "dkim", "ssl", "json", "email.parser", *DELIVERY_OTHERS)
 
 
 class Runner:
