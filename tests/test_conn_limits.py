@@ -1,6 +1,8 @@
 """Per-client connection limits and session limits (issue 11, section 3).
 
-Real daemons started with ``--listen`` and limits shrunk by config.  One
+Real daemons started with ``--listen``, and under systemd-socket-activate
+``--inetd -a`` (a process per connection, the counts in files under
+ROOT/run/clients/), with limits shrunk by config.  One
 machine plays several clients by binding to other loopback addresses
 (127.0.0.2, 127.0.0.3 ...); the tests empty ``limits.exempt_networks``,
 which exempts loopback by default.
@@ -17,6 +19,7 @@ import time
 
 import pytest
 
+from pymta.lib.connlimit import client_key
 from test_access_control import daemon_pids
 from test_hostile_input import Stderr, first_lines
 
@@ -275,3 +278,115 @@ def test_default_imapd_serves_a_thousand_concurrent_sessions(make_mailsys):
         for sock in socks:
             sock.close()
     err.assert_clean()
+
+
+# -- inetd and systemd Accept=yes: a process per connection, the counts in ROOT/run/clients/
+
+
+def start_inetd(system, module: str) -> tuple[int, Stderr]:
+    port = system.start_daemon(module, "inetd")
+    return port, Stderr(system.procs[-1])
+
+
+def live_sessions(system, module: str) -> list[int]:
+    """The session processes now running under systemd-socket-activate (zombies left out)."""
+    found = []
+    for pid in daemon_pids(system.procs[-1].pid, module):
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            found.append(pid)
+    return found
+
+
+def wait_sessions(system, module: str, count: int) -> list[int]:
+    """Until exactly ``count`` session processes run (a process gives its place back before it exits)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = live_sessions(system, module)
+        if len(found) == count:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(found)} session processes, not {count}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("module", SERVICES)
+def test_inetd_one_address_over_its_session_limit_is_refused_and_others_are_served(make_mailsys, module):
+    system = make_mailsys(limits_config(module, sessions=3))
+    port, err = start_inetd(system, module)
+    held = [greeted(module, port, "127.0.0.2") for _ in range(3)]
+    refused(module, port, "127.0.0.2")
+    other = greeted(module, port, "127.0.0.3")  # a second address still gets a session
+    lines = wait_logged(err, "connection concurrency limit exceeded")
+    assert len(lines) == 1 and lines[0].endswith(
+        f"connection concurrency limit exceeded: 4 from [127.0.0.2] for service {SERVICE_NAME[module]}"
+    ), lines
+    # closing a session frees its place
+    close_session(module, held.pop())
+    wait_sessions(system, module, 3)
+    held.append(greeted(module, port, "127.0.0.2"))
+    refused(module, port, "127.0.0.2")
+    for sock in held + [other]:
+        close_session(module, sock)
+    wait_sessions(system, module, 0)
+    err.assert_clean()
+    assert [p.name for p in (system.root / "run" / "clients").iterdir()] == [SERVICE_NAME[module]]
+
+
+@pytest.mark.parametrize("module", SERVICES)
+def test_inetd_connection_rate_limit(make_mailsys, module):
+    unit = 4.0  # the four connections must fit in one unit, each a new Python on a busy machine
+    system = make_mailsys(limits_config(module, rate=3, rate_time_unit=unit))
+    port, err = start_inetd(system, module)
+    began = time.monotonic()
+    for i in range(3):
+        sock = greeted(module, port, "127.0.0.2")
+        if i == 0:
+            counted = time.monotonic()  # the window began before the greeting
+        close_session(module, sock)
+    refused(module, port, "127.0.0.2")
+    assert time.monotonic() - began < unit
+    close_session(module, greeted(module, port, "127.0.0.3"))  # another address has its own count
+    lines = wait_logged(err, "connection rate limit exceeded")
+    assert len(lines) == 1 and lines[0].endswith(
+        f"connection rate limit exceeded: 4 from [127.0.0.2] for service {SERVICE_NAME[module]}"
+    ), lines
+    if module == "pymta.smtpd":  # a new time unit (once is enough: it is slow)
+        time.sleep(max(0.0, counted + unit + 0.1 - time.monotonic()))
+        close_session(module, greeted(module, port, "127.0.0.2"))
+    err.assert_clean()
+
+
+def test_inetd_a_killed_session_process_leaves_no_count_behind(make_mailsys):
+    module = "pymta.smtpd"
+    system = make_mailsys(limits_config(module, sessions=2))
+    port, err = start_inetd(system, module)
+    held = [greeted(module, port, "127.0.0.2") for _ in range(2)]
+    refused(module, port, "127.0.0.2")
+    victim = wait_sessions(system, module, 2)[0]
+    os.kill(victim, signal.SIGKILL)  # no chance to give its place back
+    wait_dead(victim)
+    again = greeted(module, port, "127.0.0.2")  # the dead one's place, and only that
+    refused(module, port, "127.0.0.2")
+    for sock in held:
+        sock.close()
+    close_session(module, again)
+    err.assert_clean()
+
+
+def test_inetd_exempt_networks_are_not_counted(make_mailsys):
+    module = "pypop.pop3d"
+    system = make_mailsys(limits_config(module, sessions=1, rate=2, exempt='["127.0.0.2/32"]'))
+    port, err = start_inetd(system, module)
+    held = [greeted(module, port, "127.0.0.2") for _ in range(3)]  # over both limits, but exempt
+    held.append(greeted(module, port, "127.0.0.3"))
+    refused(module, port, "127.0.0.3")
+    for sock in held:
+        close_session(module, sock)
+    err.assert_clean()
+    files = {p.name for p in (system.root / "run" / "clients" / "pop3").iterdir()}
+    assert f"{client_key('127.0.0.3', []):016x}" in files
+    assert f"{client_key('127.0.0.2', []):016x}" not in files

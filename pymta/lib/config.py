@@ -171,7 +171,7 @@ PARAMS: tuple[Param, ...] = (
         "smtpd.max_sessions_per_client",
         "int",
         50,
-        "Concurrent sessions one client address may have with a listening smtpd, all its processes together "
+        "Concurrent sessions one client address may have with smtpd in any mode, all its processes together "
         "(Postfix's smtpd_client_connection_count_limit); more get 421 4.7.0. IPv6 clients count per /84. 0: no "
         "limit. Addresses in limits.exempt_networks are not counted.",
     ),
@@ -179,7 +179,7 @@ PARAMS: tuple[Param, ...] = (
         "smtpd.connection_rate_per_client",
         "int",
         60,
-        "Connections one client address may open to a listening smtpd per limits.rate_time_unit, refused ones "
+        "Connections one client address may open to smtpd (listening or inetd) per limits.rate_time_unit, refused ones "
         "included (Postfix's smtpd_client_connection_rate_limit); more get 421 4.7.0. 0: no limit.",
     ),
     Param(
@@ -455,7 +455,7 @@ PARAMS: tuple[Param, ...] = (
         "pop3d.max_sessions_per_client",
         "int",
         20,
-        "Concurrent sessions one client address may have with a listening pop3d, all its processes together (per "
+        "Concurrent sessions one client address may have with pop3d, all its processes together (any mode; per "
         "address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for a few users behind "
         "one NAT); more get -ERR [SYS/TEMP]. 0: no limit.",
     ),
@@ -463,7 +463,7 @@ PARAMS: tuple[Param, ...] = (
         "pop3d.connection_rate_per_client",
         "int",
         60,
-        "Connections one client address may open to a listening pop3d per limits.rate_time_unit, refused ones "
+        "Connections one client address may open to pop3d (listening or inetd) per limits.rate_time_unit, refused ones "
         "included; more get -ERR [SYS/TEMP]. 0: no limit.",
     ),
     Param(
@@ -493,7 +493,7 @@ PARAMS: tuple[Param, ...] = (
         "imapd.max_sessions_per_client",
         "int",
         50,
-        "Concurrent sessions one client address may have with a listening imapd, all its processes together (per "
+        "Concurrent sessions one client address may have with imapd, all its processes together (any mode; per "
         "address, not per user and address as Dovecot's mail_max_userip_connections = 10: room for several users "
         "behind one NAT, each with a few connections); more get * BYE. 0: no limit.",
     ),
@@ -501,7 +501,7 @@ PARAMS: tuple[Param, ...] = (
         "imapd.connection_rate_per_client",
         "int",
         120,
-        "Connections one client address may open to a listening imapd per limits.rate_time_unit, refused ones "
+        "Connections one client address may open to imapd (listening or inetd) per limits.rate_time_unit, refused ones "
         "included; more get * BYE. 0: no limit.",
     ),
     Param(

@@ -25,20 +25,23 @@ drops when the process dies, and a column whose lock is free is zeroed
 Another byte of the same memfd is the table's mutex.  POSIX locks belong to
 a process, so forked workers never share them by accident.
 
-Nothing here is imported on the inetd path: there systemd's
-``MaxConnectionsPerSource=`` or xinetd's ``per_source`` do this job.
+Under inetd and ``Accept=yes`` (a process per connection) ``inetdlimit``
+keeps the same limits in small files, with the same ``client_key``.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import ipaddress
-import mmap
 import os
 import time
 
 from pymta.lib import log
+
+try:  # hashlib's own blake2b, without loading OpenSSL (3 ms of every inetd connection)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover
+    from hashlib import blake2b
 
 ENTRIES = 65536  # client addresses tracked at once (a few MB, touched only as used)
 PROBES = 8  # entries looked at for one address before the table counts as full
@@ -65,6 +68,24 @@ def from_config(cfg, section: str, service: str, processes: int) -> ClientLimits
     )
 
 
+def client_key(ip: str, exempt) -> int | None:
+    """The 64-bit key ``ip`` is counted under (IPv4: the address, IPv6: its
+    /84), or None when it is in one of the networks ``exempt`` (or not an address)."""
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in net for net in exempt):
+        return None
+    if address.version == 6:
+        packed = ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False).network_address.packed
+    else:
+        packed = address.packed
+    return int.from_bytes(blake2b(packed, digest_size=8).digest(), "little") or 1
+
+
 class ClientLimits:
     def __init__(
         self,
@@ -83,6 +104,8 @@ class ClientLimits:
         self.rate_time_unit = rate_time_unit
         self.exempt = [ipaddress.ip_network(net, strict=False) for net in exempt_networks]
         self.slots, self.entries = slots, entries
+        import mmap  # noqa: PLC0415 lazy: inetdlimit imports this module for client_key
+
         self.lock_fd = _anonymous_file("pymail-connlimit-lock")
         size = entries * (8 + 8 + 4 + 2 * slots)
         self.map = mmap.mmap(-1, size)  # MAP_SHARED | MAP_ANONYMOUS: shared with the workers forked later
@@ -149,20 +172,7 @@ class ClientLimits:
 
     # -- the table ----------------------------------------------------------------------
     def _key(self, ip: str) -> int | None:
-        """The address's 64-bit key, or None when it is exempt (or not an address)."""
-        try:
-            address = ipaddress.ip_address(ip.partition("%")[0])
-        except ValueError:
-            return None
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if any(address in net for net in self.exempt):
-            return None
-        if address.version == 6:
-            packed = ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False).network_address.packed
-        else:
-            packed = address.packed
-        return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little") or 1
+        return client_key(ip, self.exempt)
 
     def _entry(self, key: int, now: float) -> int:
         """The entry of ``key``, taking a free one if it has none; -1 when the

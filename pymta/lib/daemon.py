@@ -273,9 +273,21 @@ def run(
         if failed:
             return failed
     if sock is not None:
-        driver_blocking.serve_socket(
-            sock, factory(), service=service, tls=tls, implicit_tls=args.tls, handshake_timeout=handshake_timeout
-        )
+        from pymta.lib import inetdlimit  # noqa: PLC0415 lazy
+
+        # counted after the switch to daemon_user: the files under ROOT/run are its own
+        per_client = inetdlimit.from_config(cfg, max_sessions_key.partition(".")[0], service)
+        if per_client is None or per_client.admit(driver_blocking.socket_info(sock, service).peer_ip):
+            protocol = factory()
+        else:  # the refusal goes out as a listening daemon's, after an implicit-TLS handshake
+            protocol = inetdlimit.Refusal(client_busy_reply or busy_reply)
+        try:
+            driver_blocking.serve_socket(
+                sock, protocol, service=service, tls=tls, implicit_tls=args.tls, handshake_timeout=handshake_timeout
+            )
+        finally:
+            if per_client is not None:
+                per_client.release()
     else:
         if args.tls:
             log.error("--tls needs a socket on stdin")
