@@ -34,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from _thread import allocate_lock  # a lock without importing threading (inetd start-up)
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -532,6 +533,14 @@ class QueueWriter:
     ``commit`` returns only after the file is fsynced, renamed into ``new/``
     and ``new/`` itself is fsynced: that is the moment a 250 may be sent.
     Any failure removes the partial file and raises QueueError.
+
+    A listening smtpd runs ``commit`` in a worker thread, and a client that
+    hangs up meanwhile makes the event loop call ``abort``: the two must
+    never both close the descriptor (a second close could hit a number
+    another session's file has just been given -- its message would be
+    written into ours).  So ``commit`` holds a lock, and ``abort`` during a
+    commit does nothing: the commit finishes (the client may send the
+    message again, as after any lost answer) or cleans up after itself.
     """
 
     def __init__(self, queue: Queue, sender: str, recipients: list[str], meta: dict) -> None:
@@ -543,6 +552,7 @@ class QueueWriter:
         self.tmp = f"{queue._tmp_dir}/{self.queue_id}"
         self.final = f"{queue._new_dir}/{self.queue_id}"
         self.envelope = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
+        self._committing = allocate_lock()
         # The file is created on the first flush, usually inside commit(): in
         # smtpd that runs in a worker thread, so no session waits on a file
         # creation (slow on some file systems) on the event loop.
@@ -577,31 +587,43 @@ class QueueWriter:
                 view = view[os.write(self.fd, view) :]
         except OSError as exc:
             view.release()
-            self.abort()
+            self._discard()
             raise QueueError(f"cannot write queue file: {exc.strerror}", exc.errno) from None
         view.release()
         self._buf.clear()
 
     def commit(self) -> str:
-        if self.closed:
-            raise QueueError("queue file already closed")
-        try:
-            self._flush()
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-            os.rename(self.tmp, self.final)
-            self.queue.sync_new()
-        except QueueError:
-            raise
-        except OSError as exc:
-            self.abort()
-            raise QueueError(f"cannot commit queue file: {exc.strerror}", exc.errno) from None
-        self.closed = True
+        with self._committing:
+            if self.closed:
+                raise QueueError("queue file already closed")
+            try:
+                self._flush()
+                fd, self.fd = self.fd, -1
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(self.tmp, self.final)
+                self.queue.sync_new()
+            except QueueError:
+                raise
+            except OSError as exc:
+                self._discard()
+                raise QueueError(f"cannot commit queue file: {exc.strerror}", exc.errno) from None
+            self.closed = True
         self.queue.wake(self.queue_id)
         return self.queue_id
 
     def abort(self) -> None:
+        """Throw the message away -- unless a commit is running in another thread."""
+        if not self._committing.acquire(blocking=False):
+            return
+        try:
+            self._discard()
+        finally:
+            self._committing.release()
+
+    def _discard(self) -> None:
         if self.closed:
             return
         self.closed = True
