@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+AS_ROOT = 'daemon_user = "root"\n' if os.geteuid() == 0 else ""  # a tree only root can reach
 sys.path.insert(0, str(REPO))
 
 
@@ -68,6 +69,7 @@ def main() -> int:
     transport = ", ".join(f'"d{i}.bench" = "[127.0.0.{i + 1}]:{port}"' for i in range(args.destinations))
     (root / "pymail.toml").write_text(
         f'hostname = "bench.test"\ndomains = ["local.test"]\nroot = "{root}"\n'
+        f"{AS_ROOT}"
         f'[relay]\ntransport_map = {{ {transport} }}\ntls = "none"\nconnection_cache_time = {args.cache}\n'
         f"[qrunner]\nconcurrency = {args.concurrency}\ndestination_concurrency = {args.dest_concurrency}\n"
         f"scan_interval = 1.0\n"

@@ -81,7 +81,7 @@ for _p in (str(REPO), str(HERE), str(REPO / "tests" / "reliability")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from smtp_bench import Failure, Procs, Tree, free_port, load_average, tail, wait_port
+from smtp_bench import AS_ROOT, Failure, Procs, Tree, free_port, load_average, tail, wait_port
 
 from ledger import Ledger, crlf, make_message  # tests/reliability/ledger.py
 
@@ -115,6 +115,7 @@ class SoakTree(Tree):
             f'hostname = "mx.{DOMAIN}"\n'
             f'domains = ["{DOMAIN}"]\n'
             f'root = "{root}"\n'
+            f"{AS_ROOT}"
             f"\n[smtpd]\nmax_sessions = 1000\nprocesses = {processes}\n"
             f"\n[pop3d]\nmax_sessions = 1000\nprocesses = {processes}\n"
             f"\n[imapd]\nmax_sessions = 1000\nprocesses = {processes}\n"
