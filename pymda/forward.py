@@ -19,13 +19,13 @@ root.  Any failing target makes the whole delivery a temporary failure.
 from __future__ import annotations
 
 import os
-import stat
 
 from pymda.confined import Refused
 from pymda.rules.engine import Engine, Outcome, default_roots, run_rules
 from pymda.rules.parser import Action, Recipe
 from pymta.lib import log, sysexits
 from pymta.lib.aliasgrammar import parse_target, targets_in, unquote
+from pymta.lib.privilege import safe_for
 
 
 def read_targets(path, opener=None) -> list[str]:
@@ -35,14 +35,11 @@ def read_targets(path, opener=None) -> list[str]:
 
 
 def safe(path) -> bool:
-    st = os.stat(path)
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        log.warning(f"{path}: writable by group or others; ignored")
-        return False
-    if st.st_uid not in (0, os.geteuid()):
-        log.warning(f"{path}: owned by uid {st.st_uid}, not the user; ignored")
-        return False
-    return True
+    """procmail's rule for the file (``privilege.safe_for``), logged when it fails."""
+    problem = safe_for(path, os.geteuid())
+    if problem is not None:
+        log.warning(f"{path}: {problem}; ignored")
+    return problem is None
 
 
 def apply(

@@ -239,10 +239,9 @@ def hand_over(path: Path, uid: int, gid: int) -> None:
     and what is in them (a queue first used by root, e.g. an older setup)."""
     if all(os.stat(p).st_uid == uid for p in [path, *(e.path for e in os.scandir(path) if e.is_dir())]):
         return
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
-    os.chown(path, uid, gid)
+    from pymta.lib.setup import chown_tree  # noqa: PLC0415 lazy
+
+    chown_tree(path, uid, gid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,11 +54,7 @@ def hand_tree_to(directory: Path, pw) -> None:
     uid, gid = pw.pw_uid, pw.pw_gid
     (directory / "run").mkdir(mode=0o700, exist_ok=True)
     for sub in ("queue", "mail", "run"):
-        top = directory / sub
-        for dirpath, dirnames, filenames in os.walk(top):
-            for entry in dirnames + filenames:
-                os.lchown(os.path.join(dirpath, entry), uid, gid)
-        os.chown(top, uid, gid)
+        chown_tree(directory / sub, uid, gid)
     users = directory / "users"
     if users.exists():
         os.chown(users, 0, gid)
@@ -67,6 +63,14 @@ def hand_tree_to(directory: Path, pw) -> None:
         if path.is_dir():
             os.chown(path, 0, 0)
             os.chmod(path, mode)
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """``top`` and everything below it to ``uid``/``gid`` (links themselves, never followed)."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        for entry in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, entry), uid, gid)
+    os.chown(top, uid, gid)
 
 
 def unreachable_by(directory: Path, pw) -> str | None:

@@ -678,26 +678,9 @@ def _close_quietly(client) -> None:
 
 def make_tls(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mx.example.test",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    from pymta.lib.tls import make_self_signed
+
+    make_self_signed(cert, key, "mx.example.test", days=2)
     return cert, key
 
 
