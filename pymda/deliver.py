@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pymda import maildir
 from pymta.lib import log, sysexits
+from pymta.lib.cliargs import UsageError, getopt
 from pymta.lib.lineends import crlf_to_lf
 
 
@@ -399,22 +400,24 @@ exit status: 0 delivered, 64 usage, 65 bad input, 67 no such user,
 
 
 def _parse_args(argv: list[str]) -> dict:
-    opts = {"C": None, "d": None, "f": "", "a": None, "m": None, "dry_run": False, "queue_id": None, "once": False}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
+    opts: dict = {"C": None, "d": None, "f": "", "a": None, "m": None}
+    opts.update(dry_run=False, queue_id=None, once=False)
+    try:
+        given, rest = getopt(argv, "hC:d:f:a:nm", ["help", "dry-run", "once", "queue-id="], stop_after="-m")
+    except UsageError as exc:
+        raise DeliveryError(str(exc), sysexits.EX_USAGE) from None
+    for name, value in given:
+        if name in ("-h", "--help"):
             sys.stdout.write(USAGE)
             raise SystemExit(sysexits.EX_OK)
-        if arg in ("--dry-run", "-n"):
+        if name in ("-n", "--dry-run"):
             opts["dry_run"] = True
-        elif arg == "--once":
+        elif name == "--once":
             opts["once"] = True
-        elif arg == "--queue-id" and i + 1 < len(argv):
-            i += 1
-            opts["queue_id"] = argv[i]
-        elif arg == "-m":
-            rest = argv[i + 1 :]
+        elif name == "--queue-id":
+            opts["queue_id"] = value
+        elif name == "-m":
+            # procmail's -m [VAR=value ...] RCFILE [ARG ...]
             assigns = []
             while (
                 rest
@@ -426,19 +429,11 @@ def _parse_args(argv: list[str]) -> dict:
             if not rest:
                 raise DeliveryError("-m needs a rules file", sysexits.EX_USAGE)
             opts["m"] = (assigns, rest[0], rest[1:])
-            break
-        elif len(arg) >= 2 and arg[0] == "-" and arg[1] in "Cdfa":
-            key = arg[1]
-            if len(arg) > 2:
-                opts[key] = arg[2:]
-            elif i + 1 < len(argv):
-                i += 1
-                opts[key] = argv[i]
-            else:
-                raise DeliveryError(f"option {arg} needs a value", sysexits.EX_USAGE)
+            rest = []
         else:
-            raise DeliveryError(f"unexpected argument {arg!r}", sysexits.EX_USAGE)
-        i += 1
+            opts[name[1]] = value
+    if rest:
+        raise DeliveryError(f"unexpected argument {rest[0]!r}", sysexits.EX_USAGE)
     if not opts["d"] and not opts["m"]:
         raise DeliveryError("-d USER or -m RCFILE is required", sysexits.EX_USAGE)
     return opts

@@ -262,32 +262,40 @@ def serve(cfg, sock: socket.socket, allowed: set[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymda-local")
-    from pymta.lib.cliargs import ArgumentParser  # noqa: PLC0415 lazy
+    from pymta.lib.cliargs import click_main  # noqa: PLC0415 lazy
 
-    parser = ArgumentParser(
-        prog="pymda-local", description="Deliver into mailboxes of other uids for the queue runner (runs as root)."
-    )
-    parser.add_argument(
-        "-C",
-        dest="config",
-        metavar="FILE",
-        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)",
-    )
-    parser.add_argument(
+    return click_main(_command(), argv, "pymda-local")
+
+
+def _command():
+    import click  # noqa: PLC0415 lazy
+
+    from pymta.lib.cliargs import CONFIG_HELP  # noqa: PLC0415 lazy
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("-C", "config_file", metavar="FILE", help=CONFIG_HELP)
+    @click.option(
         "--listen",
         metavar="PATH",
-        help="listen on this Unix socket (default: ROOT/run/local.sock when not started by systemd or inetd)",
+        help="Listen on this Unix socket (default: ROOT/run/local.sock when not started by systemd or inetd).",
     )
-    args = parser.parse_args(argv)
+    def command(config_file: str | None, listen: str | None) -> int:
+        """Deliver into mailboxes of other uids for the queue runner (runs as root)."""
+        return serve_main(config_file, listen)
+
+    return command
+
+
+def serve_main(config_file: str | None, listen: str | None) -> int:
     from pymta.lib import config  # noqa: PLC0415 lazy
     from pymta.lib.activation import fd_is_socket, listen_fds  # noqa: PLC0415 lazy
 
-    cfg = config.load_logged(args.config)
+    cfg = config.load_logged(config_file)
     if cfg is None:
         return sysexits.EX_CONFIG
     allowed = allowed_uids(cfg)
-    sockets = [] if args.listen else listen_fds()
-    if not args.listen and not sockets and fd_is_socket(0):
+    sockets = [] if listen else listen_fds()
+    if not listen and not sockets and fd_is_socket(0):
         try:  # inetd / Accept=yes: the connection on fd 0 (not a listening socket)
             conn = socket.socket(fileno=os.dup(0))
             if not conn.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error(f"fd 0: {exc}")
             return sysexits.EX_OSERR
     if not sockets:
-        path = args.listen or socket_path(cfg)
+        path = listen or socket_path(cfg)
         owner = max(allowed) if len(allowed) > 1 else None
         try:
             sockets = [listen_unix(path, owner)]

@@ -36,6 +36,7 @@ from pymta import configcheck
 from pymta.aliases import Aliases, with_alias
 from pymta.configcheck import os_message, unclaimed_postmaster
 from pymta.lib import config, log
+from pymta.lib.cliargs import click_main
 from pymta.lib.privilege import daemon_account
 from pymta.lib.setup import ensure_daemon_account, hand_tree_to, unreachable_by
 from pymta.lib.sysexits import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE
@@ -85,8 +86,8 @@ def cli(config_file):
     """Set up and run pymail, and manage its users."""
 
 
-def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="pymail")
+def main(argv: list[str] | None = None) -> int:
+    return click_main(cli, argv, "pymail")
 
 
 # -- shared helpers ---------------------------------------------------------------------

@@ -26,11 +26,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import click
+
 from pymda.deliver import DELIVERY_MODULES, DELIVERY_OTHERS
 from pymta import maildrop
 from pymta.delivery import EntryDelivery
 from pymta.lib import config, log, sysexits
-from pymta.lib.cliargs import ArgumentParser
+from pymta.lib.cliargs import CONFIG_HELP, click_main
 from pymta.lib.daemon import preload
 from pymta.lib.pdeathsig import keep_across_uid_change
 from pymta.lib.privilege import PrivilegeError, become_account, daemon_account
@@ -246,25 +248,21 @@ def hand_over(path: Path, uid: int, gid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     log.set_program("pymta-qrunner")
-    parser = ArgumentParser(prog="pymta-qrunner", description="Deliver the messages in the pymail queue.")
-    parser.add_argument(
-        "-C",
-        dest="config",
-        metavar="FILE",
-        help="configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)",
-    )
-    parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
-    parser.add_argument(
-        "queue_ids",
-        nargs="*",
-        metavar="QUEUE-ID",
-        help="with --once: only these entries (sendmail -odi), without the maildrop pickup",
-    )
-    args = parser.parse_args(argv)
-    if args.queue_ids and not args.once:
-        parser.error("queue IDs go with --once")
+    return click_main(command, argv, "pymta-qrunner")
 
-    cfg = config.load_logged(args.config)
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "config_file", metavar="FILE", help=CONFIG_HELP)
+@click.option("--once", is_flag=True, help="Process what is due now, then exit.")
+@click.argument("queue_ids", nargs=-1, metavar="[QUEUE-ID]...")
+def command(config_file: str | None, once: bool, queue_ids: tuple[str, ...]) -> int:
+    """Deliver the messages in the pymail queue.
+
+    With --once and QUEUE-IDs: only these entries (sendmail -odi), without
+    the maildrop pickup."""
+    if queue_ids and not once:
+        raise click.UsageError("queue IDs go with --once")
+    cfg = config.load_logged(config_file)
     if cfg is None:
         return sysexits.EX_CONFIG
     runner = Runner(cfg)
@@ -273,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         return failed
     runner.clean_tmp()
-    if args.once:
-        if args.queue_ids:
-            runner.run_ids(args.queue_ids)
+    if once:
+        if queue_ids:
+            runner.run_ids(list(queue_ids))
         else:
             runner.run_pass()
         runner.delivery.close()

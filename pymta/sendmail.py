@@ -31,16 +31,12 @@ import sys
 import time
 
 from pymta.lib import log, sysexits
+from pymta.lib.cliargs import UsageError, getopt
 from pymta.maildrop import MaildropQueue, poke, user_name
 
-# Postfix sendmail's getopt string: options with an argument
-_WITH_ARG = set("ABCFLNORVXbefhoprq")
-_NO_ARG = set("GIUcimntvx")
+# Postfix sendmail's getopt string (-q is made a flag: see parse_args)
+_GETOPT = "A:B:C:F:L:N:O:R:V:X:b:e:f:h:o:p:r:qGIUcimntvx"
 MAX_HEADER_BLOCK = 1024 * 1024
-
-
-class Usage(Exception):
-    pass
 
 
 class Options:
@@ -61,44 +57,22 @@ class Options:
 
 def parse_args(argv: list[str]) -> Options:
     opts = Options()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg == "--":
-            opts.recipients += argv[i:]
-            break
-        if not arg.startswith("-") or arg == "-":
-            opts.recipients.append(arg)
-            continue
-        letter, rest = arg[1], arg[2:]
-        if letter in _NO_ARG:
-            # clustered flags such as -ti
-            for ch in arg[1:]:
-                if ch not in _NO_ARG:
-                    raise Usage(f"invalid option -- '{ch}'")
-                if ch == "t":
-                    opts.extract = True
-                elif ch == "i":
-                    opts.dot_ends = False
-                elif ch == "v":
-                    opts.verbose = True
-                elif ch == "I":
-                    opts.mode = "i"
-            continue
-        if letter not in _WITH_ARG:
-            raise Usage(f"invalid option -- '{letter}'")
-        if letter == "q":
-            opts.run_queue = True  # -q, -q30m, -qIid...: run the queue now
-            continue
-        if rest:
-            value = rest
-        elif i < len(argv):
-            value = argv[i]
-            i += 1
-        else:
-            raise Usage(f"option requires an argument -- '{letter}'")
-        if letter in "fr":
+    # -q takes only a joined value (-q30m, -qIqid): run the queue now
+    words = ["-q" if w.startswith("-q") else w for w in argv]
+    given, opts.recipients = getopt(words, _GETOPT)
+    for name, value in given:
+        letter = name[1]
+        if letter == "t":
+            opts.extract = True
+        elif letter == "i":
+            opts.dot_ends = False
+        elif letter == "v":
+            opts.verbose = True
+        elif letter == "I":
+            opts.mode = "i"
+        elif letter == "q":
+            opts.run_queue = True
+        elif letter in "fr":
             opts.sender = value
         elif letter == "F":
             opts.full_name = value
@@ -108,11 +82,11 @@ def parse_args(argv: list[str]) -> Options:
             opts.notify = value.lower()
         elif letter == "B":
             if value.upper() not in ("7BIT", "8BITMIME"):
-                raise Usage(f"-B {value}: must be 7BIT or 8BITMIME")
+                raise UsageError(f"-B {value}: must be 7BIT or 8BITMIME")
             opts.body = value.upper()
         elif letter == "b":
             if value not in ("m", "s", "p", "i", "d", "v"):
-                raise Usage(f"-b{value}: unsupported mode")
+                raise UsageError(f"-b{value}: unsupported mode")
             opts.mode = value
         elif letter == "o":
             if value == "i":
@@ -120,7 +94,7 @@ def parse_args(argv: list[str]) -> Options:
             elif value.startswith("d") and value[1:2] in ("i", "b", "q", "d", ""):
                 opts.delivery = {"d": "q", "": "b"}.get(value[1:2], value[1:2])
             # -oem, -oep, -oeq, -oew, -om, -oX... are accepted and ignored (as Postfix does)
-        # -A -L -O -R -V -X -e -h -p: accepted, ignored
+        # -A -L -O -R -V -X -e -h -p and -G -U -c -m -n -x: accepted, ignored
     return opts
 
 
@@ -484,7 +458,7 @@ def main(argv: list[str] | None = None, prog: str = "sendmail") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         opts = parse_args(argv)
-    except Usage as exc:
+    except UsageError as exc:
         print(f"{prog}: {exc}\nusage: {prog} [options] [--] [recipient ...]", file=sys.stderr)
         return sysexits.EX_USAGE
     if opts.mode in ("d", "v"):
