@@ -10,7 +10,7 @@ touches a socket.  Its state tells the driver what happened:
   ``transaction(...)`` may be called.
 * ``result``: a ``TxnResult`` once a transaction ends (per recipient
   replies and the DATA reply).
-* ``failure``: a ``Reply`` when the session cannot go on (refused greeting,
+* ``failure``: a ``ServerReply`` when the session cannot go on (refused greeting,
   EHLO and HELO refused, TLS policy not met, protocol error, lost peer).
 
 The reply parser is as exposed as the server's command parser (OpenSMTPD
@@ -45,7 +45,7 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True)
-class Reply:
+class ServerReply:
     code: int
     lines: tuple[str, ...] = ()
     local: bool = False  # made up by us (connect failure, timeout, policy), not said by the server
@@ -85,7 +85,7 @@ class ReplyParser:
         self._code: int | None = None
         self._lines: list[str] = []
 
-    def feed(self, data: bytes) -> list[Reply]:
+    def feed(self, data: bytes) -> list[ServerReply]:
         self._buf += data
         out = []
         start = 0
@@ -107,7 +107,7 @@ class ReplyParser:
             raise ProtocolError("reply line too long")
         return out
 
-    def _line(self, line: bytes) -> Reply | None:
+    def _line(self, line: bytes) -> ServerReply | None:
         if (
             len(line) < 3
             or not line[:3].isdigit()
@@ -124,7 +124,7 @@ class ReplyParser:
             raise ProtocolError("too many lines in one reply")
         if line[3:4] == b"-":
             return None
-        reply = Reply(code, tuple(self._lines))
+        reply = ServerReply(code, tuple(self._lines))
         self._code, self._lines = None, []
         return reply
 
@@ -165,10 +165,10 @@ class Transaction:
 
 @dataclass
 class TxnResult:
-    mail: Reply | None = None
-    rcpt: list = field(default_factory=list)  # Reply per recipient, in order
-    data: Reply | None = None  # final reply for the message (None if not sent)
-    failure: Reply | None = None  # the transaction could not run (MAIL refused, SIZE, lost)
+    mail: ServerReply | None = None
+    rcpt: list = field(default_factory=list)  # ServerReply per recipient, in order
+    data: ServerReply | None = None  # final reply for the message (None if not sent)
+    failure: ServerReply | None = None  # the transaction could not run (MAIL refused, SIZE, lost)
 
 
 # states
@@ -199,22 +199,22 @@ class SMTPClient:
         self.tls_active = False
         self.authenticated = False
         self.ready = False
-        self.failure: Reply | None = None
+        self.failure: ServerReply | None = None
         self.result: TxnResult | None = None
-        self.greeting: Reply | None = None
+        self.greeting: ServerReply | None = None
         self._txn: Transaction | None = None
         self._expect: list[tuple] = []  # pipelined commands awaiting replies
         self._auth_step = 0
 
     # -- helpers --------------------------------------------------------------
     def _fail(self, code: int, text: str) -> list:
-        self.failure = Reply(code, (text,), True)
+        self.failure = ServerReply(code, (text,), True)
         self.ready = False
         self.state = _DONE
         return [CLOSE]
 
-    def _fail_reply(self, reply: Reply, what: str) -> list:
-        self.failure = Reply(reply.code, (f"{what}: {reply}",), reply.local)
+    def _fail_reply(self, reply: ServerReply, what: str) -> list:
+        self.failure = ServerReply(reply.code, (f"{what}: {reply}",), reply.local)
         self.ready = False
         self.state = _QUIT
         return [b"QUIT\r\n"]
@@ -226,7 +226,7 @@ class SMTPClient:
             raise ValueError("command contains CR, LF or NUL")
         return data + b"\r\n"
 
-    def _parse_ehlo(self, reply: Reply) -> None:
+    def _parse_ehlo(self, reply: ServerReply) -> None:
         self.extensions = {}
         for line in reply.lines[1:]:
             keyword, _, param = line.partition(" ")
@@ -275,13 +275,13 @@ class SMTPClient:
         self.result = TxnResult()
         limit = self.extensions.get("SIZE", "")
         if "SIZE" in self.extensions and limit.isdigit() and int(limit) > 0 and txn.size > int(limit):
-            self.result.failure = Reply(
+            self.result.failure = ServerReply(
                 552, (f"5.3.4 message size {txn.size} exceeds the server's limit {limit}",), True
             )
             self.ready = True
             return []
         if txn.smtputf8 and "SMTPUTF8" not in self.extensions:
-            self.result.failure = Reply(553, ("5.6.7 the server does not support SMTPUTF8 addresses",), True)
+            self.result.failure = ServerReply(553, ("5.6.7 the server does not support SMTPUTF8 addresses",), True)
             self.ready = True
             return []
         params = ""
@@ -317,7 +317,7 @@ class SMTPClient:
         return [b"QUIT\r\n"]
 
     # -- replies --------------------------------------------------------------------
-    def _on_reply(self, reply: Reply) -> list:
+    def _on_reply(self, reply: ServerReply) -> list:
         st = self.state
         if st == _GREETING:
             self.greeting = reply
@@ -344,7 +344,7 @@ class SMTPClient:
                 return [STARTTLS]
             if self.tls_policy in ("require", "verify"):
                 return self._fail_reply(
-                    Reply(421, (f"4.7.4 STARTTLS refused ({reply}) but TLS is required",), True), "TLS"
+                    ServerReply(421, (f"4.7.4 STARTTLS refused ({reply}) but TLS is required",), True), "TLS"
                 )
             self._tls_refused = True
             return self._after_ehlo()
@@ -383,10 +383,10 @@ class SMTPClient:
             return [b"STARTTLS\r\n"]
         if self.tls_policy in ("require", "verify") and not self.tls_active:
             why = "not offered by the server" if "STARTTLS" not in self.extensions else "not possible"
-            return self._fail_reply(Reply(421, (f"4.7.4 TLS is required but STARTTLS is {why}",), True), "TLS")
+            return self._fail_reply(ServerReply(421, (f"4.7.4 TLS is required but STARTTLS is {why}",), True), "TLS")
         if self.auth and not self.authenticated and "AUTH" in self.extensions:
             if not (self.tls_active or self.auth_ok_plaintext):
-                return self._fail_reply(Reply(421, ("4.7.0 will not send a password without TLS",), True), "AUTH")
+                return self._fail_reply(ServerReply(421, ("4.7.0 will not send a password without TLS",), True), "AUTH")
             mechs = self.extensions["AUTH"].upper().split()
             user, password = self.auth
             self.state = _AUTH
@@ -397,12 +397,14 @@ class SMTPClient:
             if "LOGIN" in mechs:
                 self._auth_step = 20
                 return [b"AUTH LOGIN\r\n"]
-            return self._fail_reply(Reply(421, ("4.7.0 no supported AUTH mechanism (PLAIN, LOGIN)",), True), "AUTH")
+            return self._fail_reply(
+                ServerReply(421, ("4.7.0 no supported AUTH mechanism (PLAIN, LOGIN)",), True), "AUTH"
+            )
         self.state = _READY
         self.ready = True
         return []
 
-    def _on_auth(self, reply: Reply) -> list:
+    def _on_auth(self, reply: ServerReply) -> list:
         user, password = self.auth
         if self._auth_step in (10, 22):
             if reply.code == 235:
@@ -417,7 +419,7 @@ class SMTPClient:
         value = user if self._auth_step == 21 else password
         return [base64.b64encode(value.encode()) + b"\r\n"]
 
-    def _on_txn_reply(self, reply: Reply) -> list:
+    def _on_txn_reply(self, reply: ServerReply) -> list:
         res = self.result
         pipelined = bool(self._expect)
         kind = self._expect.pop(0) if pipelined else self.state
@@ -486,7 +488,9 @@ class Connection:
         try:
             self.sock = socket.create_connection((ip, port), timeout=connect_timeout)
         except OSError as exc:
-            self.machine.failure = Reply(421, (f"4.4.1 connect to {host}[{ip}]:{port}: {exc.strerror or exc}",), True)
+            self.machine.failure = ServerReply(
+                421, (f"4.4.1 connect to {host}[{ip}]:{port}: {exc.strerror or exc}",), True
+            )
             self.machine.state = _DONE
             return
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -497,7 +501,7 @@ class Connection:
         return self.machine.ready and self.sock is not None
 
     @property
-    def failure(self) -> Reply | None:
+    def failure(self) -> ServerReply | None:
         return self.machine.failure
 
     def _send(self, data: bytes) -> bool:

@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymta.lib.sansio import CLOSE, STARTTLS, Stream
-from pymta.smtp_client import MAX_REPLY_LINES, ProtocolError, Reply, ReplyParser, SMTPClient, Transaction, smtp_text
+from pymta.smtp_client import (
+    MAX_REPLY_LINES,
+    ProtocolError,
+    ReplyParser,
+    ServerReply,
+    SMTPClient,
+    Transaction,
+    smtp_text,
+)
 
 # -- reply parser ------------------------------------------------------------------------
 
@@ -18,7 +26,7 @@ def test_multiline_reply_fed_byte_by_byte():
     out = []
     for i in range(len(data)):
         out += p.feed(data[i : i + 1])
-    assert out == [Reply(250, ("mx.test", "PIPELINING", "SIZE 1000"))]
+    assert out == [ServerReply(250, ("mx.test", "PIPELINING", "SIZE 1000"))]
 
 
 @pytest.mark.parametrize(
