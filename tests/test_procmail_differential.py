@@ -12,7 +12,8 @@ mbox).  Mbox contents are compared with generated ``From_`` lines removed;
 messages that arrive with a ``From_`` line keep it in both, byte for byte.
 
 Deliberate differences (pymda-rules(5), DIFFERENCES FROM PROCMAIL) are not
-among these cases: failing delivering pipes (we defer, exit 75),
+among these cases: failing delivering pipes with ``w`` and nothing
+after them to deliver (we defer, exit 75),
 syntax errors (we skip the whole file), filters that fail without ``w``.
 """
 
@@ -22,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,16 @@ SPAM = (
     b"viagra viagra viagra cheap cheap\n" + b"x" * 3000 + b"\n"
 )
 NOEOL = b"From: a@example.org\nSubject: no final newline\n\nlast line"
+FOLDED = (
+    b"From: Alice Example <alice@example.org>\n"
+    b"To: Bob <bob@example.test>,\n  Carol <carol@example.net>\n"
+    b"Subject: Re: the numbers for the\n\tquarterly review\n"
+    b"Message-ID: <m2@example.org>\n"
+    b"\n"
+    b"the numbers\n"
+)
+
+_PIPED = "cat > piped.tmp; mv piped.tmp piped"
 
 # (id, rules, message, extra assignments)
 CASES = [
@@ -138,6 +150,22 @@ CASES = [
     ("args-positional", ":0\n$1/\n", PLAIN, ["--", "posarg"]),
     ("condition-program", ":0\n* ? grep -q Tuesdays\ntuesday/\n:0\nother/\n", PLAIN, []),
     ("condition-program-header", ":0 B\n* ? grep -q Tuesdays\ntuesday/\n:0\nother/\n", PLAIN, []),
+    # A folded field is searched as one line: procmail's concon() reads each
+    # continuation's newline as a space (the tab stays), so "$" does not
+    # anchor at the fold, and neither does "^" at the continuation line.
+    ("folded-continuation", ":0\n* ^Subject:.*quarterly\nq/\n", FOLDED, []),
+    ("folded-space-tab", ":0\n* ^Subject:.*the \tquarterly\nq/\n", FOLDED, []),
+    ("folded-class", ":0\n* ^Subject:.*the[ \t]+quarterly review$\nq/\n", FOLDED, []),
+    ("folded-no-dollar", ":0\n* ^Subject:.*the$\nq/\n:0\n* ^[ \t]+quarterly\nc/\n", FOLDED, []),
+    ("folded-body-untouched", ":0 HB\n* ^Subject:.*review$\nq/\n", FOLDED, []),
+    ("folded-to", ":0\n* ^To:.*bob.*carol@\ntoo/\n", FOLDED, []),
+    # A pipe without w: procmail does not look at the exit status (it does
+    # not even wait for the program), the delivery is done and the later
+    # recipes do not run.  WAITFOR: the file the program leaves last.
+    ("pipe-no-w-exit-nonzero", f":0\n| {_PIPED}; exit 3\n:0\nafter/\n", PLAIN, ["WAITFOR:piped"]),
+    ("pipe-no-w-killed", f":0\n| {_PIPED}; kill -9 $$\n:0\nafter/\n", PLAIN, ["WAITFOR:piped"]),
+    ("pipe-no-w-copy-nonzero", f":0 c\n| {_PIPED}; exit 1\n:0 e\nerror/\n:0\nafter/\n", PLAIN, ["WAITFOR:piped"]),
+    ("pipe-w-exit-nonzero-falls-through", f":0 w\n| {_PIPED}; exit 3\n:0\nafter/\n", PLAIN, []),
     ("no-default-m-mode", ":0\n* ^Subject: nope\nx/\n", PLAIN, ["NODEFAULT"]),
 ]
 
@@ -161,6 +189,8 @@ def run_one(tool: str, root: Path, rules: str, message: bytes, extra: list[str])
     (work / "sendmail").chmod(0o755)
     assigns = [f"MAILDIR={mail}", f"LOGFILE={work}/log", f"SENDMAIL={work}/sendmail"]
     args = []
+    wait_for = [item.split(":", 1)[1] for item in extra if item.startswith("WAITFOR:")]
+    extra = [item for item in extra if not item.startswith("WAITFOR:")]
     if "NODEFAULT" not in extra:
         assigns.append(f"DEFAULT={mail}/default/")
     for item in extra:
@@ -176,6 +206,9 @@ def run_one(tool: str, root: Path, rules: str, message: bytes, extra: list[str])
     else:
         cmd = [sys.executable, "-m", "pymda.deliver", "-m", *assigns, str(work / "rc"), *args]
     proc = subprocess.run(cmd, input=message, cwd=mail, env=env, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 10
+    while any(not (mail / name).exists() for name in wait_for) and time.monotonic() < deadline:
+        time.sleep(0.02)  # procmail without w leaves the program running
     return proc.returncode, collect(mail)
 
 

@@ -226,15 +226,25 @@ def test_syntax_error_goes_to_inbox_and_is_logged(mailsys):
 
 
 def test_failing_delivering_pipe_is_temporary_and_nothing_written(mailsys):
-    box = setup_rules(mailsys, ":0\n| exit 3\n")
+    box = setup_rules(mailsys, ":0 w\n| exit 3\n")
     proc = deliver(mailsys)
     assert proc.returncode == 75
     assert b"exited 3" in proc.stderr
     assert inbox_empty(box)
 
 
+def test_pipe_without_w_ignores_exit_status_as_procmail(mailsys):
+    # procmail does not look at the status without w: delivered, no fall-through
+    box = setup_rules(mailsys, ":0\n| cat > piped; exit 3\n:0\n.After/\n")
+    proc = deliver(mailsys)
+    assert proc.returncode == 0, proc.stderr
+    assert (box / "piped").read_bytes() == TRACE + MSG + b"\n"
+    assert not (box / ".After").exists()
+    assert inbox_empty(box)
+
+
 def test_failing_pipe_rescued_by_e_recipe(mailsys):
-    box = setup_rules(mailsys, ":0\n| exit 3\n:0 e\n.Failed/\n")
+    box = setup_rules(mailsys, ":0 w\n| exit 3\n:0 e\n.Failed/\n")
     proc = deliver(mailsys)
     assert proc.returncode == 0, proc.stderr
     assert only_message(box / ".Failed") == TRACE + MSG
@@ -361,7 +371,7 @@ def test_qrunner_inprocess_applies_rules(mailsys):
 def test_qrunner_defers_on_failing_pipe(make_mailsys):
     for mode in ("inprocess", "exec"):
         ms = make_mailsys(f'[deliver]\nmode = "{mode}"\n')
-        setup_rules(ms, ":0\n| exit 1\n")
+        setup_rules(ms, ":0 w\n| exit 1\n")
         q = Queue(ms.root / "queue")
         q.enqueue("carol@remote.example", ["alice@example.test"], MSG)
         run = ms.run("pymta.qrunner", "--once")

@@ -4,8 +4,8 @@
 a stack of frames (one per nesting level or included file).  Recipes are
 evaluated in order; the first *delivering* recipe that succeeds ends the
 run.  A run that falls off the end delivers to ``$DEFAULT``.  A delivering
-recipe that failed for a reason a retry may cure (a pipe's exit status, a
-full disk, a lock timeout) makes the run a temporary failure instead of a
+recipe that failed for a reason a retry may cure (a pipe's exit status
+with ``w``, a full disk, a lock timeout) makes the run a temporary failure instead of a
 silent fallback, unless a later recipe delivers the message.
 """
 
@@ -33,6 +33,7 @@ _NOT_EXPORTED = {"=", "_", "-"}
 # Variables naming a path: an assignment leading outside the user's
 # directories is refused (logged with file:line) and the old value stays.
 _PATH_VARS = ("MAILDIR", "DEFAULT", "ORGMAIL", "LOGFILE")
+_UNFOLD = re.compile(rb"\n(?=[ \t])")
 CAPTURE_LIMIT = 64 * 1024  # output a backquote or VAR=| may give: a value, not a message
 FILTER_LIMIT = 25 * 1024 * 1024  # a filter's output, at least (smtpd.max_message_size's default)
 
@@ -79,7 +80,9 @@ class Message:
         if t is None:
             raw = b""
             if "H" in area:
-                raw += (self.from_ or b"") + self.header
+                # procmail's concon(): a folded field is searched as one line,
+                # each continuation's newline read as a space
+                raw += (self.from_ or b"") + _UNFOLD.sub(b" ", self.header)
             if "B" in area:
                 raw += self.body
             t = self._text[area] = raw.decode("utf-8", "surrogateescape")
@@ -832,7 +835,10 @@ class Engine:
         if res.timed_out:
             return self._fail(r, f"program {r.action.text!r} timed out after {self.timeout():.0f}s")
         if res.code != 0:
-            return self._fail(r, f"program {r.action.text!r} exited {res.code}")
+            if "w" in r.flags.lower():
+                return self._fail(r, f"program {r.action.text!r} exited {res.code}")
+            # procmail without w does not look at the exit status: the delivery is done
+            self.note(r.action.line, f"program exited {res.code}; ignored without the w flag")
         if res.write_error and "i" not in r.flags:
             return self._fail(r, f"program {r.action.text!r} did not read the whole message")
         self.folders.append("| " + r.action.text)
