@@ -309,7 +309,9 @@ class LoginBackend:
         if self._users is None:
             from pymta.lib.users import UsersFile  # noqa: PLC0415 lazy
 
-            self._users = UsersFile(self.cfg.path_of("users"))
+            self._users = UsersFile(
+                self.cfg.path_of("users"), cache_size=self.cfg["auth.cache_size"], cache_ttl=self.cfg["auth.cache_ttl"]
+            )
         return self._users
 
     @property

@@ -143,6 +143,18 @@ PARAMS: tuple[Param, ...] = (
         "bcrypt cost (log2 of rounds, 4-31) for passwords set by `pymail user add/passwd`; existing hashes keep their "
         "own cost.",
     ),
+    Param(
+        "auth.cache_size",
+        "int",
+        10000,
+        "Successful logins remembered per daemon process, like Dovecot's auth_cache_size: a login with the same "
+        "password within auth.cache_ttl skips the slow hash. Only an HMAC of the password under a key made at random "
+        "by each process is kept, never the password; a failed login is never remembered, and any change of the "
+        "users file forgets them all. 0 turns the cache off.",
+    ),
+    Param(
+        "auth.cache_ttl", "float", 3600.0, "Seconds a remembered login stays valid (auth.cache_size); 0 turns it off."
+    ),
     # -- smtpd -------------------------------------------------------------------
     Param(
         "smtpd.max_message_size", "int", 25 * 1024 * 1024, "Largest message accepted, in octets; advertised as SIZE."
@@ -263,6 +275,64 @@ PARAMS: tuple[Param, ...] = (
         1,
         "Triplets a client network must pass before all its mail skips greylisting for smtpd.greylist_max_age; 0: "
         "never.",
+    ),
+    # -- inbound checks: SPF, DKIM, DMARC (pymta/authcheck.py) ----------------------
+    Param(
+        "checks.enabled",
+        "bool",
+        True,
+        "Check SPF (RFC 7208), DKIM (RFC 6376) and DMARC (RFC 7489) of mail arriving on the smtp service (port 25) "
+        "from clients outside smtpd.trusted_networks that did not log in, and put an Authentication-Results field "
+        "(RFC 8601, authserv-id: hostname) on top of it, after removing any that claims to be ours. Lookups go to "
+        "relay.dns_servers (else the system resolver).",
+    ),
+    Param(
+        "checks.time_budget",
+        "float",
+        5.0,
+        "Seconds the checks of one message may make the client wait after its end of DATA (the SPF lookups, started "
+        "at MAIL FROM, get as long). A lookup not answered by then is a temperror.",
+    ),
+    Param(
+        "checks.spf_reject",
+        "list",
+        ["fail"],
+        "SPF results refused at the end of DATA when DMARC does not decide (the From: domain publishes no DMARC "
+        'record): 550 5.7.23, or 5.7.24 for "permerror". Any of fail, softfail, neutral, none, permerror; empty: '
+        "SPF is only recorded.",
+    ),
+    Param(
+        "checks.temperror",
+        "choice:accept|defer",
+        "accept",
+        "A DNS failure (SPF or DMARC temperror where it would decide): accept the message and record it, or defer it "
+        "with 451 4.7.24 (SPF) / 451 4.7.1 (DMARC) so the sender tries again.",
+    ),
+    Param(
+        "checks.dkim_max_signatures",
+        "int",
+        5,
+        "DKIM signatures verified per message, topmost first; more are ignored.",
+    ),
+    Param(
+        "checks.dkim_min_key_bits",
+        "int",
+        1024,
+        "Smallest RSA key a DKIM signature may use to pass (RFC 8301 3.2); smaller ones get dkim=policy.",
+    ),
+    Param(
+        "checks.dmarc_reject",
+        "choice:reject|quarantine|record",
+        "reject",
+        "What to do with a message that fails DMARC when the From: domain's policy asks to reject it: refuse it at the "
+        "end of DATA with 550 5.7.1, deliver it with an X-Pymail-Quarantine: field (the rules can file it into Junk), "
+        "or only record the result.",
+    ),
+    Param(
+        "checks.dmarc_quarantine",
+        "choice:reject|quarantine|record",
+        "quarantine",
+        "The same for a domain whose policy asks for quarantine.",
     ),
     # -- submission: what an authenticated user may send ---------------------------
     Param(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import log
 from .address import AddressError, account_address
@@ -33,6 +34,9 @@ from .passwords import (  # noqa: F401 -- importable from here as before the spl
     verify_hash,
 )
 from .record import Record
+
+if TYPE_CHECKING:
+    from .authcache import AuthCache
 
 RECIPIENT_DELIMITER = "+"
 FILE_MODE = 0o640
@@ -197,12 +201,18 @@ _EMPTY = _Parsed([], {}, {}, [], DEFAULT_ROUNDS)
 
 
 class UsersFile:
-    """The users file at ``path``; re-read only when it changes on disk."""
+    """The users file at ``path``; re-read only when it changes on disk.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    With ``cache_size`` and ``cache_ttl`` (``auth.cache_size``/``auth.cache_ttl``)
+    successful password checks are remembered (``authcache.AuthCache``), and
+    forgotten whenever the file changes."""
+
+    def __init__(self, path: str | os.PathLike, *, cache_size: int = 0, cache_ttl: float = 0) -> None:
         self.path = Path(path)
         self._key: tuple | None = None
         self._parsed: _Parsed = _EMPTY
+        self._cache_settings = (cache_size, cache_ttl)
+        self._cache: AuthCache | None = None  # made at the first check: its imports cost an inetd session ~3 ms
 
     # -- reading --
 
@@ -226,6 +236,8 @@ class UsersFile:
         for lineno, message in parsed.problems:
             log.warning(f"{self.path}:{lineno}: line skipped: {message}")
         self._key, self._parsed = (st.st_mtime_ns, st.st_size, st.st_ino), parsed
+        if self._cache is not None:
+            self._cache.clear()
         return parsed
 
     def problems(self) -> list[tuple[int, str]]:
@@ -249,7 +261,21 @@ class UsersFile:
             # same work as for a real user, so timing does not tell who exists
             verify_hash(_dummy_hash(self._parsed.bcrypt_cost), password)
             return False
-        return verify_hash(record.password, password, allow_plain_scheme, who=record.address)
+        cache = self._auth_cache()
+        if cache is not None and cache.hit(record.address, record.password, password):
+            return True
+        ok = verify_hash(record.password, password, allow_plain_scheme, who=record.address)
+        if ok and cache is not None:
+            cache.remember(record.address, record.password, password)
+        return ok
+
+    def _auth_cache(self) -> AuthCache | None:
+        size, ttl = self._cache_settings
+        if self._cache is None and size > 0 and ttl > 0:
+            from pymta.lib.authcache import AuthCache  # noqa: PLC0415 lazy
+
+            self._cache = AuthCache(size, ttl)
+        return self._cache
 
     def list(self) -> list[UserRecord]:
         """Every user; [] when the file does not exist yet (a new setup)."""
