@@ -114,8 +114,18 @@ def find_tagged(maildir: Path, tag: str) -> Path | None:
 
 
 def ensure_maildir(path: Path, folder: bool = False) -> None:
-    """Create a Maildir (and for a ++ folder its ``maildirfolder`` marker)."""
+    """Create a Maildir (and for a ++ folder its ``maildirfolder`` marker).
+
+    The Maildir and its ``cur/new/tmp`` are private (0700), as Dovecot
+    makes them; a missing parent (the domain's directory) gets the default
+    mode."""
     path = Path(path)
+    if not path.is_dir():
+        os.makedirs(path.parent, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
     for sub in SUBDIRS:
         os.makedirs(path / sub, mode=0o700, exist_ok=True)
     if folder:
@@ -302,7 +312,7 @@ def into_cur(tmp: str | os.PathLike, maildir: str | os.PathLike, base: str, flag
     The IMAP index calls this under its lock, so the message gets its UID
     before any other process can see it.
     """
-    os.makedirs(Path(maildir) / "cur", exist_ok=True)
+    os.makedirs(Path(maildir) / "cur", mode=0o700, exist_ok=True)
     final = Path(maildir) / "cur" / flagged_name(base, flags)
     os.rename(tmp, final)
     return final
@@ -340,7 +350,7 @@ class Spool:
         tmp_dir = f"{maildir}/tmp"
         self.name = unique_name()
         self.path = f"{tmp_dir}/{self.name}"
-        os.makedirs(tmp_dir, exist_ok=True)
+        os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.size = 0  # LF size (S=)
         self.wsize = 0  # CRLF size (W=)

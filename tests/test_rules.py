@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pymta.queue import Queue
+from test_mailbox_modes import open_dirs
 
 MSG = (
     b"From: Carol <carol@remote.example>\n"
@@ -241,6 +242,17 @@ def test_pipe_without_w_ignores_exit_status_as_procmail(mailsys):
     assert (box / "piped").read_bytes() == TRACE + MSG + b"\n"
     assert not (box / ".After").exists()
     assert inbox_empty(box)
+
+
+def test_every_mailbox_directory_is_private(mailsys):
+    # Dovecot's modes: the Maildir, its folders (made by rules here) and their cur/new/tmp are 0700
+    box = mailsys.maildir("bob")
+    assert deliver(mailsys, rcpt="bob@example.test").returncode == 0
+    (box / ".procmailrc").write_text(":0 c\nplain/\n:0\n.Lists.python/\n")
+    proc = deliver(mailsys, rcpt="bob@example.test")
+    assert proc.returncode == 0, proc.stderr
+    assert only_message(box / ".Lists.python")
+    assert open_dirs(box) == []
 
 
 def test_failing_pipe_rescued_by_e_recipe(mailsys):
