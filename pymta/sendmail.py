@@ -447,7 +447,7 @@ def submit(cfg, opts: Options) -> int:
     how = "queued" if direct else "dropped in maildrop"
     log.info(f"uid={os.getuid()}, from=<{sender}>, nrcpt={len(unique)} ({how})", qid)
     if opts.verbose:
-        print(f"sendmail: queued as {qid}", file=sys.stderr)
+        print(f"sendmail: queued as {qid}: from=<{sender}>, nrcpt={len(unique)} ({how})", file=sys.stderr)
     if direct and opts.delivery == "i" and not door.wake(qid):
         run_qrunner_once(cfg, qid)  # no runner listens: deliver it before returning
     return sysexits.EX_OK
@@ -455,6 +455,7 @@ def submit(cfg, opts: Options) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "sendmail") -> int:
     log.set_program(prog)
+    log.to_syslog()  # silent on success, as Postfix's: cron mails whatever a job prints
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         opts = parse_args(argv)

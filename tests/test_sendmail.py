@@ -137,6 +137,59 @@ def test_sendmail_ignores_the_usual_flags_silently(mailsys):
     assert env["meta"]["notify"] == "failure,delay" and env["meta"]["body"] == "8BITMIME"
 
 
+# Runs a command in a mount namespace whose /dev has a /dev/log socket of its
+# own (the test machine has no syslog daemon); prints the command's exit
+# status, stderr and the syslog datagrams it sent, as JSON.
+SYSLOG_CATCHER = r"""
+import json, os, socket, subprocess, sys, tempfile
+d = tempfile.mkdtemp()
+subprocess.run(["mount", "-t", "tmpfs", "none", d], check=True)
+for n in ("null", "zero", "random", "urandom", "full"):
+    open(os.path.join(d, n), "w").close()
+    subprocess.run(["mount", "--bind", "/dev/" + n, os.path.join(d, n)], check=True)
+os.symlink("/proc/self/fd", d + "/fd")
+subprocess.run(["mount", "--bind", d, "/dev"], check=True)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind("/dev/log")
+proc = subprocess.run(sys.argv[1:], stdin=sys.stdin, capture_output=True)
+sock.setblocking(False)
+lines = []
+while True:
+    try:
+        lines.append(sock.recv(65536).decode("utf-8", "replace"))
+    except BlockingIOError:
+        break
+print(json.dumps({"code": proc.returncode, "stderr": proc.stderr.decode(), "syslog": lines}))
+"""
+
+
+def with_private_syslog(argv: list[str], input: bytes) -> dict:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a private /dev/log")
+    cmd = ["unshare", "-m", "--propagation", "private", sys.executable, "-c", SYSLOG_CATCHER, *argv]
+    done = subprocess.run(cmd, input=input, capture_output=True, timeout=120, env=env_with_repo(), cwd="/")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_sendmail_is_silent_on_success_and_logs_to_syslog(mailsys):
+    # cron mails whatever a job prints: Postfix's sendmail says nothing on success
+    prog = [sys.executable, "-m", "pymta.sendmail", "-C", str(mailsys.config)]
+    got = with_private_syslog([*prog, "bob@example.test"], b"Subject: quiet\n\nx\n")
+    assert (got["code"], got["stderr"]) == (0, "")
+    [line] = got["syslog"]
+    assert re.match(r"<22>.*sendmail\[\d+\]: \w+: uid=0, from=<root@example.test>, nrcpt=1 \(queued\)$", line), line
+    # -odi: the queue runner it starts logs there too
+    got = with_private_syslog([*prog, "-odi", "alice@example.test"], b"Subject: now\n\nx\n")
+    assert (got["code"], got["stderr"]) == (0, "")
+    assert any("status=sent" in line or "delivered" in line for line in got["syslog"]), got["syslog"]
+    assert len(mailsys.messages("alice")) == 1
+    # -v: the line on stderr too
+    proc = sendmail(mailsys, "-v", "bob@example.test", input=b"Subject: loud\n\nx\n")
+    assert proc.returncode == 0
+    assert re.fullmatch(rb"sendmail: queued as \w+: from=<root@example.test>, nrcpt=1 \(queued\)\n", proc.stderr)
+
+
 def test_sendmail_odi_delivers_before_returning_and_q_runs_the_queue(mailsys):
     proc = sendmail(mailsys, "-odi", "bob@example.test", input=b"Subject: now\n\nx\n")
     assert proc.returncode == 0, proc.stderr

@@ -3,7 +3,9 @@
 Lines go to stderr, which systemd sends to the journal and ``pymail run``
 shows on the terminal -- except when stderr is the client's own socket
 (classic inetd puts the connection on fds 0, 1 and 2; so does an
-``Accept=yes`` unit without ``StandardError=``): then they go to syslog
+``Accept=yes`` unit without ``StandardError=``), and for commands people
+and cron run (``to_syslog``: sendmail, and through ``PYMAIL_LOG=syslog``
+in the environment the programs it starts): then they go to syslog
 (facility mail), as Postfix's do.  No ``logging`` import: it costs start-up
 time on every inetd connection.
 """
@@ -47,11 +49,24 @@ def set_program(name: str) -> None:
     _program = name
 
 
+def to_syslog() -> None:
+    """Send this program's lines to syslog (facility mail; the journal
+    under systemd) whatever stderr is: for commands a person or cron runs
+    (sendmail), whose stderr is the caller's and must stay quiet on
+    success, as Postfix's sendmail and postdrop log."""
+    global _syslog
+    import syslog  # noqa: PLC0415 lazy
+
+    syslog.openlog(_program, syslog.LOG_PID, syslog.LOG_MAIL)
+    _syslog = syslog
+    os.environ["PYMAIL_LOG"] = "syslog"  # and the programs it starts (sendmail -odi's queue runner)
+
+
 def _write(level: str, text: str) -> None:
     global _syslog
     text = text.replace("\r", "\\r").replace("\n", "\\n")  # one event, one line
     if _syslog is None:
-        if _stderr_is_the_connection():
+        if os.environ.get("PYMAIL_LOG") == "syslog" or _stderr_is_the_connection():
             import syslog  # noqa: PLC0415 lazy
 
             syslog.openlog(_program, syslog.LOG_PID, syslog.LOG_MAIL)
