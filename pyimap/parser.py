@@ -247,6 +247,8 @@ class Reader:
 # -- tokenizer ---------------------------------------------------------------------
 
 _ATOM_STOP = frozenset(b' ()"{\r\n')
+# The atoms after which "[" opens a section (RFC 3501 9 fetch-att, RFC 3516).
+_SECTION_HEADS = frozenset((b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"))
 MAX_DEPTH = 32
 
 
@@ -303,22 +305,23 @@ def tokenize(parts: list, max_depth: int = MAX_DEPTH) -> list:
                 raise ParseError("Misplaced literal")
             else:
                 start = pos
-                depth = 0
                 while pos < n:
                     ch = data[pos]
-                    if ch == 0x5B:  # [
-                        depth += 1
-                    elif ch == 0x5D:  # ]
-                        depth -= 1
-                        if depth < 0:
-                            raise ParseError("Unbalanced ]")
-                    elif depth == 0 and ch in _ATOM_STOP:
+                    if ch == 0x5B and bytes(data[start:pos]).upper() in _SECTION_HEADS:  # [
+                        # BODY[...] and friends: the section may hold spaces and
+                        # parentheses (HEADER.FIELDS (A B)); elsewhere [ and ] are
+                        # plain atom characters (RFC 3501 9: ASTRING-CHAR has "]").
+                        close = data.find(b"]", pos, n)
+                        if close >= 0:
+                            if any(c in (0, 0x0A, 0x0D, 0x7F) for c in data[pos:close]):
+                                raise ParseError("Control character in command")
+                            pos = close + 1
+                            continue
+                    if ch in _ATOM_STOP:
                         break
-                    elif ch in (0, 0x0A, 0x0D) or ch == 0x7F:
+                    if ch in (0, 0x0A, 0x0D) or ch == 0x7F:
                         raise ParseError("Control character in command")
                     pos += 1
-                if depth:
-                    raise ParseError("Unbalanced [")
                 if pos == start:
                     raise ParseError("Unexpected character in command")
                 raw = data[start:pos]

@@ -66,7 +66,7 @@ def test_quoted_strings_and_nesting():
 
 
 @pytest.mark.parametrize(
-    "bad", [b'a "unterminated', b"a (((", b"a )", b'a "nul\x00"', b"a x]y", b'a "bad\\q"', b"a {3}x"]
+    "bad", [b'a "unterminated', b"a (((", b"a )", b'a "nul\x00"', b"a BODY[x\x00]", b'a "bad\\q"', b"a {3}x"]
 )
 def test_malformed_input_is_a_parse_error(bad):
     with pytest.raises(ParseError):
@@ -194,3 +194,21 @@ def test_fuzz_grammar_fragments(pieces):
                 tokenize(ev[1])
             except ParseError:
                 pass
+
+
+def test_brackets_are_atom_characters_outside_fetch_sections():
+    # RFC 3501 9: ASTRING-CHAR includes "]" and "[" is an ATOM-CHAR; only BODY[, BODY.PEEK[ and
+    # BINARY[ open a section, which may hold spaces and parentheses.
+    assert tokenize([b"a SELECT foo]bar"]) == ["a", "SELECT", "foo]bar"]
+    assert tokenize([b'a LIST "" foo[bar']) == ["a", "LIST", b"", "foo[bar"]
+    assert tokenize([b"a CREATE !#$&-'+,-.0123456789:;<=>?@AZ[]^_`az|}~"]) == [
+        "a",
+        "CREATE",
+        "!#$&-'+,-.0123456789:;<=>?@AZ[]^_`az|}~",
+    ]
+    assert tokenize([b"a FETCH 1 (body.peek[HEADER.FIELDS (A B)]<0.5> x[y z])"]) == [
+        "a",
+        "FETCH",
+        "1",
+        ["body.peek[HEADER.FIELDS (A B)]<0.5>", "x[y", "z]"],
+    ]
