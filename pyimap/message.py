@@ -129,6 +129,30 @@ class Headers:
             self._search[name] = values
         return values
 
+    def search_addresses(self, name: str) -> list[str]:
+        """Every ``name`` address field as ENVELOPE parses it, for SEARCH FROM/TO/CC/BCC:
+        ``real name <mailbox@host>, ...`` (names RFC 2047-decoded, group names kept),
+        lower-cased, so that comments and folding inside an address do not hide it."""
+        if self._search is None:
+            self._search = {}
+        key = "@" + name
+        values = self._search.get(key)
+        if values is None:
+            values = []
+            for raw in self.get_all(name):
+                parts = []
+                for personal, _adl, mailbox, host in parse_addresses(raw):
+                    if mailbox is None:
+                        continue  # end of a group
+                    if host is None:
+                        parts.append(decoded_lower(mailbox))  # a group's name (or a bare local part)
+                        continue
+                    spec = (mailbox + b"@" + host).decode("utf-8", "replace").lower()
+                    parts.append(f"{decoded_lower(personal)} <{spec}>" if personal else f"<{spec}>")
+                values.append(", ".join(parts))
+            self._search[key] = values
+        return values
+
     def get(self, name: str) -> bytes | None:
         return self._map.get(name)
 
@@ -178,21 +202,29 @@ def _tokens(value: bytes):
         c = value[i]
         if c in b" \t\r\n":
             i += 1
-        elif c == 0x28:  # comment
+        elif c == 0x28:  # comment: its text, for an address without a display name
             depth = 0
+            text = bytearray()
             while i < n:
                 ch = value[i]
                 if ch == 0x5C:
+                    if i + 1 < n:
+                        text.append(value[i + 1])
                     i += 2
                     continue
                 if ch == 0x28:
                     depth += 1
+                    if depth == 1:
+                        i += 1
+                        continue
                 elif ch == 0x29:
                     depth -= 1
                     if depth == 0:
                         i += 1
                         break
+                text.append(ch)
                 i += 1
+            yield ("c", b" ".join(bytes(text).split()))
         elif c == 0x22:
             out = bytearray()
             i += 1
@@ -237,6 +269,7 @@ def parse_addresses(value: bytes) -> list:
         return joined if words else None
 
     def addr_spec(ts):
+        ts = [t for t in ts if t[0] != "c"]
         at = None
         for k, t in enumerate(ts):
             if t == ("s", b"@"):
@@ -249,6 +282,12 @@ def parse_addresses(value: bytes) -> list:
         hp = b"".join(t[1] for t in dom)
         return lp or None, hp or None
 
+    def comment_name(ts):
+        # "user@host (Real Name)": the last comment names an address that has no
+        # display name (RFC 5322 3.4 allows it; Dovecot and mail clients read it so)
+        comments = [t[1] for t in ts if t[0] == "c"]
+        return comments[-1] if comments and comments[-1] else None
+
     while i < n:
         collected = []
         while i < n and toks[i][0] != "s" or (i < n and toks[i][1] in (b".", b"@")):
@@ -258,7 +297,7 @@ def parse_addresses(value: bytes) -> list:
             if collected:
                 mb, host = addr_spec(collected)
                 if mb:
-                    out.append((None, None, mb, host))
+                    out.append((comment_name(collected), None, mb, host))
             break
         t = toks[i][1]
         if t == b":" and not in_group:
@@ -269,7 +308,8 @@ def parse_addresses(value: bytes) -> list:
             i += 1
             inner = []
             while i < n and toks[i] != ("s", b">"):
-                inner.append(toks[i])
+                if toks[i][0] != "c":
+                    inner.append(toks[i])
                 i += 1
             i += 1
             adl = None
@@ -278,14 +318,14 @@ def parse_addresses(value: bytes) -> list:
                 adl = b"".join(x[1] for x in inner[:k])
                 inner = inner[k + 1 :]
             mb, host = addr_spec(inner)
-            out.append((phrase(collected), adl, mb, host))
+            out.append((phrase(collected) or None, adl, mb, host))
             while i < n and toks[i][0] != "s":
                 i += 1
         elif t in (b",", b";"):
             if collected:
                 mb, host = addr_spec(collected)
                 if mb:
-                    out.append((None, None, mb, host))
+                    out.append((comment_name(collected), None, mb, host))
             if t == b";" and in_group:
                 out.append((None, None, None, None))
                 in_group = False

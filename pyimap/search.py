@@ -3,8 +3,9 @@
 ``compile_keys(tokens, charset)`` turns the tokenized arguments into a
 function of a ``Candidate`` (one message as the session sees it), which
 loads headers or text only if a key needs them.  Text keys are
-case-insensitive substring matches over decoded (RFC 2047) header values,
-and over the raw body bytes.
+case-insensitive substring matches over decoded (RFC 2047) header values
+(for FROM/TO/CC/BCC also over the addresses as ENVELOPE parses them), and
+over the raw body bytes.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ FLAG_KEYS = {
 }
 
 ADDRESS_HEADERS = {"FROM": "from", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
+# whose value is also matched as ENVELOPE parses it (display names, mailbox@host)
+PARSED_ADDRESSES = frozenset(("from", "to", "cc", "bcc"))
 
 
 class Compiler:
@@ -176,7 +179,8 @@ class Compiler:
             n = self.number()
             return lambda m: m.size < n
         if k in ADDRESS_HEADERS:
-            return self._header(ADDRESS_HEADERS[k], self.string())
+            name = ADDRESS_HEADERS[k]
+            return self._header(name, self.string(), addresses=name in PARSED_ADDRESSES)
         if k == "HEADER":
             name = self.string()
             return self._header(name.lower(), self.string())
@@ -215,17 +219,22 @@ class Compiler:
             return lambda m: seq_contains(ranges, m.seq, m.max_seq)
         raise ParseError(f"Unknown search key {t[:40]}")
 
-    def _header(self, name: str, needle: str):
+    def _header(self, name: str, needle: str, addresses: bool = False):
         self.needs_headers = True
         needle = needle.lower()
 
         def match(m):
-            values = m.headers().search_values(name)
+            headers = m.headers()
+            values = headers.search_values(name)
             if not values:
                 return False
             if not needle:
                 return True
-            return any(needle in v for v in values)
+            if any(needle in v for v in values):
+                return True
+            # "FROM user@host" finds <user (comment)@ (comment) host> too (RFC 3501 6.4.4:
+            # the string is looked for in the envelope's address field)
+            return addresses and any(needle in v for v in headers.search_addresses(name))
 
         return match
 
