@@ -179,9 +179,9 @@ class Queue:
         sock = self._wake
         try:
             if sock is None:
-                import socket  # noqa: PLC0415 lazy
+                import _socket  # noqa: PLC0415 lazy (not socket.py: an inetd smtpd pays ~2.5 ms for it)
 
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
                 sock.setblocking(False)
                 self._wake = sock
             sock.sendto(queue_id.encode() or b"*", self._wake_path)

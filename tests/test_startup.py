@@ -91,6 +91,7 @@ def test_inetd_session_imports_neither_asyncio_nor_ssl(mailsys, module):
     assert loaded(modules, "pymta.lib"), "no -X importtime report on stderr:\n" + report[-2000:]
     assert not loaded(modules, "asyncio"), f"{module} under inetd imported asyncio"
     assert not loaded(modules, "ssl") and "_ssl" not in modules, f"{module} under inetd imported ssl without TLS"
+    assert "socket" not in modules, f"{module} under inetd imported socket.py (~2.5 ms; _socket is enough)"
 
 
 def test_starttls_is_what_brings_ssl(mailsys):

@@ -9,9 +9,16 @@
 
 from __future__ import annotations
 
+# The inetd path needs only the C module: socket.py (its enums, selectors,
+# array) would cost every inetd connection ~2.5 ms.  _socket.socket has what
+# the blocking driver calls, and ssl wraps it as it wraps socket.socket.
+import _socket
 import os
-import socket
 import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 SD_LISTEN_FDS_START = 3
 
@@ -28,6 +35,8 @@ def listen_fds(unset_environment: bool = True) -> list[socket.socket]:
         # Children (pipes run by rules, say) must not think the fds are theirs.
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(name, None)
+    import socket  # noqa: PLC0415 lazy (see the import of _socket)
+
     socks = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
         os.set_inheritable(fd, False)
@@ -42,14 +51,16 @@ def fd_is_socket(fd: int) -> bool:
         return False
 
 
-def inetd_socket() -> socket.socket | None:
+def inetd_socket() -> _socket.socket | None:
     """The connection on fd 0 when it is a socket, else None (a pipe or tty)."""
     if not fd_is_socket(0):
         return None
-    return socket.socket(fileno=os.dup(0))
+    return _socket.socket(fileno=os.dup(0))
 
 
 def open_listener(host: str, port: int, backlog: int = 511) -> socket.socket:
+    import socket  # noqa: PLC0415 lazy (see the import of _socket)
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -10,9 +10,9 @@ The connection is a socket (inetd, systemd) or a pair of pipes
 
 from __future__ import annotations
 
+import _socket  # not socket.py: see pymta.lib.activation
 import os
 import select
-import socket
 import time
 from collections import deque
 
@@ -27,7 +27,7 @@ PROGRESS_BYTES = 4096
 
 
 class _SocketIO:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
 
     def recv(self, timeout: float) -> bytes | None:
@@ -50,7 +50,7 @@ class _SocketIO:
 
     def close(self) -> None:
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
@@ -82,7 +82,7 @@ class _PipeIO:
         pass
 
 
-def socket_info(sock: socket.socket, service: str) -> ConnectionInfo:
+def socket_info(sock: _socket.socket, service: str) -> ConnectionInfo:
     info = ConnectionInfo(service=service)
     try:
         peer = sock.getpeername()
@@ -112,7 +112,7 @@ def _handshake_failed(info: ConnectionInfo, exc: Exception) -> None:
 
 
 def serve_socket(
-    sock: socket.socket,
+    sock: _socket.socket,
     protocol,
     *,
     service: str = "",
