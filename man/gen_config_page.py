@@ -55,6 +55,10 @@ SECTION_INTRO = {
     "relay": "Delivery of mail for other domains by SMTP.",
     "bounce": "Delivery status notifications.",
     "dkim": "DKIM signatures on outbound mail.",
+    "checks": (
+        "SPF, DKIM and DMARC checks of inbound mail on port 25 and the Authentication\\-Results field "
+        "(\\fBpymta\\-smtpd\\fR(8), INBOUND CHECKS)."
+    ),
     "sendmail": "The sendmail command.",
     "pop3d": "The POP3 server.",
     "imapd": "The IMAP server.",

@@ -108,18 +108,20 @@ class Session(Record):
 class Envelope(Record):
     """Per transaction; replaced on RSET, HELO/EHLO and after DATA."""
 
-    __slots__ = ("mail_from", "rcpt_to", "size", "body", "smtputf8")
+    __slots__ = ("mail_from", "rcpt_to", "size", "body", "smtputf8", "checks")
     mail_from: str | None
     rcpt_to: list[str]
     size: int | None
     body: str | None
     smtputf8: bool
+    checks: object
     FIELDS = (
         ("mail_from", None),  # None: no MAIL yet; "" is the null sender <>
         ("rcpt_to", []),
         ("size", None),  # declared with SIZE=
         ("body", None),  # "7BIT" / "8BITMIME"
         ("smtputf8", False),
+        ("checks", None),  # the backend's own: checks it began at MAIL (smtpd: the SPF lookup)
     )
 
 

@@ -99,6 +99,27 @@ class SMTPBackend(LoginBackend):
             return False
         return any(addr in net for net in self._trusted)
 
+    def checks_apply(self, session) -> bool:
+        """SPF, DKIM and DMARC (pymta.authcheck) for this session: port 25, a
+        client outside the trusted networks that did not log in."""
+        return (
+            self.service == "smtp"
+            and self.cfg["checks.enabled"]
+            and not session.auth_user
+            and not self.is_trusted(session.info.peer_ip)
+            and _is_ip(session.info.peer_ip)
+        )
+
+    @property
+    def checker(self):
+        if self._checker is None:
+            from pymta.authcheck import Checker  # noqa: PLC0415 lazy: dnspython, pyspf, dkimpy only when used
+
+            self._checker = Checker(self.cfg)
+        return self._checker
+
+    _checker = None
+
     def plaintext_auth_ok(self, info) -> bool:
         return not self.cfg["smtpd.require_tls_for_auth"] or self.plaintext_ok(info)
 
@@ -108,6 +129,8 @@ class SMTPBackend(LoginBackend):
         reject_sender_login_mismatch), and only its hourly message budget."""
         login = session.auth_user
         if not login:
+            if self.checks_apply(session):
+                envelope.checks = self.checker.start(session.info.peer_ip, address, session.helo or "")
             return None
         if self.cfg["submission.sender_login_match"]:
             from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
@@ -303,7 +326,14 @@ class SMTPBackend(LoginBackend):
             meta["auth"] = session.auth_user
         rcpts = [self.qualify(r) for r in envelope.rcpt_to]
         sink = _Sink(lambda: self.queue.writer(envelope.mail_from, rcpts, meta))
-        sink.write(self.received_header(session, envelope, sink.queue_id))
+        received = self.received_header(session, envelope, sink.queue_id)
+        if envelope.checks is not None and sink.error is None:
+            from pymta.authcheck import CheckedSink  # noqa: PLC0415 lazy
+
+            # held until the end of DATA: Authentication-Results goes above Received:
+            sink = CheckedSink(sink, self.checker, envelope.checks, session, envelope, received, self.queue._tmp_dir)
+        else:
+            sink.write(received)
         logged = _LoggingSink(sink, session, envelope)
         if session.auth_user and self.cfg["submission.sender_login_match"]:
             return _FromCheck(logged, self, session, envelope)
@@ -324,6 +354,16 @@ class SMTPBackend(LoginBackend):
         rcpt = f"\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else "\t"
         lines.append(f"{rcpt}; {time.strftime('%a, %d %b %Y %H:%M:%S %z')}")
         return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress  # noqa: PLC0415 lazy
+
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 class _FromCheck:
@@ -382,7 +422,7 @@ class _FromCheck:
 class _LoggingSink:
     """Logs the Postfix-style line for each queued message."""
 
-    def __init__(self, sink: _Sink, session, envelope) -> None:
+    def __init__(self, sink, session, envelope) -> None:
         self.sink = sink
         self.session = session
         self.envelope = envelope
@@ -396,9 +436,11 @@ class _LoggingSink:
             log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
             raise
         auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
+        checks = getattr(self.sink, "summary", "")  # spf=... dkim=... dmarc=... (pymta.authcheck)
         log.info(
             f"client={log.printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
-            f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)} (queued)",
+            f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)}"
+            f"{', ' + checks if checks else ''} (queued)",
             qid,
         )
         return qid

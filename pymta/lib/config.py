@@ -771,6 +771,9 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 problems.append((key, f"{net!r} is not a network"))
+    for result in values["checks.spf_reject"]:
+        if result not in ("fail", "softfail", "neutral", "none", "permerror"):
+            problems.append(("checks.spf_reject", f"{result!r} is not one of fail, softfail, neutral, none, permerror"))
     root = Path(values["root"])
     if not root.is_absolute():
         base = path.parent if path is not None else Path.cwd()

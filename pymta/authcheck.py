@@ -1,0 +1,399 @@
+"""Inbound checks of port 25 mail: SPF, DKIM, DMARC, Authentication-Results.
+
+smtpd asks for them for each transaction of a client outside
+``smtpd.trusted_networks`` that did not log in (``checks.enabled``):
+
+* at MAIL FROM, ``Checker.start`` begins the SPF check (``pymta.lib.spf``) in
+  a thread of its own, so its lookups run while the client sends RCPT and
+  DATA;
+* the message text goes into a ``CheckedSink``, which holds it (in memory,
+  then in an unlinked file under the queue's tmp/) instead of writing it to
+  the queue, because the Authentication-Results field must go on top;
+* at the end of DATA -- in the commit Job, off the event loop -- DKIM
+  (``pymta.lib.dkimverify``) and DMARC (``pymta.lib.dmarc``) run, the wait
+  for SPF included, within ``checks.time_budget`` seconds; then the message
+  is refused, or written to the queue under an Authentication-Results field
+  (``pymta.lib.authres``) and the Received: field, with every forged
+  Authentication-Results claiming our ``hostname`` removed.
+
+DNS goes to ``relay.dns_servers`` (else the system resolver), as for MX
+lookups, through one dnspython resolver per process with a small cache.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import namedtuple
+
+from pymta.lib import authres, dkimverify, dmarc, log, spf
+from pymta.senders import header_addresses
+from pymta.smtp_server import Refused, Reply
+
+SPOOL_MEMORY = 1 << 20  # message text kept in memory; the rest goes to an unlinked file
+QUARANTINE_HEADER = "X-Pymail-Quarantine"
+
+# spf: spf.Result; dkim: [dkimverify.Signature]; dmarc: dmarc.Result; reply: a refusal or
+# None; quarantine: deliver with QUARANTINE_HEADER; header: the Authentication-Results field;
+# summary: "spf=pass dkim=pass dmarc=pass" for the log
+Verdict = namedtuple("Verdict", "spf dkim dmarc reply quarantine header summary")
+
+
+class _DNSDown(Exception):
+    pass
+
+
+class DNS:
+    """Lookups for the checks: relay.dns_servers, a per-call time limit, a
+    cache shared by every session of the process (dnspython's is thread-safe)."""
+
+    def __init__(self, cfg) -> None:
+        import dns.resolver  # noqa: PLC0415 lazy
+
+        from pymta.routing import _resolver  # noqa: PLC0415 lazy: relay.dns_servers, as MX lookups use
+
+        self.resolver = _resolver(cfg)
+        self.resolver.cache = dns.resolver.LRUCache(4096)
+        # EDNS (RFC 6891) with the DNS-flag-day payload: a 2048-bit DKIM key or a
+        # long SPF record fits one UDP answer instead of a retry over TCP
+        self.resolver.use_edns(0, 0, 1232)
+
+    def query(self, name: str, rdtype: str, timeout: float) -> list:
+        import dns.exception  # noqa: PLC0415 lazy
+        import dns.resolver  # noqa: PLC0415 lazy
+
+        if timeout <= 0.01:
+            raise _DNSDown("time budget spent")
+        try:
+            return list(self.resolver.resolve(name, rdtype, search=False, lifetime=timeout))
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            raise _DNSDown(type(exc).__name__) from None
+        except dns.exception.DNSException:  # a name DNS cannot hold (label too long...): nothing there
+            return []
+        except OSError as exc:
+            raise _DNSDown(exc.strerror or type(exc).__name__) from None
+
+
+class Pending:
+    """The SPF check of one transaction, running in its own thread."""
+
+    def __init__(self, checker: Checker, ip: str, sender: str, helo: str) -> None:
+        self.started = time.monotonic()
+        self.args = (ip, sender, helo)
+        self.result: spf.Result | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(checker,), name="spf", daemon=True).start()
+
+    def _run(self, checker: Checker) -> None:
+        try:
+            self.result = checker.spf(*self.args)
+        except Exception as exc:
+            log.warning(f"spf check failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> spf.Result:
+        self._done.wait(max(timeout, 0.0))
+        if self.result is not None:
+            return self.result
+        _ip, sender, helo = self.args
+        domain = (sender.rpartition("@")[2] if sender else helo).lower()
+        return spf.Result("temperror", "mailfrom" if sender else "helo", domain, "time budget spent")
+
+
+class Checker:
+    """One per smtpd process (its resolver and cache serve every session)."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.budget = cfg["checks.time_budget"]
+        self.authserv_id = cfg["hostname"]
+        self._dns: DNS | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dns(self) -> DNS:
+        with self._lock:
+            if self._dns is None:
+                self._dns = DNS(self.cfg)
+            return self._dns
+
+    def start(self, ip: str, sender: str, helo: str) -> Pending:
+        return Pending(self, ip, sender, helo)
+
+    def spf(self, ip: str, sender: str, helo: str) -> spf.Result:
+        dns = self.dns
+
+        def lookup(name, rdtype, timeout):
+            try:
+                return dns.query(name, rdtype, timeout)
+            except _DNSDown as exc:
+                raise spf.TempFail(str(exc)) from None
+
+        return spf.check(ip, sender, helo, lookup, self.budget)
+
+    def evaluate(self, pending: Pending, message: bytes, deadline: float) -> Verdict:
+        """Every check of one message (LF line ends), within ``deadline`` (monotonic)."""
+        dns = self.dns
+        block = _header_block(message)
+        from_domain = _from_domain(block)
+
+        def txt_strings(name: str) -> list[str]:
+            try:
+                found = dns.query(name, "TXT", deadline - time.monotonic())
+            except _DNSDown as exc:
+                raise dmarc.TempFail(str(exc)) from None
+            return [b"".join(r.strings).decode("utf-8", "replace") for r in found]
+
+        def dkim_key(name: str, timeout=None) -> bytes | None:
+            try:
+                found = dns.query(name, "TXT", deadline - time.monotonic())
+            except _DNSDown as exc:
+                raise dkimverify.TempFail(str(exc)) from None
+            return b"".join(found[0].strings) if found else None
+
+        # the DMARC record lookups start now, beside the DKIM key lookups
+        records: dict[str, list[str] | Exception] = {}
+
+        def prefetch() -> None:
+            for name in _dmarc_names(from_domain):
+                try:
+                    records[name] = txt_strings(name)
+                except dmarc.TempFail as exc:
+                    records[name] = exc
+
+        fetcher = threading.Thread(target=prefetch, name="dmarc", daemon=True)
+        if from_domain:
+            fetcher.start()
+        signatures = dkimverify.verify_all(
+            message.replace(b"\n", b"\r\n"),
+            dkim_key,
+            self.cfg["checks.dkim_max_signatures"],
+            self.cfg["checks.dkim_min_key_bits"],
+        )
+        spf_result = pending.wait(deadline - time.monotonic())
+        if from_domain:
+            fetcher.join(max(deadline - time.monotonic(), 0.0))
+
+        def cached_txt(name: str) -> list[str]:
+            found = records.get(name)
+            if isinstance(found, Exception):
+                raise found
+            if found is None:
+                if not fetcher.is_alive():
+                    return txt_strings(name)
+                raise dmarc.TempFail("time budget spent")
+            return found
+
+        temperrors = spf_result.result == "temperror" or any(s.result == "temperror" for s in signatures)
+        dmarc_result = dmarc.evaluate(
+            from_domain,
+            cached_txt,
+            spf_result.result,
+            spf_result.domain,
+            [s.domain for s in signatures if s.result == "pass"],
+            temperrors,
+        )
+        reply, quarantine = self.decide(pending, spf_result, dmarc_result)
+        return Verdict(
+            spf_result,
+            signatures,
+            dmarc_result,
+            reply,
+            quarantine,
+            self.header(spf_result, signatures, dmarc_result),
+            summary(spf_result, signatures, dmarc_result),
+        )
+
+    def decide(self, pending: Pending, spf_result, dmarc_result) -> tuple[Reply | None, bool]:
+        """(refusal or None, quarantine?) from the results and the admin's choices."""
+        cfg = self.cfg
+        defer = cfg["checks.temperror"] == "defer"
+        if dmarc_result.result == "fail":
+            action = {"reject": cfg["checks.dmarc_reject"], "quarantine": cfg["checks.dmarc_quarantine"]}.get(
+                dmarc_result.disposition, "record"
+            )
+            if action == "reject":
+                return Reply(550, "5.7.1", f"Email rejected per DMARC policy for {dmarc_result.domain}"), False
+            return None, action == "quarantine"
+        if dmarc_result.result == "pass":
+            return None, False
+        if dmarc_result.result == "temperror":
+            if defer:
+                return Reply(
+                    451, "4.7.1", f"Temporary DNS failure checking the DMARC policy of {dmarc_result.domain}"
+                ), False
+            return None, False
+        # DMARC does not decide (no policy published, or no usable From:): SPF may
+        ip, sender, _helo = pending.args
+        if spf_result.result in cfg["checks.spf_reject"]:
+            who = sender or f"postmaster@{spf_result.domain}"
+            if spf_result.result == "permerror":
+                return Reply(550, "5.7.24", f"SPF validation error for {spf_result.domain}: {spf_result.reason}"), False
+            return Reply(
+                550, "5.7.23", f"SPF validation failed: {spf_result.domain} does not permit [{ip}] to send as <{who}>"
+            ), False
+        if spf_result.result == "temperror" and defer:
+            return Reply(451, "4.7.24", f"Temporary DNS failure checking SPF of {spf_result.domain}"), False
+        return None, False
+
+    def header(self, spf_result, signatures, dmarc_result) -> bytes:
+        results = []
+        if spf_result.identity == "helo":
+            results.append(authres.result("spf", spf_result.result, spf_result.reason, smtp_helo=spf_result.domain))
+        else:
+            results.append(authres.result("spf", spf_result.result, spf_result.reason, smtp_mailfrom=spf_result.domain))
+        for s in signatures:
+            results.append(
+                authres.result(
+                    "dkim",
+                    s.result,
+                    s.reason,
+                    header_d=s.domain,
+                    header_s=s.selector,
+                    header_a=s.algorithm,
+                    header_b=s.bprefix,
+                )
+            )
+        if not signatures:
+            results.append("dkim=none")
+        record = dmarc_result.record
+        reason = dmarc_result.reason
+        if record:
+            reason = f"p={record['p']} sp={record['sp']} dis={dmarc_result.disposition}" + (
+                f" {reason}" if reason else ""
+            )
+        results.append(authres.result("dmarc", dmarc_result.result, reason, header_from=dmarc_result.domain))
+        return authres.header(self.authserv_id, results)
+
+
+def summary(spf_result, signatures, dmarc_result) -> str:
+    dkim = ",".join(s.result for s in signatures) or "none"
+    return f"spf={spf_result.result} dkim={dkim} dmarc={dmarc_result.result}"
+
+
+def _header_block(message: bytes) -> bytes:
+    if message.startswith(b"\n"):
+        return b""
+    end = message.find(b"\n\n")
+    return message if end < 0 else message[: end + 1]
+
+
+def _from_domain(block: bytes) -> str | None:
+    """The one domain of the From: field(s), or None (none, unreadable, several)."""
+    try:
+        addresses = header_addresses(block)
+    except Exception:
+        return None
+    if not addresses:
+        return None
+    domains = {a.rpartition("@")[2].lower().rstrip(".") for a in addresses}
+    if len(domains) != 1:
+        return None
+    domain = domains.pop()
+    return domain if domain and "." in domain and domain.isascii() else None
+
+
+def _dmarc_names(domain: str | None) -> list[str]:
+    if not domain:
+        return []
+    names = [f"_dmarc.{domain}"]
+    org = dmarc.organizational_domain(domain)
+    if org != domain:
+        names.append(f"_dmarc.{org}")
+    return names
+
+
+class CheckedSink:
+    """Holds one message until its checks are done, then refuses it
+    (``Refused``) or writes it to ``inner`` (smtpd's queue sink) under
+    Authentication-Results and Received:."""
+
+    def __init__(self, inner, checker: Checker, pending: Pending, session, envelope, received: bytes, tmp_dir) -> None:
+        self.inner = inner
+        self.queue_id = inner.queue_id
+        self.checker = checker
+        self.pending = pending
+        self.session = session
+        self.envelope = envelope
+        self.received = received
+        self.tmp_dir = tmp_dir
+        self.summary = ""
+        self._mem = bytearray()
+        self._fd = -1
+        self._spilled = 0
+        self._closing = threading.Lock()  # abort (event loop) and commit (worker) never both close _fd
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def write(self, data: bytes) -> None:
+        if self._fd < 0 and len(self._mem) + len(data) > SPOOL_MEMORY:
+            try:
+                self._fd = os.open(self.tmp_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except (OSError, AttributeError):
+                self._fd = -2  # no unlinked files here: keep it all in memory
+        if self._fd >= 0:
+            data = bytes(self._mem) + data if self._mem else data
+            self._mem.clear()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            self._spilled += len(data)
+        else:
+            self._mem += data
+
+    def _message(self) -> bytes:
+        if self._fd < 0:
+            return bytes(self._mem)
+        chunks, offset = [], 0
+        while offset < self._spilled:
+            chunk = os.pread(self._fd, self._spilled - offset, offset)
+            if not chunk:
+                raise OSError("spool file cut short")
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def commit(self) -> str:
+        started = time.monotonic()
+        message = self._message()
+        self._close()
+        verdict = self.checker.evaluate(self.pending, message, started + self.checker.budget)
+        self.summary = verdict.summary
+        info = self.session.info
+        if verdict.reply is not None:
+            reply = verdict.reply
+            log.info(
+                f"reject: END-OF-MESSAGE from [{info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
+                f"from=<{self.envelope.mail_from}> helo=<{log.printable(self.session.helo or '')}> {verdict.summary}",
+                self.queue_id,
+            )
+            raise Refused(reply)
+        block = _header_block(message)
+        stripped, removed = authres.strip(block, self.checker.authserv_id)
+        if removed:
+            log.info(f"removed {removed} Authentication-Results field(s) claiming to be ours", self.queue_id)
+        top = verdict.header
+        if verdict.quarantine:
+            top += f"{QUARANTINE_HEADER}: DMARC policy of {verdict.dmarc.domain}\n".encode()
+        self.inner.write(top + self.received + stripped)
+        body = memoryview(message)[len(block) :]
+        for start in range(0, len(body), SPOOL_MEMORY):
+            self.inner.write(bytes(body[start : start + SPOOL_MEMORY]))
+        return self.inner.commit()
+
+    def _close(self) -> None:
+        with self._closing:
+            fd, self._fd = self._fd, -1
+            self._mem = bytearray()
+            if fd >= 0:
+                os.close(fd)
+
+    def abort(self) -> None:
+        self._close()
+        self.inner.abort()
