@@ -270,3 +270,38 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
     buf.append(b")\r\n")
     out.append(b"".join(buf))
     return out
+
+
+_NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+_EMPTY_BODY = b'("text" "plain" NIL NIL NIL "7bit" 0 0'
+
+
+def render_expunged(sel, e, uid: int, seq: int, items, flags: str) -> list:
+    """The FETCH response for a message expunged by another session that this
+    one has not been told of (RFC 2180 4.1.2): what the index entry ``e`` still
+    says (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ, a cached ENVELOPE),
+    NIL for the message text, an empty text/plain structure (as Dovecot)."""
+    buf = []
+    for item in items:
+        name = item[0]
+        if name == "UID":
+            buf.append(b"UID %d" % uid)
+        elif name == "FLAGS":
+            buf.append(b"FLAGS " + flags.encode("utf-8"))
+        elif name == "INTERNALDATE":
+            buf.append(b"INTERNALDATE " + format_internaldate(e.idate))
+        elif name == "RFC822.SIZE":
+            buf.append(b"RFC822.SIZE %d" % e.size)
+        elif name == "MODSEQ":
+            buf.append(b"MODSEQ (%d)" % e.modseq)
+        elif name == "ENVELOPE":
+            buf.append(b"ENVELOPE " + _ENV_CACHE.get((sel.index.dir, e.base), _NIL_ENVELOPE))
+        elif name == "BODYSTRUCTURE":
+            buf.append(b"BODYSTRUCTURE " + _EMPTY_BODY + b" NIL NIL NIL NIL)")
+        elif name == "BODY":
+            buf.append(b"BODY " + _EMPTY_BODY + b")")
+        elif name in ("RFC822", "RFC822.TEXT", "RFC822.HEADER"):
+            buf.append(name.encode() + b" NIL")
+        else:  # BODY[...]
+            buf.append(item[1] + b" NIL")
+    return [b"* %d FETCH (" % seq + b" ".join(buf) + b")\r\n"]

@@ -168,6 +168,13 @@ class MailboxCommands(CommandContext):
                     universe.add("/".join(parts[:k]))
         elif "SUBSCRIBED" in select_opts:
             universe = set(subs)
+            if "RECURSIVEMATCH" in select_opts:
+                # a parent of a subscribed name is listed (with CHILDINFO) even when
+                # not subscribed itself (RFC 5258 3.5)
+                for n in subs:
+                    parts = n.split("/")
+                    for k in range(1, len(parts)):
+                        universe.add("/".join(parts[:k]))
         else:
             universe = all_names
         children = {n for n in all_names for m in all_names if m.startswith(n + "/")}
@@ -189,7 +196,10 @@ class MailboxCommands(CommandContext):
                     attrs.append(su)
                 elif "SPECIAL-USE" in select_opts:
                     continue
-            self._untagged(f'{name_cmd} ({" ".join(attrs)}) "/" {quote(mn.to_wire(n)).decode()}')
+            childinfo = ""
+            if "RECURSIVEMATCH" in select_opts and any(s.startswith(n + "/") for s in subs):
+                childinfo = ' ("CHILDINFO" ("SUBSCRIBED"))'
+            self._untagged(f'{name_cmd} ({" ".join(attrs)}) "/" {quote(mn.to_wire(n)).decode()}{childinfo}')
             if status_items and n in existing:
                 self._status_line(n, status_items)
         self._done(tag, f"{name_cmd} completed")
@@ -207,7 +217,7 @@ class MailboxCommands(CommandContext):
             if it == "MESSAGES":
                 vals.append(f"MESSAGES {len(snap.entries)}")
             elif it == "RECENT":
-                vals.append(f"RECENT {sum(1 for e in snap.entries.values() if e.sub == 'new')}")
+                vals.append(f"RECENT {len(snap.recent_uids())}")
             elif it == "UIDNEXT":
                 vals.append(f"UIDNEXT {snap.uidnext}")
             elif it == "UIDVALIDITY":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from typing import Any
 
 from pyimap.core import AUTH, SELECTED, CommandContext
 from pyimap.formats import LETTER_FLAG, flag_list_for, flags_text, parse_date_time, parse_flags, uid_set_text
@@ -32,6 +33,7 @@ class Selected:
         self.recent: set[int] = set()
         self.keywords: set[str] = set()
         self.ghosts = False  # view holds UIDs expunged elsewhere, not yet announced
+        self.expunged: dict = {}  # those UIDs -> their last known index entries
 
     def seq_of(self, uid: int) -> int:
         i = bisect.bisect_left(self.view, uid)
@@ -75,14 +77,7 @@ class SelectedCommands(CommandContext):
             self._tagged(tag, "NO [NONEXISTENT] Mailbox does not exist")
             return
         index = self.store.index(name)
-        snap = index.sync()
-        recent: set[int] = set()
-        if not readonly:
-            fresh = [u for u, e in snap.entries.items() if e.sub == "new"]
-            if fresh:
-                moved = index.to_cur(fresh)
-                recent = set(moved)
-                snap = index.sync()
+        snap, recent = _see_recent(index, index.sync(), readonly)
         sel = Selected(name, index, readonly, snap)
         sel.recent = recent
         sel.keywords = set(snap.keywords())
@@ -314,11 +309,8 @@ class SelectedCommands(CommandContext):
                 nl, nk = set(e.flags) - set(letters), set(e.kw) - kws
             changes[u] = ("".join(sorted(nl)), nk)
         done = sel.index.set_flags(changes) if changes else {}
-        new_kw = kws - sel.keywords
-        if new_kw:
-            sel.keywords |= new_kw
-            self._untagged(f"FLAGS {flag_list_for(sel.keywords)}")
-            self._untagged(f"OK [PERMANENTFLAGS {flag_list_for(sel.keywords)[:-1]} \\*)] Flags permitted")
+        if kws - sel.keywords:
+            self._announce_keywords(kws)
         for u in uids:
             e = done.get(u)
             if e is None:
@@ -458,7 +450,7 @@ class SelectedCommands(CommandContext):
         return parse_items(token)
 
     def cmd_fetch(self, tag, args, uid=False):
-        from pyimap.fetch import render_message  # noqa: PLC0415 lazy
+        from pyimap.fetch import render_expunged, render_message  # noqa: PLC0415 lazy
 
         self._need(args, 2, 3)
         sel = self.sel
@@ -504,6 +496,8 @@ class SelectedCommands(CommandContext):
             e = snap.entries.get(u)
             if e is None:
                 missing = True
+                if not uid:
+                    self._fetch_expunged(u, items, render_expunged)
                 continue
             if changed_since is not None and e.modseq <= changed_since:
                 continue
@@ -526,15 +520,29 @@ class SelectedCommands(CommandContext):
                     )
                 except FileNotFoundError:
                     missing = True
+                    if not uid:
+                        self._fetch_expunged(u, items, render_expunged)
                     continue
             self.out.extend(pieces)
             if wants_flags:
                 sel.known[u] = e.modseq
         if missing and not uid:
-            self._updates(False)
-            self._tagged(tag, "NO Some messages were expunged")
+            # RFC 2180 4.1.2 as Dovecot does it: what the session still knows of
+            # the message, NIL for its text, and a warning (RFC 5530)
+            self._done(tag, "Some messages were already expunged", allow_expunge=False, code="[EXPUNGEISSUED]")
             return
         self._done(tag, "FETCH completed", allow_expunge=uid)
+
+    def _fetch_expunged(self, u: int, items, render) -> None:
+        """FETCH of a message another session expunged, not yet announced (no EXPUNGE
+        may be sent during FETCH): answered from the last index entry the session saw."""
+        sel = self.sel
+        assert sel is not None  # SELECTED state
+        e = sel.expunged.get(u) or sel.snap.entries.get(u)
+        seq = sel.seq_of(u)
+        if e is None or not seq:
+            return
+        self.out.extend(render(sel, e, u, seq, items, flags_text(e, u in sel.recent)))
 
     # -- IDLE --
 
@@ -557,6 +565,15 @@ class SelectedCommands(CommandContext):
 
     # -- untagged updates --
 
+    def _announce_keywords(self, kws) -> None:
+        """Keywords the session has not announced yet: untagged FLAGS (and PERMANENTFLAGS)."""
+        sel = self.sel
+        assert sel is not None  # SELECTED state
+        sel.keywords |= set(kws)
+        self._untagged(f"FLAGS {flag_list_for(sel.keywords)}")
+        if not sel.readonly:
+            self._untagged(f"OK [PERMANENTFLAGS {flag_list_for(sel.keywords)[:-1]} \\*)] Flags permitted")
+
     def _updates(self, allow_expunge: bool) -> None:
         sel = self.sel
         if sel is None:
@@ -568,7 +585,22 @@ class SelectedCommands(CommandContext):
             return
         if snap is sel.snap and not sel.ghosts:
             return
+        last = sel.view[-1] if sel.view else 0
+        if snap.entries and next(reversed(snap.entries)) > last:
+            # new messages: the ones no session saw yet are \Recent here
+            snap, recent = _see_recent(sel.index, snap, sel.readonly)
+            sel.recent |= recent
         entries = snap.entries
+        changed = [(u, e) for u in sel.view if (e := entries.get(u)) is not None and e.modseq != sel.known.get(u)]
+        new = [u for u in entries if u > last] if entries and next(reversed(entries)) > last else []
+        # Keywords another session made: FLAGS before any FETCH that shows them (RFC 3501 7.2.6).
+        kws: set[str] = set()
+        for _u, e in changed:
+            kws |= e.kw
+        for u in new:
+            kws |= entries[u].kw
+        if kws - sel.keywords:
+            self._announce_keywords(kws)
         if allow_expunge:
             gone = [u for u in sel.view if u not in entries]
             for u in gone:
@@ -577,34 +609,45 @@ class SelectedCommands(CommandContext):
                     del sel.view[seq - 1]
                     sel.known.pop(u, None)
                     sel.recent.discard(u)
+                    sel.expunged.pop(u, None)
                     self._untagged(f"{seq} EXPUNGE")
             sel.ghosts = False
         else:
+            for u in sel.view:
+                if u not in entries and u not in sel.expunged:
+                    # gone elsewhere, not yet announced: keep what we knew (FETCH answers with it)
+                    old = sel.snap.entries.get(u)
+                    if old is not None:
+                        sel.expunged[u] = old
             sel.ghosts = any(u not in entries for u in sel.view)
-        last = sel.view[-1] if sel.view else 0
-        new = [u for u in entries if u > last] if entries and next(reversed(entries)) > last else []
-        for u in sel.view:
-            e = entries.get(u)
-            if e is not None and e.modseq != sel.known.get(u):
-                sel.known[u] = e.modseq
-                extra = f" MODSEQ ({e.modseq})" if self.condstore else ""
-                self._untagged(f"{sel.seq_of(u)} FETCH (UID {u} FLAGS {flags_text(e, u in sel.recent)}{extra})")
+        for u, e in changed:
+            sel.known[u] = e.modseq
+            extra = f" MODSEQ ({e.modseq})" if self.condstore else ""
+            self._untagged(f"{sel.seq_of(u)} FETCH (UID {u} FLAGS {flags_text(e, u in sel.recent)}{extra})")
         if new:
-            if not sel.readonly:
-                fresh = [u for u in new if entries[u].sub == "new"]
-                if fresh:
-                    moved = sel.index.to_cur(fresh)
-                    sel.recent |= set(moved)
-                    snap = sel.index.sync()
-                    entries = snap.entries
             sel.view.extend(new)
             for u in new:
-                e = entries.get(u)
-                sel.known[u] = e.modseq if e is not None else 0
+                sel.known[u] = entries[u].modseq
             self._untagged(f"{len(sel.view)} EXISTS")
             self._untagged(f"{len(sel.recent)} RECENT")
-            kws = set(snap.keywords())
-            if kws - sel.keywords:
-                sel.keywords |= kws
-                self._untagged(f"FLAGS {flag_list_for(sel.keywords)}")
         sel.snap = snap
+
+
+def _see_recent(index: Folder, snap: Any, readonly: bool) -> tuple[Any, set[int]]:
+    """A session is about to show the messages of ``snap``: the ones no session
+    has seen yet are \\Recent in this one (RFC 3501 2.3.2) -- claimed, so no other
+    session shows them so, unless ``readonly`` (EXAMINE leaves them recent).
+    Returns the snapshot to show (it may have grown meanwhile) and those UIDs."""
+    recent: set[int] = set()
+    for _ in range(5):  # messages may keep arriving: claim up to the snapshot shown
+        fresh = snap.recent_uids()
+        if readonly:
+            return snap, set(fresh)
+        if not fresh:
+            break
+        last = next(reversed(snap.entries))
+        recent |= index.claim_recent(last)
+        snap = index.sync()
+        if next(reversed(snap.entries), 0) <= last:
+            break
+    return snap, recent & set(snap.entries)

@@ -47,7 +47,8 @@ class Folder(Protocol):
     ``sync()`` returns a snapshot with ``uidvalidity``, ``uidnext``,
     ``highestmodseq``, ``entries`` (uid -> entry with ``flags`` as Maildir
     letters, ``kw``, ``modseq``, ``idate``, ``size``, ``sub``, ``name``,
-    ``base``) and ``keywords()``.
+    ``base``), ``keywords()`` and ``recent_uids()`` (the UIDs no session has
+    claimed as \\Recent yet).
     """
 
     dir: str  # the folder's directory; message files are ``dir/entry.sub/entry.name``
@@ -73,8 +74,9 @@ class Folder(Protocol):
 
     def set_flags(self, changes: dict) -> dict: ...
 
-    def to_cur(self, uids: Iterable[int]) -> dict:
-        """Mark messages seen by a session (no longer \\Recent for others)."""
+    def claim_recent(self, upto: int) -> set[int]:
+        """A session shows messages up to UID ``upto``: the ones still \\Recent
+        (``snapshot.recent_uids()``) become its own and no other session's; returns them."""
         ...
 
     def expunge(self, uids: Iterable[int]) -> list[int]: ...

@@ -93,10 +93,7 @@ class UserStore:
             raise StoreError("Mailbox outside the mail home", "CANNOT")
         shutil.rmtree(path, ignore_errors=True)
         self._indexes.pop(name, None)
-        subs = self.subscriptions()
-        if name in subs:
-            subs.discard(name)
-            self.set_subscriptions(subs)
+        # The subscription stays (RFC 3501 6.3.9): LIST (SUBSCRIBED) shows it \NonExistent.
 
     def rename(self, old: str, new: str) -> None:
         if new == "INBOX":

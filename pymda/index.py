@@ -6,6 +6,7 @@ Maildir names alone cannot give stable UIDs (Dovecot's
 
     PYMAILIDX1 <uidvalidity> <uidnext> <highestmodseq> <new-mtime-ns> <cur-mtime-ns>
     K <keyword> <keyword> ...                     (the keyword table)
+    R <first-recent-uid>                          (see below; absent: UIDNEXT)
     <uid> <modseq> <internaldate> <crlf-size> <n|c> <flags|-> <kw-indexes|-> <base name>
 
 ``flags`` are the Maildir ``:2,`` letters as last seen on disk (the file
@@ -14,6 +15,14 @@ them a new MODSEQ), ``kw-indexes`` is a comma list into the keyword table.
 The file is only replaced whole (tmp + fsync + rename) while holding
 ``pymail-index.lock`` (flock, compatible with filelock), so readers never need the lock and any
 number of imapd/pop3d processes and the deliverer agree on UIDs.
+
+A message is *recent* (IMAP's \\Recent) until one session claims it
+(``claim_recent``): while it lies in new/, or while its UID is at least the
+first-recent UID (how APPEND and COPY, which write into cur/, leave it
+recent).  A new folder takes its UIDVALIDITY from the mail home's counter
+file ``pymail-uidvalidity`` (``next_uidvalidity``): strictly greater than
+any the home gave before, so a folder deleted and made again never repeats
+one, whichever process builds the new index.
 
 ``sync()`` lists new/ and cur/ (no file is opened: sizes come from ``W=``)
 only when a directory's mtime moved since the last scan, gives unknown
@@ -80,15 +89,36 @@ class Entry:
 class Snapshot:
     """One consistent state of a folder's index."""
 
-    __slots__ = ("uidvalidity", "uidnext", "highestmodseq", "entries", "new_mtime", "cur_mtime")
+    __slots__ = ("uidvalidity", "uidnext", "highestmodseq", "entries", "new_mtime", "cur_mtime", "first_recent")
 
-    def __init__(self, uidvalidity, uidnext, highestmodseq, entries, new_mtime=0, cur_mtime=0):
+    def __init__(self, uidvalidity, uidnext, highestmodseq, entries, new_mtime=0, cur_mtime=0, first_recent=None):
         self.uidvalidity = uidvalidity
         self.uidnext = uidnext
         self.highestmodseq = highestmodseq
         self.entries = entries  # dict uid -> Entry, in UID order
         self.new_mtime = new_mtime
         self.cur_mtime = cur_mtime
+        # UIDs from here on are not yet claimed by any session (\Recent)
+        self.first_recent = uidnext if first_recent is None else first_recent
+
+    def copy(self) -> Snapshot:
+        """A copy to change (the entries dict is new; the entries are shared, never changed in place)."""
+        return Snapshot(
+            self.uidvalidity,
+            self.uidnext,
+            self.highestmodseq,
+            dict(self.entries),
+            self.new_mtime,
+            self.cur_mtime,
+            self.first_recent,
+        )
+
+    def is_recent(self, e: Entry) -> bool:
+        """No session has claimed message ``e`` yet (it is \\Recent for the next one)."""
+        return e.uid >= self.first_recent or e.sub == "new"
+
+    def recent_uids(self) -> list[int]:
+        return [u for u, e in self.entries.items() if u >= self.first_recent or e.sub == "new"]
 
     def keywords(self) -> list[str]:
         seen = set()
@@ -122,12 +152,18 @@ def _parse(data: bytes) -> Snapshot | None:
         return None
     table: list[str] = []
     entries: dict[int, Entry] = {}
+    first_recent = None
     empty = frozenset()
     for line in lines[1:]:
         if not line:
             continue
         if line.startswith("K"):
             table = line.split()[1:]
+            continue
+        if line.startswith("R "):
+            value = line[2:].strip()
+            if value.isdigit() and len(value) < 12:
+                first_recent = int(value)
             continue
         parts = line.split(" ", 7)
         if len(parts) != 8:
@@ -150,7 +186,9 @@ def _parse(data: bytes) -> Snapshot | None:
             continue
     if entries and uidnext <= max(entries):
         uidnext = max(entries) + 1  # a damaged header must never hand out a UID that is in use
-    return Snapshot(uidvalidity, uidnext, hms, entries, nm, cm)
+    if first_recent is not None and first_recent > uidnext:
+        first_recent = uidnext
+    return Snapshot(uidvalidity, uidnext, hms, entries, nm, cm, first_recent)
 
 
 def _format(snap: Snapshot) -> bytes:
@@ -162,6 +200,7 @@ def _format(snap: Snapshot) -> bytes:
     out = [
         f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} {snap.new_mtime} {snap.cur_mtime}",
         "K " + " ".join(table) if table else "K",
+        f"R {snap.first_recent}",
     ]
     for e in snap.entries.values():
         kw = ",".join(str(table[k]) for k in sorted(e.kw)) if e.kw else "-"
@@ -170,6 +209,42 @@ def _format(snap: Snapshot) -> bytes:
         )
     out.append("")
     return "\n".join(out).encode("utf-8", "surrogateescape")
+
+
+UIDVALIDITY_FILE = "pymail-uidvalidity"
+
+
+def next_uidvalidity(folder: str | os.PathLike, floor: int = 0) -> int:
+    """A UIDVALIDITY for a new index of ``folder``: above every one its mail home gave before.
+
+    The counter lives in the mail home (a Maildir++ folder's parent, else
+    the Maildir itself), read and raised under an flock, so processes that
+    each build an index in the same second still get different values.
+    Without a writable home it falls back to the clock (and ``floor``)."""
+    import fcntl  # noqa: PLC0415 lazy
+
+    folder = Path(folder)
+    home = folder.parent if folder.name.startswith(".") else folder
+    uv = max(int(time.time()), floor, 1)
+    try:
+        fd = os.open(
+            home / UIDVALIDITY_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600
+        )
+    except OSError:
+        return uv
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        last = os.pread(fd, 32, 0).strip()
+        if last.isdigit():
+            uv = max(uv, int(last) + 1)
+        data = b"%d\n" % uv
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # also drops the lock
+    return uv
 
 
 def _wsize(path: Path, name: str) -> int:
@@ -345,27 +420,21 @@ class FolderIndex:
 
     def _sync_locked(self, force_full: bool = False) -> Snapshot:
         snap = self.read()
+        created = snap is None
         if snap is None:
-            uv = int(time.time())
+            floor = 0
             try:
                 # An index that exists but cannot be parsed (corrupt): its UIDs
                 # are lost, so the renumbered folder needs a UIDVALIDITY that
                 # differs from the old one -- which is not later than the old
                 # file's mtime, even when the rebuild happens in the same second.
-                uv = max(uv, int(os.stat(self.file).st_mtime) + 1)
+                floor = int(os.stat(self.file).st_mtime) + 1
             except FileNotFoundError:
                 pass
-            snap = Snapshot(uv, 1, 1, {})
+            snap = Snapshot(next_uidvalidity(self.path, floor), 1, 1, {})
             force_full = True
         else:
-            snap = Snapshot(
-                snap.uidvalidity,
-                snap.uidnext,
-                snap.highestmodseq,
-                {u: e for u, e in snap.entries.items()},
-                snap.new_mtime,
-                snap.cur_mtime,
-            )
+            snap = snap.copy()
         now = time.time_ns()
         scan = {}
         for sub, recorded in (("new", snap.new_mtime), ("cur", snap.cur_mtime)):
@@ -445,6 +514,10 @@ class FolderIndex:
             snap.entries[uid] = Entry(uid, modseq, idate, size, sub, flags, frozenset(), base)
             changed = True
         snap.highestmodseq = modseq
+        if created:
+            # A first index of an existing Maildir: what is in cur/ was seen
+            # before (by another program); new/ stays recent.
+            snap.first_recent = snap.uidnext
         moved = False
         for sub, m in scan.items():
             if sub == "new":
@@ -513,15 +586,7 @@ class FolderIndex:
         """
         with self._lock():
             try:
-                snap = self._sync_locked()
-                snap = Snapshot(
-                    snap.uidvalidity,
-                    snap.uidnext,
-                    snap.highestmodseq,
-                    dict(snap.entries),
-                    snap.new_mtime,
-                    snap.cur_mtime,
-                )
+                snap = self._sync_locked().copy()
                 cur_before = self._dir_mtime("cur")
                 new_before = self._dir_mtime("new")
                 trusted_cur = cur_before == snap.cur_mtime
@@ -649,6 +714,28 @@ class FolderIndex:
                     continue
                 snap.entries[uid] = ne
                 done[uid] = ne
+            return done
+
+        return self._mutate(do, fsync=False)[1]
+
+    def claim_recent(self, upto: int) -> set[int]:
+        """A session now sees messages up to UID ``upto``: those still recent
+        become its \\Recent ones (returned) and no other session's; the ones
+        in new/ move to cur/."""
+
+        def do(snap):
+            done = set()
+            for uid, e in list(snap.entries.items()):
+                if uid > upto or not snap.is_recent(e):
+                    continue
+                if e.sub == "new":
+                    ne = e.copy()
+                    ne.sub = "cur"
+                    if not self._rename_file(snap, uid, e, ne):
+                        continue
+                    snap.entries[uid] = ne
+                done.add(uid)
+            snap.first_recent = max(snap.first_recent, min(upto + 1, snap.uidnext))
             return done
 
         return self._mutate(do, fsync=False)[1]

@@ -40,17 +40,17 @@ def login(port, *, ssl_mode=False) -> imaplib.IMAP4:
 
 
 def session_checks(m: imaplib.IMAP4) -> None:
-    typ, data = m.append("INBOX", r"(\Flagged)", None, msg("one"))
+    typ, data = m.append("INBOX", r"(\Flagged)", None, msg("one"))  # \Recent for the first to select
     assert typ == "OK" and re.match(rb"\[APPENDUID \d+ 1\]", data[0])
     typ, data = m.select("INBOX")
     assert (typ, data) == ("OK", [b"1"])
     typ, data = m.fetch("1", "(FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    assert data[0][0] == b"1 (FLAGS (\\Flagged) RFC822.SIZE 140 BODY[HEADER.FIELDS (SUBJECT)] {16}"
+    assert data[0][0] == b"1 (FLAGS (\\Flagged \\Recent) RFC822.SIZE 140 BODY[HEADER.FIELDS (SUBJECT)] {16}"
     assert data[0][1] == b"Subject: one\r\n\r\n"
     typ, data = m.fetch("1", "(BODY[])")
     assert data[0][1] == msg("one")
-    assert m.fetch("1", "FLAGS")[1] == [b"1 (FLAGS (\\Flagged \\Seen))"]
-    assert m.store("1", "+FLAGS", "(\\Answered)")[1] == [b"1 (FLAGS (\\Flagged \\Answered \\Seen))"]
+    assert m.fetch("1", "FLAGS")[1] == [b"1 (FLAGS (\\Flagged \\Seen \\Recent))"]
+    assert m.store("1", "+FLAGS", "(\\Answered)")[1] == [b"1 (FLAGS (\\Flagged \\Answered \\Seen \\Recent))"]
     assert m.uid("SEARCH", "FROM", '"ann"') == ("OK", [b"1"])
     assert m.search(None, "UNSEEN") == ("OK", [b""])
     typ, data = m._simple_command("UID", "COPY", "1", "Archive")
@@ -141,10 +141,10 @@ def test_two_clients_idle_sees_append_store_expunge_move(mailsys):
     b.append("INBOX", None, None, msg("m3"))
     expect(rb"\* 4 EXISTS\r\n")
     b.store("2", "+FLAGS", "(\\Flagged)")
-    expect(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\)\)\r\n")
+    expect(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged \\Recent\)\)\r\n")  # a selected first: \Recent
     b.store("1", "+FLAGS", "(\\Deleted)")
     b.expunge()
-    expect(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Deleted\)\)\r\n\* 1 EXPUNGE\r\n|\* 1 EXPUNGE\r\n")
+    expect(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Deleted \\Recent\)\)\r\n\* 1 EXPUNGE\r\n|\* 1 EXPUNGE\r\n")
     b._simple_command("MOVE", "1", "Trash")
     expect(rb"\* 1 EXPUNGE\r\n")
     sock.sendall(b"DONE\r\n")
@@ -229,3 +229,286 @@ def test_too_big_literal_refused_without_reading(make_mailsys):
     assert s.recv(4096) == b"a NO [TOOBIG] Literal too big\r\n"
     s.sendall(b"b NOOP\r\n")
     assert s.recv(4096) == b"b OK NOOP completed\r\n"
+
+
+# -- RFC 3501 to the letter (issue 13 section 1): exact responses, both start modes -----------------
+
+BOTH = ["listen", "inetd"]
+
+
+def exchange(m: imaplib.IMAP4, command: str) -> list[str]:
+    """Send one command on an imaplib session; every line the server answers, exactly."""
+    tag = m._new_tag().decode()
+    m.send(f"{tag} {command}\r\n".encode())
+    lines = []
+    pending = b""
+    while True:
+        line = pending + m.readline()
+        lit = re.search(rb"\{(\d+)\}\r\n$", line)
+        if lit:
+            pending = line + m.read(int(lit.group(1)))
+            continue
+        pending = b""
+        lines.append(line.decode("utf-8", "replace").removesuffix("\r\n"))
+        if line.startswith(tag.encode() + b" "):
+            lines[-1] = lines[-1][len(tag) + 1 :]
+            return lines
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_brackets_in_atoms_and_mailbox_names(mailsys, mode):
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    assert exchange(m, "SELECT foo]bar") == ["NO [NONEXISTENT] Mailbox does not exist"]
+    assert exchange(m, 'LIST "" foo[bar') == ["OK LIST completed"]
+    assert exchange(m, "CREATE foo[bar") == ["OK CREATE completed"]
+    assert exchange(m, 'LIST "" foo[bar') == ['* LIST (\\HasNoChildren) "/" "foo[bar"', "OK LIST completed"]
+    assert exchange(m, "CREATE foo]bar") == ["OK CREATE completed"]
+    odd = "!#$&-'+,-.0123456789:;<=>?@AZ[]^_`az|}~"
+    assert m.create(odd) == ("OK", [b"CREATE completed"])  # imaplib sends it as an atom
+    assert m.select(odd)[0] == "OK"
+    assert m.select("foo]bar") == ("OK", [b"0"])
+    assert exchange(m, 'LIST "" *[*') == [
+        f'* LIST (\\HasNoChildren) "/" "{odd}"',
+        '* LIST (\\HasNoChildren) "/" "foo[bar"',
+        "OK LIST completed",
+    ]
+    # a FETCH section still parses, spaces and all
+    m.append("foo]bar", None, None, msg("brackets"))
+    assert exchange(m, "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)]<0.8>)") == [
+        "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)]<0> {8}\r\nSubject:)",
+        "OK FETCH completed",
+    ]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_recent_for_append_copy_and_move(mailsys, mode):
+    """RFC 3501 2.3.2: a message APPENDed, COPYed or MOVEd is \\Recent in the first session
+    that sees it, and in no other (inetd: each session its own process)."""
+    port = start_imapd(mailsys, mode)
+    a, b, c, d = login(port), login(port), login(port), login(port)
+    b.append("INBOX", None, None, msg("r1"))
+    assert exchange(b, "STATUS INBOX (MESSAGES RECENT)") == [
+        '* STATUS "INBOX" (MESSAGES 1 RECENT 1)',
+        "OK STATUS completed",
+    ]
+    lines = exchange(a, "SELECT INBOX")
+    assert "* 1 EXISTS" in lines and "* 1 RECENT" in lines
+    assert exchange(a, "FETCH 1 FLAGS") == ["* 1 FETCH (FLAGS (\\Recent))", "OK FETCH completed"]
+    assert exchange(a, "SEARCH RECENT") == ["* SEARCH 1", "OK SEARCH completed"]
+    assert exchange(a, "SEARCH NEW") == ["* SEARCH 1", "OK SEARCH completed"]
+    assert exchange(a, "SEARCH OLD") == ["* SEARCH", "OK SEARCH completed"]
+    # a has it now: nobody else
+    assert exchange(b, "STATUS INBOX (RECENT)") == ['* STATUS "INBOX" (RECENT 0)', "OK STATUS completed"]
+    lines = exchange(b, "SELECT INBOX")
+    assert "* 0 RECENT" in lines
+    assert exchange(b, "FETCH 1 FLAGS") == ["* 1 FETCH (FLAGS ())", "OK FETCH completed"]
+    assert exchange(b, "SEARCH OLD") == ["* SEARCH 1", "OK SEARCH completed"]
+    # appended (by a session without it selected) while a and b have the mailbox selected:
+    # the first to look gets it as \Recent
+    c.append("INBOX", None, None, msg("r2"))
+    assert exchange(a, "NOOP") == ["* 2 EXISTS", "* 2 RECENT", "OK NOOP completed"]
+    assert exchange(a, "FETCH 2 FLAGS") == ["* 2 FETCH (FLAGS (\\Recent))", "OK FETCH completed"]
+    assert exchange(b, "NOOP") == ["* 2 EXISTS", "* 0 RECENT", "OK NOOP completed"]
+    # COPY and MOVE into another mailbox
+    assert exchange(b, "COPY 1 Archive")[-1].startswith("OK [COPYUID ")
+    assert exchange(b, "MOVE 2 Archive")[-1] == "OK MOVE completed"
+    assert exchange(b, "STATUS Archive (MESSAGES RECENT)") == [
+        '* STATUS "Archive" (MESSAGES 2 RECENT 2)',
+        "OK STATUS completed",
+    ]
+    lines = exchange(c, "EXAMINE Archive")  # read-only: shows them, leaves them recent (RFC 3501 6.3.2)
+    assert "* 2 RECENT" in lines
+    assert exchange(c, "FETCH 1:* FLAGS") == [
+        "* 1 FETCH (FLAGS (\\Recent))",
+        "* 2 FETCH (FLAGS (\\Recent))",
+        "OK FETCH completed",
+    ]
+    lines = exchange(d, "SELECT Archive")
+    assert "* 2 EXISTS" in lines and "* 2 RECENT" in lines
+    assert exchange(d, "SEARCH RECENT NEW") == ["* SEARCH 1 2", "OK SEARCH completed"]
+    assert exchange(b, "STATUS Archive (MESSAGES RECENT)") == [
+        '* STATUS "Archive" (MESSAGES 2 RECENT 0)',
+        "OK STATUS completed",
+    ]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_delete_keeps_the_subscription(mailsys, mode):
+    """RFC 3501 6.3.9: DELETE does not unsubscribe; RFC 5258: LIST (SUBSCRIBED) says \\NonExistent."""
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    for command in ("CREATE gone", "SUBSCRIBE gone", "DELETE gone"):
+        assert exchange(m, command) == [f"OK {command.split()[0]} completed"]
+    assert exchange(m, 'LIST (SUBSCRIBED) "" gone') == [
+        '* LIST (\\NonExistent \\HasNoChildren \\Subscribed) "/" "gone"',
+        "OK LIST completed",
+    ]
+    assert exchange(m, 'LSUB "" gone') == ['* LSUB () "/" "gone"', "OK LSUB completed"]
+    assert exchange(m, 'LIST "" gone') == ["OK LIST completed"]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_recursivematch_gives_childinfo(mailsys, mode):
+    """RFC 5258 3.5: a parent whose child is subscribed gets CHILDINFO ("SUBSCRIBED"),
+    listed even when not subscribed itself."""
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    for name in ("par/child", "top", "top/kid"):
+        exchange(m, f"CREATE {name}")
+        exchange(m, f"SUBSCRIBE {name}")
+    exchange(m, "CREATE lone")
+    exchange(m, "CREATE lone/kid")
+    assert exchange(m, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%o%"') == [
+        '* LIST (\\HasChildren \\Subscribed) "/" "top" ("CHILDINFO" ("SUBSCRIBED"))',
+        "OK LIST completed",
+    ]
+    assert exchange(m, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "p%"') == [
+        '* LIST (\\NonExistent \\HasChildren) "/" "par" ("CHILDINFO" ("SUBSCRIBED"))',
+        "OK LIST completed",
+    ]
+    assert exchange(m, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"')[-4:] == [
+        '* LIST (\\HasNoChildren \\Subscribed) "/" "par/child"',
+        '* LIST (\\HasChildren \\Subscribed) "/" "top" ("CHILDINFO" ("SUBSCRIBED"))',
+        '* LIST (\\HasNoChildren \\Subscribed) "/" "top/kid"',
+        "OK LIST completed",
+    ]
+    # without RECURSIVEMATCH: only what is subscribed, no CHILDINFO
+    assert exchange(m, 'LIST (SUBSCRIBED) "" "%o%"') == [
+        '* LIST (\\HasChildren \\Subscribed) "/" "top"',
+        "OK LIST completed",
+    ]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_uidvalidity_grows_for_every_recreated_mailbox(mailsys, mode):
+    """DELETE + CREATE within one second, from different sessions (inetd: processes):
+    UIDVALIDITY strictly greater each time."""
+    port = start_imapd(mailsys, mode)
+    seen = []
+    for _ in range(4):
+        m = login(port)
+        exchange(m, "CREATE again")
+        m.append("again", None, None, msg("uv"))
+        lines = exchange(m, "STATUS again (UIDVALIDITY UIDNEXT)")
+        uv, uidnext = re.match(r'\* STATUS "again" \(UIDVALIDITY (\d+) UIDNEXT (\d+)\)', lines[0]).groups()
+        assert uidnext == "2"
+        seen.append(int(uv))
+        assert exchange(m, "DELETE again") == ["OK DELETE completed"]
+        m.logout()
+    assert seen == sorted(set(seen)), seen
+    assert seen[0] >= int(time.time()) - 60
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_envelope_name_from_comment(mailsys, mode):
+    from pymda import maildir
+
+    maildir.deliver(
+        mailsys.maildir("alice"),
+        b"From: user@domain (Real Name)\nTo: a@b (c1) (c2), <user-to (comment)@ (comment) domain.org>\n"
+        b'Cc: "Q" <q@x> (ignored), grp: u@d (In Group);\nSubject: s\n\nx\n',
+        fsync=False,
+    )
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    m.select("INBOX")
+    assert exchange(m, "FETCH 1 ENVELOPE") == [
+        '* 1 FETCH (ENVELOPE (NIL "s" (("Real Name" NIL "user" "domain")) (("Real Name" NIL "user" "domain")) '
+        '(("Real Name" NIL "user" "domain")) (("c2" NIL "a" "b")(NIL NIL "user-to" "domain.org")) '
+        '(("Q" NIL "q" "x")(NIL NIL "grp" NIL)("In Group" NIL "u" "d")(NIL NIL NIL NIL)) NIL NIL NIL))',
+        "OK FETCH completed",
+    ]
+
+
+# the messages of imaptest's search-addresses test, in our own words
+ADDRESS_MESSAGES = [
+    b"From: user-from@domain.org\nTo: user-to@domain.org\nCc: user-cc@domain.org\nBcc: user-bcc@domain.org\n\n1\n",
+    b"From: RealFrom <user-from@domain.org>\nTo: RealTo <user-to@domain.org>\nCc: RealCc <user-cc@domain.org>\n"
+    b"Bcc: RealBcc <user-bcc@domain.org>\n\n2\n",
+    b"From: <user-from (comment)@ (comment) domain.org>\nTo: <user-to@domain.org>\nCc: <user-cc@domain.org>\n"
+    b"Bcc: <user-bcc@domain.org>\n\n3\n",
+    b"From: user-from@domain.org (RealFrom)\nTo: user-to@domain.org (RealTo)\nCc: user-cc@domain.org (RealCc)\n"
+    b"Bcc: user-bcc@domain.org (RealBcc)\n\n4\n",
+    b"From: user-from1@domain.org, user-from2@domain.org\nCc: user-cc@domain.org\n\n5\n",
+    b"To: groupname: groupuser1@domain.org, groupuser2@domain.org;,\n  groupname2: groupuser3@domain.org;\n\n6\n",
+    b"From: =?utf-8?q?Caf=C3=A9?= <user-x (c) @domain.org>\n\n7\n",
+]
+ADDRESS_SEARCHES = {
+    "FROM user-from@domain.org": "1 2 3 4",
+    "TO user-to@domain.org": "1 2 3 4",
+    "BCC user-bcc@domain.org": "1 2 3 4",
+    "FROM realfrom": "2 4",
+    "CC ealc": "2 4",
+    "FROM ser-fro": "1 2 3 4 5",
+    "FROM user-from2": "5",
+    "TO groupname2": "6",
+    "TO groupuser3": "6",
+    "TO groupuser4": "",
+    'FROM "<user-from@domain.org>"': "1 2 3 4",
+    'FROM "realfrom <user-from@"': "2 4",
+    "FROM user-x@domain.org": "7",
+    'FROM "caf\u00e9 <"': "7",
+}
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_search_addresses_as_envelope_parses_them(mailsys, mode):
+    from pymda import maildir
+
+    for data in ADDRESS_MESSAGES:
+        maildir.deliver(mailsys.maildir("alice"), data, fsync=False)
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    m.select("INBOX")
+    for key, hits in ADDRESS_SEARCHES.items():
+        charset = "CHARSET UTF-8 " if not key.isascii() else ""
+        assert exchange(m, f"SEARCH {charset}{key}") == [f"* SEARCH {hits}".rstrip(), "OK SEARCH completed"], key
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_new_keyword_from_another_session_announced_before_its_fetch(mailsys, mode):
+    """RFC 3501 7.2.6: FLAGS (and PERMANENTFLAGS) naming a new keyword precede the FETCH using it."""
+    port = start_imapd(mailsys, mode)
+    a, b = login(port), login(port)
+    b.append("INBOX", None, None, msg("kw"))
+    a.select("INBOX")
+    b.select("INBOX")
+    assert exchange(b, "STORE 1 +FLAGS ($Urgent)") == [
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Urgent)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Urgent \\*)] Flags permitted",
+        "* 1 FETCH (FLAGS ($Urgent))",
+        "OK STORE completed",
+    ]
+    assert exchange(a, "NOOP") == [
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Urgent)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Urgent \\*)] Flags permitted",
+        "* 1 FETCH (UID 1 FLAGS ($Urgent \\Recent))",
+        "OK NOOP completed",
+    ]
+    assert exchange(a, "NOOP") == ["OK NOOP completed"]  # said once
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_fetch_of_a_message_expunged_by_another_session(mailsys, mode):
+    """RFC 2180 4.1.2 as Dovecot does it: the data still known, NIL for the text,
+    OK [EXPUNGEISSUED] (RFC 5530); the EXPUNGE comes when it may."""
+    port = start_imapd(mailsys, mode)
+    a, b = login(port), login(port)
+    for i in range(3):
+        b.append("INBOX", None, None, msg(f"x{i}"))
+    a.select("INBOX")
+    b.select("INBOX")
+    b.store("2", "+FLAGS.SILENT", "(\\Deleted)")
+    b.expunge()
+    assert exchange(a, "FETCH 2:3 (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])") == [
+        "* 2 FETCH (UID 2 FLAGS (\\Recent) RFC822.SIZE 138 BODY[HEADER.FIELDS (SUBJECT)] NIL)",
+        "* 3 FETCH (UID 3 FLAGS (\\Recent) RFC822.SIZE 138 BODY[HEADER.FIELDS (SUBJECT)] {15}\r\nSubject: x2\r\n\r\n)",
+        "OK [EXPUNGEISSUED] Some messages were already expunged",
+    ]
+    assert exchange(a, "FETCH 2 (BODY[] BODYSTRUCTURE)") == [
+        '* 2 FETCH (BODY[] NIL BODYSTRUCTURE ("text" "plain" NIL NIL NIL "7bit" 0 0 NIL NIL NIL NIL))',
+        "OK [EXPUNGEISSUED] Some messages were already expunged",
+    ]
+    assert exchange(a, "NOOP") == ["* 2 EXPUNGE", "OK NOOP completed"]
+    assert exchange(a, "FETCH 2 (UID)") == ["* 2 FETCH (UID 3)", "OK FETCH completed"]

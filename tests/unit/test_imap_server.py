@@ -307,7 +307,7 @@ def test_append_with_flags_date_and_appenduid(c, tmp_path):
     c.cmd("b SELECT Drafts")
     r = c.cmd("c FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
     assert r == (
-        '* 1 FETCH (FLAGS (\\Draft $Label1) INTERNALDATE "08-Feb-1994 05:52:25 +0000" RFC822.SIZE 32 '
+        '* 1 FETCH (FLAGS (\\Draft $Label1 \\Recent) INTERNALDATE "08-Feb-1994 05:52:25 +0000" RFC822.SIZE 32 '
         "BODY[] {32}\r\nFrom: a@b\r\nSubject: t\r\n\r\nhello\r\n)\r\nc OK FETCH completed\r\n"
     )
     files = list((tmp_path / "alice" / ".Drafts" / "cur").iterdir())
@@ -512,8 +512,8 @@ def test_copy_move_expunge_uidplus(c, tmp_path):
     c.cmd("i SELECT Trash")
     r = c.cmd("j FETCH 1:* (UID FLAGS)")
     assert r == (
-        "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 FETCH (UID 2 FLAGS ())\r\n"
-        "* 3 FETCH (UID 3 FLAGS ())\r\n* 4 FETCH (UID 4 FLAGS ())\r\nj OK FETCH completed\r\n"
+        "* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n* 2 FETCH (UID 2 FLAGS (\\Recent))\r\n"
+        "* 3 FETCH (UID 3 FLAGS (\\Recent))\r\n* 4 FETCH (UID 4 FLAGS (\\Recent))\r\nj OK FETCH completed\r\n"
     )
 
 
