@@ -57,7 +57,7 @@ SECTION_INTRO = {
     "dkim": "DKIM signatures on outbound mail.",
     "checks": (
         "SPF, DKIM and DMARC checks of inbound mail on port 25 and the Authentication\\-Results field "
-        "(\\fBpymta\\-smtpd\\fR(8), INBOUND CHECKS)."
+        "(\\fBpymta\\-smtpd\\fR(8), \\(lqPort 25: SPF, DKIM, DMARC and Authentication\\-Results\\(rq)."
     ),
     "sendmail": "The sendmail command.",
     "pop3d": "The POP3 server.",

@@ -22,6 +22,7 @@ PASSWORD = "s3cret-pass"
 # "slow", so that `pytest -m "not slow"` (the developers' fast path) stays under 30 s.
 SLOW_FILES = {
     "test_access_control.py",
+    "test_authcheck.py",
     "test_auth_guard.py",
     "test_backscatter.py",
     "test_conn_limits.py",
