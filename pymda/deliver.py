@@ -18,8 +18,15 @@ from pathlib import Path
 
 from pymda import maildir
 from pymta.lib import log, sysexits
+from pymta.lib.address import qualify
 from pymta.lib.cliargs import UsageError, getopt
 from pymta.lib.lineends import crlf_to_lf
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+MAX_ENVELOPE_LINE = 4096  # a longer first line is no envelope line: it stays in the message
 
 
 class DeliveryError(Exception):
@@ -157,6 +164,32 @@ def rules_variables(cfg, record, box: Path, home: Path, recipient: str, sender: 
         "RECIPIENT": original or recipient,
         "EXTENSION": ext,
     }
+
+
+def split_envelope_line(chunks) -> tuple[bytes | None, Iterator[bytes]]:
+    """A leading mbox ``From sender date`` line taken off the message:
+    (that line or None, the message without it).  Postfix's local(8)
+    ``mailbox_command`` and pipe(8) with the ``F`` flag prepend one, as
+    for procmail and dovecot-lda."""
+    it = iter(chunks)
+    head = b""
+    for chunk in it:
+        head += chunk
+        if not (head.startswith(b"From ") or b"From ".startswith(head)):
+            break  # not an envelope line
+        if b"\n" in head or len(head) > MAX_ENVELOPE_LINE:
+            break
+    line = None
+    nl = head.find(b"\n")
+    if head.startswith(b"From ") and 0 <= nl <= MAX_ENVELOPE_LINE:
+        line, head = head[: nl + 1], head[nl + 1 :]
+
+    def rest() -> Iterator[bytes]:
+        if head:
+            yield head
+        yield from it
+
+    return line, rest()
 
 
 def _chunks_bytes(chunks) -> bytes:
@@ -382,8 +415,10 @@ rules file RCFILE as procmail -m does (a general mail filter).
 
 options:
   -C FILE     configuration file (default: $PYMAIL_CONFIG, then /etc/pymail/pymail.toml)
-  -d USER     the recipient: user@domain as in the users file (+extension allowed)
-  -f SENDER   envelope sender, for Return-Path: and $SENDER (default: <>, the null sender)
+  -d USER     the recipient: user@domain as in the users file (+extension allowed),
+              or a bare user name (the first local domain is added)
+  -f SENDER   envelope sender, for Return-Path: and $SENDER (default: the sender of a
+              leading "From sender date" line, which is taken off; else <>, the null sender)
   -a ADDRESS  original recipient address ($RECIPIENT; its +extension is $EXTENSION and $1)
   -m          procmail -m mode: VAR=value assignments, then RCFILE, then $1, $2, ...
   --queue-id QID
@@ -400,7 +435,7 @@ exit status: 0 delivered, 64 usage, 65 bad input, 67 no such user,
 
 
 def _parse_args(argv: list[str]) -> dict:
-    opts: dict = {"C": None, "d": None, "f": "", "a": None, "m": None}
+    opts: dict = {"C": None, "d": None, "f": None, "a": None, "m": None}
     opts.update(dry_run=False, queue_id=None, once=False)
     try:
         given, rest = getopt(argv, "hC:d:f:a:nm", ["help", "dry-run", "once", "queue-id="], stop_after="-m")
@@ -498,8 +533,10 @@ def run_m_mode(opts: dict, data: bytes) -> int:
 
     assigns, rcfile, args = opts["m"]
     sender = opts["f"]
-    if not sender and data.startswith(b"From "):
-        sender = data[5 : data.find(b"\n")].split(b" ", 1)[0].decode("utf-8", "surrogateescape")
+    if sender is None and data.startswith(b"From "):
+        from pymda.rules.mbox import from_line_sender  # noqa: PLC0415 lazy
+
+        sender = from_line_sender(data[: data.find(b"\n") + 1])
     home = os.environ.get("HOME") or "/"
     variables = {
         "HOME": home,
@@ -558,16 +595,24 @@ def main(argv: list[str] | None = None) -> int:
         except config.ConfigError as exc:
             raise DeliveryError(f"configuration: {exc}", sysexits.EX_CONFIG) from None
         users = UsersFile(cfg.path_of("users"))
+        recipient = qualify(cfg, opts["d"])  # mailbox_command = pymda-deliver -d "$USER"
+        envelope, message = split_envelope_line(crlf_to_lf(sys.stdin.buffer))
         sender = opts["f"]  # "" is the null sender: Return-Path: <>
-        record = lookup_user(users, opts["d"])
+        if sender is None:
+            sender = ""
+            if envelope is not None:
+                from pymda.rules.mbox import from_line_sender  # noqa: PLC0415 lazy
+
+                sender = from_line_sender(envelope)
+        record = lookup_user(users, recipient)
         if record is None:
-            raise DeliveryError(f"{opts['d']}: no such user", sysexits.EX_NOUSER)
+            raise DeliveryError(f"{recipient}: no such user", sysexits.EX_NOUSER)
         become_mailbox_owner(cfg, record)
         result = deliver_message(
             cfg,
             users,
-            opts["d"],
-            crlf_to_lf(sys.stdin.buffer),
+            recipient,
+            message,
             sender,
             original=opts["a"],
             dry_run=opts["dry_run"],

@@ -23,14 +23,14 @@ import time
 from email.utils import formatdate, make_msgid
 
 from pymta.lib import log
+from pymta.lib.address import qualify
 from pymta.recipient import BOUNCED, Recipient
 
 
 def _postmaster(cfg) -> str:
     if cfg["bounce.postmaster"]:
         return cfg["bounce.postmaster"]
-    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
-    return f"postmaster@{domain}"
+    return qualify(cfg, "postmaster")
 
 
 def _original_headers(entry, limit: int) -> bytes:

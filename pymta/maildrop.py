@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from pymta.lib import log
+from pymta.lib.address import qualify
 from pymta.recipient import Status
 
 PICKUP_META = ("notify", "body", "envid", "ret", "protocol", "full_name")
@@ -190,8 +191,7 @@ def submitter_address(cfg, uid: int, user: str, sender: str) -> str:
     sender the user made up (that would make the maildrop a backscatter tool)."""
     if sender and sender_belongs_to(cfg, uid, user, sender):
         return sender
-    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
-    return f"{user}@{domain}"
+    return qualify(cfg, user)
 
 
 class Refused(ValueError):

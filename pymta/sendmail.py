@@ -31,6 +31,7 @@ import sys
 import time
 
 from pymta.lib import log, sysexits
+from pymta.lib.address import qualify
 from pymta.lib.cliargs import UsageError, getopt
 from pymta.maildrop import MaildropQueue, poke, user_name
 
@@ -273,16 +274,7 @@ def _load_config(path):
 
 
 def _default_sender(cfg) -> str:
-    user = user_name(os.getuid())
-    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
-    return f"{user}@{domain}"
-
-
-def _qualify(cfg, address: str) -> str:
-    if "@" in address:
-        return address
-    domain = cfg.domains[0] if cfg.domains else cfg["hostname"]
-    return f"{address}@{domain}"
+    return qualify(cfg, user_name(os.getuid()))
 
 
 def _door(cfg):
@@ -377,7 +369,7 @@ def submit(cfg, opts: Options) -> int:
         sender = ""
     sender = sender.strip("<>") if sender.startswith("<") else sender
     if sender:
-        sender = _qualify(cfg, sender)
+        sender = qualify(cfg, sender)
     if not valid_address(sender, allow_null=True):
         print(f"sendmail: fatal: bad sender address {sender!r}", file=sys.stderr)
         return sysexits.EX_DATAERR
@@ -390,10 +382,10 @@ def submit(cfg, opts: Options) -> int:
         print(f"sendmail: fatal: cannot read the message: {exc}", file=sys.stderr)
         return sysexits.EX_IOERR
     fields, body = split_headers(data)
-    recipients = [_qualify(cfg, r.strip()) for arg in opts.recipients for r in arg.split(",") if r.strip()]
+    recipients = [qualify(cfg, r.strip()) for arg in opts.recipients for r in arg.split(",") if r.strip()]
     if opts.extract:
         try:
-            recipients += [_qualify(cfg, r) for r in recipients_from_headers(fields)]
+            recipients += [qualify(cfg, r) for r in recipients_from_headers(fields)]
         except ValueError as exc:
             print(f"sendmail: fatal: {exc}", file=sys.stderr)
             return sysexits.EX_DATAERR

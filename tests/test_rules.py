@@ -108,6 +108,7 @@ def test_mbox_from_line_quoting_and_lock(mailsys):
     assert (box / "saved.mbox").read_bytes().count(b"\nFrom carol@remote.example  ") == 1
 
 
+ENVELOPE = b"From carol@remote.example  Fri Dec  4 10:00:00 2026\n"  # Postfix's mailbox_command prepends it
 FORGED_FROM_ = (
     b"From victim@bank.example Mon Jan  1 00:00:00 2024\n"
     b"From: Bank <victim@bank.example>\n"
@@ -134,8 +135,9 @@ def mbox_separators(data: bytes) -> list[bytes]:
 
 def test_mbox_quotes_a_forged_from_line_at_the_top_of_the_message(mailsys):
     # the message's own first line is "From victim@... date": unquoted, mbox readers see two messages
+    # (pymda-deliver -d takes a first such line as the envelope line: here it follows the real one)
     box = setup_rules(mailsys, ":0:\nsaved.mbox\n")
-    proc = deliver(mailsys, input=FORGED_FROM_)
+    proc = deliver(mailsys, input=ENVELOPE + FORGED_FROM_)
     assert proc.returncode == 0, proc.stderr
     data = (box / "saved.mbox").read_bytes()
     assert [s.split(b" ")[1] for s in mbox_separators(data)] == [b"carol@remote.example"]
@@ -253,6 +255,43 @@ def test_every_mailbox_directory_is_private(mailsys):
     assert proc.returncode == 0, proc.stderr
     assert only_message(box / ".Lists.python")
     assert open_dirs(box) == []
+
+
+@pytest.mark.parametrize("rules", [None, ":0\n.Lists/\n"], ids=["inbox", "rules"])
+def test_envelope_line_is_stripped_and_gives_the_sender(mailsys, rules):
+    # Postfix's mailbox_command and pipe(8) flag F prepend "From sender date": procmail and dovecot-lda take the
+    # sender from it and drop it
+    box = setup_rules(mailsys, rules) if rules else mailsys.maildir()
+    folder = box / ".Lists" if rules else box
+    argv = ["-d", "alice@example.test"]
+    proc = mailsys.run("pymda.deliver", *argv, input=ENVELOPE + MSG)
+    assert proc.returncode == 0, proc.stderr
+    assert only_message(folder) == TRACE + MSG
+    # -f wins over the line; the line goes all the same
+    for path in (folder / "new").iterdir():
+        path.unlink()
+    proc = mailsys.run("pymda.deliver", *argv, "-f", "", input=ENVELOPE.replace(b"\n", b"\r\n") + MSG)
+    assert proc.returncode == 0, proc.stderr
+    assert only_message(folder) == TRACE.replace(b"<carol@remote.example>", b"<>") + MSG
+    # the null sender Postfix writes as MAILER-DAEMON; --dry-run reads the same message
+    for path in (folder / "new").iterdir():
+        path.unlink()
+    bounce = b"From MAILER-DAEMON  Fri Dec  4 10:00:00 2026\n" + MSG
+    proc = mailsys.run("pymda.deliver", *argv, input=bounce)
+    assert proc.returncode == 0, proc.stderr
+    assert only_message(folder) == TRACE.replace(b"<carol@remote.example>", b"<>") + MSG
+    proc = mailsys.run("pymda.deliver", *argv, "--dry-run", input=ENVELOPE + MSG)
+    assert proc.returncode == 0 and b"would deliver to" in proc.stdout, proc.stderr
+
+
+def test_bare_user_name_gets_the_first_local_domain(mailsys):
+    # mailbox_command = pymda-deliver -d "$USER", as sendmail carol qualifies carol
+    proc = mailsys.run("pymda.deliver", "-d", "alice", input=ENVELOPE + MSG)
+    assert proc.returncode == 0, proc.stderr
+    assert only_message(mailsys.maildir()) == TRACE + MSG
+    assert b"to=<alice@example.test>" in proc.stderr
+    proc = mailsys.run("pymda.deliver", "-d", "nobody-here", input=MSG)
+    assert proc.returncode == 67 and b"nobody-here@example.test: no such user" in proc.stderr
 
 
 def test_failing_pipe_rescued_by_e_recipe(mailsys):

@@ -38,6 +38,17 @@ def from_line(sender: str, when: float | None = None) -> bytes:
     return f"From {sender}  {time.asctime(time.localtime(when))}\n".encode("utf-8", "surrogateescape")
 
 
+def from_line_sender(line: bytes) -> str:
+    """The envelope sender a ``From sender date`` line names ("" for
+    ``MAILER-DAEMON``, the null sender ``from_line`` writes, and for
+    anything that is not one address)."""
+    words = line[5:].split(None, 1) if line.startswith(b"From ") else []
+    sender = words[0].decode("utf-8", "surrogateescape").strip("<>") if words else ""
+    if sender.upper() == "MAILER-DAEMON" or any(c in "<>\0\x7f" or ord(c) < 32 for c in sender):
+        return ""
+    return sender
+
+
 def quote_from(text: bytes) -> bytes:
     """mboxrd: ``>*From `` at a line start gets one more ``>``."""
     return _FROM_QUOTE.sub(rb">\1", text)

@@ -240,3 +240,16 @@ def account_address(address: str) -> str:
     if local.startswith("#"):
         raise AddressError(f"{address!r} would read as a comment")  # passwd-file syntax
     return f"{local.lower()}@{domain.lower()}"
+
+
+def origin_domain(cfg) -> str:
+    """The domain locally submitted mail and bare user names get (Postfix's
+    ``myorigin``): the first local domain, else the host name."""
+    return cfg.domains[0] if cfg.domains else cfg["hostname"]
+
+
+def qualify(cfg, address: str) -> str:
+    """``user`` -> ``user@<origin_domain>``; an address with a domain is kept."""
+    if "@" in address:
+        return address
+    return f"{address}@{origin_domain(cfg)}"
