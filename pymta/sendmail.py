@@ -339,7 +339,8 @@ def newaliases(cfg) -> int:
     for lineno, message in problems:
         print(f"newaliases: warning: {path}, line {lineno}: {message}", file=sys.stderr)
     print(f"newaliases: {path}: {len(table)} aliases (read directly; no database to rebuild)", file=sys.stderr)
-    return sysexits.EX_DATAERR if problems else sysexits.EX_OK
+    # as Postfix's: a bad line is a warning, and the rest is used (pymail skips that line when it reads the file)
+    return sysexits.EX_OK
 
 
 def smtp_session(cfg) -> int:

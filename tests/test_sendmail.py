@@ -253,6 +253,18 @@ def test_mailq_and_newaliases_entry_points(mailsys):
     assert proc.returncode == 0 and b"1 aliases" in proc.stderr
 
 
+def test_newaliases_warns_about_a_bad_line_and_the_rest_works(mailsys):
+    # Postfix's newaliases warns and builds the rest (exit 0)
+    (mailsys.root / "aliases").write_text("postmaster: alice\nthis line is wrong\nteam: bob\n")
+    proc = sendmail(mailsys, "-bi")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(rb"newaliases: warning: \S+/aliases, line 2: expected 'name: target, \.\.\.'", proc.stderr)
+    assert b": 2 aliases" in proc.stderr
+    assert sendmail(mailsys, "team", input=b"Subject: to the team\n\nx\n").returncode == 0
+    run_once(mailsys)
+    assert len(mailsys.messages("bob")) == 1
+
+
 # -- an ordinary user ---------------------------------------------------------------------
 
 
