@@ -593,6 +593,7 @@ SERVICES = {
     "imaps": ("pyimap.imapd", ("--tls",)),
 }
 QUEUE_RUNNER = "pymta.qrunner"
+    "autoconfig": ("pymta.autoconfig_http", ()),  # HTTP(S) by autoconfig.tls
 LOCAL_DELIVERY = "pymda.localserver"
 
 

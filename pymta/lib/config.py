@@ -81,6 +81,14 @@ PARAMS: tuple[Param, ...] = (
     Param("listen.imap", "listen", "127.0.0.1:2143", "IMAP listener (when pyimap-imapd is installed)."),
     Param("listen.imaps", "listen", "127.0.0.1:2993", "IMAP over implicit TLS."),
     Param(
+        "listen.autoconfig",
+        "listen",
+        "",
+        "HTTP listener for client autoconfiguration (Thunderbird autoconfig, Outlook autodiscover, Apple profile; "
+        "see autoconfig.*), started by `pymail run` when set. Empty (the default): not started; `pymail autoconfig "
+        "--out DIR` writes the same answers as files for an existing web server.",
+    ),
+    Param(
         "run.restart_delay",
         "float",
         1.0,
@@ -93,6 +101,37 @@ PARAMS: tuple[Param, ...] = (
         "float",
         60.0,
         "Longest wait, in seconds, before `pymail run` starts again a program that keeps dying.",
+    ),
+    # -- client autoconfiguration (pymail autoconfig) ------------------------------
+    Param(
+        "autoconfig.hostname",
+        "str",
+        "",
+        "Server name the autoconfiguration answers give clients, the name in the TLS certificate (the listen.* keys "
+        "are local bind addresses). Empty: hostname.",
+    ),
+    Param("autoconfig.imaps_port", "int", 993, "IMAP over implicit TLS port advertised to clients; 0: not advertised."),
+    Param("autoconfig.imap_port", "int", 0, "IMAP with STARTTLS port advertised to clients (143); 0: not advertised."),
+    Param("autoconfig.pop3s_port", "int", 995, "POP3 over implicit TLS port advertised to clients; 0: not advertised."),
+    Param("autoconfig.pop3_port", "int", 0, "POP3 with STARTTLS port advertised to clients (110); 0: not advertised."),
+    Param(
+        "autoconfig.smtps_port",
+        "int",
+        465,
+        "Submission over implicit TLS port advertised to clients; 0: not advertised.",
+    ),
+    Param(
+        "autoconfig.submission_port",
+        "int",
+        587,
+        "Submission with STARTTLS port advertised to clients; 0: not advertised.",
+    ),
+    Param(
+        "autoconfig.tls",
+        "bool",
+        False,
+        "The autoconfig listener speaks HTTPS with paths.tls_cert (Outlook asks only over HTTPS; Thunderbird tries "
+        "HTTPS, then HTTP). False: plain HTTP, for a reverse proxy or a port 80 listener.",
     ),
     # -- authentication ---------------------------------------------------------
     Param(
