@@ -343,6 +343,79 @@ def newaliases(cfg) -> int:
     return sysexits.EX_OK
 
 
+def verify(cfg, addresses: list[str], out=None) -> int:
+    """-bv: each recipient's delivery route on stdout, nothing sent.
+
+    The recipients go through the aliases and the routing the queue runner
+    uses: a local user (and the Maildir), a ``|command`` or file target, or
+    a remote next hop (the transport map, the relay host, or the domain's
+    MX hosts, looked up).  Exit 0 when every one is deliverable; else 67
+    when one is not (unknown user, bad domain), 75 when one cannot be told
+    now (DNS or the users file unavailable).  Postfix mails the same report
+    to the sender; pymail prints it.
+    """
+    from pymda.maildir import user_maildir  # noqa: PLC0415 lazy
+    from pymta.aliases import Aliases  # noqa: PLC0415 lazy
+    from pymta.lib.address import valid_envelope_address  # noqa: PLC0415 lazy
+    from pymta.lib.users import UsersFile, UsersUnavailable  # noqa: PLC0415 lazy
+    from pymta.recipient import expand  # noqa: PLC0415 lazy
+    from pymta.routing import RouteError, resolve, route  # noqa: PLC0415 lazy
+
+    out = out or sys.stdout
+    users = UsersFile(cfg.path_of("users"))
+    aliases = Aliases(cfg.path_of("aliases"))
+
+    def is_local(address: str) -> bool:
+        return cfg.is_local_domain(address.rpartition("@")[2])
+
+    worst = sysexits.EX_OK
+
+    def report(address: str, ok: bool | None, text: str) -> None:
+        # ok None: cannot be told now (temporary)
+        nonlocal worst
+        verdict = "deliverable" if ok else "undeliverable" if ok is False else "deferred"
+        out.write(f"{address}: {verdict}: {text}\n")
+        if ok is False:
+            worst = sysexits.EX_NOUSER
+        elif ok is None and worst == sysexits.EX_OK:
+            worst = sysexits.EX_TEMPFAIL
+
+    for address in addresses:
+        if not valid_envelope_address(address):
+            report(address, False, "bad address syntax")
+            continue
+        for rcpt in expand(aliases, is_local, [address], set()):
+            via = f"{address} -> {rcpt.to}" if rcpt.to.lower() != address.lower() else address
+            if rcpt.kind in ("error", "defer"):
+                report(address, False if rcpt.kind == "error" else None, rcpt.verdict)
+            elif rcpt.kind == "pipe":
+                report(address, True, f"alias command |{rcpt.to}")
+            elif rcpt.kind == "file":
+                report(address, True, f"alias {'maildir' if rcpt.to.endswith('/') else 'mbox file'} {rcpt.to}")
+            elif is_local(rcpt.to):
+                try:
+                    record = users.lookup(rcpt.to)
+                except (UsersUnavailable, OSError) as exc:
+                    report(via, None, f"local domain; cannot read the users file: {exc}")
+                    continue
+                if record is None:
+                    report(via, False, "5.1.1 unknown user")
+                    continue
+                box = user_maildir(cfg.mail_dir, record.address)
+                report(via, True, f"local user {record.address}, Maildir {box}/")
+            else:
+                hop = route(cfg, rcpt.to.rpartition("@")[2])
+                how = {"transport": "relay.transport_map", "relay": "relay.host", "mx": "MX of"}[hop.kind]
+                try:
+                    resolve(cfg, hop)
+                except RouteError as exc:
+                    report(via, None if exc.temporary else False, f"smtp via {how} {hop.nexthop}: {exc}")
+                    continue
+                hosts = ", ".join(f"{host}[{ip}]:{port}" for host, ip, port in hop.hosts)
+                report(via, True, f"smtp via {how} {hop.nexthop}: {hosts}")
+    return worst
+
+
 def smtp_session(cfg) -> int:
     from pymta.lib.driver_blocking import serve_pipes  # noqa: PLC0415 lazy
     from pymta.smtpd import build  # noqa: PLC0415 lazy
@@ -455,8 +528,8 @@ def main(argv: list[str] | None = None, prog: str = "sendmail") -> int:
     except UsageError as exc:
         print(f"{prog}: {exc}\nusage: {prog} [options] [--] [recipient ...]", file=sys.stderr)
         return sysexits.EX_USAGE
-    if opts.mode in ("d", "v"):
-        print(f"{prog}: -b{opts.mode} is not supported (start pymta-smtpd instead)", file=sys.stderr)
+    if opts.mode == "d":
+        print(f"{prog}: -bd is not supported (start pymta-smtpd instead)", file=sys.stderr)
         return sysexits.EX_USAGE
     cfg = _load_config(opts.config)
     if cfg is None:
@@ -474,6 +547,12 @@ def main(argv: list[str] | None = None, prog: str = "sendmail") -> int:
         return newaliases(cfg)
     if opts.mode == "s":
         return smtp_session(cfg)
+    if opts.mode == "v":
+        recipients = [qualify(cfg, r.strip()) for arg in opts.recipients for r in arg.split(",") if r.strip()]
+        if not recipients:
+            print(f"{prog}: fatal: no recipients specified", file=sys.stderr)
+            return sysexits.EX_USAGE
+        return verify(cfg, recipients)
     if opts.run_queue and not opts.recipients and not opts.extract:
         return run_queue(cfg)
     return submit(cfg, opts)

@@ -253,6 +253,28 @@ def test_mailq_and_newaliases_entry_points(mailsys):
     assert proc.returncode == 0 and b"1 aliases" in proc.stderr
 
 
+def test_sendmail_bv_reports_each_route_and_sends_nothing(make_mailsys):
+    system = make_mailsys('[relay]\ntransport_map = {"remote.test" = "[127.0.0.1]:2525"}\n')
+    (system.root / "aliases").write_text("postmaster: alice\nteam: bob, |cat >/dev/null, carol@remote.test\n")
+    proc = sendmail(system, "-bv", "alice", "postmaster@example.test", "team", input=b"")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    box = system.root / "mail" / "example.test"
+    assert proc.stdout.decode().splitlines() == [
+        f"alice@example.test: deliverable: local user alice@example.test, Maildir {box}/alice/",
+        f"postmaster@example.test -> alice@example.test: deliverable: local user alice@example.test, "
+        f"Maildir {box}/alice/",
+        f"team@example.test -> bob@example.test: deliverable: local user bob@example.test, Maildir {box}/bob/",
+        "team@example.test: deliverable: alias command |cat >/dev/null",
+        "team@example.test -> carol@remote.test: deliverable: smtp via relay.transport_map [127.0.0.1]:2525: "
+        "127.0.0.1[127.0.0.1]:2525",
+    ]
+    proc = sendmail(system, "-bv", "alice@example.test", "nobody@example.test")
+    assert proc.returncode == 67
+    assert proc.stdout.decode().splitlines()[1] == "nobody@example.test: undeliverable: 5.1.1 unknown user"
+    assert sendmail(system, "-bv").returncode == 64
+    assert not entries(system) and not system.messages("alice")
+
+
 def test_newaliases_warns_about_a_bad_line_and_the_rest_works(mailsys):
     # Postfix's newaliases warns and builds the rest (exit 0)
     (mailsys.root / "aliases").write_text("postmaster: alice\nthis line is wrong\nteam: bob\n")
