@@ -20,6 +20,10 @@ Modes:
 * ``listen`` -- ``pymta.smtpd --listen`` (one asyncio process) + ``pymta.qrunner``;
 * ``inetd``  -- ``systemd-socket-activate --inetd -a`` starts one
   ``pymta.smtpd`` process per connection (+ ``pymta.qrunner``);
+* ``postfix`` -- the anchor: a private Postfix (``tests/bench/postfix_side.py``,
+  needs root) over the same kind of tree, delivering with virtual(8) into
+  the same Maildir; with ``listen`` and ``--repeat R`` the runs alternate
+  and the table prints the per-round ratios pymail/Postfix and their median;
 * ``bare``   -- the same socket activation around ``tests/bench/bare_responder.py``,
   a Python responder that imports only ``sys`` and ``os``: the yardstick for
   inetd mode.  The table shows the ratio pymta-inetd / bare (goal >= 0.67).
@@ -118,19 +122,31 @@ def count_files(path: Path) -> int:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU of a live process plus its reaped children, from /proc.
+    """(user, system) CPU of a live process and every process under it, live or reaped, from /proc.
 
-    Under socket activation the children are the per-connection servers.
+    Under socket activation the children are the per-connection servers; a
+    listening smtpd serves in forked workers; Postfix's master has its daemons.
     """
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    stats[int(entry)] = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    if pid not in stats:
         return 0.0, 0.0
+    tree, grown = {pid}, True
+    while grown:
+        more = {p for p, fields in stats.items() if int(fields[1]) in tree and p not in tree}
+        tree |= more
+        grown = bool(more)
     # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
-    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    user = sum(int(stats[p][11]) + int(stats[p][13]) for p in tree)
+    system = sum(int(stats[p][12]) + int(stats[p][14]) for p in tree)
     tick = os.sysconf("SC_CLK_TCK")
-    return (utime + cutime) / tick, (stime + cstime) / tick
+    return user / tick, system / tick
 
 
 class Procs:
@@ -386,8 +402,19 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
     procs = Procs()
     port = free_port()
     smtpd_err = tree.root / "smtpd.stderr"
+    anchor = None
     try:
-        if mode == "listen":
+        if mode == "postfix":
+            from postfix_side import PostfixSide
+
+            anchor = PostfixSide(tree.root, port)
+            try:
+                anchor.start()
+            except RuntimeError as exc:
+                raise Failure(str(exc)) from None
+            smtpd = procs.start("postfix-wait", ["sleep", "infinity"], None)  # stands in for a daemon to watch
+            smtpd_err = anchor.pfx / "postfix.log"
+        elif mode == "listen":
             prof = tree.root / "smtpd.prof" if args.profile else None
             smtpd = procs.start(
                 "smtpd", tree.program("pymta.smtpd", "--listen", f"127.0.0.1:{port}", profile=prof), smtpd_err
@@ -405,7 +432,7 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
         # drains the queue afterwards with "qrunner --once" under cProfile: the
         # daemon's deliveries happen in worker threads, which cProfile misses.
         profile_once = args.profile and mode == "listen" and not args.no_qrunner
-        run_qrunner = mode != "bare" and not args.no_qrunner and not profile_once
+        run_qrunner = mode not in ("bare", "postfix") and not args.no_qrunner and not profile_once
         qerr = tree.root / "qrunner.stderr"
         if run_qrunner:
             qrunner = procs.start("qrunner", tree.program("pymta.qrunner"), qerr)
@@ -429,7 +456,7 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
             result.problems.append(f"smtp-source exited {rc}: {tail(src_err, 5)}")
         elif src_err.stat().st_size:
             result.problems.append(f"smtp-source stderr: {tail(src_err, 5)}")
-        if run_qrunner:
+        if run_qrunner or anchor is not None:
             result.deliver_time, result.delivered = wait_delivery(tree, n, t0, args.stall, procs)
             if result.deliver_time is None:
                 why = "a daemon exited" if procs.died() else f"no progress for {args.stall:g}s"
@@ -437,8 +464,11 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
             time.sleep(0.2)  # let the runner remove the last entries
         result.problems.extend(procs.died())
         for name, proc, _ in procs.procs:
-            if name != "smtp-source" and proc.poll() is None:
+            if name not in ("smtp-source", "postfix-wait") and proc.poll() is None:
                 result.cpu[name] = cpu_seconds(proc.pid)
+        if anchor is not None:
+            master = anchor.master_pid()
+            result.cpu["postfix"] = cpu_seconds(master) if master else (0.0, 0.0)
         if profile_once:
             argv = tree.program("pymta.qrunner", "--once", profile=tree.root / "qrunner.prof")
             before = children_cpu()
@@ -465,6 +495,10 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
                 result.problems.append(f"queue leftovers: {result.leftovers}")
                 result.problems.extend(tree.state_reasons())
     finally:
+        if anchor is not None:
+            if result.problems:
+                print(f"--- last lines of the Postfix log ---\n{anchor.log_tail()}")
+            anchor.stop()
         started = list(procs.procs)
         procs.stop_all()
         procs.procs = started  # for report()
@@ -517,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=20, help="parallel SMTP sessions (default 20)")
     parser.add_argument("--size", type=int, default=1024, help="message payload in octets (default 1024)")
     parser.add_argument(
-        "--modes", default="listen,inetd,bare", help="comma list of listen, inetd, bare (default: all three)"
+        "--modes",
+        default="listen,inetd,bare",
+        help="comma list of listen, inetd, bare, postfix (default: the first three)",
     )
     parser.add_argument(
         "--python",
@@ -580,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SMTPD_PROCESSES"] = str(args.processes)  # read where the tree is made
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
-        if mode not in ("listen", "inetd", "bare"):
+        if mode not in ("listen", "inetd", "bare", "postfix"):
             parser.error(f"unknown mode {mode!r}")
 
     def on_term(signum, frame):
@@ -601,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             startup = python_startup(python)
             print(f"'{' '.join(python)} -c pass': {startup * 1000:.1f} ms (average of 20)")
         for run, mode in ((r, m) for r in range(max(1, args.repeat)) for m in modes):
-            n = args.n if mode == "listen" else args.inetd_n
+            n = args.n if mode in ("listen", "postfix") else args.inetd_n
             cost = settle(workdir, args.settle) if args.settle > 0 else creation_cost(workdir)
             print(
                 f"[{mode}] {n} messages, {args.concurrency} sessions (load average {load_average():.1f}, "
@@ -665,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio = r.accepted_rate / bare.accepted_rate
         elif mode == "bare":
             ratio = 1.0
+        elif mode == "listen" and "postfix" in best and best["postfix"].accepted_rate:
+            ratio = r.accepted_rate / best["postfix"].accepted_rate
+        elif mode == "postfix":
+            ratio = 1.0
         problems = sum(len(x.problems) for x in runs[mode])
         note = "ok" if not problems else f"{problems} problem(s)"
         if len(runs[mode]) > 1:
@@ -673,6 +713,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{mode:<8} {r.n:>6} {r.conc:>5} {r.accepted_rate:>11.0f} {fmt(r.delivered_rate):>12} "
             f"{fmt(ratio, '.2f'):>7} {fmt(r.server_cpu_ms, '.2f'):>15} {r.load:>5.1f}  {note}"
         )
+    if "listen" in best and "postfix" in best:
+        print(
+            "ratio (listen) = pymta-smtpd accepted/s / Postfix accepted/s, the same load in the same run; goal >= 1.5"
+        )
+        if len(runs["listen"]) > 1 and len(runs["postfix"]) == len(runs["listen"]):
+            import statistics
+
+            rounds = zip(runs["listen"], runs["postfix"], strict=True)
+            pairs = [a.accepted_rate / b.accepted_rate for a, b in rounds if b.accepted_rate]
+            print(
+                "per-round ratios listen/postfix: "
+                + " ".join(f"{x:.2f}" for x in pairs)
+                + f"; median {statistics.median(pairs):.2f}; medians of the rates: "
+                f"{statistics.median(x.accepted_rate for x in runs['listen']):.0f} / "
+                f"{statistics.median(x.accepted_rate for x in runs['postfix']):.0f}"
+            )
     if "inetd" in best and bare:
         print("ratio = pymta-smtpd (inetd) connections/s / bare responder connections/s; goal >= 0.67")
         inetd_cpu, bare_cpu = best["inetd"].server_cpu_ms, bare.server_cpu_ms
