@@ -110,6 +110,16 @@ class MaildropQueue:
             raise
 
 
+def received_field(cfg, uid: int, queue_id: str) -> bytes:
+    """The ``Received:`` field of locally submitted mail, as Postfix's
+    cleanup writes it for its pickup: ``by HOST (pymail, from userid N) id
+    QID; DATE``.  Made by whoever knows the uid for sure: sendmail for a
+    caller that writes the queue itself, the pickup (from the file's owner)
+    for the maildrop, whose files a user can write by hand."""
+    date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
+    return f"Received: by {cfg['hostname']} (pymail, from userid {uid})\n\tid {queue_id}; {date}\n".encode()
+
+
 def poke(maildrop) -> None:
     """Wake the runner's pickup; silent if no runner listens."""
     import socket  # noqa: PLC0415 lazy
@@ -301,7 +311,13 @@ def _pick_up_one(cfg, queue, path: Path) -> bool:
                 f"X-Authentication-Warning: {cfg['hostname']}: {user} set sender to <{env.sender}> using -f\n"
             ).encode()
             log.warning(f"uid={uid} ({user}) set sender to <{env.sender}>, which is not theirs")
-        qid = queue.enqueue(env.sender, env.recipients, prefix + body, meta)
+        writer = queue.writer(env.sender, env.recipients, meta)
+        try:
+            writer.write(received_field(cfg, uid, writer.queue_id) + prefix + body)
+            qid = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
         was = f", submitted as {env.queue_id}" if is_queue_id(env.queue_id) else ""
         log.info(
             f"uid={uid}, user={user}, from=<{env.sender}>, nrcpt={len(env.recipients)} (queued from maildrop{was})", qid

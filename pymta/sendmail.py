@@ -31,9 +31,9 @@ import sys
 import time
 
 from pymta.lib import log, sysexits
-from pymta.lib.address import qualify
+from pymta.lib.address import origin_domain, qualify
 from pymta.lib.cliargs import UsageError, getopt
-from pymta.maildrop import MaildropQueue, poke, user_name
+from pymta.maildrop import MaildropQueue, poke, received_field, user_name
 
 # Postfix sendmail's getopt string (-q is made a flag: see parse_args)
 _GETOPT = "A:B:C:F:L:N:O:R:V:X:b:e:f:h:o:p:r:qGIUcimntvx"
@@ -208,6 +208,91 @@ def complete_headers(
     if "message-id" not in present:
         added.append(f"Message-ID: {make_msgid(domain=hostname)}\n".encode())
     return fields + added
+
+
+# Fields whose bare user names get the local domain (Postfix's append_at_myorigin
+# rewrites the same ones in locally submitted mail).
+ADDRESS_FIELDS = frozenset(
+    ("from", "sender", "reply-to", "to", "cc", "bcc", "errors-to", "return-receipt-to")
+    + ("resent-from", "resent-sender", "resent-reply-to", "resent-to", "resent-cc", "resent-bcc")
+)
+_SPECIALS = '()<>,;:"'
+
+
+def _bare_names(value: str) -> list[int]:
+    """Where ``@domain`` goes after each bare user name in an address list
+    (``carol``, ``root (Cron Daemon)``, ``Carol <carol>``): positions in
+    ``value``.  Quoted strings and comments are skipped; a group's display
+    name (``undisclosed-recipients:;``) is no address."""
+    found: list[int] = []
+    item: list[tuple[str, int, int]] = []  # (kind, start, end) of the current address's words and specials
+
+    def close() -> None:
+        words = [t for t in item if t[0] != "comment"]
+        if "<" in [k for k, _, _ in words]:
+            i = [k for k, _, _ in words].index("<")
+            inner = words[i + 1 : i + 2] if i + 2 < len(words) and words[i + 2][0] == ">" else []
+        else:
+            inner = words if len(words) == 1 else []
+        if inner and inner[0][0] == "word" and "@" not in value[inner[0][1] : inner[0][2]]:
+            found.append(inner[0][2])
+        item.clear()
+
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c.isspace():
+            i += 1
+        elif c == '"':
+            j = i + 1
+            while j < n and value[j] != '"':
+                j += 2 if value[j] == "\\" else 1
+            item.append(("quoted", i, min(j + 1, n)))
+            i = j + 1
+        elif c == "(":
+            depth, j = 0, i
+            while j < n:
+                if value[j] == "\\":
+                    j += 2
+                    continue
+                depth += {"(": 1, ")": -1}.get(value[j], 0)
+                j += 1
+                if depth == 0:
+                    break
+            item.append(("comment", i, j))
+            i = j
+        elif c in ",;":
+            close()
+            i += 1
+        elif c == ":":
+            item.clear()  # a group's display name
+            i += 1
+        elif c in _SPECIALS:
+            item.append((c, i, i + 1))
+            i += 1
+        else:
+            j = i
+            while j < n and not value[j].isspace() and value[j] not in _SPECIALS:
+                j += 1
+            item.append(("word", i, j))
+            i = j
+    close()
+    return found
+
+
+def qualify_header_addresses(fields: list[bytes], domain: str) -> list[bytes]:
+    """``To: carol`` -> ``To: carol@DOMAIN`` in the address fields (ADDRESS_FIELDS)."""
+    out = []
+    for field in fields:
+        if _name(field) not in ADDRESS_FIELDS:
+            out.append(field)
+            continue
+        name, _, raw = field.partition(b":")
+        value = raw.decode("utf-8", "surrogateescape")
+        for pos in reversed(_bare_names(value)):
+            value = f"{value[:pos]}@{domain}{value[pos:]}"
+        out.append(name + b":" + value.encode("utf-8", "surrogateescape"))
+    return out
 
 
 def can_write_queue(cfg) -> bool:
@@ -491,11 +576,10 @@ def submit(cfg, opts: Options) -> int:
     fields = complete_headers(
         fields, sender or "MAILER-DAEMON@" + cfg["hostname"], opts.full_name, cfg["hostname"], remove_bcc=opts.extract
     )
+    fields = qualify_header_addresses(fields, origin_domain(cfg))  # Postfix's append_at_myorigin
     message = b"".join(fields) + (body if body.startswith(b"\n") or not body else b"\n" + body)
     if not body:
         message += b"\n"
-    if len(message) > limit:  # the header fields added above count too
-        return _too_big(limit)
     meta = {"client": "local", "service": "sendmail", "uid": os.getuid(), "user": user_name(os.getuid())}
     if opts.notify:
         meta["notify"] = opts.notify
@@ -503,7 +587,19 @@ def submit(cfg, opts: Options) -> int:
         meta["body"] = opts.body
     door, direct = _door(cfg)
     try:
-        qid = door.enqueue(sender, unique, message, meta)
+        writer = door.writer(sender, unique, meta)
+        # a caller that writes the queue is trusted with its own Received: line; the
+        # maildrop's comes from the pickup, which knows the file's owner for sure
+        received = received_field(cfg, os.getuid(), writer.queue_id) if direct else b""
+        if len(received) + len(message) > limit:  # the header fields added here count too
+            writer.abort()
+            return _too_big(limit)
+        try:
+            writer.write(received + message)
+            qid = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
     except QueueError as exc:
         print(f"sendmail: fatal: message not queued: {exc}", file=sys.stderr)
         return sysexits.EX_TEMPFAIL

@@ -253,6 +253,34 @@ def test_mailq_and_newaliases_entry_points(mailsys):
     assert proc.returncode == 0 and b"1 aliases" in proc.stderr
 
 
+CRON_MAIL = b"From: root (Cron Daemon)\nTo: carol, Bob <bob>, alice@example.test\nCc: undisclosed-recipients:;\n"
+
+
+def test_local_submission_gets_received_and_qualified_header_addresses(mailsys):
+    # Postfix: "Received: by HOST (Postfix, from userid N) id ID; DATE", and append_at_myorigin
+    proc = sendmail(mailsys, "bob", input=CRON_MAIL + b"Subject: cron\n\nout\n")
+    assert proc.returncode == 0, proc.stderr
+    [(env, body)] = entries(mailsys)
+    received = rf"Received: by mx\.example\.test \(pymail, from userid 0\)\n\tid {env['id']}; \w{{3}}, \d\d \w{{3}} "
+    assert re.match(received.encode(), body), body
+    assert b"\nFrom: root@example.test (Cron Daemon)\n" in body
+    assert b"\nTo: carol@example.test, Bob <bob@example.test>, alice@example.test\n" in body
+    assert b"\nCc: undisclosed-recipients:;\n" in body
+    assert env["recipients"] == ["bob@example.test"]
+
+
+def test_maildrop_submission_gets_received_from_the_pickup(public_sys):
+    system = public_sys
+    proc = sendmail(system, "bob", as_nobody=True, input=CRON_MAIL + b"Subject: cron\n\nout\n")
+    assert proc.returncode == 0, proc.stderr
+    log = run_once(system)
+    qid = re.search(r"(\w+): uid=65534, user=nobody, .*queued from maildrop", log).group(1)
+    data = system.messages("bob")[0].read_bytes()
+    assert re.search(rf"\nReceived: by mx\.example\.test \(pymail, from userid 65534\)\n\tid {qid}; ".encode(), data)
+    assert data.count(b"Received:") == 1  # sendmail adds none on this path: a user could forge it
+    assert b"\nTo: carol@example.test, Bob <bob@example.test>, alice@example.test\n" in data
+
+
 def test_sendmail_bv_reports_each_route_and_sends_nothing(make_mailsys):
     system = make_mailsys('[relay]\ntransport_map = {"remote.test" = "[127.0.0.1]:2525"}\n')
     (system.root / "aliases").write_text("postmaster: alice\nteam: bob, |cat >/dev/null, carol@remote.test\n")
