@@ -19,7 +19,7 @@ from pyimap.formats import ATOM_OK
 from pyimap.parser import CONTINUE, ERROR, FATAL, Atom, ParseError, Reader, tokenize
 from pyimap.storage import Backend, MailStore, MessageSpool
 from pymta.lib.record import Record
-from pymta.lib.sansio import CLOSE, ConnectionInfo, Protocol
+from pymta.lib.sansio import CLOSE, ConnectionInfo, Job, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,6 +28,13 @@ NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "select
 ANY_STATE = (NOT_AUTH, AUTH, SELECTED)
 MAX_BAD = 20
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # answered NO [OVERQUOTA]
+# Where a command runs (no disk I/O on the event loop, see pymail(7)): once
+# logged in, a command that may touch the store runs in a Job (a thread of
+# the listening daemon, inline under inetd).
+IO_STORE = "store"  # always in a Job once logged in (the default: a new command is safe)
+IO_SELECTED = "selected"  # only its closing untagged updates touch the store: a Job while selected
+IO_NONE = "none"  # never touches the store: on the loop
+SPOOL_FLUSH = 256 * 1024  # APPEND literal octets gathered before a Job writes them to the spool
 
 
 class Command(NamedTuple):
@@ -36,6 +43,67 @@ class Command(NamedTuple):
     method: str  # the IMAPServer method that runs it
     states: tuple[str, ...]  # where it is allowed
     uid: bool = False  # may follow UID (then called with uid=True)
+    io: str = IO_STORE  # IO_STORE, IO_SELECTED or IO_NONE
+
+
+class SpoolBuffer:
+    """An APPEND literal on its way to the store's spool (a ``MessageSpool``).
+
+    The reader writes the literal here on the event loop, into memory; the
+    core hands what gathered (``SPOOL_FLUSH`` octets) to a Job, which makes
+    the spool file at its first write and appends to it.  ``finish`` runs in
+    the APPEND command's Job.  A failure to make the file is kept and raised
+    by ``finish``, as the spool keeps its write errors."""
+
+    def __init__(self, make: Callable[[], MessageSpool]) -> None:
+        self.make = make
+        self.spool: MessageSpool | None = None
+        self.buf = bytearray()
+        self.error: OSError | None = None
+        self.aborted = False
+
+    @property
+    def size(self) -> int:
+        return self.spool.size if self.spool is not None else 0
+
+    @property
+    def wsize(self) -> int:
+        return self.spool.wsize if self.spool is not None else 0
+
+    @property
+    def base(self) -> str:
+        return self.spool.base if self.spool is not None else ""  # known after finish()
+
+    def write(self, data: bytes) -> None:
+        if self.error is None and not self.aborted:
+            self.buf += data
+
+    def flush(self) -> None:
+        """Write what gathered to the spool file (in a Job)."""
+        data, self.buf = bytes(self.buf), bytearray()
+        if self.error is not None or self.aborted:
+            return
+        if self.spool is None:
+            try:
+                self.spool = self.make()
+            except OSError as exc:
+                self.error = exc
+                return
+        if data:
+            self.spool.write(data)
+
+    def finish(self, mtime: int | None = None) -> str:
+        self.flush()
+        if self.error is not None:
+            raise self.error
+        assert self.spool is not None  # made by flush()
+        return self.spool.finish(mtime)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.buf = bytearray()
+        if self.spool is not None:
+            self.spool.abort()
 
 
 class IMAPSettings(Record):
@@ -174,10 +242,7 @@ class IMAPCore(Protocol, CommandContext):
     def timed_out(self) -> list:
         if self.idle_tag is not None and self.sel is not None:
             if time.monotonic() - self.idle_started < self.settings.autologout:
-                try:
-                    self._updates(allow_expunge=True)
-                except Exception as exc:  # never a traceback on the wire
-                    self._log_error("idle poll", exc)
+                self._in_job(self._idle_poll)
                 return self._flush()
         self._untagged("BYE Autologout; idle for too long")
         self.closed = True
@@ -186,6 +251,13 @@ class IMAPCore(Protocol, CommandContext):
 
     def connection_lost(self) -> None:
         self._cleanup()
+
+    def _idle_poll(self) -> None:
+        """In a Job: what changed in the mailbox while the client idles."""
+        try:
+            self._updates(allow_expunge=True)
+        except Exception as exc:  # never a traceback on the wire
+            self._log_error("idle poll", exc)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -275,15 +347,14 @@ class IMAPCore(Protocol, CommandContext):
             return "NO Empty messages cannot be appended"
         if size > self.settings.max_literal:
             return "NO [TOOBIG] Message too big"
-        try:
-            return self.store.spool()
-        except OSError as exc:
-            if exc.errno in NO_SPACE_ERRNOS:
-                return "NO [OVERQUOTA] Not enough disk space, try again later"
-            return f"NO [SERVERBUG] Cannot spool message: {exc.strerror}"
+        return SpoolBuffer(self.store.spool)  # the file is made by the first Job that writes
 
     def _process(self) -> list:
         while not self.waiting and not self.closed:
+            sink = self.reader.lit_sink
+            if isinstance(sink, SpoolBuffer) and len(sink.buf) >= SPOOL_FLUSH:
+                self._in_job(sink.flush)
+                break
             try:
                 event = self.reader.next_event()
             except Exception as exc:  # pragma: no cover - defensive
@@ -310,7 +381,10 @@ class IMAPCore(Protocol, CommandContext):
                 break
             parts = event[1]
             if self.idle_tag is not None:
-                self._idle_line(parts)
+                if self.sel is not None:
+                    self._in_job(self._idle_line, parts)  # DONE: the closing updates read the store
+                else:
+                    self._idle_line(parts)
                 continue
             if self.auth_tag is not None:
                 self._auth_line(parts)
@@ -380,6 +454,20 @@ class IMAPCore(Protocol, CommandContext):
             self._tagged(tag, f"BAD Command {name} not valid in this state")
             return
         handler = getattr(self, entry.method)
+        if self.store is not None and (entry.io == IO_STORE or (entry.io == IO_SELECTED and self.sel is not None)):
+            self._in_job(self._run, handler, tag, args, uid, name, parts)
+        else:
+            self._run(handler, tag, args, uid, name, parts)
+
+    def _in_job(self, fn, *args) -> None:
+        """Run ``fn(*args)`` in a Job: it may read and write the store, and its
+        output goes to ``self.out`` as usual (the driver leaves the session
+        alone until ``job_done``)."""
+        self.waiting = True
+        self._job_then = None
+        self.out.append(Job(fn, *args))
+
+    def _run(self, handler, tag: str, args: list, uid: bool, name: str, parts: list) -> None:
         try:
             if uid:
                 handler(tag, args, uid=True)

@@ -234,7 +234,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
                 size = _count_crlf_size(fh)
                 buf.append(label + b" {%d}\r\n" % size)
                 out.append(b"".join(buf))
-                out.append(Stream(_stream(fh)))
+                out.append(Stream(_stream(fh), reads_disk=True))
                 buf = []
                 continue
             if name == "RFC822.HEADER":

@@ -15,7 +15,18 @@ login here, the mailbox tree in ``mailboxes``, the selected mailbox in
 
 from __future__ import annotations
 
-from pyimap.core import ANY_STATE, AUTH, LOGOUT, NOT_AUTH, SELECTED, Command, IMAPCore, IMAPSettings
+from pyimap.core import (
+    ANY_STATE,
+    AUTH,
+    IO_NONE,
+    IO_SELECTED,
+    LOGOUT,
+    NOT_AUTH,
+    SELECTED,
+    Command,
+    IMAPCore,
+    IMAPSettings,
+)
 from pyimap.mailboxes import MailboxCommands
 from pyimap.parser import Atom, ParseError
 from pyimap.selected import SelectedCommands
@@ -24,14 +35,14 @@ from pymta.lib.sansio import STARTTLS, Job, catching
 __all__ = ["IMAPServer", "IMAPSettings", "COMMANDS"]
 
 COMMANDS = {
-    "CAPABILITY": Command("cmd_capability", ANY_STATE),
-    "NOOP": Command("cmd_noop", ANY_STATE),
-    "LOGOUT": Command("cmd_logout", ANY_STATE),
-    "ID": Command("cmd_id", ANY_STATE),
-    "ENABLE": Command("cmd_enable", (AUTH,)),
-    "STARTTLS": Command("cmd_starttls", (NOT_AUTH,)),
-    "LOGIN": Command("cmd_login", (NOT_AUTH,)),
-    "AUTHENTICATE": Command("cmd_authenticate", (NOT_AUTH,)),
+    "CAPABILITY": Command("cmd_capability", ANY_STATE, io=IO_SELECTED),
+    "NOOP": Command("cmd_noop", ANY_STATE, io=IO_SELECTED),
+    "LOGOUT": Command("cmd_logout", ANY_STATE, io=IO_NONE),
+    "ID": Command("cmd_id", ANY_STATE, io=IO_SELECTED),
+    "ENABLE": Command("cmd_enable", (AUTH,), io=IO_SELECTED),
+    "STARTTLS": Command("cmd_starttls", (NOT_AUTH,), io=IO_NONE),
+    "LOGIN": Command("cmd_login", (NOT_AUTH,), io=IO_NONE),
+    "AUTHENTICATE": Command("cmd_authenticate", (NOT_AUTH,), io=IO_NONE),
     "SELECT": Command("cmd_select", (AUTH, SELECTED)),
     "EXAMINE": Command("cmd_examine", (AUTH, SELECTED)),
     "CREATE": Command("cmd_create", (AUTH, SELECTED)),
@@ -43,11 +54,11 @@ COMMANDS = {
     "LSUB": Command("cmd_lsub", (AUTH, SELECTED)),
     "STATUS": Command("cmd_status", (AUTH, SELECTED)),
     "APPEND": Command("cmd_append", (AUTH, SELECTED)),
-    "NAMESPACE": Command("cmd_namespace", (AUTH, SELECTED)),
-    "IDLE": Command("cmd_idle", (AUTH, SELECTED)),
+    "NAMESPACE": Command("cmd_namespace", (AUTH, SELECTED), io=IO_SELECTED),
+    "IDLE": Command("cmd_idle", (AUTH, SELECTED), io=IO_SELECTED),
     "CHECK": Command("cmd_check", (SELECTED,)),
     "CLOSE": Command("cmd_close", (SELECTED,)),
-    "UNSELECT": Command("cmd_unselect", (SELECTED,)),
+    "UNSELECT": Command("cmd_unselect", (SELECTED,), io=IO_NONE),
     "EXPUNGE": Command("cmd_expunge", (SELECTED,), uid=True),
     "SEARCH": Command("cmd_search", (SELECTED,), uid=True),
     "FETCH": Command("cmd_fetch", (SELECTED,), uid=True),
@@ -194,25 +205,35 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
 
     def _start_auth(self, tag: str, user: str, password: bytes) -> None:
         def then(result):
-            account = result
-            if isinstance(account, Exception):  # the users file is missing or unreadable
-                self._log_error("login", account)
+            if isinstance(result, Exception):  # the users file is missing or unreadable
+                self._log_error("login", result)
                 self._tagged(tag, "NO [UNAVAILABLE] Temporary authentication failure, try again later")
                 return
-            if not account:
+            if not result:
                 self._tagged(tag, "NO [AUTHENTICATIONFAILED] Authentication failed.")
                 self._count_bad()
                 return
-            try:
-                self.store = self.backend.open_store(account)
-            except Exception as exc:
-                self._log_error(f"mail home of {account}", exc)
+            account, store = result
+            if isinstance(store, Exception):
+                self._log_error(f"mail home of {account}", store)
                 self._tagged(tag, "NO [UNAVAILABLE] Mailbox unavailable, try again later")
                 return
+            self.store = store
             self.user = account
             self.state = AUTH
             self._tagged(tag, f"OK [CAPABILITY {self._capabilities()}] Logged in")
 
         self.waiting = True
         self._job_then = then
-        self.out.append(Job(catching, self.backend.authenticate, self.info, user, password))
+        self.out.append(Job(catching, self._login, user, password))
+
+    def _login(self, user: str, password: bytes):
+        """In a Job: check the password, then open the mail home (it may create
+        the INBOX): None, or (account, store or the exception that stopped it)."""
+        account = self.backend.authenticate(self.info, user, password)
+        if not account:
+            return None
+        try:
+            return account, self.backend.open_store(account)
+        except Exception as exc:
+            return account, exc

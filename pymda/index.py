@@ -267,8 +267,12 @@ def _head_of(snap: Snapshot) -> bytes:
 
 
 def _remember(folder: str, key: tuple, snap: Snapshot) -> None:
+    # Sessions sync in job threads at once: another thread may drop the same oldest entry.
     if len(_SHARED) >= _SHARED_MAX and folder not in _SHARED:
-        _SHARED.pop(next(iter(_SHARED)))
+        try:
+            _SHARED.pop(next(iter(_SHARED)), None)
+        except (StopIteration, RuntimeError):
+            pass
     _SHARED[folder] = (key, snap)
 
 

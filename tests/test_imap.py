@@ -217,6 +217,11 @@ def test_big_append_streams_to_disk(mailsys):
     m.select("INBOX")
     typ, d = m.fetch("1", "(RFC822.SIZE)")
     assert d == [b"1 (RFC822.SIZE %d)" % len(data)]
+    typ, d = m.fetch("1", "(BODY.PEEK[])")  # streamed back, the file read in job threads
+    assert d[0][1] == data
+    with open(f"/proc/{pid}/status") as fh:
+        hwm = int(re.search(r"VmHWM:\s+(\d+) kB", fh.read()).group(1))
+    assert hwm < 40 * 1024, f"peak RSS {hwm} kB"
 
 
 def test_too_big_literal_refused_without_reading(make_mailsys):
@@ -512,3 +517,87 @@ def test_fetch_of_a_message_expunged_by_another_session(mailsys, mode):
     ]
     assert exchange(a, "NOOP") == ["* 2 EXPUNGE", "OK NOOP completed"]
     assert exchange(a, "FETCH 2 (UID)") == ["* 2 FETCH (UID 3)", "OK FETCH completed"]
+
+
+def _imap_raw(port: int, user: str) -> socket.socket:
+    """A logged-in session on a plain socket, INBOX selected (answers read by _answer)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    _answer(sock, b"")
+    sock.sendall(b'l LOGIN "%s" "%s"\r\n' % (user.encode(), PASSWORD.encode()))
+    _answer(sock, b"l")
+    sock.sendall(b"s SELECT INBOX\r\n")
+    _answer(sock, b"s")
+    return sock
+
+
+def _answer(sock: socket.socket, tag: bytes, timeout: float = 30.0) -> bytes:
+    """Everything up to the tagged line of ``tag`` (b"": the greeting)."""
+    sock.settimeout(timeout)
+    buf = b""
+    end = tag + b" " if tag else b"* OK"
+    while not (buf.startswith(end) or b"\r\n" + end in buf) or not buf.endswith(b"\r\n"):
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError(f"closed: {buf!r}")
+        buf += data
+    return buf
+
+
+def test_a_held_index_lock_stalls_only_its_own_session(make_mailsys):
+    """No disk I/O or lock wait on the event loop: while another process holds
+    alice's INBOX index lock for 5 s and alice's NOOP waits for it, bob's
+    sessions in the same imapd process answer NOOP and FETCH within 100 ms."""
+    import subprocess
+    import sys
+
+    system = make_mailsys("[imapd]\nprocesses = 1\n")
+    port = start_imapd(system, "listen")
+    for user in ("alice", "bob"):
+        m = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+        m.login(f"{user}@example.test", PASSWORD)
+        for i in range(3):
+            m.append("INBOX", None, None, msg(f"{user}{i}"))
+        m.logout()
+    alice = _imap_raw(port, ALICE)
+    bobs = [_imap_raw(port, "bob@example.test") for _ in range(2)]
+    lock = system.maildir("alice") / "pymail-index.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(5)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        held_at = time.monotonic()
+        # a new message in new/: alice's next look at her INBOX needs the lock
+        (system.maildir("alice") / "new" / "1700000000.M1P1.host,S=20,W=21").write_bytes(
+            b"Subject: late\n\nhello\n"
+        )
+        alice.sendall(b"n NOOP\r\n")
+        time.sleep(0.2)  # alice's NOOP is waiting for the lock now
+        worst = 0.0
+        rounds = 0
+        while time.monotonic() - held_at < 3.5:
+            for i, bob in enumerate(bobs):
+                t = time.monotonic()
+                bob.sendall(b"a%d NOOP\r\n" % rounds)
+                assert b"OK NOOP completed" in _answer(bob, b"a%d" % rounds)
+                bob.sendall(b"f%d FETCH 1:3 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n" % rounds)
+                got = _answer(bob, b"f%d" % rounds)
+                assert b"Subject: bob%d" % i in got and b"OK FETCH completed" in got
+                worst = max(worst, time.monotonic() - t)
+            rounds += 1
+        assert rounds > 5
+        assert worst < 0.1, f"bob waited {worst:.3f} s while alice's index was locked"
+        # alice's NOOP is answered once the lock is free, with the new message
+        got = _answer(alice, b"n", timeout=30)
+        assert time.monotonic() - held_at >= 4.5
+        assert b"* 4 EXISTS" in got and b"n OK NOOP completed" in got
+    finally:
+        holder.kill()
+        holder.wait()

@@ -59,6 +59,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.counted = False
         self.ticket = -1  # from the per-client limits: what to release at the end
         self.stream: Iterator[bytes] | None = None
+        self.stream_in_thread = False  # its chunks read files: pulled in the job threads
+        self.gathering = False  # a job thread is pulling the stream's next chunks
         self.write_paused = False
         self.read_paused = False
         self.held: list[bytes] = []  # input that arrived while busy
@@ -179,6 +181,7 @@ class _Connection(asyncio.BufferedProtocol):
             if isinstance(action, Stream):
                 self.busy = True
                 self.stream = iter(action.chunks)
+                self.stream_in_thread = action.reads_disk
                 self._pump()
             elif isinstance(action, Job):
                 self.busy = True
@@ -235,6 +238,12 @@ class _Connection(asyncio.BufferedProtocol):
             self._crash(exc)
 
     def _pump(self) -> None:
+        if self.stream_in_thread:
+            if self.stream is not None and not self.gathering and not self.write_paused and not self.closed:
+                self.gathering = True
+                future = self.loop.run_in_executor(self.server.executor, _gather, self.stream)
+                future.add_done_callback(self._gathered)
+            return
         buf = bytearray()
         try:
             assert self.stream is not None  # _drive set it
@@ -251,6 +260,27 @@ class _Connection(asyncio.BufferedProtocol):
         if buf:
             self.transport.write(buf)
         self.stream = None
+        self.busy = False
+        self.progress = True
+        self._drive()
+
+    def _gathered(self, future) -> None:
+        """A thread read the next part of a disk-reading stream (see ``_gather``)."""
+        self.gathering = False
+        if self.closed:
+            return
+        try:
+            data, more = future.result()
+        except Exception as exc:
+            self._crash(exc)
+            return
+        if data:
+            self.transport.write(data)
+        if more:
+            self._pump()  # or resume_writing() does, once the peer has read
+            return
+        self.stream = None
+        self.stream_in_thread = False
         self.busy = False
         self.progress = True
         self._drive()
@@ -322,6 +352,16 @@ class _Connection(asyncio.BufferedProtocol):
         # never let one session take the server down, nor a traceback reach the peer
         log.error(f"session error: {exc!r}")
         self._close()
+
+
+def _gather(stream) -> tuple[bytes, bool]:
+    """In a job thread: the stream's next STREAM_FLUSH bytes or so, and whether more follow."""
+    buf = bytearray()
+    for chunk in stream:
+        buf += chunk
+        if len(buf) >= STREAM_FLUSH:
+            return bytes(buf), True
+    return bytes(buf), False
 
 
 class AsyncServer:

@@ -6,6 +6,8 @@ bytes and carries out the *actions* it returns, in order:
 * ``bytes``        -- send these bytes to the peer.
 * ``Stream(it)``   -- send every chunk the iterable yields (large bodies are
                       produced lazily so a 50 MB message never sits in memory).
+                      ``Stream(it, reads_disk=True)``: the iterable reads a
+                      file; the asyncio driver pulls its chunks in a thread.
 * ``Job(fn, *a)``  -- slow work (fsync, password hashing).  The blocking
                       driver calls ``fn(*a)`` directly; the asyncio driver runs
                       it in a thread.  The result goes back through
@@ -71,10 +73,11 @@ def catching(fn, *args):
 
 
 class Stream:
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "reads_disk")
 
-    def __init__(self, chunks) -> None:
+    def __init__(self, chunks, reads_disk: bool = False) -> None:
         self.chunks = chunks
+        self.reads_disk = reads_disk
 
 
 class ConnectionInfo(Record):

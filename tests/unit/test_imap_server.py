@@ -665,8 +665,8 @@ def test_rfc3501_uid_fetch_example(c, tmp_path):
 
 def test_client_gone_mid_append_leaves_no_spool_file(c, tmp_path):
     c.login()
-    assert c.cmd("a APPEND INBOX {200000}") == "+ Ready for literal data\r\n"
-    c.send(b"x" * 100000)
+    assert c.cmd("a APPEND INBOX {400000}") == "+ Ready for literal data\r\n"
+    c.send(b"x" * 300000)  # more than SPOOL_FLUSH: a Job has made the spool file
     assert len(list((tmp_path / "alice" / "tmp").iterdir())) == 1
     c.server.connection_lost()
     assert list((tmp_path / "alice" / "tmp").iterdir()) == []
