@@ -1,8 +1,10 @@
-"""Remote delivery: the queue runner's SMTP transport.
+"""Remote delivery: the queue runner's SMTP (and LMTP) transport.
 
 Remote recipients of one entry are routed (pymta.routing), grouped per
-destination and sent over SMTP (pymta.smtp_client); each recipient gets a
-``Status`` with the reply's code and enhanced code.
+destination and sent over SMTP (pymta.smtp_client), or LMTP where the
+transport map says ``lmtp:`` (each recipient then gets the server's own
+reply after the message); each recipient gets a ``Status`` with the
+reply's code and enhanced code.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class RemoteDelivery:
             return sem
 
     def _connect(self, route, host: str, ip: str, port: int, fresh: bool = False):
-        key = (ip, port, route.tls, route.auth)
+        key = (ip, port, route.tls, route.auth, route.protocol)
         if not fresh:
             with self._lock:
                 idle = self._idle.get(key) or []
@@ -66,6 +68,7 @@ class RemoteDelivery:
             connect_timeout=self.cfg["relay.connect_timeout"],
             timeout=self.cfg["relay.command_timeout"],
             ca_file=str(self.cfg.root / ca_file) if ca_file else "",
+            lmtp=route.protocol == "lmtp",
         )
         conn.reused = False
         conn.key = key
@@ -167,7 +170,7 @@ class RemoteDelivery:
         txn = self._transaction(entry, rcpts)
         last = None
         for host, ip, port in r.hosts:
-            relay = f"{host}[{ip}]:{port}"
+            relay = f"{host}[{ip}]:{port}" if host != "unix" else f"unix:{ip}"
             conn = self._connect(r, host, ip, port)
             if conn.ok:
                 result = conn.send(txn)
@@ -217,6 +220,7 @@ class RemoteDelivery:
             return
         for i, rcpt in enumerate(rcpts):
             reply = result.rcpt[i] if i < len(result.rcpt) else None
+            data = result.data_reply(i)  # LMTP: this recipient's own
             if reply is None:
                 self._set(entry, rcpt, DEFERRED, Status.of("4.4.2", f"{relay}: lost connection during RCPT"), relay)
             elif reply.code // 100 != 2:
@@ -228,7 +232,7 @@ class RemoteDelivery:
                     relay,
                     f"smtp; {reply}",
                 )
-            elif result.data is None:
+            elif data is None:
                 self._set(
                     entry,
                     rcpt,
@@ -237,17 +241,12 @@ class RemoteDelivery:
                     relay,
                     "smtp; 421 lost connection",
                 )
-            elif result.data.code // 100 == 2:
+            elif data.code // 100 == 2:
                 self._set(
-                    entry,
-                    rcpt,
-                    SENT,
-                    Status(result.data.code, "2.0.0", f"2.0.0 {relay}: {result.data}"),
-                    relay,
-                    f"smtp; {result.data}",
+                    entry, rcpt, SENT, Status(data.code, "2.0.0", f"2.0.0 {relay}: {data}"), relay, f"smtp; {data}"
                 )
             else:
-                d = result.data
+                d = data
                 self._set(
                     entry,
                     rcpt,

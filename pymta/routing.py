@@ -4,6 +4,9 @@ Order (first match wins):
 
 1. ``relay.transport_map`` -- ``{"domain" = "[host]:port"}``; a key
    ``".example.org"`` matches every subdomain, ``"*"`` matches everything.
+   A value ``lmtp:[host]:port`` (port 24 by default) or ``lmtp:unix:/path``
+   (relative to root) speaks LMTP (RFC 2033) to that next hop: Dovecot's
+   LMTP, or another pymail's; ``smtp:`` in front of a value is the default.
 2. ``relay.host`` (the smart host; AUTH with ``relay.username`` /
    ``relay.password_file``).
 3. MX records from DNS (dnspython; ``relay.dns_servers`` picks the servers,
@@ -44,12 +47,13 @@ class RouteError(Exception):
 
 @dataclass
 class Route:
-    key: str  # destination: "mx:domain", "relay:[host]:port", "transport:[host]:port"
+    key: str  # destination: "mx:domain", "relay:[host]:port", "transport:[host]:port", "transport:lmtp:..."
     kind: str  # "transport" | "relay" | "mx"
-    nexthop: str  # "[host]:port" or the mail domain (mx)
+    nexthop: str  # "[host]:port", "unix:/path" (LMTP) or the mail domain (mx)
     tls: str = "opportunistic"
     auth: tuple[str, str] | None = None
-    hosts: list = field(default_factory=list)  # [(host, ip, port)]
+    hosts: list = field(default_factory=list)  # [(host, ip, port)]; ("unix", path, 0) for a UNIX socket
+    protocol: str = "smtp"  # "smtp" | "lmtp"
 
 
 def parse_nexthop(spec: str, default_port: int = 25) -> tuple[str, int]:
@@ -73,6 +77,33 @@ def parse_nexthop(spec: str, default_port: int = 25) -> tuple[str, int]:
     if not host or any(c.isspace() or c in "/\\@" for c in host) or not 0 < port < 65536:
         raise ValueError(f"{spec!r} is not [host]:port")
     return host, port
+
+
+LMTP_PORT = 24  # Postfix's lmtp(8) default; RFC 2033 forbids only 25
+
+
+def parse_transport(spec: str, default_port: int = 25) -> tuple[str, str, int | str]:
+    """A transport map value -> (protocol, host, port), or ("lmtp", "unix", path):
+    '[host]:port', 'smtp:[host]:port', 'lmtp:[host]:port', 'lmtp:host', 'lmtp:unix:/path'."""
+    spec = spec.strip()
+    protocol, sep, rest = spec.partition(":")
+    if sep and protocol.lower() in ("smtp", "lmtp") and not rest.isdigit():
+        protocol, spec = protocol.lower(), rest
+    else:
+        protocol = "smtp"
+    if protocol == "lmtp":
+        if spec.startswith("unix:"):
+            path = spec[5:]
+            if not path or "\0" in path:
+                raise ValueError(f"{spec!r}: no socket path")
+            return protocol, "unix", path
+        if spec.startswith("inet:"):
+            spec = spec[5:]
+        default_port = LMTP_PORT
+    host, port = parse_nexthop(spec, default_port)
+    if protocol == "lmtp" and port == 25:
+        raise ValueError(f"{spec!r}: LMTP must not use port 25 (RFC 2033)")
+    return protocol, host, port
 
 
 def transport_lookup(table: dict, domain: str) -> str | None:
@@ -117,8 +148,13 @@ def route(cfg, domain: str) -> Route:
     table = cfg["relay.transport_map"]
     spec = transport_lookup(table, domain) if table else None
     if spec:
-        host, port = parse_nexthop(spec, cfg["relay.smtp_port"])
-        return Route(f"transport:[{host}]:{port}", "transport", f"[{host}]:{port}", tls_policy(cfg, domain))
+        protocol, host, port = parse_transport(spec, cfg["relay.smtp_port"])
+        if host == "unix":  # LMTP over a UNIX socket: no TLS, no DNS
+            path = str(cfg.root / str(port))  # an absolute path stays itself
+            return Route(f"transport:lmtp:unix:{path}", "transport", f"unix:{path}", "none", protocol="lmtp")
+        nexthop = f"[{host}]:{port}"
+        prefix = "lmtp:" if protocol == "lmtp" else ""
+        return Route(f"transport:{prefix}{nexthop}", "transport", nexthop, tls_policy(cfg, domain), protocol=protocol)
     if cfg["relay.host"]:
         host, port = parse_nexthop(cfg["relay.host"], cfg["relay.port"])
         return Route(f"relay:[{host}]:{port}", "relay", f"[{host}]:{port}", cfg["relay.tls"])
@@ -129,6 +165,9 @@ def resolve(cfg, r: Route) -> Route:
     """Fill ``r.hosts`` (and ``r.auth`` for the relay host); raise RouteError."""
     if r.kind == "relay":
         r.auth = _relay_auth(cfg)
+    if r.nexthop.startswith("unix:"):
+        r.hosts = [("unix", r.nexthop[5:], 0)]
+        return r
     if r.kind in ("transport", "relay"):
         host, port = parse_nexthop(r.nexthop, 25)
         r.hosts = [(host, ip, port) for ip in _addresses(cfg, host)]

@@ -23,8 +23,14 @@ The message in the queue has LF line ends; ``smtp_text`` turns it into
 CRLF with dot-stuffing and never emits a bare CR or LF (SMTP smuggling,
 CVE-2023-51764: a lone CR or LF becomes a line end).
 
-RFCs: 5321 (SMTP), 1870 (SIZE), 2920 (PIPELINING), 3207 (STARTTLS),
-4954 (AUTH), 6152 (8BITMIME), 6531 (SMTPUTF8), 3463 (enhanced codes).
+With ``lmtp=True`` the machine speaks LMTP (RFC 2033) instead: LHLO for
+EHLO (no HELO fallback), and after the message one reply per recipient
+that RCPT accepted, in order (``TxnResult.lmtp``), since each mailbox
+may take the message or not.
+
+RFCs: 5321 (SMTP), 2033 (LMTP), 1870 (SIZE), 2920 (PIPELINING), 3207
+(STARTTLS), 4954 (AUTH), 6152 (8BITMIME), 6531 (SMTPUTF8), 3463
+(enhanced codes).
 """
 
 from __future__ import annotations
@@ -167,8 +173,16 @@ class Transaction:
 class TxnResult:
     mail: ServerReply | None = None
     rcpt: list = field(default_factory=list)  # ServerReply per recipient, in order
-    data: ServerReply | None = None  # final reply for the message (None if not sent)
+    data: ServerReply | None = None  # final reply for the message (None if not sent); LMTP: the last one
     failure: ServerReply | None = None  # the transaction could not run (MAIL refused, SIZE, lost)
+    lmtp: list | None = None  # LMTP: the reply after the message per recipient (None where RCPT was refused)
+
+    def data_reply(self, i: int) -> ServerReply | None:
+        """The reply after the message for recipient ``i``: LMTP's own, else the one DATA reply
+        (None when the message was not sent, or the session was lost before recipient i's reply)."""
+        if self.lmtp is None:
+            return self.data
+        return self.lmtp[i] if i < len(self.lmtp) else None
 
 
 # states
@@ -186,8 +200,11 @@ class SMTPClient:
         tls_possible: bool = True,
         auth: tuple[str, str] | None = None,
         auth_ok_plaintext: bool = False,
+        lmtp: bool = False,
     ) -> None:
         self.helo = helo
+        self.lmtp = lmtp
+        self.hello = "LHLO" if lmtp else "EHLO"
         self.tls_policy = tls  # none | opportunistic | require | verify
         self.tls_possible = tls_possible
         self.auth = auth
@@ -262,7 +279,7 @@ class SMTPClient:
         self.esmtp = False
         self.extensions = {}
         self.state = _EHLO
-        return [self._cmd(f"EHLO {self.helo}")]
+        return [self._cmd(f"{self.hello} {self.helo}")]
 
     def tls_failed(self, why: str) -> list:
         return self._fail(421, f"4.7.5 TLS handshake failed: {why}")
@@ -272,7 +289,7 @@ class SMTPClient:
             raise RuntimeError("transaction() before the session is ready")
         self.ready = False
         self._txn = txn
-        self.result = TxnResult()
+        self.result = TxnResult(lmtp=[] if self.lmtp else None)
         limit = self.extensions.get("SIZE", "")
         if "SIZE" in self.extensions and limit.isdigit() and int(limit) > 0 and txn.size > int(limit):
             self.result.failure = ServerReply(
@@ -324,13 +341,13 @@ class SMTPClient:
             if reply.code != 220:
                 return self._fail_reply(reply, "server refused the connection")
             self.state = _EHLO
-            return [self._cmd(f"EHLO {self.helo}")]
+            return [self._cmd(f"{self.hello} {self.helo}")]
         if st == _EHLO:
             if reply.code == 250:
                 self._parse_ehlo(reply)
                 return self._after_ehlo()
-            if self.tls_active:
-                return self._fail_reply(reply, "EHLO refused after STARTTLS")
+            if self.tls_active or self.lmtp:
+                return self._fail_reply(reply, f"{self.hello} refused" + (" after STARTTLS" if self.tls_active else ""))
             self.state = _HELO
             return [self._cmd(f"HELO {self.helo}")]
         if st == _HELO:
@@ -353,7 +370,16 @@ class SMTPClient:
         if st in (_MAIL, _RCPT, _DATA):
             return self._on_txn_reply(reply)
         if st == _TEXT:
-            self.result.data = reply
+            res = self.result
+            res.data = reply
+            if res.lmtp is not None:  # one reply per recipient RCPT accepted, in order
+                waiting = [i for i, r in enumerate(res.rcpt) if r.code // 100 == 2]
+                res.lmtp += [None] * (len(res.rcpt) - len(res.lmtp))
+                got = sum(1 for i in waiting if res.lmtp[i] is not None)
+                if got < len(waiting):
+                    res.lmtp[waiting[got]] = reply
+                    if got + 1 < len(waiting):
+                        return []
             self.state = _READY
             self.ready = True
             return []
@@ -440,6 +466,8 @@ class SMTPClient:
                 return [b".\r\n"]
             if accepted:
                 res.data = reply
+                if res.lmtp is not None:  # DATA itself refused: the same answer for every recipient
+                    res.lmtp = [reply if r.code // 100 == 2 else None for r in res.rcpt]
             return self._txn_over()
         if pipelined:
             return []
@@ -476,24 +504,37 @@ class Connection:
         connect_timeout: float = 30.0,
         timeout: float = 300.0,
         ca_file: str = "",
+        lmtp: bool = False,
     ) -> None:
+        """``host`` "unix" with ``ip`` a path: a UNIX socket (LMTP), never TLS."""
         self.host, self.ip, self.port = host, ip, port
         self.timeout = timeout
         self.tls = tls
         self.ca_file = ca_file
         self.sock = None
         self.last_used = time.monotonic()
-        loopback = ip.startswith("127.") or ip == "::1"
-        self.machine = SMTPClient(helo, tls=tls, auth=auth, auth_ok_plaintext=loopback)
+        unix = host == "unix"
+        loopback = unix or ip.startswith("127.") or ip == "::1"
+        self.machine = SMTPClient(
+            helo, tls="none" if unix else tls, tls_possible=not unix, auth=auth, auth_ok_plaintext=loopback, lmtp=lmtp
+        )
         try:
-            self.sock = socket.create_connection((ip, port), timeout=connect_timeout)
+            if unix:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(connect_timeout)
+                self.sock.connect(ip)
+            else:
+                self.sock = socket.create_connection((ip, port), timeout=connect_timeout)
         except OSError as exc:
-            self.machine.failure = ServerReply(
-                421, (f"4.4.1 connect to {host}[{ip}]:{port}: {exc.strerror or exc}",), True
-            )
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+            where = f"unix:{ip}" if unix else f"{host}[{ip}]:{port}"
+            self.machine.failure = ServerReply(421, (f"4.4.1 connect to {where}: {exc.strerror or exc}",), True)
             self.machine.state = _DONE
             return
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not unix:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._run([], until=lambda m: m.ready)
 
     @property

@@ -33,6 +33,7 @@ SLOW_FILES = {
     "test_imap.py",
     "test_imap_dovecot.py",
     "test_imap_mbsync.py",
+    "test_lmtp.py",
     "test_mail_in.py",
     "test_mailbox_modes.py",
     "test_pop3.py",

@@ -469,7 +469,8 @@ PARAMS: tuple[Param, ...] = (
         "table",
         {},
         'Per-domain next hop, a table domain = "[host]:port": ".example.org" matches subdomains, "*" everything. '
-        "Checked before relay.host and MX.",
+        'Checked before relay.host and MX. "lmtp:[host]:port" (port 24 by default) or "lmtp:unix:/path" (relative '
+        "to root) delivers there over LMTP (RFC 2033), to Dovecot's LMTP for instance, one reply per recipient.",
     ),
     Param(
         "relay.host",
