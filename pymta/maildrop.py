@@ -28,6 +28,7 @@ from pymta.recipient import Status
 
 PICKUP_META = ("notify", "body", "envid", "ret", "protocol", "full_name")
 WAKE_NAME = ".wake"
+MAILQ_NAME = ".mailq"  # the runner lists the queue to whoever connects (mailq for ordinary users)
 TMP_PREFIX = ".tmp-"
 
 
@@ -150,30 +151,52 @@ def ensure(cfg) -> Path | None:
     return maildrop
 
 
-def listen(cfg):
-    """The bound ``.wake`` datagram socket (mode 0666, non-blocking), or None."""
+def listen(cfg, name: str = WAKE_NAME):
+    """The bound ``.wake`` datagram socket, or with ``name=MAILQ_NAME`` the
+    listening ``.mailq`` stream socket (mode 0666, non-blocking), or None."""
     import socket  # noqa: PLC0415 lazy
 
     maildrop = ensure(cfg)
     if maildrop is None:
         return None
-    path = maildrop / WAKE_NAME
+    path = maildrop / name
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError:
         return None
-    drop = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    drop = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM if name == MAILQ_NAME else socket.SOCK_DGRAM)
     try:
         drop.bind(str(path))
         os.chmod(path, 0o666)
+        if name == MAILQ_NAME:
+            drop.listen(16)
     except OSError as exc:
         log.warning(f"cannot listen on {path}: {exc}")
         drop.close()
         return None
     drop.setblocking(False)
     return drop
+
+
+def ask_runner_for_mailq(maildrop, timeout: float = 30.0) -> str:
+    """The queue listing from the running queue runner (``.mailq`` in the
+    maildrop): how an ordinary user, who may not read the queue, runs
+    mailq.  OSError when no runner answers, or when the socket is not the
+    maildrop owner's (another user's socket in the 1733 folder)."""
+    import socket  # noqa: PLC0415 lazy
+
+    path = maildrop / MAILQ_NAME
+    if os.stat(path).st_uid != os.stat(maildrop).st_uid:
+        raise OSError(f"{path} does not belong to the maildrop's owner")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def user_name(uid: int) -> str:

@@ -52,6 +52,7 @@ PRELOAD = (
     "pymta.bounce",
     "pymta.maildrop",
     "pymta.maildrop_bounce",
+    "pymta.sendmail",  # format_mailq, for the .mailq listing
     "pymta.smtp_client",
     "pymta.routing",
     "pymta.aliases",
@@ -62,6 +63,9 @@ PRELOAD = (
 PRELOAD_OTHERS = ("dns.resolver", "dkim", "ssl", "json", "email.parser", *DELIVERY_OTHERS)
 
 
+MAILQ_CLIENTS = 4  # mailq listings sent at once (for users who cannot read the queue)
+
+
 class Runner:
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -69,6 +73,7 @@ class Runner:
         self.delivery = EntryDelivery(cfg, self.queue)
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        self._mailq_slots = threading.BoundedSemaphore(MAILQ_CLIENTS)
         self.stopping = False
 
     @property
@@ -135,6 +140,32 @@ class Runner:
     def clean_tmp(self, max_age: float = 86400.0) -> None:
         self.queue.clean_tmp(max_age)
 
+    def answer_mailq(self, listener) -> None:
+        """A mailq client connected to ``.mailq``: the listing goes out from
+        a thread of its own (at most MAILQ_CLIENTS at once; more are closed
+        unanswered), so a client that does not read never holds up delivery."""
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, OSError):
+            return
+        if not self._mailq_slots.acquire(blocking=False):
+            conn.close()
+            return
+
+        def answer() -> None:
+            try:
+                from pymta.sendmail import format_mailq  # noqa: PLC0415 lazy
+
+                conn.settimeout(10)
+                conn.sendall(format_mailq(self.queue).encode("utf-8", "replace"))
+            except Exception as exc:  # a client gone, a queue read error: only that answer is lost
+                log.warning(f"mailq answer failed: {exc}")
+            finally:
+                conn.close()
+                self._mailq_slots.release()
+
+        threading.Thread(target=answer, name="mailq", daemon=True).start()
+
     def serve(self) -> None:
         """Run until SIGTERM: wake on datagrams, scan on a timer."""
         sock = self.queue.listen()
@@ -142,6 +173,9 @@ class Runner:
         drop_sock = maildrop.listen(self.cfg)
         if drop_sock is not None:
             socks.append(drop_sock)
+        mailq_sock = maildrop.listen(self.cfg, maildrop.MAILQ_NAME)
+        if mailq_sock is not None:
+            socks.append(mailq_sock)
         interval = self.cfg["qrunner.scan_interval"]
         workers = max(1, self.cfg["qrunner.concurrency"])
         log.info(f"started; queue {self.queue.path}, {workers} workers")
@@ -175,6 +209,9 @@ class Runner:
                     continue
                 full, ids = not ready, set()  # a timeout means a due bucket, a catch-up or the scan timer
                 for ready_sock in ready:
+                    if ready_sock is mailq_sock:
+                        self.answer_mailq(mailq_sock)
+                        continue
                     for payload in _drain(ready_sock):
                         text = payload.decode("ascii", "replace")
                         if ready_sock is sock and is_queue_id(text):

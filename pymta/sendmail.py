@@ -324,7 +324,7 @@ def format_mailq(queue) -> str:
         total += size
         shown += 1
         mark = {"hold": "!", "new": "*"}.get(where, " ")
-        arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(env.arrival))
+        arrival = time.strftime("%a %b %e %H:%M:%S", time.localtime(env.arrival))  # "Dec  4", as Postfix's
         out.append(f"{env.queue_id + mark:<20} {size:>8} {arrival:<20} {env.sender or 'MAILER-DAEMON'}")
         state = queue.load_state(env.queue_id)
         if state:
@@ -342,6 +342,31 @@ def format_mailq(queue) -> str:
         out.append("")
     out.append(f"-- {(total + 1023) // 1024} Kbytes in {shown} Request{'s' if shown != 1 else ''}.")
     return "\n".join(out) + "\n"
+
+
+def mailq(cfg, prog: str = "mailq") -> int:
+    """-bp: the queue read directly by those who may (root, the mail user);
+    anyone else gets the same listing from the running queue runner
+    through ``.mailq`` in the maildrop (Postfix's showq service)."""
+    from pymta.queue import Queue  # noqa: PLC0415 lazy
+
+    try:
+        sys.stdout.write(format_mailq(Queue(cfg.queue_dir)))
+        return sysexits.EX_OK
+    except PermissionError as exc:
+        denied = exc
+    from pymta.maildrop import ask_runner_for_mailq, folder  # noqa: PLC0415 lazy
+
+    try:
+        sys.stdout.write(ask_runner_for_mailq(folder(cfg)))
+    except OSError as exc:
+        print(
+            f"{prog}: fatal: cannot read the queue ({denied.filename}: permission denied), "
+            f"and the queue runner does not answer: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return sysexits.EX_UNAVAILABLE
+    return sysexits.EX_OK
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -631,14 +656,7 @@ def main(argv: list[str] | None = None, prog: str = "sendmail") -> int:
     if cfg is None:
         return sysexits.EX_CONFIG
     if opts.mode == "p":
-        from pymta.queue import Queue  # noqa: PLC0415 lazy
-
-        try:
-            sys.stdout.write(format_mailq(Queue(cfg.queue_dir)))
-        except PermissionError as exc:
-            print(f"{prog}: fatal: cannot read the queue: {exc.filename}: permission denied", file=sys.stderr)
-            return sysexits.EX_NOPERM
-        return sysexits.EX_OK
+        return mailq(cfg, prog)
     if opts.mode == "i":
         return newaliases(cfg)
     if opts.mode == "s":
