@@ -15,6 +15,7 @@ import sys
 import time
 
 from pymta.lib import log
+from pymta.lib.address import qualify
 from pymta.lib.authguard import LoginBackend
 from pymta.queue import Queue, QueueError
 from pymta.smtp_server import Reply, SMTPServer, SMTPSettings
@@ -299,9 +300,7 @@ class SMTPBackend(LoginBackend):
         return reply
 
     def qualify(self, address: str) -> str:
-        if "@" in address:
-            return address
-        return f"{address}@{self.cfg.domains[0]}" if self.cfg.domains else f"{address}@{self.cfg['hostname']}"
+        return qualify(self.cfg, address)
 
     def authenticate(self, session, username: str, password: str) -> bool:
         """Raises LoginRefused (the smtp machine answers 454 4.7.0 and logs it)

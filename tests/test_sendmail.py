@@ -87,7 +87,9 @@ def test_sendmail_dot_ends_message_without_i_and_keeps_existing_headers(mailsys)
     assert proc.returncode == 0, proc.stderr
     [(env, body)] = entries(mailsys)
     assert env["sender"] == "root@example.test"  # the caller's login name
-    assert body == b"From: x@example.test\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <a@b>\n\nkept\n"
+    received, rest = body.split(b"\n", 2)[:2], body.split(b"\n", 2)[2]
+    assert received[0].startswith(b"Received: by mx.example.test") and received[1].startswith(b"\tid ")
+    assert rest == b"From: x@example.test\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <a@b>\n\nkept\n"
 
 
 def test_sendmail_errors_use_sysexits_and_queue_nothing(mailsys):
