@@ -116,6 +116,7 @@ class IMAPSettings(Record):
         "autologout",
         "login_timeout",
         "idle_poll",
+        "idle_inotify",
         "plaintext_ok",
         "software",
     )
@@ -126,7 +127,8 @@ class IMAPSettings(Record):
         ("max_mem_literal", 65536),  # any other literal
         ("autologout", 1800.0),  # RFC 3501 5.4: at least 30 minutes once logged in
         ("login_timeout", 60.0),
-        ("idle_poll", 0.5),
+        ("idle_poll", 0.5),  # seconds between IDLE checks when the mailbox is not watched
+        ("idle_inotify", True),  # IDLE asks the driver to watch the mailbox (inotify), else polls
         ("plaintext_ok", False),  # may a password cross this connection without TLS
         ("software", "pymail"),
     )
@@ -137,6 +139,7 @@ class IMAPSettings(Record):
     autologout: float
     login_timeout: float
     idle_poll: float
+    idle_inotify: bool
     plaintext_ok: bool
     software: str
 
@@ -153,6 +156,7 @@ class CommandContext:
     closed: bool
     idle_tag: str | None
     idle_started: float
+    idle_watched: bool
     auth_tag: str | None
     enabled: set[str]
     condstore: bool
@@ -168,6 +172,8 @@ class CommandContext:
         @staticmethod
         def _astring(token) -> str: ...
         def _mailbox(self, token) -> str: ...
+        def _in_job(self, fn, *args) -> None: ...
+        def _idle_poll(self) -> None: ...
 
         # the commands' (selected, imap_server)
         def _updates(self, allow_expunge: bool) -> None: ...
@@ -199,6 +205,7 @@ class IMAPCore(Protocol, CommandContext):
         self.closed = False
         self.idle_tag: str | None = None
         self.idle_started = 0.0
+        self.idle_watched = False  # the driver tells of changes to the idling mailbox
         self.auth_tag: str | None = None
         self.bad_count = 0
         self.enabled: set[str] = set()
@@ -251,6 +258,22 @@ class IMAPCore(Protocol, CommandContext):
 
     def connection_lost(self) -> None:
         self._cleanup()
+
+    def watching(self, ok: bool) -> list:
+        """The driver's answer to IDLE's Watch: then one look at the mailbox, so a
+        change made before the watch was in place is not missed."""
+        self.idle_watched = ok
+        if self.idle_tag is not None and self.sel is not None and not self.waiting and not self.closed:
+            self._in_job(self._idle_poll)
+        self._set_timeout()
+        return self._flush()
+
+    def changed(self) -> list:
+        """The idling mailbox changed: look at it in a Job."""
+        if self.idle_tag is None or self.sel is None or self.waiting or self.closed:
+            return []
+        self._in_job(self._idle_poll)
+        return self._flush()
 
     def _idle_poll(self) -> None:
         """In a Job: what changed in the mailbox while the client idles."""
@@ -327,7 +350,10 @@ class IMAPCore(Protocol, CommandContext):
         return " ".join(caps)
 
     def _set_timeout(self) -> None:
-        if self.idle_tag is not None:
+        if self.idle_tag is not None and self.idle_watched:
+            # told of changes: the only deadline left is the autologout
+            self.timeout = max(1.0, self.settings.autologout - (time.monotonic() - self.idle_started))
+        elif self.idle_tag is not None:
             self.timeout = self.settings.idle_poll
         elif self.state == NOT_AUTH:
             self.timeout = self.settings.login_timeout

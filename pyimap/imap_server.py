@@ -55,7 +55,7 @@ COMMANDS = {
     "STATUS": Command("cmd_status", (AUTH, SELECTED)),
     "APPEND": Command("cmd_append", (AUTH, SELECTED)),
     "NAMESPACE": Command("cmd_namespace", (AUTH, SELECTED), io=IO_SELECTED),
-    "IDLE": Command("cmd_idle", (AUTH, SELECTED), io=IO_SELECTED),
+    "IDLE": Command("cmd_idle", (AUTH, SELECTED), io=IO_NONE),  # its looks at the mailbox are Jobs
     "CHECK": Command("cmd_check", (SELECTED,)),
     "CLOSE": Command("cmd_close", (SELECTED,)),
     "UNSELECT": Command("cmd_unselect", (SELECTED,), io=IO_NONE),

@@ -54,6 +54,7 @@ def build(cfg, service: str):
         autologout=cfg["imapd.autologout"],
         login_timeout=cfg["imapd.login_timeout"],
         idle_poll=cfg["imapd.idle_poll"],
+        idle_inotify=cfg["imapd.idle_inotify"],
     )
     from pymta.lib.daemon import per_connection  # noqa: PLC0415 lazy
 

@@ -17,6 +17,7 @@ from pyimap.core import AUTH, SELECTED, CommandContext
 from pyimap.formats import LETTER_FLAG, flag_list_for, flags_text, parse_date_time, parse_flags, uid_set_text
 from pyimap.parser import Atom, Literal, ParseError, expand, is_number, parse_sequence_set
 from pyimap.storage import Folder, MessageSpool
+from pymta.lib.sansio import Watch
 
 
 class Selected:
@@ -547,16 +548,29 @@ class SelectedCommands(CommandContext):
     # -- IDLE --
 
     def cmd_idle(self, tag, args):
+        """IDLE (RFC 2177), on the event loop: with inotify the driver watches the
+        mailbox's directories (shared by every session idling on it) and the
+        session looks at the store only when they change; else it polls every
+        imapd.idle_poll seconds.  Either way the first look is a Job."""
         self._need(args, 0, 0)
         self.idle_tag = tag
         self.idle_started = time.monotonic()
+        self.idle_watched = False
         self._send(b"+ idling\r\n")
-        if self.sel is not None:
-            self._updates(allow_expunge=True)
+        if self.sel is None:
+            return
+        if self.settings.idle_inotify:
+            paths, names = self.sel.index.watch_paths()
+            self.out.append(Watch(paths, names))  # answered by watching(), which takes the first look
+        else:
+            self._in_job(self._idle_poll)
 
     def _idle_line(self, parts) -> None:
         tag, self.idle_tag = self.idle_tag, None
         assert tag is not None  # the core calls this only while idling
+        if self.idle_watched:
+            self.idle_watched = False
+            self.out.append(Watch())
         line = parts[0] if len(parts) == 1 else b""
         if line.strip().upper() != b"DONE":
             self._tagged(tag, "BAD Expected DONE")

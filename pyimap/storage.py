@@ -55,6 +55,11 @@ class Folder(Protocol):
 
     def sync(self) -> Any: ...
 
+    def watch_paths(self) -> tuple[list[str], frozenset[str]]:
+        """The directories whose changes may change the folder (IDLE watches
+        them), and the entry names that count in the first one."""
+        ...
+
     def resync(self) -> Any:
         """Like sync(), after waiting for a writer: a message file was found gone."""
         ...

@@ -286,6 +286,11 @@ class FolderIndex:
         self._cache_key = None
         self._cache: Snapshot | None = None
 
+    def watch_paths(self) -> tuple[list[str], frozenset[str]]:
+        """What to watch to hear of every change: the folder (only the index
+        replaced by rename counts there), new/ and cur/."""
+        return [self.dir, f"{self.dir}/new", f"{self.dir}/cur"], frozenset((INDEX_NAME,))
+
     # -- reading ------------------------------------------------------------
 
     def _dir_mtime(self, sub: str) -> int:

@@ -601,3 +601,47 @@ def test_a_held_index_lock_stalls_only_its_own_session(make_mailsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize(("inotify", "poll"), [(True, 60.0), (False, 0.2)])
+def test_idle_by_inotify_and_by_polling(make_mailsys, inotify, poll):
+    """With inotify (the default) IDLE hears of new mail, flag changes and expunges
+    at once although the poll interval is a minute; with imapd.idle_inotify off it
+    polls every imapd.idle_poll seconds."""
+    system = make_mailsys(
+        f"[imapd]\nprocesses = 1\nidle_poll = {poll}\nidle_inotify = {'true' if inotify else 'false'}\n"
+    )
+    port = start_imapd(system, "listen")
+    other = login(port)
+    other.append("INBOX", None, None, msg("first"))
+    idlers = [_imap_raw(port, ALICE) for _ in range(3)]  # one watch, shared
+    for n, sock in enumerate(idlers):
+        sock.sendall(b"i%d IDLE\r\n" % n)
+        assert _answer(sock, b"+") == b"+ idling\r\n"
+
+    def seen_by_all(pattern: bytes, within: float) -> None:
+        t = time.monotonic()
+        for sock in idlers:
+            sock.settimeout(max(0.05, within - (time.monotonic() - t)))
+            buf = b""
+            while not re.search(pattern, buf):
+                try:
+                    buf += sock.recv(4096)
+                except TimeoutError:
+                    raise AssertionError(f"{pattern!r} not seen in {within} s: {buf!r}") from None
+
+    time.sleep(0.3)
+    r = system.run("pymda.deliver", "-d", ALICE, "-f", "ann@example.org", input=msg("second"))
+    assert r.returncode == 0, r.stderr
+    seen_by_all(rb"\* 2 EXISTS\r\n", 1.5)
+    other.select("INBOX")
+    other.store("1", "+FLAGS", "(\\Flagged $Work)")  # the keyword lives only in the index file
+    seen_by_all(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Flagged \$Work( \\Recent)?\)\)", 1.5)
+    other.store("2", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    seen_by_all(rb"\* 2 EXPUNGE\r\n", 1.5)
+    for n, sock in enumerate(idlers):
+        sock.sendall(b"DONE\r\n")
+        assert b"i%d OK IDLE terminated" % n in _answer(sock, b"i%d" % n)
+        sock.sendall(b"n NOOP\r\n")
+        assert _answer(sock, b"n") == b"n OK NOOP completed\r\n"

@@ -594,10 +594,10 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "imapd.max_sessions",
         "int",
-        1000,
+        10000,
         "Concurrent sessions of one listening imapd process (Dovecot's imap process_limit is 1024); more get * BYE. "
-        "Each needs about three open files: the daemon raises its limit to the hard one and warns when that is too "
-        "low.",
+        "Each needs an open file at rest, more while it works: the daemon raises its soft RLIMIT_NOFILE to the hard one "
+        "(at most 65536; LimitNOFILE= in a unit, ulimit -Hn in a shell) and warns below three per session.",
     ),
     Param(
         "imapd.max_sessions_per_client",
@@ -636,7 +636,20 @@ PARAMS: tuple[Param, ...] = (
         60.0,
         "Seconds an IMAP client has to log in between commands before it is disconnected.",
     ),
-    Param("imapd.idle_poll", "float", 0.5, "Seconds between mailbox checks while a client is in IDLE."),
+    Param(
+        "imapd.idle_poll",
+        "float",
+        0.5,
+        "Seconds between mailbox checks while a client is in IDLE and its mailbox is not watched by inotify (inetd "
+        "mode, imapd.idle_inotify off, no inotify instance or out of watches).",
+    ),
+    Param(
+        "imapd.idle_inotify",
+        "bool",
+        True,
+        "A listening imapd watches the mailboxes of IDLE sessions with inotify (one instance per process, three "
+        "watches per mailbox shared by its sessions) and looks only when they change; false: every IDLE polls.",
+    ),
     Param("imapd.processes", "int", 0, "Processes a listening imapd forks to serve its sockets; 0: one per CPU."),
     # -- per-client connection limits (smtpd, pop3d, imapd) ------------------------------
     Param(

@@ -25,11 +25,13 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from pymta.lib import log
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream, Watch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from pymta.lib.dirwatch import Watcher
 
 STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a write
 # Input that rearms the timeout: a line end, or this many bytes without one
@@ -61,6 +63,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.stream: Iterator[bytes] | None = None
         self.stream_in_thread = False  # its chunks read files: pulled in the job threads
         self.gathering = False  # a job thread is pulling the stream's next chunks
+        self.watch = None  # a dirwatch token while the protocol watches directories
+        self.change_pending = False  # a watched directory changed while busy
         self.write_paused = False
         self.read_paused = False
         self.held: list[bytes] = []  # input that arrived while busy
@@ -149,6 +153,8 @@ class _Connection(asyncio.BufferedProtocol):
             self.server.client_limits.release(self.ticket)
             self.ticket = -1
         self.server.connections.discard(self)
+        if self.watch is not None:
+            self.server.unwatch(self)
         if self.protocol is not None:
             try:
                 self.protocol.connection_lost()
@@ -184,10 +190,13 @@ class _Connection(asyncio.BufferedProtocol):
                 self.stream_in_thread = action.reads_disk
                 self._pump()
             elif isinstance(action, Job):
+                # Reading is paused only if input arrives meanwhile (data_received):
+                # two epoll_ctl calls saved on every job of a client that waits for answers.
                 self.busy = True
-                self._pause_reading()
-                future = self.loop.run_in_executor(self.server.executor, action.run)
-                future.add_done_callback(self._job_done)
+                self.server.executor.submit(action.run).add_done_callback(self._job_finished)
+            elif isinstance(action, Watch):
+                ok = self.server.watch(self, action)
+                self.pending.extendleft(reversed(self.protocol.watching(ok)))
             elif action is STARTTLS:
                 self.busy = True
                 self._pause_reading()
@@ -209,6 +218,10 @@ class _Connection(asyncio.BufferedProtocol):
             self.held.clear()
             self._act(self.protocol.data_received(data))
             return
+        if self.change_pending:
+            self.change_pending = False
+            self._act(self.protocol.changed())
+            return
         if self.eof:
             self._deliver_eof()
             return
@@ -221,6 +234,18 @@ class _Connection(asyncio.BufferedProtocol):
             if self.timer is not None:
                 self.timer.cancel()
             self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+
+    def changed(self) -> None:
+        """A directory the protocol watches changed (called by the server's watcher)."""
+        if self.closed:
+            return
+        if self.busy:
+            self.change_pending = True  # told when the job, stream or handshake is over
+            return
+        try:
+            self._act(self.protocol.changed())
+        except Exception as exc:
+            self._crash(exc)
 
     def _timer_fired(self) -> None:
         # One timer per connection, moved lazily: input does not touch it.
@@ -284,6 +309,13 @@ class _Connection(asyncio.BufferedProtocol):
         self.busy = False
         self.progress = True
         self._drive()
+
+    def _job_finished(self, future) -> None:
+        """In the job's thread: hand the result to the loop (one wake-up, no asyncio future)."""
+        try:
+            self.loop.call_soon_threadsafe(self._job_done, future)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            pass
 
     def _job_done(self, future) -> None:
         if self.closed:
@@ -393,6 +425,46 @@ class AsyncServer:
         self.tasks: set[asyncio.Task] = set()
         self.executor = ThreadPoolExecutor(max_workers=job_threads, thread_name_prefix="job")
         self.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER))
+        self.watcher: Watcher | None = None  # the process's inotify instance, made at the first Watch
+        self.watcher_failed = False
+        self.watch_timer = False
+
+    # -- directory watches (IMAP IDLE) -------------------------------------------------
+    WATCH_DELAY = 0.05  # seconds a burst of changes is gathered before the sessions look
+
+    def watch(self, conn: _Connection, action: Watch) -> bool:
+        """Carry out a Watch for ``conn``: True when its protocol will hear of changes."""
+        self.unwatch(conn)
+        if not action.paths:
+            return False
+        if self.watcher is None:
+            if self.watcher_failed:
+                return False
+            from pymta.lib import dirwatch  # noqa: PLC0415 lazy: only sessions that watch pay for ctypes
+
+            self.watcher = dirwatch.watcher()
+            if self.watcher is None:
+                self.watcher_failed = True
+                return False
+            asyncio.get_running_loop().add_reader(self.watcher.fd, self._watch_readable)
+        conn.watch = self.watcher.subscribe(action.paths, conn.changed, action.names)
+        return conn.watch is not None
+
+    def unwatch(self, conn: _Connection) -> None:
+        if conn.watch is not None and self.watcher is not None:
+            self.watcher.unsubscribe(conn.watch)
+        conn.watch = None
+
+    def _watch_readable(self) -> None:
+        assert self.watcher is not None  # the reader is added with it
+        if self.watcher.read() and not self.watch_timer:
+            self.watch_timer = True
+            asyncio.get_running_loop().call_later(self.WATCH_DELAY, self._watch_fire)
+
+    def _watch_fire(self) -> None:
+        self.watch_timer = False
+        if self.watcher is not None:
+            self.watcher.fire()
 
     def connection_info(self, transport) -> ConnectionInfo:
         info = ConnectionInfo(service=self.service)

@@ -17,7 +17,7 @@ import time
 from collections import deque
 
 from pymta.lib import log
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream, Watch
 
 RECV_SIZE = 65536
 STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a send
@@ -170,6 +170,9 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                 if isinstance(action, Job):
                     pending.extend(protocol.job_done(action.run()))
                     progress = True
+                elif isinstance(action, Watch):
+                    # one session per process: polling costs no more than a watch would
+                    pending.extendleft(reversed(protocol.watching(False)))
                 elif action is STARTTLS:
                     if tls is None or not isinstance(io, _SocketIO):
                         return

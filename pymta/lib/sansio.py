@@ -15,6 +15,14 @@ bytes and carries out the *actions* it returns, in order:
                       While a job is outstanding the driver does not call
                       ``data_received``: the protocol keeps any input it has
                       already buffered and resumes it in ``job_done``.
+* ``Watch(paths)`` -- call ``protocol.changed()`` when one of these
+                      directories changes (``Watch(())``: stop).  The driver
+                      answers at once through ``protocol.watching(ok)``: False
+                      when it cannot watch (the inetd driver never does; no
+                      inotify, or out of watches), and the protocol polls.
+                      ``names``: in the first directory only entries moved in
+                      under these names count.  ``changed()`` comes only
+                      while no job is outstanding.
 * ``STARTTLS``     -- flush, then run the TLS handshake; plaintext the client
                       pipelined behind the command is thrown away (the
                       protocol drops its own buffer, the driver drops its
@@ -70,6 +78,14 @@ def catching(fn, *args):
         return fn(*args)
     except Exception as exc:
         return exc
+
+
+class Watch:
+    __slots__ = ("paths", "names")
+
+    def __init__(self, paths=(), names: frozenset[str] | None = None) -> None:
+        self.paths = tuple(paths)
+        self.names = names
 
 
 class Stream:
@@ -142,6 +158,14 @@ class Protocol:
 
     def timed_out(self) -> list:
         return [CLOSE]
+
+    def watching(self, ok: bool) -> list:
+        """The answer to a ``Watch``: True if ``changed()`` will come."""
+        return []
+
+    def changed(self) -> list:
+        """A watched directory changed."""
+        return []
 
     def connection_lost(self) -> None:
         """The peer went away (or the driver gave up); release resources."""
