@@ -36,11 +36,11 @@ def imported_modules(importtime_report: str) -> set[str]:
     return found
 
 
-def session_as_inetd(mailsys, module: str, talk) -> tuple[set[str], str]:
-    """Run MODULE on one accepted connection (fd 0 and 1), let TALK(client socket) hold the session,
-    and return (the modules it imported, its stderr)."""
+def session_as_inetd(mailsys, module: str, talk, source: str = "127.0.0.1") -> tuple[set[str], str]:
+    """Run MODULE on one accepted connection (fd 0 and 1) from SOURCE, let TALK(client socket) hold
+    the session, and return (the modules it imported, its stderr)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=20)
+        client = socket.create_connection(listener.getsockname(), timeout=20, source_address=(source, 0))
         served, _ = listener.accept()
     argv = [sys.executable, "-X", "importtime", "-m", module, "-C", str(mailsys.config)]
     with served, client:
@@ -111,3 +111,34 @@ def test_starttls_is_what_brings_ssl(mailsys):
     modules, _ = session_as_inetd(mailsys, "pymta.smtpd", talk)
     assert "ssl" in modules
     assert not loaded(modules, "asyncio")
+
+
+def test_checked_message_without_signature_imports_neither_dkimpy_nor_the_suffix_list(mailsys):
+    """Port 25 checks under inetd (issue 12): a message without DKIM-Signature, From: a domain of two
+    labels, runs SPF and DMARC without importing dkimpy (~15 ms) or building the public suffix list
+    (~30 ms); DNS is a real server on 127.0.0.1, the client 127.0.0.2 a stranger."""
+    from fakedns import FakeDNS
+
+    dns = FakeDNS(
+        {"pass.test.": {"TXT": ["v=spf1 ip4:127.0.0.2 -all"]}, "_dmarc.pass.test.": {"TXT": ["v=DMARC1; p=reject"]}}
+    )
+    mailsys.write_config(f'[relay]\ndns_servers = ["127.0.0.1:{dns.port}"]\n[smtpd]\ntrusted_networks = []\n')
+
+    def talk(sock: socket.socket) -> None:
+        read_reply(sock, b"220")
+        for line in (b"EHLO client.example.net", b"MAIL FROM:<news@pass.test>", b"RCPT TO:<alice@example.test>"):
+            sock.sendall(line + b"\r\n")
+            read_reply(sock, b"250 ")
+        sock.sendall(b"DATA\r\n")
+        read_reply(sock, b"354")
+        sock.sendall(b"From: <news@pass.test>\r\nSubject: hi\r\n\r\nHello.\r\n.\r\n")
+        assert read_reply(sock, b"250 ").startswith(b"250")
+        sock.sendall(b"QUIT\r\n")
+        read_reply(sock, b"221")
+
+    try:
+        modules, report = session_as_inetd(mailsys, "pymta.smtpd", talk, source="127.0.0.2")
+    finally:
+        dns.close()
+    assert "spf=pass dkim=none dmarc=pass" in report
+    assert "spf" in modules and not loaded(modules, "dkim") and not loaded(modules, "publicsuffixlist")

@@ -5,13 +5,23 @@ Sans-I/O: the caller gives the From: domain, the SPF and DKIM results and a
 ``TempFail`` when DNS does not answer); this module decides.
 
 The organizational domain is the public suffix plus one label, from the
-Public Suffix List of the ``publicsuffixlist`` package (loaded once per
-process, on the first DMARC check).
+Public Suffix List of the ``publicsuffixlist`` package.  Building that
+package's whole list costs about 30 ms of CPU (it IDNA-encodes every one of
+its 10,000 rules), which an inetd smtpd -- one Python a connection -- would
+pay for every message; so the list is looked at only when the answer is not
+known without it (a domain of two labels is its own organizational domain;
+two domains whose last two labels differ are never aligned), and then only
+the rules of the domain's top-level domain are handed to ``PublicSuffixList``
+(a regular-expression pass over the file, well under a millisecond), one
+list per top-level domain, kept for the process.  The library still does the
+matching (wildcards, exceptions, IDNA forms).
 """
 
 from __future__ import annotations
 
 import random
+import re
+import threading
 from collections import namedtuple
 
 # result: pass, fail, none (no policy published), temperror, permerror (no usable From:)
@@ -27,19 +37,44 @@ class TempFail(Exception):
     """DNS did not answer."""
 
 
-_psl = None
+_psl_text: bytes | None = None
+_psl_by_tld: dict = {}  # top-level domain -> PublicSuffixList of its rules only
+_psl_lock = threading.Lock()
+
+
+def _tld_list(tld: str):
+    """A ``PublicSuffixList`` of the rules whose last label is ``tld``
+    (given in its ASCII, xn-- form), cached per process."""
+    global _psl_text
+    with _psl_lock:
+        found = _psl_by_tld.get(tld)
+        if found is not None:
+            return found
+        from publicsuffixlist import PSLFILE, PublicSuffixList  # noqa: PLC0415 lazy
+
+        if _psl_text is None:
+            with open(PSLFILE, "rb") as fh:
+                _psl_text = fh.read()
+        forms = {tld.encode()}
+        if tld.startswith("xn--"):
+            try:
+                forms.add(tld.encode().decode("idna").encode())  # the list writes IDN rules in Unicode
+            except UnicodeError:
+                pass
+        pattern = rb"^(?:[^\s/]*\.)?(?:" + b"|".join(re.escape(f) for f in forms) + rb")[ \t]*$"
+        rules = re.findall(pattern, _psl_text, re.MULTILINE)  # the list is lower case
+        found = _psl_by_tld[tld] = PublicSuffixList(rules)
+        return found
 
 
 def organizational_domain(domain: str) -> str:
     """RFC 7489 3.2: the public suffix and one more label (the domain itself
     when it is a public suffix or unknown)."""
-    global _psl
     domain = domain.lower().rstrip(".")
-    if _psl is None:
-        from publicsuffixlist import PublicSuffixList  # noqa: PLC0415 lazy
-
-        _psl = PublicSuffixList()
-    return _psl.privatesuffix(domain) or domain
+    labels = domain.split(".")
+    if len(labels) <= 2:  # the TLD, or one label under it (a public suffix or not): itself
+        return domain
+    return _tld_list(labels[-1]).privatesuffix(domain) or domain
 
 
 def aligned(identifier: str, from_domain: str, mode: str) -> bool:
@@ -50,7 +85,9 @@ def aligned(identifier: str, from_domain: str, mode: str) -> bool:
         return False
     if identifier == from_domain:
         return True
-    return mode != "s" and organizational_domain(identifier) == organizational_domain(from_domain)
+    if mode == "s" or identifier.split(".")[-2:] != from_domain.split(".")[-2:]:
+        return False  # an organizational domain holds at least the last two labels of both
+    return organizational_domain(identifier) == organizational_domain(from_domain)
 
 
 def parse_record(text: str) -> dict | None:

@@ -7,10 +7,11 @@ tests/test_authcheck.py."""
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 
-from pymta.lib import authres, dmarc, spf
+from pymta.lib import authres, dkimverify, dmarc, spf
 
 
 def records(table: dict):
@@ -40,6 +41,41 @@ def test_organizational_domain_uses_the_public_suffix_list():
     assert dmarc.organizational_domain("mail.example.co.uk") == "example.co.uk"
     assert dmarc.organizational_domain("a.b.example.com.") == "example.com"
     assert dmarc.organizational_domain("co.uk") == "co.uk"
+
+
+def test_organizational_domain_per_tld_list_agrees_with_the_whole_list():
+    """Only the rules of the domain's TLD are handed to publicsuffixlist (start-up cost under
+    inetd); for a sample of rules of every kind the answer is the whole list's."""
+    from publicsuffixlist import PSLFILE, PublicSuffixList
+
+    whole = PublicSuffixList()
+    rules = [line.split()[0] for line in Path(PSLFILE).read_text("utf-8").splitlines() if line and line[0] != "/"]
+    names = ["a.b.example.com", "x.y.unknown-tld", "a.b.xn--80aswg.xn--p1ai", "a.www.ck", "a.b.c.kawasaki.jp"]
+    for rule in rules[::7]:
+        name = rule.lstrip("!").replace("*", "w").encode("idna").decode()
+        names += [f"x.{name}", f"a.b.{name}", name]
+    for name in names:
+        assert dmarc.organizational_domain(name) == (whole.privatesuffix(name) or name), name
+
+
+def test_two_labels_and_unrelated_domains_need_no_list(monkeypatch):
+    def no_list(tld):
+        raise AssertionError(f"the list was built for {tld}")
+
+    monkeypatch.setattr(dmarc, "_tld_list", no_list)
+    assert dmarc.organizational_domain("co.uk") == "co.uk"  # a public suffix: itself
+    assert dmarc.organizational_domain("example.com") == "example.com"
+    assert not dmarc.aligned("mail.other.com", "example.com", "r")
+    assert dmarc.aligned("EXAMPLE.com.", "example.com", "r")
+
+
+def test_dkim_field_is_found_without_dkimpy():
+    assert dkimverify.has_field(b"From: a\r\nDKIM-Signature : v=1\r\n\r\nbody", b"dkim-signature")
+    assert dkimverify.has_field(b"dkim-signature: v=1\n\nbody", b"dkim-signature")
+    assert not dkimverify.has_field(b"From: a\r\nX-DKIM-Signature: v=1\r\n\r\n", b"dkim-signature")
+    assert not dkimverify.has_field(b"From: a\r\n\tDKIM-Signature: v=1\r\n\r\n", b"dkim-signature")
+    assert not dkimverify.has_field(b"From: a\r\n\r\nDKIM-Signature: v=1\r\n", b"dkim-signature")
+    assert dkimverify.verify_all(b"From: a\r\n\r\nbody\r\n", lambda name, timeout: None) == []
 
 
 def test_alignment_relaxed_and_strict():
