@@ -38,7 +38,7 @@ from pymta.configcheck import os_message, unclaimed_postmaster
 from pymta.lib import config, log
 from pymta.lib.cliargs import click_main
 from pymta.lib.privilege import daemon_account
-from pymta.lib.setup import ensure_daemon_account, hand_tree_to, unreachable_by
+from pymta.lib.setup import chown_tree, ensure_daemon_account, hand_tree_to, unreachable_by
 from pymta.lib.sysexits import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE
 from pymta.lib.users import InvalidAddress, NoSuchUser, UserExists, UsersError, UsersFile, normalize_address
 from pymta.queue import Queue
@@ -133,6 +133,8 @@ def _toml(value) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
@@ -425,15 +427,19 @@ def _users_call(fn, *args, **kw):
         _fail(_os_message(exc), EX_CANTCREAT)
 
 
-def _ensure_maildir(path: Path, mail_root: Path) -> None:
-    """Create a user's Maildir; when root makes it, it belongs to the mail store's owner
-    (the daemons' user), not to root, or no delivery could write it."""
+def _ensure_maildir(path: Path, mail_root: Path, owner: tuple[int, int] | None = None) -> None:
+    """Create a user's Maildir; when root makes it, it belongs to ``owner``
+    (the users-file uid/gid), else to the mail store's owner (the daemons'
+    user), not to root, or no delivery could write it.  The domain's folder
+    stays the mail store's."""
     ensure_maildir(path)
     if os.geteuid() == 0:
-        owner = os.stat(mail_root)
-        if owner.st_uid != 0:
-            for directory in (path.parent, path, path / "tmp", path / "new", path / "cur"):
-                os.chown(directory, owner.st_uid, owner.st_gid)
+        store = os.stat(mail_root)
+        if store.st_uid != 0:
+            os.chown(path.parent, store.st_uid, store.st_gid)
+        uid, gid = owner or (store.st_uid, store.st_gid)
+        if uid != 0 or gid != 0:
+            chown_tree(path, uid, gid)
 
 
 @user.command("add")
@@ -444,18 +450,32 @@ def _ensure_maildir(path: Path, mail_root: Path) -> None:
     is_flag=True,
     help="Read the password from one line of standard input (else one is generated and printed).",
 )
-def user_add(args, config_file, password_stdin):
-    """Add a user and create their Maildir."""
+@click.option("--uid", type=click.IntRange(0, 2**32 - 2), help="The uid deliveries to this user run as (users file).")
+@click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Their gid (default: the uid's login group).")
+@click.option("--home", metavar="DIR", help="Their home, where .procmailrc and .forward are read (users file).")
+def user_add(args, config_file, password_stdin, uid, gid, home):
+    """Add a user and create their Maildir (owned by --uid/--gid when given)."""
     cfg, users, address = _user_target(args, config_file)
     rounds = _bcrypt_rounds(cfg)
     if address in {r.address for r in users.list()}:
         _fail(f"{address}: user exists", EX_CANTCREAT)  # before asking for a password
+    if home is not None and not os.path.isabs(home):
+        _fail(f"--home {home}: must be an absolute path", EX_DATAERR)
+    if uid is not None and gid is None:
+        import pwd  # noqa: PLC0415 lazy
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
+    if gid is not None and uid is None:
+        _fail("--gid needs --uid", EX_DATAERR)
     password, generated = _new_password(password_stdin)
-    _users_call(users.add, address, password, rounds=rounds)
+    _users_call(users.add, address, password, rounds=rounds, uid=uid, gid=gid, home=home or "")
 
     maildir = user_maildir(cfg.mail_dir, address)
     try:
-        _ensure_maildir(maildir, cfg.mail_dir)
+        _ensure_maildir(maildir, cfg.mail_dir, (uid, gid) if uid is not None and gid is not None else None)
     except OSError as exc:
         _fail(f"{address} added, but its Maildir could not be made: {_os_message(exc)}", EX_CANTCREAT)
     click.echo(f"added {address} (Maildir {maildir})")
@@ -591,9 +611,9 @@ SERVICES = {
     "pop3s": ("pypop.pop3d", ("--tls",)),
     "imap": ("pyimap.imapd", ()),
     "imaps": ("pyimap.imapd", ("--tls",)),
+    "autoconfig": ("pymta.autoconfig_http", ()),  # HTTP(S) by autoconfig.tls
 }
 QUEUE_RUNNER = "pymta.qrunner"
-    "autoconfig": ("pymta.autoconfig_http", ()),  # HTTP(S) by autoconfig.tls
 LOCAL_DELIVERY = "pymda.localserver"
 
 

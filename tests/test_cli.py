@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -66,6 +67,24 @@ def test_init_makes_a_complete_tree(template):
     assert cfg["listen.smtp"] == config.PARAM_BY_NAME["listen.smtp"].default
     with open(template / "pymail.toml", "rb") as fh:
         assert tomllib.load(fh)["root"] == "."  # relocatable
+
+
+def test_every_commented_example_of_init_is_valid_uncommented(tree):
+    # "# transport_map = ..." must pass `config check` once its "# " is taken off
+    text = (tree / "pymail.toml").read_text().splitlines()
+    examples = [i for i, line in enumerate(text) if re.fullmatch(r"# [a-z_0-9]+ = .+", line)]
+    assert len(examples) > 50 and any("transport_map" in text[i] for i in examples)
+    conf = tree / "try.toml"
+    for i in examples:
+        conf.write_text("\n".join(text[:i] + [text[i][2:]] + text[i + 1 :]) + "\n")
+        result = invoke("-C", conf, "config", "check")
+        assert result.exit_code == 0, (text[i], result.output)
+    conf.write_text("\n".join(line[2:] if n in examples else line for n, line in enumerate(text)) + "\n")
+    assert invoke("-C", conf, "config", "check").exit_code == 0
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "pymail"), "-C", str(conf), "config", "check"], capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_init_output_lists_files_and_next_steps(tmp_path):

@@ -285,17 +285,36 @@ class UsersFile:
 
     # -- changing --
 
-    def add(self, address: str, password: str | bytes, *, rounds: int = DEFAULT_ROUNDS) -> UserRecord:
+    def add(
+        self,
+        address: str,
+        password: str | bytes,
+        *,
+        rounds: int = DEFAULT_ROUNDS,
+        uid: int | None = None,
+        gid: int | None = None,
+        home: str = "",
+    ) -> UserRecord:
+        """Add ``address``; ``uid``, ``gid`` and ``home`` fill the passwd-file
+        fields of those names (``user:password:uid:gid:gecos:home:shell:extra``)."""
         address = normalize_address(address)
+        for name, value in (("uid", uid), ("gid", gid)):
+            if value is not None and not (isinstance(value, int) and 0 <= value < 2**32 - 1):
+                raise UsersError(f"{name} {value!r}: must be a number from 0 to 4294967294")
+        if home and (not os.path.isabs(home) or any(c in home for c in ":\n\r\0")):
+            raise UsersError(f"home {home!r}: must be an absolute path without ':' or control characters")
         hashed = hash_password(password, rounds)  # before the lock: hashing is slow
+        line = f"{address}:{hashed}"
+        if uid is not None or gid is not None or home:
+            line += f":{'' if uid is None else uid}:{'' if gid is None else gid}::{home}::"
 
         def change(parsed: _Parsed) -> list[bytes]:
             if address in parsed.line_of:
                 raise UserExists(f"{address}: user exists")
-            return parsed.lines + [f"{address}:{hashed}".encode()]
+            return parsed.lines + [line.encode()]
 
         self._modify(change)
-        return UserRecord(address, hashed)
+        return _parse_line(line)
 
     def set_password(self, address: str, password: str | bytes, *, rounds: int = DEFAULT_ROUNDS) -> None:
         address = normalize_address(address)
