@@ -225,6 +225,33 @@ _ALIASES_HEADER = """\
 #   abuse: postmaster
 """
 
+# The site rules file (deliver.site_rules, pymda-rules(5) "FILING SPAM"). Mail marked as
+# spam gets the Junk folder as its DEFAULT, so the user's own rules still run and win.
+_SITE_RULES = """\
+# Site rules (pymda-rules(5)), run for every delivery before the user's own
+# rules file (deliver.rules_file, .procmailrc in the user's home).
+#
+# Mail marked as spam goes to the user's Junk folder: it becomes the DEFAULT,
+# where a message goes when no rule delivers it.  So the user's own rules
+# still come first: a rule of theirs that delivers the message elsewhere
+# wins, and a line DEFAULT=$MAILDIR/ in their file keeps spam in the INBOX.
+#   X-Pymail-Quarantine:  DMARC policy quarantine (pymta-smtpd(8))
+#   X-Spam-Flag: YES      SpamAssassin (spamc, spamass-milter)
+#   X-Spam: Yes           rspamd
+
+:0
+* ^X-Pymail-Quarantine:
+{ DEFAULT=$MAILDIR/.Junk/ }
+
+:0
+* ^X-Spam-Flag: *YES
+{ DEFAULT=$MAILDIR/.Junk/ }
+
+:0
+* ^X-Spam: *Yes
+{ DEFAULT=$MAILDIR/.Junk/ }
+"""
+
 
 def _write_new(path: Path, data: str, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -324,7 +351,11 @@ def init(
                 os.chmod(path, mode)  # not cut by the umask
 
         Queue(directory / "queue").create()  # smtpd can queue before the runner ever ran
-        for name, content, mode in (("users", "", 0o640), ("aliases", _ALIASES_HEADER, 0o644)):
+        for name, content, mode in (
+            ("users", "", 0o640),
+            ("aliases", _ALIASES_HEADER, 0o644),
+            ("rules", _SITE_RULES, 0o644),  # deliver.site_rules
+        ):
             path = directory / name
             if path.exists():
                 kept.append(path)

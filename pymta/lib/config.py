@@ -433,8 +433,10 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "deliver.site_rules",
         "str",
-        "",
-        "Site-wide rules file run before each user's own (like /etc/procmailrc), relative to root. Empty: none.",
+        "rules",
+        "Site-wide rules file run before each user's own (like /etc/procmailrc), relative to root; not used when "
+        "it does not exist. The one pymail init writes files mail marked as spam (DMARC quarantine, SpamAssassin, "
+        "rspamd) into the user's Junk folder unless the user's own rules deliver it (pymda-rules(5)). Empty: none.",
     ),
     Param(
         "deliver.forward_file",
