@@ -38,7 +38,7 @@ from pymta.configcheck import os_message, unclaimed_postmaster
 from pymta.lib import config, log
 from pymta.lib.cliargs import click_main
 from pymta.lib.privilege import daemon_account
-from pymta.lib.setup import chown_tree, ensure_daemon_account, hand_tree_to, unreachable_by
+from pymta.lib.setup import chown_tree, ensure_daemon_account, hand_tree_to, share_tls_key, unreachable_by
 from pymta.lib.sysexits import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE
 from pymta.lib.users import InvalidAddress, NoSuchUser, UserExists, UsersError, UsersFile, normalize_address
 from pymta.queue import Queue
@@ -382,6 +382,8 @@ def init(
         try:
             tls.make_self_signed(cert, key, hostname)
             made += [cert, key]
+            if owner is not None and os.geteuid() == 0:
+                share_tls_key(key, owner)
         except (tls.TLSConfigError, OSError) as exc:
             tls_note = f"warning: no TLS certificate ({exc}); put one in {cert} and {key}"
     for path in made:
@@ -644,6 +646,7 @@ SERVICES = {
     "imaps": ("pyimap.imapd", ("--tls",)),
     "autoconfig": ("pymta.autoconfig_http", ()),  # HTTP(S) by autoconfig.tls
 }
+RELOADING = {"pymta.smtpd", "pypop.pop3d", "pyimap.imapd"}  # SIGHUP: a renewed TLS certificate, sessions go on
 QUEUE_RUNNER = "pymta.qrunner"
 LOCAL_DELIVERY = "pymda.localserver"
 
@@ -703,7 +706,7 @@ def run(directory, config_file, **ports):
         host = config.parse_listen(listen)[0] if listen else "127.0.0.1"
         where = _host_port(host, port if port is not None else config.parse_listen(listen)[1])
         argv = [sys.executable, "-m", module, "-C", conf, "--listen", where, "--service", service, *extra]
-        programs.append(Program(service, argv, where))
+        programs.append(Program(service, argv, where, reloads=module in RELOADING))
     if _module_exists(QUEUE_RUNNER):
         programs.append(Program("qrunner", [sys.executable, "-m", QUEUE_RUNNER, "-C", conf]))
     else:
@@ -750,4 +753,4 @@ def run(directory, config_file, **ports):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

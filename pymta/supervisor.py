@@ -6,7 +6,8 @@ parent-death signal, so a killed supervisor leaves nothing behind.  A
 program that dies is started again after a back-off that doubles while it
 keeps dying quickly (``run.restart_delay`` up to ``run.max_restart_delay``)
 and retries forever: one broken service never takes the others down.  Only
-SIGINT or SIGTERM stops the supervisor.
+SIGINT or SIGTERM stops the supervisor; SIGHUP is passed on to the daemons
+(a renewed TLS certificate), which keep their sessions.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Program:
     restarts: int = 0
     delays: list[float] = field(default_factory=list)  # every back-off so far, for the log and tests
     backoff: RestartBackoff | None = None
+    reloads: bool = False  # takes SIGHUP (a renewed TLS certificate); others are not sent it
 
 
 class Supervisor:
@@ -60,12 +62,23 @@ class Supervisor:
     def request_stop(self, *_args) -> None:
         self.stopping = True
 
+    def pass_reload(self, *_args) -> None:
+        """SIGHUP: on to every program that reloads (the daemons take a renewed TLS certificate)."""
+        for program in self.programs:
+            if program.reloads and program.proc is not None and program.proc.poll() is None:
+                try:
+                    program.proc.send_signal(signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+        log.info("SIGHUP passed on to " + (", ".join(p.name for p in self.programs if p.reloads) or "no program"))
+
     def run(self, install_signals: bool = True) -> int:
         """0, after a stop request: nothing else ends the loop."""
         old = {}
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, self.request_stop)
+            old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.pass_reload)
         try:
             self._loop()
             return 0

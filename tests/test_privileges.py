@@ -79,6 +79,8 @@ def test_pymail_run_as_root_serves_as_daemon_user_and_pipes_run_as_the_owner(ope
     for sub in ("queue", "mail", "run"):  # what the daemons write is theirs; the config and users stay root's
         assert (tree / sub).stat().st_uid == pw.pw_uid, sub
     assert (tree / "pymail.toml").stat().st_uid == 0 and (tree / "tls" / "key.pem").stat().st_uid == 0
+    key = (tree / "tls" / "key.pem").stat()  # root's, read by the daemons' group for a reload (SIGHUP)
+    assert (key.st_gid, key.st_mode & 0o777) == (pw.pw_gid, 0o640)
     assert pymail("user", "add", tree, "alice@example.test").returncode == 0
     # bob's mailbox belongs to another uid (nobody), with a pipe in his rules
     with open(tree / "users", "a") as fh:

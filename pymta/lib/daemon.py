@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pymta.lib import log, sysexits
 from pymta.lib.cliargs import UsageError, fail, getopt
+
+if TYPE_CHECKING:
+    from pymta.lib.tls import ServerTLS
 
 
 class Options:
@@ -129,25 +133,64 @@ def per_connection(server_class, settings, backend, adjust):
     return lambda: PeerAdjusted(settings, backend)
 
 
-def tls_loader(cfg):
-    """A function returning the server SSLContext, or None when no cert is configured.
+class TLSLoader:
+    """Calling it returns the server SSLContext (``ssl`` is imported only
+    then); ``reload()`` takes a renewed certificate and key (SIGHUP)."""
 
-    The ``ssl`` module is imported only when the function is called.
-    """
-    cert, key = cfg.path_of("tls_cert"), cfg.path_of("tls_key")
-    if not (os.path.exists(cert) and os.path.exists(key)):
-        return None
+    def __init__(self, cert: str, key: str) -> None:
+        self.cert, self.key = cert, key
+        self._server: ServerTLS | None = None
 
-    def load():
+    def __call__(self):
         from pymta.lib import tls  # noqa: PLC0415 lazy
 
+        if self._server is None:
+            self._server = tls.ServerTLS(self.cert, self.key)
         try:
-            return tls.server_context(cert, key)
+            return self._server()
         except tls.TLSConfigError as exc:
             log.error(f"TLS unavailable: {exc}")
             raise
 
-    return load
+    def reload(self) -> None:
+        """Take a renewed certificate now (outside the event loop), and log it."""
+        self.apply(self.check())
+
+    def check(self):
+        """Step one, in a job thread: the renewed pair's stamp, or None (unchanged, or refused and logged)."""
+        from pymta.lib import tls  # noqa: PLC0415 lazy
+
+        if self._server is None:
+            return None
+        try:
+            stamp = self._server.renewed()
+        except tls.TLSConfigError as exc:
+            log.error(f"TLS certificate not reloaded, the old one stays in use: {exc}")
+            return None
+        if stamp is None:
+            log.info(f"TLS certificate unchanged: {self.cert}")
+        return stamp
+
+    def apply(self, stamp) -> None:
+        """Step two, on the thread that makes the handshakes."""
+        from pymta.lib import tls  # noqa: PLC0415 lazy
+
+        if stamp is None or self._server is None:
+            return
+        try:
+            self._server.take(stamp)
+        except tls.TLSConfigError as exc:
+            log.error(f"TLS certificate not reloaded: {exc}")
+            return
+        log.info(f"TLS certificate reloaded: {self.cert}")
+
+
+def tls_loader(cfg) -> TLSLoader | None:
+    """The daemon's TLS loader, or None when no certificate is configured."""
+    cert, key = cfg.path_of("tls_cert"), cfg.path_of("tls_key")
+    if not (os.path.exists(cert) and os.path.exists(key)):
+        return None
+    return TLSLoader(str(cert), str(key))
 
 
 def run(
@@ -201,6 +244,17 @@ def run(
 
         sockets = listen_fds()
     if sockets:
+        import signal  # noqa: PLC0415 lazy
+
+        # The port is open: a SIGHUP (renewed certificate) from now on reloads,
+        # here until the event loop takes it over (driver_async), never kills.
+        loader = tls
+
+        def reload_now(*_args) -> None:
+            if loader is not None:
+                loader.reload()
+
+        signal.signal(signal.SIGHUP, reload_now)
         from pymta.lib import driver_async  # noqa: PLC0415 lazy
 
         # a long-running server finds a broken certificate now, not per connection
@@ -221,6 +275,7 @@ def run(
         client_limits = connlimit.from_config(cfg, max_sessions_key.partition(".")[0], service, processes)
 
         def serve() -> None:
+            signal.signal(signal.SIGHUP, reload_now)  # a forked worker's own, until its loop starts
             try:
                 driver_async.run(
                     factory,
@@ -385,15 +440,10 @@ def preload(modules: tuple[str, ...], others: tuple[str, ...] = (), common: bool
 def _switch_user(pw, tls, preload_modules: tuple[str, ...]):
     """Become ``pw`` (uid, primary gid, supplementary groups) for good, as
     Postfix's master does for mail_owner.  The TLS context is loaded before
-    (the key may be readable only by root) and kept.  Returns the new TLS
+    (the key may be readable only by root) and kept.  Returns the TLS
     loader, or False when the switch failed (never serve as root by mistake)."""
     if tls is not None:
-        context = tls()
-
-        def loaded_context():
-            return context
-
-        tls = loaded_context
+        tls()  # loaded now, kept by the loader; a reload after the switch needs a key daemon_user can read
     preload(preload_modules)
     from pymta.lib.privilege import PrivilegeError, become_account  # noqa: PLC0415 lazy
 

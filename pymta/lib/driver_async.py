@@ -514,6 +514,11 @@ class AsyncServer:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
+        if hasattr(self.tls, "check"):  # SIGHUP: a renewed certificate; sessions go on
+            try:
+                loop.add_signal_handler(signal.SIGHUP, self._reload_tls)
+            except (NotImplementedError, RuntimeError):
+                pass
         await stop.wait()
         # A second signal is common (systemd signals the whole group, then the
         # parent signals its children); arriving while the loop closes, it
@@ -533,6 +538,12 @@ class AsyncServer:
             task.cancel()
         await asyncio.sleep(0)
         self.executor.shutdown(wait=False)
+
+    def _reload_tls(self) -> None:
+        """The files are read in a job thread, the live context changed here, between handshakes."""
+        loop = asyncio.get_running_loop()
+        checked = loop.run_in_executor(self.executor, self.tls.check)
+        checked.add_done_callback(lambda done: done.cancelled() or done.exception() or self.tls.apply(done.result()))
 
 
 class _LoopErrors:

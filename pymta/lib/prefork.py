@@ -4,8 +4,9 @@ Postfix's master(8) in small.  The parent opens the listening sockets (done
 before ``run_workers``), forks ``count`` workers that each run ``serve()``
 on them, and from then on only waits for signals: a worker that dies is
 replaced (at once after a healthy run, with a growing pause if workers die
-in a loop), and SIGTERM or SIGINT is passed on to every worker for a clean
-stop.  The parent serves no client, so a client cannot crash it.
+in a loop), SIGTERM or SIGINT is passed on to every worker for a clean
+stop, and SIGHUP (reload the TLS certificate) to every worker as it is.
+The parent serves no client, so a client cannot crash it.
 
 Each worker gets SIGTERM when the parent dies, even by SIGKILL, so no
 worker is left holding the port that the restarted daemon must open.
@@ -22,7 +23,7 @@ from pymta.lib.pdeathsig import die_with_parent
 from pymta.lib.restarts import RestartBackoff, how_it_ended
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
+WATCHED = {signal.SIGCHLD, signal.SIGHUP, *STOP_SIGNALS}
 
 # A worker that dies within a second of its start waits 0.1 s, then 0.2 s, ...
 # up to 10 s before its replacement: a worker crashing at once (a broken
@@ -56,6 +57,7 @@ class WorkerPool:
         # two steps of the loop, and the workers start with a clean slate.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would reap them for us
         self.unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # blocked, so it waits for sigwaitinfo (an ignored one is lost)
         self.arm_child = die_with_parent(signal.SIGTERM)
         try:
             for slot in self.slots:
@@ -78,6 +80,13 @@ class WorkerPool:
             info = signal.sigtimedwait(WATCHED, max(0.0, min(due) - time.monotonic()))
         else:
             info = signal.sigwaitinfo(WATCHED)
+        if info is not None and info.si_signo == signal.SIGHUP:
+            for slot in self.slots:
+                if slot.pid is not None:
+                    try:
+                        os.kill(slot.pid, signal.SIGHUP)
+                    except ProcessLookupError:
+                        pass
         return info is None or info.si_signo not in STOP_SIGNALS
 
     def _fork(self, slot: _Slot) -> None:
@@ -98,6 +107,7 @@ class WorkerPool:
             if self.arm_child is not None:
                 self.arm_child()
             assert self.unblocked is not None  # run() set it before the fork
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's own handler: a reload never kills
             signal.pthread_sigmask(signal.SIG_SETMASK, self.unblocked)
             self.serve()
         except BaseException as exc:  # one log line, never a traceback

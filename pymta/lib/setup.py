@@ -59,10 +59,20 @@ def hand_tree_to(directory: Path, pw) -> None:
     if users.exists():
         os.chown(users, 0, gid)
         os.chmod(users, 0o640)
+    share_tls_key(directory / "tls" / "key.pem", pw)
     for path, mode in ((directory, 0o755), (directory / "tls", 0o755)):
         if path.is_dir():
             os.chown(path, 0, 0)
             os.chmod(path, mode)
+
+
+def share_tls_key(key: Path, pw) -> None:
+    """The TLS key root's and readable by ``pw``'s group (0640): a daemon that
+    became ``pw`` reads a renewed key on SIGHUP.  It holds the key in memory
+    anyway, so the file tells it nothing more."""
+    if pw.pw_uid != 0 and Path(key).exists():  # daemons that stay root read it as it is
+        os.chown(key, 0, pw.pw_gid)
+        os.chmod(key, 0o640)
 
 
 def chown_tree(top: Path, uid: int, gid: int) -> None:

@@ -1,8 +1,9 @@
 """TLS contexts for the daemons and the SMTP client, and a self-signed pair for `pymail init`.
 
-Contexts are cached in-process per (paths, mtimes): a long-running daemon
-builds one per certificate, and a renewed certificate (new mtime) is picked
-up by the next connection without a restart.
+Contexts are cached in-process per (paths, mtimes).  A long-running daemon
+serves with one ``ServerTLS`` context, renewed in place on SIGHUP
+(``ServerTLS.reload``), so that implicit-TLS listeners, which hold the
+context object, take the new certificate too.
 """
 
 from __future__ import annotations
@@ -56,6 +57,68 @@ def server_context(cert_path: str | os.PathLike, key_path: str | os.PathLike) ->
         raise TLSConfigError(f"{exc.filename or cert}: {exc.strerror or exc}") from None
     _server_cache[(cert, key)] = (mtimes, ctx)
     return ctx
+
+
+class ServerTLS:
+    """The server context of a long-running daemon, renewable in place.
+
+    Calling it returns the one context this daemon serves with (made at the
+    first call); the listening sockets of implicit TLS hold that object.
+    ``reload()`` (on SIGHUP) checks the files at ``cert``/``key`` in a fresh
+    context first, then loads them into the same object: the next handshake
+    uses the new certificate, sessions already running keep theirs, and a
+    broken or unreadable renewal changes nothing (TLSConfigError)."""
+
+    def __init__(self, cert: str | os.PathLike, key: str | os.PathLike) -> None:
+        self.cert, self.key = str(cert), str(key)
+        self._context: ssl.SSLContext | None = None
+        self._mtimes: tuple[int, int] | None = None
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            return os.stat(self.cert).st_mtime_ns, os.stat(self.key).st_mtime_ns
+        except OSError:
+            return None
+
+    def __call__(self) -> ssl.SSLContext:
+        if self._context is None:
+            mtimes = self._stat()
+            self._context = server_context(self.cert, self.key)
+            _server_cache.pop((self.cert, self.key), None)  # this object is ours alone: never renewed under another
+            self._mtimes = mtimes
+        return self._context
+
+    def renewed(self) -> tuple[int, int] | None:
+        """The files' stamp when they changed since the load and hold a good pair,
+        None when unchanged; TLSConfigError for a pair that does not load.
+        Reads files (a job thread's work); the live context is not touched."""
+        if self._context is None:
+            return None  # not loaded yet: the first use reads the files
+        mtimes = self._stat()
+        if mtimes is not None and mtimes == self._mtimes:
+            return None
+        server_context(self.cert, self.key)  # a bad pair is refused here, before the live context is touched
+        _server_cache.pop((self.cert, self.key), None)
+        return mtimes
+
+    def take(self, mtimes: tuple[int, int] | None) -> None:
+        """Load the renewed pair into the live context.  On the thread that
+        makes the handshakes (the event loop): OpenSSL does not change a
+        context while another thread makes connections from it."""
+        assert self._context is not None
+        try:
+            self._context.load_cert_chain(self.cert, self.key, password=_no_passphrase)
+        except (ssl.SSLError, OSError) as exc:  # changed again since renewed() looked
+            raise TLSConfigError(f"{self.cert}, {self.key}: {exc}") from None
+        self._mtimes = mtimes
+
+    def reload(self) -> bool:
+        """Both steps at once; False when the files did not change."""
+        mtimes = self.renewed()
+        if mtimes is None:
+            return False
+        self.take(mtimes)
+        return True
 
 
 def client_context(verify: bool) -> ssl.SSLContext:
