@@ -172,10 +172,14 @@ def drop_privileges(cfg: config.Config) -> str | None:
     pw, problem = daemon_account(name)
     if problem:
         return problem
+    from pymta.lib.pdeathsig import keep_across_uid_change  # noqa: PLC0415 lazy
+
+    restore_pdeathsig = keep_across_uid_change()  # `pymail run`'s, cleared by the uid change
     try:
         become_account(pw)
     except PrivilegeError as exc:
         return str(exc)
+    restore_pdeathsig()
     return None
 
 
