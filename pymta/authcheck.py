@@ -27,17 +27,18 @@ import threading
 import time
 from collections import namedtuple
 
-from pymta.lib import authres, dkimverify, dmarc, log, spf
+from pymta.lib import arc, authres, dkimverify, dmarc, log, spf
 from pymta.senders import header_addresses
 from pymta.smtp_server import Refused, Reply
 
 SPOOL_MEMORY = 1 << 20  # message text kept in memory; the rest goes to an unlinked file
 QUARANTINE_HEADER = "X-Pymail-Quarantine"
 
-# spf: spf.Result; dkim: [dkimverify.Signature]; dmarc: dmarc.Result; reply: a refusal or
-# None; quarantine: deliver with QUARANTINE_HEADER; header: the Authentication-Results field;
-# summary: "spf=pass dkim=pass dmarc=pass" for the log
-Verdict = namedtuple("Verdict", "spf dkim dmarc reply quarantine header summary")
+# spf: spf.Result; dkim: [dkimverify.Signature]; dmarc: dmarc.Result; arc: arc.Result;
+# reply: a refusal or None; quarantine: deliver with QUARANTINE_HEADER; override: why a
+# refusal or quarantine was waived ("" when none: RFC 7489 6.7, a trusted ARC sealer);
+# header: the Authentication-Results field; summary: "spf=pass dkim=pass dmarc=pass" for the log
+Verdict = namedtuple("Verdict", "spf dkim dmarc arc reply quarantine override header summary")
 
 
 class _DNSDown(Exception):
@@ -168,12 +169,11 @@ class Checker:
         fetcher = threading.Thread(target=prefetch, name="dmarc", daemon=True)
         if from_domain:
             fetcher.start()
+        crlf = message.replace(b"\n", b"\r\n")
         signatures = dkimverify.verify_all(
-            message.replace(b"\n", b"\r\n"),
-            dkim_key,
-            self.cfg["checks.dkim_max_signatures"],
-            self.cfg["checks.dkim_min_key_bits"],
+            crlf, dkim_key, self.cfg["checks.dkim_max_signatures"], self.cfg["checks.dkim_min_key_bits"]
         )
+        arc_result = arc.verify(crlf, dkim_key, self.cfg["checks.dkim_min_key_bits"])
         spf_result = pending.wait(deadline - time.monotonic())
         if from_domain:
             fetcher.join(max(deadline - time.monotonic(), 0.0))
@@ -198,15 +198,31 @@ class Checker:
             temperrors,
         )
         reply, quarantine = self.decide(pending, spf_result, dmarc_result)
+        override = ""
+        if (reply is not None and reply.code >= 500) or quarantine:
+            override = self.arc_override(arc_result)
+            if override:
+                reply, quarantine = None, False
+        ip = pending.args[0]
         return Verdict(
             spf_result,
             signatures,
             dmarc_result,
+            arc_result,
             reply,
             quarantine,
-            self.header(spf_result, signatures, dmarc_result),
-            summary(spf_result, signatures, dmarc_result),
+            override,
+            self.header(spf_result, signatures, dmarc_result, arc_result, override, ip),
+            summary(spf_result, signatures, dmarc_result, arc_result, override),
         )
+
+    def arc_override(self, arc_result) -> str:
+        """The reason a failing message is let through (RFC 7489 6.7 trusted_forwarder),
+        or "": a passing ARC chain whose latest sealer is in checks.arc_trusted_sealers."""
+        trusted = {d.lower().rstrip(".") for d in self.cfg["checks.arc_trusted_sealers"]}
+        if arc_result.result == "pass" and arc_result.sealer in trusted:
+            return f"trusted_forwarder arc=pass as[{arc_result.instance}].d={arc_result.sealer}"
+        return ""
 
     def decide(self, pending: Pending, spf_result, dmarc_result) -> tuple[Reply | None, bool]:
         """(refusal or None, quarantine?) from the results and the admin's choices."""
@@ -240,7 +256,7 @@ class Checker:
             return Reply(451, "4.7.24", f"Temporary DNS failure checking SPF of {spf_result.domain}"), False
         return None, False
 
-    def header(self, spf_result, signatures, dmarc_result) -> bytes:
+    def header(self, spf_result, signatures, dmarc_result, arc_result=arc.NONE, override="", ip="") -> bytes:
         results = []
         if spf_result.identity == "helo":
             results.append(authres.result("spf", spf_result.result, spf_result.reason, smtp_helo=spf_result.domain))
@@ -260,19 +276,33 @@ class Checker:
             )
         if not signatures:
             results.append("dkim=none")
+        if arc_result.result != "none":  # RFC 8617 10.2: arc=, with the client's address
+            reason = f"as[{arc_result.instance}].d={arc_result.sealer}" if arc_result.sealer else ""
+            if arc_result.reason:
+                reason = f"{reason} {arc_result.reason}".strip()
+            oldest = str(arc_result.oldest_pass) if arc_result.result == "pass" else ""
+            results.append(
+                authres.result("arc", arc_result.result, reason, **{"header.oldest-pass": oldest, "smtp.remote-ip": ip})
+            )
         record = dmarc_result.record
         reason = dmarc_result.reason
         if record:
-            reason = f"p={record['p']} sp={record['sp']} dis={dmarc_result.disposition}" + (
-                f" {reason}" if reason else ""
-            )
+            disposition = "none" if override else dmarc_result.disposition
+            reason = f"p={record['p']} sp={record['sp']} dis={disposition}" + (f" {reason}" if reason else "")
+        if override:
+            reason = f"{reason} override={override}".strip()
         results.append(authres.result("dmarc", dmarc_result.result, reason, header_from=dmarc_result.domain))
         return authres.header(self.authserv_id, results)
 
 
-def summary(spf_result, signatures, dmarc_result) -> str:
+def summary(spf_result, signatures, dmarc_result, arc_result=arc.NONE, override="") -> str:
     dkim = ",".join(s.result for s in signatures) or "none"
-    return f"spf={spf_result.result} dkim={dkim} dmarc={dmarc_result.result}"
+    text = f"spf={spf_result.result} dkim={dkim} dmarc={dmarc_result.result}"
+    if arc_result.result != "none":
+        text += f" arc={arc_result.result}"
+    if override:
+        text += f" override=({override})"
+    return text
 
 
 def _header_block(message: bytes) -> bytes:

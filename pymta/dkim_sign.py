@@ -142,3 +142,49 @@ def signature_for(cfg, sender: str, entry) -> bytes | None:
     except Exception as exc:  # dkimpy raises several kinds; an unsigned message still goes out
         log.warning(f"dkim: signing failed for {domain}: {exc}", entry.envelope.queue_id)
         return None
+
+
+def arc_seal_for(cfg, entry, rcpts, prefix: bytes = b"") -> bytes:
+    """The ARC set (RFC 8617) to put on top of a forwarded message as it leaves, or b"".
+
+    A message is forwarded when it carries the Authentication-Results field
+    smtpd's checks put on it when it arrived (authserv-id ``hostname``): it came
+    from outside and goes out again (aliases, .forward, rules' !).  The seal is
+    made with the ``dkim.selector`` key of the domain it was forwarded from (a
+    recipient's original address), else of the first local domain that has one;
+    ``prefix`` (our DKIM-Signature, if any) is sealed with the message."""
+    if not cfg["checks.arc_seal"] or not cfg["dkim.selector"]:
+        return b""
+    from pymta.lib import arc, authres  # noqa: PLC0415 lazy
+
+    head = _head(entry)
+    if not authres.claims(head, cfg["hostname"]):
+        return b""
+    selector = cfg["dkim.selector"]
+    domains = [r.orig.rpartition("@")[2].lower() for r in rcpts if getattr(r, "orig", "")] + list(cfg.domains)
+    for domain in dict.fromkeys(domains):
+        if not cfg.is_local_domain(domain):
+            continue
+        try:
+            key = key_path(cfg, domain, selector).read_bytes()
+        except (DKIMError, OSError):
+            continue
+        try:
+            return arc.seal(prefix + entry.read_message(), domain, selector, key, cfg["hostname"])
+        except Exception as exc:  # dkimpy raises several kinds; an unsealed message still goes out
+            log.warning(f"arc: sealing failed for {domain}: {exc}", entry.envelope.queue_id)
+            return b""
+    return b""
+
+
+def _head(entry) -> bytes:
+    """The header block of a queued message (LF line ends), read in chunks."""
+    head = b""
+    for chunk in entry.message_chunks():
+        head += chunk
+        end = head.find(b"\n\n")
+        if end >= 0 or head.startswith(b"\n"):
+            return head[: end + 1] if end >= 0 else b""
+        if len(head) > 1 << 20:
+            break
+    return head

@@ -134,6 +134,7 @@ class RemoteDelivery:
         prefix = b""
         if self.cfg["dkim.selector"]:
             prefix = dkim_sign.signature_for(self.cfg, env.sender, entry) or b""
+            prefix = dkim_sign.arc_seal_for(self.cfg, entry, rcpts, prefix) + prefix  # forwarded mail: ARC
         eightbit = False
         for chunk in entry.message_chunks():
             if not chunk.isascii():

@@ -78,3 +78,9 @@ def strip(block: bytes, authserv_id: str) -> tuple[bytes, int]:
         else:
             out.extend(lines)
     return b"".join(out), removed
+
+
+def claims(block: bytes, authserv_id: str) -> bool:
+    """Whether ``block`` (a header block, LF line ends) has an
+    Authentication-Results field of ``authserv_id``."""
+    return strip(block, authserv_id)[1] > 0

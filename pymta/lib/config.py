@@ -373,6 +373,24 @@ PARAMS: tuple[Param, ...] = (
         "quarantine",
         "The same for a domain whose policy asks for quarantine.",
     ),
+    Param(
+        "checks.arc_trusted_sealers",
+        "list",
+        [],
+        "Domains (the d= of an ARC-Seal) whose valid ARC chain (RFC 8617) lets a message through when DMARC, or SPF "
+        "where DMARC does not decide, would refuse or quarantine it: forwarders and mailing lists you trust to have "
+        "checked the mail before changing it. The Authentication-Results field says arc=pass and the override. "
+        "Empty: ARC is verified and recorded, never trusted.",
+    ),
+    Param(
+        "checks.arc_seal",
+        "bool",
+        True,
+        "Seal mail that is forwarded (aliases, .forward, rules' !) with an ARC set (RFC 8617) when it leaves, "
+        "with the DKIM key of dkim.selector of the forwarding address's domain (else of the first local domain "
+        "that has one), so DMARC survives the forward at the next hop. Mail is taken as forwarded when it carries "
+        "the Authentication-Results field smtpd's checks added on arrival.",
+    ),
     # -- submission: what an authenticated user may send ---------------------------
     Param(
         "submission.sender_login_match",
