@@ -77,6 +77,31 @@ def _clean_field(value: str, what: str) -> str:
     return value
 
 
+def compact_json(value) -> str:
+    """``json.dumps(value, ensure_ascii=True, separators=(",", ":"))`` for the
+    envelope's plain values, without importing json (1.2 ms of every inetd
+    session): strings go through the C escaper json itself uses."""
+    from _json import encode_basestring_ascii as quote  # noqa: PLC0415 lazy
+
+    if isinstance(value, str):
+        return quote(value)
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"not JSON: {value!r}")
+        return float.__repr__(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{quote(str(k))}:{compact_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(compact_json(v) for v in value) + "]"
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
 class Envelope:
     """Sender, recipients and facts about the submission (``meta``)."""
 
@@ -90,8 +115,6 @@ class Envelope:
         self.meta = meta if meta is not None else {}  # client, helo, auth user, service, uid
 
     def to_line(self) -> bytes:
-        import json  # noqa: PLC0415 lazy
-
         _clean_field(self.sender, "sender")
         for rcpt in self.recipients:
             _clean_field(rcpt, "recipient")
@@ -103,7 +126,7 @@ class Envelope:
             "recipients": self.recipients,
             "meta": self.meta,
         }
-        return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        return compact_json(record).encode() + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> Envelope:

@@ -616,8 +616,8 @@ PARAMS: tuple[Param, ...] = (
         "int",
         10000,
         "Concurrent sessions of one listening imapd process (Dovecot's imap process_limit is 1024); more get * BYE. "
-        "Each needs an open file at rest, more while it works: the daemon raises its soft RLIMIT_NOFILE to the hard one "
-        "(at most 65536; LimitNOFILE= in a unit, ulimit -Hn in a shell) and warns below three per session.",
+        "Each needs an open file at rest, more while it works: the daemon raises its soft RLIMIT_NOFILE to the hard "
+        "one (at most 65536; LimitNOFILE= in a unit, ulimit -Hn in a shell) and warns below three per session.",
     ),
     Param(
         "imapd.max_sessions_per_client",
@@ -855,20 +855,36 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
     return values, problems
 
 
-def load(path: str | os.PathLike | None = None) -> Config:
-    """Read and validate a config file; raise ConfigError with every problem."""
-    import tomllib  # noqa: PLC0415 lazy
+def load(path: str | os.PathLike | None = None, *, write_cache: bool = True) -> Config:
+    """Read and validate a config file; raise ConfigError with every problem.
+
+    The parse is kept beside the file (``configcache``) when we may write
+    there, so the next process (an inetd session) skips tomllib."""
+    from pymta.lib import configcache  # noqa: PLC0415 lazy
 
     file = find_config_file(str(path) if path is not None else None)
     try:
         with open(file, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
+            st = os.fstat(fh.fileno())
     except FileNotFoundError:
         raise ConfigError([("(file)", f"{file}: no such file")]) from None
     except PermissionError:
         raise ConfigError([("(file)", f"{file}: permission denied")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([("(file)", f"{file}: {exc}")]) from None
+    except OSError as exc:
+        raise ConfigError([("(file)", f"{file}: {exc.strerror or exc}")]) from None
+    data = configcache.lookup(file, raw, st)
+    if data is None:
+        import tomllib  # noqa: PLC0415 lazy
+
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError([("(file)", f"{file}: not UTF-8")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([("(file)", f"{file}: {exc}")]) from None
+        if write_cache:
+            configcache.store(file, raw, data, st)
     values, problems = check(data, file.resolve())
     if problems:
         raise ConfigError(problems)
