@@ -92,6 +92,8 @@ def test_inetd_session_imports_neither_asyncio_nor_ssl(mailsys, module):
     assert not loaded(modules, "asyncio"), f"{module} under inetd imported asyncio"
     assert not loaded(modules, "ssl") and "_ssl" not in modules, f"{module} under inetd imported ssl without TLS"
     assert "socket" not in modules, f"{module} under inetd imported socket.py (~2.5 ms; _socket is enough)"
+    modules, _ = session_as_inetd(mailsys, module, greet_and_quit(module))  # the config's parse is kept now
+    assert "tomllib" not in modules, f"{module} under inetd parsed the config again (configcache)"
 
 
 def test_starttls_is_what_brings_ssl(mailsys):
