@@ -57,6 +57,10 @@ class IndexUnavailable(Exception):
         self.errno = errno
 
 
+class _NothingToClaim(Exception):
+    """claim_recent found nothing left to claim: the index is left as it is."""
+
+
 class Entry:
     __slots__ = ("uid", "modseq", "idate", "size", "sub", "flags", "kw", "base")
 
@@ -733,6 +737,8 @@ class FolderIndex:
         in new/ move to cur/."""
 
         def do(snap):
+            if not any(uid <= upto and snap.is_recent(e) for uid, e in snap.entries.items()):
+                raise _NothingToClaim  # another session was first: no rewrite (each wakes every IDLE)
             done = set()
             for uid, e in list(snap.entries.items()):
                 if uid > upto or not snap.is_recent(e):
@@ -747,7 +753,10 @@ class FolderIndex:
             snap.first_recent = max(snap.first_recent, min(upto + 1, snap.uidnext))
             return done
 
-        return self._mutate(do, fsync=False)[1]
+        try:
+            return self._mutate(do, fsync=False)[1]
+        except _NothingToClaim:
+            return set()
 
     def expunge(self, uids) -> list[int]:
         """Delete messages; return the UIDs removed."""

@@ -52,7 +52,7 @@ from pyimap.parser import (
     tokenize,
 )
 from pyimap.search import Candidate, compile_keys
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream, Watch
 from pymta.smtp_client import ProtocolError, ReplyParser, SMTPClient, Transaction
 from pymta.smtp_server import Reply, SMTPServer, SMTPSettings
 from pypop.pop3_server import LoginResult, POP3Server
@@ -171,6 +171,8 @@ class MachineRun:
                     self.out += chunk
             elif isinstance(a, Job):
                 pending[:0] = self.m.job_done(a.run())
+            elif isinstance(a, Watch):  # as the inetd driver: no watch, the session polls
+                pending[:0] = self.m.watching(False)
             elif a is STARTTLS:
                 self.tls = True
                 pending[:0] = self.m.tls_started(ConnectionInfo(peer_ip=self.peer, tls=True, tls_available=True))
