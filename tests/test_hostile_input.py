@@ -936,7 +936,8 @@ def test_sendmail_full_name_cannot_add_headers(hostile):
     [(envelope, message)] = queued(hostile)
     assert envelope["sender"] == "alice@example.test"
     assert envelope["recipients"] == ["bob@example.test"]
-    assert header_names(message) == [b"subject", b"from", b"date", b"message-id"]
+    # sendmail's own Received: (as Postfix's), then the message's fields and the ones it completes
+    assert header_names(message) == [b"received", b"subject", b"from", b"date", b"message-id"]
     assert b'From: "Name  Bcc: evil@x.test X-Evil: 1" <alice@example.test>\n' in message
 
 
