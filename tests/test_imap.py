@@ -575,9 +575,7 @@ def test_a_held_index_lock_stalls_only_its_own_session(make_mailsys):
         assert holder.stdout.readline() == b"locked\n"
         held_at = time.monotonic()
         # a new message in new/: alice's next look at her INBOX needs the lock
-        (system.maildir("alice") / "new" / "1700000000.M1P1.host,S=20,W=21").write_bytes(
-            b"Subject: late\n\nhello\n"
-        )
+        (system.maildir("alice") / "new" / "1700000000.M1P1.host,S=20,W=21").write_bytes(b"Subject: late\n\nhello\n")
         alice.sendall(b"n NOOP\r\n")
         time.sleep(0.2)  # alice's NOOP is waiting for the lock now
         worst = 0.0
