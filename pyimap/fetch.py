@@ -193,6 +193,22 @@ def _stream(fh):
         fh.close()
 
 
+_FROM_INDEX = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
+
+
+def _from_index(name: str, e, uid: int, flags: str) -> bytes:
+    """A FETCH item the index entry answers alone (no message file read)."""
+    if name == "UID":
+        return b"UID %d" % uid
+    if name == "FLAGS":
+        return b"FLAGS " + flags.encode("utf-8")
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + format_internaldate(e.idate)
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % e.size
+    return b"MODSEQ (%d)" % e.modseq
+
+
 def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) -> list:
     """The ``* n FETCH (...)`` response of one message, as a list of actions.
 
@@ -208,17 +224,9 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
         if not first:
             buf.append(b" ")
         first = False
-        if name == "UID":
-            buf.append(b"UID %d" % uid)
-        elif name == "FLAGS":
-            assert flags is not None  # given when items ask for FLAGS
-            buf.append(b"FLAGS " + flags.encode("utf-8"))
-        elif name == "INTERNALDATE":
-            buf.append(b"INTERNALDATE " + format_internaldate(e.idate))
-        elif name == "RFC822.SIZE":
-            buf.append(b"RFC822.SIZE %d" % e.size)
-        elif name == "MODSEQ":
-            buf.append(b"MODSEQ (%d)" % e.modseq)
+        if name in _FROM_INDEX:
+            assert flags is not None or name != "FLAGS"  # given when items ask for FLAGS
+            buf.append(_from_index(name, e, uid, flags or ""))
         elif name == "ENVELOPE":
             buf.append(b"ENVELOPE " + _envelope(sel, e, loader))
         elif name == "BODYSTRUCTURE":
@@ -284,16 +292,8 @@ def render_expunged(sel, e, uid: int, seq: int, items, flags: str) -> list:
     buf = []
     for item in items:
         name = item[0]
-        if name == "UID":
-            buf.append(b"UID %d" % uid)
-        elif name == "FLAGS":
-            buf.append(b"FLAGS " + flags.encode("utf-8"))
-        elif name == "INTERNALDATE":
-            buf.append(b"INTERNALDATE " + format_internaldate(e.idate))
-        elif name == "RFC822.SIZE":
-            buf.append(b"RFC822.SIZE %d" % e.size)
-        elif name == "MODSEQ":
-            buf.append(b"MODSEQ (%d)" % e.modseq)
+        if name in _FROM_INDEX:
+            buf.append(_from_index(name, e, uid, flags))
         elif name == "ENVELOPE":
             buf.append(b"ENVELOPE " + _ENV_CACHE.get((sel.index.dir, e.base), _NIL_ENVELOPE))
         elif name == "BODYSTRUCTURE":
