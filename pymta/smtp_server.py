@@ -4,7 +4,9 @@ Bytes in, replies and actions out; no sockets, no threads.  Policy (who may
 send, which recipients exist, where the message goes) lives in the *backend*
 the driver passes in; this module only knows the protocol:
 RFC 5321 (SMTP), 1870 (SIZE), 2920 (PIPELINING), 3207 (STARTTLS),
-3463 (enhanced codes), 4954 (AUTH), 6152 (8BITMIME), 6531 (SMTPUTF8).
+3463 (enhanced codes), 4954 (AUTH), 6152 (8BITMIME), 6531 (SMTPUTF8);
+with ``settings.lmtp``, LMTP (RFC 2033: LHLO instead of HELO/EHLO, and after
+DATA one reply per recipient accepted, in order).
 
 Three input modes share one bounded receive buffer: command lines, AUTH
 continuation lines, and message text.  Every mode has a line cap; an
@@ -57,6 +59,7 @@ class SMTPSettings(Record):
         "max_session_time",
         "max_junk_commands",
         "recipient_policy",
+        "lmtp",
     )
     hostname: str
     max_message_size: int
@@ -72,6 +75,7 @@ class SMTPSettings(Record):
     max_session_time: float
     max_junk_commands: int
     recipient_policy: bool
+    lmtp: bool
     FIELDS = (
         ("hostname", REQUIRED),
         ("max_message_size", 25 * 1024 * 1024),
@@ -91,6 +95,9 @@ class SMTPSettings(Record):
         ("max_junk_commands", 100),
         # ask backend.check_policy (DNSBL, greylisting) as a Job after check_recipient
         ("recipient_policy", False),
+        # LMTP (RFC 2033): LHLO, no AUTH, and the sink's commit returns one
+        # Reply per accepted RCPT (a list), sent in order after the message
+        ("lmtp", False),
     )
 
 
@@ -140,8 +147,9 @@ if TYPE_CHECKING:
 
         def write(self, data: bytes) -> None: ...
 
-        def commit(self) -> str:
-            """The queue ID once the message is safe; may raise Refused, TempFailure or OSError."""
+        def commit(self) -> str | list[Reply]:
+            """The queue ID once the message is safe (LMTP: one Reply per
+            envelope.rcpt_to entry, in order); may raise Refused, TempFailure or OSError."""
 
         def abort(self) -> None: ...
 
@@ -194,7 +202,7 @@ def _failure_state(exc: BaseException) -> int:
 _MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
 # Commands that move no mail (Postfix's smtpd_junk_command_limit counts the
 # same; ETRN, EXPN and unknown verbs are errors here and counted as such).
-_JUNK_COMMANDS = frozenset((b"NOOP", b"RSET", b"VRFY", b"HELP", b"HELO", b"EHLO"))
+_JUNK_COMMANDS = frozenset((b"NOOP", b"RSET", b"VRFY", b"HELP", b"HELO", b"EHLO", b"LHLO"))
 # Bytes never allowed in a command line: controls (CR, LF, NUL, TAB...).
 _CONTROLS = bytes(range(32)) + b"\x7f"
 
@@ -227,6 +235,7 @@ class SMTPServer(LineReader, Protocol):
         self._prev_crlf = True  # the last line ended in CRLF (CRLF.CRLF detection)
         self._pending = bytearray()  # text batched for sink.write
         self._login_user = b""
+        self._lmtp_replies = 0  # LMTP: replies owed after the message (RCPTs accepted)
 
     # -- driver interface --------------------------------------------------------
 
@@ -234,7 +243,7 @@ class SMTPServer(LineReader, Protocol):
         self.session = Session(info)
         s = self.settings
         self._session_end = self._clock() + s.max_session_time
-        return [f"220 {s.hostname} ESMTP {s.software}\r\n".encode()]
+        return [f"220 {s.hostname} {'LMTP' if s.lmtp else 'ESMTP'} {s.software}\r\n".encode()]
 
     def data_received(self, data: bytes) -> list:
         if self._closed:
@@ -254,7 +263,9 @@ class SMTPServer(LineReader, Protocol):
         kind, self._job = self._job, None
         if kind == "commit":
             self._sink = None
-            if isinstance(result, str) and result:
+            if self.settings.lmtp:
+                self._lmtp_done(result)
+            elif isinstance(result, str) and result:
                 self._junk = 0  # a client that moves mail may RSET between messages
                 self._send(250, "2.0.0", f"Ok: queued as {result}")
             elif isinstance(result, Reply):
@@ -278,6 +289,29 @@ class SMTPServer(LineReader, Protocol):
                 self._accept_recipient(envelope, address)
         self._check_errors()
         return self._process()
+
+    def _lmtp_done(self, result) -> None:
+        """RFC 2033 4.2: one reply per recipient accepted, in RCPT order; a
+        verdict on the whole message (a Reply, a failure state) answers for each."""
+        count, self._lmtp_replies = self._lmtp_replies, 0
+        if isinstance(result, list) and len(result) == count and all(isinstance(r, Reply) for r in result):
+            replies = result
+            self._junk = 0
+        else:
+            if isinstance(result, list):
+                _log_failure("commit", ValueError(f"{len(result)} replies for {count} recipients"))
+            reply = result if isinstance(result, Reply) else _DATA_FAILURES.get(result, _LOCAL_ERROR_REPLY)
+            replies = [reply] * count
+        self._replies(replies)
+
+    def _replies(self, replies: list[Reply]) -> None:
+        """Per-recipient replies: sent, but not counted as the client's errors."""
+        self._out.append(
+            b"".join(
+                (f"{r.code} {r.enhanced} {r.text}\r\n" if r.enhanced else f"{r.code} {r.text}\r\n").encode()
+                for r in replies
+            )
+        )
 
     def tls_started(self, info: ConnectionInfo) -> list:
         self._awaiting_tls = False
@@ -385,6 +419,11 @@ class SMTPServer(LineReader, Protocol):
                 self._close()
                 return
         entry = _COMMANDS.get(verb)
+        if entry is not None and verb in _GREETINGS and (verb == b"LHLO") != self.settings.lmtp:
+            if self.settings.lmtp:  # RFC 2033 4.1: an LMTP server answers HELO/EHLO with an error
+                self._send(500, "5.5.1", "Error: this is an LMTP server: send LHLO")
+                return
+            entry = None  # LHLO is no SMTP command
         if entry is None:
             if verb.isascii() and verb.translate(None, _CONTROLS) == verb:
                 self._send(500, "5.5.2", "Error: command not recognized")
@@ -400,7 +439,7 @@ class SMTPServer(LineReader, Protocol):
             self._send(500, "5.5.2", "Error: invalid characters in command")
             return
         if entry.needs_helo and self.session.helo is None:
-            self._send(503, "5.5.1", "Error: send HELO/EHLO first")
+            self._send(503, "5.5.1", "Error: send LHLO first" if self.settings.lmtp else "Error: send HELO/EHLO first")
         elif entry.needs_auth and self.settings.require_auth and self.session.auth_user is None:
             self._send(530, "5.7.0", "Authentication required")
         else:
@@ -416,7 +455,7 @@ class SMTPServer(LineReader, Protocol):
 
     def _cmd_ehlo(self, arg: str) -> None:
         if not arg:
-            self._send(501, "5.5.4", "Syntax: EHLO hostname")
+            self._send(501, "5.5.4", f"Syntax: {'LHLO' if self.settings.lmtp else 'EHLO'} hostname")
             return
         self._new_transaction()
         self.session.helo, self.session.esmtp = arg, True
@@ -439,6 +478,8 @@ class SMTPServer(LineReader, Protocol):
         return info.tls_available and not info.tls
 
     def _auth_possible(self) -> bool:
+        if self.settings.lmtp:  # LMTP clients are trusted by where they connect from, never by a login
+            return False
         return self.session.info.tls or self.settings.auth_plaintext_ok
 
     def _auth_offered(self) -> bool:
@@ -523,7 +564,8 @@ class SMTPServer(LineReader, Protocol):
         self._accept_recipient(env, address)
 
     def _accept_recipient(self, envelope: Envelope, address: str) -> None:
-        if address not in envelope.rcpt_to:  # one copy per recipient
+        # one copy per recipient; LMTP keeps every accepted RCPT, since each gets its reply after DATA
+        if self.settings.lmtp or address not in envelope.rcpt_to:
             envelope.rcpt_to.append(address)
         self._send(250, "2.1.5", "Ok")
 
@@ -617,7 +659,8 @@ class SMTPServer(LineReader, Protocol):
         self._send(502, "5.5.1", "Error: command not implemented")
 
     def _cmd_help(self, arg: str) -> None:
-        self._send(214, "2.0.0", "Commands: " + " ".join(v.decode() for v in _COMMANDS if v not in (b"EXPN", b"BDAT")))
+        hidden = (b"EXPN", b"BDAT") + ((b"HELO", b"EHLO") if self.settings.lmtp else (b"LHLO",))
+        self._send(214, "2.0.0", "Commands: " + " ".join(v.decode() for v in _COMMANDS if v not in hidden))
 
     def _cmd_starttls(self, arg: str) -> None:
         info = self.session.info
@@ -805,13 +848,19 @@ class SMTPServer(LineReader, Protocol):
     def _data_end(self) -> None:
         self._mode = _COMMAND
         self.timeout = self.settings.command_timeout
+        if self.settings.lmtp:
+            self._lmtp_replies = len(self.envelope.rcpt_to)
         self._new_transaction()
         if self._dstate == _NOMINAL and self._pending:
             self._write(bytes(self._pending))
             self._pending.clear()
         if self._dstate != _NOMINAL:
             self._abort_sink()
-            self._send(*_DATA_FAILURES[self._dstate])
+            if self.settings.lmtp:  # the message failed for every recipient: each gets the reply
+                self._errors += 1
+                self._lmtp_done(self._dstate)
+            else:
+                self._send(*_DATA_FAILURES[self._dstate])
             return
         self._job = "commit"
         self._marker = Job(self._commit, self._sink)
@@ -854,6 +903,7 @@ Command = namedtuple("Command", "handler needs_helo needs_auth utf8", defaults=(
 _COMMANDS = {
     b"HELO": Command(SMTPServer._cmd_helo),
     b"EHLO": Command(SMTPServer._cmd_ehlo),
+    b"LHLO": Command(SMTPServer._cmd_ehlo),  # RFC 2033 4.1: EHLO's twin, LMTP only
     b"MAIL": Command(SMTPServer._cmd_mail, needs_helo=True, needs_auth=True, utf8=True),
     b"RCPT": Command(SMTPServer._cmd_rcpt, utf8=True),
     b"DATA": Command(SMTPServer._cmd_data),
@@ -868,6 +918,9 @@ _COMMANDS = {
     b"AUTH": Command(SMTPServer._cmd_auth),
 }
 
+
+# The greeting commands: HELO and EHLO in SMTP, LHLO in LMTP (each refused in the other).
+_GREETINGS = (b"HELO", b"EHLO", b"LHLO")
 
 # One EHLO keyword: offered only when ``condition(server)`` says so, and
 # dropped when the keyword it ``requires`` is not offered (aiosmtpd#216).
