@@ -9,7 +9,8 @@
    ``../shared/bench/imap_load.py`` with 1 and 8 clients against
    ``pyimap.imapd --listen`` (one asyncio process) and against
    ``systemd-socket-activate --inetd -a`` (one process per connection).
-   Dovecot 2.3's reference: 20.9-24.5 sessions/s (1 client), 37.5-41.1 (8).
+   ``--dovecot`` runs only this load, against Debian's Dovecot over the same tree and
+   users file, in alternating rounds, with medians and the ratio.
 2. SELECT of a folder of ``--big`` messages: first time (index built by
    listing cur/) and second time (index read back).  Goal: < 1 s after the first.
 3. FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE) of ``--fetch`` messages, cold and warm.
@@ -140,6 +141,50 @@ def load(port: int, clients: int, seconds: float) -> str:
     return (r.stdout.strip().splitlines() or [r.stderr.strip()])[-1]
 
 
+def side_by_side(a) -> None:
+    """The yardstick against pymail (listening, the default processes) and
+    Dovecot (its defaults), same tree, same {BLF-CRYPT} users file."""
+    import statistics
+
+    root = Path(tempfile.mkdtemp(prefix="imapbench-", dir="/var/tmp"))
+    cfg = make_tree(root, a.processes)
+    fill(root / "mail" / "example.test" / "alice", 1000)
+    logf = open(root / "imapd.log", "wb")
+    proc, port = start(cfg, "listen", logf)
+    dport = free_port()
+    dovecot = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "bench" / "dovecot_side.py"), str(root), str(free_port()), str(dport)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(dport)
+        print(
+            f"yardstick {YARDSTICK.name}, 1,000-message INBOX, {a.seconds:g} s a round; pymail listening "
+            f"(imapd.processes = {a.processes}), Dovecot with its defaults",
+            flush=True,
+        )
+        for clients in (1, 8):
+            rates: dict[str, list[float]] = {"pymail": [], "dovecot": []}
+            for r in range(a.rounds):
+                for name, p in (("pymail", port), ("dovecot", dport)):
+                    line = load(p, clients, a.seconds)
+                    match = re.search(r"sessions_per_s=([0-9.]+)", line)
+                    rates[name].append(float(match.group(1)) if match else 0.0)
+                    print(f"clients={clients} round {r + 1} {name:8} {line}", flush=True)
+            ours, theirs = statistics.median(rates["pymail"]), statistics.median(rates["dovecot"])
+            print(
+                f"clients={clients} median pymail {ours:.1f} dovecot {theirs:.1f} sessions/s, "
+                f"ratio {ours / theirs if theirs else float('nan'):.2f}",
+                flush=True,
+            )
+    finally:
+        stop(proc)
+        stop(dovecot)
+        logf.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def timed(fn):
     t = time.perf_counter()
     result = fn()
@@ -153,8 +198,20 @@ def main() -> None:
     ap.add_argument("--fetch", type=int, default=10_000)
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--processes", type=int, default=1, help="imapd.processes for the listening daemon (0: per CPU)")
+    ap.add_argument(
+        "--processes", type=int, default=0, help="imapd.processes for the listening daemon (default 0: one per CPU)"
+    )
+    ap.add_argument(
+        "--dovecot",
+        action="store_true",
+        help="only the session load, side by side with Debian's Dovecot over the same tree and users file "
+        "(tests/bench/dovecot_side.py): alternating rounds, medians and the ratio",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="with --dovecot: rounds per server and client count")
     a = ap.parse_args()
+    if a.dovecot:
+        side_by_side(a)
+        return
     root = Path(tempfile.mkdtemp(prefix="imapbench-"))
     cfg = make_tree(root, a.processes)
     home = root / "mail" / "example.test" / "alice"
