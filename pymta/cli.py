@@ -644,9 +644,11 @@ SERVICES = {
     "pop3s": ("pypop.pop3d", ("--tls",)),
     "imap": ("pyimap.imapd", ()),
     "imaps": ("pyimap.imapd", ("--tls",)),
+    "lmtp": ("pymta.lmtpd", ()),  # off by default (listen.lmtp empty)
     "autoconfig": ("pymta.autoconfig_http", ()),  # HTTP(S) by autoconfig.tls
 }
-RELOADING = {"pymta.smtpd", "pypop.pop3d", "pyimap.imapd"}  # SIGHUP: a renewed TLS certificate, sessions go on
+# SIGHUP: a renewed TLS certificate, sessions go on
+RELOADING = {"pymta.smtpd", "pypop.pop3d", "pyimap.imapd", "pymta.lmtpd"}
 QUEUE_RUNNER = "pymta.qrunner"
 LOCAL_DELIVERY = "pymda.localserver"
 

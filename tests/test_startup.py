@@ -19,10 +19,11 @@ from conftest import client_tls, env_with_repo
 # (module, what the client says to end the session, how the reply to it starts)
 DAEMONS = {
     "pymta.smtpd": (b"QUIT\r\n", b"221"),
+    "pymta.lmtpd": (b"QUIT\r\n", b"221"),
     "pypop.pop3d": (b"QUIT\r\n", b"+OK"),
     "pyimap.imapd": (b"a1 LOGOUT\r\n", b"* BYE"),
 }
-GREETINGS = {"pymta.smtpd": b"220", "pypop.pop3d": b"+OK", "pyimap.imapd": b"* OK"}
+GREETINGS = {"pymta.smtpd": b"220", "pymta.lmtpd": b"220", "pypop.pop3d": b"+OK", "pyimap.imapd": b"* OK"}
 
 
 def imported_modules(importtime_report: str) -> set[str]:

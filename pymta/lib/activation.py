@@ -67,3 +67,28 @@ def open_listener(host: str, port: int, backlog: int = 511) -> socket.socket:
     sock.bind((host, port))
     sock.listen(backlog)
     return sock
+
+
+def open_unix_listener(path: str, mode: int = 0o666, backlog: int = 511) -> socket.socket:
+    """A stream socket listening at ``path`` with ``mode``; a socket left
+    there by an earlier run is replaced, anything else at ``path`` is an error."""
+    import socket  # noqa: PLC0415 lazy (see the import of _socket)
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)  # never reachable by others before the chmod
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock

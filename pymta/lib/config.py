@@ -81,6 +81,13 @@ PARAMS: tuple[Param, ...] = (
     Param("listen.imap", "listen", "127.0.0.1:2143", "IMAP listener (when pyimap-imapd is installed)."),
     Param("listen.imaps", "listen", "127.0.0.1:2993", "IMAP over implicit TLS."),
     Param(
+        "listen.lmtp",
+        "listen",
+        "",
+        "LMTP listener (pymta-lmtpd: an MTA such as Postfix hands it mail for the Maildirs) for `pymail run`; empty "
+        "(the default): not started. A UNIX socket is given to pymta-lmtpd itself (--listen unix:PATH).",
+    ),
+    Param(
         "listen.autoconfig",
         "listen",
         "",
@@ -609,6 +616,43 @@ PARAMS: tuple[Param, ...] = (
         False,
         "Offer APOP (timestamp in the greeting). Works only for users whose users-file entry is {PLAIN}/{CLEARTEXT} "
         "with auth.allow_plain_scheme = true.",
+    ),
+    # -- lmtpd (pymta-lmtpd) ---------------------------------------------------------
+    Param("lmtpd.processes", "int", 1, "Processes a listening lmtpd forks to serve its sockets; 0: one per CPU."),
+    Param(
+        "lmtpd.max_sessions",
+        "int",
+        100,
+        "Concurrent sessions of one listening lmtpd process; more get 421 4.3.2. Each delivers in the process's job "
+        "threads.",
+    ),
+    Param(
+        "lmtpd.max_sessions_per_client",
+        "int",
+        0,
+        "Concurrent sessions one client address may have with lmtpd, all its processes together; more get 421 4.7.0. "
+        "0 (the default): no limit, since LMTP clients are the site's own MTAs.",
+    ),
+    Param(
+        "lmtpd.connection_rate_per_client",
+        "int",
+        0,
+        "Connections one client address may open to lmtpd per limits.rate_time_unit; more get 421 4.7.0. 0: no limit.",
+    ),
+    Param(
+        "lmtpd.trusted_networks",
+        "list",
+        ["127.0.0.0/8", "::1/128"],
+        "TCP clients allowed to hand mail to lmtpd (LMTP has no login: whoever connects can deliver to every "
+        "mailbox); others get 554 5.7.1 at MAIL. Clients on a UNIX socket are allowed by the socket's mode "
+        "(lmtpd.socket_mode).",
+    ),
+    Param(
+        "lmtpd.socket_mode",
+        "str",
+        "0666",
+        "Octal mode of the UNIX sockets lmtpd makes itself (--listen unix:PATH), as Dovecot's lmtp unix_listener "
+        "default; 0660 or 0600 with a socket in a folder only the MTA can reach to narrow it.",
     ),
     # -- imapd (pyimap) --------------------------------------------------------------
     Param(

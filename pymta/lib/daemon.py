@@ -18,7 +18,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from pymta.lib import log, sysexits
+from pymta.lib import log, metrics, sysexits
 from pymta.lib.cliargs import UsageError, fail, getopt
 
 if TYPE_CHECKING:
@@ -48,9 +48,9 @@ class ArgParser:
             "  -h, --help          show this help message and exit\n"
             "  -C FILE             configuration file (default: $PYMAIL_CONFIG, then\n"
             "                      /etc/pymail/pymail.toml)\n"
-            "  --listen HOST:PORT  listen on HOST:PORT (repeatable); without it, use\n"
-            "                      systemd's LISTEN_FDS sockets, else serve the one\n"
-            "                      connection on stdin/stdout (inetd)\n"
+            "  --listen HOST:PORT  listen on HOST:PORT, or on unix:PATH (repeatable);\n"
+            "                      without it, use systemd's LISTEN_FDS sockets, else\n"
+            "                      serve the one connection on stdin/stdout (inetd)\n"
             "  --tls               implicit TLS: handshake before the greeting\n"
             "  --service NAME      listener name, which picks the policy (default:\n"
             f"                      {default_service})\n"
@@ -210,6 +210,7 @@ def run(
     cfg = config.load_logged(args.config)
     if cfg is None:
         return sysexits.EX_CONFIG
+    metrics.setup(cfg.root)
     service = args.service
     tls = tls_loader(cfg)
     if args.tls and tls is None:
@@ -234,8 +235,11 @@ def run(
 
         for spec in args.listen:
             try:
-                host, port = config.parse_listen(spec)
-                sockets.append(open_listener(host, port))
+                if spec.startswith("unix:"):  # a UNIX socket, relative to root (lmtpd: lmtp:unix:... clients)
+                    sockets.append(_unix_listener(cfg, spec[5:], max_sessions_key.partition(".")[0]))
+                else:
+                    host, port = config.parse_listen(spec)
+                    sockets.append(open_listener(host, port))
             except (ValueError, OSError) as exc:
                 log.error(f"cannot listen on {spec}: {exc}")
                 return sysexits.EX_OSERR
@@ -335,6 +339,22 @@ def run(
             return sysexits.EX_USAGE
         driver_blocking.serve_pipes(factory(), service=service)
     return sysexits.EX_OK
+
+
+def _unix_listener(cfg, path: str, section: str):
+    """``--listen unix:PATH``: PATH relative to root, mode SECTION.socket_mode (0666 without one)."""
+    from pymta.lib.activation import open_unix_listener  # noqa: PLC0415 lazy
+
+    if not path:
+        raise ValueError("unix: needs a path")
+    text = cfg.get(f"{section}.socket_mode") or "0666"
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"{section}.socket_mode {text!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{section}.socket_mode {text!r} is not a mode")
+    return open_unix_listener(str(cfg.root / path), mode)
 
 
 def _ready_to_serve(tls, implicit_tls: bool, switch, preload_modules: tuple[str, ...]):
