@@ -48,6 +48,7 @@ SLOW_FILES = {
     "test_rules_confinement.py",
     "test_sendmail.py",
     "test_sendmail_limits.py",
+    "test_session_log.py",
     "test_smtpd_policy.py",
     "test_submission_policy.py",
     "test_supervisor.py",

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from pymta.lib import log
+from pymta.lib import log, metrics
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream, Watch
 
 TYPE_CHECKING = False
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pymta.lib.dirwatch import Watcher
+    from pymta.lib.tlslog import Budget
 
 STREAM_FLUSH = 256 * 1024  # bytes of a streamed body gathered before a write
 # Input that rearms the timeout: a line end, or this many bytes without one
@@ -78,6 +79,19 @@ class _Connection(asyncio.BufferedProtocol):
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self.server.implicit_tls:
+            # The handshake is ours (not create_server's ssl=), so that its failure is seen and logged.
+            self.busy = True
+            self._pause_reading()
+            self.server.connections.add(self)
+            task = self.loop.create_task(self._implicit_tls())
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
+            return
+        self._begin(transport)
+
+    def _begin(self, transport) -> None:
+        """The connection is ready (after the handshake on an implicit-TLS port): start the session."""
         server = self.server
         server.connections.add(self)
         server.sessions += 1
@@ -89,6 +103,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         try:
             self.info = server.connection_info(transport)
+            metrics.count("pymail_sessions_total", service=self.info.service)
             if server.client_limits is not None:
                 self.ticket = server.client_limits.admit(self.info.peer_ip)
                 if self.ticket is None:  # over this client's limit: no session at all
@@ -327,9 +342,8 @@ class _Connection(asyncio.BufferedProtocol):
         except Exception as exc:
             self._crash(exc)
 
-    async def _starttls(self) -> None:
-        # CVE-2011-0411: plaintext pipelined behind STARTTLS is never input.
-        self.held.clear()
+    async def _handshake(self, peer_ip: str):
+        """The TLS handshake on the connection: the new transport, or None (failed, and logged)."""
         try:
             transport = await self.loop.start_tls(
                 self.transport,
@@ -338,10 +352,34 @@ class _Connection(asyncio.BufferedProtocol):
                 server_side=True,
                 ssl_handshake_timeout=self.server.handshake_timeout,
             )
+            if transport is None:  # the client closed during the handshake
+                raise ConnectionResetError()
+            return transport
         except Exception as exc:  # handshake failure or a certificate that will not load
-            log.info(f"TLS handshake failed: client=[{self.info.peer_ip}]: {type(exc).__name__}: {exc}")
-            self._close()
+            self.server.handshake_failed(peer_ip, exc)
+            return None
+
+    async def _implicit_tls(self) -> None:
+        peer = self.transport.get_extra_info("peername")
+        peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        transport = await self._handshake(peer_ip[7:] if peer_ip.startswith("::ffff:") else peer_ip)
+        if transport is None or self.closed:
+            # The raw transport's protocol is asyncio's TLS one now: connection_lost never comes here.
+            self.closed = True
+            self.server.connections.discard(self)
+            self.transport.close()
+            if transport is not None:
+                transport.close()
             return
+        self.transport = transport
+        self.read_paused = False  # start_tls resumed reading on the new transport
+        self.busy = False
+        self._begin(transport)
+
+    async def _starttls(self) -> None:
+        # CVE-2011-0411: plaintext pipelined behind STARTTLS is never input.
+        self.held.clear()
+        transport = await self._handshake(self.info.peer_ip)
         if transport is None or self.closed:
             self._close()
             return
@@ -428,6 +466,7 @@ class AsyncServer:
         self.watcher: Watcher | None = None  # the process's inotify instance, made at the first Watch
         self.watcher_failed = False
         self.watch_timer = False
+        self.tls_log_budget: Budget | None = None  # made at the first failed handshake
 
     # -- directory watches (IMAP IDLE) -------------------------------------------------
     WATCH_DELAY = 0.05  # seconds a burst of changes is gathered before the sessions look
@@ -494,20 +533,14 @@ class AsyncServer:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_LoopErrors())
         servers = []
-        ssl = self.tls() if self.implicit_tls else None
+        if self.implicit_tls:
+            self.tls()  # a certificate that does not load stops the server now, not each handshake
         for sock in sockets:
             sock.setblocking(False)
             # asyncio calls listen() again: keep the queue long (its default of
             # 100 drops a burst of connections, which then hang unanswered).
-            servers.append(
-                await loop.create_server(
-                    lambda: _Connection(self),
-                    sock=sock,
-                    ssl=ssl,
-                    backlog=socket.SOMAXCONN,
-                    ssl_handshake_timeout=self.handshake_timeout if ssl else None,
-                )
-            )
+            # Implicit TLS: each connection makes its own handshake (_Connection._implicit_tls).
+            servers.append(await loop.create_server(lambda: _Connection(self), sock=sock, backlog=socket.SOMAXCONN))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -538,6 +571,14 @@ class AsyncServer:
             task.cancel()
         await asyncio.sleep(0)
         self.executor.shutdown(wait=False)
+
+    def handshake_failed(self, peer_ip: str, exc: BaseException) -> None:
+        """One log line per failed handshake, within the process's budget (a scanner cannot flood the log)."""
+        from pymta.lib import tlslog  # noqa: PLC0415 lazy: only on the failure path
+
+        if self.tls_log_budget is None:
+            self.tls_log_budget = tlslog.Budget()
+        tlslog.handshake_failed(peer_ip, exc, self.handshake_timeout, self.tls_log_budget)
 
     def _reload_tls(self) -> None:
         """The files are read in a job thread, the live context changed here, between handshakes."""

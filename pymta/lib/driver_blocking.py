@@ -16,7 +16,7 @@ import select
 import time
 from collections import deque
 
-from pymta.lib import log
+from pymta.lib import metrics
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Stream, Watch
 
 RECV_SIZE = 65536
@@ -107,8 +107,10 @@ def _tls_info(info: ConnectionInfo, tls_sock) -> None:
     info.tls_cipher = cipher[0] if cipher else ""
 
 
-def _handshake_failed(info: ConnectionInfo, exc: Exception) -> None:
-    log.info(f"TLS handshake failed: client=[{info.peer_ip}]: {type(exc).__name__}: {exc}")
+def _handshake_failed(info: ConnectionInfo, exc: Exception, timeout: float) -> None:
+    from pymta.lib import tlslog  # noqa: PLC0415 lazy: only on the failure path
+
+    tlslog.handshake_failed(info.peer_ip, exc, timeout)
 
 
 def serve_socket(
@@ -127,7 +129,7 @@ def serve_socket(
         try:
             sock = tls().wrap_socket(sock, server_side=True)
         except Exception as exc:  # handshake failure, or a certificate that will not load (logged by the loader)
-            _handshake_failed(info, exc)
+            _handshake_failed(info, exc, handshake_timeout)
             sock.close()
             return
         _tls_info(info, sock)
@@ -140,6 +142,7 @@ def serve_pipes(protocol, *, rfd: int = 0, wfd: int = 1, service: str = "local")
 
 
 def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> None:
+    metrics.count("pymail_sessions_total", service=info.service)
     pending = deque(protocol.connection_made(info))
     out: list[bytes | bytearray] = []
     eof = False
@@ -183,7 +186,7 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                         # kernel: the handshake reads it as TLS and fails.
                         tls_sock = tls().wrap_socket(sock, server_side=True)
                     except Exception as exc:  # handshake failure or unloadable certificate
-                        _handshake_failed(info, exc)
+                        _handshake_failed(info, exc, handshake_timeout)
                         return
                     io = _SocketIO(tls_sock)
                     _tls_info(info, tls_sock)

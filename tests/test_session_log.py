@@ -1,0 +1,133 @@
+"""What an admin sees in the log (issue 15 §1): failed handshakes on the
+implicit-TLS ports, the end of each IMAP and POP3 session, and the
+per-user protocol trace (rawlog).  Real daemons on real sockets, in both
+start modes; the lines are read from the daemon's stderr."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import time
+
+import pytest
+
+from conftest import client_tls
+
+PROGRAMS = {"pyimap.imapd": "pyimap-imapd", "pypop.pop3d": "pypop-pop3d", "pymta.smtpd": "pymta-smtpd"}
+GREETING = {"pyimap.imapd": b"* OK ", "pypop.pop3d": b"+OK ", "pymta.smtpd": b"220 "}
+
+
+class Stderr:
+    """A daemon's stderr, read without blocking (the pipe never fills)."""
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.data = b""
+        os.set_blocking(proc.stderr.fileno(), False)
+
+    def text(self) -> str:
+        while True:
+            try:
+                chunk = os.read(self.proc.stderr.fileno(), 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.data += chunk
+        return self.data.decode("utf-8", "replace")
+
+    def lines(self, word: str) -> list[str]:
+        return [x for x in self.text().splitlines() if word in x]
+
+    def wait_for(self, word: str, count: int = 1, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.lines(word)
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{count} lines with {word!r} expected:\n{self.text()}")
+
+
+def start(system, module: str, mode: str, *args: str) -> tuple[int, Stderr]:
+    port = system.start_daemon(module, mode, *args)
+    return port, Stderr(system.procs[-1])
+
+
+# -- 1. failed handshakes on the implicit-TLS ports ----------------------------------------
+
+
+def verifying_client() -> ssl.SSLContext:
+    """A client that checks our (self-signed) certificate, and so rejects it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_default_certs()
+    return ctx
+
+
+@pytest.mark.parametrize("mode", ["listen", "inetd"])
+@pytest.mark.parametrize("module", ["pyimap.imapd", "pypop.pop3d", "pymta.smtpd"])
+def test_failed_implicit_tls_handshakes_are_logged(make_mailsys, module, mode):
+    system = make_mailsys("smtpd.tls_handshake_timeout = 2\n")
+    port, err = start(system, module, mode, "--tls")
+    prog = PROGRAMS[module]
+    head = rf"{prog}\[\d+\]: TLS handshake failed: client=\[127\.0\.0\.1\]: "
+    err.wait_for("TLS handshake failed")  # start_daemon's probe: connected and closed
+    assert re.fullmatch(head + r"EOF: connection closed during the handshake", err.lines("TLS handshake failed")[0])
+
+    # a client that rejects our certificate
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            verifying_client().wrap_socket(raw, server_hostname="mx.example.test")
+    line = err.wait_for("TLS handshake failed", 2)[1]
+    assert re.fullmatch(head + r"SSLError: \[SSL: TLSV1_ALERT_UNKNOWN_CA\] .+", line), line
+
+    # a plain-text client on the TLS port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"a LOGIN alice secret\r\nUSER alice\r\nEHLO x\r\n")
+        raw.settimeout(5)
+        try:
+            raw.recv(100)
+        except OSError:
+            pass
+    line = err.wait_for("TLS handshake failed", 3)[2]
+    assert re.fullmatch(head + r"SSLError: \[SSL: (WRONG_VERSION_NUMBER|HTTP_REQUEST|UNKNOWN_PROTOCOL)\] .+", line)
+
+    # a client that says nothing: cut at smtpd.tls_handshake_timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        started = time.monotonic()
+        assert raw.recv(100) == b""
+        assert 1.5 < time.monotonic() - started < 6
+    line = err.wait_for("TLS handshake failed", 4)[3]
+    assert re.fullmatch(head + r"timeout: no handshake within 2s", line), line
+
+    # a good client is still served, and logs no failure
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with client_tls().wrap_socket(raw, server_hostname="mx.example.test") as tls:
+            assert tls.recv(100).startswith(GREETING[module])
+    time.sleep(0.3)
+    assert len(err.lines("TLS handshake failed")) == 4, err.text()
+    assert "Traceback" not in err.text()
+
+
+def test_failed_handshakes_are_rate_limited(make_mailsys):
+    """A scanner's connections make a burst of lines, then one a second, and
+    the next line says how many were left out (the budget is each process's: one here)."""
+    system = make_mailsys("imapd.processes = 1\n")
+    port, err = start(system, "pyimap.imapd", "listen", "--tls")
+    for _ in range(60):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    time.sleep(1.5)
+    logged = err.lines("TLS handshake failed")
+    assert 20 <= len(logged) <= 23, len(logged)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    last = err.wait_for("TLS handshake failed", len(logged) + 1)[-1]
+    left_out = re.search(r" \((\d+) more failed handshakes not logged\)$", last)
+    assert left_out and len(logged) + int(left_out.group(1)) == 61, (last, len(logged))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with client_tls().wrap_socket(raw, server_hostname="mx.example.test") as tls:
+            assert tls.recv(100).startswith(b"* OK ")
+    assert "Traceback" not in err.text()
