@@ -35,6 +35,7 @@ SLOW_FILES = {
     "test_imap_mbsync.py",
     "test_lmtp.py",
     "test_lmtpd.py",
+    "test_lmtpd_postfix.py",
     "test_mail_in.py",
     "test_mailbox_modes.py",
     "test_pop3.py",

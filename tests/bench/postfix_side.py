@@ -9,6 +9,10 @@ measured to the Maildir.  Postfix's defaults are kept for everything that
 touches durability: its queue files are fsynced before the 250 and
 virtual(8) fsyncs each Maildir file before its rename, as pymail does.
 
+With ``transport`` (``lmtp:inet:127.0.0.1:PORT``) Postfix hands the mail for
+example.test to that next hop instead (``virtual_transport``), and the mail
+store stays as it is: tests/test_lmtpd_postfix.py delivers through pymta-lmtpd.
+
 Needs root (Postfix's master starts as root and hands out its own users)
 and Debian's postfix package.  The mail store goes to the ``mail`` user:
 virtual(8) will not deliver as root.
@@ -49,8 +53,9 @@ biff = no
 
 
 class PostfixSide:
-    def __init__(self, root: Path, port: int, users: tuple[str, ...] = ("alice",)) -> None:
+    def __init__(self, root: Path, port: int, users: tuple[str, ...] = ("alice",), transport: str = "") -> None:
         self.root = root
+        self.transport = transport
         self.port = port
         self.users = users
         self.pfx = root / "postfix"
@@ -86,13 +91,15 @@ class PostfixSide:
         ]
         (self.conf / "master.cf").write_text("\n".join(master) + "\n")
         mail_dir = self.root / "mail"
-        (self.conf / "main.cf").write_text(
-            MAIN_CF.format(pfx=self.pfx, mail=mail_dir, uid=mail.pw_uid, gid=mail.pw_gid)
-        )
+        main_cf = MAIN_CF.format(pfx=self.pfx, mail=mail_dir, uid=mail.pw_uid, gid=mail.pw_gid)
+        if self.transport:
+            main_cf += f"virtual_transport = {self.transport}\n"
+        (self.conf / "main.cf").write_text(main_cf)
         (self.conf / "vmailbox").write_text("".join(f"{u}@example.test example.test/{u}/\n" for u in self.users))
-        for dirpath, dirnames, filenames in os.walk(mail_dir):
-            for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
-                os.lchown(name, mail.pw_uid, mail.pw_gid)
+        if not self.transport:  # virtual(8) delivers as mail; an LMTP server as whoever it is
+            for dirpath, dirnames, filenames in os.walk(mail_dir):
+                for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+                    os.lchown(name, mail.pw_uid, mail.pw_gid)
         done = self._postfix("start")
         if done.returncode != 0:
             raise RuntimeError(f"postfix start failed: {done.stderr.strip()}\n{self.log_tail()}")
