@@ -27,7 +27,7 @@ import threading
 import time
 from collections import namedtuple
 
-from pymta.lib import arc, authres, dkimverify, dmarc, log, spf
+from pymta.lib import arc, authres, dkimverify, dmarc, log, metrics, spf
 from pymta.senders import header_addresses
 from pymta.smtp_server import Refused, Reply
 
@@ -403,6 +403,8 @@ class CheckedSink:
                 f"from=<{self.envelope.mail_from}> helo=<{log.printable(self.session.helo or '')}> {verdict.summary}",
                 self.queue_id,
             )
+            reason = "check_temperror" if reply.code < 500 else "spf" if reply.enhanced.startswith("5.7.2") else "dmarc"
+            metrics.count("pymail_smtp_refused_total", service=info.service, reason=reason)
             raise Refused(reply)
         block = _header_block(message)
         stripped, removed = authres.strip(block, self.checker.authserv_id)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from email.utils import formatdate, make_msgid
 
-from pymta.lib import log
+from pymta.lib import log, metrics
 from pymta.lib.address import qualify
 from pymta.recipient import BOUNCED, Recipient
 
@@ -175,6 +175,7 @@ def _enqueue(cfg, queue, entry, rcpts, action: str) -> str | None:
         meta["dsn"] = "postmaster"
     message = build_dsn(cfg, entry, rcpts, action, to)
     qid = queue.enqueue("", [to], message, meta)
+    metrics.count("pymail_bounces_total", kind="failure" if action == "failed" else "delay")
     log.info(f"sender {'non-delivery' if action == 'failed' else 'delay'} notification: {qid}", env.queue_id)
     return qid
 

@@ -646,6 +646,7 @@ SERVICES = {
     "imaps": ("pyimap.imapd", ("--tls",)),
     "lmtp": ("pymta.lmtpd", ()),  # off by default (listen.lmtp empty)
     "autoconfig": ("pymta.autoconfig_http", ()),  # HTTP(S) by autoconfig.tls
+    "metrics": ("pymta.metrics_http", ()),  # Prometheus text, GET /metrics
 }
 # SIGHUP: a renewed TLS certificate, sessions go on
 RELOADING = {"pymta.smtpd", "pypop.pop3d", "pyimap.imapd", "pymta.lmtpd"}

@@ -20,7 +20,7 @@ from pathlib import Path
 from pymda.deliver import DeliveryError, deliver_alias_target
 from pymta import bounce
 from pymta.aliases import Aliases
-from pymta.lib import log, sysexits
+from pymta.lib import log, metrics, sysexits
 from pymta.lib.users import UsersFile
 from pymta.local import LocalDelivery
 from pymta.queue import CorruptEntry, Entry, Queue
@@ -114,6 +114,9 @@ class EntryDelivery:
             if remote:
                 self.deliver_remote(entry, remote)
         self.finish(entry, state)
+        for rcpt in todo:  # this attempt's outcome, one count per recipient (after finish: expiry bounces)
+            result = "delivered" if rcpt.state == SENT else "bounced" if rcpt.state == BOUNCED else "deferred"
+            metrics.count("pymail_deliveries_total", result=result)
 
     def deliver_one(self, entry: Entry, rcpt: Recipient) -> None:
         env = entry.envelope

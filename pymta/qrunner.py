@@ -31,7 +31,7 @@ import click
 from pymda.deliver import DELIVERY_MODULES, DELIVERY_OTHERS
 from pymta import maildrop
 from pymta.delivery import EntryDelivery
-from pymta.lib import config, log, sysexits
+from pymta.lib import config, log, metrics, sysexits
 from pymta.lib.cliargs import CONFIG_HELP, click_main
 from pymta.lib.daemon import preload
 from pymta.lib.pdeathsig import keep_across_uid_change
@@ -188,6 +188,7 @@ class Runner:
                 if full or now >= next_scan or (catch_up is not None and now >= catch_up):
                     self.run_pass(pool)
                     next_scan = now + interval
+                    metrics.compact_if_big(self.cfg.root)  # the event log stays bounded without a scraper
                     catch_up = None
                 else:
                     # Woken with queue IDs: take exactly those, without listing
@@ -302,6 +303,7 @@ def command(config_file: str | None, once: bool, queue_ids: tuple[str, ...]) -> 
     cfg = config.load_logged(config_file)
     if cfg is None:
         return sysexits.EX_CONFIG
+    metrics.setup(cfg.root)
     runner = Runner(cfg)
     runner.queue.create()
     failed = leave_root(cfg, runner)

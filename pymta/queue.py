@@ -316,6 +316,20 @@ class Queue:
         out.sort(key=lambda item: item[1].name)
         return out
 
+    def census(self) -> dict[str, tuple[int, float | None]]:
+        """state -> (entries, arrival time of the oldest or None) for new,
+        deferred and hold: the metrics' gauges, from directory listings only
+        (the queue ID starts with its arrival time in microseconds)."""
+        out: dict[str, tuple[int, float | None]] = {}
+        for state in ("new", "deferred", "hold"):
+            if state == "deferred":
+                d = self.path / "deferred"
+                ids = [n for bucket in _listdir(d) for n in _listdir(d / bucket) if is_queue_id(n)]
+            else:
+                ids = [n for n in _listdir(self.path / state) if is_queue_id(n)]
+            out[state] = (len(ids), int(min(ids)[:13], 16) / 1e6 if ids else None)
+        return out
+
     def lock_entry(self, queue_id: str, wait: float = 5.0) -> tuple[Entry | None, str]:
         """Open and lock entry ``queue_id``, waiting up to ``wait`` seconds
         for a runner to finish with it: (entry, "") or (None, why)."""

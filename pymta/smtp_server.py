@@ -21,7 +21,7 @@ import errno
 import time
 from collections import namedtuple
 
-from pymta.lib import sasl
+from pymta.lib import metrics, sasl
 from pymta.lib.address import AddressError, parse_path, split_path
 from pymta.lib.linereader import LineReader
 from pymta.lib.record import REQUIRED, Record
@@ -513,6 +513,7 @@ class SMTPServer(LineReader, Protocol):
             self._send(501, "5.5.4", "SMTPUTF8 takes no value")
             return
         if size is not None and int(size) > self.settings.max_message_size:
+            metrics.count("pymail_smtp_refused_total", service=self.session.info.service, reason="too_big")
             self._send(552, "5.3.4", "Message size exceeds fixed limit")
             return
         smtputf8 = "SMTPUTF8" in params
@@ -855,6 +856,8 @@ class SMTPServer(LineReader, Protocol):
             self._write(bytes(self._pending))
             self._pending.clear()
         if self._dstate != _NOMINAL:
+            if self._dstate == _TOO_MUCH:
+                metrics.count("pymail_smtp_refused_total", service=self.session.info.service, reason="too_big")
             self._abort_sink()
             if self.settings.lmtp:  # the message failed for every recipient: each gets the reply
                 self._errors += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from pymta.lib import log
+from pymta.lib import log, metrics
 from pymta.lib.address import qualify
 from pymta.lib.authguard import LoginBackend
 from pymta.queue import Queue, QueueError
@@ -146,6 +146,7 @@ class SMTPBackend(LoginBackend):
                     session,
                     envelope,
                     address,
+                    "sender_not_owned",
                     Reply(
                         553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {log.printable(login)}"
                     ),
@@ -156,6 +157,7 @@ class SMTPBackend(LoginBackend):
                 session,
                 envelope,
                 address,
+                "rate_limit",
                 Reply(
                     450,
                     "4.7.1",
@@ -181,13 +183,21 @@ class SMTPBackend(LoginBackend):
             if reply is not None:
                 return reply
         elif not (session.auth_user or self.is_trusted(session.info.peer_ip)):
-            return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+            return self._refuse(
+                "RCPT",
+                session,
+                envelope,
+                address,
+                "relay_denied",
+                Reply(554, "5.7.1", f"<{address}>: Relay access denied"),
+            )
         if session.auth_user and self.sendrate.charge(self.account_key(session.auth_user), recipients=1):
             return self._refuse(
                 "RCPT",
                 session,
                 envelope,
                 address,
+                "rate_limit",
                 Reply(
                     450,
                     "4.7.1",
@@ -217,6 +227,7 @@ class SMTPBackend(LoginBackend):
             session,
             envelope,
             address,
+            "unknown_user",
             Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table"),
         )
 
@@ -238,8 +249,10 @@ class SMTPBackend(LoginBackend):
 
     _sendrate = None
 
-    def _refuse(self, stage: str, session, envelope, address: str, reply):
-        """One log line per refusal, as Postfix's NOQUEUE: reject lines."""
+    def _refuse(self, stage: str, session, envelope, address: str, reason: str, reply):
+        """One log line per refusal, as Postfix's NOQUEUE: reject lines, and
+        one count under ``reason`` (pymta/metrics.py REFUSAL_REASONS)."""
+        metrics.count("pymail_smtp_refused_total", service=self.service, reason=reason)
         auth = f" sasl_username=<{log.printable(session.auth_user)}>" if session.auth_user else ""
         what = f"from=<{envelope.mail_from}>" + (f" to=<{address}>" if stage == "RCPT" else "")
         log.info(
@@ -269,6 +282,7 @@ class SMTPBackend(LoginBackend):
                     session,
                     envelope,
                     address,
+                    "dnsbl",
                     Reply(
                         554, "5.7.1", f"Service unavailable; client [{ip}] blocked using {', '.join(verdict.listed)}"
                     ),
@@ -279,7 +293,9 @@ class SMTPBackend(LoginBackend):
 
             passed, why = Greylist.from_config(self.cfg).check(ip, envelope.mail_from, address)
             if not passed:
-                return self._reject(session, envelope, address, Reply(450, "4.2.0", "Greylisted, try again later"))
+                return self._reject(
+                    session, envelope, address, "greylist", Reply(450, "4.2.0", "Greylisted, try again later")
+                )
             if why == "retry":
                 log.info(f"greylist: client=[{ip}], from=<{envelope.mail_from}>, to=<{address}>: passed")
         return None
@@ -290,8 +306,9 @@ class SMTPBackend(LoginBackend):
         local, _, domain = address.rpartition("@")
         return address.lower() == "postmaster" or (local.lower() == "postmaster" and self.cfg.is_local_domain(domain))
 
-    def _reject(self, session, envelope, address: str, reply):
-        """Log a policy refusal the way Postfix does, one line, and return it."""
+    def _reject(self, session, envelope, address: str, reason: str, reply):
+        """Log a policy refusal the way Postfix does, one line, count it, and return it."""
+        metrics.count("pymail_smtp_refused_total", service=self.service, reason=reason)
         info = session.info
         log.info(
             f"NOQUEUE: reject: RCPT from [{info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "
@@ -389,7 +406,14 @@ class _FromCheck:
         if reply is not None:
             from pymta.smtp_server import Refused  # noqa: PLC0415 lazy
 
-            self.backend._refuse("END-OF-MESSAGE", self.session, self.envelope, self.envelope.mail_from, reply)
+            self.backend._refuse(
+                "END-OF-MESSAGE",
+                self.session,
+                self.envelope,
+                self.envelope.mail_from,
+                "sender_not_owned" if reply.code >= 500 else "lookup_failure",
+                reply,
+            )
             raise Refused(reply)
         return self.inner.commit()
 
@@ -434,6 +458,7 @@ class _LoggingSink:
         except QueueError as exc:
             log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
             raise
+        metrics.count("pymail_smtp_accepted_total", service=self.session.info.service)
         auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
         checks = getattr(self.sink, "summary", "")  # spf=... dkim=... dmarc=... (pymta.authcheck)
         log.info(

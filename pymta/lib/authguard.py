@@ -34,7 +34,7 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
-from pymta.lib import log
+from pymta.lib import log, metrics
 from pymta.lib.log import printable
 
 TYPE_CHECKING = False
@@ -339,7 +339,11 @@ class LoginBackend:
         Raises LoginRefused, before any password is looked at, when the
         account's failure budget is spent: answer a temporary failure."""
         guard = self.guard
-        attempt = guard.admit(info.peer_ip, username)
+        try:
+            attempt = guard.admit(info.peer_ip, username)
+        except LoginRefused:
+            metrics.count("pymail_logins_total", service=info.service, result="refused")
+            raise
         try:
             delay = guard.penalty(info.peer_ip)
             if delay:
@@ -351,6 +355,7 @@ class LoginBackend:
         except BaseException:
             guard.release(attempt)  # no answer was given: not a guess
             raise
+        metrics.count("pymail_logins_total", service=info.service, result="ok" if ok else "failed")
         return ok, guard.record(attempt, ok)
 
     def plaintext_ok(self, info) -> bool:

@@ -96,6 +96,14 @@ PARAMS: tuple[Param, ...] = (
         "--out DIR` writes the same answers as files for an existing web server.",
     ),
     Param(
+        "listen.metrics",
+        "listen",
+        "",
+        "HTTP listener for Prometheus (GET /metrics: the text `pymail stats` prints), started by `pymail run` when "
+        "set. Empty (the default): not started. Keep it on loopback, e.g. 127.0.0.1:9154: anyone who reaches it "
+        "sees how the server is used.",
+    ),
+    Param(
         "run.restart_delay",
         "float",
         1.0,

@@ -81,7 +81,11 @@ def count(name: str, **labels: str) -> None:
 def _create(path: str) -> int:
     """The log's first writer makes it 0600, owned by run/'s owner (a root
     process, such as pymail stats, must not leave it unwritable to daemon_user)."""
-    fd = os.open(path, _FLAGS | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, _FLAGS | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # no run/ yet (pymail init makes it 0700, as here)
+        os.mkdir(os.path.dirname(path), 0o700)
+        fd = os.open(path, _FLAGS | os.O_CREAT, 0o600)
     if os.geteuid() == 0:
         try:
             st = os.stat(os.path.dirname(path))
@@ -117,7 +121,7 @@ def _read_base(run_dir: str) -> dict[str, int]:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     offset = 0
     while True:
         chunk = os.pread(fd, 1 << 20, offset)
