@@ -225,3 +225,18 @@ def test_an_unwritable_run_dir_does_not_break_a_session(mailsys):
     events.setup(mailsys.root)
     events.count("pymail_sessions_total", service="smtp")
     assert events.lost == 1
+
+
+def test_pymail_run_starts_the_listener_when_listen_metrics_is_set(make_mailsys):
+    port = free_port()
+    off = "".join(f'{s} = ""\n' for s in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"))
+    system = make_mailsys(f'[listen]\n{off}metrics = "127.0.0.1:{port}"\n')
+    run = system.start([sys.executable, "-m", "pymta.cli", "run", "-C", str(system.config)])
+    try:
+        wait_port(port, timeout=30, proc=run)
+        samples = scrape(port)
+        programs = {dict(labels)["program"] for (name, labels) in samples if name.endswith("memory_bytes")}
+        assert {"metrics", "qrunner"} <= programs, programs
+    finally:
+        run.terminate()
+        run.wait(timeout=20)
