@@ -19,7 +19,7 @@ from pyimap.formats import ATOM_OK
 from pyimap.parser import CONTINUE, ERROR, FATAL, Atom, ParseError, Reader, tokenize
 from pyimap.storage import Backend, MailStore, MessageSpool
 from pymta.lib.record import Record
-from pymta.lib.sansio import CLOSE, ConnectionInfo, Job, Protocol
+from pymta.lib.sansio import CLOSE, ConnectionInfo, Job, Protocol, disconnected
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -213,6 +213,8 @@ class IMAPCore(Protocol, CommandContext):
         self.timeout = settings.login_timeout
         self._job_then: Callable[[Any], None] | None = None
         self.client_id: dict[str, str] | None = None
+        self.end_reason = ""  # why the session ended, in Dovecot's words ("Logged out"), when the server knows
+        self.end_logged = False
 
     # -- driver interface ---------------------------------------------------------
 
@@ -224,6 +226,7 @@ class IMAPCore(Protocol, CommandContext):
     def data_received(self, data: bytes) -> list:
         if not data:
             self.closed = True
+            self.end_reason = self.end_reason or "Connection closed"
             self._cleanup()
             return self._flush() + [CLOSE]
         self.reader.feed(data)
@@ -252,12 +255,19 @@ class IMAPCore(Protocol, CommandContext):
                 self._in_job(self._idle_poll)
                 return self._flush()
         self._untagged("BYE Autologout; idle for too long")
+        self.end_reason = self.end_reason or f"Inactivity - no input for {round(self.timeout)} secs"
         self.closed = True
         self._cleanup()
         return self._flush() + [CLOSE]
 
     def connection_lost(self) -> None:
         self._cleanup()
+        if self.user is not None and not self.end_logged:
+            # One line per session, as Dovecot's: imap(USER): Disconnected: Logged out in=N out=N
+            self.end_logged = True
+            from pymta.lib import log  # noqa: PLC0415 lazy (loaded by every daemon already)
+
+            log.info(f"imap({self.user}): {disconnected(self.info, self.end_reason)} rip={self.info.peer_ip}")
 
     def watching(self, ok: bool) -> list:
         """The driver's answer to IDLE's Watch: then one look at the mailbox, so a
@@ -386,6 +396,7 @@ class IMAPCore(Protocol, CommandContext):
             except Exception as exc:  # pragma: no cover - defensive
                 self._log_error("reader", exc)
                 self._untagged("BYE Internal error")
+                self.end_reason = self.end_reason or "Internal error"
                 self.closed = True
                 break
             if event is None:
@@ -403,6 +414,7 @@ class IMAPCore(Protocol, CommandContext):
                 _, tag, text = event
                 self._tagged(tag, text)
                 self._untagged("BYE Literal too big to skip; closing")
+                self.end_reason = self.end_reason or "Literal too big to skip"
                 self.closed = True
                 break
             parts = event[1]
@@ -427,6 +439,7 @@ class IMAPCore(Protocol, CommandContext):
         self.bad_count += 1
         if self.bad_count >= MAX_BAD:
             self._untagged("BYE Too many invalid commands")
+            self.end_reason = self.end_reason or "Too many invalid IMAP commands."
             self.closed = True
 
     # -- command dispatch -----------------------------------------------------------

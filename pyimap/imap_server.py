@@ -84,6 +84,7 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
     def cmd_logout(self, tag, args):
         self._untagged("BYE Logging out")
         self._tagged(tag, "OK LOGOUT completed")
+        self.end_reason = "Logged out"
         self.state = LOGOUT
         self.closed = True
 

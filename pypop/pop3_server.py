@@ -32,7 +32,7 @@ from collections import namedtuple
 
 from pymta.lib import log, sasl
 from pymta.lib.linereader import LineReader
-from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream, catching
+from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream, catching, disconnected
 
 MAX_COMMAND_LINE = 255  # RFC 2449 4: octets per command line, CRLF included
 MAX_AUTH_LINE = 8192  # SASL continuation lines are not commands (RFC 5034 4)
@@ -119,6 +119,8 @@ class POP3Server(LineReader, Protocol):
         self._deleted: set[int] = set()  # 0-based indexes
         self._started = 0.0
         self.retr_count = self.retr_bytes = self.top_count = 0
+        self._end_reason = ""  # why the session ended, in Dovecot's words, logged by connection_lost
+        self._end_logged = False
 
     # -- driver interface ----------------------------------------------------------
 
@@ -138,7 +140,7 @@ class POP3Server(LineReader, Protocol):
         if self._closed:
             return []
         if not data:
-            self._end("disconnected before QUIT", debug=True)
+            self._end("Connection closed")
             return [CLOSE]
         if self._awaiting_tls:
             return []  # CVE-2011-0411: nothing sent before the handshake is ever read
@@ -170,13 +172,26 @@ class POP3Server(LineReader, Protocol):
         if self._closed:
             return [CLOSE]
         self._send(b"-ERR Disconnected for inactivity\r\n")
-        self._end("timeout")
+        self._end(f"Inactivity - no input for {round(self.timeout)} secs")
         self._marker(CLOSE)
         return self._flush()
 
     def connection_lost(self) -> None:
+        """The connection is gone (the driver's last call): log the session's end, once."""
         if not self._closed:
-            self._end("connection lost", debug=True)
+            self._end("")  # the driver's reason (info.end): reset, shutdown...
+        if self._end_logged:
+            return
+        self._end_logged = True
+        if self.user:
+            # as Dovecot's: pop3(USER): Disconnected: Logged out top=0/0, retr=1/123, del=0/1, size=123
+            log.info(
+                f"pop3({self.user}): {disconnected(self.info, self._end_reason)} "
+                f"top={self.top_count}, retr={self.retr_count}/{self.retr_bytes}, "
+                f"del={self._deleted_count}/{len(self._msgs)}, size={self._total_size()} rip={self.info.peer_ip}"
+            )
+        else:
+            log.debug(f"disconnect from {self.info.peer_ip} before login ({self._end_reason or self.info.end})")
 
     # -- the loop ------------------------------------------------------------------
 
@@ -228,28 +243,21 @@ class POP3Server(LineReader, Protocol):
         self._errors += 1
         if self._errors >= MAX_ERRORS and not self._closed:
             self._send(b"-ERR Too many bad commands, closing connection\r\n")
-            self._end("too many bad commands")
+            self._end("Too many bad commands.")
             self._marker(CLOSE)
 
-    def _end(self, reason: str, debug: bool = False) -> None:
-        """The session is over (QUIT, EOF, timeout...): release the maildrop."""
+    def _end(self, reason: str) -> None:
+        """The session is over (QUIT, EOF, timeout...): release the maildrop.
+        ``reason`` ("" when the driver's own is meant) is logged by connection_lost,
+        once the last reply is out and the byte counts are whole."""
         if self._closed:
             return
         self._closed = True
         self._state = _DONE
+        self._end_reason = reason
         drop, self._drop = self._drop, None
         if drop is not None:
             drop.close()
-        if self.user:
-            text = (
-                f"logout: user=<{self.user}>, rip={self.info.peer_ip}, {reason}, "
-                f"retr={self.retr_count}/{self.retr_bytes}, top={self.top_count}, "
-                f"del={self._deleted_count}/{len(self._msgs)}, size={self._total_size()}, "
-                f"time={time.monotonic() - self._started:.3f}s"
-            )
-            (log.debug if debug else log.info)(text)
-        elif debug:
-            log.debug(f"disconnect from {self.info.peer_ip} before login ({reason})")
 
     _deleted_count = 0
 
@@ -383,7 +391,7 @@ class POP3Server(LineReader, Protocol):
     def _check_auth_failures(self) -> None:
         if self._auth_failures >= MAX_AUTH_FAILURES and not self._closed:
             self._send(b"-ERR Too many authentication failures, closing connection\r\n")
-            self._end("too many authentication failures")
+            self._end("Too many authentication failures")
             self._marker(CLOSE)
 
     def _cmd_stls(self, arg: bytes) -> None:
@@ -413,7 +421,7 @@ class POP3Server(LineReader, Protocol):
     def _cmd_quit(self, arg: bytes) -> None:
         if self._state == _AUTHORIZATION:
             self._send(f"+OK {self.backend.hostname} POP3 server signing off\r\n".encode("utf-8", "replace"))
-            self._end("quit")
+            self._end("Logged out")
             self._marker(CLOSE)
             return
         self._state = _UPDATE
@@ -434,7 +442,7 @@ class POP3Server(LineReader, Protocol):
             self._send(f"+OK Logging out, {removed} message{'s' if removed != 1 else ''} deleted\r\n".encode())
         else:
             self._send(b"+OK Logging out\r\n")
-        self._end("quit" if not failed else f"quit, {failed} deletions failed")
+        self._end("Logged out" if not failed else f"Logged out ({failed} deletions failed)")
         self._marker(CLOSE)
 
     # TRANSACTION

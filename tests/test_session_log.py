@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import client_tls
+from conftest import PASSWORD, client_tls
 
 PROGRAMS = {"pyimap.imapd": "pyimap-imapd", "pypop.pop3d": "pypop-pop3d", "pymta.smtpd": "pymta-smtpd"}
 GREETING = {"pyimap.imapd": b"* OK ", "pypop.pop3d": b"+OK ", "pymta.smtpd": b"220 "}
@@ -131,3 +131,182 @@ def test_failed_handshakes_are_rate_limited(make_mailsys):
         with client_tls().wrap_socket(raw, server_hostname="mx.example.test") as tls:
             assert tls.recv(100).startswith(b"* OK ")
     assert "Traceback" not in err.text()
+
+
+# -- 2. the end of each IMAP and POP3 session ------------------------------------------------
+
+ALICE = "alice@example.test"
+
+
+class Wire:
+    """A line-level client, plain or TLS."""
+
+    def __init__(self, port: int, tls: bool = False) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock = client_tls().wrap_socket(raw, server_hostname="mx.example.test") if tls else raw
+        self.file = self.sock.makefile("rb")
+        self.sent = 0
+        self.received = 0
+        self.greeting = self.line()
+
+    def line(self) -> bytes:
+        data = self.file.readline()
+        self.received += len(data)
+        return data
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+        self.sent += len(data)
+
+    def until(self, data: bytes, prefix: bytes) -> bytes:
+        self.send(data)
+        got = b""
+        while True:
+            line = self.line()
+            assert line, got
+            got += line
+            if line.startswith(prefix):
+                return got
+
+    def rest(self) -> bytes:
+        got = b""
+        while line := self.line():
+            got += line
+        return got
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def imap_login(w: Wire) -> None:
+    assert b"a OK" in w.until(f"a LOGIN {ALICE} {PASSWORD}\r\n".encode(), b"a ")
+
+
+def pop3_login(w: Wire) -> None:
+    assert w.until(f"USER {ALICE}\r\n".encode(), b"+OK").startswith(b"+OK")
+    assert w.until(f"PASS {PASSWORD}\r\n".encode(), b"+OK").startswith(b"+OK Logged in")
+
+
+IMAP_END = (
+    r"pyimap-imapd\[\d+\]: imap\(alice@example\.test\): Disconnected: {reason} in={inb} out={outb} rip=127\.0\.0\.1"
+)
+POP3_END = (
+    r"pypop-pop3d\[\d+\]: pop3\(alice@example\.test\): Disconnected: {reason} in={inb} out={outb} "
+    r"top=0, retr=\d+/\d+, del=\d+/\d+, size=\d+ rip=127\.0\.0\.1"
+)
+
+
+@pytest.mark.parametrize("mode", ["listen", "inetd"])
+def test_imap_session_end_is_logged(make_mailsys, mode):
+    system = make_mailsys("imapd.autologout = 2\nimapd.processes = 1\n")
+    port, err = start(system, "pyimap.imapd", mode)
+    ends: list[tuple[str, Wire]] = []
+
+    w = Wire(port)  # LOGOUT: the byte counts are the whole session's, login included
+    imap_login(w)
+    w.until(b"b SELECT INBOX\r\n", b"b ")
+    w.until(b"c LOGOUT\r\n", b"c ")
+    assert w.rest() == b""
+    w.close()
+    ends.append(("Logged out", w))
+
+    w = Wire(port)  # the client goes away
+    imap_login(w)
+    w.until(b"b NOOP\r\n", b"b ")
+    w.close()
+    ends.append(("Connection closed", w))
+
+    w = Wire(port)  # too many invalid commands
+    imap_login(w)
+    for _ in range(20):
+        w.send(b"x BOGUS\r\n")
+    w.rest()
+    w.close()
+    ends.append((r"Too many invalid IMAP commands\.", w))
+
+    w = Wire(port)  # silent past imapd.autologout
+    imap_login(w)
+    assert b"BYE Autologout" in w.rest()
+    w.close()
+    ends.append(("Inactivity - no input for 2 secs", w))
+
+    w = Wire(port)  # TLS: the counts are of the IMAP bytes inside it
+    w.until(b"s STARTTLS\r\n", b"s ")
+    w.sock = client_tls().wrap_socket(w.sock, server_hostname="mx.example.test")
+    w.file = w.sock.makefile("rb")
+    imap_login(w)
+    w.until(b"c LOGOUT\r\n", b"c ")
+    w.close()
+    ends.append(("Logged out", w))
+
+    w = Wire(port)  # never logged in: no line (the login lines say what happened)
+    w.until(b"a LOGOUT\r\n", b"a ")
+    w.close()
+
+    lines = err.wait_for("Disconnected", len(ends))
+    time.sleep(0.3)
+    assert len(err.lines("Disconnected")) == len(ends), err.text()
+    for line, (reason, w) in zip(lines, ends, strict=True):
+        assert re.fullmatch(IMAP_END.format(reason=reason, inb=w.sent, outb=w.received), line), (
+            line,
+            w.sent,
+            w.received,
+        )
+
+
+@pytest.mark.parametrize("mode", ["listen", "inetd"])
+def test_pop3_session_end_is_logged(make_mailsys, mode):
+    system = make_mailsys("pop3d.timeout = 2\npop3d.processes = 1\n")
+    port, err = start(system, "pypop.pop3d", mode)
+    ends: list[tuple[str, Wire]] = []
+
+    w = Wire(port)
+    pop3_login(w)
+    w.until(b"STAT\r\n", b"+OK")
+    w.until(b"QUIT\r\n", b"+OK")
+    assert w.rest() == b""
+    w.close()
+    ends.append(("Logged out", w))
+
+    w = Wire(port)
+    pop3_login(w)
+    w.close()
+    ends.append(("Connection closed", w))
+
+    w = Wire(port)
+    pop3_login(w)
+    for _ in range(20):
+        w.send(b"BOGUS\r\n")
+    w.rest()
+    w.close()
+    ends.append((r"Too many bad commands\.", w))
+
+    w = Wire(port)
+    pop3_login(w)
+    assert w.rest() == b"-ERR Disconnected for inactivity\r\n"
+    w.close()
+    ends.append(("Inactivity - no input for 2 secs", w))
+
+    lines = err.wait_for("Disconnected: ", len(ends))
+    time.sleep(0.3)
+    assert len(err.lines("Disconnected: ")) == len(ends), err.text()
+    for line, (reason, w) in zip(lines, ends, strict=True):
+        assert re.fullmatch(POP3_END.format(reason=reason, inb=w.sent, outb=w.received), line), (
+            line,
+            w.sent,
+            w.received,
+        )
+
+
+def test_session_end_at_shutdown(make_mailsys):
+    """A listening daemon stopped (SIGTERM) logs the sessions it cuts."""
+    system = make_mailsys("imapd.processes = 1\n")
+    port, err = start(system, "pyimap.imapd", "listen")
+    w = Wire(port)
+    imap_login(w)
+    system.procs[-1].terminate()
+    system.procs[-1].wait(10)
+    w.close()
+    (line,) = err.lines("Disconnected")
+    assert re.fullmatch(IMAP_END.format(reason=r"Server shutting down\.", inb=w.sent, outb=w.received), line), line

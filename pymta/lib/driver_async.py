@@ -125,6 +125,7 @@ class _Connection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.info.bytes_in += len(data)
         if not self.progress:
             self.unproven += len(data)
             if self.unproven >= PROGRESS_BYTES or b"\n" in data:
@@ -142,6 +143,8 @@ class _Connection(asyncio.BufferedProtocol):
         # Keep the write side open: a client that half-closes after its last
         # command still gets the replies (a commit may be under way).
         self.eof = True
+        if self.info is not None and not self.info.end:
+            self.info.end = "Connection closed"
         if not self.busy and not self.closed:
             self._deliver_eof()
         # (TLS transports cannot stay half-open; asyncio warns if asked to.)
@@ -159,6 +162,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if exc is not None and self.info is not None and not self.info.end:
+            self.info.end = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         if self.timer is not None:
             self.timer.cancel()
         if self.counted:
@@ -197,7 +202,7 @@ class _Connection(asyncio.BufferedProtocol):
                 out += action
                 continue
             if out:
-                self.transport.write(out)
+                self._send(out)
                 out = bytearray()
             if isinstance(action, Stream):
                 self.busy = True
@@ -222,7 +227,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self._close()
                 return
         if out and not self.closed:
-            self.transport.write(out)
+            self._send(out)
         if not self.busy and not self.closed:
             self._idle()
 
@@ -290,7 +295,7 @@ class _Connection(asyncio.BufferedProtocol):
             for chunk in self.stream:
                 buf += chunk
                 if len(buf) >= STREAM_FLUSH:
-                    self.transport.write(buf)
+                    self._send(buf)
                     buf = bytearray()
                     if self.write_paused or self.closed:
                         return  # resume_writing() comes back here
@@ -298,7 +303,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._crash(exc)
             return
         if buf:
-            self.transport.write(buf)
+            self._send(buf)
         self.stream = None
         self.busy = False
         self.progress = True
@@ -315,7 +320,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._crash(exc)
             return
         if data:
-            self.transport.write(data)
+            self._send(data)
         if more:
             self._pump()  # or resume_writing() does, once the peer has read
             return
@@ -394,6 +399,10 @@ class _Connection(asyncio.BufferedProtocol):
             self._crash(exc)
 
     # -- helpers -----------------------------------------------------------------------
+    def _send(self, data) -> None:
+        self.info.bytes_out += len(data)
+        self.transport.write(data)
+
     def _pause_reading(self) -> None:
         if not self.read_paused and not self.closed:
             self.read_paused = True
@@ -565,11 +574,14 @@ class AsyncServer:
         for server in servers:
             server.close()
         for conn in list(self.connections):
+            if conn.info is not None and not conn.info.end:
+                conn.info.end = "Server shutting down."
             if conn.transport is not None:
                 conn.transport.abort()
         for task in list(self.tasks):
             task.cancel()
-        await asyncio.sleep(0)
+        for _ in range(3):  # connection_lost (a TLS transport's comes one round later): sessions log their end
+            await asyncio.sleep(0)
         self.executor.shutdown(wait=False)
 
     def handshake_failed(self, peer_ip: str, exc: BaseException) -> None:

@@ -29,6 +29,7 @@ PROGRESS_BYTES = 4096
 class _SocketIO:
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
+        self.error = ""  # why the connection failed ("Connection reset by peer"), for the session's end
 
     def recv(self, timeout: float) -> bytes | None:
         """Bytes, b"" at end of input, or None on timeout."""
@@ -37,7 +38,8 @@ class _SocketIO:
             return self.sock.recv(RECV_SIZE)
         except TimeoutError:
             return None
-        except OSError:
+        except OSError as exc:
+            self.error = exc.strerror or str(exc)
             return b""
 
     def send(self, data: bytes) -> bool:
@@ -45,7 +47,8 @@ class _SocketIO:
         try:
             self.sock.sendall(data)
             return True
-        except OSError:
+        except OSError as exc:
+            self.error = exc.strerror or str(exc) or "Connection lost"
             return False
 
     def close(self) -> None:
@@ -59,6 +62,7 @@ class _SocketIO:
 class _PipeIO:
     def __init__(self, rfd: int, wfd: int) -> None:
         self.rfd, self.wfd = rfd, wfd
+        self.error = ""
 
     def recv(self, timeout: float) -> bytes | None:
         try:
@@ -143,6 +147,14 @@ def serve_pipes(protocol, *, rfd: int = 0, wfd: int = 1, service: str = "local")
 
 def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> None:
     metrics.count("pymail_sessions_total", service=info.service)
+
+    def send(data: bytes) -> bool:
+        info.bytes_out += len(data)
+        if io.send(data):
+            return True
+        info.end = info.end or io.error
+        return False
+
     pending = deque(protocol.connection_made(info))
     out: list[bytes | bytearray] = []
     eof = False
@@ -162,12 +174,12 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                         out.append(chunk)
                         size += len(chunk)
                         if size >= STREAM_FLUSH:
-                            if not io.send(b"".join(out)):
+                            if not send(b"".join(out)):
                                 return
                             out.clear()
                             size = 0
                     continue
-                if out and not io.send(b"".join(out)):
+                if out and not send(b"".join(out)):
                     return
                 out.clear()
                 if isinstance(action, Job):
@@ -196,7 +208,7 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                 elif action is CLOSE:
                     return
             if out:
-                if not io.send(b"".join(out)):
+                if not send(b"".join(out)):
                     return
                 out.clear()
             if eof:
@@ -210,8 +222,10 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                 progress = True  # the protocol may go on (IDLE polls): its next wait is a new one
                 pending.extend(protocol.timed_out())
                 continue
+            info.bytes_in += len(data)
             if not data:
                 eof = True
+                info.end = info.end or io.error or "Connection closed"
             elif not progress:
                 unproven += len(data)
                 progress = unproven >= PROGRESS_BYTES or b"\n" in data

@@ -32,6 +32,15 @@ bytes and carries out the *actions* it returns, in order:
 ``protocol.timeout`` is the number of seconds the driver waits for the next
 input in the current phase; when it expires the driver calls
 ``protocol.timed_out()``.  Every protocol method returns a list of actions.
+
+What the driver tells the protocol of the connection it keeps in the
+``ConnectionInfo`` the protocol was given (the same object all along):
+``bytes_in``/``bytes_out`` count the session's bytes as the protocol sees
+them (inside TLS) as they pass, and ``end`` says how the connection ended
+when the driver saw it end ("Connection closed", "Connection reset by
+peer", "Server shutting down.") before it calls
+``protocol.connection_lost()``, where a protocol logs the end of its
+session (``disconnected`` words it as Dovecot does).
 """
 
 from __future__ import annotations
@@ -110,6 +119,9 @@ class ConnectionInfo(Record):
         "tls_cipher",
         "tls_available",
         "extra",
+        "bytes_in",
+        "bytes_out",
+        "end",
     )
     peer_ip: str
     peer_port: int
@@ -121,6 +133,9 @@ class ConnectionInfo(Record):
     tls_cipher: str
     tls_available: bool
     extra: dict[str, Any]
+    bytes_in: int
+    bytes_out: int
+    end: str
     FIELDS = (
         ("peer_ip", "unknown"),
         ("peer_port", 0),
@@ -132,11 +147,20 @@ class ConnectionInfo(Record):
         ("tls_cipher", ""),
         ("tls_available", False),  # the driver can do STARTTLS
         ("extra", {}),
+        ("bytes_in", 0),  # bytes received, counted by the driver (inside TLS)
+        ("bytes_out", 0),  # bytes sent, counted by the driver
+        ("end", ""),  # how the driver saw the connection end; "" while it lasts
     )
 
     @property
     def is_loopback(self) -> bool:
         return self.peer_ip.startswith("127.") or self.peer_ip in ("::1", "unix", "local")
+
+
+def disconnected(info: ConnectionInfo, reason: str = "") -> str:
+    """The end of a session in Dovecot's words: ``Disconnected: REASON in=N out=N``,
+    the protocol's own reason ("Logged out", ...) first, else the driver's."""
+    return f"Disconnected: {reason or info.end or 'Connection closed'} in={info.bytes_in} out={info.bytes_out}"
 
 
 class Protocol:
