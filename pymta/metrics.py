@@ -186,7 +186,7 @@ def render(cfg, *, exclude_pid: int | None = None, now: float | None = None) -> 
     except OSError:
         size = 0
     lines += [
-        "# HELP pymail_metrics_log_bytes Size of ROOT/run/metrics.log, the events not yet compacted.",
+        "# HELP pymail_metrics_log_bytes Size of ROOT/run/metrics.log, the events waiting for compaction.",
         "# TYPE pymail_metrics_log_bytes gauge",
         f"pymail_metrics_log_bytes {size}",
     ]
