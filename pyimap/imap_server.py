@@ -214,13 +214,14 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
                 self._tagged(tag, "NO [AUTHENTICATIONFAILED] Authentication failed.")
                 self._count_bad()
                 return
-            account, store = result
+            account, store, trace = result
             if isinstance(store, Exception):
                 self._log_error(f"mail home of {account}", store)
                 self._tagged(tag, "NO [UNAVAILABLE] Mailbox unavailable, try again later")
                 return
             self.store = store
             self.user = account
+            self.info.trace = trace  # the driver traces from the reply to the login on (rawlog)
             self.state = AUTH
             self._tagged(tag, f"OK [CAPABILITY {self._capabilities()}] Logged in")
 
@@ -230,11 +231,16 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
 
     def _login(self, user: str, password: bytes):
         """In a Job: check the password, then open the mail home (it may create
-        the INBOX): None, or (account, store or the exception that stopped it)."""
+        the INBOX): None, or (account, store or the exception that stopped it,
+        the account's protocol trace or None)."""
         account = self.backend.authenticate(self.info, user, password)
         if not account:
             return None
+        opener = getattr(self.backend, "rawlog", None)
+        trace = opener(account) if opener is not None else None
         try:
-            return account, self.backend.open_store(account)
+            return account, self.backend.open_store(account), trace
         except Exception as exc:
-            return account, exc
+            if trace is not None:
+                trace.close()
+            return account, exc, None

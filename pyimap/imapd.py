@@ -34,6 +34,8 @@ class IMAPBackend(LoginBackend):
             time.sleep(delay)
         return record.address if ok else None
 
+    rawlog = None  # account -> rawlog.RawLog or None, when rawlog.users are traced
+
     def open_store(self, account: str):
         from pyimap.store import UserStore  # noqa: PLC0415 lazy
         from pymda.maildir import user_maildir  # noqa: PLC0415 lazy
@@ -47,6 +49,10 @@ def build(cfg, service: str):
     from pyimap.imap_server import IMAPServer, IMAPSettings  # noqa: PLC0415 lazy
 
     backend = IMAPBackend(cfg, service)
+    if cfg.get("rawlog.dir"):
+        from pymta.lib import rawlog  # noqa: PLC0415 lazy: only when tracing is configured
+
+        backend.rawlog = rawlog.from_config(cfg, "imap")
     base = IMAPSettings(
         hostname=cfg["hostname"],
         max_line=cfg["imapd.max_line"],

@@ -53,7 +53,7 @@ AUTH_FAILED = b"-ERR [AUTH] Authentication failed\r\n"
 
 # What a backend login returns: status "ok", "auth", "in-use" or "temp".
 # (collections, not typing: every inetd connection pays for each import)
-LoginResult = namedtuple("LoginResult", "status user maildrop", defaults=("", None))
+LoginResult = namedtuple("LoginResult", "status user maildrop trace", defaults=("", None, None))
 
 # The contract with the program around the machine (pop3d's POP3Backend; tests
 # use small fakes), for readers and type checkers only: importing typing
@@ -374,6 +374,7 @@ class POP3Server(LineReader, Protocol):
             self._state = _TRANSACTION
             self.user = result.user
             self._drop = result.maildrop
+            self.info.trace = result.trace  # the driver traces from the reply to the login on (rawlog)
             self._msgs = list(result.maildrop.messages)
             self._send(f"+OK Logged in, {len(self._msgs)} messages ({self._total_size()} octets)\r\n".encode())
         elif result.status == "in-use":

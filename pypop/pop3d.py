@@ -26,6 +26,11 @@ class POP3Backend(LoginBackend):
         super().__init__(cfg, service)
         self.hostname = cfg["hostname"]
         self.apop_enabled = bool(cfg["pop3d.enable_apop"])
+        self.rawlog = None  # account -> rawlog.RawLog or None, when rawlog.users are traced
+        if cfg.get("rawlog.dir"):
+            from pymta.lib import rawlog  # noqa: PLC0415 lazy: only when tracing is configured
+
+            self.rawlog = rawlog.from_config(cfg, "pop3")
 
     # -- slow: these run as Jobs -----------------------------------------------------
 
@@ -108,7 +113,8 @@ class POP3Backend(LoginBackend):
         except (OSError, MaildirError) as exc:
             log.error(f"login failed: user=<{account}>, rip={info.peer_ip}: cannot open maildrop: {exc}")
             return LoginResult("temp")
-        return LoginResult("ok", account, drop)
+        trace = self.rawlog(account) if self.rawlog is not None else None
+        return LoginResult("ok", account, drop, trace)
 
 
 def build(cfg, service: str):

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 import time
 
 import pytest
@@ -310,3 +311,61 @@ def test_session_end_at_shutdown(make_mailsys):
     w.close()
     (line,) = err.lines("Disconnected")
     assert re.fullmatch(IMAP_END.format(reason=r"Server shutting down\.", inb=w.sent, outb=w.received), line), line
+
+
+# -- 3. the per-user protocol trace (rawlog) -------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["listen", "inetd"])
+@pytest.mark.parametrize("module", ["pyimap.imapd", "pypop.pop3d"])
+def test_rawlog_traces_a_listed_user_after_login(make_mailsys, tmp_path, module, mode):
+    system = make_mailsys('rawlog.dir = "rawlog"\nrawlog.users = ["alice@example.test", "bob@example.test"]\n')
+    (system.root / "rawlog").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (system.root / "rawlog" / "bob@example.test").symlink_to(elsewhere)  # never followed
+    port, err = start(system, module, mode)
+    imap = module == "pyimap.imapd"
+    w = Wire(port)
+    if imap:
+        w.until(b"p CAPABILITY\r\n", b"p ")
+        before = w.received
+        imap_login(w)
+        w.until(b"b SELECT INBOX\r\n", b"b ")
+        w.until(b"c LOGOUT\r\n", b"c ")
+        sent_after = b"b SELECT INBOX\r\nc LOGOUT\r\n"
+    else:
+        w.until(f"USER {ALICE}\r\n".encode(), b"+OK")
+        before = w.received
+        assert w.until(f"PASS {PASSWORD}\r\n".encode(), b"+OK").startswith(b"+OK Logged in")
+        w.until(b"STAT\r\n", b"+OK")
+        w.until(b"QUIT\r\n", b"+OK")
+        sent_after = b"STAT\r\nQUIT\r\n"
+    w.rest()
+    w.close()
+    received_after_login = w.received - before
+    # bob is listed, but his folder is a symbolic link: no trace, the session goes on
+    w = Wire(port)
+    if imap:
+        assert b"a OK" in w.until(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode(), b"a ")
+        w.until(b"c LOGOUT\r\n", b"c ")
+    else:
+        w.until(b"USER bob@example.test\r\n", b"+OK")
+        assert w.until(f"PASS {PASSWORD}\r\n".encode(), b"+OK").startswith(b"+OK Logged in")
+        w.until(b"QUIT\r\n", b"+OK")
+    w.close()
+    err.wait_for("Disconnected: ", 2)
+    folder = system.root / "rawlog" / ALICE
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = sorted(folder.iterdir())
+    proto = "imap" if imap else "pop3"
+    assert [f.suffix for f in files] == [".in", ".out"], files
+    assert all(re.fullmatch(rf"{proto}-\d{{8}}-\d{{6}}-\d+-\d+\.(in|out)", f.name) for f in files), files
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    incoming, outgoing = (f.read_bytes() for f in files)
+    assert incoming == sent_after  # from the login on: no password, no command before it
+    assert PASSWORD.encode() not in incoming + outgoing
+    # from the reply to the login on, all of it
+    assert outgoing.startswith(b"a OK" if imap else b"+OK Logged in") and len(outgoing) == received_after_login
+    assert list(elsewhere.iterdir()) == []
+    assert "rawlog: " in err.text() and "Traceback" not in err.text()

@@ -723,6 +723,24 @@ PARAMS: tuple[Param, ...] = (
         "watches per mailbox shared by its sessions) and looks only when they change; false: every IDLE polls.",
     ),
     Param("imapd.processes", "int", 0, "Processes a listening imapd forks to serve its sockets; 0: one per CPU."),
+    # -- protocol trace (imapd, pop3d) ---------------------------------------------------
+    Param(
+        "rawlog.dir",
+        "str",
+        "",
+        "Folder (relative to root) for the per-user protocol traces of imapd and pop3d, as Dovecot's rawlog: a "
+        "session of a user in rawlog.users writes, from its login on, what the client sent to "
+        "DIR/USER/PROTO-DATE-TIME-PID-N.in and what the server sent to .out (the login line with the password is "
+        "never written). The folder must exist and be writable by daemon_user; USER/ is made 0700, the files 0600, "
+        "no symbolic link followed. Empty (the default): no trace.",
+    ),
+    Param(
+        "rawlog.users",
+        "list",
+        [],
+        'Accounts traced into rawlog.dir (their canonical addresses; "*": everyone, for a test system only: the '
+        "traces hold the mail read). Empty: no trace.",
+    ),
     # -- per-client connection limits (smtpd, pop3d, imapd) ------------------------------
     Param(
         "limits.exempt_networks",

@@ -126,6 +126,8 @@ class _Connection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.info.bytes_in += len(data)
+        if self.info.trace is not None:
+            self.info.trace.incoming(data)
         if not self.progress:
             self.unproven += len(data)
             if self.unproven >= PROGRESS_BYTES or b"\n" in data:
@@ -180,6 +182,8 @@ class _Connection(asyncio.BufferedProtocol):
                 self.protocol.connection_lost()
             except Exception as error:
                 log.error(f"session error: {error!r}")
+            if self.info is not None and self.info.trace is not None:
+                self.info.trace.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -401,6 +405,8 @@ class _Connection(asyncio.BufferedProtocol):
     # -- helpers -----------------------------------------------------------------------
     def _send(self, data) -> None:
         self.info.bytes_out += len(data)
+        if self.info.trace is not None:
+            self.info.trace.outgoing(data)
         self.transport.write(data)
 
     def _pause_reading(self) -> None:

@@ -150,6 +150,8 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
 
     def send(data: bytes) -> bool:
         info.bytes_out += len(data)
+        if info.trace is not None:
+            info.trace.outgoing(data)
         if io.send(data):
             return True
         info.end = info.end or io.error
@@ -223,6 +225,8 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
                 pending.extend(protocol.timed_out())
                 continue
             info.bytes_in += len(data)
+            if info.trace is not None:
+                info.trace.incoming(data)
             if not data:
                 eof = True
                 info.end = info.end or io.error or "Connection closed"
@@ -232,4 +236,6 @@ def _run(io, protocol, info: ConnectionInfo, tls, handshake_timeout: float) -> N
             pending.extend(protocol.data_received(data))
     finally:
         protocol.connection_lost()
+        if info.trace is not None:
+            info.trace.close()
         io.close()

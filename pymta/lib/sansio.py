@@ -122,6 +122,7 @@ class ConnectionInfo(Record):
         "bytes_in",
         "bytes_out",
         "end",
+        "trace",
     )
     peer_ip: str
     peer_port: int
@@ -136,6 +137,7 @@ class ConnectionInfo(Record):
     bytes_in: int
     bytes_out: int
     end: str
+    trace: Any
     FIELDS = (
         ("peer_ip", "unknown"),
         ("peer_port", 0),
@@ -150,6 +152,9 @@ class ConnectionInfo(Record):
         ("bytes_in", 0),  # bytes received, counted by the driver (inside TLS)
         ("bytes_out", 0),  # bytes sent, counted by the driver
         ("end", ""),  # how the driver saw the connection end; "" while it lasts
+        # set by the protocol (a rawlog.RawLog): the driver hands it every byte in
+        # and out (incoming/outgoing) and closes it after connection_lost
+        ("trace", None),
     )
 
     @property
