@@ -410,18 +410,26 @@ class FolderIndex:
                     self_.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 except OSError as exc:
                     raise IndexUnavailable(f"{path}: {exc.strerror}", exc.errno) from None
+                try:
+                    fcntl.flock(self_.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return self_
+                except BlockingIOError:
+                    pass
+                from pymta.lib import jobslots  # noqa: PLC0415 lazy (only when another process holds it)
+
                 deadline = time.monotonic() + LOCK_TIMEOUT
                 delay = 0.001
-                while True:
-                    try:
-                        fcntl.flock(self_.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        return self_
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            os.close(self_.fd)
-                            raise IndexUnavailable(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s") from None
+                with jobslots.waiting():  # a daemon's other jobs go on meanwhile
+                    while True:
                         time.sleep(delay)
                         delay = min(delay * 2, 0.05)
+                        try:
+                            fcntl.flock(self_.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            return self_
+                        except BlockingIOError:
+                            if time.monotonic() > deadline:
+                                os.close(self_.fd)
+                                raise IndexUnavailable(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s") from None
 
             def __exit__(self_, *exc):
                 try:

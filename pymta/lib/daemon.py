@@ -97,13 +97,15 @@ def main(
     section: str,
     client_busy_reply: bytes = b"",
     preload: tuple[str, ...] = (),
+    job_slots: int = 0,
 ) -> int:
     """A daemon's whole ``main``: its command line, then ``run`` with the
     ``SECTION.max_sessions`` and ``SECTION.processes`` parameters.
     ``client_busy_reply`` answers a client over its own limits
     (``SECTION.max_sessions_per_client``, ``SECTION.connection_rate_per_client``).
     ``preload``: the program's modules a session may import, loaded before
-    the switch to daemon_user."""
+    the switch to daemon_user.  ``job_slots``: how many jobs of a listening
+    process run Python at once (``jobslots``; 0: no limit)."""
     args = arg_parser(prog, description, f"{service} ({tls_service} with --tls)").parse_args(argv)
     if args.service is None:
         args.service = tls_service if args.tls else service
@@ -116,6 +118,7 @@ def main(
         processes_key=f"{section}.processes",
         client_busy_reply=client_busy_reply or busy_reply,
         preload_modules=preload,
+        job_slots=job_slots,
     )
 
 
@@ -203,6 +206,7 @@ def run(
     processes_key: str | None = None,
     client_busy_reply: bytes = b"",
     preload_modules: tuple[str, ...] = (),
+    job_slots: int = 0,
 ) -> int:
     log.set_program(prog)
     from pymta.lib import config  # noqa: PLC0415 lazy
@@ -292,6 +296,7 @@ def run(
                     busy_reply=busy_reply,
                     client_limits=client_limits,
                     client_busy_reply=client_busy_reply or busy_reply,
+                    job_slots=job_slots,
                 )
             except KeyboardInterrupt:
                 pass

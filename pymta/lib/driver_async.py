@@ -23,8 +23,9 @@ import socket
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
-from pymta.lib import log, metrics
+from pymta.lib import jobslots, log, metrics
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol, Stream, Watch
 
 TYPE_CHECKING = False
@@ -217,7 +218,7 @@ class _Connection(asyncio.BufferedProtocol):
                 # Reading is paused only if input arrives meanwhile (data_received):
                 # two epoll_ctl calls saved on every job of a client that waits for answers.
                 self.busy = True
-                self.server.executor.submit(action.run).add_done_callback(self._job_finished)
+                self.server.executor.submit(jobslots.run, action.run).add_done_callback(self._job_finished)
             elif isinstance(action, Watch):
                 ok = self.server.watch(self, action)
                 self.pending.extendleft(reversed(self.protocol.watching(ok)))
@@ -290,7 +291,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.stream_in_thread:
             if self.stream is not None and not self.gathering and not self.write_paused and not self.closed:
                 self.gathering = True
-                future = self.loop.run_in_executor(self.server.executor, _gather, self.stream)
+                future = self.loop.run_in_executor(self.server.executor, jobslots.run, partial(_gather, self.stream))
                 future.add_done_callback(self._gathered)
             return
         buf = bytearray()
@@ -463,7 +464,9 @@ class AsyncServer:
         client_limits=None,
         client_busy_reply: bytes = b"",
         job_threads: int = 32,
+        job_slots: int = 0,
     ) -> None:
+        jobslots.limit(job_slots)  # at most this many jobs run Python at once (0: no limit)
         self.factory = factory
         self.service = service
         self.tls = tls  # function returning an SSLContext, or None

@@ -1,0 +1,61 @@
+"""At most N jobs run Python at once; a job waiting for a lock gives its slot up."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pymta.lib import jobslots
+
+
+def _run_jobs(jobs):
+    threads = [threading.Thread(target=jobslots.run, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+
+def test_at_most_n_jobs_run_at_once():
+    jobslots.limit(2)
+    try:
+        running, peak, lock = [0], [0], threading.Lock()
+
+        def job():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+
+        _run_jobs([job] * 6)
+        assert peak[0] == 2
+    finally:
+        jobslots.limit(0)
+
+
+def test_a_waiting_job_lets_others_run():
+    jobslots.limit(1)
+    try:
+        released, done = threading.Event(), threading.Event()
+
+        def waiter():
+            with jobslots.waiting():  # another process's lock, say
+                released.wait(10)
+            done.set()
+
+        def other():
+            released.set()  # runs only if the waiter gave its slot up
+
+        _run_jobs([waiter, other])
+        assert released.is_set() and done.is_set()
+    finally:
+        jobslots.limit(0)
+
+
+def test_without_a_limit_nothing_is_counted():
+    jobslots.limit(0)
+    with jobslots.waiting():
+        pass
+    assert jobslots.run(lambda: 7) == 7
