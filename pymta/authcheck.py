@@ -66,16 +66,27 @@ class DNS:
 
         if timeout <= 0.01:
             raise _DNSDown("time budget spent")
+        started, result = time.monotonic(), "error"
         try:
-            return list(self.resolver.resolve(name, rdtype, search=False, lifetime=timeout))
+            answer = list(self.resolver.resolve(name, rdtype, search=False, lifetime=timeout))
+            result = "ok"
+            return answer
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            result = "none"
             return []
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            result = "failed"
             raise _DNSDown(type(exc).__name__) from None
         except dns.exception.DNSException:  # a name DNS cannot hold (label too long...): nothing there
+            result = "none"
             return []
         except OSError as exc:
+            result = "failed"
             raise _DNSDown(exc.strerror or type(exc).__name__) from None
+        finally:
+            elapsed = round((time.monotonic() - started) * 1000)
+            metrics.count("pymail_dns_lookups_total", result=result)
+            metrics.count("pymail_dns_lookup_milliseconds_total", elapsed, result=result)
 
 
 class Pending:
@@ -394,6 +405,8 @@ class CheckedSink:
         message = self._message()
         self._close()
         verdict = self.checker.evaluate(self.pending, message, started + self.checker.budget)
+        metrics.count("pymail_checked_messages_total")
+        metrics.count("pymail_check_milliseconds_total", round((time.monotonic() - started) * 1000))
         self.summary = verdict.summary
         info = self.session.info
         if verdict.reply is not None:

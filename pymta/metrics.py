@@ -42,6 +42,7 @@ REFUSAL_REASONS = (
 DELIVERY_RESULTS = ("delivered", "deferred", "bounced")
 BOUNCE_KINDS = ("failure", "delay")
 QUEUE_STATES = ("new", "deferred", "hold")
+DNS_RESULTS = ("ok", "none", "failed", "error")
 
 # name -> (type, help, the label sets written even before an event)
 COUNTERS: dict[str, tuple[str, list[dict[str, str]]]] = {
@@ -64,6 +65,22 @@ COUNTERS: dict[str, tuple[str, list[dict[str, str]]]] = {
     "pymail_deliveries_total": (
         "Delivery attempts of one recipient by the queue runner, by result.",
         [{"result": r} for r in DELIVERY_RESULTS],
+    ),
+    "pymail_checked_messages_total": (
+        "Messages smtpd ran the inbound checks on (SPF, DKIM, DMARC, ARC) at the end of DATA.",
+        [{}],
+    ),
+    "pymail_check_milliseconds_total": (
+        "Time those checks held the end of DATA, in ms (divide by pymail_checked_messages_total for the mean).",
+        [{}],
+    ),
+    "pymail_dns_lookups_total": (
+        "DNS lookups of the inbound checks, by result: ok, none (NXDOMAIN, no answer), failed (timeout, SERVFAIL).",
+        [{"result": r} for r in DNS_RESULTS],
+    ),
+    "pymail_dns_lookup_milliseconds_total": (
+        "Time those DNS lookups took, in ms, by result (divide by pymail_dns_lookups_total for the mean latency).",
+        [{"result": r} for r in DNS_RESULTS],
     ),
     "pymail_bounces_total": (
         "Notifications the queue runner sent to senders: failure (non-delivery) or delay.",

@@ -9,6 +9,7 @@ import base64
 import re
 import smtplib
 import subprocess
+import sys
 import time
 
 import pytest
@@ -444,3 +445,28 @@ def test_checks_off(make_mailsys, dns_zone):
     port = system.start_smtpd()
     assert send(port, "someone@fail.test", msg("someone@fail.test"))[0] == 250
     assert b"Authentication-Results" not in only_message(system)
+
+
+def _stats(system) -> dict[str, int]:
+    """pymail stats' counters, name{labels} -> value."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pymta.cli", "stats", str(system.root)], capture_output=True, text=True, check=True
+    ).stdout
+    return {k: int(float(v)) for k, _, v in (ln.rpartition(" ") for ln in out.splitlines() if ln and ln[0] != "#")}
+
+
+@pytest.mark.parametrize("dns", ["dns_zone", "dns_broken"])
+def test_check_and_dns_latency_metrics_move(make_mailsys, request, dns):
+    """issue 15 §3: DNS latency of the checks, by result, and the time checks hold the end of DATA."""
+    server = request.getfixturevalue(dns)
+    system = checked_system(make_mailsys, server.port)
+    port = system.start_smtpd()
+    before = _stats(system)
+    assert send(port, "bounce@mail.pass.test", msg("news@pass.test"))[0] == 250
+    after = _stats(system)
+    assert after["pymail_checked_messages_total"] == before["pymail_checked_messages_total"] + 1
+    assert after["pymail_check_milliseconds_total"] >= before["pymail_check_milliseconds_total"]
+    result = "ok" if dns == "dns_zone" else "failed"
+    key = f'pymail_dns_lookups_total{{result="{result}"}}'
+    assert after[key] > before[key]
+    assert f'pymail_dns_lookup_milliseconds_total{{result="{result}"}}' in after

@@ -57,12 +57,13 @@ def line(name: str, labels: dict[str, str]) -> bytes:
     return f"{name}{{{inner}}}".encode("utf-8", "replace")
 
 
-def count(name: str, **labels: str) -> None:
-    """One event: +1 on ``name{labels}``.  Never raises."""
+def count(name: str, amount: int = 1, **labels: str) -> None:
+    """One event: +``amount`` on ``name{labels}`` (a line of its own; `` N``
+    after it when the amount is not 1, say milliseconds).  Never raises."""
     global lost
     if _run_dir is None:
         return
-    data = line(name, labels) + b"\n"
+    data = line(name, labels) + (b"\n" if amount == 1 else b" %d\n" % amount)
     path = os.path.join(_run_dir, LOG)
     try:
         try:
@@ -103,8 +104,12 @@ def _add_lines(counts: dict[str, int], data: bytes) -> None:
     end = data.rfind(b"\n")
     for raw in data[: end + 1].split(b"\n"):
         if raw:
-            key = raw.decode("utf-8", "replace")
-            counts[key] = counts.get(key, 0) + 1
+            key, amount = raw, 1
+            head, space, tail = raw.rpartition(b" ")
+            if space and tail.isdigit() and (head.endswith(b"}") or b"{" not in head):
+                key, amount = head, int(tail)  # an amount after the name (labels never end in a bare number)
+            text = key.decode("utf-8", "replace")
+            counts[text] = counts.get(text, 0) + amount
 
 
 def _read_base(run_dir: str) -> dict[str, int]:
