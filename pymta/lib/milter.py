@@ -20,10 +20,11 @@ What exists:
   does not answer (SMFIP_NR_*).
 - ``MilterSession`` follows one message: ``send(event)`` tells whether a
   reply is awaited; ``receive(bytes)`` yields the results; at end of
-  message the modifications are collected, in order, until the final reply.
+  message the modifications (and a quarantine request) are collected, in
+  order, until the final reply.
 
-Not yet: the transport (sockets, timeouts), the config keys and the
-hookup in smtpd.
+The blocking transport is ``milterconn.py``.  Not yet: the config keys
+and the hookup in smtpd.
 """
 
 from __future__ import annotations
@@ -392,6 +393,7 @@ class EndOfMessage:
 
     reply: Reply | ProtocolError
     modifications: list[Modification] = field(default_factory=list)
+    quarantine: str | None = None
 
 
 class MilterSession:
@@ -403,6 +405,7 @@ class MilterSession:
         self.negotiation = negotiation
         self.reader = PacketReader()
         self._mods: list[Modification] = []
+        self._quarantine: str | None = None
         self._in_eom = False
 
     def expect_reply(self, event: bytes) -> bool:
@@ -411,6 +414,7 @@ class MilterSession:
         if event == SMFIC_BODYEOB:
             self._in_eom = True
             self._mods = []
+            self._quarantine = None
             return True
         return self.negotiation.replies(event)
 
@@ -429,11 +433,16 @@ class MilterSession:
                 continue
             if r.kind == "progress":
                 continue
+            if r.kind == "quarantine" and self._in_eom:
+                if not self.negotiation.actions & SMFIF_QUARANTINE:
+                    return ProtocolError("quarantine not negotiated")
+                self._quarantine = r.text
+                continue
             if r.kind == "skip" and not self._in_eom:
                 return r
             if self._in_eom:
                 self._in_eom = False
-                return EndOfMessage(r, self._mods)
+                return EndOfMessage(r, self._mods, self._quarantine)
             return r
         if self.reader.error is not None:
             return self.reader.error
