@@ -110,6 +110,9 @@ SMFIP_NR_EOH = 0x40000
 SMFIP_NR_BODY = 0x80000
 SMFIP_HDR_LEADSPC = 0x100000
 ALL_PROTOCOL = 0x1FFFFF
+# What the transport offers: not HDR_LEADSPC (header values are sent as
+# parsed) nor RCPT_REJ (refused recipients are not shown to the milter).
+OFFERED_PROTOCOL = ALL_PROTOCOL & ~(SMFIP_HDR_LEADSPC | SMFIP_RCPT_REJ)
 
 # Which flag skips an event, which says it gets no reply.
 _SKIP = {

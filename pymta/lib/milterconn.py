@@ -84,7 +84,7 @@ class MilterConnection:
         self.sock: socket.socket | None = None
         self.session: m.MilterSession | None = None
 
-    def open(self, actions: int = m.ALL_ACTIONS, protocol: int = m.ALL_PROTOCOL) -> m.Negotiation:
+    def open(self, actions: int = m.ALL_ACTIONS, protocol: int = m.OFFERED_PROTOCOL) -> m.Negotiation:
         try:
             fam, addr = parse_spec(self.spec)
         except ValueError as e:

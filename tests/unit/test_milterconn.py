@@ -208,6 +208,12 @@ def test_skipped_steps_not_sent(milter: Callable[..., ToyMilter]) -> None:
     assert b"".join(c for c, _ in t.seen) == b"ODCMRRTNBEQ"
 
 
+def test_unoffered_protocol_flag_refused(milter: Callable[..., ToyMilter]) -> None:
+    t = milter({}, protocol=m.SMFIP_HDR_LEADSPC)
+    v = run_message(t.spec, message(), FAST, default_action="accept")
+    assert v.action == "accept" and "not offered" in v.error
+
+
 def test_timeout_gives_default_action(milter: Callable[..., ToyMilter]) -> None:
     t = milter({}, delay={b"E": 1.5})
     short = Timeouts(connect=1, command=1, content=0.3)
