@@ -246,3 +246,12 @@ def test_fuzz_reply_stream(parts: list[bytes], step: int) -> None:
 def test_fuzz_parse_reply(cmd: bytes, payload: bytes) -> None:
     assert isinstance(m.parse_reply(cmd, payload), (m.Reply, m.Modification, m.ProtocolError))
     assert isinstance(m.parse_optneg(cmd, payload), (m.Negotiation, m.ProtocolError))
+
+
+def test_session_quarantine_at_end_of_message() -> None:
+    s = _session()
+    s.expect_reply(m.SMFIC_BODYEOB)
+    r = s.receive(pkt(b"q", b"spam\0") + pkt(b"h", b"X\0y\0") + pkt(b"c"))
+    assert isinstance(r, m.EndOfMessage)
+    assert r.quarantine == "spam" and r.reply == m.Reply("continue")
+    assert len(r.modifications) == 1
