@@ -348,6 +348,7 @@ class IMAPCore(Protocol, CommandContext):
             "LIST-EXTENDED",
             "LIST-STATUS",
             "CONDSTORE",
+            "ESEARCH",
             f"APPENDLIMIT={self.settings.max_literal}",
         ]
         if self.state == NOT_AUTH:

@@ -381,8 +381,19 @@ class SelectedCommands(CommandContext):
         from pyimap.search import Candidate, compile_keys  # noqa: PLC0415 lazy
 
         charset = "UTF-8"
+        returns: list[str] | None = None  # RFC 4731 RETURN options, None: plain SEARCH
         if args and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
-            raise ParseError("ESEARCH not supported")
+            if len(args) < 2 or not isinstance(args[1], list):
+                raise ParseError("RETURN needs a list")
+            returns = []
+            for opt in args[1]:
+                name = opt.upper() if isinstance(opt, Atom) else ""
+                if name not in ("MIN", "MAX", "COUNT", "ALL"):
+                    raise ParseError("Unknown RETURN option")
+                if name not in returns:
+                    returns.append(name)
+            returns = returns or ["ALL"]
+            args = args[2:]
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
             cs = self._astring(args[1]).upper()
             if cs not in ("UTF-8", "US-ASCII"):
@@ -435,7 +446,18 @@ class SelectedCommands(CommandContext):
             if ok:
                 hits.append(u if uid else seq)
                 highest = max(highest, e.modseq)
-        text = "SEARCH" + "".join(f" {h}" for h in hits)
+        if returns is not None:
+            text = f'ESEARCH (TAG "{tag}")' + (" UID" if uid else "")
+            if hits and "MIN" in returns:
+                text += f" MIN {min(hits)}"
+            if hits and "MAX" in returns:
+                text += f" MAX {max(hits)}"
+            if hits and "ALL" in returns:
+                text += f" ALL {uid_set_text(sorted(hits))}"
+            if "COUNT" in returns:
+                text += f" COUNT {len(hits)}"
+        else:
+            text = "SEARCH" + "".join(f" {h}" for h in hits)
         if info.uses_modseq and hits:
             text += f" (MODSEQ {highest})"
         if info.uses_modseq:

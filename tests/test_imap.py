@@ -643,3 +643,41 @@ def test_idle_by_inotify_and_by_polling(make_mailsys, inotify, poll):
         assert b"i%d OK IDLE terminated" % n in _answer(sock, b"i%d" % n)
         sock.sendall(b"n NOOP\r\n")
         assert _answer(sock, b"n") == b"n OK NOOP completed\r\n"
+
+
+def esearch(m: imaplib.IMAP4, command: str) -> list[str]:
+    """exchange() with the command's own tag in ``(TAG "...")`` written as ``(TAG "t")``."""
+    return [re.sub(r'^\* ESEARCH \(TAG "[^"]*"\)', '* ESEARCH (TAG "t")', x) for x in exchange(m, command)]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_esearch(mailsys, mode):
+    """RFC 4731: SEARCH RETURN (MIN MAX COUNT ALL) (in Dovecot's order: MIN MAX ALL COUNT),
+    UID SEARCH RETURN, RETURN () = ALL, compact sequence sets, COUNT 0 and nothing else when nothing matches."""
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    for i in range(6):
+        m.append("INBOX", "(\\Seen)" if i in (0, 1, 2, 4) else None, None, msg(f"e{i}"))
+    assert "ESEARCH" in exchange(m, "CAPABILITY")[0].split()
+    exchange(m, "SELECT INBOX")
+    assert esearch(m, "SEARCH RETURN (MIN MAX COUNT ALL) SEEN") == [
+        '* ESEARCH (TAG "t") MIN 1 MAX 5 ALL 1:3,5 COUNT 4',
+        "OK SEARCH completed",
+    ]
+    assert esearch(m, "SEARCH RETURN () SEEN") == ['* ESEARCH (TAG "t") ALL 1:3,5', "OK SEARCH completed"]
+    assert esearch(m, "SEARCH RETURN (COUNT) UNSEEN") == ['* ESEARCH (TAG "t") COUNT 2', "OK SEARCH completed"]
+    assert esearch(m, "SEARCH RETURN (MIN ALL) DELETED") == ['* ESEARCH (TAG "t")', "OK SEARCH completed"]
+    assert esearch(m, "SEARCH RETURN (COUNT MIN) DELETED") == [
+        '* ESEARCH (TAG "t") COUNT 0',
+        "OK SEARCH completed",
+    ]
+    assert esearch(m, "UID SEARCH RETURN (MAX MIN) 2:*") == [
+        '* ESEARCH (TAG "t") UID MIN 2 MAX 6',
+        "OK SEARCH completed",
+    ]
+    assert esearch(m, "UID SEARCH RETURN (ALL) CHARSET UTF-8 SUBJECT e") == [
+        '* ESEARCH (TAG "t") UID ALL 1:6',
+        "OK SEARCH completed",
+    ]
+    assert esearch(m, "SEARCH RETURN (FOO) ALL")[-1].startswith("BAD ")
+    assert esearch(m, "SEARCH ALL") == ["* SEARCH 1 2 3 4 5 6", "OK SEARCH completed"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import re
 import shutil
 import sys
 
@@ -65,6 +66,16 @@ ITEMS = [
 ]
 
 
+ESEARCHES = [  # RFC 4731
+    ("SEARCH", "RETURN (MIN MAX COUNT ALL) ALL"),
+    ("SEARCH", "RETURN () 2:*"),
+    ("SEARCH", "RETURN (COUNT) DELETED"),
+    ("SEARCH", "RETURN (MIN ALL) DELETED"),
+    ("UID", "SEARCH RETURN (MAX MIN COUNT) 1:3"),
+    ("UID", "SEARCH RETURN (ALL) NOT 2"),
+]
+
+
 def grab(port: int) -> dict:
     m = imaplib.IMAP4("127.0.0.1", port, timeout=30)
     m.login(ALICE, PASSWORD)
@@ -77,6 +88,10 @@ def grab(port: int) -> dict:
     for key in ADDRESS_SEARCHES:
         if key.isascii():
             out[key] = m.search(None, key)
+    for cmd, rest in ESEARCHES:
+        typ, _ = m._simple_command(cmd, rest)
+        got = [re.sub(rb'^\(TAG "[^"]*"\)', b"(TAG)", x) for x in m.untagged_responses.pop("ESEARCH", [])]
+        out[f"{cmd} {rest}"] = (typ, got)
     m.logout()
     return out
 

@@ -43,6 +43,7 @@ def test_greeting_and_capability(tmp_path):
         "SPECIAL-USE",
         "SASL-IR",
         "CONDSTORE",
+        "ESEARCH",
     ):
         assert cap in caps
     assert "AUTH=PLAIN" not in caps
