@@ -349,6 +349,7 @@ class IMAPCore(Protocol, CommandContext):
             "LIST-STATUS",
             "CONDSTORE",
             "ESEARCH",
+            "SEARCHRES",
             f"APPENDLIMIT={self.settings.max_literal}",
         ]
         if self.state == NOT_AUTH:

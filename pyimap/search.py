@@ -73,7 +73,8 @@ PARSED_ADDRESSES = frozenset(("from", "to", "cc", "bcc"))
 
 
 class Compiler:
-    def __init__(self, tokens: list, charset: str = "UTF-8") -> None:
+    def __init__(self, tokens: list, charset: str = "UTF-8", saved: frozenset = frozenset()) -> None:
+        self.saved = saved  # RFC 5182: the UIDs ``$`` names
         self.tokens = tokens
         self.pos = 0
         self.charset = charset
@@ -200,8 +201,15 @@ class Compiler:
             a = self.key(depth + 1)
             b = self.key(depth + 1)
             return lambda m: a(m) or b(m)
+        if k == "$" and isinstance(t, Atom):
+            saved = self.saved
+            return lambda m: m.uid in saved
         if k == "UID":
-            ranges = parse_sequence_set(str(self.take()))
+            t2 = self.take()
+            if isinstance(t2, Atom) and str(t2) == "$":
+                saved = self.saved
+                return lambda m: m.uid in saved
+            ranges = parse_sequence_set(str(t2))
             return lambda m: seq_contains(ranges, m.uid, m.max_uid)
         if k == "MODSEQ":
             # MODSEQ [entry-name entry-type] value
@@ -308,7 +316,7 @@ class Candidate:
         return self._htext
 
 
-def compile_keys(tokens: list, charset: str = "UTF-8"):
-    c = Compiler(tokens, charset)
+def compile_keys(tokens: list, charset: str = "UTF-8", saved: frozenset = frozenset()):
+    c = Compiler(tokens, charset, saved)
     pred = c.all()
     return pred, c

@@ -35,6 +35,7 @@ class Selected:
         self.keywords: set[str] = set()
         self.ghosts = False  # view holds UIDs expunged elsewhere, not yet announced
         self.expunged: dict = {}  # those UIDs -> their last known index entries
+        self.saved: frozenset[int] = frozenset()  # RFC 5182 SEARCH RETURN (SAVE), named by ``$``
 
     def seq_of(self, uid: int) -> int:
         i = bisect.bisect_left(self.view, uid)
@@ -249,8 +250,8 @@ class SelectedCommands(CommandContext):
         assert sel is not None  # SELECTED state
         if not isinstance(token, Atom):
             raise ParseError("Bad sequence set")
-        if str(token) == "$":
-            raise ParseError("SEARCHRES not supported")
+        if str(token) == "$":  # RFC 5182: the saved result, less what was expunged since
+            return [u for u in sel.view if u in sel.saved]
         ranges = parse_sequence_set(str(token))
         if uid:
             star = sel.view[-1] if sel.view else 0
@@ -388,7 +389,7 @@ class SelectedCommands(CommandContext):
             returns = []
             for opt in args[1]:
                 name = opt.upper() if isinstance(opt, Atom) else ""
-                if name not in ("MIN", "MAX", "COUNT", "ALL"):
+                if name not in ("MIN", "MAX", "COUNT", "ALL", "SAVE"):
                     raise ParseError("Unknown RETURN option")
                 if name not in returns:
                     returns.append(name)
@@ -401,9 +402,14 @@ class SelectedCommands(CommandContext):
                 return
             charset = "utf-8" if cs == "UTF-8" else "ascii"
             args = args[2:]
-        pred, info = compile_keys(args, charset)
         sel = self.sel
         assert sel is not None  # SELECTED state
+        try:
+            pred, info = compile_keys(args, charset, sel.saved)
+        except ParseError:
+            if returns is not None and "SAVE" in returns:
+                sel.saved = frozenset()  # RFC 5182 2.1: a failed SAVE leaves it empty
+            raise
         snap = sel.index.sync()
         folder = sel.index.dir
         max_seq = len(sel.view)
@@ -446,7 +452,12 @@ class SelectedCommands(CommandContext):
             if ok:
                 hits.append(u if uid else seq)
                 highest = max(highest, e.modseq)
-        if returns is not None:
+        if returns is not None and "SAVE" in returns:
+            sel.saved = frozenset(sel.view[h - 1] if not uid else h for h in hits)
+            returns.remove("SAVE")
+        if returns is not None and not returns:
+            text = ""  # RETURN (SAVE) alone: no ESEARCH response (RFC 5182 2.1)
+        elif returns is not None:
             text = f'ESEARCH (TAG "{tag}")' + (" UID" if uid else "")
             if hits and "MIN" in returns:
                 text += f" MIN {min(hits)}"
@@ -458,11 +469,12 @@ class SelectedCommands(CommandContext):
                 text += f" COUNT {len(hits)}"
         else:
             text = "SEARCH" + "".join(f" {h}" for h in hits)
-        if info.uses_modseq and hits:
-            text += f" (MODSEQ {highest})"
+        if info.uses_modseq and hits and text:
+            text += f" MODSEQ {highest}" if returns is not None else f" (MODSEQ {highest})"
         if info.uses_modseq:
             self.condstore = True
-        self._untagged(text)
+        if text:
+            self._untagged(text)
         self._done(tag, "SEARCH completed", allow_expunge=uid)
 
     # -- FETCH --

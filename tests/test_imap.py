@@ -681,3 +681,40 @@ def test_esearch(mailsys, mode):
     ]
     assert esearch(m, "SEARCH RETURN (FOO) ALL")[-1].startswith("BAD ")
     assert esearch(m, "SEARCH ALL") == ["* SEARCH 1 2 3 4 5 6", "OK SEARCH completed"]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_searchres(mailsys, mode):
+    """RFC 5182: SEARCH RETURN (SAVE) keeps the result for ``$`` in FETCH, STORE, COPY, MOVE,
+    SEARCH and their UID forms; SAVE alone sends no ESEARCH; expunged messages drop out;
+    SELECT, EXAMINE, UNSELECT and CLOSE empty it."""
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    for i in range(5):
+        m.append("INBOX", "(\\Seen)" if i in (1, 3) else None, None, msg(f"s{i}"))
+    assert "SEARCHRES" in exchange(m, "CAPABILITY")[0].split()
+    exchange(m, "SELECT INBOX")
+    assert exchange(m, "SEARCH RETURN (SAVE) SEEN") == ["OK SEARCH completed"]
+    assert exchange(m, "FETCH $ (UID)") == ["* 2 FETCH (UID 2)", "* 4 FETCH (UID 4)", "OK FETCH completed"]
+    assert exchange(m, "UID FETCH $ (FLAGS)") == [
+        "* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))",
+        "* 4 FETCH (UID 4 FLAGS (\\Seen \\Recent))",
+        "OK FETCH completed",
+    ]
+    assert exchange(m, "SEARCH $") == ["* SEARCH 2 4", "OK SEARCH completed"]
+    assert exchange(m, "UID SEARCH UID $ SUBJECT s3") == ["* SEARCH 4", "OK SEARCH completed"]
+    assert esearch(m, "SEARCH RETURN (SAVE COUNT) NOT $") == ['* ESEARCH (TAG "t") COUNT 3', "OK SEARCH completed"]
+    assert exchange(m, "STORE $ +FLAGS.SILENT (\\Flagged)") == ["OK STORE completed"]
+    assert exchange(m, "SEARCH FLAGGED") == ["* SEARCH 1 3 5", "OK SEARCH completed"]
+    assert exchange(m, "COPY $ Archive")[-1].startswith("OK [COPYUID ")
+    assert exchange(m, "UID MOVE $ Archive")[1:] == ["* 1 EXPUNGE", "* 2 EXPUNGE", "* 3 EXPUNGE", "OK MOVE completed"]
+    assert exchange(m, "SEARCH ALL") == ["* SEARCH 1 2", "OK SEARCH completed"]
+    assert exchange(m, "FETCH $ (UID)") == ["OK FETCH completed"]  # all moved away
+    exchange(m, "SEARCH RETURN (SAVE) ALL")
+    assert exchange(m, "SEARCH $") == ["* SEARCH 1 2", "OK SEARCH completed"]
+    exchange(m, "EXAMINE INBOX")
+    assert exchange(m, "SEARCH $") == ["* SEARCH", "OK SEARCH completed"]
+    exchange(m, "SEARCH RETURN (SAVE) ALL")
+    exchange(m, "UNSELECT")
+    exchange(m, "SELECT INBOX")
+    assert exchange(m, "SEARCH $") == ["* SEARCH", "OK SEARCH completed"]

@@ -44,6 +44,7 @@ def test_greeting_and_capability(tmp_path):
         "SASL-IR",
         "CONDSTORE",
         "ESEARCH",
+        "SEARCHRES",
     ):
         assert cap in caps
     assert "AUTH=PLAIN" not in caps
