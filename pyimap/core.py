@@ -350,6 +350,7 @@ class IMAPCore(Protocol, CommandContext):
             "CONDSTORE",
             "ESEARCH",
             "SEARCHRES",
+            "STATUS=SIZE",
             f"APPENDLIMIT={self.settings.max_literal}",
         ]
         if self.state == NOT_AUTH:

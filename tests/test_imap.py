@@ -718,3 +718,35 @@ def test_searchres(mailsys, mode):
     exchange(m, "UNSELECT")
     exchange(m, "SELECT INBOX")
     assert exchange(m, "SEARCH $") == ["* SEARCH", "OK SEARCH completed"]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_list_status_and_status_size(mailsys, mode):
+    """RFC 5819 LIST ... RETURN (STATUS (...)): a STATUS after each selectable mailbox's LIST;
+    RFC 8438 STATUS SIZE: the sum of the messages' RFC822.SIZE."""
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    a, b = msg("z1"), msg("z2", body="Longer body here.\r\n" * 3)
+    m.append("INBOX", None, None, a)
+    m.append("INBOX", "(\\Seen)", None, b)
+    assert exchange(m, "CREATE Work") == ["OK CREATE completed"]
+    assert "STATUS=SIZE" in exchange(m, "CAPABILITY")[0].split()
+    assert exchange(m, "STATUS INBOX (MESSAGES SIZE)") == [
+        f'* STATUS "INBOX" (MESSAGES 2 SIZE {len(a) + len(b)})',
+        "OK STATUS completed",
+    ]
+    assert exchange(m, "STATUS Work (SIZE)") == ['* STATUS "Work" (SIZE 0)', "OK STATUS completed"]
+    lines = exchange(m, 'LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN SIZE))')
+    assert lines[-1] == "OK LIST completed"
+    i = lines.index('* LIST (\\HasNoChildren) "/" "INBOX"')
+    assert lines[i + 1] == f'* STATUS "INBOX" (MESSAGES 2 UNSEEN 1 SIZE {len(a) + len(b)})'
+    i = lines.index('* LIST (\\HasNoChildren) "/" "Work"')
+    assert lines[i + 1] == '* STATUS "Work" (MESSAGES 0 UNSEEN 0 SIZE 0)'
+    # a \Noselect parent gets no STATUS
+    assert exchange(m, "CREATE P/c") == ["OK CREATE completed"]
+    assert exchange(m, 'LIST "" "P*" RETURN (STATUS (MESSAGES))') == [
+        '* LIST (\\Noselect \\HasChildren) "/" "P"',
+        '* LIST (\\HasNoChildren) "/" "P/c"',
+        '* STATUS "P/c" (MESSAGES 0)',
+        "OK LIST completed",
+    ]

@@ -45,6 +45,7 @@ def test_greeting_and_capability(tmp_path):
         "CONDSTORE",
         "ESEARCH",
         "SEARCHRES",
+        "STATUS=SIZE",
     ):
         assert cap in caps
     assert "AUTH=PLAIN" not in caps
