@@ -345,6 +345,7 @@ class IMAPCore(Protocol, CommandContext):
             "MOVE",
             "CHILDREN",
             "SPECIAL-USE",
+            "CREATE-SPECIAL-USE",
             "LIST-EXTENDED",
             "LIST-STATUS",
             "CONDSTORE",

@@ -29,6 +29,17 @@ class MailboxCommands(CommandContext):
         raw = self._astring(args[0])
         if raw.endswith(mn.DELIM):
             raw = raw.rstrip(mn.DELIM)
+        if len(args) == 2:
+            # RFC 6154 CREATE-SPECIAL-USE: (USE (attr ...)).  Special uses here follow from the
+            # name, so a use is accepted only where it is the name's own.
+            p = args[1]
+            if not (isinstance(p, list) and len(p) == 2 and str(p[0]).upper() == "USE" and isinstance(p[1], list)):
+                raise ParseError("CREATE takes (USE (...))")
+            uses = {str(u)[:1] + str(u)[1:].capitalize() for u in p[1]}
+            own = self.store.special_use(mn.normalize(raw))
+            if uses and uses != {own}:
+                self._tagged(tag, "NO [USEATTR] Only the special use that goes with the name can be given")
+                return
         if self._store_call(tag, self.store.create, mn.normalize(raw)):
             self._done(tag, "CREATE completed")
 

@@ -750,3 +750,27 @@ def test_list_status_and_status_size(mailsys, mode):
         '* STATUS "P/c" (MESSAGES 0)',
         "OK LIST completed",
     ]
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_create_special_use(mailsys, mode):
+    """RFC 6154 CREATE (USE (...)): special uses follow from the name here, so the name's own
+    use is accepted and any other refused with NO [USEATTR], creating nothing."""
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    assert "CREATE-SPECIAL-USE" in exchange(m, "CAPABILITY")[0].split()
+    for name in ("Sent", "Trash", "Junk", "Drafts", "Archive"):  # the fixture's, made anew here
+        assert exchange(m, f"DELETE {name}") == ["OK DELETE completed"]
+    assert exchange(m, "CREATE Sent (USE (\\Sent))") == ["OK CREATE completed"]
+    assert exchange(m, "CREATE Trash (USE ())") == ["OK CREATE completed"]
+    assert exchange(m, "CREATE Stuff (USE (\\Drafts))") == [
+        "NO [USEATTR] Only the special use that goes with the name can be given"
+    ]
+    assert exchange(m, "CREATE Junk (USE (\\Junk \\Trash))")[0].startswith("NO [USEATTR] ")
+    assert exchange(m, 'LIST "" "*" RETURN (SPECIAL-USE)') == [
+        '* LIST (\\HasNoChildren) "/" "INBOX"',
+        '* LIST (\\HasNoChildren \\Sent) "/" "Sent"',
+        '* LIST (\\HasNoChildren \\Trash) "/" "Trash"',
+        "OK LIST completed",
+    ]
+    assert exchange(m, "CREATE X (FOO)")[0].startswith("BAD ")

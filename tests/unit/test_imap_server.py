@@ -46,6 +46,7 @@ def test_greeting_and_capability(tmp_path):
         "ESEARCH",
         "SEARCHRES",
         "STATUS=SIZE",
+        "CREATE-SPECIAL-USE",
     ):
         assert cap in caps
     assert "AUTH=PLAIN" not in caps
