@@ -24,6 +24,14 @@ Modes:
   needs root) over the same kind of tree, delivering with virtual(8) into
   the same Maildir; with ``listen`` and ``--repeat R`` the runs alternate
   and the table prints the per-round ratios pymail/Postfix and their median;
+* ``checks`` / ``nochecks`` -- ``listen`` with the inbound checks on
+  (SPF, DKIM, DMARC and Authentication-Results, issue 12) or off
+  (``[checks] enabled = false``); both treat 127.0.0.1 as a stranger
+  (``trusted_networks = []``), look up a DNS server that the bench runs on
+  127.0.0.1 (``tests/fakedns.py``: SPF pass, DMARC ``p=reject``, the DKIM
+  key) and send the same message, signed by pymail's DKIM signer, with
+  ``smtp-source -F``.  With both and ``--repeat R`` the table prints the
+  per-round ratios checks/nochecks (goal >= 0.70);
 * ``bare``   -- the same socket activation around ``tests/bench/bare_responder.py``,
   a Python responder that imports only ``sys`` and ``os``: the yardstick for
   inetd mode.  The table shows the ratio pymta-inetd / bare (goal >= 0.67).
@@ -66,6 +74,9 @@ HERE = Path(__file__).resolve().parent
 DOMAIN = "example.test"
 RCPT = f"alice@{DOMAIN}"
 SENDER = "a@example.org"
+CHECKED_DOMAIN = "bench.test"  # the sender's domain in the checks/nochecks modes
+CHECKED_SENDER = f"news@{CHECKED_DOMAIN}"
+LISTENING = ("listen", "checks", "nochecks")
 
 sys.path.insert(0, str(REPO))
 
@@ -230,7 +241,7 @@ def wait_port(port: int, proc: subprocess.Popen, errfile: Path, timeout: float =
 
 
 class Tree:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: str = "") -> None:
         from passlib.hash import bcrypt
 
         from pymta.queue import Queue
@@ -244,6 +255,7 @@ class Tree:
             f'root = "{root}"\n'
             f"{AS_ROOT}"
             f"\n[smtpd]\nmax_sessions = 1000\nprocesses = {int(os.environ.get('SMTPD_PROCESSES', '1'))}\n"
+            f"{extra}"
         )
         Queue(root / "queue").create()
         (root / "mail").mkdir(exist_ok=True)
@@ -281,6 +293,54 @@ class Tree:
         return out
 
 
+# -- the checks modes: a DNS server and a signed message ---------------------------------
+
+
+class CheckedSender:
+    """What the checks/nochecks modes share: a DNS server on 127.0.0.1 that
+    publishes the sender domain's SPF (pass for 127.0.0.1), DMARC (p=reject)
+    and DKIM key, and a message of about ``size`` octets signed with that key."""
+
+    def __init__(self, workdir: Path, size: int) -> None:
+        sys.path.insert(0, str(REPO / "tests"))
+        from fakedns import FakeDNS
+        from pymta import dkim_sign
+
+        key = workdir / "dkim.key"
+        subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(key)],
+            check=True,
+            capture_output=True,
+        )
+        d = CHECKED_DOMAIN
+        self.dns = FakeDNS(
+            {
+                f"{d}.": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                f"_dmarc.{d}.": {"TXT": ["v=DMARC1; p=reject"]},
+                f"sel._domainkey.{d}.": {"TXT": [f"v=DKIM1; k=rsa; p={dkim_sign.public_key_b64(key)}"]},
+            }
+        )
+        line = "The quick brown fox jumps over the lazy dog, again and again.\n"
+        body = (line * (size // len(line) + 1))[:size]
+        text = (
+            f"From: News <{CHECKED_SENDER}>\nTo: {RCPT}\nSubject: bench\n"
+            f"Date: Fri, 04 Dec 2026 12:00:00 +0000\nMessage-ID: <bench@{d}>\n\n{body}"
+        ).encode()
+        self.message = workdir / "signed.eml"
+        self.message.write_bytes(dkim_sign.sign(text, d, "sel", key.read_bytes()) + text)
+
+    def config(self, checks: bool) -> str:
+        """Lines that follow the tree's [smtpd] section."""
+        return (
+            "trusted_networks = []\n"
+            f'[relay]\ndns_servers = ["127.0.0.1:{self.dns.port}"]\n'
+            f"[checks]\nenabled = {'true' if checks else 'false'}\n"
+        )
+
+    def close(self) -> None:
+        self.dns.close()
+
+
 # -- one measurement --------------------------------------------------------------------
 
 
@@ -311,17 +371,18 @@ class Result:
         return self.n / self.deliver_time if self.deliver_time else None
 
 
-def run_smtp_source(smtp_source: str, port: int, args, n: int, procs: Procs, errfile: Path) -> tuple[float, int]:
+def run_smtp_source(
+    smtp_source: str, port: int, args, n: int, procs: Procs, errfile: Path, checked: CheckedSender | None = None
+) -> tuple[float, int]:
     argv = [
         smtp_source,
         "-s",
         str(args.concurrency),
         "-m",
         str(n),
-        "-l",
-        str(args.size),
+        *(["-F", str(checked.message)] if checked else ["-l", str(args.size)]),
         "-f",
-        SENDER,
+        CHECKED_SENDER if checked else SENDER,
         "-t",
         RCPT,
         "-M",
@@ -395,10 +456,14 @@ def load_average() -> float:
         return float("nan")
 
 
-def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0) -> Result:
+def bench(
+    mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0, checked: CheckedSender | None = None
+) -> Result:
     result = Result(mode, n, args.concurrency)
     result.load = load_average()
-    tree = Tree(workdir / f"{mode}-{run}")
+    if mode not in ("checks", "nochecks"):
+        checked = None
+    tree = Tree(workdir / f"{mode}-{run}", checked.config(mode == "checks") if checked else "")
     procs = Procs()
     port = free_port()
     smtpd_err = tree.root / "smtpd.stderr"
@@ -414,7 +479,7 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
                 raise Failure(str(exc)) from None
             smtpd = procs.start("postfix-wait", ["sleep", "infinity"], None)  # stands in for a daemon to watch
             smtpd_err = anchor.pfx / "postfix.log"
-        elif mode == "listen":
+        elif mode in LISTENING:
             prof = tree.root / "smtpd.prof" if args.profile else None
             smtpd = procs.start(
                 "smtpd", tree.program("pymta.smtpd", "--listen", f"127.0.0.1:{port}", profile=prof), smtpd_err
@@ -449,7 +514,7 @@ def bench(mode: str, n: int, args, workdir: Path, smtp_source: str, run: int = 0
         t0 = time.perf_counter()
         src_err = tree.root / "smtp-source.stderr"
         before = children_cpu()
-        result.send_time, rc = run_smtp_source(smtp_source, port, args, n, procs, src_err)
+        result.send_time, rc = run_smtp_source(smtp_source, port, args, n, procs, src_err, checked)
         after = children_cpu()
         result.cpu["smtp-source"] = (after[0] - before[0], after[1] - before[1])
         if rc != 0:
@@ -544,6 +609,25 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def print_rounds(runs: dict[str, list[Result]], mode: str, anchor: str) -> None:
+    """With --repeat: the ratio of each round (the modes alternate) and their median."""
+    import statistics
+
+    if len(runs[mode]) < 2 or len(runs[anchor]) != len(runs[mode]):
+        return
+    rounds = zip(runs[mode], runs[anchor], strict=True)
+    pairs = [a.accepted_rate / b.accepted_rate for a, b in rounds if b.accepted_rate]
+    if not pairs:
+        return
+    print(
+        f"per-round ratios {mode}/{anchor}: "
+        + " ".join(f"{x:.2f}" for x in pairs)
+        + f"; median {statistics.median(pairs):.2f}; medians of the rates: "
+        f"{statistics.median(x.accepted_rate for x in runs[mode]):.0f} / "
+        f"{statistics.median(x.accepted_rate for x in runs[anchor]):.0f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=5000, help="messages in listening mode (default 5000)")
@@ -553,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes",
         default="listen,inetd,bare",
-        help="comma list of listen, inetd, bare, postfix (default: the first three)",
+        help="comma list of listen, inetd, bare, postfix, checks, nochecks (default: the first three)",
     )
     parser.add_argument(
         "--python",
@@ -616,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SMTPD_PROCESSES"] = str(args.processes)  # read where the tree is made
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
-        if mode not in ("listen", "inetd", "bare", "postfix"):
+        if mode not in (*LISTENING, "inetd", "bare", "postfix"):
             parser.error(f"unknown mode {mode!r}")
 
     def on_term(signum, frame):
@@ -626,7 +710,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     workdir = Path(tempfile.mkdtemp(prefix="pymail-bench-", dir=args.dir))
     results: list[Result] = []
+    checked = None
     try:
+        if "checks" in modes or "nochecks" in modes:
+            checked = CheckedSender(workdir, args.size)
         smtp_source = find_smtp_source()
         print(
             f"smtp-source: {smtp_source}; python: {args.python}; size {args.size} octets; "
@@ -637,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
             startup = python_startup(python)
             print(f"'{' '.join(python)} -c pass': {startup * 1000:.1f} ms (average of 20)")
         for run, mode in ((r, m) for r in range(max(1, args.repeat)) for m in modes):
-            n = args.n if mode in ("listen", "postfix") else args.inetd_n
+            n = args.n if mode in (*LISTENING, "postfix") else args.inetd_n
             cost = settle(workdir, args.settle) if args.settle > 0 else creation_cost(workdir)
             print(
                 f"[{mode}] {n} messages, {args.concurrency} sessions (load average {load_average():.1f}, "
@@ -645,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             try:
-                res = bench(mode, n, args, workdir, smtp_source, run)
+                res = bench(mode, n, args, workdir, smtp_source, run, checked)
             except Failure as exc:  # this mode could not run; go on with the others
                 res = Result(mode, n, args.concurrency)
                 res.problems.append(f"FAILED: {exc}")
@@ -679,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
+        if checked:
+            checked.close()
         if args.keep:
             print(f"kept {workdir}")
         else:
@@ -703,7 +792,9 @@ def main(argv: list[str] | None = None) -> int:
             ratio = 1.0
         elif mode == "listen" and "postfix" in best and best["postfix"].accepted_rate:
             ratio = r.accepted_rate / best["postfix"].accepted_rate
-        elif mode == "postfix":
+        elif mode == "checks" and "nochecks" in best and best["nochecks"].accepted_rate:
+            ratio = r.accepted_rate / best["nochecks"].accepted_rate
+        elif mode in ("postfix", "nochecks"):
             ratio = 1.0
         problems = sum(len(x.problems) for x in runs[mode])
         note = "ok" if not problems else f"{problems} problem(s)"
@@ -717,18 +808,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "ratio (listen) = pymta-smtpd accepted/s / Postfix accepted/s, the same load in the same run; goal >= 1.5"
         )
-        if len(runs["listen"]) > 1 and len(runs["postfix"]) == len(runs["listen"]):
-            import statistics
-
-            rounds = zip(runs["listen"], runs["postfix"], strict=True)
-            pairs = [a.accepted_rate / b.accepted_rate for a, b in rounds if b.accepted_rate]
-            print(
-                "per-round ratios listen/postfix: "
-                + " ".join(f"{x:.2f}" for x in pairs)
-                + f"; median {statistics.median(pairs):.2f}; medians of the rates: "
-                f"{statistics.median(x.accepted_rate for x in runs['listen']):.0f} / "
-                f"{statistics.median(x.accepted_rate for x in runs['postfix']):.0f}"
-            )
+        print_rounds(runs, "listen", "postfix")
+    if "checks" in best and "nochecks" in best:
+        print("ratio (checks) = accepted/s with the inbound checks on / off, the same load in one run; goal >= 0.70")
+        print_rounds(runs, "checks", "nochecks")
     if "inetd" in best and bare:
         print("ratio = pymta-smtpd (inetd) connections/s / bare responder connections/s; goal >= 0.67")
         inetd_cpu, bare_cpu = best["inetd"].server_cpu_ms, bare.server_cpu_ms
