@@ -12,6 +12,11 @@ Maildir names alone cannot give stable UIDs (Dovecot's
 ``flags`` are the Maildir ``:2,`` letters as last seen on disk (the file
 name is the truth; the copy here lets a reader notice changes and give
 them a new MODSEQ), ``kw-indexes`` is a comma list into the keyword table.
+The first 26 keywords of a folder are in the file names too, as the
+lowercase letters of the folder's ``dovecot-keywords`` map
+(``pymda.maildir.KeywordMap``, Dovecot's layout): a name changed by another
+program (Dovecot, mutt) gives the message the keywords its letters say,
+and keeps those past the 26th, which only this index knows.
 The file is only replaced whole (tmp + fsync + rename) while holding
 ``pymail-index.lock`` (flock, compatible with filelock), so readers never need the lock and any
 number of imapd/pop3d processes and the deliverer agree on UIDs.
@@ -131,7 +136,7 @@ class Snapshot:
         return sorted(seen)
 
 
-def _sort_flags(flags: str) -> str:
+def _sort_flags(flags) -> str:
     return "".join(sorted(set(c for c in flags if c.isalpha())))
 
 
@@ -278,6 +283,49 @@ def _remember(folder: str, key: tuple, snap: Snapshot) -> None:
         except (StopIteration, RuntimeError):
             pass
     _SHARED[folder] = (key, snap)
+
+
+class _Letters:
+    """The folder's keyword map for one locked step: read when first needed,
+    saved before a file name uses a letter it gave."""
+
+    __slots__ = ("folder", "kmap")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.kmap: md.KeywordMap | None = None
+
+    def map(self) -> md.KeywordMap:
+        if self.kmap is None:
+            try:
+                self.kmap = md.KeywordMap.load(self.folder)
+            except OSError as exc:
+                raise IndexUnavailable(f"{self.folder}/{md.KEYWORDS_FILE}: {exc.strerror}", exc.errno) from None
+        return self.kmap
+
+    def save(self) -> None:
+        if self.kmap is not None and self.kmap.changed:
+            try:
+                self.kmap.save(self.folder)
+            except OSError as exc:
+                raise IndexUnavailable(f"{self.folder}/{md.KEYWORDS_FILE}: {exc.strerror}", exc.errno) from None
+
+    def info(self, flags: str, kw) -> str:
+        """The info letters of a message with standard ``flags`` and keywords ``kw``."""
+        if not kw and "P" not in flags:
+            return _sort_flags(c for c in flags if not "a" <= c <= "z")
+        info = self.map().info(flags, kw)
+        self.save()
+        return info
+
+    def read(self, flags: str, old_kw, old_flags: str = "") -> tuple[str, frozenset]:
+        """(standard flags, keywords) of a name with info letters ``flags``
+        that another program may have changed from ``old_flags``: its letters
+        give the keywords that have one, ``old_kw`` (the index's) those that do not."""
+        kmap = self.map()
+        std, names = kmap.keywords(flags, old_flags)
+        self.save()
+        return std, names | frozenset(k for k in old_kw if not kmap.has_letter(k))
 
 
 class FolderIndex:
@@ -483,6 +531,7 @@ class FolderIndex:
                 seen[base] = (sub, flags, name)
         changed = False
         modseq = snap.highestmodseq
+        letters = _Letters(self.path)
         by_base = {}
         for uid, e in list(snap.entries.items()):
             if e.sub not in scan:
@@ -500,13 +549,14 @@ class FolderIndex:
                     del snap.entries[uid]
                     changed = True
                     continue
-            sub, flags, _name = got
+            sub, flags, name = got
             if sub != e.sub or flags != e.flags:
                 modseq += 1 if flags != e.flags else 0
                 ne = e.copy()
                 ne.sub, ne.flags = sub, flags
                 if flags != e.flags:
                     ne.modseq = modseq
+                    ne.flags, ne.kw = self._read_info(letters, sub, name, flags, e.kw, e.flags)
                 snap.entries[uid] = ne
                 changed = True
             by_base[e.base] = uid
@@ -530,9 +580,10 @@ class FolderIndex:
                     idate = int(os.stat(self.path / sub / name).st_mtime)
                 except OSError:
                     idate = int(time.time())
+            flags, kw = self._read_info(letters, sub, name, flags, frozenset(), "")
             uid = snap.uidnext
             snap.uidnext += 1
-            snap.entries[uid] = Entry(uid, modseq, idate, size, sub, flags, frozenset(), base)
+            snap.entries[uid] = Entry(uid, modseq, idate, size, sub, flags, kw, base)
             changed = True
         snap.highestmodseq = modseq
         if created:
@@ -558,6 +609,26 @@ class FolderIndex:
                 # stake, so the folder stays usable; the next sync looks again.
             return snap
         return self._cache if self._cache is not None else snap
+
+    def _read_info(
+        self, letters: _Letters, sub: str, name: str, flags: str, old_kw, old_flags: str
+    ) -> tuple[str, frozenset]:
+        """(info letters, keywords) of message file ``sub/name`` found with
+        info letters ``flags`` (``old_flags`` before).  When the letters and P
+        disagree on $Forwarded (Dovecot keeps it as a keyword letter), the name
+        gets P added or taken away, so the flag shows and stays one."""
+        if not old_kw and not md.keyword_letters(flags) and not md.keyword_letters(old_flags):
+            return flags, frozenset()
+        std, kw = letters.read(flags, old_kw, old_flags)
+        want = _sort_flags(std + md.keyword_letters(flags))
+        if want != flags:
+            base = name.partition(":")[0]
+            try:
+                os.rename(self.path / sub / name, self.path / sub / md.flagged_name(base, want))
+                return want, kw
+            except OSError:
+                pass
+        return flags, kw
 
     def _find(self, sub: str, base: str):
         try:
@@ -643,22 +714,25 @@ class FolderIndex:
         """
         tmp_file = Path(tmp_file)
         base = base or tmp_file.name.partition(":")[0]
-        flags = _sort_flags(flags)
-        name = md.flagged_name(base, flags)
+        keywords = frozenset(keywords)
+        placed = []
 
         def undo():
             # The index could not be saved: the message goes back where it came
             # from (the caller removes it), so a failed APPEND leaves nothing.
-            try:
-                os.rename(self.path / "cur" / name, tmp_file)
-            except OSError:
-                pass
+            for final in placed:
+                try:
+                    os.rename(final, tmp_file)
+                except OSError:
+                    pass
 
         def do(snap):
-            final = md.into_cur(tmp_file, self.path, base, flags)
+            info = _Letters(self.path).info(flags, keywords)
+            final = md.into_cur(tmp_file, self.path, base, info)
+            placed.append(final)
             ws = size
             if ws is None:
-                ws = _wsize(final, name)
+                ws = _wsize(final, final.name)
             uid = snap.uidnext
             snap.uidnext += 1
             snap.highestmodseq += 1
@@ -668,8 +742,8 @@ class FolderIndex:
                 int(idate if idate is not None else time.time()),
                 ws,
                 "cur",
-                flags,
-                frozenset(keywords),
+                info,
+                keywords,
                 base,
             )
             return uid
@@ -680,18 +754,22 @@ class FolderIndex:
     def set_flags(self, changes: dict) -> dict:
         """``changes``: uid -> (maildir flag letters, keyword set).  Returns uid -> new Entry.
 
+        The keyword letters of the names follow the keywords (any lowercase
+        letters in the flags given are ignored).
+
         Messages gone meanwhile are left out of the result.
         """
 
         def do(snap):
             done = {}
             bump = snap.highestmodseq
+            letters = _Letters(self.path)
             for uid, (flags, kw) in changes.items():
                 e = snap.entries.get(uid)
                 if e is None:
                     continue
-                flags = _sort_flags(flags)
                 kw = frozenset(kw)
+                flags = letters.info(flags, kw)
                 if flags == e.flags and kw == e.kw:
                     done[uid] = e
                     continue
@@ -812,26 +890,29 @@ class FolderIndex:
                     pass
             raise
 
+        placed = []
+
         def do(dsnap):
             pairs = []
+            letters = _Letters(dest.path)  # the target has its own letters
             for uid, e, tmp, base in staged:
-                md.into_cur(tmp, dest.path, base, e.flags)
+                info = letters.info(e.flags, e.kw)
+                placed.append(md.into_cur(tmp, dest.path, base, info))
                 duid = dsnap.uidnext
                 dsnap.uidnext += 1
                 dsnap.highestmodseq += 1
-                dsnap.entries[duid] = Entry(duid, dsnap.highestmodseq, e.idate, e.size, "cur", e.flags, e.kw, base)
+                dsnap.entries[duid] = Entry(duid, dsnap.highestmodseq, e.idate, e.size, "cur", info, e.kw, base)
                 pairs.append((uid, duid))
             return pairs
 
         def undo():
             # Not saved in dest's index (a full disk): no copy may stay behind
             # for a later sync to show, since the client was told NO.
-            for _u, e, tmp, base in staged:
-                for path in (tmp, dest.path / "cur" / md.flagged_name(base, e.flags)):
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
+            for path in [tmp for _u, _e, tmp, _b in staged] + placed:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
         try:
             dsnap, pairs = dest._mutate(do, undo=undo)

@@ -18,7 +18,9 @@ in the name (``V``), so a delivery repeated after a crash can find its
 earlier copy in ``new/`` or ``cur/`` and not write a second one.
 
 ``S`` is the size on disk (LF line ends), ``W`` the RFC 822 size with CRLF
-line ends (what POP3 LIST and IMAP RFC822.SIZE report).  Folders are
+line ends (what POP3 LIST and IMAP RFC822.SIZE report).  The flags after
+``:2,`` are the standard letters, then keyword letters a-z (``KeywordMap``,
+Dovecot's ``dovecot-keywords`` layout).  Folders are
 Maildir++: ``.Name`` and ``.Parent.Child`` directories beside ``new/cur/tmp``
 of the INBOX, each with an empty ``maildirfolder`` file.
 """
@@ -170,8 +172,150 @@ def sized_name(unique: str, size: int, wsize: int) -> str:
 
 
 def flagged_name(base: str, flags: str) -> str:
-    """The name of a message in cur/: ``<base>:2,<flags>`` (flags: sorted info letters)."""
+    """The name of a message in cur/: ``<base>:2,<flags>`` (flags: sorted info
+    letters, from ``KeywordMap.info`` when keywords are set)."""
     return f"{base}:2,{flags}"
+
+
+# -- keywords in names (Dovecot's layout) -----------------------------------------
+#
+# The info part carries the standard flags as uppercase letters and up to 26
+# keywords as the lowercase letters a-z, all sorted in ASCII order
+# (``:2,DFRSab``).  The folder's ``dovecot-keywords`` file says which keyword
+# each letter stands for, one ``N name`` line per letter in use (N = 0 for
+# ``a``, 1 for ``b``, ...).  Letters are never renumbered: a new keyword takes
+# the first free one, and a keyword past the 26th has no letter (the IMAP
+# index keeps it).  The file is replaced whole (tmp + fsync + rename) and only
+# by a holder of the folder's index lock, so processes agree on the letters.
+
+KEYWORDS_FILE = "dovecot-keywords"
+KEYWORD_SLOTS = 26
+FORWARDED = "$Forwarded"  # the P letter; Dovecot keeps it as a keyword letter
+_KEYWORD_OK = re.compile(r"[^\x00-\x20\x7f-\U0010ffff(){%*\"\\\]]{1,100}").fullmatch  # an IMAP atom
+
+
+def keyword_letters(info: str) -> str:
+    """The keyword letters (a-z) of an info part."""
+    return "".join(c for c in info if "a" <= c <= "z")
+
+
+class KeywordMap:
+    """A folder's ``dovecot-keywords``: letter slots 0-25 -> keyword names.
+
+    ``info()`` turns flags and keywords into an info part (taking free
+    letters for new keywords) and ``keywords()`` reads one; ``changed``
+    says the map must be saved (``save``) before a name using it is written.
+    """
+
+    def __init__(self, slots: list[str | None] | None = None) -> None:
+        self.slots: list[str | None] = list(slots or [None] * KEYWORD_SLOTS)
+        self.changed = False
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> KeywordMap:
+        """The map of ``folder`` (empty when it has no file); lines that are
+        not ``N name`` with N below 26 and name a keyword are skipped."""
+        kmap = cls()
+        try:
+            fd = os.open(os.path.join(folder, KEYWORDS_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return kmap  # none (a link in its place is replaced by the next save, never followed)
+            raise
+        try:
+            data = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
+        for line in data.decode("utf-8", "replace").split("\n"):
+            number, sep, name = line.partition(" ")
+            if sep and number.isdigit() and int(number) < KEYWORD_SLOTS and _KEYWORD_OK(name):
+                kmap.slots[int(number)] = name
+        return kmap
+
+    def text(self) -> bytes:
+        return "".join(f"{i} {n}\n" for i, n in enumerate(self.slots) if n is not None).encode()
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Replace ``folder``'s file with this map (tmp + fsync + rename).  Raises OSError."""
+        path = os.path.join(folder, KEYWORDS_FILE)
+        tmp = os.path.join(folder, f".{KEYWORDS_FILE}.tmp{os.getpid()}")
+        data = self.text()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        self.changed = False
+
+    def _slot(self, name: str) -> int | None:
+        low = name.lower()  # keywords are case-insensitive (RFC 3501 2.3.2; Dovecot's lookup)
+        for i, n in enumerate(self.slots):
+            if n is not None and n.lower() == low:
+                return i
+        return None
+
+    def has_letter(self, name: str) -> bool:
+        return self._slot(name) is not None
+
+    def _letter(self, name: str) -> str:
+        """The letter of keyword ``name``, a free one taken when it has none; '' when all 26 are taken."""
+        i = self._slot(name)
+        if i is None:
+            if not _KEYWORD_OK(name) or None not in self.slots:
+                return ""
+            i = self.slots.index(None)
+            self.slots[i] = name
+            self.changed = True
+        return chr(ord("a") + i)
+
+    def info(self, flags: str, keywords) -> str:
+        """The info part for standard ``flags`` (uppercase letters; any
+        keyword letters in it are dropped) and ``keywords``: sorted, the
+        keywords that have (or get) a letter as lowercase letters.  P
+        ($Forwarded) also gets $Forwarded's keyword letter, as Dovecot reads it."""
+        letters = {c for c in flags if c.isalpha() and not "a" <= c <= "z"}
+        names = sorted(keywords, key=str.lower)  # new letters in name order
+        if "P" in letters:
+            names.insert(0, FORWARDED)
+        for name in names:
+            letters.add(self._letter(name))
+        letters.discard("")
+        return "".join(sorted(letters))
+
+    def keywords(self, info: str, before: str = "") -> tuple[str, frozenset[str]]:
+        """(standard flags, keywords) an info part carries, ``before`` the
+        info part the message had (another program changed it).  A letter
+        without a name gets ``unknown-N`` (as Dovecot names it, so no later
+        keyword takes it).  $Forwarded's letter reads as P; P without it,
+        when ``before`` had both, is what Dovecot leaves when it takes
+        $Forwarded away (it keeps letters it does not know): no P."""
+        flags = "".join(c for c in info if not "a" <= c <= "z")
+        names = set()
+        for c in keyword_letters(info):
+            i = ord(c) - ord("a")
+            name = self.slots[i]
+            if name is None:
+                name = f"unknown-{i}"
+                while self._slot(name) is not None:
+                    name += "?"
+                self.slots[i] = name
+                self.changed = True
+            if name.lower() == FORWARDED.lower():
+                if "P" not in flags:
+                    flags = "".join(sorted(flags + "P"))
+            else:
+                names.add(name)
+        if "P" in flags and "P" in before and (slot := self._slot(FORWARDED)) is not None:
+            letter = chr(ord("a") + slot)
+            if letter in before and letter not in info:
+                flags = flags.replace("P", "")
+        return flags, frozenset(names)
 
 
 def copy_name(base: str, wsize: int) -> str:

@@ -69,18 +69,20 @@ def test_flags_keywords_and_modseq(tmp_path):
     e = s0.entries[1]
     done = idx.set_flags({1: ("SF", {"$Label1", "work"})})
     e2 = done[1]
-    assert e2.flags == "FS" and e2.kw == {"$Label1", "work"} and e2.sub == "cur"
+    assert e2.flags == "FSab" and e2.kw == {"$Label1", "work"} and e2.sub == "cur"
     assert e2.modseq > e.modseq
-    assert (box / "cur" / f"{e.base}:2,FS").exists()
+    assert (box / "cur" / f"{e.base}:2,FSab").exists()  # keywords as Dovecot's letters
+    assert (box / "dovecot-keywords").read_text() == "0 $Label1\n1 work\n"
     # A fresh reader (another process) sees the same.
     s = FolderIndex(box).sync()
-    assert s.entries[1].kw == {"$Label1", "work"} and s.entries[1].flags == "FS"
+    assert s.entries[1].kw == {"$Label1", "work"} and s.entries[1].flags == "FSab"
     assert s.highestmodseq == e2.modseq
     # A flag change by someone else (pop3d, mutt) shows up with a new MODSEQ.
-    os.rename(box / "cur" / f"{e.base}:2,FS", box / "cur" / f"{e.base}:2,FRS")
+    os.rename(box / "cur" / f"{e.base}:2,FSab", box / "cur" / f"{e.base}:2,FRSb")
     os.utime(box / "cur", ns=(0, 0))
     s2 = FolderIndex(box).sync()
-    assert s2.entries[1].flags == "FRS" and s2.entries[1].modseq > e2.modseq
+    assert s2.entries[1].flags == "FRSb" and s2.entries[1].modseq > e2.modseq
+    assert s2.entries[1].kw == {"work"}  # the letter a ($Label1) went with the rename
 
 
 def test_add_copy_expunge(tmp_path):
@@ -92,12 +94,12 @@ def test_add_copy_expunge(tmp_path):
     uv, uid = isrc.add(tmp, flags="S", keywords={"k"}, idate=1000, size=6)
     assert uid == 1
     e = isrc.sync().entries[1]
-    assert e.idate == 1000 and e.flags == "S" and e.kw == {"k"}
+    assert e.idate == 1000 and e.flags == "Sa" and e.kw == {"k"}
     idst = FolderIndex(dst)
     duv, pairs = isrc.copy_into(idst, [1])
     assert pairs == [(1, 1)]
     de = idst.sync().entries[1]
-    assert de.kw == {"k"} and de.flags == "S" and de.idate == 1000
+    assert de.kw == {"k"} and de.flags == "Sa" and de.idate == 1000
     assert (dst / de.relpath()).read_bytes() == b"abcd\n"
     assert isrc.expunge([1]) == [1]
     assert isrc.sync().entries == {}

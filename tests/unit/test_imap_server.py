@@ -316,7 +316,8 @@ def test_append_with_flags_date_and_appenduid(c, tmp_path):
     )
     files = list((tmp_path / "alice" / ".Drafts" / "cur").iterdir())
     assert len(files) == 1 and files[0].read_bytes() == b"From: a@b\nSubject: t\n\nhello\n"
-    assert files[0].name.endswith(",S=28,W=32:2,D")
+    assert files[0].name.endswith(",S=28,W=32:2,Da")  # $Label1 as Dovecot's keyword letter a
+    assert (tmp_path / "alice" / ".Drafts" / "dovecot-keywords").read_bytes() == b"0 $Label1\n"
     assert not list((tmp_path / "alice" / "tmp").iterdir())
 
 
