@@ -321,11 +321,14 @@ class _Letters:
     def read(self, flags: str, old_kw, old_flags: str = "") -> tuple[str, frozenset]:
         """(standard flags, keywords) of a name with info letters ``flags``
         that another program may have changed from ``old_flags``: its letters
-        give the keywords that have one, ``old_kw`` (the index's) those that do not."""
+        give the keywords that had theirs in the old name, ``old_kw`` (the
+        index's) those that did not (past the 26th, or set before names
+        carried letters)."""
         kmap = self.map()
         std, names = kmap.keywords(flags, old_flags)
         self.save()
-        return std, names | frozenset(k for k in old_kw if not kmap.has_letter(k))
+        kept = [k for k in old_kw if not (c := kmap.letter(k)) or c not in old_flags]
+        return std, names | frozenset(kept)
 
 
 class FolderIndex:

@@ -260,8 +260,10 @@ class KeywordMap:
                 return i
         return None
 
-    def has_letter(self, name: str) -> bool:
-        return self._slot(name) is not None
+    def letter(self, name: str) -> str:
+        """The letter of keyword ``name``, or '' when it has none."""
+        i = self._slot(name)
+        return "" if i is None else chr(ord("a") + i)
 
     def _letter(self, name: str) -> str:
         """The letter of keyword ``name``, a free one taken when it has none; '' when all 26 are taken."""

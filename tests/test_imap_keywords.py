@@ -282,3 +282,69 @@ def test_switching_between_dovecot_and_pymail_keeps_flags_and_keywords(mailsys, 
         m.logout()
     finally:
         shutil.rmtree(twin, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_concurrent_sessions_agree_on_the_letters(mailsys, mode):
+    """Four sessions (four processes in inetd mode) give new keywords to their own messages at
+    once: every keyword gets one letter of its own, and every name carries the right ones."""
+    import threading
+
+    from pymda import maildir
+
+    port = start_imapd(mailsys, mode)
+    box = mailsys.maildir("alice")
+    m = login(port)
+    for i in range(4):
+        m.append("INBOX", None, None, msg(f"c{i}"))
+    sessions = [login(port) for _ in range(4)]
+    for s in sessions:
+        s.select("INBOX")
+    answers: dict[int, list[str]] = {}
+
+    def store(i: int) -> None:
+        kws = " ".join(f"S{i}K{k}" for k in range(6))
+        answers[i] = exchange(sessions[i], f"STORE {i + 1} +FLAGS.SILENT ({kws})")
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(answers[i][-1] == "OK STORE completed" for i in range(4))
+    kmap = maildir.KeywordMap.load(box)
+    assert sorted(n for n in kmap.slots if n) == sorted(f"S{i}K{k}" for i in range(4) for k in range(6))
+    for i, info in enumerate(names(box)):
+        assert kmap.keywords(info)[1] == {f"S{i}K{k}" for k in range(6)}
+    m.select("INBOX")
+    assert exchange(m, "FETCH 1:* FLAGS") == [
+        f"* {i + 1} FETCH (FLAGS ({' '.join(f'S{i}K{k}' for k in range(6))}))" for i in range(4)
+    ] + ["OK FETCH completed"]
+
+
+def test_keywords_set_before_names_carried_letters_stay(tmp_path):
+    """A keyword the index had for a message whose name never carried its letter (set before
+    this layout) survives a rename by another program, though it has a letter by now."""
+    from pymda import maildir
+    from pymda.index import FolderIndex
+
+    box = tmp_path / "box"
+    maildir.ensure_maildir(box)
+    for n in (1, 2):
+        (box / "cur" / f"170000000{n}.M1P1.host,S=5,W=6:2,S").write_bytes(b"abcd\n")
+    idx = FolderIndex(box)
+    idx.sync()
+
+    def old_style(snap):  # what an index of before kept: the keyword, no letter in the name
+        e = snap.entries[1].copy()
+        e.kw = frozenset({"Old"})
+        snap.entries[1] = e
+
+    idx._mutate(old_style)
+    idx.set_flags({2: ("S", {"Old"})})  # Old gets the letter a now
+    assert names(box) == ["S", "Sa"]
+    rename_info(box, 1, "FS")  # mutt flags message 1
+    os.utime(box / "cur", ns=(0, 0))
+    snap = FolderIndex(box).sync()
+    assert (snap.entries[1].flags, snap.entries[1].kw) == ("FS", {"Old"})
+    assert (snap.entries[2].flags, snap.entries[2].kw) == ("Sa", {"Old"})
