@@ -176,7 +176,7 @@ class CommandContext:
         def _idle_poll(self) -> None: ...
 
         # the commands' (selected, imap_server)
-        def _updates(self, allow_expunge: bool) -> None: ...
+        def _updates(self, allow_expunge: bool) -> bool: ...
         def _idle_line(self, parts) -> None: ...
         def _auth_line(self, parts) -> None: ...
 
@@ -349,6 +349,7 @@ class IMAPCore(Protocol, CommandContext):
             "LIST-EXTENDED",
             "LIST-STATUS",
             "CONDSTORE",
+            "QRESYNC",
             "ESEARCH",
             "SEARCHRES",
             "STATUS=SIZE",
@@ -542,8 +543,9 @@ class IMAPCore(Protocol, CommandContext):
                 p.abort()
 
     def _done(self, tag: str, text: str = "completed", allow_expunge: bool = True, code: str = "") -> None:
-        if self.sel is not None:
-            self._updates(allow_expunge)
+        if self.sel is not None and self._updates(allow_expunge) and self.condstore and not code:
+            # expunges raised HIGHESTMODSEQ and no FETCH tells it: the tagged OK does (RFC 7162, as Dovecot)
+            code = f"[HIGHESTMODSEQ {self.sel.snap.highestmodseq}]"
         name = text
         self._tagged(tag, f"OK {code + ' ' if code else ''}{name}")
 

@@ -3,7 +3,7 @@
 RFC 3501 plus the extensions clients depend on: IDLE (2177), UIDPLUS
 (4315), MOVE (6851), LITERAL+ (7888), NAMESPACE (2342), ID (2971), ENABLE
 (5161), UNSELECT (3691), CHILDREN (3348), SPECIAL-USE (6154), LIST-EXTENDED
-(5258), LIST-STATUS (5819), SASL-IR (4959), CONDSTORE (7162).
+(5258), LIST-STATUS (5819), SASL-IR (4959), CONDSTORE and QRESYNC (7162).
 
 Bytes in, actions out.  Policy (passwords, where a user's mail lives) is
 the *backend*'s, and the mail store it opens is named by
@@ -112,7 +112,7 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
         on = []
         for a in args:
             name = self._astring(a).upper()
-            if name == "CONDSTORE" and name not in self.enabled:  # QRESYNC: not offered (see the man page)
+            if name in ("CONDSTORE", "QRESYNC") and name not in self.enabled:  # QRESYNC implies CONDSTORE
                 self.enabled.add(name)
                 on.append(name)
                 self.condstore = True

@@ -50,31 +50,33 @@ class SelectedCommands(CommandContext):
         self._need(args, 1, 2)
         name = self._mailbox(args[0])
         qresync = None
-        if len(args) == 2:
-            if not isinstance(args[1], list):
-                raise ParseError("Bad SELECT parameters")
-            params = args[1]
-            i = 0
-            while i < len(params):
-                p = str(params[i]).upper() if isinstance(params[i], Atom) else ""
-                if p == "CONDSTORE":
-                    self.condstore = True
-                    i += 1
-                elif (
-                    p == "QRESYNC"
-                    and "QRESYNC" in self.enabled
-                    and i + 1 < len(params)
-                    and isinstance(params[i + 1], list)
-                ):
-                    qresync = params[i + 1]
-                    i += 2
-                else:
-                    raise ParseError("Unknown SELECT parameter")
-        if self.sel is not None:
-            self.sel = None
-            self.state = AUTH
-            if self.condstore:
-                self._untagged("OK [CLOSED] Previous mailbox closed")
+        try:
+            if len(args) == 2:
+                if not isinstance(args[1], list):
+                    raise ParseError("Bad SELECT parameters")
+                params = args[1]
+                i = 0
+                while i < len(params):
+                    p = str(params[i]).upper() if isinstance(params[i], Atom) else ""
+                    if p == "CONDSTORE":
+                        self.condstore = True
+                        i += 1
+                    elif p == "QRESYNC":
+                        if "QRESYNC" not in self.enabled:
+                            raise ParseError("QRESYNC not enabled")
+                        from pyimap.qresync import parse_params  # noqa: PLC0415 lazy
+
+                        qresync = parse_params(params[i + 1] if i + 1 < len(params) else None)
+                        i += 2
+                    else:
+                        raise ParseError("Unknown SELECT parameter")
+        finally:
+            # a SELECT that fails, even with BAD, leaves no mailbox selected (RFC 3501 6.3.1)
+            if self.sel is not None:
+                self.sel = None
+                self.state = AUTH
+                if self.condstore:
+                    self._untagged("OK [CLOSED] Previous mailbox closed")
         if not self.store.exists(name):
             self._tagged(tag, "NO [NONEXISTENT] Mailbox does not exist")
             return
@@ -99,46 +101,25 @@ class SelectedCommands(CommandContext):
         self._untagged(f"OK [UIDVALIDITY {snap.uidvalidity}] UIDs valid")
         self._untagged(f"OK [UIDNEXT {snap.uidnext}] Predicted next UID")
         self._untagged(f"OK [HIGHESTMODSEQ {snap.highestmodseq}] Highest")
-        if qresync is not None:
+        if qresync is not None and qresync.uidvalidity == snap.uidvalidity:
             self._qresync(qresync)
         self._tagged(
             tag, f"OK [{'READ-ONLY' if readonly else 'READ-WRITE'}] {'EXAMINE' if readonly else 'SELECT'} completed"
         )
 
     def _qresync(self, params) -> None:
-        if len(params) < 2 or not all(isinstance(p, Atom) for p in params[:2]):
-            raise ParseError("Bad QRESYNC parameters")
-        uidvalidity, modseq = int(params[0]), int(params[1])
+        """RFC 7162 3.2.5: what changed since the client's MODSEQ among the UIDs it
+        knows: VANISHED (EARLIER) for the expunged ones, then FETCH (UID FLAGS MODSEQ)."""
+        from pyimap import qresync  # noqa: PLC0415 lazy
+
         sel = self.sel
-        assert sel is not None  # SELECTED state
-        if uidvalidity != sel.uidvalidity:
-            return
-        known = None
-        if len(params) >= 3 and isinstance(params[2], Atom):
-            known = parse_sequence_set(str(params[2]))
-        # Without tombstones every UID below UIDNEXT that is not here may have vanished.
-        if known is not None:
-            candidates = [
-                u for lo, hi in known for u in range(lo or 1, min(hi or sel.snap.uidnext, sel.snap.uidnext - 1) + 1)
-            ]
-            gone = sorted(u for u in set(candidates[:100000]) if u not in sel.snap.entries)
-            text = uid_set_text(gone)
-        else:
-            gone_ranges = []
-            prev = 0
-            for u in sel.view:
-                if u > prev + 1:
-                    gone_ranges.append(f"{prev + 1}:{u - 1}" if u - 1 > prev + 1 else str(prev + 1))
-                prev = u
-            if sel.snap.uidnext - 1 > prev:
-                last = sel.snap.uidnext - 1
-                gone_ranges.append(f"{prev + 1}:{last}" if last > prev + 1 else str(prev + 1))
-            text = ",".join(gone_ranges)
-        if text:
-            self._untagged(f"VANISHED (EARLIER) {text}")
+        assert sel is not None  # just selected
+        gone = qresync.vanished(sel.snap, sel.view, params.modseq, params.known, params.sample)
+        if gone:
+            self._untagged(f"VANISHED (EARLIER) {qresync.text(gone)}")
         for seq, u in enumerate(sel.view, 1):
             e = sel.snap.entries[u]
-            if e.modseq > modseq:
+            if e.modseq > params.modseq and qresync.contains(params.known, u):
                 self._untagged(f"{seq} FETCH (UID {u} FLAGS {flags_text(e, u in sel.recent)} MODSEQ ({e.modseq}))")
 
     def cmd_examine(self, tag, args):
@@ -320,7 +301,7 @@ class SelectedCommands(CommandContext):
             seq = sel.seq_of(u)
             if not silent or (unchanged_since is not None):
                 parts = []
-                if uid:
+                if uid or "QRESYNC" in self.enabled:  # RFC 7162 3.2.4 (and as Dovecot does)
                     parts.append(f"UID {u}")
                 if not silent:
                     parts.append(f"FLAGS {flags_text(e, u in sel.recent)}")
@@ -493,16 +474,26 @@ class SelectedCommands(CommandContext):
         uids = self._resolve(args[0], uid)
         items = self._parse_fetch_items(args[1])
         changed_since = None
+        vanished = False
         if len(args) == 3:
             mods = args[2]
-            if (
-                not isinstance(mods, list)
-                or len(mods) not in (2, 3)
-                or str(mods[0]).upper() != "CHANGEDSINCE"
-                or not is_number(str(mods[1]))
-            ):
+            if not isinstance(mods, list):
                 raise ParseError("Bad FETCH modifier")
-            changed_since = int(mods[1])
+            i = 0
+            while i < len(mods):
+                name = mods[i].upper() if isinstance(mods[i], Atom) else ""
+                if name == "CHANGEDSINCE" and i + 1 < len(mods) and is_number(str(mods[i + 1])):
+                    changed_since = int(mods[i + 1])
+                    i += 2
+                elif name == "VANISHED" and uid:  # RFC 7162 3.2.6: UID FETCH only
+                    if "QRESYNC" not in self.enabled:
+                        raise ParseError("QRESYNC not enabled")
+                    vanished = True
+                    i += 1
+                else:
+                    raise ParseError("Bad FETCH modifier")
+            if changed_since is None:
+                raise ParseError("VANISHED used without CHANGEDSINCE" if vanished else "Bad FETCH modifier")
             self.condstore = True
             if ("MODSEQ",) not in items:
                 items.append(("MODSEQ",))
@@ -526,6 +517,8 @@ class SelectedCommands(CommandContext):
                 for u in changes:
                     if u in snap.entries:
                         sel.known[u] = -1  # force FLAGS into the response below
+        if vanished and changed_since is not None:
+            self._fetch_vanished(args[0], snap, changed_since)
         missing = False
         for u in uids:
             e = snap.entries.get(u)
@@ -567,6 +560,25 @@ class SelectedCommands(CommandContext):
             self._done(tag, "Some messages were already expunged", allow_expunge=False, code="[EXPUNGEISSUED]")
             return
         self._done(tag, "FETCH completed", allow_expunge=uid)
+
+    def _fetch_vanished(self, token, snap, since: int) -> None:
+        """UID FETCH ... (CHANGEDSINCE n VANISHED): the UIDs of the set expunged
+        since MODSEQ n, as VANISHED (EARLIER) before the FETCH responses (RFC 7162
+        3.2.6); ``*`` is any UID, as in Dovecot."""
+        from pyimap import qresync  # noqa: PLC0415 lazy
+
+        sel = self.sel
+        assert sel is not None  # SELECTED state
+        if str(token) == "$":
+            ranges = qresync.merge((u, u) for u in sel.saved)
+        else:
+            ranges = qresync.merge(
+                (0xFFFFFFFF if lo is None else lo, 0xFFFFFFFF if hi is None else hi)
+                for lo, hi in parse_sequence_set(str(token))
+            )
+        gone = qresync.vanished(snap, list(snap.entries), since, ranges)
+        if gone:
+            self._untagged(f"VANISHED (EARLIER) {qresync.text(gone)}")
 
     def _fetch_expunged(self, u: int, items, render) -> None:
         """FETCH of a message another session expunged, not yet announced (no EXPUNGE
@@ -622,17 +634,20 @@ class SelectedCommands(CommandContext):
         if not sel.readonly:
             self._untagged(f"OK [PERMANENTFLAGS {flag_list_for(sel.keywords)[:-1]} \\*)] Flags permitted")
 
-    def _updates(self, allow_expunge: bool) -> None:
+    def _updates(self, allow_expunge: bool) -> bool:
+        """The untagged responses for what changed in the selected mailbox; True
+        when messages were announced expunged (EXPUNGE, or VANISHED with QRESYNC)."""
         sel = self.sel
         if sel is None:
-            return
+            return False
         snap = sel.index.sync()
         if snap.uidvalidity != sel.uidvalidity:
             self._untagged("BYE Mailbox UIDVALIDITY changed")
             self.closed = True
-            return
+            return False
         if snap is sel.snap and not sel.ghosts:
-            return
+            return False
+        told = False
         last = sel.view[-1] if sel.view else 0
         if snap.entries and next(reversed(snap.entries)) > last:
             # new messages: the ones no session saw yet are \Recent here
@@ -658,7 +673,11 @@ class SelectedCommands(CommandContext):
                     sel.known.pop(u, None)
                     sel.recent.discard(u)
                     sel.expunged.pop(u, None)
-                    self._untagged(f"{seq} EXPUNGE")
+                    if "QRESYNC" not in self.enabled:
+                        self._untagged(f"{seq} EXPUNGE")
+            if gone and "QRESYNC" in self.enabled:
+                self._untagged(f"VANISHED {uid_set_text(gone)}")  # RFC 7162 3.2.10
+            told = bool(gone)
             sel.ghosts = False
         else:
             for u in sel.view:
@@ -679,6 +698,7 @@ class SelectedCommands(CommandContext):
             self._untagged(f"{len(sel.view)} EXISTS")
             self._untagged(f"{len(sel.recent)} RECENT")
         sel.snap = snap
+        return told
 
 
 def _see_recent(index: Folder, snap: Any, readonly: bool) -> tuple[Any, set[int]]:

@@ -47,8 +47,10 @@ class Folder(Protocol):
     ``sync()`` returns a snapshot with ``uidvalidity``, ``uidnext``,
     ``highestmodseq``, ``entries`` (uid -> entry with ``flags`` as Maildir
     letters, ``kw``, ``modseq``, ``idate``, ``size``, ``sub``, ``name``,
-    ``base``), ``keywords()`` and ``recent_uids()`` (the UIDs no session has
-    claimed as \\Recent yet).
+    ``base``), ``keywords()``, ``recent_uids()`` (the UIDs no session has
+    claimed as \\Recent yet) and ``vanished_since(modseq)`` (the UIDs expunged
+    after that MODSEQ as (lo, hi) ranges, or None when the folder no longer
+    knows them all: QRESYNC).
     """
 
     dir: str  # the folder's directory; message files are ``dir/entry.sub/entry.name``

@@ -7,6 +7,8 @@ Maildir names alone cannot give stable UIDs (Dovecot's
     PYMAILIDX1 <uidvalidity> <uidnext> <highestmodseq> <new-mtime-ns> <cur-mtime-ns>
     K <keyword> <keyword> ...                     (the keyword table)
     R <first-recent-uid>                          (see below; absent: UIDNEXT)
+    E <expunge-floor>                             (see below; absent: HIGHESTMODSEQ)
+    V <modseq> <uid-ranges>                       (expunged UIDs, one line per expunge)
     <uid> <modseq> <internaldate> <crlf-size> <n|c> <flags|-> <kw-indexes|-> <base name>
 
 ``flags`` are the Maildir ``:2,`` letters as last seen on disk (the file
@@ -29,6 +31,16 @@ file ``pymail-uidvalidity`` (``next_uidvalidity``): strictly greater than
 any the home gave before, so a folder deleted and made again never repeats
 one, whichever process builds the new index.
 
+Expunged UIDs are kept (IMAP QRESYNC asks which UIDs vanished since a
+MODSEQ): every expunge -- by a session, or a file found gone by ``sync()``
+-- takes a new MODSEQ and adds a ``V`` line with it and the UIDs as
+``lo:hi`` ranges (comma-separated).  At most ``MAX_VANISHED_RANGES`` ranges
+are kept, the oldest lines dropped first; the expunge floor is then the
+MODSEQ of the last line dropped: expunges at or below it are not all known
+(``Snapshot.vanished_since`` says None).  An index written before these
+lines existed (or by a program that drops them) has no ``E`` line: its floor
+is its HIGHESTMODSEQ, so nothing older is claimed to be known.
+
 ``sync()`` lists new/ and cur/ (no file is opened: sizes come from ``W=``)
 only when a directory's mtime moved since the last scan, gives unknown
 base names the next UIDs in name order, and drops vanished ones.  Nothing
@@ -46,6 +58,8 @@ from pymda import maildir as md
 INDEX_NAME = "pymail-index"
 LOCK_TIMEOUT = 30.0
 MAGIC = "PYMAILIDX1"
+# Expunged-UID ranges kept for QRESYNC (a few KB of index); older ones are forgotten.
+MAX_VANISHED_RANGES = 2000
 # A directory mtime this close to "now" may still change within the same
 # clock tick without moving: rescan next time (Dovecot does the same).
 _DIRTY_WINDOW_NS = 2_000_000_000
@@ -98,9 +112,30 @@ class Entry:
 class Snapshot:
     """One consistent state of a folder's index."""
 
-    __slots__ = ("uidvalidity", "uidnext", "highestmodseq", "entries", "new_mtime", "cur_mtime", "first_recent")
+    __slots__ = (
+        "uidvalidity",
+        "uidnext",
+        "highestmodseq",
+        "entries",
+        "new_mtime",
+        "cur_mtime",
+        "first_recent",
+        "vanished",
+        "expunge_floor",
+    )
 
-    def __init__(self, uidvalidity, uidnext, highestmodseq, entries, new_mtime=0, cur_mtime=0, first_recent=None):
+    def __init__(
+        self,
+        uidvalidity,
+        uidnext,
+        highestmodseq,
+        entries,
+        new_mtime=0,
+        cur_mtime=0,
+        first_recent=None,
+        vanished=None,
+        expunge_floor=0,
+    ):
         self.uidvalidity = uidvalidity
         self.uidnext = uidnext
         self.highestmodseq = highestmodseq
@@ -109,6 +144,10 @@ class Snapshot:
         self.cur_mtime = cur_mtime
         # UIDs from here on are not yet claimed by any session (\Recent)
         self.first_recent = uidnext if first_recent is None else first_recent
+        # expunges, oldest first: [(modseq, [(lo, hi), ...]), ...]
+        self.vanished: list[tuple[int, list[tuple[int, int]]]] = [] if vanished is None else vanished
+        # expunges with a MODSEQ at or below this one may be missing from ``vanished``
+        self.expunge_floor = expunge_floor
 
     def copy(self) -> Snapshot:
         """A copy to change (the entries dict is new; the entries are shared, never changed in place)."""
@@ -120,7 +159,35 @@ class Snapshot:
             self.new_mtime,
             self.cur_mtime,
             self.first_recent,
+            list(self.vanished),
+            self.expunge_floor,
         )
+
+    def vanished_since(self, modseq: int) -> list[tuple[int, int]] | None:
+        """The UIDs expunged with a MODSEQ above ``modseq``, as (lo, hi) ranges
+        (newest expunge first); None when some of them may have been forgotten."""
+        if modseq < self.expunge_floor:
+            return None
+        uids: list[tuple[int, int]] = []
+        for ms, ranges in reversed(self.vanished):
+            if ms <= modseq:
+                break
+            uids.extend(ranges)
+        return uids
+
+    def bury(self, uids) -> None:
+        """Messages ``uids`` were expunged (their entries already gone): a new
+        MODSEQ, and the UIDs kept with it."""
+        ranges = uid_ranges(sorted(uids))
+        if not ranges:
+            return
+        self.highestmodseq += 1
+        self.vanished.append((self.highestmodseq, ranges))
+        total = sum(len(r) for _m, r in self.vanished)
+        while total > MAX_VANISHED_RANGES and len(self.vanished) > 1:
+            ms, dropped = self.vanished.pop(0)
+            total -= len(dropped)
+            self.expunge_floor = max(self.expunge_floor, ms)
 
     def is_recent(self, e: Entry) -> bool:
         """No session has claimed message ``e`` yet (it is \\Recent for the next one)."""
@@ -134,6 +201,32 @@ class Snapshot:
         for e in self.entries.values():
             seen |= e.kw
         return sorted(seen)
+
+
+def uid_ranges(uids) -> list[tuple[int, int]]:
+    """Sorted UIDs -> [(lo, hi), ...] runs: [1, 2, 3, 5] -> [(1, 3), (5, 5)]."""
+    out: list[tuple[int, int]] = []
+    for u in uids:
+        if out and u == out[-1][1] + 1:
+            out[-1] = (out[-1][0], u)
+        elif not out or u > out[-1][1]:
+            out.append((u, u))
+    return out
+
+
+def _ranges_text(ranges) -> str:
+    return ",".join(f"{lo}:{hi}" if hi != lo else str(lo) for lo, hi in ranges)
+
+
+def _parse_ranges(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        lo, _sep, hi = item.partition(":")
+        a, b = int(lo), int(hi or lo)
+        if not 0 < a <= b:
+            raise ValueError(item)
+        out.append((a, b))
+    return out
 
 
 def _sort_flags(flags) -> str:
@@ -162,6 +255,8 @@ def _parse(data: bytes) -> Snapshot | None:
     table: list[str] = []
     entries: dict[int, Entry] = {}
     first_recent = None
+    floor = hms  # an index without an E line knows of no expunge before now
+    vanished = []
     empty = frozenset()
     for line in lines[1:]:
         if not line:
@@ -173,6 +268,18 @@ def _parse(data: bytes) -> Snapshot | None:
             value = line[2:].strip()
             if value.isdigit() and len(value) < 12:
                 first_recent = int(value)
+            continue
+        if line.startswith("E "):
+            value = line[2:].strip()
+            if value.isdigit() and len(value) < 20:
+                floor = int(value)
+            continue
+        if line.startswith("V "):
+            try:
+                _v, ms, text = line.split(" ")
+                vanished.append((int(ms), _parse_ranges(text)))
+            except ValueError:
+                floor = max(floor, hms)  # a damaged line: claim to know nothing older
             continue
         parts = line.split(" ", 7)
         if len(parts) != 8:
@@ -197,7 +304,7 @@ def _parse(data: bytes) -> Snapshot | None:
         uidnext = max(entries) + 1  # a damaged header must never hand out a UID that is in use
     if first_recent is not None and first_recent > uidnext:
         first_recent = uidnext
-    return Snapshot(uidvalidity, uidnext, hms, entries, nm, cm, first_recent)
+    return Snapshot(uidvalidity, uidnext, hms, entries, nm, cm, first_recent, vanished, floor)
 
 
 def _format(snap: Snapshot) -> bytes:
@@ -210,7 +317,9 @@ def _format(snap: Snapshot) -> bytes:
         f"{MAGIC} {snap.uidvalidity} {snap.uidnext} {snap.highestmodseq} {snap.new_mtime} {snap.cur_mtime}",
         "K " + " ".join(table) if table else "K",
         f"R {snap.first_recent}",
+        f"E {snap.expunge_floor}",
     ]
+    out.extend(f"V {ms} {_ranges_text(ranges)}" for ms, ranges in snap.vanished)
     for e in snap.entries.values():
         kw = ",".join(str(table[k]) for k in sorted(e.kw)) if e.kw else "-"
         out.append(
@@ -536,6 +645,7 @@ class FolderIndex:
         modseq = snap.highestmodseq
         letters = _Letters(self.path)
         by_base = {}
+        dropped = []
         for uid, e in list(snap.entries.items()):
             if e.sub not in scan:
                 by_base[e.base] = uid
@@ -550,6 +660,7 @@ class FolderIndex:
                         got = (other, *found)
                 if got is None:
                     del snap.entries[uid]
+                    dropped.append(uid)
                     changed = True
                     continue
             sub, flags, name = got
@@ -589,6 +700,7 @@ class FolderIndex:
             snap.entries[uid] = Entry(uid, modseq, idate, size, sub, flags, kw, base)
             changed = True
         snap.highestmodseq = modseq
+        snap.bury(dropped)  # removed by another program (pop3d, mutt, Dovecot): a MODSEQ of their own
         if created:
             # A first index of an existing Maildir: what is in cur/ was seen
             # before (by another program); new/ stays recent.
@@ -686,7 +798,9 @@ class FolderIndex:
                 new_before = self._dir_mtime("new")
                 trusted_cur = cur_before == snap.cur_mtime
                 trusted_new = new_before == snap.new_mtime
+                before = list(snap.entries)
                 result = fn(snap)
+                snap.bury([u for u in before if u not in snap.entries])  # expunged, or found gone
                 # Our own renames moved the directory mtimes; if nothing else had
                 # changed them before, the new mtimes describe what we just wrote.
                 if trusted_cur:
@@ -861,9 +975,7 @@ class FolderIndex:
                 except FileNotFoundError:
                     pass
                 gone.append(uid)
-            if gone:
-                snap.highestmodseq += 1
-            return gone
+            return gone  # _mutate gives them their MODSEQ
 
         return self._mutate(do)[1]
 

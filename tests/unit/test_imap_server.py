@@ -43,6 +43,7 @@ def test_greeting_and_capability(tmp_path):
         "SPECIAL-USE",
         "SASL-IR",
         "CONDSTORE",
+        "QRESYNC",
         "ESEARCH",
         "SEARCHRES",
         "STATUS=SIZE",
@@ -628,9 +629,11 @@ def test_append_with_mailbox_as_literal_and_big_message(c, tmp_path):
     assert c.cmd("c FETCH 1 RFC822.SIZE") == f"* 1 FETCH (RFC822.SIZE {len(body)})\r\nc OK FETCH completed\r\n"
 
 
-def test_enable_qresync_is_not_offered(c):
+def test_enable_qresync_implies_condstore(c):
     c.login()
-    assert c.cmd("a ENABLE QRESYNC") == "* ENABLED\r\na OK ENABLE completed\r\n"
+    assert c.cmd("a ENABLE QRESYNC") == "* ENABLED QRESYNC\r\na OK ENABLE completed\r\n"
+    assert c.server.condstore
+    assert c.cmd("b ENABLE QRESYNC") == "* ENABLED\r\nb OK ENABLE completed\r\n"
 
 
 def test_rfc3501_expunge_example(c, tmp_path):
