@@ -435,7 +435,10 @@ class _Letters:
         carried letters)."""
         kmap = self.map()
         std, names = kmap.keywords(flags, old_flags)
-        self.save()
+        try:
+            self.save()  # names given to unnamed letters
+        except IndexUnavailable:
+            pass  # a read-only folder stays readable; the names are given again next time
         kept = [k for k in old_kw if not (c := kmap.letter(k)) or c not in old_flags]
         return std, names | frozenset(kept)
 

@@ -348,3 +348,25 @@ def test_keywords_set_before_names_carried_letters_stay(tmp_path):
     snap = FolderIndex(box).sync()
     assert (snap.entries[1].flags, snap.entries[1].kw) == ("FS", {"Old"})
     assert (snap.entries[2].flags, snap.entries[2].kw) == ("Sa", {"Old"})
+
+
+def test_a_bad_keywords_file_is_read_safely(tmp_path):
+    """Lines that are not 'N name' with N below 26 and an IMAP atom for a name are skipped; a
+    link in the file's place is not followed, and the next save replaces the link itself."""
+    from pymda import maildir
+
+    (tmp_path / "dovecot-keywords").write_bytes(
+        b"0 $Junk\n1 two words\nx y\n26 big\n2\n3 \n4 caf\xc3\xa9\n5 a(b\n6 ok\r\n7 Fine\n" + b"9" * 70000
+    )
+    kmap = maildir.KeywordMap.load(tmp_path)
+    assert [(i, n) for i, n in enumerate(kmap.slots) if n] == [(0, "$Junk"), (7, "Fine")]
+    assert kmap.info("S", {"New"}) == "Sb"  # the first free letter
+    (tmp_path / "secret").write_text("0 Secret\n")
+    (tmp_path / "dovecot-keywords").unlink()
+    os.symlink(tmp_path / "secret", tmp_path / "dovecot-keywords")
+    kmap = maildir.KeywordMap.load(tmp_path)
+    assert kmap.slots == [None] * 26
+    assert kmap.info("", {"Mine"}) == "a"
+    kmap.save(tmp_path)
+    assert not os.path.islink(tmp_path / "dovecot-keywords")
+    assert kwfile(tmp_path) == "0 Mine\n" and (tmp_path / "secret").read_text() == "0 Secret\n"
