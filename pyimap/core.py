@@ -353,6 +353,10 @@ class IMAPCore(Protocol, CommandContext):
             "ESEARCH",
             "SEARCHRES",
             "STATUS=SIZE",
+            "SORT",
+            "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
             f"APPENDLIMIT={self.settings.max_literal}",
         ]
         if self.state == NOT_AUTH:

@@ -3,7 +3,8 @@
 RFC 3501 plus the extensions clients depend on: IDLE (2177), UIDPLUS
 (4315), MOVE (6851), LITERAL+ (7888), NAMESPACE (2342), ID (2971), ENABLE
 (5161), UNSELECT (3691), CHILDREN (3348), SPECIAL-USE (6154), LIST-EXTENDED
-(5258), LIST-STATUS (5819), SASL-IR (4959), CONDSTORE and QRESYNC (7162).
+(5258), LIST-STATUS (5819), SASL-IR (4959), CONDSTORE and QRESYNC (7162),
+SORT and THREAD (5256, 5957).
 
 Bytes in, actions out.  Policy (passwords, where a user's mail lives) is
 the *backend*'s, and the mail store it opens is named by
@@ -30,6 +31,7 @@ from pyimap.core import (
 from pyimap.mailboxes import MailboxCommands
 from pyimap.parser import Atom, ParseError
 from pyimap.selected import SelectedCommands
+from pyimap.sorting import SortCommands
 from pymta.lib.sansio import STARTTLS, Job, catching
 
 __all__ = ["IMAPServer", "IMAPSettings", "COMMANDS"]
@@ -65,10 +67,12 @@ COMMANDS = {
     "STORE": Command("cmd_store", (SELECTED,), uid=True),
     "COPY": Command("cmd_copy", (SELECTED,), uid=True),
     "MOVE": Command("cmd_move", (SELECTED,), uid=True),
+    "SORT": Command("cmd_sort", (SELECTED,), uid=True),
+    "THREAD": Command("cmd_thread", (SELECTED,), uid=True),
 }
 
 
-class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands):
+class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands, SortCommands):
     COMMANDS = COMMANDS
 
     # -- any state --------------------------------------------------------------------

@@ -179,7 +179,9 @@ def decode_words(value: bytes) -> str:
         enc = m.group(2).upper()
         text = m.group(3)
         try:
-            if enc == b"B":
+            if enc == b"B":  # leniently, as Dovecot: what is not base64 is skipped
+                text = re.sub(rb"[^A-Za-z0-9+/]", b"", text)
+                text = text[: len(text) - len(text) % 4 if len(text) % 4 == 1 else len(text)]
                 raw = base64.b64decode(text + b"=" * (-len(text) % 4))
             else:
                 raw = binascii.a2b_qp(text.replace(b"_", b" "), header=True)

@@ -360,7 +360,7 @@ class SelectedCommands(CommandContext):
     # -- SEARCH --
 
     def cmd_search(self, tag, args, uid=False):
-        from pyimap.search import Candidate, compile_keys  # noqa: PLC0415 lazy
+        from pyimap.search import compile_keys  # noqa: PLC0415 lazy
 
         charset = "UTF-8"
         returns: list[str] | None = None  # RFC 4731 RETURN options, None: plain SEARCH
@@ -377,11 +377,9 @@ class SelectedCommands(CommandContext):
             returns = returns or ["ALL"]
             args = args[2:]
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
-            cs = self._astring(args[1]).upper()
-            if cs not in ("UTF-8", "US-ASCII"):
-                self._tagged(tag, "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+            charset = self._search_charset(tag, args[1])
+            if not charset:
                 return
-            charset = "utf-8" if cs == "UTF-8" else "ascii"
             args = args[2:]
         sel = self.sel
         assert sel is not None  # SELECTED state
@@ -391,12 +389,54 @@ class SelectedCommands(CommandContext):
             if returns is not None and "SAVE" in returns:
                 sel.saved = frozenset()  # RFC 5182 2.1: a failed SAVE leaves it empty
             raise
+        matched = self._search_matches(pred)
+        hits = [c.uid if uid else c.seq for c in matched]
+        highest = max((c.modseq for c in matched), default=0)
+        if returns is not None and "SAVE" in returns:
+            sel.saved = frozenset(sel.view[h - 1] if not uid else h for h in hits)
+            returns.remove("SAVE")
+        if returns is not None and not returns:
+            text = ""  # RETURN (SAVE) alone: no ESEARCH response (RFC 5182 2.1)
+        elif returns is not None:
+            text = f'ESEARCH (TAG "{tag}")' + (" UID" if uid else "")
+            if hits and "MIN" in returns:
+                text += f" MIN {min(hits)}"
+            if hits and "MAX" in returns:
+                text += f" MAX {max(hits)}"
+            if hits and "ALL" in returns:
+                text += f" ALL {uid_set_text(sorted(hits))}"
+            if "COUNT" in returns:
+                text += f" COUNT {len(hits)}"
+        else:
+            text = "SEARCH" + "".join(f" {h}" for h in hits)
+        if info.uses_modseq and hits and text:
+            text += f" MODSEQ {highest}" if returns is not None else f" (MODSEQ {highest})"
+        if info.uses_modseq:
+            self.condstore = True
+        if text:
+            self._untagged(text)
+        self._done(tag, "SEARCH completed", allow_expunge=uid)
+
+    def _search_charset(self, tag: str, token) -> str:
+        """The Python codec of a SEARCH/SORT/THREAD charset, or "" after refusing it."""
+        cs = self._astring(token).upper()
+        if cs not in ("UTF-8", "US-ASCII"):
+            self._tagged(tag, "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+            return ""
+        return "utf-8" if cs == "UTF-8" else "ascii"
+
+    def _search_matches(self, pred) -> list:
+        """The selected mailbox's messages (``pyimap.search.Candidate``, in mailbox order) that
+        ``pred`` accepts; run in a Job (it reads headers and text as the keys need)."""
+        from pyimap.search import Candidate  # noqa: PLC0415 lazy
+
+        sel = self.sel
+        assert sel is not None  # SELECTED state
         snap = sel.index.sync()
         folder = sel.index.dir
         max_seq = len(sel.view)
         max_uid = sel.view[-1] if sel.view else 0
-        hits = []
-        highest = 0
+        matched = []
         for seq, u in enumerate(sel.view, 1):
             e = snap.entries.get(u)
             if e is None:
@@ -426,37 +466,14 @@ class SelectedCommands(CommandContext):
                 ok = False
                 if e is not None:
                     cand._path = f"{folder}/{e.sub}/{e.name}"
+                    cand.modseq = e.modseq
                     try:
                         ok = pred(cand)
                     except FileNotFoundError:
                         ok = False
             if ok:
-                hits.append(u if uid else seq)
-                highest = max(highest, e.modseq)
-        if returns is not None and "SAVE" in returns:
-            sel.saved = frozenset(sel.view[h - 1] if not uid else h for h in hits)
-            returns.remove("SAVE")
-        if returns is not None and not returns:
-            text = ""  # RETURN (SAVE) alone: no ESEARCH response (RFC 5182 2.1)
-        elif returns is not None:
-            text = f'ESEARCH (TAG "{tag}")' + (" UID" if uid else "")
-            if hits and "MIN" in returns:
-                text += f" MIN {min(hits)}"
-            if hits and "MAX" in returns:
-                text += f" MAX {max(hits)}"
-            if hits and "ALL" in returns:
-                text += f" ALL {uid_set_text(sorted(hits))}"
-            if "COUNT" in returns:
-                text += f" COUNT {len(hits)}"
-        else:
-            text = "SEARCH" + "".join(f" {h}" for h in hits)
-        if info.uses_modseq and hits and text:
-            text += f" MODSEQ {highest}" if returns is not None else f" (MODSEQ {highest})"
-        if info.uses_modseq:
-            self.condstore = True
-        if text:
-            self._untagged(text)
-        self._done(tag, "SEARCH completed", allow_expunge=uid)
+                matched.append(cand)
+        return matched
 
     # -- FETCH --
 
