@@ -33,10 +33,11 @@ class DeliveryError(Exception):
     """``uncertain``: the deliverer died or went silent, so the message may be
     in the Maildir already (the next attempt must look before writing)."""
 
-    def __init__(self, message: str, exit_code: int, uncertain: bool = False) -> None:
+    def __init__(self, message: str, exit_code: int, uncertain: bool = False, enhanced: str = "") -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.uncertain = uncertain
+        self.enhanced = enhanced  # the RFC 3463 code when it says more than the exit code ("4.2.2" over quota)
 
     @property
     def temporary(self) -> bool:
@@ -209,6 +210,25 @@ def lookup_user(users, address: str):
         raise DeliveryError(str(exc), sysexits.EX_TEMPFAIL) from None
 
 
+OVER_QUOTA = "4.2.2"  # RFC 3463 mailbox full: deferred, 452 at RCPT and in LMTP
+
+
+def over_quota(address: str) -> DeliveryError:
+    from pymda.quota import TEXT  # noqa: PLC0415 lazy
+
+    return DeliveryError(f"{address}: {TEXT}", sysexits.EX_TEMPFAIL, enhanced=OVER_QUOTA)
+
+
+def _quota_check(box: Path, limits: tuple[int, int], address: str, size: int) -> None:
+    """DeliveryError (75, 4.2.2) when a message of ``size`` octets does not fit (pymda.quota)."""
+    from pymda import quota  # noqa: PLC0415 lazy
+
+    try:
+        quota.check(box, limits, size)
+    except quota.QuotaExceeded:
+        raise over_quota(address) from None
+
+
 def deliver_message(
     cfg,
     users,
@@ -246,6 +266,11 @@ def deliver_message(
     fwd = (Path(fwd_name) if os.path.isabs(fwd_name) else home / fwd_name) if fwd_name else None
     has_forward = fwd is not None and os.path.exists(fwd) and trusted_file(fwd, qid)
     tag = maildir.queue_tag(qid, record.address) if qid else None
+    limits = (0, 0)
+    if not dry_run and (record.fields or cfg.get("quota.default_rule")):
+        from pymda.quota import limits_of  # noqa: PLC0415 lazy
+
+        limits = limits_of(cfg, record)
 
     if not files and not has_forward and not dry_run:
 
@@ -256,17 +281,29 @@ def deliver_message(
             else:
                 yield from chunks
 
+        written: list[int] = []
+
+        def admit(size: int) -> None:  # complete in tmp/: does it fit?
+            _quota_check(box, limits, record.address, size)
+            written.append(size)
+
         try:
-            path = maildir.deliver(box, with_trace(), tag=tag, once=once)
+            path = maildir.deliver(box, with_trace(), tag=tag, once=once, admit=admit if any(limits) else None)
         except maildir.MaildirError as exc:
             code = sysexits.EX_TEMPFAIL if exc.temporary else sysexits.EX_CANTCREAT
             raise DeliveryError(str(exc), code) from None
+        if written:  # not for a copy found from an earlier attempt
+            from pymda import quota  # noqa: PLC0415 lazy
+
+            quota.record(box, limits, written[0], 1)
         log.info(f"to=<{record.address}>, orig_to=<{original or recipient}>, delivered to maildir {path.name}", qid)
         return path
 
     from pymda.rules.engine import run_rules  # noqa: PLC0415 lazy
 
     data = trace_headers(sender, record.address) + _chunks_bytes(chunks)
+    if any(limits):  # once, before the rules: each folder they file into is in the quota
+        _quota_check(box, limits, record.address, len(data))
     variables = rules_variables(cfg, record, box, home, recipient, sender, original)
     # In every mode rule paths stay under the user's Maildir and home
     # (pymda.confined): even as the user, rules must not reach out of them.
@@ -303,6 +340,8 @@ def deliver_message(
         maildir.delivery_tag.reset(context)
     if dry_run:
         return outcome
+    if any(limits):  # written, whatever the rules' exit code says
+        _record_folders(box, limits, outcome.folders)
     where = ", ".join(outcome.folders) or "nowhere"
     if outcome.exit_code != sysexits.EX_OK:
         raise DeliveryError(
@@ -314,6 +353,20 @@ def deliver_message(
     log.info(f"to=<{record.address}>, orig_to=<{original or recipient}>, delivered by rules to {where}", qid)
     first = outcome.folders[0] if outcome.folders else str(box)
     return Path(first) if not first.startswith(("|", "!")) else box
+
+
+def _record_folders(box: Path, limits: tuple[int, int], folders: list[str]) -> None:
+    """The messages the rules wrote into the user's Maildir++ folders, counted in its maildirsize."""
+    from pymda import quota  # noqa: PLC0415 lazy
+
+    nbytes = count = 0
+    inside = str(box) + "/"
+    for where in folders:
+        directory, _, name = where.rpartition("/")
+        if where.startswith(inside) and directory.endswith("/new") and name:
+            nbytes += quota.size_of(directory, name)
+            count += 1
+    quota.record(box, limits, nbytes, count)
 
 
 def deliver_alias_target(

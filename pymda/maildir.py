@@ -340,6 +340,7 @@ def deliver(
     tag: str | None = None,
     once: bool = False,
     dirs: tuple[Path, Path] | None = None,
+    admit=None,
 ) -> Path:
     """Write a message into ``maildir/new`` and return its final path.
 
@@ -352,6 +353,9 @@ def deliver(
     (tmp, new) directories to use instead of ``maildir/tmp`` and
     ``maildir/new`` (the rules engine passes ``/proc/self/fd`` paths of
     descriptors from ``open_subdirs``, so no link swapped in redirects it).
+    ``admit(size)`` is called once the message is complete in tmp/, before
+    anything else sees it (the quota check): what it raises stops the
+    delivery and the tmp file goes.
     """
     maildir = Path(maildir)
     if tag is None and (context := delivery_tag.get()) is not None:
@@ -397,6 +401,8 @@ def deliver(
             last = chunk[-1:]
         if fsync:
             os.fsync(fd)
+        if admit is not None:
+            admit(size)
         if tag:  # complete on disk: from now on a repeat must find it, in tmp/ at worst
             from pymda import delivered  # noqa: PLC0415 lazy
 

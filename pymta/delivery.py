@@ -146,7 +146,7 @@ class EntryDelivery:
             except DeliveryError as exc:
                 rcpt.dup = rcpt.dup or exc.uncertain  # the next attempt looks for a copy first
                 if exc.temporary or exc.exit_code not in PERMANENT_EXITS:
-                    rcpt.set(DEFERRED, Status.of("4.2.0", str(exc)))
+                    rcpt.set(DEFERRED, Status.of(exc.enhanced or "4.2.0", str(exc)))
                 elif exc.exit_code == sysexits.EX_NOUSER:
                     rcpt.set(BOUNCED, Status.of("5.1.1", "unknown user"))
                 else:

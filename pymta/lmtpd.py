@@ -292,7 +292,7 @@ class _Delivery:
             if exc.exit_code == sysexits.EX_NOUSER:
                 reply = Reply(550, "5.1.1", f"<{rcpt}>: User unknown")
             elif exc.temporary or exc.exit_code not in sysexits.PERMANENT:
-                if any(t.lower() in text.lower() for t in _QUOTA_TEXTS):
+                if exc.enhanced == "4.2.2" or any(t.lower() in text.lower() for t in _QUOTA_TEXTS):
                     reply = Reply(452, "4.2.2", f"<{rcpt}>: Mailbox full")
                 else:
                     reply = Reply(451, "4.2.0", f"<{rcpt}>: Temporary delivery failure, try again later")

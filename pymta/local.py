@@ -66,10 +66,25 @@ class LocalDelivery:
                 once=once,
             )
         elif way == EXEC:
+            self._quota_precheck(record, entry)
             self._exec(entry, rcpt, orig, once)
         else:
             self._service(entry, rcpt, orig, once)
         return way
+
+    def _quota_precheck(self, record, entry) -> None:
+        """pymda-deliver says only 75 when the user is over quota: look first
+        (reading, never writing: this may be root), so the deferral says 4.2.2."""
+        if not (record.fields or self.cfg.get("quota.default_rule")):
+            return
+        from pymda import quota  # noqa: PLC0415 lazy
+        from pymda.deliver import over_quota, user_maildir  # noqa: PLC0415 lazy
+
+        limits = quota.limits_of(self.cfg, record)
+        if any(limits):
+            box = user_maildir(self.cfg.mail_dir, record.address)
+            if quota.over(quota.usage(box, limits, write=False), limits, entry.size):
+                raise over_quota(record.address)
 
     def _exec(self, entry, rcpt: str, orig: str, once: bool) -> None:
         env = entry.envelope
@@ -149,7 +164,9 @@ class LocalDelivery:
                 "pymda-local gave no answer (it may have been killed)", sysexits.EX_TEMPFAIL, uncertain=True
             ) from None
         if code != 0:
-            raise DeliveryError(f"pymda-local: {text}", _known_code(code))
+            from pymda.quota import TEXT  # noqa: PLC0415 lazy
+
+            raise DeliveryError(f"pymda-local: {text}", _known_code(code), enhanced="4.2.2" if TEXT in text else "")
 
     def _timeout(self) -> float:
         return self.cfg["deliver.pipe_timeout"] + 300.0

@@ -455,6 +455,15 @@ PARAMS: tuple[Param, ...] = (
         "inprocess: the runner writes Maildirs itself (fast, one uid); exec: it runs pymda-deliver per recipient "
         "(needed when mailboxes belong to different uids).",
     ),
+    Param(
+        "quota.default_rule",
+        "str",
+        "",
+        'Quota of users whose users-file line sets none, in Dovecot\'s quota_rule syntax ("*:storage=1G", '
+        '"*:storage=1G:messages=10000"; pymail-users(5)); a user\'s userdb_quota_rule replaces it. Counted in each '
+        "Maildir's maildirsize (Maildir++), enforced at delivery (452 4.2.2 at RCPT, else a deferral) and by IMAP "
+        "APPEND and COPY (NO [OVERQUOTA]). Empty: no quota but the users file's.",
+    ),
     # -- local delivery rules (pymda) -------------------------------------------------
     Param(
         "deliver.rules_file",
@@ -903,6 +912,13 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
             problems.append((key, error))
         else:
             values[key] = checked
+    if values["quota.default_rule"]:
+        from pymta.lib.users import parse_quota_rule  # noqa: PLC0415 lazy
+
+        try:
+            parse_quota_rule(values["quota.default_rule"])
+        except ValueError as exc:
+            problems.append(("quota.default_rule", str(exc)))
     for domain in values["domains"]:
         if not domain or "/" in domain or domain.startswith(".") or ".." in domain or any(c.isspace() for c in domain):
             problems.append(("domains", f"{domain!r} is not a domain name"))

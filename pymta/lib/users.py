@@ -9,6 +9,8 @@ lines we cannot parse are kept byte for byte when the file is rewritten: an
 admin command must never destroy what it does not understand.
 
 Lookups are case-insensitive and ``user+ext@domain`` finds ``user@domain``.
+A user's quota is Dovecot's ``userdb_quota_rule`` extra field
+(``quota_limits``); the Maildir++ usage behind it is ``pymda.quota``'s.
 The password hashes themselves (making them, checking every scheme Dovecot
 writes) are ``pymta.lib.passwords``; its names used here are importable
 from this module as before.
@@ -94,6 +96,65 @@ def parse_extra_fields(extra: str) -> dict[str, str]:
         if key:
             fields[key.lower()] = value if eq else "yes"
     return fields
+
+
+# -- quota -----------------------------------------------------------------------
+
+_QUOTA_UNITS = {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_QUOTA_FIELD = re.compile(r"(?:userdb_)?quota_rule([0-9]*)")
+
+
+def parse_quota_rule(rule: str, limits: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """One Dovecot ``quota_rule`` (``MASK:LIMIT[:LIMIT...]``) applied to
+    ``limits`` (bytes, messages; 0 is no limit), as Dovecot 2.3 reads it:
+    ``storage=N`` in kilobytes unless a unit follows (B, k, M, G, T: powers
+    of 1024, only the unit's first letter counts), ``bytes=N`` in bytes,
+    ``messages=N``.  Only the default rule (mask ``*`` or ``?``) sets the
+    user's limits; a rule for one mailbox (``Trash:storage=+100M``) and
+    ``ignore`` / ``backend=`` rules leave them as they are.  ValueError for
+    what Dovecot refuses."""
+    mask, colon, rest = rule.strip().partition(":")
+    if not colon or not mask:
+        raise ValueError(f"invalid quota rule {rule!r}: expected MASK:LIMIT")
+    if mask not in ("*", "?") or rest == "ignore" or rest.startswith("backend="):
+        return limits
+    nbytes, count = limits
+    for part in rest.split(":"):
+        key, _, value = part.partition("=")
+        m = re.fullmatch(r"([0-9]+)(.*)", value)
+        if key not in ("storage", "bytes", "messages"):
+            raise ValueError(f"invalid quota rule {rule!r}: unknown limit {key!r}")
+        if m is None:
+            raise ValueError(f"invalid quota rule {rule!r}: {key} needs a number")
+        number, unit = int(m.group(1)), m.group(2)[:1].upper()
+        if unit:
+            if unit not in _QUOTA_UNITS:
+                raise ValueError(f"invalid quota rule {rule!r}: unknown unit {m.group(2)!r}")
+            number *= _QUOTA_UNITS[unit]
+        elif key == "storage":
+            number *= 1024
+        if key == "messages":
+            count = number
+        else:
+            nbytes = number
+    return nbytes, count
+
+
+def quota_limits(record: UserRecord, default_rule: str = "") -> tuple[int, int]:
+    """(bytes, messages) a user may keep, 0 meaning no limit: ``default_rule``
+    (``quota.default_rule``), then the user's ``userdb_quota_rule``,
+    ``userdb_quota_rule2``, ... (``quota_rule`` without the prefix too, as in
+    a Dovecot userdb file); a user's ``quota_rule`` replaces the default.
+    ValueError for a rule Dovecot would refuse."""
+    rules = {1: default_rule} if default_rule else {}
+    for key, value in record.fields.items():
+        m = _QUOTA_FIELD.fullmatch(key)
+        if m is not None:
+            rules[int(m.group(1) or 1)] = value
+    limits = (0, 0)
+    for n in sorted(rules):
+        limits = parse_quota_rule(rules[n], limits)
+    return limits
 
 
 # -- addresses -------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""QUOTA (issue 13 §2, RFC 9208): Dovecot's userdb_quota_rule in the users file,
+Maildir++ maildirsize, enforcement at delivery (pymda-deliver 75, the queue's
+4.2.2 deferral and expiry bounce, 452 4.2.2 at RCPT and in LMTP) and in IMAP
+(GETQUOTAROOT, GETQUOTA, SETQUOTA, NO [OVERQUOTA] for APPEND and COPY)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from pymda import quota
+from pymta.lib.users import UsersFile, parse_quota_rule, quota_limits
+from pymta.queue import Queue
+
+ALICE = "alice@example.test"
+BOTH = ["listen", "inetd"]
+
+
+def set_quota(mailsys, user: str, rule: str) -> None:
+    """Give ``user`` a quota the way a Dovecot users file does (extra field userdb_quota_rule)."""
+    path = mailsys.root / "users"
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith(user + "@"):
+            fields = (line.split(":", 7) + [""] * 8)[:8]
+            fields[7] = f"userdb_quota_rule={rule}"
+            line = ":".join(fields)
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def message(subject: str, body: str = "body\n") -> bytes:
+    return f"From: carol@remote.example\nSubject: {subject}\n\n{body}".encode()
+
+
+# -- the rules and the file ----------------------------------------------------------
+
+
+def test_quota_rules_parse_as_dovecot_does():
+    assert parse_quota_rule("*:storage=1G") == (1 << 30, 0)
+    assert parse_quota_rule("*:storage=1") == (1024, 0)  # storage without a unit: kilobytes
+    assert parse_quota_rule("*:storage=10k") == (10240, 0)
+    assert parse_quota_rule("*:storage=100MB") == (100 << 20, 0)  # only the unit's first letter counts
+    assert parse_quota_rule("*:bytes=1000") == (1000, 0)
+    assert parse_quota_rule("*:bytes=2T") == (2 << 40, 0)
+    assert parse_quota_rule("*:messages=3") == (0, 3)
+    assert parse_quota_rule("*:storage=1M:messages=2") == (1 << 20, 2)
+    assert parse_quota_rule("?:storage=5b") == (5, 0)
+    assert parse_quota_rule("Trash:storage=+100M", (7, 8)) == (7, 8)  # one mailbox's rule: not the user's limit
+    assert parse_quota_rule("*:ignore", (7, 8)) == (7, 8)
+    for bad in ("storage=1G", "*:storage=", "*:storage=1X", "*:size=1", "*:storage=+1G", "*:storage=-1", "*:bytes=5%"):
+        with pytest.raises(ValueError):
+            parse_quota_rule(bad)
+
+
+def test_users_file_quota_fields(tmp_path):
+    path = tmp_path / "users"
+    path.write_text(
+        "a@x.org:{PLAIN}p::::::userdb_quota_rule=*:storage=10k userdb_quota_rule2=*:messages=3\n"
+        "b@x.org:{PLAIN}p::::::quota_rule=*:messages=5\n"  # a Dovecot userdb file's spelling
+        "c@x.org:{PLAIN}p\n"
+        "d@x.org:{PLAIN}p::::::userdb_quota_rule=*:storage=oops\n"
+    )
+    users = UsersFile(path)
+    assert quota_limits(users.lookup("a@x.org")) == (10240, 3)
+    assert quota_limits(users.lookup("b@x.org"), "*:storage=1M") == (0, 5)  # the user's rule replaces the default
+    assert quota_limits(users.lookup("c@x.org")) == (0, 0)
+    assert quota_limits(users.lookup("c@x.org"), "*:storage=1M") == (1 << 20, 0)
+    assert quota_limits(users.lookup("a@x.org"), "*:storage=1M:messages=9") == (10240, 3)  # the user's replaces it
+    with pytest.raises(ValueError):
+        quota_limits(users.lookup("d@x.org"))
+
+
+def test_maildirsize_is_written_read_and_recalculated(tmp_path):
+    from pymda import maildir
+
+    box = tmp_path / "box"
+    for _ in range(2):
+        maildir.deliver(box, b"x" * 100, fsync=False)
+    maildir.deliver(box / ".Sent", b"y" * 50, folder=True, fsync=False)
+    limits = (10240, 3)
+    assert quota.usage(box, limits) == (250, 3)
+    assert (box / "maildirsize").read_text() == "10240S,3C\n250 3\n"  # Dovecot's header and summary line
+    quota.record(box, limits, 30, 1)
+    quota.record(box, limits, -100, -1)
+    assert (box / "maildirsize").read_text() == "10240S,3C\n250 3\n30 1\n-100 -1\n"
+    assert quota.usage(box, limits) == (180, 3)
+    assert not quota.over((180, 2), limits, 100)
+    assert quota.over((180, 3), limits, 1)  # at the message limit: no room
+    assert quota.over((10200, 0), limits, 41) and not quota.over((10200, 0), limits, 40)
+    assert not quota.over((10240, 0), limits, 0) and quota.over((10241, 0), limits, 0)  # size unknown: over already?
+    with pytest.raises(quota.QuotaExceeded) as caught:
+        quota.check(box, limits, 10)
+    assert caught.value.strerror == "Quota exceeded (mailbox for user is full)"
+    # other limits in the header, a corrupt line, a file grown past 5120 octets: counted again
+    assert quota.usage(box, (1 << 20, 0)) == (250, 3)
+    assert (box / "maildirsize").read_text() == "1048576S\n250 3\n"
+    (box / "maildirsize").write_text("1048576S\n250 3\nnonsense\n")
+    assert quota.usage(box, (1 << 20, 0)) == (250, 3)
+    (box / "maildirsize").write_text("1048576S\n250 3\n" + "1 0\n" * 2600)
+    assert quota.usage(box, (1 << 20, 0)) == (250, 3)
+    # over quota by many lines (or an old file): not trusted
+    (box / "maildirsize").write_text("1000S\n250 3\n900 1\n")
+    assert quota.usage(box, (1000, 0)) == (250, 3)
+    (box / "maildirsize").write_text("1000S\n2000 3\n")
+    assert quota.usage(box, (1000, 0)) == (2000, 3)  # one fresh summary line: believed
+    os.utime(box / "maildirsize", (time.time() - 3600, time.time() - 3600))
+    assert quota.usage(box, (1000, 0)) == (250, 3)
+    # a missing file is made when a change is recorded
+    (box / "maildirsize").unlink()
+    quota.record(box, (1000, 0), 5, 1)
+    assert (box / "maildirsize").read_text() == "1000S\n250 3\n"
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+
+def test_pymda_deliver_exits_75_over_quota(mailsys):
+    set_quota(mailsys, "alice", "*:bytes=200")
+    ok = mailsys.run("pymda.deliver", "-d", ALICE, "-f", "carol@remote.example", input=message("fits"))
+    assert ok.returncode == 0, ok.stderr
+    size = sum(quota.size_of(str(p.parent), p.name) for p in mailsys.messages())
+    assert (mailsys.maildir() / "maildirsize").read_text() == f"200S\n0 0\n{size} 1\n"  # counted, then a line
+    full = mailsys.run("pymda.deliver", "-d", ALICE, "-f", "carol@remote.example", input=message("big", "x" * 200))
+    assert full.returncode == 75
+    assert b"alice@example.test: Quota exceeded (mailbox for user is full)" in full.stderr
+    assert len(mailsys.messages()) == 1 and not os.listdir(mailsys.maildir() / "tmp")
+    # through the user's rules: checked once before them, each folder they file into counted
+    (mailsys.maildir() / ".procmailrc").write_text(":0c\n.Lists/\n\n:0\n$DEFAULT\n")
+    set_quota(mailsys, "alice", "*:messages=3")
+    ok = mailsys.run("pymda.deliver", "-d", ALICE, "-f", "carol@remote.example", input=message("two copies"))
+    assert ok.returncode == 0, ok.stderr
+    assert quota.usage(mailsys.maildir(), (0, 3))[1] == 3
+    again = mailsys.run("pymda.deliver", "-d", ALICE, "-f", "carol@remote.example", input=message("no room"))
+    assert again.returncode == 75
+
+
+def test_queue_defers_with_4_2_2_then_bounces(mailsys):
+    set_quota(mailsys, "alice", "*:messages=1")
+    q = Queue(mailsys.root / "queue")
+    q.enqueue("bob@example.test", [ALICE], message("first"))
+    q.enqueue("bob@example.test", [ALICE], message("second"))
+    run = mailsys.run("pymta.qrunner", "--once")
+    assert run.returncode == 0, run.stderr
+    assert len(mailsys.messages()) == 1
+    assert (
+        b"to=<alice@example.test>, orig_to=<alice@example.test>, status=deferred "
+        b"(4.2.2 alice@example.test: Quota exceeded (mailbox for user is full))" in run.stderr
+    )
+    [(_bucket, qid)] = q.due_ids(now=time.time() + 10 * 3600)
+    state = json.loads((mailsys.root / "queue" / "state" / qid).read_text())
+    assert [r["status"] for r in state["rcpts"]] == ["deferred"]
+    # past the queue lifetime: bounced to the sender, the reason kept
+    mailsys.write_config("[qrunner]\nmax_lifetime = 0.0\n")
+    q.move(qid, "new")
+    run = mailsys.run("pymta.qrunner", "--once")
+    assert run.returncode == 0, run.stderr
+    assert (
+        b"to=<alice@example.test>, status=bounced (5.4.7 delivery time expired "
+        b"(4.2.2 alice@example.test: Quota exceeded (mailbox for user is full)))" in run.stderr
+    )
+    assert mailsys.run("pymta.qrunner", "--once").returncode == 0  # the DSN, queued by the first pass
+    [dsn] = mailsys.messages("bob")
+    text = dsn.read_bytes()
+    assert b"Status: 5.4.7" in text and b"Quota exceeded (mailbox for user is full)" in text
