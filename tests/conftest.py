@@ -43,6 +43,7 @@ SLOW_FILES = {
     "test_procmail_differential.py",
     "test_queue_runner.py",
     "test_queue_tools.py",
+    "test_real_milters.py",
     "test_relay.py",
     "test_relay_mx.py",
     "test_rules.py",

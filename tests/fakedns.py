@@ -6,6 +6,9 @@ mocked (as tests/test_relay_mx.py's).
 given unquoted and split into 255-octet strings here.  ``silent=True``
 makes a server that reads queries and never answers (a DNS server down),
 ``servfail=True`` one that answers SERVFAIL to everything (a broken zone).
+``address`` is where it listens (a free port on 127.0.0.1 by default); a
+program that can only ask port 53 gets ``("127.0.53.N", 53)``, see
+tests/realmilters.py.
 """
 
 from __future__ import annotations
@@ -27,14 +30,24 @@ def txt(text: str) -> str:
 
 
 class FakeDNS:
-    def __init__(self, zone: dict | None = None, silent: bool = False, servfail: bool = False) -> None:
+    def __init__(
+        self,
+        zone: dict | None = None,
+        silent: bool = False,
+        servfail: bool = False,
+        address: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> None:
         self.zone = zone if zone is not None else {}
         self.silent = silent
         self.servfail = servfail
         self.queries: list[tuple[str, str]] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+        try:
+            self.sock.bind(address)
+        except OSError:
+            self.sock.close()
+            raise
+        self.host, self.port = self.sock.getsockname()[:2]
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
