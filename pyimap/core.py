@@ -355,6 +355,7 @@ class IMAPCore(Protocol, CommandContext):
             "STATUS=SIZE",
             "SORT",
             "SORT=DISPLAY",
+            "ESORT",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
             f"APPENDLIMIT={self.settings.max_literal}",

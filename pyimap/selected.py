@@ -363,19 +363,7 @@ class SelectedCommands(CommandContext):
         from pyimap.search import compile_keys  # noqa: PLC0415 lazy
 
         charset = "UTF-8"
-        returns: list[str] | None = None  # RFC 4731 RETURN options, None: plain SEARCH
-        if args and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
-            if len(args) < 2 or not isinstance(args[1], list):
-                raise ParseError("RETURN needs a list")
-            returns = []
-            for opt in args[1]:
-                name = opt.upper() if isinstance(opt, Atom) else ""
-                if name not in ("MIN", "MAX", "COUNT", "ALL", "SAVE"):
-                    raise ParseError("Unknown RETURN option")
-                if name not in returns:
-                    returns.append(name)
-            returns = returns or ["ALL"]
-            args = args[2:]
+        returns, args = self._search_returns(args)
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
             charset = self._search_charset(tag, args[1])
             if not charset:
@@ -390,32 +378,58 @@ class SelectedCommands(CommandContext):
                 sel.saved = frozenset()  # RFC 5182 2.1: a failed SAVE leaves it empty
             raise
         matched = self._search_matches(pred)
-        hits = [c.uid if uid else c.seq for c in matched]
-        highest = max((c.modseq for c in matched), default=0)
-        if returns is not None and "SAVE" in returns:
-            sel.saved = frozenset(sel.view[h - 1] if not uid else h for h in hits)
-            returns.remove("SAVE")
-        if returns is not None and not returns:
-            text = ""  # RETURN (SAVE) alone: no ESEARCH response (RFC 5182 2.1)
-        elif returns is not None:
-            text = f'ESEARCH (TAG "{tag}")' + (" UID" if uid else "")
-            if hits and "MIN" in returns:
-                text += f" MIN {min(hits)}"
-            if hits and "MAX" in returns:
-                text += f" MAX {max(hits)}"
-            if hits and "ALL" in returns:
-                text += f" ALL {uid_set_text(sorted(hits))}"
-            if "COUNT" in returns:
-                text += f" COUNT {len(hits)}"
+        if returns is not None:
+            text = self._esearch_text(tag, uid, returns, matched, info)
         else:
-            text = "SEARCH" + "".join(f" {h}" for h in hits)
-        if info.uses_modseq and hits and text:
-            text += f" MODSEQ {highest}" if returns is not None else f" (MODSEQ {highest})"
+            text = "SEARCH" + "".join(f" {c.uid if uid else c.seq}" for c in matched)
+            if info.uses_modseq and matched:
+                text += f" (MODSEQ {max(c.modseq for c in matched)})"
         if info.uses_modseq:
             self.condstore = True
         if text:
             self._untagged(text)
         self._done(tag, "SEARCH completed", allow_expunge=uid)
+
+    @staticmethod
+    def _search_returns(args: list) -> tuple[list[str] | None, list]:
+        """RFC 4731 ``RETURN (options)`` at the start of SEARCH (RFC 5267: of SORT): the options
+        (``()`` is ALL), or None for the plain response; and the arguments after them."""
+        if not (args and isinstance(args[0], Atom) and args[0].upper() == "RETURN"):
+            return None, args
+        if len(args) < 2 or not isinstance(args[1], list):
+            raise ParseError("RETURN needs a list")
+        returns: list[str] = []
+        for opt in args[1]:
+            name = opt.upper() if isinstance(opt, Atom) else ""
+            if name not in ("MIN", "MAX", "COUNT", "ALL", "SAVE"):
+                raise ParseError("Unknown RETURN option")
+            if name not in returns:
+                returns.append(name)
+        return returns or ["ALL"], args[2:]
+
+    def _esearch_text(self, tag: str, uid: bool, returns: list[str], matched: list, info) -> str:
+        """The ESEARCH response (RFC 4731) to a SEARCH or SORT RETURN, matched in the answer's
+        order (RFC 5267: MIN and MAX of a SORT are its first and last, ALL in its order), after
+        keeping the result for ``$`` if SAVE asked (RFC 5182); "" for SAVE alone."""
+        sel = self.sel
+        assert sel is not None  # SELECTED state
+        hits = [c.uid if uid else c.seq for c in matched]
+        if "SAVE" in returns:
+            sel.saved = frozenset(c.uid for c in matched)
+            if returns == ["SAVE"]:
+                return ""  # RETURN (SAVE) alone: no ESEARCH response (RFC 5182 2.1)
+        text = f'ESEARCH (TAG "{tag}")' + (" UID" if uid else "")
+        if hits and "MIN" in returns:
+            text += f" MIN {hits[0]}"
+        if hits and "MAX" in returns:
+            text += f" MAX {hits[-1]}"
+        if hits and "ALL" in returns:
+            text += f" ALL {uid_set_text(hits)}"  # ascending runs joined, in the answer's order
+        if "COUNT" in returns:
+            text += f" COUNT {len(hits)}"
+        if info.uses_modseq and hits:
+            text += f" MODSEQ {max(c.modseq for c in matched)}"
+        return text
 
     def _search_charset(self, tag: str, token) -> str:
         """The Python codec of a SEARCH/SORT/THREAD charset, or "" after refusing it."""

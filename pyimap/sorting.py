@@ -18,10 +18,14 @@ class SortCommands(CommandContext):
 
         def _search_charset(self, tag: str, token) -> str: ...
         def _search_matches(self, pred) -> list: ...
+        def _esearch_text(self, tag: str, uid: bool, returns: list[str], matched: list, info) -> str: ...
+        @staticmethod
+        def _search_returns(args: list) -> tuple[list[str] | None, list]: ...
 
-    def _sort_selection(self, tag: str, args: list):
+    def _sort_selection(self, tag: str, args: list, save: bool = False):
         """``charset search-key...`` -> (the matching messages with their headers read, the
-        compiler's info), or None when the charset was refused."""
+        compiler's info), or None when the charset was refused; with ``save`` (RETURN (SAVE),
+        RFC 5182) a failure empties the saved result."""
         from pyimap.search import compile_keys  # noqa: PLC0415 lazy
 
         if len(args) < 2:
@@ -31,7 +35,12 @@ class SortCommands(CommandContext):
             return None
         sel = self.sel
         assert sel is not None  # SELECTED state
-        pred, info = compile_keys(args[1:], charset, sel.saved)
+        try:
+            pred, info = compile_keys(args[1:], charset, sel.saved)
+        except ParseError:
+            if save:
+                sel.saved = frozenset()
+            raise
         matched = self._search_matches(pred)
         for cand in matched:
             try:
@@ -60,16 +69,22 @@ class SortCommands(CommandContext):
     def cmd_sort(self, tag, args, uid=False):
         from pyimap.sort import parse_criteria, sort_messages  # noqa: PLC0415 lazy
 
+        returns, args = self._search_returns(args)  # RFC 5267 ESORT
         self._need(args, 3)
         criteria = parse_criteria(args[0])
-        found = self._sort_selection(tag, args[1:])
+        found = self._sort_selection(tag, args[1:], save=returns is not None and "SAVE" in returns)
         if found is None:
             return
         matched, info = found
         ordered = sort_messages(matched, criteria)
-        self._untagged(
-            "SORT" + "".join(f" {c.uid if uid else c.seq}" for c in ordered) + self._modseq_tail(matched, info)
-        )
+        if returns is not None:
+            text = self._esearch_text(tag, uid, returns, ordered, info)
+            if info.uses_modseq:
+                self.condstore = True
+        else:
+            text = "SORT" + "".join(f" {c.uid if uid else c.seq}" for c in ordered) + self._modseq_tail(matched, info)
+        if text:
+            self._untagged(text)
         self._done(tag, "SORT completed", allow_expunge=uid)
 
     def cmd_thread(self, tag, args, uid=False):

@@ -123,3 +123,25 @@ def test_sort_and_thread_refusals(mailsys, mode):
     assert exchange(m, "THREAD JWZ UTF-8 ALL") == ["BAD Unknown thread algorithm"]
     assert exchange(m, "THREAD REFERENCES") == ["BAD Wrong number of arguments"]
     assert exchange(m, "SORT (DATE) UTF-8 ALL") == ["* SORT", "OK SORT completed"]  # still usable
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_esort(mailsys, mode):
+    """RFC 5267 ESORT: SORT RETURN answers ESEARCH, MIN and MAX the first and last in the sort
+    order, ALL in that order (ascending runs joined, as Dovecot writes it); SAVE keeps the set."""
+    m = mailbox(mailsys, mode)
+    assert "ESORT" in exchange(m, "CAPABILITY")[0].split()
+
+    # DATE order is 3 4 1 6 2 5
+    lines = exchange(m, "SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL")
+    assert [line.split(") ", 1)[-1] for line in lines] == ["MIN 3 MAX 5 ALL 3:4,1,6,2,5 COUNT 6", "OK SORT completed"]
+    assert lines[0].startswith('* ESEARCH (TAG "')
+    lines = exchange(m, "UID SORT RETURN () (SUBJECT) UTF-8 NOT 6")
+    assert lines[0].split(") ", 1)[-1] == "UID ALL 3:5,1:2"
+    lines = exchange(m, "SORT RETURN (COUNT MIN) (SIZE) UTF-8 DELETED")
+    assert lines[0].split(") ", 1)[-1] == "COUNT 0"
+    assert exchange(m, "SORT RETURN (SAVE) (REVERSE SIZE) UTF-8 1:3") == ["OK SORT completed"]
+    assert exchange(m, "SEARCH $") == ["* SEARCH 1 2 3", "OK SEARCH completed"]
+    assert exchange(m, "SORT RETURN (SAVE) (DATE) UTF-8 BOGUS")[0].startswith("BAD ")
+    assert exchange(m, "SEARCH $") == ["* SEARCH", "OK SEARCH completed"]  # a failed SAVE empties it
+    assert exchange(m, "SORT RETURN (FOO) (DATE) UTF-8 ALL") == ["BAD Unknown RETURN option"]
