@@ -256,3 +256,65 @@ def test_a_long_chain_does_not_recurse():
 
 def test_render():
     assert render([], str) == ""
+
+
+# -- any input ----------------------------------------------------------------------------------
+
+from datetime import timedelta  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=300, deadline=timedelta(seconds=10), suppress_health_check=[HealthCheck.too_slow])
+subject_bits = st.lists(
+    st.sampled_from(["Re:", "re :", "Fwd:", "fw", "[", "]", "[x]", "[fwd:", "(fwd)", " ", "\t", "a", "Z", "é", ":"]),
+    max_size=12,
+).map("".join)
+
+
+@FUZZ
+@given(st.one_of(subject_bits, st.text(max_size=40)))
+def test_base_subject_of_anything_is_stable(text):
+    base, _reply = subj(text)
+    assert base == base.strip(" ") or not base.strip(" ")
+    if "=?" not in text:
+        assert subj(base)[0] == base  # nothing left to remove
+
+
+@FUZZ
+@given(st.binary(max_size=60))
+def test_base_subject_of_any_bytes(raw):
+    assert isinstance(base_subject(raw)[0], str)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(0, 8)),  # Message-ID m<n>, duplicates likely
+            st.lists(st.integers(0, 10), max_size=4),  # References
+            st.one_of(st.none(), st.integers(0, 10)),  # In-Reply-To
+            st.sampled_from(["a", "Re: a", "b", "Fwd: b", "", "[x] a (fwd)"]),
+            st.integers(0, 5),  # minute of the Date
+        ),
+        max_size=14,
+    )
+)
+def test_every_message_threaded_once(specs):
+    msgs = [
+        mail(
+            i,
+            None if mid is None else f"m{mid}",
+            minute,
+            subject,
+            " ".join(f"m{r}" for r in refs),
+            "" if irt is None else f"m{irt}",
+        )
+        for i, (mid, refs, irt, subject, minute) in enumerate(specs, 1)
+    ]
+    for algorithm in (references, ordered_subject):
+        text = seqs(algorithm(msgs))
+        numbers = text.replace("(", " ").replace(")", " ").split()
+        assert sorted(int(n) for n in numbers) == list(range(1, len(msgs) + 1)), text
+        assert text.count("(") == text.count(")")
+        assert "()" not in text and "( " not in text and " )" not in text
