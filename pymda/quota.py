@@ -248,3 +248,23 @@ def record(box, limits: tuple[int, int], nbytes: int, messages: int) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def full_at_rcpt(cfg, users, address: str, size: int = 0) -> bool:
+    """At RCPT (smtpd, lmtpd; in a Job): is the user ``address`` names over
+    quota for a message of ``size`` octets (0: not declared)?  An alias, an
+    unknown user, a user without limits or a Maildir this process cannot read
+    answer False: the deliverer checks again.  Root only reads."""
+    record = users.lookup(address)
+    if record is None or not (record.fields or cfg.get("quota.default_rule")):
+        return False
+    limits = limits_of(cfg, record)
+    if not any(limits):
+        return False
+    from pymda.maildir import MaildirError, user_maildir  # noqa: PLC0415 lazy
+
+    try:
+        box = user_maildir(cfg.mail_dir, record.address)
+    except MaildirError:
+        return False
+    return over(usage(box, limits, write=os.geteuid() != 0), limits, size)

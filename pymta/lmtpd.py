@@ -39,6 +39,7 @@ PRELOAD = (
     "pymta.queue",
     "pymta.aliases",
     "pymda.deliver",
+    "pymda.quota",
     "pymda.localserver",
     "pymda.forward",
     "pymda.rules.engine",
@@ -152,6 +153,14 @@ class LMTPBackend:
         except UsersUnavailable:
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
         if not unknown:
+            from pymda import quota  # noqa: PLC0415 lazy
+
+            try:
+                full = quota.full_at_rcpt(self.cfg, self.users, address, envelope.size or 0)
+            except UsersUnavailable:
+                full = False
+            if full:  # as Dovecot's lmtp_rcpt_check_quota
+                return self._refuse(envelope, address, Reply(452, "4.2.2", f"<{address}>: {quota.TEXT}"))
             return None
         if unknown != [address]:
             log.warning(f"alias <{address}> leads to <{unknown[0]}>, which is no user: recipient refused")

@@ -265,7 +265,11 @@ class SMTPBackend(LoginBackend):
         """Port 25's checks of the client, asked by the machine (as a Job: DNS
         and disk) after check_recipient accepted ``address``: DNSBL/DNSWL
         score (pymta.dnsbl), then greylisting (pymta.greylist).  Trusted
-        networks and authenticated clients skip both."""
+        networks and authenticated clients skip both.  First, on every service,
+        a local user over quota: 452 4.2.2 (pymda.quota)."""
+        reply = self._check_quota(session, envelope, address)
+        if reply is not None or self.service != "smtp" or not self.client_policy:
+            return reply
         ip = session.info.peer_ip
         if session.auth_user or self.is_trusted(ip):
             return None
@@ -299,6 +303,29 @@ class SMTPBackend(LoginBackend):
             if why == "retry":
                 log.info(f"greylist: client=[{ip}], from=<{envelope.mail_from}>, to=<{address}>: passed")
         return None
+
+    client_policy = False  # DNSBL or greylisting configured (build)
+
+    def _check_quota(self, session, envelope, address: str):
+        address = self.qualify(address)
+        if not self.check_local_recipients or not self._is_local_address(address):
+            return None
+        from pymda import quota  # noqa: PLC0415 lazy
+        from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
+
+        try:
+            full = quota.full_at_rcpt(self.cfg, self.users, address, envelope.size or 0)
+        except UsersUnavailable:
+            return None  # check_recipient answered for the file already
+        if not full:
+            return None
+        return self._reject(
+            session,
+            envelope,
+            address,
+            "over_quota",
+            Reply(452, "4.2.2", f"<{address}>: Recipient address rejected: {quota.TEXT}"),
+        )
 
     _dnsbl = None  # pymta.dnsbl.DNSBL, made on first use (its cache serves every session)
 
@@ -476,6 +503,8 @@ class _LoggingSink:
 def build(cfg, service: str, *, queue=None, check_local_recipients: bool = True):
     """The session factory; ``queue`` and ``check_local_recipients`` as SMTPBackend's."""
     backend = SMTPBackend(cfg, service, queue, check_local_recipients)
+    client_policy = service == "smtp" and bool(cfg["smtpd.dnsbl_sites"] or cfg["smtpd.greylist"])
+    backend.client_policy = client_policy
     base = SMTPSettings(
         hostname=cfg["hostname"],
         max_message_size=cfg["smtpd.max_message_size"],
@@ -488,8 +517,9 @@ def build(cfg, service: str, *, queue=None, check_local_recipients: bool = True)
         require_auth=service in SUBMISSION_SERVICES,
         max_session_time=cfg["smtpd.max_session_time"],
         max_junk_commands=cfg["smtpd.max_junk_commands"],
-        # DNSBL and greylisting: port 25 only, never submission
-        recipient_policy=service == "smtp" and bool(cfg["smtpd.dnsbl_sites"] or cfg["smtpd.greylist"]),
+        # a Job after each RCPT: the quota of local users (every service), DNSBL and
+        # greylisting (port 25 only, never submission)
+        recipient_policy=check_local_recipients or client_policy,
     )
     from pymta.lib.daemon import per_connection  # noqa: PLC0415 lazy
 
@@ -502,7 +532,7 @@ def build(cfg, service: str, *, queue=None, check_local_recipients: bool = True)
 
 
 # What a session may import, loaded before the switch to daemon_user (see daemon.preload).
-PRELOAD = ("pymta.smtpd", "pymta.aliases", "pymta.queue")
+PRELOAD = ("pymta.smtpd", "pymta.aliases", "pymta.queue", "pymda.quota")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,3 +166,67 @@ def test_queue_defers_with_4_2_2_then_bounces(mailsys):
     [dsn] = mailsys.messages("bob")
     text = dsn.read_bytes()
     assert b"Status: 5.4.7" in text and b"Quota exceeded (mailbox for user is full)" in text
+
+
+# -- at RCPT ---------------------------------------------------------------------------
+
+
+def fill(mailsys, user: str, count: int, size: int = 100) -> None:
+    from pymda import maildir
+
+    for _ in range(count):
+        maildir.deliver(mailsys.maildir(user), b"x" * size, fsync=False)
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_smtp_rcpt_452_over_quota(mailsys, mode):
+    import smtplib
+
+    set_quota(mailsys, "alice", "*:storage=1k:messages=2")
+    (mailsys.root / "aliases").write_text("postmaster: alice\nteam: alice, bob\n")
+    fill(mailsys, "alice", 1, 900)
+    port = mailsys.start_smtpd(mode)
+    client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    client.ehlo("client.example")
+    full = (452, b"4.2.2 <alice@example.test>: Recipient address rejected: Quota exceeded (mailbox for user is full)")
+    assert client.mail("carol@remote.example", ["SIZE=200"]) == (250, b"2.1.0 Ok")
+    assert client.rcpt("alice@example.test") == full  # 900 + 200 > 1024
+    assert client.rcpt("alice+tag@example.test") == (
+        452,
+        b"4.2.2 <alice+tag@example.test>: Recipient address rejected: Quota exceeded (mailbox for user is full)",
+    )
+    assert client.rcpt("bob@example.test") == (250, b"2.1.5 Ok")
+    assert client.rcpt("team@example.test") == (250, b"2.1.5 Ok")  # an alias: the queue defers alice's copy
+    client.rset()
+    assert client.mail("carol@remote.example") == (250, b"2.1.0 Ok")
+    assert client.rcpt("alice@example.test") == (250, b"2.1.5 Ok")  # no SIZE: is she over already? not yet
+    client.rset()
+    fill(mailsys, "alice", 1, 10)  # now at the message limit (smtpd, root here, counts and writes nothing)
+    assert not (mailsys.maildir("alice") / "maildirsize").exists()
+    assert client.mail("carol@remote.example") == (250, b"2.1.0 Ok")
+    assert client.rcpt("alice@example.test") == full
+    client.quit()
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_lmtp_452_at_rcpt_and_after_data(mailsys, mode):
+    import smtplib
+
+    from test_lmtpd import connect, start_lmtpd
+
+    (mailsys.root / "run").mkdir(exist_ok=True)
+    set_quota(mailsys, "alice", "*:bytes=300")
+    set_quota(mailsys, "bob", "*:messages=1")
+    fill(mailsys, "bob", 1)
+    client = connect(start_lmtpd(mailsys, mode, "tcp"))
+    assert client.mail("carol@remote.example") == (250, b"2.1.0 Ok")
+    assert client.rcpt("bob@example.test") == (
+        452,
+        b"4.2.2 <bob@example.test>: Quota exceeded (mailbox for user is full)",
+    )
+    assert client.rcpt("alice@example.test") == (250, b"2.1.5 Ok")
+    big = message("big", "x" * 400).replace(b"\n", b"\r\n")
+    assert client.data(big) == (452, b"4.2.2 <alice@example.test>: Mailbox full")
+    assert not mailsys.messages("alice")
+    client.quit()
+    assert isinstance(client, smtplib.LMTP)
