@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, NamedTuple
 
-from pyimap.parser import Atom, ParseError, parse_sequence_set
+from pyimap.parser import Atom, ParseError, is_number, parse_sequence_set
 
 ALL_UIDS = [(1, 0xFFFFFFFF)]
 
@@ -98,7 +98,7 @@ def parse_params(token) -> Params:
         raise ParseError("QRESYNC parameters missing")
     if (
         len(token) < 2
-        or not all(isinstance(t, Atom) and t.isdigit() and len(t) <= 20 for t in token[:2])
+        or not all(isinstance(t, Atom) and is_number(str(t)) for t in token[:2])
         or int(token[0]) > 0xFFFFFFFF
         or int(token[1]) >= 2**63
     ):

@@ -476,3 +476,42 @@ def test_imapclient_resynchronises_with_qresync(mailsys, mode):
     conn.logout()
     assert away.told[b"EARLIER"] == 6 and away.told[b"FETCH"] > 6 and b"VANISHED" not in away.told
     assert live.told[b"EARLIER"] == 3 and live.told[b"VANISHED"] >= 3 and live.told[b"FETCH"] > 6
+
+
+def test_qresync_parameters_and_fallback_never_go_wrong():
+    """Any QRESYNC list gives Params or a ParseError (BAD), never another exception; the
+    fallback's VANISHED lies within the known UIDs, below UIDNEXT, outside the mailbox."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pyimap import qresync
+    from pyimap.parser import Atom, ParseError
+
+    number = st.one_of(st.integers(0, 2**64).map(str), st.sampled_from(["*", "\u00b2", "", "1:*", "x", "0"]))
+    uid_set = st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=5).map(
+        lambda rs: ",".join(f"{a}:{b}" if a != b else str(a) for a, b in rs)
+    )
+    atom = st.one_of(number, uid_set).map(Atom)
+    token = st.recursive(atom, lambda inner: st.lists(inner, max_size=4), max_leaves=8)
+
+    class Snap:
+        def __init__(self, uidnext):
+            self.uidnext = uidnext
+
+        def vanished_since(self, modseq):
+            return None
+
+    @settings(max_examples=400, deadline=None)
+    @given(token, st.sets(st.integers(1, 40)), st.integers(1, 45))
+    def check(params, present, uidnext):
+        try:
+            p = qresync.parse_params(params if isinstance(params, list) else [params])
+        except ParseError:
+            return
+        view = sorted(u for u in present if u < uidnext)
+        gone = qresync.vanished(Snap(uidnext), view, p.modseq, p.known, p.sample)
+        for lo, hi in gone:
+            for u in range(lo, hi + 1):
+                assert qresync.contains(p.known, u) and u < uidnext and u not in view
+
+    check()
