@@ -97,7 +97,9 @@ class SortCommands(CommandContext):
         found = self._sort_selection(tag, args[1:])
         if found is None:
             return
-        matched, _info = found
+        matched, info = found
+        if info.uses_modseq:
+            self.condstore = True  # RFC 7162 3.1: a MODSEQ search key enables CONDSTORE
         threads = ordered_subject(matched) if algorithm == "ORDEREDSUBJECT" else references(matched)
         text = render(threads, (lambda c: c.uid) if uid else (lambda c: c.seq))
         self._untagged("THREAD" + (" " + text if text else ""))

@@ -104,6 +104,10 @@ def test_thread(mailsys, mode):
     ]
     assert exchange(m, "UID THREAD REFERENCES UTF-8 NOT 3") == ["* THREAD ((4)(5))(1 2)(6)", "OK THREAD completed"]
     assert exchange(m, "THREAD REFERENCES UTF-8 DELETED") == ["* THREAD", "OK THREAD completed"]
+    # a MODSEQ key enables CONDSTORE (RFC 7162 3.1): FETCH FLAGS then shows MODSEQ
+    assert exchange(m, "FETCH 6 FLAGS")[0] == "* 6 FETCH (FLAGS (\\Recent))"
+    assert exchange(m, "THREAD ORDEREDSUBJECT UTF-8 MODSEQ 1 SUBJECT budget") == ["* THREAD (6)", "OK THREAD completed"]
+    assert exchange(m, "FETCH 6 FLAGS")[0] == "* 6 FETCH (FLAGS (\\Recent) MODSEQ (7))"
 
 
 @pytest.mark.parametrize("mode", BOTH)
