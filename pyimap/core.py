@@ -353,6 +353,9 @@ class IMAPCore(Protocol, CommandContext):
             "ESEARCH",
             "SEARCHRES",
             "STATUS=SIZE",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "QUOTA=RES-MESSAGE",
             "SORT",
             "SORT=DISPLAY",
             "ESORT",
@@ -535,7 +538,10 @@ class IMAPCore(Protocol, CommandContext):
             trouble = self.store.unavailable if self.store is not None else (OSError,)
             if getattr(exc, "errno", None) in NO_SPACE_ERRNOS and isinstance(exc, trouble):
                 # RFC 9208 / RFC 5530: the disk (or a quota) is full
-                self._tagged(tag, "NO [OVERQUOTA] Not enough disk space, try again later")
+                from pymda.quota import QuotaExceeded  # noqa: PLC0415 lazy: only on this path
+
+                text = exc.strerror if isinstance(exc, QuotaExceeded) else "Not enough disk space, try again later"
+                self._tagged(tag, f"NO [OVERQUOTA] {text}")
             elif isinstance(exc, trouble):
                 self._tagged(tag, "NO [UNAVAILABLE] Temporary failure, try again")
             else:

@@ -30,6 +30,7 @@ from pyimap.core import (
 )
 from pyimap.mailboxes import MailboxCommands
 from pyimap.parser import Atom, ParseError
+from pyimap.quota_commands import QuotaCommands
 from pyimap.selected import SelectedCommands
 from pyimap.sorting import SortCommands
 from pymta.lib.sansio import STARTTLS, Job, catching
@@ -69,10 +70,13 @@ COMMANDS = {
     "MOVE": Command("cmd_move", (SELECTED,), uid=True),
     "SORT": Command("cmd_sort", (SELECTED,), uid=True),
     "THREAD": Command("cmd_thread", (SELECTED,), uid=True),
+    "GETQUOTAROOT": Command("cmd_getquotaroot", (AUTH, SELECTED)),  # RFC 9208: quota_commands
+    "GETQUOTA": Command("cmd_getquota", (AUTH, SELECTED)),
+    "SETQUOTA": Command("cmd_setquota", (AUTH, SELECTED)),
 }
 
 
-class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands, SortCommands):
+class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands, SortCommands, QuotaCommands):
     COMMANDS = COMMANDS
 
     # -- any state --------------------------------------------------------------------

@@ -40,7 +40,13 @@ class IMAPBackend(LoginBackend):
         from pyimap.store import UserStore  # noqa: PLC0415 lazy
         from pymda.maildir import user_maildir  # noqa: PLC0415 lazy
 
-        store = UserStore(user_maildir(self.cfg.mail_dir, account))
+        limits = (0, 0)
+        record = self.users.lookup(account)
+        if record is not None and (record.fields or self.cfg.get("quota.default_rule")):
+            from pymda.quota import limits_of  # noqa: PLC0415 lazy
+
+            limits = limits_of(self.cfg, record)
+        store = UserStore(user_maildir(self.cfg.mail_dir, account), limits)
         store.ensure()
         return store
 
@@ -81,6 +87,7 @@ PRELOAD = (
     "pyimap.mailbox_names",
     "pymda.maildir",
     "pymda.index",
+    "pymda.quota",
 )
 
 

@@ -166,6 +166,7 @@ class SelectedCommands(CommandContext):
         path = message.finish(mtime=idate)
         index = self.store.index(name)
         try:
+            self.store.quota_check(message.size)  # RFC 9208: NO [OVERQUOTA], nothing kept
             uidvalidity, uid = index.add(
                 path,
                 flags=letters,
@@ -340,6 +341,8 @@ class SelectedCommands(CommandContext):
         if not present:
             self._done(tag, f"{'MOVE' if move else 'COPY'} completed")
             return
+        if not move:  # RFC 9208: NO [OVERQUOTA], nothing copied (a MOVE takes no more room)
+            self.store.quota_check(self.store.stored_size([snap.entries[u] for u in present]), len(present))
         uidvalidity, pairs = sel.index.copy_into(dest, present)
         code = (
             f"[COPYUID {uidvalidity} {uid_set_text([p[0] for p in pairs])} {uid_set_text([p[1] for p in pairs])}]"

@@ -120,6 +120,22 @@ class MailStore(Protocol):
 
     def special_use(self, name: str) -> str | None: ...
 
+    # Quota (RFC 9208): (bytes, messages) limits, 0 for none, and the roots' names ([] without a quota)
+    quota: tuple[int, int]
+    quota_roots: list[str]
+
+    def quota_usage(self) -> tuple[int, int]:
+        """(bytes, messages) the user keeps."""
+        ...
+
+    def quota_check(self, size: int, count: int = 1) -> None:
+        """Raise an OSError with EDQUOT (NO [OVERQUOTA]) when ``count`` messages of ``size`` octets do not fit."""
+        ...
+
+    def stored_size(self, entries) -> int:
+        """What index entries (a Folder snapshot's) take on disk, as the quota counts them."""
+        ...
+
     def spool(self) -> MessageSpool:
         """A new APPEND spool file.  Raises OSError."""
         ...

@@ -21,14 +21,77 @@ SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk
 SUBSCRIPTIONS = "subscriptions"
 
 
+QUOTA_ROOT = "User quota"  # the name Dovecot's examples give (quota = maildir:User quota)
+
+
+class _CountedIndex(FolderIndex):
+    """A folder of a user with a quota: what it gains and loses goes into the
+    user's maildirsize (``pymda.quota``)."""
+
+    def __init__(self, path, store: UserStore) -> None:
+        super().__init__(path)
+        self.store = store
+
+    def add(self, tmp_file, **kw):
+        result = super().add(tmp_file, **kw)
+        self.store.quota_record(_size(kw.get("base") or Path(tmp_file).name), 1)
+        return result
+
+    def copy_into(self, dest, uids):
+        entries = self.sync().entries
+        result = super().copy_into(dest, uids)
+        pairs = result[1]
+        self.store.quota_record(sum(_size(entries[u].base) for u, _ in pairs), len(pairs))
+        return result
+
+    def expunge(self, uids):
+        entries = self.sync().entries
+        gone = super().expunge(uids)
+        self.store.quota_record(-sum(_size(entries[u].base) for u in gone if u in entries), -len(gone))
+        return gone
+
+
+def _size(base: str) -> int:
+    from pymda.quota import size_of  # noqa: PLC0415 lazy
+
+    return size_of("", base)
+
+
 class UserStore:
-    """The ``pyimap.storage.MailStore`` of one user's mail home."""
+    """The ``pyimap.storage.MailStore`` of one user's mail home; ``quota``:
+    the user's (bytes, messages) limits, 0 for none (``pymda.quota``)."""
 
     unavailable = (IndexUnavailable, OSError)
 
-    def __init__(self, home: str | os.PathLike) -> None:
+    def __init__(self, home: str | os.PathLike, quota: tuple[int, int] = (0, 0)) -> None:
         self.home = Path(home)
         self._indexes: dict[str, FolderIndex] = {}
+        self.quota = quota
+        self.quota_roots = [QUOTA_ROOT] if any(quota) else []
+
+    def quota_usage(self) -> tuple[int, int]:
+        """(bytes, messages) the user keeps, from the maildirsize (counted when it cannot be trusted)."""
+        from pymda import quota  # noqa: PLC0415 lazy
+
+        return quota.usage(self.home, self.quota)
+
+    def quota_check(self, size: int, count: int = 1) -> None:
+        """Raise ``pymda.quota.QuotaExceeded`` (NO [OVERQUOTA]) when ``count``
+        messages of ``size`` octets do not fit."""
+        if any(self.quota):
+            from pymda import quota  # noqa: PLC0415 lazy
+
+            quota.check(self.home, self.quota, size, count)
+
+    def stored_size(self, entries) -> int:
+        """What index entries take on disk (their ``,S=``)."""
+        return sum(_size(e.base) for e in entries)
+
+    def quota_record(self, nbytes: int, count: int) -> None:
+        if any(self.quota):
+            from pymda import quota  # noqa: PLC0415 lazy
+
+            quota.record(self.home, self.quota, nbytes, count)
 
     def folder_dir(self, name: str) -> Path:
         rel = mn.to_dir(name)
@@ -42,7 +105,8 @@ class UserStore:
     def index(self, name: str) -> FolderIndex:
         idx = self._indexes.get(name)
         if idx is None:
-            idx = self._indexes[name] = FolderIndex(self.folder_dir(name))
+            path = self.folder_dir(name)
+            idx = self._indexes[name] = _CountedIndex(path, self) if any(self.quota) else FolderIndex(path)
         return idx
 
     def ensure(self) -> None:
@@ -91,6 +155,11 @@ class UserStore:
         path = self.folder_dir(name)
         if path.resolve().parent != self.home.resolve():
             raise StoreError("Mailbox outside the mail home", "CANNOT")
+        if any(self.quota):
+            from pymda.quota import folder_usage  # noqa: PLC0415 lazy
+
+            nbytes, count = folder_usage(path)
+            self.quota_record(-nbytes, -count)
         shutil.rmtree(path, ignore_errors=True)
         self._indexes.pop(name, None)
         # The subscription stays (RFC 3501 6.3.9): LIST (SUBSCRIBED) shows it \NonExistent.

@@ -155,22 +155,32 @@ def size_of(directory: str, name: str) -> int:
         return 0
 
 
-def _count(box: str) -> tuple[tuple[int, int], dict[str, float]]:
+def folder_usage(folder, mtimes: dict | None = None) -> tuple[int, int]:
+    """(bytes, messages) in new/ and cur/ of one folder, counted now (the
+    directories' mtimes before the count go into ``mtimes``)."""
     nbytes = messages = 0
-    mtimes = {}
-    for folder in _folders(box):
-        for sub in ("new", "cur"):
-            directory = os.path.join(folder, sub)
-            try:
-                mtimes[directory] = os.stat(directory).st_mtime
-                names = os.listdir(directory)
-            except OSError:
-                continue
-            for name in names:
-                if name.startswith("."):
-                    continue
+    for sub in ("new", "cur"):
+        directory = os.path.join(folder, sub)
+        try:
+            mtime = os.stat(directory).st_mtime
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        if mtimes is not None:
+            mtimes[directory] = mtime
+        for name in names:
+            if not name.startswith("."):
                 nbytes += size_of(directory, name)
                 messages += 1
+    return nbytes, messages
+
+
+def _count(box: str) -> tuple[tuple[int, int], dict[str, float]]:
+    nbytes = messages = 0
+    mtimes: dict[str, float] = {}
+    for folder in _folders(box):
+        b, c = folder_usage(folder, mtimes)
+        nbytes, messages = nbytes + b, messages + c
     return (nbytes, messages), mtimes
 
 
@@ -207,7 +217,7 @@ def recalculate(box: str, limits: tuple[int, int], *, write: bool = True) -> tup
     return usage
 
 
-def usage(box: str, limits: tuple[int, int], *, write: bool = True) -> tuple[int, int]:
+def usage(box, limits: tuple[int, int], *, write: bool = True) -> tuple[int, int]:
     """(bytes, messages) the user's Maildir holds, from the maildirsize when it
     can be trusted, else counted again (and, with ``write``, saved)."""
     found = _read(str(box), limits)

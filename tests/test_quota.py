@@ -230,3 +230,58 @@ def test_lmtp_452_at_rcpt_and_after_data(mailsys, mode):
     assert not mailsys.messages("alice")
     client.quit()
     assert isinstance(client, smtplib.LMTP)
+
+
+# -- IMAP -------------------------------------------------------------------------------
+
+FULL = "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_imap_quota(mailsys, mode):
+    from conftest import PASSWORD
+    from test_imap import exchange, login, start_imapd
+
+    set_quota(mailsys, "alice", "*:storage=10k userdb_quota_rule2=*:messages=3")
+    fill(mailsys, "alice", 1, 30)
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    caps = exchange(m, "CAPABILITY")[0]
+    assert " QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE " in caps
+    assert exchange(m, "GETQUOTAROOT INBOX") == [
+        '* QUOTAROOT INBOX "User quota"',
+        '* QUOTA "User quota" (STORAGE 1 10 MESSAGE 1 3)',  # 30 octets: 1 unit of 1024, rounded up as Dovecot does
+        "OK GETQUOTAROOT completed",
+    ]
+    assert exchange(m, 'GETQUOTAROOT "Some Folder"')[0] == '* QUOTAROOT "Some Folder" "User quota"'
+    assert exchange(m, 'GETQUOTA "User quota"') == [
+        '* QUOTA "User quota" (STORAGE 1 10 MESSAGE 1 3)',
+        "OK GETQUOTA completed",
+    ]
+    assert exchange(m, 'GETQUOTA ""') == ["NO Quota root doesn't exist"]
+    assert exchange(m, 'SETQUOTA "User quota" (STORAGE 100)') == ["NO Quota can be changed only by admin"]
+    assert exchange(m, 'SETQUOTA "User quota" (STORAGE)') == ["BAD Invalid arguments"]
+    assert m.append("INBOX", None, None, b"x" * 994 + b"\r\n")[0] == "OK"
+    assert exchange(m, "GETQUOTAROOT INBOX")[1] == '* QUOTA "User quota" (STORAGE 2 10 MESSAGE 2 3)'  # 30 + 995
+    assert m.append("INBOX", None, None, b"y" * 20000)[1] == [FULL.removeprefix("NO ").encode()]  # over 10k
+    assert m.append("INBOX", None, None, b"hello")[0] == "OK"
+    assert exchange(m, "APPEND INBOX {5+}\r\nhello") == [FULL]  # the message limit
+    assert not os.listdir(mailsys.maildir() / "tmp")  # nothing kept of either
+    assert exchange(m, "CREATE Keep") == ["OK CREATE completed"]
+    m.select("INBOX")
+    assert exchange(m, "COPY 1 Keep") == [FULL]
+    assert exchange(m, "MOVE 1 Keep")[-1] == "OK MOVE completed"  # takes no more room
+    assert exchange(m, "GETQUOTAROOT Keep")[1] == '* QUOTA "User quota" (STORAGE 2 10 MESSAGE 3 3)'
+    m.store("1", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    assert exchange(m, 'GETQUOTA "User quota"')[0] == '* QUOTA "User quota" (STORAGE 1 10 MESSAGE 2 3)'
+    assert exchange(m, "COPY 1 Keep")[-1].startswith("OK [COPYUID ")
+    assert (mailsys.maildir() / "maildirsize").read_text().splitlines()[0] == "10240S,3C"
+    assert quota.usage(mailsys.maildir(), (10240, 3)) == quota.recalculate(mailsys.maildir(), (10240, 3), write=False)
+    m.logout()
+    # a user without a quota: no root (RFC 9208; Dovecot answers only "OK No quota")
+    b = __import__("imaplib").IMAP4("127.0.0.1", port, timeout=30)
+    b.login("bob@example.test", PASSWORD)
+    assert exchange(b, "GETQUOTAROOT INBOX") == ["* QUOTAROOT INBOX", "OK GETQUOTAROOT completed"]
+    assert exchange(b, 'GETQUOTA "User quota"') == ["NO Quota root doesn't exist"]
+    b.logout()
