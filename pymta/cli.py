@@ -486,7 +486,12 @@ def _ensure_maildir(path: Path, mail_root: Path, owner: tuple[int, int] | None =
 @click.option("--uid", type=click.IntRange(0, 2**32 - 2), help="The uid deliveries to this user run as (users file).")
 @click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Their gid (default: the uid's login group).")
 @click.option("--home", metavar="DIR", help="Their home, where .procmailrc and .forward are read (users file).")
-def user_add(args, config_file, password_stdin, uid, gid, home):
+@click.option(
+    "--quota",
+    metavar="RULE",
+    help='Their quota, in Dovecot\'s quota_rule syntax ("*:storage=1G", "*:storage=1G:messages=10000").',
+)
+def user_add(args, config_file, password_stdin, uid, gid, home, quota):
     """Add a user and create their Maildir (owned by --uid/--gid when given)."""
     cfg, users, address = _user_target(args, config_file)
     rounds = _bcrypt_rounds(cfg)
@@ -503,8 +508,12 @@ def user_add(args, config_file, password_stdin, uid, gid, home):
             gid = uid
     if gid is not None and uid is None:
         _fail("--gid needs --uid", EX_DATAERR)
+    if quota is not None:
+        _check_quota_rule(quota)
     password, generated = _new_password(password_stdin)
     _users_call(users.add, address, password, rounds=rounds, uid=uid, gid=gid, home=home or "")
+    if quota is not None:
+        _users_call(users.set_quota, address, quota)
 
     maildir = user_maildir(cfg.mail_dir, address)
     try:
@@ -552,6 +561,34 @@ def user_passwd(args, config_file, password_stdin):
     click.echo(f"password changed for {address}")
     if generated:
         click.echo(f"password: {password}")
+
+
+def _check_quota_rule(rule: str) -> None:
+    from pymta.lib.users import parse_quota_rule  # noqa: PLC0415 lazy
+
+    try:
+        parse_quota_rule(rule)
+    except ValueError as exc:
+        _fail(f"--quota: {exc}", EX_DATAERR)
+
+
+@user.command("mod")
+@click.argument("args", nargs=-1, metavar="[DIR] ADDRESS")
+@_config_option
+@click.option(
+    "--quota",
+    metavar="RULE",
+    required=True,
+    help='Their quota, in Dovecot\'s quota_rule syntax ("*:storage=1G", "*:messages=10000"); "none" removes it.',
+)
+def user_mod(args, config_file, quota):
+    """Change a user's quota (the userdb_quota_rule field of the users file)."""
+    cfg, users, address = _user_target(args, config_file, must_be_local=False)
+    rule = None if quota.lower() in ("none", "") else quota
+    if rule is not None:
+        _check_quota_rule(rule)
+    _users_call(users.set_quota, address, rule)
+    click.echo(f"quota of {address}: {rule or 'none'}")
 
 
 @user.command("del")

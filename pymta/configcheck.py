@@ -13,7 +13,7 @@ import os
 from pymta.aliases import Aliases, unknown_targets
 from pymta.aliases import check as check_aliases
 from pymta.lib import config
-from pymta.lib.users import UsersError, UsersFile
+from pymta.lib.users import UsersError, UsersFile, quota_limits
 
 
 def os_message(exc: OSError) -> str:
@@ -63,6 +63,11 @@ def problems(cfg: config.Config) -> list[tuple[str, str]]:
     try:
         for lineno, message in UsersFile(users).problems():
             found.append(("paths.users", f"{users}:{lineno}: {message}"))
+        for record in UsersFile(users).list():
+            try:
+                quota_limits(record)
+            except ValueError as exc:
+                found.append(("paths.users", f"{users}: {record.address}: {exc} (no quota enforced)"))
     except FileNotFoundError:
         found.append(("paths.users", f"{users}: no such file"))
     except OSError as exc:

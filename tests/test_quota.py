@@ -285,3 +285,64 @@ def test_imap_quota(mailsys, mode):
     assert exchange(b, "GETQUOTAROOT INBOX") == ["* QUOTAROOT INBOX", "OK GETQUOTAROOT completed"]
     assert exchange(b, 'GETQUOTA "User quota"') == ["NO Quota root doesn't exist"]
     b.logout()
+
+
+# -- the admin's side ---------------------------------------------------------------------
+
+
+def test_pymail_user_add_and_mod_quota(tmp_path):
+    from test_cli import AS_ROOT, invoke
+
+    tree = tmp_path / "pm"
+    assert invoke("init", tree, "--domain", "example.test", *AS_ROOT).exit_code == 0
+    add = invoke("user", "add", tree, "ann@example.test", "--password-stdin", "--quota", "*:storage=1G", input="pw\n")
+    assert add.exit_code == 0, add.output
+    users = tree / "users"
+    [line] = [x for x in users.read_text().splitlines() if x.startswith("ann@")]
+    assert line.endswith(":::::userdb_quota_rule=*:storage=1G")
+    assert quota_limits(UsersFile(users).lookup("ann@example.test")) == (1 << 30, 0)
+    mod = invoke("user", "mod", tree, "ann@example.test", "--quota", "*:storage=2M:messages=100")
+    assert (mod.exit_code, mod.output) == (0, "quota of ann@example.test: *:storage=2M:messages=100\n")
+    assert quota_limits(UsersFile(users).lookup("ann@example.test")) == (2 << 20, 100)
+    assert invoke("user", "mod", tree, "ann@example.test", "--quota", "*:storage=lots").exit_code == 65
+    assert invoke("user", "mod", tree, "nobody@example.test", "--quota", "*:storage=1G").exit_code == 67
+    assert invoke("user", "mod", tree, "ann@example.test", "--quota", "none").exit_code == 0
+    assert "quota_rule" not in users.read_text()
+    assert UsersFile(users).verify("ann@example.test", "pw")  # the rest of the line kept
+    with open(users, "a") as fh:
+        fh.write("bad@example.test:{PLAIN}x::::::userdb_quota_rule=*:storage=lots\n")
+    check = invoke("config", "check", tree)
+    assert "bad@example.test: invalid quota rule '*:storage=lots': storage needs a number (no quota enforced)" in (
+        check.output
+    )
+
+
+DOVECOT_LINE = (  # a Dovecot passwd-file line (doveadm pw -s SHA512-CRYPT) with its quota extra fields
+    "{user}:{{SHA512-CRYPT}}{hash}::::::userdb_quota_rule=*:storage=1k userdb_quota_rule2=*:messages=10 "
+    "userdb_quota_rule3=Trash:storage=+100M\n"
+)
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_users_line_from_a_dovecot_setup(mailsys, mode):
+    from passlib.hash import sha512_crypt
+
+    from conftest import PASSWORD
+    from test_imap import exchange, login, start_imapd
+
+    path = mailsys.root / "users"
+    others = [x for x in path.read_text().splitlines() if not x.startswith("alice@")]
+    line = DOVECOT_LINE.format(user=ALICE, hash=sha512_crypt.using(rounds=5000).hash(PASSWORD))
+    path.write_text("\n".join(others) + "\n" + line)
+    fill(mailsys, "alice", 1, 1010)
+    port = start_imapd(mailsys, mode)
+    m = login(port)
+    assert exchange(m, "GETQUOTAROOT INBOX") == [
+        '* QUOTAROOT INBOX "User quota"',
+        '* QUOTA "User quota" (STORAGE 1 1 MESSAGE 1 10)',
+        "OK GETQUOTAROOT completed",
+    ]
+    assert exchange(m, "APPEND INBOX {25+}\r\nSubject: x\r\n\r\n0123456789") == [FULL]
+    m.logout()
+    full = mailsys.run("pymda.deliver", "-d", ALICE, input=message("too much"))
+    assert full.returncode == 75

@@ -394,6 +394,37 @@ class UsersFile:
 
         self._modify(change)
 
+    def set_quota(self, address: str, rule: str | None) -> None:
+        """Give ``address`` the quota ``rule`` (Dovecot's quota_rule syntax,
+        checked by ``parse_quota_rule``) as its ``userdb_quota_rule`` extra
+        field, replacing its quota rules; None removes them.  The other
+        fields and extra fields are kept as they are."""
+        address = normalize_address(address)
+        if rule is not None:
+            rule = rule.strip()
+            try:
+                parse_quota_rule(rule)
+            except ValueError as exc:
+                raise UsersError(str(exc)) from None
+            if any(c.isspace() for c in rule):
+                raise UsersError(f"invalid quota rule {rule!r}: no spaces")
+
+        def change(parsed: _Parsed) -> list[bytes]:
+            indexes = parsed.line_of.get(address)
+            if not indexes:
+                raise NoSuchUser(f"{address}: no such user")
+            lines = list(parsed.lines)
+            for i in indexes:
+                fields = (lines[i].split(b":", 7) + [b""] * 8)[:8]
+                words = [w for w in fields[7].split() if not _QUOTA_FIELD.fullmatch(w.split(b"=")[0].decode().lower())]
+                if rule is not None:
+                    words.append(f"userdb_quota_rule={rule}".encode())
+                fields[7] = b" ".join(words)
+                lines[i] = b":".join(fields)
+            return lines
+
+        self._modify(change)
+
     def delete(self, address: str) -> None:
         address = normalize_address(address)
 
