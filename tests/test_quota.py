@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -346,3 +347,59 @@ def test_users_line_from_a_dovecot_setup(mailsys, mode):
     m.logout()
     full = mailsys.run("pymda.deliver", "-d", ALICE, input=message("too much"))
     assert full.returncode == 75
+
+
+def test_quota_answers_like_dovecot(mailsys, tmp_path):
+    """The same Maildir and users file through Debian's Dovecot 2.3 (quota = maildir:User quota)
+    and pyimap-imapd: the same untagged QUOTAROOT/QUOTA lines and the same refusals."""
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from conftest import REPO, free_port, wait_port
+    from test_imap import exchange, login, start_imapd
+
+    if shutil.which("dovecot") is None or os.geteuid() != 0:
+        pytest.skip("needs Debian's dovecot-imapd and root")
+    set_quota(mailsys, "alice", "*:storage=10k userdb_quota_rule2=*:messages=3")
+    fill(mailsys, "alice", 1, 30)
+    fill(mailsys, "alice", 1, 1500)
+    short = tempfile.mkdtemp(prefix="dq", dir="/tmp")  # Dovecot's socket paths must stay short
+    try:
+        os.chmod(short, 0o755)
+        twin = Path(short) / "t"
+        shutil.copytree(mailsys.root, twin)
+        pop3, imap = free_port(), free_port()
+        proc = mailsys.start(
+            [sys.executable, str(REPO / "tests/bench/dovecot_side.py"), str(twin), str(pop3), str(imap), "--quota"]
+        )
+        wait_port(imap, proc=proc)
+        commands = [
+            "GETQUOTAROOT INBOX",
+            "GETQUOTAROOT Trash",
+            'GETQUOTA "User quota"',
+            'GETQUOTA ""',
+            'SETQUOTA "User quota" (STORAGE 100)',
+            "APPEND INBOX {20+}\r\n" + "y" * 20,
+            "GETQUOTAROOT INBOX",
+            "APPEND INBOX {5+}\r\nhello",
+            "APPEND INBOX {9000+}\r\n" + "z" * 9000,
+        ]
+        answers = []
+        for port in (start_imapd(mailsys, "listen"), imap):
+            m = login(port)
+            got = []
+            for command in commands:
+                lines = exchange(m, command)
+                # the tagged OK's words differ ("GETQUOTAROOT completed", Dovecot's "Getquotaroot completed (0.001 ...")
+                tagged = lines[-1] if lines[-1].startswith("NO") else lines[-1].split(" ", 1)[0]
+                got.append([*lines[:-1], re.sub(r" \(\d+\.\d+ .*secs\)\.$", "", tagged)])
+            m.logout()
+            answers.append(got)
+        assert answers[0] == answers[1]
+        quota_lines = ['* QUOTAROOT INBOX "User quota"', '* QUOTA "User quota" (STORAGE 2 10 MESSAGE 2 3)']
+        assert answers[0][0] == [*quota_lines, "OK"]
+        assert answers[0][7] == [FULL]
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Start Debian's Dovecot over a pymail tree, for side-by-side benchmarks.
 
-usage: python3 tests/bench/dovecot_side.py ROOT POP3_PORT IMAP_PORT
+usage: python3 tests/bench/dovecot_side.py ROOT POP3_PORT IMAP_PORT [--quota]
 
 Dovecot reads the same users file (run as root, the mail store is handed
 to the ``mail`` user first, because Dovecot refuses uid 0) (Dovecot passwd-file format is ours) and
 the same Maildirs (``ROOT/mail/<domain>/<user>``), listens on 127.0.0.1
-without TLS, and runs in the foreground until killed.  Needs the Debian
+without TLS, and runs in the foreground until killed.  With ``--quota`` it
+loads the quota plugins over Maildir++ (``quota = maildir:User quota``),
+the limits coming from the users file's ``userdb_quota_rule`` fields.  Needs the Debian
 packages dovecot-pop3d and dovecot-imapd.  A benchmark helper, not a test.
 """
 
@@ -56,7 +58,21 @@ service imap-login {{
 """
 
 
+QUOTA = """\
+mail_plugins = quota
+protocol imap {
+  mail_plugins = $mail_plugins imap_quota
+}
+plugin {
+  quota = maildir:User quota
+}
+"""
+
+
 def main() -> int:
+    quota = sys.argv[4:] == ["--quota"]
+    if quota:
+        del sys.argv[4:]
     if len(sys.argv) != 4:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 64
@@ -81,6 +97,7 @@ def main() -> int:
     conf = run / "dovecot.conf"
     conf.write_text(
         CONFIG.format(run=run, root=root, pop3=sys.argv[2], imap=sys.argv[3], uid=st.st_uid, gid=st.st_gid, user=user)
+        + (QUOTA if quota else "")
     )
     os.execvp("dovecot", ["dovecot", "-F", "-c", str(conf)])
 
