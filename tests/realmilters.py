@@ -145,6 +145,9 @@ def start_opendkim(dns: FakeDNS) -> Daemon:
         f"AuthservID {AUTHSERV_ID}\n"
         f"ResolverConfiguration {home}/unbound.conf\n"
         "AlwaysAddARHeader yes\n"
+        # a sender's Authentication-Results claiming our name go, whatever they say
+        f"RemoveARFrom {AUTHSERV_ID}\n"
+        "RemoveARAll yes\n"
         "Background no\n"
         "Syslog no\n"
         "DNSTimeout 3\n"

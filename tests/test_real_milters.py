@@ -173,6 +173,22 @@ def test_opendkim_fails_a_changed_body(opendkim, dkim_key):
     assert "header.d=signed.test" in ar
 
 
+def test_opendkim_removes_results_forged_in_our_name(opendkim, dkim_key):
+    forged = (
+        "Authentication-Results: mx.example.test; dkim=pass header.d=signed.test\n"
+        "Authentication-Results: other.example; spf=pass smtp.mailfrom=signed.test\n"
+        "Authentication-Results: MX.example.test;\n\tspf=pass smtp.mailfrom=signed.test\n"
+    )
+    message = forged.encode() + signed(dkim_key).replace(b"Signed text.", b"Changed text.")
+    v = run(opendkim, message, "alice@signed.test")
+    assert v.action == "accept"
+    assert [(mod.kind, mod.name, mod.index, mod.value[:27]) for mod in v.modifications] == [
+        ("chgheader", "Authentication-Results", 3, ""),  # delete the third (case does not matter)
+        ("chgheader", "Authentication-Results", 1, ""),  # then the first
+        ("insheader", "Authentication-Results", 0, "mx.example.test;\n\tdkim=fail"),
+    ]
+
+
 # -- opendmarc ---------------------------------------------------------------------------------
 
 
