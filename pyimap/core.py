@@ -176,7 +176,7 @@ class CommandContext:
         def _idle_poll(self) -> None: ...
 
         # the commands' (selected, imap_server)
-        def _updates(self, allow_expunge: bool) -> bool: ...
+        def _updates(self, allow_expunge: bool, look: Any = None) -> bool: ...
         def _idle_line(self, parts) -> None: ...
         def _auth_line(self, parts) -> None: ...
 
@@ -278,12 +278,20 @@ class IMAPCore(Protocol, CommandContext):
         self._set_timeout()
         return self._flush()
 
-    def changed(self) -> list:
-        """The idling mailbox changed: look at it in a Job."""
+    def changed(self, result=None) -> list:
+        """The idling mailbox changed: look at it in a Job -- or, given what
+        the look shared by the sessions idling on it found (``selected.Look``,
+        newer than anything this session saw), tell the client at once."""
         if self.idle_tag is None or self.sel is None or self.waiting or self.closed:
             return []
-        self._in_job(self._idle_poll)
-        return self._flush()
+        if result is None:
+            self._in_job(self._idle_poll)
+            return self._flush()
+        try:
+            self._updates(allow_expunge=True, look=result)
+        except Exception as exc:  # never a traceback on the wire
+            self._log_error("idle update", exc)
+        return self._flush() + [CLOSE] if self.closed else self._flush()
 
     def _idle_poll(self) -> None:
         """In a Job: what changed in the mailbox while the client idles."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from functools import partial
 from typing import Any
 
 from pyimap.core import AUTH, SELECTED, CommandContext
@@ -640,8 +641,11 @@ class SelectedCommands(CommandContext):
         if self.sel is None:
             return
         if self.settings.idle_inotify:
-            paths, names = self.sel.index.watch_paths()
-            self.out.append(Watch(paths, names))  # answered by watching(), which takes the first look
+            sel = self.sel
+            paths, names = sel.index.watch_paths()
+            # answered by watching(), which takes the first look; after that one look per burst
+            # serves every session idling on the folder in this process (read-only ones apart)
+            self.out.append(Watch(paths, names, look=partial(look, sel.index, sel.readonly), shared=sel.readonly))
         else:
             self._in_job(self._idle_poll)
 
@@ -668,13 +672,15 @@ class SelectedCommands(CommandContext):
         if not sel.readonly:
             self._untagged(f"OK [PERMANENTFLAGS {flag_list_for(sel.keywords)[:-1]} \\*)] Flags permitted")
 
-    def _updates(self, allow_expunge: bool) -> bool:
+    def _updates(self, allow_expunge: bool, look: Look | None = None) -> bool:
         """The untagged responses for what changed in the selected mailbox; True
-        when messages were announced expunged (EXPUNGE, or VANISHED with QRESYNC)."""
+        when messages were announced expunged (EXPUNGE, or VANISHED with QRESYNC).
+        ``look``: the folder as a look shared by the idling sessions found it,
+        newer than what this session saw: then no I/O at all."""
         sel = self.sel
         if sel is None:
             return False
-        snap = sel.index.sync()
+        snap = sel.index.sync() if look is None else look.snap
         if snap.uidvalidity != sel.uidvalidity:
             self._untagged("BYE Mailbox UIDVALIDITY changed")
             self.closed = True
@@ -685,7 +691,10 @@ class SelectedCommands(CommandContext):
         last = sel.view[-1] if sel.view else 0
         if snap.entries and next(reversed(snap.entries)) > last:
             # new messages: the ones no session saw yet are \Recent here
-            snap, recent = _see_recent(sel.index, snap, sel.readonly)
+            if look is None:
+                snap, recent = _see_recent(sel.index, snap, sel.readonly)
+            else:
+                recent = look.take_recent()
             sel.recent |= recent
         entries = snap.entries
         changed = [(u, e) for u in sel.view if (e := entries.get(u)) is not None and e.modseq != sel.known.get(u)]
@@ -733,6 +742,32 @@ class SelectedCommands(CommandContext):
             self._untagged(f"{len(sel.recent)} RECENT")
         sel.snap = snap
         return told
+
+
+class Look:
+    """What one look at a folder found, for every session idling on it in
+    this process: the snapshot, and the messages it made \\Recent -- for the
+    first session that shows them (for each read-only one: nothing was claimed)."""
+
+    __slots__ = ("snap", "recent", "readonly")
+
+    def __init__(self, snap: Any, recent: set[int], readonly: bool) -> None:
+        self.snap = snap
+        self.recent = recent
+        self.readonly = readonly
+
+    def take_recent(self) -> set[int]:
+        recent = self.recent
+        if not self.readonly:
+            self.recent = set()
+        return recent
+
+
+def look(index: Folder, readonly: bool) -> Look:
+    """In a Job, once per burst of changes for the sessions idling on the
+    folder (``Watch(look=...)``): bring the index up to date and claim what
+    is \\Recent, as one session's look would."""
+    return Look(*_see_recent(index, index.sync(), readonly), readonly)
 
 
 def _see_recent(index: Folder, snap: Any, readonly: bool) -> tuple[Any, set[int]]:

@@ -645,6 +645,54 @@ def test_idle_by_inotify_and_by_polling(make_mailsys, inotify, poll):
         assert _answer(sock, b"n") == b"n OK NOOP completed\r\n"
 
 
+def test_idle_sessions_of_a_mailbox_share_one_look(make_mailsys):
+    """Sessions idling on one mailbox in one listening imapd are woken by one shared
+    look: each sees the same EXISTS, every new message is \\Recent in exactly one
+    session, a message landing during the burst is seen too, and the sessions
+    idling on another mailbox hear nothing.  (The driver's part, one look per
+    burst: tests/unit/test_driver_watch.py.)"""
+    system = make_mailsys("[imapd]\nprocesses = 1\nidle_poll = 60\n")
+    port = start_imapd(system, "listen")
+    other = login(port)
+    other.append("INBOX", None, None, msg("first"))
+    bob = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    bob.login("bob@example.test", PASSWORD)
+    bob.append("INBOX", None, None, msg("bob's"))
+    alices = [_imap_raw(port, ALICE) for _ in range(5)]
+    bobs = [_imap_raw(port, "bob@example.test") for _ in range(2)]
+    for n, sock in enumerate(alices + bobs):
+        sock.sendall(b"i%d IDLE\r\n" % n)
+        assert _answer(sock, b"+") == b"+ idling\r\n"
+    time.sleep(0.3)
+    r = system.run("pymda.deliver", "-d", ALICE, "-f", "ann@example.org", input=msg("second"))
+    assert r.returncode == 0, r.stderr
+    # another message right behind it, while the sessions are being told of the first
+    (system.maildir("alice") / "new" / "1700000001.M1P1.host,S=20,W=21").write_bytes(b"Subject: third\n\nhello\n")
+    for sock in alices:
+        sock.settimeout(3)
+        buf = b""
+        while b"* 3 EXISTS\r\n" not in buf:
+            try:
+                buf += sock.recv(4096)
+            except TimeoutError:
+                raise AssertionError(f"3 EXISTS not seen: {buf!r}") from None
+        assert b"EXPUNGE" not in buf
+    for sock in bobs:
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)
+    recent: dict[int, int] = {}
+    for n, sock in enumerate(alices + bobs):
+        sock.sendall(b"DONE\r\nf FETCH 1:* (UID FLAGS)\r\n")
+        got = _answer(sock, b"f")
+        assert b"i%d OK IDLE terminated" % n in got and b"f OK FETCH completed" in got
+        if sock in alices:
+            assert len(re.findall(rb"\* \d+ FETCH", got)) == 3
+            for uid in re.findall(rb"\(UID (\d+) FLAGS \([^)]*\\Recent", got):
+                recent[int(uid)] = recent.get(int(uid), 0) + 1
+    assert recent == {1: 1, 2: 1, 3: 1}  # each message \Recent in exactly one session
+
+
 def esearch(m: imaplib.IMAP4, command: str) -> list[str]:
     """exchange() with the command's own tag in ``(TAG "...")`` written as ``(TAG "t")``."""
     return [re.sub(r'^\* ESEARCH \(TAG "[^"]*"\)', '* ESEARCH (TAG "t")', x) for x in exchange(m, command)]

@@ -65,7 +65,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.stream: Iterator[bytes] | None = None
         self.stream_in_thread = False  # its chunks read files: pulled in the job threads
         self.gathering = False  # a job thread is pulling the stream's next chunks
-        self.watch = None  # a dirwatch token while the protocol watches directories
+        self.watch: object = None  # a dirwatch token or a _Group while the protocol watches directories
+        self.jobs = 0  # Jobs started: a shared look is handed over only if none started since it began
         self.change_pending = False  # a watched directory changed while busy
         self.write_paused = False
         self.read_paused = False
@@ -218,6 +219,7 @@ class _Connection(asyncio.BufferedProtocol):
                 # Reading is paused only if input arrives meanwhile (data_received):
                 # two epoll_ctl calls saved on every job of a client that waits for answers.
                 self.busy = True
+                self.jobs += 1
                 self.server.executor.submit(jobslots.run, action.run).add_done_callback(self._job_finished)
             elif isinstance(action, Watch):
                 ok = self.server.watch(self, action)
@@ -260,15 +262,16 @@ class _Connection(asyncio.BufferedProtocol):
                 self.timer.cancel()
             self.timer = self.loop.call_at(self.deadline, self._timer_fired)
 
-    def changed(self) -> None:
-        """A directory the protocol watches changed (called by the server's watcher)."""
+    def changed(self, result=None) -> None:
+        """A directory the protocol watches changed (called by the server's watcher,
+        or with ``result`` after its group's shared look)."""
         if self.closed:
             return
         if self.busy:
             self.change_pending = True  # told when the job, stream or handshake is over
             return
         try:
-            self._act(self.protocol.changed())
+            self._act(self.protocol.changed() if result is None else self.protocol.changed(result))
         except Exception as exc:
             self._crash(exc)
 
@@ -450,6 +453,23 @@ def _gather(stream) -> tuple[bytes, bool]:
     return bytes(buf), False
 
 
+class _Group:
+    """The sessions of this process watching the same directories with the
+    same shared look (``Watch(look=..., shared=...)``): one inotify
+    subscription, and one look (a Job) per burst of changes for all of them."""
+
+    __slots__ = ("key", "look", "members", "token", "running", "again", "stamps")
+
+    def __init__(self, key: tuple, look) -> None:
+        self.key = key
+        self.look = look
+        self.members: dict[_Connection, None] = {}  # in the order they came (a set's would be arbitrary)
+        self.token = None
+        self.running = False  # the look is under way
+        self.again = False  # changes came meanwhile: look again once it is over
+        self.stamps: dict[_Connection, int] = {}  # each member's Job count when the look began
+
+
 class AsyncServer:
     def __init__(
         self,
@@ -483,6 +503,7 @@ class AsyncServer:
         self.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER))
         self.watcher: Watcher | None = None  # the process's inotify instance, made at the first Watch
         self.watcher_failed = False
+        self.groups: dict[tuple, _Group] = {}  # Watch(look=...) subscriptions by (paths, names, shared)
         self.watch_timer = False
         self.tls_log_budget: Budget | None = None  # made at the first failed handshake
 
@@ -504,13 +525,66 @@ class AsyncServer:
                 self.watcher_failed = True
                 return False
             asyncio.get_running_loop().add_reader(self.watcher.fd, self._watch_readable)
-        conn.watch = self.watcher.subscribe(action.paths, conn.changed, action.names)
-        return conn.watch is not None
+        if action.look is None:
+            conn.watch = self.watcher.subscribe(action.paths, conn.changed, action.names)
+            return conn.watch is not None
+        key = (action.paths, action.names, action.shared)
+        group = self.groups.get(key)
+        if group is None:
+            group = _Group(key, action.look)
+            group.token = self.watcher.subscribe(action.paths, partial(self._group_changed, group), action.names)
+            if group.token is None:
+                return False
+            self.groups[key] = group
+        group.members[conn] = None
+        conn.watch = group
+        return True
 
     def unwatch(self, conn: _Connection) -> None:
-        if conn.watch is not None and self.watcher is not None:
-            self.watcher.unsubscribe(conn.watch)
-        conn.watch = None
+        watch, conn.watch = conn.watch, None
+        if watch is None or self.watcher is None:
+            return
+        if not isinstance(watch, _Group):
+            self.watcher.unsubscribe(watch)
+            return
+        watch.members.pop(conn, None)
+        if not watch.members:
+            self.watcher.unsubscribe(watch.token)
+            if self.groups.get(watch.key) is watch:
+                del self.groups[watch.key]
+
+    def _group_changed(self, group: _Group) -> None:
+        """A group's directories changed (the watcher's callback, after the burst's delay)."""
+        if group.running:
+            group.again = True  # the look under way may have read the directories before the change
+            return
+        group.running = True
+        group.again = False
+        group.stamps = {conn: conn.jobs for conn in group.members}
+        loop = asyncio.get_running_loop()
+
+        def finished(future) -> None:  # in the job's thread
+            try:
+                loop.call_soon_threadsafe(self._group_looked, group, future)
+            except RuntimeError:  # the loop is closed: the server is stopping
+                pass
+
+        self.executor.submit(jobslots.run, group.look).add_done_callback(finished)
+
+    def _group_looked(self, group: _Group, future) -> None:
+        """The group's look is over: each member computes its updates from it, unless
+        it ran a Job since the look began (it may have seen more): that one looks itself."""
+        group.running = False
+        stamps, group.stamps = group.stamps, {}
+        try:
+            result = future.result()
+        except Exception as exc:  # each member looks for itself
+            log.error(f"shared look: {exc!r}")
+            result = None
+        for conn in list(group.members):
+            conn.changed(result if result is not None and stamps.get(conn) == conn.jobs else None)
+        if group.again and group.members:
+            self._group_changed(group)
 
     def _watch_readable(self) -> None:
         assert self.watcher is not None  # the reader is added with it

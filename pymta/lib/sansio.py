@@ -23,6 +23,16 @@ bytes and carries out the *actions* it returns, in order:
                       ``names``: in the first directory only entries moved in
                       under these names count.  ``changed()`` comes only
                       while no job is outstanding.
+                      ``Watch(paths, names, look=fn, shared=key)``: the
+                      sessions of one process watching the same paths with
+                      the same ``key`` are told together: after a burst of
+                      changes the asyncio driver runs ``fn()`` once in a Job
+                      for all of them, then calls ``changed(result)`` of each
+                      session that ran no Job since ``fn`` started (that one
+                      look is newer than anything the session saw); the
+                      others get ``changed()``.  ``fn`` is the first
+                      session's; the protocol keeps ``changed(result)`` free
+                      of I/O.
 * ``STARTTLS``     -- flush, then run the TLS handshake; plaintext the client
                       pipelined behind the command is thrown away (the
                       protocol drops its own buffer, the driver drops its
@@ -90,11 +100,13 @@ def catching(fn, *args):
 
 
 class Watch:
-    __slots__ = ("paths", "names")
+    __slots__ = ("paths", "names", "look", "shared")
 
-    def __init__(self, paths=(), names: frozenset[str] | None = None) -> None:
+    def __init__(self, paths=(), names: frozenset[str] | None = None, look=None, shared=None) -> None:
         self.paths = tuple(paths)
         self.names = names
+        self.look = look  # run once per burst for the sessions sharing the key (or None: each looks itself)
+        self.shared = shared
 
 
 class Stream:
@@ -192,8 +204,8 @@ class Protocol:
         """The answer to a ``Watch``: True if ``changed()`` will come."""
         return []
 
-    def changed(self) -> list:
-        """A watched directory changed."""
+    def changed(self, result=None) -> list:
+        """A watched directory changed; ``result``: what the shared look found (see ``Watch``), or None."""
         return []
 
     def connection_lost(self) -> None:
