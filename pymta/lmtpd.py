@@ -142,6 +142,9 @@ class LMTPBackend:
             return self._refuse(envelope, address, Reply(550, "5.1.2", f"<{address}>: not a local domain"))
         return None
 
+    def wants_policy(self, session, envelope, address: str) -> bool:
+        return True  # every recipient is checked in the Job (users and aliases are read there)
+
     def check_policy(self, session, envelope, address: str):
         """Runs as a Job: the recipient, aliases expanded, ends at users (as smtpd checks it)."""
         from pymta.aliases import unknown_targets  # noqa: PLC0415 lazy

@@ -163,8 +163,14 @@ if TYPE_CHECKING:
 
         def check_recipient(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
 
+        def wants_policy(self, session: Session, envelope: Envelope, address: str) -> bool:
+            """On the event loop, after check_recipient accepted ``address``, when
+            settings.recipient_policy: must check_policy run (as a Job) for it?
+            From what is in memory only (no disk, no DNS)."""
+
         def check_policy(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
-            """Asked after check_recipient when settings.recipient_policy (DNSBL, greylisting)."""
+            """Asked after check_recipient when settings.recipient_policy and wants_policy
+            (quota, DNSBL, greylisting)."""
 
         def authenticate(self, session: Session, username: str, password: str) -> bool: ...
 
@@ -557,8 +563,8 @@ class SMTPServer(LineReader, Protocol):
         if reply is not None:
             self._send(*reply)
             return
-        if self.settings.recipient_policy and address not in env.rcpt_to:
-            # DNSBL and greylisting wait on DNS and disk: a Job, answered in job_done
+        if self.settings.recipient_policy and address not in env.rcpt_to and self._wants_policy(env, address):
+            # quota, DNSBL and greylisting wait on DNS and disk: a Job, answered in job_done
             self._job = "policy"
             self._marker = Job(self._check_policy, env, address)
             return
@@ -569,6 +575,13 @@ class SMTPServer(LineReader, Protocol):
         if self.settings.lmtp or address not in envelope.rcpt_to:
             envelope.rcpt_to.append(address)
         self._send(250, "2.1.5", "Ok")
+
+    def _wants_policy(self, envelope: Envelope, address: str) -> bool:
+        try:
+            return self.backend.wants_policy(self.session, envelope, address)
+        except Exception as exc:  # a backend bug: ask the policy anyway, it has its own guard
+            _log_failure("wants_policy", exc)
+            return True
 
     def _check_policy(self, envelope: Envelope, address: str):
         """Runs as a Job; never raises: (envelope, address, reply or None)."""

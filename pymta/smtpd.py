@@ -306,6 +306,25 @@ class SMTPBackend(LoginBackend):
 
     client_policy = False  # DNSBL or greylisting configured (build)
 
+    def wants_policy(self, session, envelope, address: str) -> bool:
+        """The RCPT Job only where it may refuse: port 25's client policy for
+        a stranger, or a local user who may have a quota (the users file is in
+        memory by now: check_recipient read it)."""
+        if self.client_policy and not (session.auth_user or self.is_trusted(session.info.peer_ip)):
+            return True
+        address = self.qualify(address)
+        if not self.check_local_recipients or not self._is_local_address(address):
+            return False
+        if self.cfg["quota.default_rule"]:
+            return True
+        from pymta.lib.users import UsersUnavailable, has_quota_rule  # noqa: PLC0415 lazy
+
+        try:
+            record = self.users.lookup(address)
+        except UsersUnavailable:
+            return False  # check_recipient answered for the file already
+        return record is not None and has_quota_rule(record)
+
     def _check_quota(self, session, envelope, address: str):
         address = self.qualify(address)
         if not self.check_local_recipients or not self._is_local_address(address):

@@ -140,6 +140,11 @@ def parse_quota_rule(rule: str, limits: tuple[int, int] = (0, 0)) -> tuple[int, 
     return nbytes, count
 
 
+def has_quota_rule(record: UserRecord) -> bool:
+    """Does the user's line carry a quota rule of its own?"""
+    return any(_QUOTA_FIELD.fullmatch(key) for key in record.fields)
+
+
 def quota_limits(record: UserRecord, default_rule: str = "") -> tuple[int, int]:
     """(bytes, messages) a user may keep, 0 meaning no limit: ``default_rule``
     (``quota.default_rule``), then the user's ``userdb_quota_rule``,

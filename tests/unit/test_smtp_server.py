@@ -1070,11 +1070,23 @@ class PolicyBackend(FakeBackend):
         super().__init__()
         self.policy_calls = []
 
+    def wants_policy(self, session, envelope, address):
+        return not address.startswith("nopolicy@")
+
     def check_policy(self, session, envelope, address):
         self.policy_calls.append(address)
         if address == "postmaster":
             return None
         return Reply(450, "4.2.0", "Greylisted, try again later")
+
+
+def test_recipient_policy_only_where_the_backend_wants_it():
+    """No Job for a recipient the policy cannot refuse (no quota, no port-25 client policy)."""
+    backend = PolicyBackend()
+    d = ready(backend=backend, recipient_policy=True)
+    replies = d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<nopolicy@example.org>\r\n")
+    assert replies[-1] == "250 2.1.5 Ok"
+    assert backend.policy_calls == []
 
 
 def test_recipient_policy_is_a_job_after_check_recipient():
