@@ -145,7 +145,7 @@ class Headers:
                     if mailbox is None:
                         continue  # end of a group
                     if host is None:
-                        parts.append(decoded_lower(mailbox))  # a group's name (or a bare local part)
+                        parts.append(decoded_lower(mailbox))  # a group's name
                         continue
                     spec = (mailbox + b"@" + host).decode("utf-8", "replace").lower()
                     parts.append(f"{decoded_lower(personal)} <{spec}>" if personal else f"<{spec}>")
@@ -196,6 +196,8 @@ def decode_words(value: bytes) -> str:
 # -- addresses (RFC 5322 3.4, for ENVELOPE) -----------------------------------------
 
 _SPECIALS = set(b'()<>@,;:\\".[]')
+# what an address lacks, as Dovecot fills it in (a lone NIL host would read as a group start)
+MISSING_MAILBOX, MISSING_DOMAIN = b"MISSING_MAILBOX", b"MISSING_DOMAIN"
 
 
 def _tokens(value: bytes):
@@ -290,16 +292,30 @@ def parse_addresses(value: bytes) -> list:
         comments = [t[1] for t in ts if t[0] == "c"]
         return comments[-1] if comments and comments[-1] else None
 
+    def bare(ts):
+        """An address without angle brackets, None when there is none.  As Dovecot: a lone
+        (dot-)atom is a mailbox without its domain; other words without an @ (a phrase, a
+        quoted string) a display name without an address; what is missing is MISSING_*."""
+        words = [t for t in ts if t[0] != "c"]
+        if not words:
+            return None
+        if ("s", b"@") not in words:
+            dot_atom = len(words) % 2 == 1 and all(
+                t[0] == "a" if k % 2 == 0 else t == ("s", b".") for k, t in enumerate(words)
+            )
+            if not dot_atom:
+                return (phrase(words), None, MISSING_MAILBOX, MISSING_DOMAIN)
+        mb, host = addr_spec(words)
+        return (comment_name(ts), None, mb or MISSING_MAILBOX, host or MISSING_DOMAIN)
+
     while i < n:
         collected = []
         while i < n and toks[i][0] != "s" or (i < n and toks[i][1] in (b".", b"@")):
             collected.append(toks[i])
             i += 1
         if i >= n:
-            if collected:
-                mb, host = addr_spec(collected)
-                if mb:
-                    out.append((comment_name(collected), None, mb, host))
+            if collected and (a := bare(collected)):
+                out.append(a)
             break
         t = toks[i][1]
         if t == b":" and not in_group:
@@ -320,14 +336,12 @@ def parse_addresses(value: bytes) -> list:
                 adl = b"".join(x[1] for x in inner[:k])
                 inner = inner[k + 1 :]
             mb, host = addr_spec(inner)
-            out.append((phrase(collected) or None, adl, mb, host))
+            out.append((phrase(collected) or None, adl, mb or MISSING_MAILBOX, host or MISSING_DOMAIN))
             while i < n and toks[i][0] != "s":
                 i += 1
         elif t in (b",", b";"):
-            if collected:
-                mb, host = addr_spec(collected)
-                if mb:
-                    out.append((comment_name(collected), None, mb, host))
+            if collected and (a := bare(collected)):
+                out.append(a)
             if t == b";" and in_group:
                 out.append((None, None, None, None))
                 in_group = False
@@ -339,31 +353,62 @@ def parse_addresses(value: bytes) -> list:
     return out
 
 
-def _addr_list(value: bytes | None) -> bytes:
-    if value is None:
-        return b"NIL"
-    addrs = parse_addresses(value)
+def _addr_list(addrs: list) -> bytes:
     if not addrs:
         return b"NIL"
-    return b"(" + b"".join(b"(" + b" ".join(nstring(x) for x in a) + b")" for a in addrs) + b")"
+    return b"(" + b"".join(b"(" + b" ".join(_env_strings(a)) + b")" for a in addrs) + b")"
+
+
+def _env_strings(address) -> list[bytes]:
+    name, *rest = address
+    return [nstring(_for_humans(name))] + [nstring(_no_nul(x)) for x in rest]
+
+
+_REPLACEMENT = "\ufffd".encode()
+_LWSP = re.compile(rb"[ \t\r\n]+")
+
+
+def _no_nul(value: bytes | None) -> bytes | None:
+    """No NUL in an IMAP string (RFC 3501 CHAR8): U+FFFD in its place, as Dovecot."""
+    return value if value is None or b"\0" not in value else value.replace(b"\0", _REPLACEMENT)
+
+
+def _for_humans(value: bytes | None) -> bytes | None:
+    """A subject or display name as Dovecot shows it: each run of white space one space, none
+    at either end."""
+    return value if value is None else _no_nul(_LWSP.sub(b" ", value).strip(b" "))
+
+
+def _last(headers: Headers, name: str) -> bytes | None:
+    """The value of the last ``name`` field, unfolded, leading white space dropped (the trailing
+    kept), as Dovecot's ENVELOPE takes it."""
+    for n, raw in reversed(headers.lines):
+        if n == name:
+            return _no_nul(raw.split(b":", 1)[1].replace(b"\r\n", b"").lstrip(b" \t"))
+    return None
 
 
 def envelope(headers: Headers) -> bytes:
-    g = headers.get
-    frm = g("from")
-    sender = g("sender") or frm
-    reply_to = g("reply-to") or frm
+    """RFC 3501 ENVELOPE as Dovecot 2.3 writes it: of repeated fields the last Date, Subject,
+    In-Reply-To and Message-ID, every address field's lists joined; Sender and Reply-To
+    default to From."""
+
+    def addresses(name: str) -> list:
+        return [a for value in headers.get_all(name) for a in parse_addresses(value)]
+
+    frm = addresses("from")
+    subject = _last(headers, "subject")
     fields = [
-        nstring(g("date")),
-        nstring(g("subject")),
+        nstring(_last(headers, "date")),
+        nstring(_for_humans(subject)),
         _addr_list(frm),
-        _addr_list(sender),
-        _addr_list(reply_to),
-        _addr_list(g("to")),
-        _addr_list(g("cc")),
-        _addr_list(g("bcc")),
-        nstring(g("in-reply-to")),
-        nstring(g("message-id")),
+        _addr_list(addresses("sender") or frm),
+        _addr_list(addresses("reply-to") or frm),
+        _addr_list(addresses("to")),
+        _addr_list(addresses("cc")),
+        _addr_list(addresses("bcc")),
+        nstring(_last(headers, "in-reply-to")),
+        nstring(_last(headers, "message-id")),
     ]
     return b"(" + b" ".join(fields) + b")"
 

@@ -32,6 +32,7 @@ SLOW_FILES = {
     "test_hostile_input.py",
     "test_imap.py",
     "test_imap_dovecot.py",
+    "test_imap_dovecot_corpus.py",
     "test_imap_mbsync.py",
     "test_lmtp.py",
     "test_lmtpd.py",

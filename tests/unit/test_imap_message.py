@@ -77,6 +77,79 @@ def test_envelope_defaults_and_nil():
     assert envelope(Headers(b"\r\n")) == b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
 
 
+@pytest.mark.parametrize(
+    "value, expected",
+    [  # what an address lacks, as Dovecot 2.3 fills it in (a NIL host alone would start a group)
+        (b"this is not an address", [(b"this is not an address", None, b"MISSING_MAILBOX", b"MISSING_DOMAIN")]),
+        (b'"quoted name"', [(b"quoted name", None, b"MISSING_MAILBOX", b"MISSING_DOMAIN")]),
+        (b"single", [(None, None, b"single", b"MISSING_DOMAIN")]),
+        (b"first.last (Name)", [(b"Name", None, b"first.last", b"MISSING_DOMAIN")]),
+        (b"user@", [(None, None, b"user", b"MISSING_DOMAIN")]),
+        (b"@host", [(None, None, b"MISSING_MAILBOX", b"host")]),
+        (b"<user>", [(None, None, b"user", b"MISSING_DOMAIN")]),
+        (b"Name <>", [(b"Name", None, b"MISSING_MAILBOX", b"MISSING_DOMAIN")]),
+        (
+            b"a@b, this is junk, c@d",
+            [
+                (None, None, b"a", b"b"),
+                (b"this is junk", None, b"MISSING_MAILBOX", b"MISSING_DOMAIN"),
+                (None, None, b"c", b"d"),
+            ],
+        ),
+        (
+            b"grp: junk words;",
+            [
+                (None, None, b"grp", None),
+                (b"junk words", None, b"MISSING_MAILBOX", b"MISSING_DOMAIN"),
+                (None, None, None, None),
+            ],
+        ),
+    ],
+)
+def test_address_parsing_fills_in_what_is_missing(value, expected):
+    assert parse_addresses(value) == expected
+
+
+def test_envelope_of_a_from_that_is_no_address():
+    env = envelope(Headers(b"From: this is not an address\r\nTo: <>\r\n\r\n"))
+    no = b'(("this is not an address" NIL "MISSING_MAILBOX" "MISSING_DOMAIN"))'
+    assert (
+        env == b"(NIL NIL " + b" ".join([no] * 3) + b' ((NIL NIL "MISSING_MAILBOX" "MISSING_DOMAIN")) NIL NIL NIL NIL)'
+    )
+
+
+def test_envelope_of_repeated_fields_as_dovecot():
+    """The last Date, Subject, In-Reply-To and Message-ID; every address field's lists joined."""
+    head = b"".join(
+        b"From: a%d@x\r\nSender: s%d@x\r\nTo: t%d@x\r\nCc: c%d@x\r\nBcc: b%d@x\r\nReply-To: r%d@x\r\n"
+        b"Subject: s%d\r\nDate: d%d\r\nIn-Reply-To: <i%d@x>\r\nMessage-ID: <m%d@x>\r\n" % ((n,) * 10)
+        for n in (1, 2)
+    )
+    assert envelope(Headers(head + b"\r\n")) == (
+        b'("d2" "s2" ((NIL NIL "a1" "x")(NIL NIL "a2" "x")) ((NIL NIL "s1" "x")(NIL NIL "s2" "x"))'
+        b' ((NIL NIL "r1" "x")(NIL NIL "r2" "x")) ((NIL NIL "t1" "x")(NIL NIL "t2" "x"))'
+        b' ((NIL NIL "c1" "x")(NIL NIL "c2" "x")) ((NIL NIL "b1" "x")(NIL NIL "b2" "x")) "<i2@x>" "<m2@x>")'
+    )
+    # an empty last Subject is the Subject
+    assert envelope(Headers(b"Subject: one\r\nSubject:\r\n\r\n")).startswith(b'(NIL "" NIL')
+
+
+def test_envelope_white_space_as_dovecot():
+    """Subject and display names: runs of white space (folding, tabs) one space, none at the
+    ends; Date, In-Reply-To and Message-ID unfolded, only the leading white space dropped;
+    a NUL is U+FFFD (no IMAP string holds one)."""
+    head = (
+        b'From: "q  x" <q@x>\r\nSubject:   Folded\r\n\tsubject   with\r\n    lots   of  space  \r\n'
+        b"Date:  Mon,  1 Jan 2024\r\n  00:00:00 +0000 \r\nMessage-ID:  <a  b@x> \r\n\r\n"
+    )
+    assert envelope(Headers(head)) == (
+        b'("Mon,  1 Jan 2024  00:00:00 +0000 " "Folded subject with lots of space" (("q x" NIL "q" "x"))'
+        b' (("q x" NIL "q" "x")) (("q x" NIL "q" "x")) NIL NIL NIL NIL "<a  b@x> ")'
+    )
+    env = envelope(Headers(b"Subject: x\x00y\r\n\r\n"))
+    assert env == b"(NIL {5}\r\nx\xef\xbf\xbdy NIL NIL NIL NIL NIL NIL NIL NIL)"
+
+
 # -- a real multipart message: mixed(alternative(plain, html), attachment, rfc822(mixed(plain, gif))) -----------
 
 PLAIN = "Hello Bob,\n\nthe report is attached.\n"
