@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyimap import mailbox_names as mn
 from pyimap.formats import ATOM_OK
-from pyimap.parser import CONTINUE, ERROR, FATAL, Atom, ParseError, Reader, tokenize
+from pyimap.parser import CONTINUE, ERROR, FATAL, Atom, ParseError, Reader, quote, tokenize
 from pyimap.storage import Backend, MailStore, MessageSpool
 from pymta.lib.record import Record
 from pymta.lib.sansio import CLOSE, ConnectionInfo, Job, Protocol, disconnected
@@ -158,7 +158,7 @@ class CommandContext:
     idle_started: float
     idle_watched: bool
     auth_tag: str | None
-    enabled: set[str]
+    enabled: set[str]  # ENABLEd extensions, as ENABLED names them (cmd_enable)
     condstore: bool
 
     if TYPE_CHECKING:
@@ -172,6 +172,11 @@ class CommandContext:
         @staticmethod
         def _astring(token) -> str: ...
         def _mailbox(self, token) -> str: ...
+        def _quoted_name(self, name: str) -> str: ...
+        @property
+        def rev2(self) -> bool: ...
+        @property
+        def utf8(self) -> bool: ...
         def _in_job(self, fn, *args) -> None: ...
         def _idle_poll(self) -> None: ...
 
@@ -179,6 +184,7 @@ class CommandContext:
         def _updates(self, allow_expunge: bool, look: Any = None) -> bool: ...
         def _idle_line(self, parts) -> None: ...
         def _auth_line(self, parts) -> None: ...
+        def _select_list(self, name: str) -> None: ...
 
 
 class IMAPCore(Protocol, CommandContext):
@@ -263,11 +269,14 @@ class IMAPCore(Protocol, CommandContext):
     def connection_lost(self) -> None:
         self._cleanup()
         if self.user is not None and not self.end_logged:
-            # One line per session, as Dovecot's: imap(USER): Disconnected: Logged out in=N out=N
             self.end_logged = True
-            from pymta.lib import log  # noqa: PLC0415 lazy (loaded by every daemon already)
+            self._log_end(self.end_reason)
 
-            log.info(f"imap({self.user}): {disconnected(self.info, self.end_reason)} rip={self.info.peer_ip}")
+    def _log_end(self, reason: str) -> None:
+        """One line per login, as Dovecot's: imap(USER): Disconnected: Logged out in=N out=N."""
+        from pymta.lib import log  # noqa: PLC0415 lazy (loaded by every daemon already)
+
+        log.info(f"imap({self.user}): {disconnected(self.info, reason)} rip={self.info.peer_ip}")
 
     def watching(self, ok: bool) -> list:
         """The driver's answer to IDLE's Watch: then one look at the mailbox, so a
@@ -342,6 +351,7 @@ class IMAPCore(Protocol, CommandContext):
     def _capabilities(self) -> str:
         caps = [
             "IMAP4rev1",
+            "IMAP4rev2",  # RFC 9051, once ENABLEd (imap_server.cmd_enable); IMAP4rev1 until then
             "LITERAL+",
             "SASL-IR",
             "ID",
@@ -369,6 +379,7 @@ class IMAPCore(Protocol, CommandContext):
             "ESORT",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
+            "UTF8=ACCEPT",
             f"APPENDLIMIT={self.settings.max_literal}",
         ]
         if self.state == NOT_AUTH:
@@ -378,6 +389,8 @@ class IMAPCore(Protocol, CommandContext):
                 caps.append("AUTH=PLAIN")
             else:
                 caps.append("LOGINDISABLED")
+        else:
+            caps.append("UNAUTHENTICATE")  # RFC 8437: only once authenticated
         return " ".join(caps)
 
     def _set_timeout(self) -> None:
@@ -586,5 +599,19 @@ class IMAPCore(Protocol, CommandContext):
                 raise ParseError("String is not UTF-8") from None
         return str(token)
 
+    @property
+    def rev2(self) -> bool:
+        """The client ENABLEd IMAP4rev2 (RFC 9051 behaviour: no \\Recent, ESEARCH for SEARCH...)."""
+        return "IMAP4rev2" in self.enabled
+
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names and quoted strings in UTF-8 (IMAP4rev2 or UTF8=ACCEPT enabled)."""
+        return "IMAP4rev2" in self.enabled or "UTF8=ACCEPT" in self.enabled
+
     def _mailbox(self, token) -> str:
-        return mn.normalize(self._astring(token))
+        return mn.normalize(self._astring(token), self.utf8)
+
+    def _quoted_name(self, name: str) -> str:
+        """A mailbox name as the session's wire form wants it, quoted."""
+        return quote(mn.to_wire(name, self.utf8), self.utf8).decode("utf-8")

@@ -4,7 +4,8 @@ RFC 3501 plus the extensions clients depend on: IDLE (2177), UIDPLUS
 (4315), MOVE (6851), LITERAL+ (7888), NAMESPACE (2342), ID (2971), ENABLE
 (5161), UNSELECT (3691), CHILDREN (3348), SPECIAL-USE (6154), LIST-EXTENDED
 (5258), LIST-STATUS (5819), SASL-IR (4959), CONDSTORE and QRESYNC (7162),
-SORT and THREAD (5256, 5957).
+SORT and THREAD (5256, 5957), IMAP4rev2 (9051) once enabled, UTF8=ACCEPT
+(6855), UNAUTHENTICATE (8437).
 
 Bytes in, actions out.  Policy (passwords, where a user's mail lives) is
 the *backend*'s, and the mail store it opens is named by
@@ -37,6 +38,9 @@ from pymta.lib.sansio import STARTTLS, Job, catching
 
 __all__ = ["IMAPServer", "IMAPSettings", "COMMANDS"]
 
+# ENABLE's extensions (RFC 5161), by their upper-case names, as ENABLED names them
+ENABLE_NAMES = {"CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC", "IMAP4REV2": "IMAP4rev2", "UTF8=ACCEPT": "UTF8=ACCEPT"}
+
 COMMANDS = {
     "CAPABILITY": Command("cmd_capability", ANY_STATE, io=IO_SELECTED),
     "NOOP": Command("cmd_noop", ANY_STATE, io=IO_SELECTED),
@@ -46,6 +50,7 @@ COMMANDS = {
     "STARTTLS": Command("cmd_starttls", (NOT_AUTH,), io=IO_NONE),
     "LOGIN": Command("cmd_login", (NOT_AUTH,), io=IO_NONE),
     "AUTHENTICATE": Command("cmd_authenticate", (NOT_AUTH,), io=IO_NONE),
+    "UNAUTHENTICATE": Command("cmd_unauthenticate", (AUTH, SELECTED), io=IO_NONE),
     "SELECT": Command("cmd_select", (AUTH, SELECTED)),
     "EXAMINE": Command("cmd_examine", (AUTH, SELECTED)),
     "CREATE": Command("cmd_create", (AUTH, SELECTED)),
@@ -119,13 +124,31 @@ class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands, SortCommands, Quot
         self._need(args, 1)
         on = []
         for a in args:
-            name = self._astring(a).upper()
-            if name in ("CONDSTORE", "QRESYNC") and name not in self.enabled:  # QRESYNC implies CONDSTORE
+            name = ENABLE_NAMES.get(self._astring(a).upper(), "")
+            if name and name not in self.enabled:
                 self.enabled.add(name)
                 on.append(name)
-                self.condstore = True
+                if name in ("CONDSTORE", "QRESYNC"):  # QRESYNC implies CONDSTORE
+                    self.condstore = True
         self._untagged("ENABLED" + "".join(" " + n for n in on))
         self._done(tag, "ENABLE completed")
+
+    def cmd_unauthenticate(self, tag, args):
+        """RFC 8437: back to the not-authenticated state, as a new connection would be
+        after STARTTLS: the mailbox closed (nothing expunged), ENABLEd extensions and
+        the saved search gone, the login's trace closed; its log line written."""
+        self._need(args, 0, 0)
+        self._log_end("Unauthenticated")
+        if self.info.trace is not None:
+            self.info.trace.close()
+            self.info.trace = None
+        self.sel = None
+        self.store = None
+        self.user = None
+        self.enabled = set()
+        self.condstore = False
+        self.state = NOT_AUTH
+        self._tagged(tag, f"OK [CAPABILITY {self._capabilities()}] UNAUTHENTICATE completed")
 
     # -- not authenticated ------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""Mailbox names: modified UTF-7 on the wire, Maildir++ folders on disk.
+"""Mailbox names: modified UTF-7 (or UTF-8) on the wire, Maildir++ folders on disk.
 
 Wire names (RFC 3501 5.1.3) use ``/`` as the hierarchy delimiter and
-modified UTF-7 for non-ASCII.  On disk a name ``a/b`` is the Maildir++
+modified UTF-7 for non-ASCII; a session that enabled IMAP4rev2 (RFC 9051
+5.1) or UTF8=ACCEPT (RFC 6855 3) sends and gets them in UTF-8 instead
+(``utf8=True`` below: no ``&`` decoding, names in Unicode NFC).  On disk a name ``a/b`` is the Maildir++
 folder ``.a.b`` beside the INBOX's new/cur/tmp; each component is kept in
 modified UTF-7 (pure ASCII, no ``/``), and a ``.`` inside a component is
 written ``&AC4-`` (the modified UTF-7 form of ".") so it cannot be taken for
@@ -82,14 +84,26 @@ def is_inbox(name: str) -> bool:
     return name.upper() == "INBOX"
 
 
-def normalize(wire: str) -> str:
+def from_wire(wire: str, utf8: bool = False) -> str:
+    """A name or LIST pattern as the client sent it -> Unicode (no checks beyond the encoding)."""
+    if not utf8:
+        return decode_mutf7(wire)
+    if not wire.isascii():
+        import unicodedata  # noqa: PLC0415 lazy: only for non-ASCII UTF-8 names
+
+        if not unicodedata.is_normalized("NFC", wire):  # RFC 9051 5.1: Net-Unicode (RFC 5198)
+            raise BadName("not in Unicode NFC")
+    return wire
+
+
+def normalize(wire: str, utf8: bool = False) -> str:
     """Wire name -> canonical Unicode name ("INBOX" in any case becomes "INBOX").
 
     Raises BadName for names that are malformed or unsafe.
     """
     if len(wire) > MAX_NAME:
         raise BadName("mailbox name too long")
-    name = decode_mutf7(wire)
+    name = from_wire(wire, utf8)
     if is_inbox(name):
         return "INBOX"
     if name.upper().startswith("INBOX/"):
@@ -109,14 +123,14 @@ def check(name: str) -> None:
     for part in parts:
         if part in ("", ".", ".."):
             raise BadName("empty, . or .. component in mailbox name")
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in part):
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in part):  # RFC 6855 3
             raise BadName("control character in mailbox name")
         if part.startswith(".") and part.strip("."):
             pass  # ".hidden" is harmless: it becomes "&AC4-hidden" on disk
 
 
-def to_wire(name: str) -> str:
-    return encode_mutf7(name)
+def to_wire(name: str, utf8: bool = False) -> str:
+    return name if utf8 else encode_mutf7(name)
 
 
 def to_dir(name: str) -> str:

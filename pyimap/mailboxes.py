@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pyimap import mailbox_names as mn
 from pyimap.core import AUTH, CommandContext
-from pyimap.parser import Atom, ParseError, quote
+from pyimap.parser import Atom, ParseError
 from pyimap.storage import StoreError
 
 if TYPE_CHECKING:
@@ -36,11 +36,11 @@ class MailboxCommands(CommandContext):
             if not (isinstance(p, list) and len(p) == 2 and str(p[0]).upper() == "USE" and isinstance(p[1], list)):
                 raise ParseError("CREATE takes (USE (...))")
             uses = {str(u)[:1] + str(u)[1:].capitalize() for u in p[1]}
-            own = self.store.special_use(mn.normalize(raw))
+            own = self.store.special_use(mn.normalize(raw, self.utf8))
             if uses and uses != {own}:
                 self._tagged(tag, "NO [USEATTR] Only the special use that goes with the name can be given")
                 return
-        if self._store_call(tag, self.store.create, mn.normalize(raw)):
+        if self._store_call(tag, self.store.create, mn.normalize(raw, self.utf8)):
             self._done(tag, "CREATE completed")
 
     def cmd_delete(self, tag, args):
@@ -163,7 +163,7 @@ class MailboxCommands(CommandContext):
                 all_names.add("/".join(parts[:k]))
         regexes = []
         for p in patterns:
-            full = mn.decode_mutf7(ref + p)
+            full = mn.from_wire(ref + p, self.utf8)
             if full.upper().startswith("INBOX"):
                 full = "INBOX" + full[5:]
             regexes.append(self._pattern_re(full))
@@ -197,8 +197,8 @@ class MailboxCommands(CommandContext):
                 if n not in subs:
                     attrs.append("\\Noselect")
             else:
-                if n not in existing:
-                    attrs.append("\\NonExistent" if "SUBSCRIBED" in select_opts else "\\Noselect")
+                if n not in existing:  # as LIST-EXTENDED, which IMAP4rev2's LIST is (RFC 9051 6.3.9)
+                    attrs.append("\\NonExistent" if "SUBSCRIBED" in select_opts or self.rev2 else "\\Noselect")
                 attrs.append("\\HasChildren" if n in children else "\\HasNoChildren")
                 if n in subs and ("SUBSCRIBED" in select_opts or "SUBSCRIBED" in return_opts):
                     attrs.append("\\Subscribed")
@@ -210,13 +210,24 @@ class MailboxCommands(CommandContext):
             childinfo = ""
             if "RECURSIVEMATCH" in select_opts and any(s.startswith(n + "/") for s in subs):
                 childinfo = ' ("CHILDINFO" ("SUBSCRIBED"))'
-            self._untagged(f'{name_cmd} ({" ".join(attrs)}) "/" {quote(mn.to_wire(n)).decode()}{childinfo}')
+            self._untagged(f'{name_cmd} ({" ".join(attrs)}) "/" {self._quoted_name(n)}{childinfo}')
             if status_items and n in existing:
                 self._status_line(n, status_items)
         self._done(tag, f"{name_cmd} completed")
 
     def cmd_lsub(self, tag, args):
         self.cmd_list(tag, args, lsub=True)
+
+    def _select_list(self, name: str) -> None:
+        """IMAP4rev2's LIST response of SELECT/EXAMINE (RFC 9051 6.3.2): the attributes
+        a plain LIST gives the mailbox."""
+        assert self.store is not None  # logged in: AUTH or SELECTED
+        kids = any(n.startswith(name + "/") for n in self.store.names())
+        attrs = ["\\HasChildren" if kids else "\\HasNoChildren"]
+        su = self.store.special_use(name)
+        if su:
+            attrs.append(su)
+        self._untagged(f'LIST ({" ".join(attrs)}) "/" {self._quoted_name(name)}')
 
     def _status_line(self, name: str, items: list[str]) -> None:
         assert self.store is not None  # logged in: AUTH or SELECTED
@@ -227,7 +238,7 @@ class MailboxCommands(CommandContext):
         for it in items:
             if it == "MESSAGES":
                 vals.append(f"MESSAGES {len(snap.entries)}")
-            elif it == "RECENT":
+            elif it == "RECENT" and not self.rev2:  # IMAP4rev2 has no \\Recent (RFC 9051 E)
                 vals.append(f"RECENT {len(snap.recent_uids())}")
             elif it == "UIDNEXT":
                 vals.append(f"UIDNEXT {snap.uidnext}")
@@ -239,9 +250,11 @@ class MailboxCommands(CommandContext):
                 vals.append(f"HIGHESTMODSEQ {snap.highestmodseq}")
             elif it == "SIZE":
                 vals.append(f"SIZE {sum(e.size for e in snap.entries.values())}")
+            elif it == "DELETED":  # RFC 9051 6.3.11
+                vals.append(f"DELETED {sum(1 for e in snap.entries.values() if 'T' in e.flags)}")
             else:
                 raise ParseError(f"Unknown STATUS item {it[:30]}")
-        self._untagged(f"STATUS {quote(mn.to_wire(name)).decode()} ({' '.join(vals)})")
+        self._untagged(f"STATUS {self._quoted_name(name)} ({' '.join(vals)})")
 
     def cmd_status(self, tag, args):
         assert self.store is not None  # logged in: AUTH or SELECTED

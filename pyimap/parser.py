@@ -47,6 +47,15 @@ class Literal:
         return f"Literal({self.data[:40]!r})"
 
 
+class Literal8:
+    """A literal8 (``~{n}``, RFC 4466; RFC 6855's ``UTF8 (~{n}...)``): its value (bytes or a sink)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}$")
 _TAG_RE = re.compile(rb"^([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ")
 
@@ -256,10 +265,12 @@ def tokenize(parts: list, max_depth: int = MAX_DEPTH) -> list:
     """Command parts -> nested list of Atom / bytes (strings) / list / sink objects."""
     top: list = []
     stack = [top]
-    for _i, part in enumerate(parts):
+    literal8 = False  # the segment ended in "~": the literal after it is a literal8
+    for i, part in enumerate(parts):
         if not isinstance(part, (bytes, bytearray)):
             value = part.data if isinstance(part, Literal) else part
-            stack[-1].append(value)
+            stack[-1].append(Literal8(value) if literal8 else value)
+            literal8 = False
             continue
         data = part
         n = len(data)
@@ -331,6 +342,9 @@ def tokenize(parts: list, max_depth: int = MAX_DEPTH) -> list:
                     raise ParseError("8-bit characters in atom") from None
                 if any(ord(ch) < 0x20 for ch in text):
                     raise ParseError("Control character in command")
+                if text == "~" and pos == n and i + 1 < len(parts):
+                    literal8 = True  # "~{n}": the literal follows this segment
+                    continue
                 stack[-1].append(Atom(text))
     if len(stack) != 1:
         raise ParseError("Unbalanced parenthesis")
@@ -404,13 +418,18 @@ def expand(ranges, values: list[int], star: int) -> list[int]:
 _SAFE_QUOTED = re.compile(rb"^[\x20-\x7e]*$")
 
 
-def quote(value) -> bytes:
-    """A string as an IMAP quoted string, or a literal when it must be."""
+_UTF8_QUOTED = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")
+
+
+def quote(value, utf8: bool = False) -> bytes:
+    """A string as an IMAP quoted string, or a literal when it must be; with ``utf8``
+    (the client enabled UTF8=ACCEPT or IMAP4rev2) UTF-8 text may be quoted (RFC 6855 3)."""
     if value is None:
         return b"NIL"
+    text = value if utf8 and isinstance(value, str) else ""
     if isinstance(value, str):
         value = value.encode("utf-8")
-    if len(value) < 1024 and _SAFE_QUOTED.match(value):
+    if len(value) < 1024 and (_SAFE_QUOTED.match(value) or (text and _UTF8_QUOTED.match(text))):
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(value) + value
 

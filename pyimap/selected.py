@@ -16,7 +16,7 @@ from typing import Any
 
 from pyimap.core import AUTH, SELECTED, CommandContext
 from pyimap.formats import LETTER_FLAG, flag_list_for, flags_text, parse_date_time, parse_flags, uid_set_text
-from pyimap.parser import Atom, Literal, ParseError, expand, is_number, parse_sequence_set
+from pyimap.parser import Atom, Literal, Literal8, ParseError, expand, is_number, parse_sequence_set
 from pyimap.storage import Folder, MessageSpool
 from pymta.lib.sansio import Watch
 
@@ -76,13 +76,14 @@ class SelectedCommands(CommandContext):
             if self.sel is not None:
                 self.sel = None
                 self.state = AUTH
-                if self.condstore:
+                if self.condstore or self.rev2:  # RFC 7162 3.2.11, RFC 9051 6.3.2
                     self._untagged("OK [CLOSED] Previous mailbox closed")
         if not self.store.exists(name):
             self._tagged(tag, "NO [NONEXISTENT] Mailbox does not exist")
             return
         index = self.store.index(name)
-        snap, recent = _see_recent(index, index.sync(), readonly)
+        # IMAP4rev2 shows no \Recent (RFC 9051 E), so claims none: they stay for IMAP4rev1 sessions
+        snap, recent = (index.sync(), set()) if self.rev2 else _see_recent(index, index.sync(), readonly)
         sel = Selected(name, index, readonly, snap)
         sel.recent = recent
         sel.keywords = set(snap.keywords())
@@ -94,11 +95,14 @@ class SelectedCommands(CommandContext):
         else:
             self._untagged(f"OK [PERMANENTFLAGS {flag_list_for(sel.keywords)[:-1]} \\*)] Flags permitted")
         self._untagged(f"{len(sel.view)} EXISTS")
-        self._untagged(f"{len(recent)} RECENT")
-        for i, uid in enumerate(sel.view):
-            if "S" not in snap.entries[uid].flags:
-                self._untagged(f"OK [UNSEEN {i + 1}] First unseen")
-                break
+        if self.rev2:  # no RECENT, no UNSEEN code; a LIST instead (RFC 9051 6.3.2)
+            self._select_list(name)
+        else:
+            self._untagged(f"{len(recent)} RECENT")
+            for i, uid in enumerate(sel.view):
+                if "S" not in snap.entries[uid].flags:
+                    self._untagged(f"OK [UNSEEN {i + 1}] First unseen")
+                    break
         self._untagged(f"OK [UIDVALIDITY {snap.uidvalidity}] UIDs valid")
         self._untagged(f"OK [UIDNEXT {snap.uidnext}] Predicted next UID")
         self._untagged(f"OK [HIGHESTMODSEQ {snap.highestmodseq}] Highest")
@@ -128,9 +132,17 @@ class SelectedCommands(CommandContext):
 
     def cmd_append(self, tag, args):
         assert self.store is not None  # logged in: AUTH or SELECTED
-        self._need(args, 2, 4)
+        self._need(args, 2, 5)
         message = args[-1]
+        if len(args) >= 3 and isinstance(args[-2], Atom) and args[-2].upper() == "UTF8":
+            # RFC 6855 4: UTF8 (~{n}...), a message with UTF-8 headers
+            if not (isinstance(message, list) and len(message) == 1 and isinstance(message[0], Literal8)):
+                raise ParseError("UTF8 needs (~{n} literal8)")
+            message = message[0].value
+            args = args[:-2] + [message]
         try:
+            if len(args) > 4:
+                raise ParseError("Bad APPEND arguments")
             name = self._mailbox(args[0])
             flags_tok = None
             date_tok = None
@@ -165,6 +177,10 @@ class SelectedCommands(CommandContext):
             self._tagged(tag, "NO [TRYCREATE] Mailbox does not exist")
             return
         path = message.finish(mtime=idate)
+        if not self.utf8 and not _header_is_ascii(path):
+            message.abort()  # RFC 6855 4, as this server offers UTF8=ACCEPT
+            self._tagged(tag, "NO 8-bit characters in the message header: ENABLE UTF8=ACCEPT first")
+            return
         index = self.store.index(name)
         try:
             self.store.quota_check(message.size)  # RFC 9208: NO [OVERQUOTA], nothing kept
@@ -368,7 +384,11 @@ class SelectedCommands(CommandContext):
 
         charset = "UTF-8"
         returns, args = self._search_returns(args)
+        if returns is None and self.rev2:
+            returns = ["ALL"]  # IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 6.4.4)
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
+            if "UTF8=ACCEPT" in self.enabled and not self.rev2:
+                raise ParseError("No CHARSET after ENABLE UTF8=ACCEPT")  # RFC 6855 3
             charset = self._search_charset(tag, args[1])
             if not charset:
                 return
@@ -645,7 +665,9 @@ class SelectedCommands(CommandContext):
             paths, names = sel.index.watch_paths()
             # answered by watching(), which takes the first look; after that one look per burst
             # serves every session idling on the folder in this process (read-only ones apart)
-            self.out.append(Watch(paths, names, look=partial(look, sel.index, sel.readonly), shared=sel.readonly))
+            # (an IMAP4rev2 session claims no \\Recent: it shares the read-only sessions' look)
+            claims = not (sel.readonly or self.rev2)
+            self.out.append(Watch(paths, names, look=partial(look, sel.index, not claims), shared=not claims))
         else:
             self._in_job(self._idle_poll)
 
@@ -689,7 +711,7 @@ class SelectedCommands(CommandContext):
             return False
         told = False
         last = sel.view[-1] if sel.view else 0
-        if snap.entries and next(reversed(snap.entries)) > last:
+        if snap.entries and next(reversed(snap.entries)) > last and not self.rev2:
             # new messages: the ones no session saw yet are \Recent here
             if look is None:
                 snap, recent = _see_recent(sel.index, snap, sel.readonly)
@@ -739,7 +761,8 @@ class SelectedCommands(CommandContext):
             for u in new:
                 sel.known[u] = entries[u].modseq
             self._untagged(f"{len(sel.view)} EXISTS")
-            self._untagged(f"{len(sel.recent)} RECENT")
+            if not self.rev2:
+                self._untagged(f"{len(sel.recent)} RECENT")
         sel.snap = snap
         return told
 
@@ -768,6 +791,12 @@ def look(index: Folder, readonly: bool) -> Look:
     folder (``Watch(look=...)``): bring the index up to date and claim what
     is \\Recent, as one session's look would."""
     return Look(*_see_recent(index, index.sync(), readonly), readonly)
+
+
+def _header_is_ascii(path: str) -> bool:
+    from pyimap.message import read_header  # noqa: PLC0415 lazy
+
+    return read_header(path).isascii()
 
 
 def _see_recent(index: Folder, snap: Any, readonly: bool) -> tuple[Any, set[int]]:
