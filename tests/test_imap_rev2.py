@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import PASSWORD
-from test_imap import ALICE, exchange, login, msg, start_imapd
+from test_imap import ALICE, esearch, exchange, login, msg, start_imapd
 
 BOTH = ["listen", "inetd"]
 
@@ -49,15 +49,10 @@ def test_imap4rev2_once_enabled(mailsys, mode):
         "OK FETCH completed",
     ]
     assert exchange(m, "FETCH 1 RFC822.HEADER")[0].startswith("* 1 FETCH (RFC822.HEADER {")
-    tag_re = re.compile(r'^\* ESEARCH \(TAG "[^"]+"\)')
-    esearch = [tag_re.sub('* ESEARCH (TAG "t")', x) for x in exchange(m, "SEARCH ALL")]
-    assert esearch == ['* ESEARCH (TAG "t") ALL 1:2', "OK SEARCH completed"]
-    esearch = [tag_re.sub('* ESEARCH (TAG "t")', x) for x in exchange(m, "UID SEARCH UNSEEN")]
-    assert esearch == ['* ESEARCH (TAG "t") UID ALL 1', "OK SEARCH completed"]
-    esearch = [tag_re.sub('* ESEARCH (TAG "t")', x) for x in exchange(m, "SEARCH DRAFT")]
-    assert esearch == ['* ESEARCH (TAG "t")', "OK SEARCH completed"]
-    esearch = [tag_re.sub('* ESEARCH (TAG "t")', x) for x in exchange(m, "SEARCH RETURN (COUNT) ALL")]
-    assert esearch == ['* ESEARCH (TAG "t") COUNT 2', "OK SEARCH completed"]
+    assert esearch(m, "SEARCH ALL") == ['* ESEARCH (TAG "t") ALL 1:2', "OK SEARCH completed"]
+    assert esearch(m, "UID SEARCH UNSEEN") == ['* ESEARCH (TAG "t") UID ALL 1', "OK SEARCH completed"]
+    assert esearch(m, "SEARCH DRAFT") == ['* ESEARCH (TAG "t")', "OK SEARCH completed"]
+    assert esearch(m, "SEARCH RETURN (COUNT) ALL") == ['* ESEARCH (TAG "t") COUNT 2', "OK SEARCH completed"]
     assert exchange(m, "STATUS INBOX (MESSAGES DELETED SIZE)") == [
         '* STATUS "INBOX" (MESSAGES 2 DELETED 1 SIZE 276)',
         "OK STATUS completed",
