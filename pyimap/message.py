@@ -170,6 +170,13 @@ def decoded_lower(value: bytes) -> str:
     return decode_words(value).lower()
 
 
+def lenient_b64decode(text: bytes) -> bytes:
+    """Base64 decoded as Dovecot decodes it: what is not base64 is skipped, a short end padded."""
+    text = re.sub(rb"[^A-Za-z0-9+/]", b"", text)
+    text = text[: len(text) - len(text) % 4 if len(text) % 4 == 1 else len(text)]
+    return base64.b64decode(text + b"=" * (-len(text) % 4))
+
+
 _EW = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 
 
@@ -179,10 +186,8 @@ def decode_words(value: bytes) -> str:
         enc = m.group(2).upper()
         text = m.group(3)
         try:
-            if enc == b"B":  # leniently, as Dovecot: what is not base64 is skipped
-                text = re.sub(rb"[^A-Za-z0-9+/]", b"", text)
-                text = text[: len(text) - len(text) % 4 if len(text) % 4 == 1 else len(text)]
-                raw = base64.b64decode(text + b"=" * (-len(text) % 4))
+            if enc == b"B":
+                raw = lenient_b64decode(text)
             else:
                 raw = binascii.a2b_qp(text.replace(b"_", b" "), header=True)
             return raw.decode(charset, "replace").encode("utf-8")
@@ -659,6 +664,46 @@ def _split_multipart(data: bytes, first: int, n: int, boundary: bytes | None) ->
     if start is not None:
         out.append((start, n))
     return out
+
+
+def search_texts(data: bytes) -> tuple[str, str]:
+    """What SEARCH BODY and TEXT look in, as Dovecot: (the bodies of the text parts, their
+    transfer encoding and charset decoded; the same with the header fields of every part and
+    enclosed message, RFC 2047 decoded), in lower case.  Other parts (images, archives) are
+    not text: their bytes never match.  ``data`` is a whole message in CRLF form."""
+    bodies: list[str] = []
+    heads: list[str] = []
+    root = Part(data)
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        if part is not root:
+            heads.append(decoded_lower(part.header))
+        if part.children:
+            stack.extend(reversed(part.children))
+        elif part.message is not None:
+            stack.append(part.message)
+        elif part.type.lower() in (b"text", b"message"):
+            bodies.append(_decoded_text(part).lower())
+    body = "\n".join(bodies)
+    return body, "\n".join(heads) + "\n" + body
+
+
+def _decoded_text(part: Part) -> str:
+    raw = part.body
+    enc = (part.headers.get("content-transfer-encoding") or b"").strip().lower()
+    try:
+        if enc == b"base64":
+            raw = lenient_b64decode(raw)
+        elif enc == b"quoted-printable":
+            raw = binascii.a2b_qp(raw)
+    except (ValueError, binascii.Error):
+        pass
+    charset = next((v for n, v in part.params if n.lower() == b"charset"), b"utf-8")
+    try:
+        return raw.decode(charset.decode("ascii", "replace").strip(), "replace")
+    except LookupError:
+        return raw.decode("utf-8", "replace")
 
 
 def section_bytes(root: Part, path: list[int], kind: str, fields: list[str]) -> bytes | None:

@@ -5,7 +5,7 @@ function of a ``Candidate`` (one message as the session sees it), which
 loads headers or text only if a key needs them.  Text keys are
 case-insensitive substring matches over decoded (RFC 2047) header values
 (for FROM/TO/CC/BCC also over the addresses as ENVELOPE parses them), and
-over the raw body bytes.
+over the text parts of the body, decoded (``message.search_texts``).
 """
 
 from __future__ import annotations
@@ -186,14 +186,13 @@ class Compiler:
             name = self.string()
             return self._header(name.lower(), self.string())
         if k == "BODY":
-            needle = self.string().lower().encode("utf-8")
+            needle = self.string().lower()
             self.needs_text = True
-            return lambda m: needle in m.body_lower()
+            return lambda m: needle in m.texts()[0]
         if k == "TEXT":
-            needle_s = self.string().lower()
-            needle = needle_s.encode("utf-8")
+            needle = self.string().lower()
             self.needs_text = True
-            return lambda m: needle in m.body_lower() or needle_s in m.header_text_lower()
+            return lambda m: needle in m.header_text_lower() or needle in m.texts()[1]
         if k == "NOT":
             p = self.key(depth + 1)
             return lambda m: not p(m)
@@ -296,16 +295,17 @@ class Candidate:
                 self._headers = Headers(b"")
         return self._headers
 
-    def body_lower(self) -> bytes:
+    def texts(self) -> tuple[str, str]:
+        """(what BODY searches, what TEXT searches besides the header): ``message.search_texts``."""
         if self._body is None:
-            from pyimap.message import read_crlf, split_header  # noqa: PLC0415 lazy
+            from pyimap.message import read_crlf, search_texts  # noqa: PLC0415 lazy
 
             try:
-                self._body = split_header(read_crlf(self._path))[1].lower()
+                self._body = search_texts(read_crlf(self._path))
             except FileNotFoundError:
                 raise
             except OSError:
-                self._body = b""
+                self._body = ("", "")
         return self._body
 
     def header_text_lower(self) -> str:

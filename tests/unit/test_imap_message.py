@@ -1,5 +1,6 @@
 """ENVELOPE, BODYSTRUCTURE and section fetches, byte for byte (RFC 3501 examples + a multipart corpus)."""
 
+import base64
 import email
 import email.policy
 
@@ -148,6 +149,35 @@ def test_envelope_white_space_as_dovecot():
     )
     env = envelope(Headers(b"Subject: x\x00y\r\n\r\n"))
     assert env == b"(NIL {5}\r\nx\xef\xbf\xbdy NIL NIL NIL NIL NIL NIL NIL NIL)"
+
+
+def test_search_texts_decode_the_text_parts():
+    """SEARCH BODY/TEXT look in the text parts decoded (transfer encoding, charset), as Dovecot;
+    TEXT also in every part's header fields; a non-text part never matches."""
+    from pyimap.message import search_texts
+
+    data = to_crlf(
+        (
+            "Subject: top\nContent-Type: multipart/mixed; boundary=b\n\npreamble\n"
+            "--b\nContent-Type: text/plain; charset=koi8-r\nContent-Transfer-Encoding: base64\n\n"
+            + base64.b64encode("Привет".encode("koi8-r")).decode()
+            + "\n--b\nContent-Type: text/html; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\n"
+            "<p>caf=E9</p>\n--b\nContent-Type: application/octet-stream\n\nsecret bytes\n"
+            "--b\nContent-Type: message/rfc822\n\nSubject: =?utf-8?Q?inn=C3=A9r?=\n\nInner Body\n--b--\n"
+        ).encode("latin-1")
+    )
+    body, text = search_texts(data)
+    assert body == "привет\n<p>café</p>\ninner body"
+    assert text == (
+        "content-type: text/plain; charset=koi8-r\r\ncontent-transfer-encoding: base64\r\n\r\n\n"
+        "content-type: text/html; charset=iso-8859-1\r\ncontent-transfer-encoding: quoted-printable\r\n\r\n\n"
+        "content-type: application/octet-stream\r\n\r\n\ncontent-type: message/rfc822\r\n\r\n\n"
+        "subject: innér\r\n\r\n\n" + body
+    )
+    # an unknown charset reads as UTF-8; broken base64 as far as it goes
+    assert search_texts(b"Content-Type: text/plain; charset=x-nope\r\n\r\n\xc3\xa9t\xc3\xa9\r\n")[0] == "été\r\n"
+    bad = b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8!!!\r\n"
+    assert search_texts(bad)[0] == "hello"
 
 
 # -- a real multipart message: mixed(alternative(plain, html), attachment, rfc822(mixed(plain, gif))) -----------
