@@ -10,6 +10,7 @@ import pytest
 
 from conftest import PASSWORD
 from test_imap import ALICE, esearch, exchange, login, msg, start_imapd
+from test_session_log import start
 
 BOTH = ["listen", "inetd"]
 
@@ -178,3 +179,18 @@ def test_imap4rev2_idle_claims_no_recent(mailsys, mode):
     assert m.readline() == b"i1 OK IDLE terminated\r\n"
     lines = exchange(other, "SELECT INBOX")
     assert "* 1 RECENT" in lines
+
+
+@pytest.mark.parametrize("mode", BOTH)
+def test_unauthenticate_logs_the_login_end(mailsys, mode):
+    """Each login gets its own end line: UNAUTHENTICATE writes 'Disconnected: Unauthenticated'
+    for the first, LOGOUT 'Disconnected: Logged out' for the second."""
+    port, err = start(mailsys, "pyimap.imapd", mode)
+    m = login(port)
+    assert exchange(m, "UNAUTHENTICATE")[0].endswith("UNAUTHENTICATE completed")
+    first = err.wait_for("Disconnected: ")
+    assert re.search(rf"imap\({re.escape(ALICE)}\): Disconnected: Unauthenticated in=\d+ out=\d+ rip=", first[0])
+    assert exchange(m, f'LOGIN {ALICE} "{PASSWORD}"')[0].endswith("Logged in")
+    m.logout()
+    both = err.wait_for("Disconnected: ", 2)
+    assert "Disconnected: Logged out" in both[1] and "Traceback" not in err.text()
