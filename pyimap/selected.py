@@ -770,7 +770,10 @@ class SelectedCommands(CommandContext):
 class Look:
     """What one look at a folder found, for every session idling on it in
     this process: the snapshot, and the messages it made \\Recent -- for the
-    first session that shows them (for each read-only one: nothing was claimed)."""
+    first session that shows them (for each read-only one: nothing was claimed).
+    Should every session look for itself instead (each ran a job meanwhile),
+    those messages are \\Recent in none, as when the session that claimed
+    them goes away."""
 
     __slots__ = ("snap", "recent", "readonly")
 

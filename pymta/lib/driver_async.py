@@ -467,7 +467,7 @@ class _Group:
         self.token = None
         self.running = False  # the look is under way
         self.again = False  # changes came meanwhile: look again once it is over
-        self.stamps: dict[_Connection, int] = {}  # each member's Job count when the look began
+        self.stamps: dict[_Connection, int] = {}  # each member's Job count when the look began (idle ones)
 
 
 class AsyncServer:
@@ -560,7 +560,8 @@ class AsyncServer:
             return
         group.running = True
         group.again = False
-        group.stamps = {conn: conn.jobs for conn in group.members}
+        # A member with a Job under way may read the folder after the look does: it looks itself.
+        group.stamps = {conn: conn.jobs for conn in group.members if not conn.busy}
         loop = asyncio.get_running_loop()
 
         def finished(future) -> None:  # in the job's thread
@@ -573,7 +574,7 @@ class AsyncServer:
 
     def _group_looked(self, group: _Group, future) -> None:
         """The group's look is over: each member computes its updates from it, unless
-        it ran a Job since the look began (it may have seen more): that one looks itself."""
+        a Job of its own ran meanwhile (it may have seen more): that one looks itself."""
         group.running = False
         stamps, group.stamps = group.stamps, {}
         try:

@@ -28,8 +28,8 @@ class Watcher(Protocol):
         return [b"watching\n"] if ok else [b"polling\n"]
 
     def data_received(self, data: bytes) -> list:
-        if data == b"job\n":
-            return [Job(lambda: None)]
+        if data in (b"job\n", b"slow job\n"):
+            return [Job(time.sleep, 0.4 if data == b"slow job\n" else 0)]
         return []
 
     def job_done(self, result) -> list:
@@ -145,6 +145,17 @@ def test_one_look_per_burst_for_the_sessions_of_a_group(tmp_path):
         for s in ones:
             assert _line(s) == b"changed one-3\n"
         assert looks == {"one": 3, "two": 0}
+        # so does one whose Job was under way when the look began (it may read the folder
+        # later), though the Job is over (0.4 s) before the look (0.05 + 0.5 s)
+        slow.set()
+        ones[1].sendall(b"slow job\n")
+        time.sleep(0.1)
+        (one / "i").write_bytes(b"x")
+        assert _line(ones[1]) == b"job done\n"
+        assert _line(ones[1]) == b"changed None\n"
+        for s in ones[:1] + ones[2:]:
+            assert _line(s) == b"changed one-4\n"
+        slow.clear()
         # sessions leaving: the last one takes the subscription with it
         for s in ones:
             s.close()
