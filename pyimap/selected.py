@@ -176,11 +176,10 @@ class SelectedCommands(CommandContext):
             message.abort()
             self._tagged(tag, "NO [TRYCREATE] Mailbox does not exist")
             return
+        # RFC 6855 4 would refuse an 8-bit header from a session that did not ENABLE
+        # UTF8=ACCEPT; real clients (mbsync, Thunderbird's copies, imapsync) upload
+        # old mail with raw 8-bit headers, and Dovecot takes it: so do we (pyimap-imapd(8)).
         path = message.finish(mtime=idate)
-        if not self.utf8 and not _header_is_ascii(path):
-            message.abort()  # RFC 6855 4, as this server offers UTF8=ACCEPT
-            self._tagged(tag, "NO 8-bit characters in the message header: ENABLE UTF8=ACCEPT first")
-            return
         index = self.store.index(name)
         try:
             self.store.quota_check(message.size)  # RFC 9208: NO [OVERQUOTA], nothing kept
@@ -794,12 +793,6 @@ def look(index: Folder, readonly: bool) -> Look:
     folder (``Watch(look=...)``): bring the index up to date and claim what
     is \\Recent, as one session's look would."""
     return Look(*_see_recent(index, index.sync(), readonly), readonly)
-
-
-def _header_is_ascii(path: str) -> bool:
-    from pyimap.message import read_header  # noqa: PLC0415 lazy
-
-    return read_header(path).isascii()
 
 
 def _see_recent(index: Folder, snap: Any, readonly: bool) -> tuple[Any, set[int]]:
