@@ -74,6 +74,10 @@ class SpoolBuffer:
     def base(self) -> str:
         return self.spool.base if self.spool is not None else ""  # known after finish()
 
+    @property
+    def bare_lf(self) -> bool:
+        return self.spool.bare_lf if self.spool is not None else False  # known after finish()
+
     def write(self, data: bytes) -> None:
         if self.error is None and not self.aborted:
             self.buf += data
@@ -371,6 +375,9 @@ class IMAPCore(Protocol, CommandContext):
             "ESEARCH",
             "SEARCHRES",
             "STATUS=SIZE",
+            "BINARY",
+            "MULTIAPPEND",
+            "CATENATE",
             "QUOTA",
             "QUOTA=RES-STORAGE",
             "QUOTA=RES-MESSAGE",
@@ -411,9 +418,11 @@ class IMAPCore(Protocol, CommandContext):
         head = segments[0].split(None, 2)
         if len(head) < 2 or head[1].upper() != b"APPEND":
             return None
-        if 0 < size <= self.settings.max_mem_literal:
+        if 0 < size <= self.settings.max_mem_literal and self.reader.size + size <= self.reader.max_command:
             return None  # small (or the mailbox name): memory is fine, APPEND spools it afterwards
         if size == 0:
+            if any(b"CATENATE" in s.upper() for s in segments if isinstance(s, bytes)):
+                return None  # an empty TEXT part (RFC 4469)
             return "NO Empty messages cannot be appended"
         if size > self.settings.max_literal:
             return "NO [TOOBIG] Message too big"

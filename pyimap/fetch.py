@@ -19,7 +19,8 @@ MACROS = {
 }
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "MODSEQ"}
 _SECTION = re.compile(
-    r"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[(.*)\](?:<([0-9]{1,20})\.([0-9]{1,20})>)?$", re.DOTALL | re.IGNORECASE
+    r"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK|BINARY\.SIZE)\[(.*)\](?:<([0-9]{1,20})\.([0-9]{1,20})>)?$",
+    re.DOTALL | re.IGNORECASE,
 )
 _PATH = re.compile(r"^([0-9]{1,10}(?:\.[0-9]{1,10})*)(?:\.(.*))?$", re.DOTALL)
 STREAM_ABOVE = 256 * 1024
@@ -59,9 +60,8 @@ def _section_item(text: str) -> tuple:
     if not m:
         raise ParseError(f"Unknown FETCH item {text[:40]}")
     which = m.group(1).upper()
-    if which.startswith("BINARY"):
-        raise ParseError("BINARY not supported")
-    peek = which == "BODY.PEEK"
+    peek = which in ("BODY.PEEK", "BINARY.PEEK")
+    binary = which.startswith("BINARY")
     spec = m.group(2)
     partial = (int(m.group(3)), int(m.group(4))) if m.group(3) is not None else None
     path: list[int] = []
@@ -103,10 +103,24 @@ def _section_item(text: str) -> tuple:
         section = f"{section}.{kind}" if section else kind
     if kind.startswith("HEADER.FIELDS"):
         section += " (" + " ".join(_field_out(f) for f in fields) + ")"
-    label = f"BODY[{section}]"
+    if which == "BINARY.SIZE":
+        # RFC 3516: BINARY.SIZE[section], no partial
+        if partial is not None:
+            raise ParseError("BINARY.SIZE takes no partial range")
+        return ("BINARY.SIZE", f"BINARY.SIZE[{section}]".encode(), path, kind)
+    label = f"{'BINARY' if binary else 'BODY'}[{section}]"
     if partial is not None:
         label += f"<{partial[0]}>"
-    return ("BODY[]", label.encode("utf-8"), path, kind, fields, partial, peek)
+    # BINARY of a header (Dovecot allows it) is the header as BODY gives it
+    return (
+        "BINARY[]" if binary and kind in ("", "TEXT") else "BODY[]",
+        label.encode("utf-8"),
+        path,
+        kind,
+        fields,
+        partial,
+        peek,
+    )
 
 
 def _field_out(name: str) -> str:
@@ -275,9 +289,41 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
                 start, count = partial
                 data = data[start : start + count]
             buf.append(label + b" " + _literal(data))
+        elif name == "BINARY[]":
+            _, label, spath, kind, _fields, partial, _peek = item
+            data, literal8 = _binary(loader, spath, kind, buf)
+            if partial is not None:
+                start, count = partial
+                data = data[start : start + count]
+            buf.append(label + (b" ~{%d}\r\n" if literal8 else b" {%d}\r\n") % len(data) + data)
+        elif name == "BINARY.SIZE":
+            data, _literal8 = _binary(loader, item[2], item[3], buf)
+            buf.append(item[1] + b" %d" % len(data))
     buf.append(b")\r\n")
     out.append(b"".join(buf))
     return out
+
+
+class FetchFailed(Exception):
+    """A message's FETCH response cannot be completed (RFC 3516 UNKNOWN-CTE, invalid
+    encoded data): ``code`` and ``text`` for the tagged NO, ``done`` the items given
+    before the failure (``* n FETCH (done)`` is sent, as Dovecot does)."""
+
+    def __init__(self, code: str, text: str, done: bytes) -> None:
+        super().__init__(text)
+        self.code, self.text, self.done = code, text, done
+
+
+def _binary(loader: _Loader, path: list[int], kind: str, buf: list) -> tuple[bytes, bool]:
+    from pyimap.message import BinaryError, binary_section  # noqa: PLC0415 lazy
+
+    try:
+        return binary_section(loader.part(), path, kind)
+    except BinaryError as exc:
+        done = b"".join(buf)
+        if done.startswith(b"* "):
+            done = done.partition(b" FETCH (")[2]
+        raise FetchFailed(exc.code, str(exc), done.rstrip(b" ")) from None
 
 
 _NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
@@ -302,6 +348,8 @@ def render_expunged(sel, e, uid: int, seq: int, items, flags: str) -> list:
             buf.append(b"BODY " + _EMPTY_BODY + b")")
         elif name in ("RFC822", "RFC822.TEXT", "RFC822.HEADER"):
             buf.append(name.encode() + b" NIL")
-        else:  # BODY[...]
+        elif name == "BINARY.SIZE":
+            buf.append(item[1] + b" 0")
+        else:  # BODY[...], BINARY[...]
             buf.append(item[1] + b" NIL")
     return [b"* %d FETCH (" % seq + b" ".join(buf) + b")\r\n"]

@@ -17,6 +17,7 @@ login here, the mailbox tree in ``mailboxes``, the selected mailbox in
 
 from __future__ import annotations
 
+from pyimap.append import AppendCommands
 from pyimap.core import (
     ANY_STATE,
     AUTH,
@@ -81,7 +82,7 @@ COMMANDS = {
 }
 
 
-class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands, SortCommands, QuotaCommands):
+class IMAPServer(IMAPCore, MailboxCommands, SelectedCommands, SortCommands, QuotaCommands, AppendCommands):
     COMMANDS = COMMANDS
 
     # -- any state --------------------------------------------------------------------

@@ -729,3 +729,173 @@ def section_bytes(root: Part, path: list[int], kind: str, fields: list[str]) -> 
     if not path:
         return part.header + part.body
     return part.body
+
+
+# -- BINARY (RFC 3516): sections with their content-transfer-encoding undone -----------
+
+
+class BinaryError(Exception):
+    """A BINARY fetch that cannot be answered: ``code`` is the IMAP response code."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+_CTE_TOKEN = re.compile(rb"[^\x00-\x20()<>@,;:\\\"/\[\]?=\x7f-\xff]*")
+_CTE_KINDS = {b"7bit": "", b"8bit": "", b"binary": "", b"quoted-printable": "qp", b"base64": "b64"}
+_B64_SPACE = b" \t\r\n"
+_QP_LINE_END = re.compile(rb"[ \t]*\r?\n")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})?")
+
+
+def _cte(headers: Headers) -> str:
+    """'' (no decoding), 'qp' or 'b64' from the last Content-Transfer-Encoding field, as
+    Dovecot reads it (leading space and comments skipped, the first token, any case);
+    an empty or unknown one raises BinaryError UNKNOWN-CTE."""
+    values = headers.get_all("content-transfer-encoding")
+    if not values:
+        return ""
+    value = values[-1]
+    while True:
+        value = value.lstrip(b" \t\r\n")
+        if not value.startswith(b"("):
+            break
+        depth, i = 0, 0
+        while i < len(value):
+            c = value[i]
+            if c == 0x5C:
+                i += 2
+                continue
+            depth += c == 0x28
+            depth -= c == 0x29
+            i += 1
+            if depth == 0:
+                break
+        value = value[i:]
+    m = _CTE_TOKEN.match(value)
+    kind = _CTE_KINDS.get(m.group(0).lower() if m else b"")
+    if kind is None:
+        raise BinaryError("UNKNOWN-CTE", "Unknown Content-Transfer-Encoding")
+    return kind
+
+
+def _bad_data() -> BinaryError:
+    return BinaryError("PARSE", "Invalid data in MIME part")
+
+
+def decode_base64(data: bytes) -> bytes:
+    """Base64 as Dovecot's decoder takes it: white space skipped, anything else outside
+    the alphabet, or data after the padding, is invalid; a missing final padding is
+    tolerated (Dovecot 2.3 drops the connection there)."""
+    text = data.translate(None, _B64_SPACE)
+    if len(text) % 4 and b"=" not in text:
+        if len(text) % 4 == 1:
+            raise _bad_data()
+        text += b"=" * (-len(text) % 4)
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error:
+        raise _bad_data() from None
+
+
+def decode_qp(data: bytes) -> bytes:
+    """Quoted-printable (RFC 2045 6.7) of a CRLF text: white space at line ends dropped,
+    '=' at a line end joins lines, hard line breaks stay CRLF, '=' without two hex
+    digits is invalid (as in Dovecot)."""
+    out = bytearray()
+    pos, n = 0, len(data)
+    while pos < n:
+        m = _QP_LINE_END.search(data, pos)
+        end, nxt = (m.start(), m.end()) if m else (n, n)
+        line = data[pos:end]
+        if not m:
+            line = line.rstrip(b" \t")
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        if b"=" in line:
+            pieces = _QP_ESCAPE.split(line)
+            # split gives text, hex-or-None, text, ...
+            for i, piece in enumerate(pieces):
+                if i % 2 == 0:
+                    out += piece
+                elif piece is None:
+                    raise _bad_data()
+                else:
+                    out.append(int(piece, 16))
+        else:
+            out += line
+        if m and not soft:
+            out += b"\r\n"
+        pos = nxt
+    return bytes(out)
+
+
+def _binary_header(header: bytes) -> bytes:
+    """A part's header for BINARY once its body is decoded: its Content-Transfer-Encoding
+    fields dropped, 'Content-Transfer-Encoding: binary' added last (as Dovecot)."""
+    kept = [raw for name, raw in header_lines(header) if name != "content-transfer-encoding"]
+    return b"".join(kept) + b"Content-Transfer-Encoding: binary\r\n\r\n"
+
+
+def binary_bytes(part: Part, with_header: bool) -> tuple[bytes, bool]:
+    """The part decoded for BINARY (RFC 3516): ``(data, literal8)``.  A multipart keeps
+    its boundaries and each body part its header (rewritten where decoded); ``literal8``
+    is true when something was decoded or the data holds NUL (Dovecot's choice).
+    Raises BinaryError (UNKNOWN-CTE, or PARSE for invalid encoded data)."""
+    out: list[bytes] = []
+    flags = [False]  # decoded or NUL seen
+
+    def add(p: Part, head: bool) -> None:
+        kind = _cte(p.headers)
+        data = p._data
+        if b"\0" in p.header:
+            flags[0] = True  # even when the header is not sent (as Dovecot)
+        if head:
+            out.append(_binary_header(p.header) if kind else p.header)
+        if p.children:
+            pos = p._start
+            for child in p.children:
+                child_start = child._start - len(child.header)
+                out.append(data[pos:child_start])
+                add(child, True)
+                pos = child._end
+            out.append(data[pos : p._end])
+            return
+        if p.message is not None:
+            add(p.message, True)
+            return
+        body = data[p._start : p._end]
+        if not body:
+            return
+        if kind == "b64":
+            body = decode_base64(body)
+            flags[0] = True
+        elif kind == "qp":
+            body = decode_qp(body)
+            flags[0] = True
+        elif b"\0" in body:
+            flags[0] = True
+        out.append(body)
+
+    add(part, with_header)
+    return b"".join(out), flags[0]
+
+
+def binary_section(root: Part, path: list[int], kind: str) -> tuple[bytes, bool]:
+    """BINARY[section] (``kind`` '' or TEXT; other kinds are fetched as BODY[...] is):
+    (data, literal8); a part that does not exist is empty."""
+    if kind == "TEXT":
+        part = root.find(path) if path else root
+        if part is not None and path:
+            part = part.message
+        if part is None:
+            return b"", False
+        return binary_bytes(part, False)
+    if not path:
+        return binary_bytes(root, True)
+    part = root.find(path)
+    if part is None:
+        return b"", False
+    return binary_bytes(part, False)

@@ -47,13 +47,25 @@ class Literal:
         return f"Literal({self.data[:40]!r})"
 
 
+class LiteralBytes(bytes):
+    """A literal's bytes after ``tokenize`` (a quoted string stays plain bytes): APPEND
+    tells a message from a date-time by it."""
+
+    __slots__ = ()
+
+
 class Literal8:
-    """A literal8 (``~{n}``, RFC 4466; RFC 6855's ``UTF8 (~{n}...)``): its value (bytes or a sink)."""
+    """A literal8 (``~{n}``, RFC 3516, RFC 4466; RFC 6855's ``UTF8 (~{n}...)``): its value
+    (bytes, or the sink it went to).  Only APPEND takes one; anywhere else it is not a
+    string, so the command is BAD."""
 
     __slots__ = ("value",)
 
     def __init__(self, value) -> None:
         self.value = value
+
+    def __repr__(self) -> str:
+        return f"Literal8({self.value!r:.50})"
 
 
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}$")
@@ -265,10 +277,10 @@ def tokenize(parts: list, max_depth: int = MAX_DEPTH) -> list:
     """Command parts -> nested list of Atom / bytes (strings) / list / sink objects."""
     top: list = []
     stack = [top]
-    literal8 = False  # the segment ended in "~": the literal after it is a literal8
+    literal8 = False  # the segment ended with "~": the literal that follows is a literal8
     for i, part in enumerate(parts):
         if not isinstance(part, (bytes, bytearray)):
-            value = part.data if isinstance(part, Literal) else part
+            value = LiteralBytes(part.data) if isinstance(part, Literal) else part
             stack[-1].append(Literal8(value) if literal8 else value)
             literal8 = False
             continue
@@ -343,7 +355,7 @@ def tokenize(parts: list, max_depth: int = MAX_DEPTH) -> list:
                 if any(ord(ch) < 0x20 for ch in text):
                     raise ParseError("Control character in command")
                 if text == "~" and pos == n and i + 1 < len(parts):
-                    literal8 = True  # "~{n}": the literal follows this segment
+                    literal8 = True  # ~{n}: the Reader cut the segment before the {n}
                     continue
                 stack[-1].append(Atom(text))
     if len(stack) != 1:

@@ -15,9 +15,9 @@ from functools import partial
 from typing import Any
 
 from pyimap.core import AUTH, SELECTED, CommandContext
-from pyimap.formats import LETTER_FLAG, flag_list_for, flags_text, parse_date_time, parse_flags, uid_set_text
-from pyimap.parser import Atom, Literal, Literal8, ParseError, expand, is_number, parse_sequence_set
-from pyimap.storage import Folder, MessageSpool
+from pyimap.formats import LETTER_FLAG, flag_list_for, flags_text, parse_flags, uid_set_text
+from pyimap.parser import Atom, ParseError, expand, is_number, parse_sequence_set
+from pyimap.storage import Folder
 from pymta.lib.sansio import Watch
 
 
@@ -129,72 +129,6 @@ class SelectedCommands(CommandContext):
 
     def cmd_examine(self, tag, args):
         self.cmd_select(tag, args, readonly=True)
-
-    def cmd_append(self, tag, args):
-        assert self.store is not None  # logged in: AUTH or SELECTED
-        self._need(args, 2, 5)
-        message = args[-1]
-        if len(args) >= 3 and isinstance(args[-2], Atom) and args[-2].upper() == "UTF8":
-            # RFC 6855 4: UTF8 (~{n}...), a message with UTF-8 headers
-            if not (isinstance(message, list) and len(message) == 1 and isinstance(message[0], Literal8)):
-                raise ParseError("UTF8 needs (~{n} literal8)")
-            message = message[0].value
-            args = args[:-2] + [message]
-        try:
-            if len(args) > 4:
-                raise ParseError("Bad APPEND arguments")
-            name = self._mailbox(args[0])
-            flags_tok = None
-            date_tok = None
-            for extra in args[1:-1]:
-                if isinstance(extra, list) and flags_tok is None and date_tok is None:
-                    flags_tok = extra
-                elif isinstance(extra, bytes) and date_tok is None:
-                    date_tok = extra
-                else:
-                    raise ParseError("Bad APPEND arguments")
-            idate = parse_date_time(date_tok.decode("ascii", "replace")) if date_tok is not None else None
-            letters, kws = parse_flags(flags_tok or [])
-        except BaseException:
-            if isinstance(message, MessageSpool):
-                message.abort()
-            raise
-        if isinstance(message, Literal):
-            message = message.data
-        if isinstance(message, (bytes, Atom)):
-            # A small literal kept in memory (or a bare string): spool it too.
-            data = message.encode() if isinstance(message, str) else message
-            if not data:
-                self._tagged(tag, "NO Empty messages cannot be appended")
-                return
-            spool = self.store.spool()
-            spool.write(data)
-            message = spool
-        if not isinstance(message, MessageSpool):
-            raise ParseError("APPEND needs a message literal")
-        if not self.store.exists(name):
-            message.abort()
-            self._tagged(tag, "NO [TRYCREATE] Mailbox does not exist")
-            return
-        # RFC 6855 4 would refuse an 8-bit header from a session that did not ENABLE
-        # UTF8=ACCEPT; real clients (mbsync, Thunderbird's copies, imapsync) upload
-        # old mail with raw 8-bit headers, and Dovecot takes it: so do we (pyimap-imapd(8)).
-        path = message.finish(mtime=idate)
-        index = self.store.index(name)
-        try:
-            self.store.quota_check(message.size)  # RFC 9208: NO [OVERQUOTA], nothing kept
-            uidvalidity, uid = index.add(
-                path,
-                flags=letters,
-                keywords=kws,
-                idate=idate if idate is not None else int(time.time()),
-                size=message.wsize,
-                base=message.base,
-            )
-        except BaseException:
-            message.abort()
-            raise
-        self._done(tag, "APPEND completed", code=f"[APPENDUID {uidvalidity} {uid}]")
 
     # -- selected ---------------------------------------------------------------------
 
@@ -520,7 +454,7 @@ class SelectedCommands(CommandContext):
         return parse_items(token)
 
     def cmd_fetch(self, tag, args, uid=False):
-        from pyimap.fetch import render_expunged, render_message  # noqa: PLC0415 lazy
+        from pyimap.fetch import FetchFailed, render_expunged, render_message  # noqa: PLC0415 lazy
 
         self._need(args, 2, 3)
         sel = self.sel
@@ -556,7 +490,7 @@ class SelectedCommands(CommandContext):
         if uid and not any(i[0] == "UID" for i in items):
             items.insert(0, ("UID",))
         sets_seen = not sel.readonly and any(
-            i[0] in ("BODY[]", "RFC822", "RFC822.TEXT") and i[-1] is False for i in items
+            i[0] in ("BODY[]", "BINARY[]", "RFC822", "RFC822.TEXT") and i[-1] is False for i in items
         )
         snap = sel.index.sync()
         if sets_seen:
@@ -590,6 +524,17 @@ class SelectedCommands(CommandContext):
             wants_flags = any(i[0] == "FLAGS" for i in want)
             try:
                 pieces = render_message(sel, e, u, seq, want, flags_text(e, u in sel.recent) if wants_flags else None)
+            except FetchFailed as exc:
+                # RFC 3516: NO [UNKNOWN-CTE] (or invalid encoded data), the FETCH ends
+                # here; what was given of this message closes its response, as Dovecot
+                done = exc.done.decode("utf-8", "replace")
+                if wants_flags and "FLAGS (" not in done:
+                    done = " ".join(x for x in (f"FLAGS {flags_text(e, u in sel.recent)}", done) if x)
+                self._untagged(f"{seq} FETCH ({done or f'UID {u}'})")
+                if wants_flags:
+                    sel.known[u] = e.modseq
+                self._tagged(tag, f"NO [{exc.code}] {exc.text}")
+                return
             except FileNotFoundError:
                 # another process renamed it (new flags) or expunged it: look again
                 snap = sel.index.resync()

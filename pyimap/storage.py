@@ -28,6 +28,7 @@ class MessageSpool(Protocol):
 
     size: int  # octets stored (LF line ends)
     wsize: int  # octets on the wire (CRLF line ends): RFC822.SIZE
+    bare_lf: bool  # a LF without CR came (stored as a line end: read back as CRLF)
 
     @property
     def base(self) -> str: ...  # the message's final base name
@@ -77,6 +78,10 @@ class Folder(Protocol):
         base: str | None = None,
     ) -> tuple[int, int]:
         """Move a finished spool file in; (uidvalidity, uid)."""
+        ...
+
+    def add_many(self, messages: list[dict]) -> tuple[int, list[int]]:
+        """``add`` of several spool files (dicts of ``add``'s arguments), all or none; (uidvalidity, uids)."""
         ...
 
     def set_flags(self, changes: dict) -> dict: ...

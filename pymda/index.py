@@ -832,44 +832,59 @@ class FolderIndex:
         Returns (uidvalidity, uid).  ``base`` (the final base name) defaults
         to the file's own name.
         """
-        tmp_file = Path(tmp_file)
-        base = base or tmp_file.name.partition(":")[0]
-        keywords = frozenset(keywords)
-        placed = []
+        uidvalidity, uids = self.add_many(
+            [{"tmp_file": tmp_file, "flags": flags, "keywords": keywords, "idate": idate, "size": size, "base": base}]
+        )
+        return uidvalidity, uids[0]
+
+    def add_many(self, messages: list[dict]) -> tuple[int, list[int]]:
+        """``add`` for several messages at once (IMAP MULTIAPPEND, RFC 3502): all
+        get their UIDs in one save of the index, or none is added (the files go
+        back to tmp/ when the save fails).  Each dict holds ``add``'s arguments.
+        Returns (uidvalidity, [uid, ...])."""
+        placed: list[tuple[Path, Path]] = []
 
         def undo():
-            # The index could not be saved: the message goes back where it came
-            # from (the caller removes it), so a failed APPEND leaves nothing.
-            for final in placed:
+            # The index could not be saved: the messages go back where they came
+            # from (the caller removes them), so a failed APPEND leaves nothing.
+            for final, tmp_file in placed:
                 try:
                     os.rename(final, tmp_file)
                 except OSError:
                     pass
 
         def do(snap):
-            info = _Letters(self.path).info(flags, keywords)
-            final = md.into_cur(tmp_file, self.path, base, info)
-            placed.append(final)
-            ws = size
-            if ws is None:
-                ws = _wsize(final, final.name)
-            uid = snap.uidnext
-            snap.uidnext += 1
-            snap.highestmodseq += 1
-            snap.entries[uid] = Entry(
-                uid,
-                snap.highestmodseq,
-                int(idate if idate is not None else time.time()),
-                ws,
-                "cur",
-                info,
-                keywords,
-                base,
-            )
-            return uid
+            letters = _Letters(self.path)
+            uids = []
+            for m in messages:
+                tmp_file = Path(m["tmp_file"])
+                base = m.get("base") or tmp_file.name.partition(":")[0]
+                keywords = frozenset(m.get("keywords") or ())
+                info = letters.info(m.get("flags") or "", keywords)
+                final = md.into_cur(tmp_file, self.path, base, info)
+                placed.append((final, tmp_file))
+                ws = m.get("size")
+                if ws is None:
+                    ws = _wsize(final, final.name)
+                idate = m.get("idate")
+                uid = snap.uidnext
+                snap.uidnext += 1
+                snap.highestmodseq += 1
+                snap.entries[uid] = Entry(
+                    uid,
+                    snap.highestmodseq,
+                    int(idate if idate is not None else time.time()),
+                    ws,
+                    "cur",
+                    info,
+                    keywords,
+                    base,
+                )
+                uids.append(uid)
+            return uids
 
-        snap, uid = self._mutate(do, undo=undo)
-        return snap.uidvalidity, uid
+        snap, uids = self._mutate(do, undo=undo)
+        return snap.uidvalidity, uids
 
     def set_flags(self, changes: dict) -> dict:
         """``changes``: uid -> (maildir flag letters, keyword set).  Returns uid -> new Entry.

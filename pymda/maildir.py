@@ -509,6 +509,7 @@ class Spool:
         self.carry = b""  # a CR that may start a CRLF split across writes
         self.error: OSError | None = None
         self.closed = False
+        self.bare_lf = False  # a LF without CR came: stored as a line end, it reads back as CRLF
 
     @property
     def base(self) -> str:
@@ -522,6 +523,8 @@ class Spool:
         if data.endswith(b"\r"):
             data, self.carry = data[:-1], b"\r"
         lf = data.replace(b"\r\n", b"\n")
+        if not self.bare_lf and lf.count(b"\n") != len(data) - len(lf):
+            self.bare_lf = True
         self.size += len(lf)
         self.wsize += len(lf) + lf.count(b"\n")
         try:
