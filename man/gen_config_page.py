@@ -59,6 +59,10 @@ SECTION_INTRO = {
         "SPF, DKIM and DMARC checks of inbound mail on port 25 and the Authentication\\-Results field "
         "(\\fBpymta\\-smtpd\\fR(8), \\(lqPort 25: SPF, DKIM, DMARC and Authentication\\-Results\\(rq)."
     ),
+    "milter": (
+        "Milters (the Sendmail/Postfix milter protocol) that mail passes through before it is queued "
+        "(\\fBpymta\\-smtpd\\fR(8), \\(lqMilters\\(rq)."
+    ),
     "sendmail": "The sendmail command.",
     "pop3d": "The POP3 server.",
     "imapd": "The IMAP server.",

@@ -172,8 +172,9 @@ class Queue:
         return self.path / "wake.sock"
 
     # -- the door: writing -----------------------------------------------------
-    def writer(self, sender: str, recipients: list[str], meta: dict | None = None) -> QueueWriter:
-        return QueueWriter(self, sender, recipients, meta or {})
+    def writer(self, sender: str, recipients: list[str], meta: dict | None = None, queue_id: str = "") -> QueueWriter:
+        """``queue_id``: one chosen earlier (``make_queue_id``), e.g. told to a milter at MAIL."""
+        return QueueWriter(self, sender, recipients, meta or {}, queue_id)
 
     def enqueue(self, sender: str, recipients: list[str], chunks, meta: dict | None = None) -> str:
         """Queue a whole message in one call; returns the queue ID."""
@@ -578,14 +579,21 @@ class QueueWriter:
     written into ours).  So ``commit`` holds a lock, and ``abort`` during a
     commit does nothing: the commit finishes (the client may send the
     message again, as after any lost answer) or cleans up after itself.
+
+    Milters (``pymta.milters``) may change the envelope after the message
+    has been received: ``revise`` replaces it as long as no message byte was
+    written, and may send the entry to ``hold/`` instead of ``new/``
+    (quarantine, its reason in ``meta["hold_reason"]``), so the changes
+    are in the entry from its commit on, written once.
     """
 
-    def __init__(self, queue: Queue, sender: str, recipients: list[str], meta: dict) -> None:
+    def __init__(self, queue: Queue, sender: str, recipients: list[str], meta: dict, queue_id: str = "") -> None:
         self.queue = queue
         self.closed = False
         self.fd = -1
         self._created = False  # tmp/ID exists: abort() must remove it (also after its fd is closed)
-        self.queue_id = make_queue_id()
+        self._written = False  # a message byte came after the envelope: revise() is too late
+        self.queue_id = queue_id or make_queue_id()
         self.tmp = f"{queue._tmp_dir}/{self.queue_id}"
         self.final = f"{queue._new_dir}/{self.queue_id}"
         self.envelope = Envelope(sender, list(recipients), self.queue_id, time.time(), meta)
@@ -611,9 +619,25 @@ class QueueWriter:
         self._created = True
 
     def write(self, data: bytes) -> None:
+        self._written = True
         self._buf += data
         if len(self._buf) >= 1 << 16:
             self._flush()
+
+    def revise(self, sender: str, recipients: list[str], meta: dict, hold: bool = False) -> None:
+        """Replace the envelope before any of the message is written; ``hold``:
+        commit into ``hold/`` (the runner leaves it until released)."""
+        if self._written or self._created or self.closed:
+            raise QueueError("envelope revised after the message was written")
+        env = Envelope(sender, list(recipients), self.queue_id, self.envelope.arrival, meta)
+        try:
+            line = env.to_line()
+        except ValueError as exc:
+            raise QueueError(str(exc)) from None
+        self.envelope = env
+        self._buf = bytearray(line)
+        if hold:
+            self.final = f"{self.queue.path}/hold/{self.queue_id}"
 
     def _flush(self) -> None:
         if self.fd < 0:
@@ -641,7 +665,10 @@ class QueueWriter:
                 finally:
                     os.close(fd)
                 os.rename(self.tmp, self.final)
-                self.queue.sync_new()
+                if self.final.startswith(self.queue._new_dir + "/"):
+                    self.queue.sync_new()
+                else:
+                    fsync_dir(os.path.dirname(self.final))
             except QueueError:
                 raise
             except OSError as exc:

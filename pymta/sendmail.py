@@ -326,6 +326,9 @@ def format_mailq(queue) -> str:
         mark = {"hold": "!", "new": "*"}.get(where, " ")
         arrival = time.strftime("%a %b %e %H:%M:%S", time.localtime(env.arrival))  # "Dec  4", as Postfix's
         out.append(f"{env.queue_id + mark:<20} {size:>8} {arrival:<20} {env.sender or 'MAILER-DAEMON'}")
+        reason = env.meta.get("hold_reason") if where == "hold" else None
+        if isinstance(reason, str) and reason:  # a milter's quarantine (pymta.milters)
+            out.append(f"{'':51}(held: {reason[:200]})")
         state = queue.load_state(env.queue_id)
         if state:
             by_reason: dict[str, list[str]] = {}

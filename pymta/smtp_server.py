@@ -60,6 +60,7 @@ class SMTPSettings(Record):
         "max_junk_commands",
         "recipient_policy",
         "lmtp",
+        "milters",
     )
     hostname: str
     max_message_size: int
@@ -76,6 +77,7 @@ class SMTPSettings(Record):
     max_junk_commands: int
     recipient_policy: bool
     lmtp: bool
+    milters: bool
     FIELDS = (
         ("hostname", REQUIRED),
         ("max_message_size", 25 * 1024 * 1024),
@@ -98,6 +100,8 @@ class SMTPSettings(Record):
         # LMTP (RFC 2033): LHLO, no AUTH, and the sink's commit returns one
         # Reply per accepted RCPT (a list), sent in order after the message
         ("lmtp", False),
+        # tell backend.milter_event of each stage, as a Job (connect, HELO, MAIL, RCPT, DATA, RSET)
+        ("milters", False),
     )
 
 
@@ -115,13 +119,14 @@ class Session(Record):
 class Envelope(Record):
     """Per transaction; replaced on RSET, HELO/EHLO and after DATA."""
 
-    __slots__ = ("mail_from", "rcpt_to", "size", "body", "smtputf8", "checks")
+    __slots__ = ("mail_from", "rcpt_to", "size", "body", "smtputf8", "checks", "queue_id")
     mail_from: str | None
     rcpt_to: list[str]
     size: int | None
     body: str | None
     smtputf8: bool
     checks: object
+    queue_id: str
     FIELDS = (
         ("mail_from", None),  # None: no MAIL yet; "" is the null sender <>
         ("rcpt_to", []),
@@ -129,6 +134,7 @@ class Envelope(Record):
         ("body", None),  # "7BIT" / "8BITMIME"
         ("smtputf8", False),
         ("checks", None),  # the backend's own: checks it began at MAIL (smtpd: the SPF lookup)
+        ("queue_id", ""),  # chosen at MAIL by a backend that needs it early (smtpd: the milters' "i" macro)
     )
 
 
@@ -138,6 +144,7 @@ class Envelope(Record):
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
     from typing import Protocol as Interface
 
     from pymta.lib.sansio import _Marker
@@ -171,6 +178,13 @@ if TYPE_CHECKING:
         def check_policy(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
             """Asked after check_recipient when settings.recipient_policy and wants_policy
             (quota, DNSBL, greylisting)."""
+
+        def milter_event(self, session: Session, envelope: Envelope | None, stage: str, *args: Any) -> Reply | None:
+            """With settings.milters, in a Job: stage connect, helo, mail (args: ESMTP
+            arguments), rcpt (address, arguments), data or abort; a Reply refuses."""
+
+        def milter_close(self, session: Session) -> None:
+            """The session is over (on the event loop: must not block)."""
 
         def authenticate(self, session: Session, username: str, password: str) -> bool: ...
 
@@ -231,7 +245,8 @@ class SMTPServer(LineReader, Protocol):
         self._errors = 0
         self._closed = False
         self._awaiting_tls = False
-        self._job: str | None = None  # what a pending Job is for: "commit" / "auth"
+        self._job: str | None = None  # what a pending Job is for: "commit" / "auth" / "policy" / "milter"
+        self._then: Callable[[Reply | None], None] | None = None  # a milter Job's continuation
         self._out: list[bytes] = []  # replies of the current batch
         self._marker: Job | _Marker | None = None  # Job / STARTTLS / CLOSE ending the current batch
         # DATA state
@@ -249,7 +264,10 @@ class SMTPServer(LineReader, Protocol):
         self.session = Session(info)
         s = self.settings
         self._session_end = self._clock() + s.max_session_time
-        return [f"220 {s.hostname} {'LMTP' if s.lmtp else 'ESMTP'} {s.software}\r\n".encode()]
+        self._out.append(f"220 {s.hostname} {'LMTP' if s.lmtp else 'ESMTP'} {s.software}\r\n".encode())
+        if s.milters:  # the greeting goes out while the milters hear of the client
+            self._milter("connect", None, (), lambda reply: None)
+        return self._flush()
 
     def data_received(self, data: bytes) -> list:
         if self._closed:
@@ -293,6 +311,10 @@ class SMTPServer(LineReader, Protocol):
                 self._send(*reply)
             else:
                 self._accept_recipient(envelope, address)
+        elif kind == "milter":
+            then, self._then = self._then, None
+            if then is not None and not self._closed:
+                then(result)
         self._check_errors()
         return self._process()
 
@@ -352,6 +374,11 @@ class SMTPServer(LineReader, Protocol):
     def connection_lost(self) -> None:
         self._abort_sink()
         self._closed = True
+        if self.settings.milters:
+            try:
+                self.backend.milter_close(self.session)
+            except Exception as exc:
+                _log_failure("milter_close", exc)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -456,15 +483,32 @@ class SMTPServer(LineReader, Protocol):
             self._send(501, "5.5.4", "Syntax: HELO hostname")
             return
         self._new_transaction()
-        self.session.helo, self.session.esmtp = arg, False
-        self._send(250, "", self.settings.hostname)
+        if self.settings.milters:
+            self._milter("helo", None, (arg,), lambda reply: self._helo_done(reply, arg, False))
+            return
+        self._helo_done(None, arg, False)
+
+    def _helo_done(self, reply: Reply | None, arg: str, esmtp: bool) -> None:
+        if reply is not None:
+            self._send(*reply)
+            return
+        self.session.helo, self.session.esmtp = arg, esmtp
+        if not esmtp:
+            self._send(250, "", self.settings.hostname)
+            return
+        self._ehlo_reply()
 
     def _cmd_ehlo(self, arg: str) -> None:
         if not arg:
             self._send(501, "5.5.4", f"Syntax: {'LHLO' if self.settings.lmtp else 'EHLO'} hostname")
             return
         self._new_transaction()
-        self.session.helo, self.session.esmtp = arg, True
+        if self.settings.milters:
+            self._milter("helo", None, (arg,), lambda reply: self._helo_done(reply, arg, True))
+            return
+        self._helo_done(None, arg, True)
+
+    def _ehlo_reply(self) -> None:
         lines = [self.settings.hostname] + self._capabilities()
         self._out.append("".join(f"250-{t}\r\n" for t in lines[:-1]).encode() + f"250 {lines[-1]}\r\n".encode())
 
@@ -531,6 +575,15 @@ class SMTPServer(LineReader, Protocol):
         if reply is not None:
             self._send(*reply)
             return
+        if self.settings.milters:
+            self._milter("mail", candidate, tuple(rest.split()), lambda reply: self._mail_done(reply, candidate))
+            return
+        self._mail_done(None, candidate)
+
+    def _mail_done(self, reply: Reply | None, candidate: Envelope) -> None:
+        if reply is not None:
+            self._send(*reply)
+            return
         self.envelope = candidate
         self._send(250, "2.1.0", "Ok")
 
@@ -549,6 +602,7 @@ class SMTPServer(LineReader, Protocol):
             return
         if self._parse_params(rest, ()) is None:  # no DSN: no RCPT parameters
             return
+        args = tuple(rest.split())
         address: str | None
         if path.lower() == "<postmaster>":  # RFC 5321 4.1.1.3: MUST be accepted
             address = "postmaster"
@@ -563,10 +617,11 @@ class SMTPServer(LineReader, Protocol):
         if reply is not None:
             self._send(*reply)
             return
-        if self.settings.recipient_policy and address not in env.rcpt_to and self._wants_policy(env, address):
-            # quota, DNSBL and greylisting wait on DNS and disk: a Job, answered in job_done
+        ask = self.settings.recipient_policy and address not in env.rcpt_to and self._wants_policy(env, address)
+        if (ask or self.settings.milters) and address not in env.rcpt_to:
+            # quota, DNSBL, greylisting and milters wait on DNS, disk and sockets: a Job, answered in job_done
             self._job = "policy"
-            self._marker = Job(self._check_policy, env, address)
+            self._marker = Job(self._check_policy, env, address, args, ask)
             return
         self._accept_recipient(env, address)
 
@@ -583,9 +638,29 @@ class SMTPServer(LineReader, Protocol):
             _log_failure("wants_policy", exc)
             return True
 
-    def _check_policy(self, envelope: Envelope, address: str):
-        """Runs as a Job; never raises: (envelope, address, reply or None)."""
-        return envelope, address, self._backend_check(self.backend.check_policy, envelope, address)
+    def _check_policy(self, envelope: Envelope, address: str, args: tuple = (), ask: bool = True):
+        """Runs as a Job; never raises: (envelope, address, reply or None).
+        The milters hear of a recipient the policy (when ``ask``) let through."""
+        reply = None
+        if ask:
+            reply = self._backend_check(self.backend.check_policy, envelope, address)
+        if reply is None and self.settings.milters:
+            reply = self._milter_event("rcpt", envelope, (address, list(args)))
+        return envelope, address, reply
+
+    def _milter(self, stage: str, envelope: Envelope | None, args: tuple, then) -> None:
+        """Tell the milters of ``stage`` in a Job; ``then(reply or None)`` in job_done."""
+        self._job = "milter"
+        self._then = then
+        self._marker = Job(self._milter_event, stage, envelope, args)
+
+    def _milter_event(self, stage: str, envelope: Envelope | None, args: tuple):
+        """Runs as a Job; never raises: the milters' Reply, or None to go on."""
+        try:
+            return self.backend.milter_event(self.session, envelope, stage, *args)
+        except Exception as exc:  # a backend bug must not take the session down
+            _log_failure("milter_event", exc)
+            return _LOCAL_ERROR_REPLY
 
     def _parse_address(self, path: str, allow_null: bool, smtputf8: bool, enhanced: str, text: str) -> str | None:
         try:
@@ -635,6 +710,15 @@ class SMTPServer(LineReader, Protocol):
             self._send(503, "5.5.1", "Error: need RCPT command")
         elif arg:
             self._send(501, "5.5.4", "Syntax: DATA")
+        elif self.settings.milters:
+            self._milter("data", env, (), self._data_go)
+        else:
+            self._data_go(None)
+
+    def _data_go(self, reply: Reply | None) -> None:
+        env = self.envelope
+        if reply is not None:
+            self._send(*reply)
         else:
             try:
                 self._sink = self.backend.open_message(self.session, env)
@@ -653,6 +737,12 @@ class SMTPServer(LineReader, Protocol):
         if arg:
             self._send(501, "5.5.4", "Syntax: RSET")
             return
+        if self.settings.milters and self.envelope.mail_from is not None:  # the milters forget the message
+            self._milter("abort", self.envelope, (), self._rset_done)
+            return
+        self._rset_done(None)
+
+    def _rset_done(self, reply: Reply | None) -> None:
         self._new_transaction()
         self._send(250, "2.0.0", "Ok")
 

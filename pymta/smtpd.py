@@ -54,6 +54,11 @@ class _Sink:
             raise QueueError(str(self.error), getattr(self.error, "errno", None))
         return self.writer.commit()
 
+    def revise(self, sender: str, recipients: list[str], meta: dict, hold: bool = False) -> None:
+        """The milters' envelope (QueueWriter.revise), before any text is written."""
+        if self.error is None:
+            self.writer.revise(sender, recipients, meta, hold)
+
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.abort()
@@ -74,6 +79,8 @@ class SMTPBackend(LoginBackend):
         self.check_local_recipients = check_local_recipients
         self._aliases = None
         self._trusted = None
+        self._milter_specs: list[str] | None = None
+        self._milter_settings = None
 
     @property
     def aliases(self):
@@ -382,12 +389,63 @@ class SMTPBackend(LoginBackend):
             time.sleep(delay)
         return ok
 
+    # -- milters (pymta.milters): each stage in a Job ----------------------------------
+    def milter_specs(self) -> list[str]:
+        if self._milter_specs is None:
+            if self.service in ("smtp", "submission", "smtps") and (
+                self.cfg["milter.smtpd_milters"] or self.cfg["milter.listener_milters"]
+            ):
+                from pymta.milters import smtpd_specs  # noqa: PLC0415 lazy
+
+                self._milter_specs = smtpd_specs(self.cfg, self.service)
+            else:
+                self._milter_specs = []
+        return self._milter_specs
+
+    def _milter_chain(self, session):
+        chain = session.info.extra.get("milters")
+        if chain is None:
+            from pymta import milters  # noqa: PLC0415 lazy
+
+            if self._milter_settings is None:
+                self._milter_settings = milters.Settings(self.cfg)
+            chain = session.info.extra["milters"] = milters.Chain(self.milter_specs(), self._milter_settings)
+        return chain
+
+    def milter_event(self, session, envelope, stage: str, *args):
+        chain = self._milter_chain(session)
+        info = session.info
+        if stage == "connect":
+            return chain.connect("", info.peer_ip if _is_ip(info.peer_ip) else "", info.peer_port, info.local_ip)
+        if stage == "helo":
+            return chain.helo(args[0], info.tls_version if info.tls else "", info.tls_cipher if info.tls else "")
+        if stage == "mail":
+            from pymta.queue import make_queue_id  # noqa: PLC0415 lazy
+
+            envelope.queue_id = make_queue_id()
+            return chain.mail(envelope.mail_from, list(args), envelope.queue_id, session.auth_user or "")
+        if stage == "rcpt":
+            return chain.rcpt(args[0], args[1])
+        if stage == "data":
+            return chain.data()
+        chain.abort()
+        return None
+
+    def milter_close(self, session) -> None:
+        chain = session.info.extra.pop("milters", None)
+        if chain is not None:
+            chain.close(wait=False)
+
     def open_message(self, session, envelope):
         meta = {"client": session.info.peer_ip, "helo": session.helo or "", "service": self.service}
         if session.auth_user:
             meta["auth"] = session.auth_user
         rcpts = [self.qualify(r) for r in envelope.rcpt_to]
-        sink = _Sink(lambda: self.queue.writer(envelope.mail_from, rcpts, meta))
+        sink = _Sink(lambda: self.queue.writer(envelope.mail_from, rcpts, meta, queue_id=envelope.queue_id))
+        if sink.error is None and self.milter_specs():
+            from pymta.milters import MilterSink  # noqa: PLC0415 lazy
+
+            sink = MilterSink(sink, self._milter_chain(session), envelope.mail_from, rcpts, meta)
         received = self.received_header(session, envelope, sink.queue_id)
         if envelope.checks is not None and sink.error is None:
             from pymta.authcheck import CheckedSink  # noqa: PLC0415 lazy
@@ -507,10 +565,13 @@ class _LoggingSink:
         metrics.count("pymail_smtp_accepted_total", service=self.session.info.service)
         auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
         checks = getattr(self.sink, "summary", "")  # spf=... dkim=... dmarc=... (pymta.authcheck)
+        kept = getattr(self.sink, "disposition", "") or getattr(getattr(self.sink, "inner", None), "disposition", "")
+        if kept == "discarded":  # a milter dropped it (logged there): nothing queued
+            return qid
         log.info(
             f"client={log.printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
             f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)}"
-            f"{', ' + checks if checks else ''} (queued)",
+            f"{', ' + checks if checks else ''} ({'held' if kept == 'held' else 'queued'})",
             qid,
         )
         return qid
@@ -539,6 +600,7 @@ def build(cfg, service: str, *, queue=None, check_local_recipients: bool = True)
         # a Job after each RCPT: the quota of local users (every service), DNSBL and
         # greylisting (port 25 only, never submission)
         recipient_policy=check_local_recipients or client_policy,
+        milters=bool(backend.milter_specs()),
     )
     from pymta.lib.daemon import per_connection  # noqa: PLC0415 lazy
 

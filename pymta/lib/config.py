@@ -406,6 +406,99 @@ PARAMS: tuple[Param, ...] = (
         "that has one), so DMARC survives the forward at the next hop. Mail is taken as forwarded when it carries "
         "the Authentication-Results field smtpd's checks added on arrival.",
     ),
+    # -- milters: the Sendmail/Postfix milter protocol (pymta/milters.py) -----------
+    Param(
+        "milter.smtpd_milters",
+        "list",
+        [],
+        'Milters every message received by pymta-smtpd goes through, in order, as "inet:HOST:PORT", '
+        '"inet:[IPv6]:PORT" or "unix:/path" (Postfix\'s smtpd_milters); milter.listener_milters may give a '
+        "listener its own list. Each sees the session's events at their stage (connect, HELO, MAIL, RCPT, DATA, "
+        "headers, body, end of message) and may refuse, discard, quarantine or change the message before the 250.",
+    ),
+    Param(
+        "milter.listener_milters",
+        "table",
+        {},
+        'Per-listener milter lists, a table listener = "SPEC SPEC ..." for smtp (port 25), submission and smtps, '
+        "like master.cf's -o smtpd_milters=...: a listener named here uses its list (empty: no milter) instead of "
+        "milter.smtpd_milters.",
+    ),
+    Param(
+        "milter.non_smtpd_milters",
+        "list",
+        [],
+        "Milters for mail that does not come in over SMTP: sendmail's, through the maildrop pickup or written "
+        "straight to the queue (Postfix's non_smtpd_milters). They are told of a connection from localhost "
+        "[127.0.0.1] that said HELO localhost.",
+    ),
+    Param(
+        "milter.default_action",
+        "choice:tempfail|accept|reject",
+        "tempfail",
+        "What a milter that cannot be reached, times out or answers outside the protocol amounts to: tempfail "
+        "(451 4.7.1, the sender tries again), accept (go on without that milter) or reject (550 5.7.1). One log line "
+        "says which milter and why; the milter is not asked again during that session.",
+    ),
+    Param(
+        "milter.connect_timeout", "float", 30.0, "Seconds to connect to a milter (Postfix's milter_connect_timeout)."
+    ),
+    Param(
+        "milter.command_timeout",
+        "float",
+        30.0,
+        "Seconds a milter may take to answer one SMTP event, option negotiation included "
+        "(Postfix's milter_command_timeout).",
+    ),
+    Param(
+        "milter.content_timeout",
+        "float",
+        300.0,
+        "Seconds a milter may take to answer one piece of the message text, and the end of the message (Postfix's "
+        "milter_content_timeout); each SMFIR_PROGRESS it sends starts the wait again.",
+    ),
+    Param(
+        "milter.protocol",
+        "int",
+        6,
+        "Milter protocol version offered in the option negotiation (Postfix's milter_protocol), 2 to 6.",
+    ),
+    Param(
+        "milter.macro_daemon_name",
+        "str",
+        "",
+        "Value of the {daemon_name} macro (Postfix's milter_macro_daemon_name). Empty: hostname.",
+    ),
+    Param(
+        "milter.connect_macros",
+        "list",
+        ["j", "{daemon_name}", "{daemon_addr}", "v", "_", "{client_addr}", "{client_name}", "{client_port}"],
+        "Macros sent with the connect event (Postfix's milter_connect_macros, plus the client's address, name and "
+        "port). Known: j (hostname), _ (client name and [address]), v, {daemon_name}, {daemon_addr}, "
+        "{client_addr}, {client_name}, {client_port}, {client_ptr}; a macro without a value is left out.",
+    ),
+    Param(
+        "milter.helo_macros",
+        "list",
+        ["{tls_version}", "{cipher}"],
+        "Macros sent with HELO/EHLO: {tls_version} and {cipher} when the session uses TLS.",
+    ),
+    Param(
+        "milter.mail_macros",
+        "list",
+        ["i", "{auth_type}", "{auth_authen}", "{mail_addr}"],
+        "Macros sent with MAIL FROM: i (the queue ID, chosen at MAIL), {auth_type} and {auth_authen} for an "
+        "authenticated client, {mail_addr} (the sender).",
+    ),
+    Param(
+        "milter.rcpt_macros",
+        "list",
+        ["i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"],
+        "Macros sent with each RCPT TO: {rcpt_addr}, {rcpt_host} (its domain), {rcpt_mailer} (local or smtp).",
+    ),
+    Param("milter.data_macros", "list", ["i"], "Macros sent with the DATA command."),
+    Param("milter.eoh_macros", "list", ["i"], "Macros sent with the end of the headers."),
+    Param("milter.eom_macros", "list", ["i"], "Macros sent with the end of the message."),
     # -- submission: what an authenticated user may send ---------------------------
     Param(
         "submission.sender_login_match",
@@ -933,12 +1026,37 @@ def check(data: dict, path: Path | None = None) -> tuple[dict, list[tuple[str, s
     for result in values["checks.spf_reject"]:
         if result not in ("fail", "softfail", "neutral", "none", "permerror"):
             problems.append(("checks.spf_reject", f"{result!r} is not one of fail, softfail, neutral, none, permerror"))
+    problems += _check_milters(values)
     root = Path(values["root"])
     if not root.is_absolute():
         base = path.parent if path is not None else Path.cwd()
         root = base.resolve() / root
     values["root"] = str(root)
     return values, problems
+
+
+MILTER_LISTENERS = ("smtp", "submission", "smtps")
+
+
+def _check_milters(values: dict) -> list[tuple[str, str]]:
+    problems = []
+    specs = [("milter.smtpd_milters", s) for s in values["milter.smtpd_milters"]]
+    specs += [("milter.non_smtpd_milters", s) for s in values["milter.non_smtpd_milters"]]
+    for listener, text in values["milter.listener_milters"].items():
+        if listener not in MILTER_LISTENERS:
+            problems.append(("milter.listener_milters", f"{listener!r} is not one of {', '.join(MILTER_LISTENERS)}"))
+        specs += [("milter.listener_milters", s) for s in text.replace(",", " ").split()]
+    if specs:
+        from pymta.lib.milterconn import parse_spec  # noqa: PLC0415 lazy
+
+        for key, spec in specs:
+            try:
+                parse_spec(spec)
+            except ValueError as exc:
+                problems.append((key, str(exc)))
+    if not 2 <= values["milter.protocol"] <= 6:
+        problems.append(("milter.protocol", "must be 2 to 6"))
+    return problems
 
 
 def load(path: str | os.PathLike | None = None, *, write_cache: bool = True) -> Config:

@@ -23,8 +23,8 @@ What exists:
   message the modifications (and a quarantine request) are collected, in
   order, until the final reply.
 
-The blocking transport is ``milterconn.py``.  Not yet: the config keys
-and the hookup in smtpd.
+The blocking transport is ``milterconn.py``; ``pymta/milters.py`` puts
+milters in the mail path (smtpd, the maildrop pickup, sendmail).
 """
 
 from __future__ import annotations
@@ -410,6 +410,7 @@ class MilterSession:
         self._mods: list[Modification] = []
         self._quarantine: str | None = None
         self._in_eom = False
+        self.progress = 0  # SMFIR_PROGRESS seen: the transport restarts its timeout
 
     def expect_reply(self, event: bytes) -> bool:
         if self.negotiation.skips(event):
@@ -435,6 +436,7 @@ class MilterSession:
                 self._mods.append(r)
                 continue
             if r.kind == "progress":
+                self.progress += 1
                 continue
             if r.kind == "quarantine" and self._in_eom:
                 if not self.negotiation.actions & SMFIF_QUARANTINE:

@@ -11,7 +11,9 @@ recipients a milter refused.  A milter that is down, times out, closes
 mid-message or answers nonsense gives ``default_action`` with ``error``
 set; nothing raises.  Meant to run off the event loop (in a Job).
 
-Not yet: config keys and the hookup in smtpd's message path.
+``MilterConnection`` is the one conversation step by step, for a caller
+that sends each event at its own stage (``pymta/milters.py``: smtpd's
+connect, HELO, MAIL, RCPT, DATA and end of message).
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ class MilterConnection:
         self.sock: socket.socket | None = None
         self.session: m.MilterSession | None = None
 
-    def open(self, actions: int = m.ALL_ACTIONS, protocol: int = m.OFFERED_PROTOCOL) -> m.Negotiation:
+    def open(
+        self, actions: int = m.ALL_ACTIONS, protocol: int = m.OFFERED_PROTOCOL, version: int = m.MILTER_VERSION
+    ) -> m.Negotiation:
         try:
             fam, addr = parse_spec(self.spec)
         except ValueError as e:
@@ -96,7 +100,7 @@ class MilterConnection:
             s.connect(addr)  # type: ignore[arg-type]
         except OSError as e:
             raise MilterFailure(f"connect: {e}") from None
-        self._send(m.encode_optneg(actions, protocol), self.timeouts.command)
+        self._send(m.encode_optneg(actions, protocol, version), self.timeouts.command)
         reader = m.PacketReader()
         while True:
             packets = reader.feed(self._recv(self.timeouts.command))
@@ -141,21 +145,30 @@ class MilterConnection:
         if not want:
             return None
         deadline = time.monotonic() + timeout
+        progress = self.session.progress
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MilterFailure("timeout")
             r = self.session.receive(self._recv(left))
+            if self.session.progress != progress:  # SMFIR_PROGRESS: the milter is working, wait again
+                progress = self.session.progress
+                deadline = time.monotonic() + timeout
             if isinstance(r, m.ProtocolError):
                 raise MilterFailure(r.reason)
             if r is not None:
                 return r
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """SMFIC_QUIT, then close; ``wait=False`` (an event loop): the quit
+        goes only if the socket takes it at once."""
         if self.sock is not None:
             try:
-                self.sock.settimeout(1.0)
-                self.sock.sendall(m.encode_quit())
+                if wait:
+                    self.sock.settimeout(1.0)
+                    self.sock.sendall(m.encode_quit())
+                else:
+                    self.sock.send(m.encode_quit(), socket.MSG_DONTWAIT)
             except OSError:
                 pass
             self.sock.close()
