@@ -336,8 +336,31 @@ def _pick_up_one(cfg, queue, path: Path) -> bool:
             log.warning(f"uid={uid} ({user}) set sender to <{env.sender}>, which is not theirs")
         writer = queue.writer(env.sender, env.recipients, meta)
         try:
-            writer.write(received_field(cfg, uid, writer.queue_id) + prefix + body)
-            qid = writer.commit()
+            text = received_field(cfg, uid, writer.queue_id) + prefix + body
+            if cfg["milter.non_smtpd_milters"]:
+                from pymta.milters import filter_local  # noqa: PLC0415 lazy
+                from pymta.smtp_server import Refused as MilterRefused  # noqa: PLC0415 lazy
+
+                try:
+                    qid = filter_local(cfg, writer, env.sender, env.recipients, text)
+                except MilterRefused as exc:
+                    writer.abort()
+                    reply = exc.reply
+                    if reply.code < 500:  # kept, and picked up again on a later pass
+                        log.warning(f"maildrop: uid={uid} ({user}): file {name} kept: milter said {reply.code}")
+                        return False
+                    from pymta.maildrop_bounce import bounce_refused  # noqa: PLC0415 lazy
+
+                    status = Status.of(reply.enhanced or "5.7.1", f"refused by a milter: {reply.code} {reply.text}")
+                    log.warning(f"maildrop: uid={uid} ({user}): file {name} refused: {status.text}")
+                    bounce_refused(
+                        cfg, queue, path, fh, len(line), env, submitter_address(cfg, uid, user, env.sender), status
+                    )
+                    _unlink(path)
+                    return False
+            else:
+                writer.write(text)
+                qid = writer.commit()
         except BaseException:
             writer.abort()
             raise

@@ -561,3 +561,34 @@ class MilterSink:
     def abort(self) -> None:
         self._parts = []
         self.inner.abort()
+
+
+def filter_local(cfg, writer, sender: str, recipients: list[str], message: bytes) -> str:
+    """Mail that did not come over SMTP (sendmail's: the maildrop pickup, or
+    written straight to the queue) through ``milter.non_smtpd_milters``, into
+    ``writer`` (a QueueWriter): told, as Postfix does, of a connection from
+    localhost [127.0.0.1] that said HELO localhost.  The queue ID (also when a
+    milter discarded the message); ``Refused`` when a milter refuses it (a
+    recipient refused is left out, all of them refuse the message)."""
+    chain = Chain(list(cfg["milter.non_smtpd_milters"]), Settings(cfg))
+    chain.client = "localhost[127.0.0.1]"
+    try:
+        reply = chain.connect("localhost", "127.0.0.1", 0, "127.0.0.1") or chain.helo("localhost")
+        reply = reply or chain.mail(sender, [], writer.queue_id)
+        if reply is not None:
+            raise Refused(reply)
+        kept = []
+        for rcpt in recipients:
+            reply = chain.rcpt(rcpt, [])
+            if reply is None:
+                kept.append(rcpt)
+        if not kept:
+            raise Refused(reply or REJECT)
+        reply = chain.data()
+        if reply is not None:
+            raise Refused(reply)
+        sink = MilterSink(writer, chain, sender, kept, writer.envelope.meta)
+        sink.write(message)
+        return sink.commit()
+    finally:
+        chain.close()

@@ -623,8 +623,22 @@ def submit(cfg, opts: Options) -> int:
             writer.abort()
             return _too_big(limit)
         try:
-            writer.write(received + message)
-            qid = writer.commit()
+            if direct and cfg["milter.non_smtpd_milters"]:  # the maildrop's pickup runs them otherwise
+                from pymta.milters import filter_local  # noqa: PLC0415 lazy
+                from pymta.smtp_server import Refused  # noqa: PLC0415 lazy
+
+                try:
+                    qid = filter_local(cfg, writer, sender, unique, received + message)
+                except Refused as exc:
+                    writer.abort()
+                    r = exc.reply
+                    print(
+                        f"sendmail: fatal: message refused by a milter: {r.code} {r.enhanced} {r.text}", file=sys.stderr
+                    )
+                    return sysexits.EX_TEMPFAIL if r.code < 500 else sysexits.EX_UNAVAILABLE
+            else:
+                writer.write(received + message)
+                qid = writer.commit()
         except BaseException:
             writer.abort()
             raise

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from pymta.lib import milter as m
+from test_sendmail import public_sys  # noqa: F401 - the fixture
 
 MESSAGE = b"From: Carol <carol@remote.example>\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nHello Alice.\r\n"
 
@@ -509,3 +510,60 @@ def test_bad_milter_replies_give_the_default_action(make_mailsys, milters, bad, 
     lines = [ln for ln in log.splitlines() if f"milter {mt.spec}:" in ln]
     assert len(lines) == 1 and "milter_default_action=tempfail" in lines[0], log
     assert "Traceback" not in log
+
+
+# -- mail that does not come over SMTP: milter.non_smtpd_milters -------------------------------
+
+
+def sendmail(mailsys, *args: str, input: bytes, as_nobody: bool = False):
+    import subprocess
+    import sys
+
+    from conftest import env_with_repo
+
+    argv = [sys.executable, "-m", "pymta.sendmail", "-C", str(mailsys.config), *args]
+    if as_nobody:
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    return subprocess.run(argv, input=input, capture_output=True, timeout=60, env=env_with_repo(), cwd="/")
+
+
+LOCAL_MAIL = b"To: bob@example.test\nSubject: from cron\n\nout\n"
+
+
+def test_sendmail_straight_into_the_queue_goes_through_non_smtpd_milters(make_mailsys, milters):
+    tag = pkt(m.SMFIR_ADDHEADER, z("X-Local-Milter", "yes")) + pkt(m.SMFIR_CONTINUE)
+    mt = milters(on={m.SMFIC_BODYEOB: lambda p: pkt(m.SMFIR_REJECT) if mt.connections > 1 else tag})
+    mailsys = make_mailsys(f'[milter]\nnon_smtpd_milters = ["{mt.spec}"]\nsmtpd_milters = []\n')
+    done = sendmail(mailsys, "-f", "root@example.test", "bob@example.test", input=LOCAL_MAIL)
+    assert done.returncode == 0, done.stderr
+    [(env, message)] = queued(mailsys)
+    assert env["recipients"] == ["bob@example.test"]
+    assert message.endswith(b"\nX-Local-Milter: yes\n\nout\n")  # after the fields sendmail completed
+    heads = [p.split(b"\0")[0] for c, p in mt.events if c == m.SMFIC_HEADER]
+    assert heads == [b"Received", b"To", b"Subject", b"From", b"Date", b"Message-ID"]
+    assert mt.commands() == b"CHMRT" + b"L" * len(heads) + b"NBEQ"
+    ev = dict(mt.events)
+    assert ev[m.SMFIC_CONNECT] == b"localhost\0" + m.FAMILY_INET + b"\x00\x00" + b"127.0.0.1\0"
+    assert ev[m.SMFIC_HELO] == b"localhost\0"
+    assert mt.macros(m.SMFIC_MAIL)["i"] == env["id"]
+    # the second message is refused: sendmail says so (EX_UNAVAILABLE) and queues nothing
+    done = sendmail(mailsys, "-f", "root@example.test", "bob@example.test", input=LOCAL_MAIL)
+    assert done.returncode == 69
+    assert b"refused by a milter: 550 5.7.1 Command rejected" in done.stderr
+    assert len(queued(mailsys)) == 1
+
+
+def test_maildrop_pickup_goes_through_non_smtpd_milters(public_sys, milters):
+    mt = milters(on={m.SMFIC_BODYEOB: pkt(m.SMFIR_ADDHEADER, z("X-Local-Milter", "yes")) + pkt(m.SMFIR_CONTINUE)})
+    system = public_sys  # a tree nobody may reach but not write, with a maildrop
+    system.write_config(f'[milter]\nnon_smtpd_milters = ["{mt.spec}"]\n')
+    system.config.chmod(0o644)
+    done = sendmail(system, "bob@example.test", input=LOCAL_MAIL, as_nobody=True)
+    assert done.returncode == 0, done.stderr
+    assert mt.connections == 0  # nobody's sendmail only drops the file
+    run = system.run("pymta.qrunner", "--once")
+    assert run.returncode == 0, run.stderr
+    [bob] = system.messages("bob")
+    assert bob.read_bytes().endswith(b"\nX-Local-Milter: yes\n\nout\n")
+    assert z("<nobody@example.test>") in [p for c, p in mt.events if c == m.SMFIC_MAIL]
+    assert dict(mt.events)[m.SMFIC_HELO] == b"localhost\0"
