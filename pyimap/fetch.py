@@ -107,7 +107,7 @@ def _section_item(text: str) -> tuple:
         # RFC 3516: BINARY.SIZE[section], no partial
         if partial is not None:
             raise ParseError("BINARY.SIZE takes no partial range")
-        return ("BINARY.SIZE", f"BINARY.SIZE[{section}]".encode(), path, kind)
+        return ("BINARY.SIZE", f"BINARY.SIZE[{section}]".encode(), path, kind, fields)
     label = f"{'BINARY' if binary else 'BODY'}[{section}]"
     if partial is not None:
         label += f"<{partial[0]}>"
@@ -297,7 +297,12 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
                 data = data[start : start + count]
             buf.append(label + (b" ~{%d}\r\n" if literal8 else b" {%d}\r\n") % len(data) + data)
         elif name == "BINARY.SIZE":
-            data, _literal8 = _binary(loader, item[2], item[3], buf)
+            if item[3] in ("", "TEXT"):
+                data, _literal8 = _binary(loader, item[2], item[3], buf)
+            else:  # of a header: as BODY[] gives it
+                from pyimap.message import section_bytes  # noqa: PLC0415 lazy
+
+                data = section_bytes(loader.part(), item[2], item[3], item[4]) or b""
             buf.append(item[1] + b" %d" % len(data))
     buf.append(b")\r\n")
     out.append(b"".join(buf))

@@ -613,6 +613,7 @@ class Part:
             if not part.children:
                 # a leaf reached as a part of a multipart is its own part 1 (as Dovecot answers)
                 if n == 1 and reached_as_child:
+                    reached_as_child = False  # once: [1.1.1] of a leaf is no part (as Dovecot)
                     continue
                 return None
             if not 0 < n <= len(part.children):
@@ -854,7 +855,7 @@ def binary_bytes(part: Part, with_header: bool) -> tuple[bytes, bool]:
             flags[0] = True  # even when the header is not sent (as Dovecot)
         if head:
             out.append(_binary_header(p.header) if kind else p.header)
-        if p.children:
+        if p.children and p.children[0]._data is data:  # (a multipart without parts has a stand-in)
             pos = p._start
             for child in p.children:
                 child_start = child._start - len(child.header)
@@ -867,6 +868,9 @@ def binary_bytes(part: Part, with_header: bool) -> tuple[bytes, bool]:
             add(p.message, True)
             return
         body = data[p._start : p._end]
+        if p.children:
+            out.append(body)
+            return
         if not body:
             return
         if kind == "b64":
