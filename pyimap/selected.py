@@ -609,9 +609,11 @@ class SelectedCommands(CommandContext):
             paths, names = sel.index.watch_paths()
             # answered by watching(), which takes the first look; after that one look per burst
             # serves every session idling on the folder in this process (read-only ones apart)
-            # (an IMAP4rev2 session claims no \\Recent: it shares the read-only sessions' look)
+            # (an IMAP4rev2 session claims no \\Recent: it shares the read-only sessions' look),
+            # through an index object of its own (the session's own may be in a Job meanwhile)
             claims = not (sel.readonly or self.rev2)
-            self.out.append(Watch(paths, names, look=partial(look, sel.index, not claims), shared=not claims))
+            shared_look = partial(look, sel.index.twin(), not claims)
+            self.out.append(Watch(paths, names, look=shared_look, shared=not claims))
         else:
             self._in_job(self._idle_poll)
 

@@ -67,6 +67,11 @@ class Folder(Protocol):
         """Like sync(), after waiting for a writer: a message file was found gone."""
         ...
 
+    def twin(self) -> Folder:
+        """Another reader of the same folder, with a cache of its own: one
+        object is used by one thread at a time (IDLE's shared look has its own)."""
+        ...
+
     def add(
         self,
         tmp_file: str,

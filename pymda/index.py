@@ -453,6 +453,11 @@ class FolderIndex:
         self._cache_key = None
         self._cache: Snapshot | None = None
 
+    def twin(self) -> FolderIndex:
+        """Another index object for the folder (no I/O): the cache of one is
+        not to be used by two threads at once."""
+        return FolderIndex(self.path)
+
     def watch_paths(self) -> tuple[list[str], frozenset[str]]:
         """What to watch to hear of every change: the folder (only the index
         replaced by rename counts there), new/ and cur/."""

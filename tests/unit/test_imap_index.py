@@ -30,6 +30,20 @@ def test_uids_are_assigned_in_delivery_order_and_never_reused(tmp_path):
     assert snap.uidnext == 4
 
 
+def test_a_twin_reads_the_same_folder_with_a_cache_of_its_own(tmp_path):
+    """IDLE's shared look runs in a job thread beside the sessions' own jobs: through a twin."""
+    box = tmp_path / "box"
+    put(box)
+    idx = FolderIndex(box)
+    snap = idx.sync()
+    twin = idx.twin()
+    assert twin is not idx and twin.path == idx.path and twin._cache is None
+    put(box)
+    assert list(twin.sync().entries) == [1, 2]
+    assert idx._cache is snap  # untouched by the twin
+    assert list(idx.sync().entries) == [1, 2]
+
+
 def test_new_uids_follow_the_time_stamps_not_string_order(tmp_path):
     """Microseconds in Maildir names are not zero-padded: M99999 comes before
     M100000 although it sorts after it as text (a rebuilt index once numbered
