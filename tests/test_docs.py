@@ -88,3 +88,22 @@ def test_every_config_key_is_documented():
         if f"\\fB{param.name.rpartition('.')[2]}\\fR \\(em" not in by_section.get(param.name.rpartition(".")[0], "")
     ]
     assert not missing, f"config keys missing from pymail.toml(5): {missing}"
+
+
+def test_every_imap_capability_is_in_the_imapd_page():
+    """pyimap-imapd(8) names every capability the server can advertise (issue 13)."""
+    import ast
+
+    source = (REPO / "pyimap" / "core.py").read_text()
+    tree = ast.parse(source)
+    caps: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "_capabilities":
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                    if re.fullmatch(r"[A-Z][A-Za-z0-9=+-]*", sub.value):
+                        caps.add(sub.value.rstrip("="))  # APPENDLIMIT={n}
+    assert {"IMAP4rev1", "IMAP4rev2", "BINARY", "QRESYNC", "UNAUTHENTICATE", "APPENDLIMIT", "STARTTLS"} <= caps
+    page = (REPO / "man" / "pyimap-imapd.8").read_text().replace("\\-", "-")
+    missing = sorted(c for c in caps if c not in page)
+    assert not missing, f"capabilities missing from pyimap-imapd(8): {missing}"
