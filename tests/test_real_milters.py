@@ -5,16 +5,25 @@ milter mode -- started once per session by tests/realmilters.py, offline,
 their DNS a FakeDNS on 127.0.53.N:53.
 
 First each is driven straight through pymta.lib.milterconn (negotiation,
-the events, the verdict and the modifications it sends)."""
+the events, the verdict and the modifications it sends); then end to end:
+pymta-smtpd with the milter in milter.smtpd_milters, mail sent with
+smtplib, the SMTP reply and the delivered message (filed by the rules
+`pymail init` writes) asserted."""
 
 from __future__ import annotations
 
+import os
+import re
+import smtplib
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 import realmilters as rm
+from conftest import env_with_repo, free_port, wait_port
 from pymta.lib import milter as m
 from pymta.lib.milterconn import Message, Timeouts, Verdict, run_message
 
@@ -266,3 +275,200 @@ def test_rspamd_marks_spam_with_x_spam_yes(rspamd):
 def test_rspamd_rejects_gtube(rspamd):
     v = run(rspamd, text(body=rm.GTUBE + "\n"))
     assert (v.action, v.code, v.text) == ("replycode", "554", "5.7.1 Gtube pattern")
+
+
+# -- end to end: pymta-smtpd with milter.smtpd_milters, the queue runner, the default rules ------
+
+
+def set_keys(conf: Path, settings: dict[str, str]) -> None:
+    """Set "section.key" = TOML value in a config `pymail init` wrote
+    (where each key is written commented out under its section)."""
+    text = conf.read_text()
+    for dotted, value in settings.items():
+        section, key = dotted.split(".")
+        head = text.index(f"\n[{section}]\n") + len(f"\n[{section}]\n")
+        end = text.find("\n[", head)
+        end = len(text) if end < 0 else end
+        body = text[head:end]
+        line = re.search(rf"^#? ?{key} = .*$", body, re.M)
+        body = body[: line.start()] + f"{key} = {value}" + body[line.end() :] if line else f"{key} = {value}\n" + body
+        text = text[:head] + body + text[end:]
+    conf.write_text(text)
+
+
+class Site:
+    """A `pymail init` tree (its default rules file Junk for spam) with
+    pymta-smtpd on port 25's service and the queue runner running, the
+    inbound checks off and MILTERS in milter.smtpd_milters."""
+
+    def __init__(self, root: Path, milters: list[rm.Daemon], dns_address: str, extra: dict | None = None) -> None:
+        self.root = root
+        as_root = ["--daemon-user", "root"] if os.geteuid() == 0 else []
+        made = pymail("init", str(root), "--domain", "example.test", "--hostname", rm.AUTHSERV_ID, *as_root)
+        assert made.returncode == 0, made.stderr
+        self.conf = root / "pymail.toml"
+        added = pymail("-C", str(self.conf), "user", "add", ALICE)
+        assert added.returncode == 0, added.stderr
+        specs = ", ".join(f'"{d.spec}"' for d in milters)
+        settings = {
+            "relay.dns_servers": f'["{dns_address}"]',
+            "smtpd.trusted_networks": "[]",
+            "checks.enabled": "false",
+            "milter.smtpd_milters": f"[{specs}]",
+            **(extra or {}),
+        }
+        set_keys(self.conf, settings)
+        self.port = free_port()
+        env = env_with_repo()
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "pymta.smtpd", "-C", str(self.conf), "--listen", f"127.0.0.1:{self.port}"],
+                env=env,
+                stderr=subprocess.PIPE,
+            ),
+            subprocess.Popen([sys.executable, "-m", "pymta.qrunner", "-C", str(self.conf)], env=env),
+        ]
+        wait_port(self.port, proc=self.procs[0])
+
+    def send(self, message: bytes, sender: str = "news@sender.test") -> tuple[int, str]:
+        """MAIL, RCPT, DATA from CLIENT; the end-of-DATA reply."""
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=90, source_address=(CLIENT, 0)) as client:
+            client.ehlo("client.example.net")
+            assert client.mail(sender)[0] == 250
+            assert client.rcpt(ALICE)[0] == 250
+            code, reply = client.data(message.replace(b"\n", b"\r\n"))
+            return code, reply.decode()
+
+    def folders(self) -> dict[str, list[bytes]]:
+        """{folder ("" for the INBOX): its new messages}."""
+        box = self.root / "mail" / "example.test" / "alice"
+        found: dict[str, list[bytes]] = {}
+        for folder in [box, *sorted(p for p in box.glob(".*") if p.is_dir())]:
+            new = folder / "new"
+            if new.is_dir() and any(new.iterdir()):
+                found["" if folder == box else folder.name] = [p.read_bytes() for p in sorted(new.iterdir())]
+        return found
+
+    def wait_delivered(self, count: int, timeout: float = 30.0) -> dict[str, list[bytes]]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = self.folders()
+            if sum(len(v) for v in found.values()) >= count:
+                return found
+            time.sleep(0.1)
+        raise TimeoutError(f"expected {count} messages, found {self.folders()}")
+
+    def stop(self) -> str:
+        """Stop smtpd and the runner; smtpd's log."""
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=15)
+        return self.procs[0].stderr.read().decode() if self.procs[0].stderr else ""
+
+
+def pymail(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pymta.cli", *args], capture_output=True, text=True, env=env_with_repo(), timeout=60
+    )
+
+
+@pytest.fixture
+def site(tmp_path, milter_dns):
+    made: list[Site] = []
+
+    def make(*milters: rm.Daemon, extra: dict | None = None) -> Site:
+        s = Site(tmp_path / f"site{len(made)}", list(milters), f"{milter_dns.host}:{milter_dns.port}", extra)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        print(s.stop())  # smtpd's log, shown with a failure
+
+
+def field(message: bytes, name: bytes) -> list[str]:
+    """Every NAME field of MESSAGE, unfolded."""
+    head = message.split(b"\n\n", 1)[0]
+    return [
+        re.sub(r"\r?\n[ \t]+", " ", m_.group(1).decode()).strip()
+        for m_ in re.finditer(rb"^" + name + rb":(.*(?:\n[ \t].*)*)", head, re.M | re.I)
+    ]
+
+
+def test_smtpd_with_opendkim_and_opendmarc(site, opendkim, opendmarc, dkim_key):
+    """The chain opendkim -> opendmarc behind pymta-smtpd: a message signed by
+    our signer is delivered with both verdicts; the same with its body
+    changed is refused at the end of DATA by opendmarc (p=reject)."""
+    s = site(opendkim, opendmarc)
+    message = signed(dkim_key)
+    assert s.send(message, "alice@signed.test")[0] == 250
+    delivered = s.wait_delivered(1)[""][0]
+    results = field(delivered, b"Authentication-Results")
+    b = message.split(b"b=")[-1][:8].decode()
+    assert results == [
+        "mx.example.test; dmarc=pass (p=reject dis=none) header.from=signed.test",
+        "mx.example.test; dkim=pass (2048-bit key; unprotected) header.d=signed.test header.i=@signed.test "
+        f"header.a=rsa-sha256 header.s=sel header.b={b}; dkim-atps=neutral",
+    ]
+    changed = signed(dkim_key).replace(b"Signed text.", b"Changed text.")
+    assert s.send(changed, "alice@signed.test") == (550, "5.7.1 rejected by DMARC policy for signed.test")
+    # a pass forged in our name is removed by opendkim (RemoveARFrom) before opendmarc reads it
+    forged = b"Authentication-Results: mx.example.test; dkim=pass header.d=signed.test header.s=sel\n" + changed
+    assert s.send(forged, "alice@signed.test") == (550, "5.7.1 rejected by DMARC policy for signed.test")
+    time.sleep(1)
+    assert sum(len(v) for v in s.folders().values()) == 1
+
+
+def test_smtpd_checks_feed_opendmarc(site, opendmarc, dkim_key):
+    """pymail's own checks on: opendmarc judges by the SPF and DKIM results
+    smtpd put on top (its forged look-alikes already removed)."""
+    s = site(opendmarc, extra={"checks.enabled": "true"})
+    forged = b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=signed.test\n"
+    assert s.send(forged + signed(dkim_key), "alice@signed.test")[0] == 250
+    results = field(s.wait_delivered(1)[""][0], b"Authentication-Results")
+    assert len(results) == 2
+    assert results[0] == "mx.example.test; dmarc=pass (p=reject dis=none) header.from=signed.test"
+    assert results[1].startswith("mx.example.test; spf=fail smtp.mailfrom=signed.test; dkim=pass header.d=signed.test")
+
+
+def test_smtpd_with_spamassassin_tagging_files_gtube_into_junk(site, spamass_tag):
+    s = site(spamass_tag)
+    assert s.send(text(subject="spam", body=rm.GTUBE + "\n"))[0] == 250
+    assert s.send(text(subject="ham"))[0] == 250
+    found = s.wait_delivered(2)
+    assert {k: len(v) for k, v in found.items()} == {"": 1, ".Junk": 1}
+    junk, inbox = found[".Junk"][0], found[""][0]
+    assert field(junk, b"X-Spam-Flag") == ["YES"]
+    status = field(junk, b"X-Spam-Status")[0]
+    assert status.startswith("Yes, score=") and "GTUBE" in status
+    # SpamAssassin's report replaced the body (SMFIR_REPLBODY), the original attached
+    assert field(junk, b"Content-Type")[0].startswith("multipart/mixed")
+    assert b"Spam detection software" in junk and rm.GTUBE.encode() in junk
+    assert field(inbox, b"X-Spam-Status")[0].startswith("No, score=")
+    assert field(inbox, b"X-Spam-Flag") == []
+
+
+def test_smtpd_with_spamassassin_rejecting_refuses_gtube(site, spamass_reject):
+    s = site(spamass_reject)
+    assert s.send(text(body=rm.GTUBE + "\n")) == (550, "5.7.1 Blocked by SpamAssassin")
+    assert s.send(text(subject="ham"))[0] == 250
+    found = s.wait_delivered(1)
+    time.sleep(0.5)
+    assert list(found) == [""] and len(s.folders()[""]) == 1
+
+
+def test_smtpd_with_rspamd(site, rspamd):
+    """rspamd's headers on delivered mail; its "add header" action (X-Spam:
+    Yes) filed into Junk by the default rules; its reject refused."""
+    s = site(rspamd)
+    assert s.send(text(subject="ham"))[0] == 250
+    assert s.send(text(subject="spam", body=rm.GTUBE_ADD_HEADER + "\n"))[0] == 250
+    assert s.send(text(subject="worse", body=rm.GTUBE + "\n")) == (554, "5.7.1 Gtube pattern")
+    found = s.wait_delivered(2)
+    assert {k: len(v) for k, v in found.items()} == {"": 1, ".Junk": 1}
+    inbox, junk = found[""][0], found[".Junk"][0]
+    assert field(inbox, b"X-Spamd-Result")[0].startswith("default: False [")
+    assert field(inbox, b"X-Spam-Status")[0].startswith("No, score=")
+    assert field(inbox, b"X-Spam") == []
+    assert field(junk, b"X-Spam") == ["Yes"]
