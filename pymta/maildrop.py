@@ -42,11 +42,11 @@ def folder(cfg) -> Path:
 class MaildropWriter:
     """Same interface as QueueWriter, writing to the maildrop folder."""
 
-    def __init__(self, maildrop, sender: str, recipients: list[str], meta: dict) -> None:
+    def __init__(self, maildrop, sender: str, recipients: list[str], meta: dict, queue_id: str = "") -> None:
         from pymta.queue import Envelope, QueueError, make_queue_id  # noqa: PLC0415 lazy
 
         self.maildrop = maildrop
-        self.queue_id = make_queue_id()
+        self.queue_id = queue_id or make_queue_id()
         self.name = f"{self.queue_id}{os.urandom(8).hex().upper()}"
         self.tmp = maildrop / f"{TMP_PREFIX}{self.name}"
         self.closed = False
@@ -98,8 +98,9 @@ class MaildropQueue:
     def __init__(self, maildrop) -> None:
         self.maildrop = maildrop
 
-    def writer(self, sender, recipients, meta=None) -> MaildropWriter:
-        return MaildropWriter(self.maildrop, sender, recipients, meta or {})
+    def writer(self, sender, recipients, meta=None, queue_id: str = "") -> MaildropWriter:
+        """``queue_id`` as ``Queue.writer``'s: the ID smtpd chose at MAIL (sendmail -bs)."""
+        return MaildropWriter(self.maildrop, sender, recipients, meta or {}, queue_id)
 
     def enqueue(self, sender, recipients, data: bytes, meta=None) -> str:
         w = self.writer(sender, recipients, meta)
