@@ -48,74 +48,114 @@ class _DNSDown(Exception):
 
 
 class DNS:
-    """Lookups for the checks: relay.dns_servers, a per-call time limit, a
-    cache shared by every session of the process (dnspython's is thread-safe)."""
+    """Lookups for the checks: relay.dns_servers, a per-call time limit, and a
+    cache shared by every session of the process.  Answers are kept here for
+    their TTL (a name that does not exist, or has no record of the type, for
+    NEGATIVE_TTL): a hit is a dict lookup, with no resolver call, thread
+    handoff or metrics line, which is most of what a busy port 25 asks.
+    Only lookups that went to a server are counted in the metrics."""
+
+    CACHE_SIZE = 4096
+    NEGATIVE_TTL = 60.0
+    MAX_TTL = 3600.0
 
     def __init__(self, cfg) -> None:
-        import dns.resolver  # noqa: PLC0415 lazy
-
         from pymta.routing import _resolver  # noqa: PLC0415 lazy: relay.dns_servers, as MX lookups use
 
         self.resolver = _resolver(cfg)
-        self.resolver.cache = dns.resolver.LRUCache(4096)
+        self.resolver.cache = None  # ours below: a hit must cost nothing
         # EDNS (RFC 6891) with the DNS-flag-day payload: a 2048-bit DKIM key or a
         # long SPF record fits one UDP answer instead of a retry over TCP
         self.resolver.use_edns(0, 0, 1232)
+        self._cache: dict[tuple[str, str], tuple[float, list]] = {}
+
+    def cached(self, name: str, rdtype: str) -> list | None:
+        """The answer still in the cache ([] for none), or None."""
+        hit = self._cache.get((name.lower().rstrip("."), rdtype))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return None
 
     def query(self, name: str, rdtype: str, timeout: float) -> list:
         import dns.exception  # noqa: PLC0415 lazy
         import dns.resolver  # noqa: PLC0415 lazy
 
+        key = (name.lower().rstrip("."), rdtype)
+        hit = self._cache.get(key)
+        started = time.monotonic()
+        if hit is not None and hit[0] > started:
+            return hit[1]
         if timeout <= 0.01:
             raise _DNSDown("time budget spent")
-        started, result = time.monotonic(), "error"
+        result, ttl, answer = "error", 0.0, []
         try:
-            answer = list(self.resolver.resolve(name, rdtype, search=False, lifetime=timeout))
-            result = "ok"
+            found = self.resolver.resolve(name, rdtype, search=False, lifetime=timeout)
+            answer, result = list(found), "ok"
+            ttl = min(max(found.expiration - time.time(), 0.0), self.MAX_TTL)
             return answer
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            result = "none"
-            return []
+            result, ttl = "none", self.NEGATIVE_TTL
+            return answer
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             result = "failed"
             raise _DNSDown(type(exc).__name__) from None
         except dns.exception.DNSException:  # a name DNS cannot hold (label too long...): nothing there
             result = "none"
-            return []
+            return answer
         except OSError as exc:
             result = "failed"
             raise _DNSDown(exc.strerror or type(exc).__name__) from None
         finally:
-            elapsed = round((time.monotonic() - started) * 1000)
-            metrics.count("pymail_dns_lookups_total", result=result)
-            metrics.count("pymail_dns_lookup_milliseconds_total", elapsed, result=result)
+            now = time.monotonic()
+            if ttl > 0:
+                if len(self._cache) >= self.CACHE_SIZE:
+                    self._cache.clear()  # plain dict operations: safe from the check threads
+                self._cache[key] = (now + ttl, answer)
+            metrics.count_all(
+                [
+                    ("pymail_dns_lookups_total", 1, {"result": result}),
+                    ("pymail_dns_lookup_milliseconds_total", round((now - started) * 1000), {"result": result}),
+                ]
+            )
 
 
 class Pending:
-    """The SPF check of one transaction, running in the checks' thread pool."""
+    """The SPF check of one transaction: running in the checks' thread pool
+    from MAIL FROM on, or -- when the domain's record is in the cache, so the
+    check is a few dict lookups -- run by ``wait`` in the thread that needs it,
+    which spares two thread handoffs per message."""
 
     def __init__(self, checker: Checker, ip: str, sender: str, helo: str) -> None:
         self.started = time.monotonic()
         self.args = (ip, sender, helo)
-        self._future = checker.submit(self._run, checker)
+        self.checker = checker
+        self._future: Future | None = None
+        if not checker.spf_record_cached(self.domain):
+            self._future = checker.submit(self._run)
 
-    def _run(self, checker: Checker) -> spf.Result | None:
+    @property
+    def domain(self) -> str:
+        _ip, sender, helo = self.args
+        return (sender.rpartition("@")[2] if sender else helo).lower()
+
+    def _run(self, budget: float | None = None) -> spf.Result | None:
         try:
-            return checker.spf(*self.args)
+            return self.checker.spf(*self.args, budget=budget)
         except Exception as exc:
             log.warning(f"spf check failed: {type(exc).__name__}: {exc}")
             return None
 
     def wait(self, timeout: float) -> spf.Result:
-        try:
-            result = self._future.result(max(timeout, 0.0))
-        except TimeoutError:
-            result = None
+        if self._future is None:
+            result = self._run(timeout) if timeout > 0.01 else None
+        else:
+            try:
+                result = self._future.result(max(timeout, 0.0))
+            except TimeoutError:
+                result = None
         if result is not None:
             return result
-        _ip, sender, helo = self.args
-        domain = (sender.rpartition("@")[2] if sender else helo).lower()
-        return spf.Result("temperror", "mailfrom" if sender else "helo", domain, "time budget spent")
+        return spf.Result("temperror", "mailfrom" if self.args[1] else "helo", self.domain, "time budget spent")
 
 
 class Checker:
@@ -148,7 +188,12 @@ class Checker:
     def start(self, ip: str, sender: str, helo: str) -> Pending:
         return Pending(self, ip, sender, helo)
 
-    def spf(self, ip: str, sender: str, helo: str) -> spf.Result:
+    def spf_record_cached(self, domain: str) -> bool:
+        """Whether ``domain``'s TXT answer is in the cache (never makes the resolver:
+        its imports must not run on the event loop)."""
+        return self._dns is not None and self._dns.cached(domain, "TXT") is not None
+
+    def spf(self, ip: str, sender: str, helo: str, budget: float | None = None) -> spf.Result:
         dns = self.dns
 
         def lookup(name, rdtype, timeout):
@@ -157,7 +202,7 @@ class Checker:
             except _DNSDown as exc:
                 raise spf.TempFail(str(exc)) from None
 
-        return spf.check(ip, sender, helo, lookup, self.budget)
+        return spf.check(ip, sender, helo, lookup, self.budget if budget is None else budget)
 
     def evaluate(self, pending: Pending, message: bytes, deadline: float) -> Verdict:
         """Every check of one message (LF line ends), within ``deadline`` (monotonic)."""
@@ -183,13 +228,14 @@ class Checker:
         records: dict[str, list[str] | Exception] = {}
 
         def prefetch() -> None:
-            for name in _dmarc_names(from_domain):
+            for name in names:
                 try:
                     records[name] = txt_strings(name)
                 except dmarc.TempFail as exc:
                     records[name] = exc
 
-        fetcher = self.submit(prefetch) if from_domain else None
+        names = _dmarc_names(from_domain)
+        fetcher = self.submit(prefetch) if any(dns.cached(n, "TXT") is None for n in names) else None
         crlf = message.replace(b"\n", b"\r\n")
         signatures = dkimverify.verify_all(
             crlf, dkim_key, self.cfg["checks.dkim_max_signatures"], self.cfg["checks.dkim_min_key_bits"]
@@ -415,8 +461,12 @@ class CheckedSink:
         message = self._message()
         self._close()
         verdict = self.checker.evaluate(self.pending, message, started + self.checker.budget)
-        metrics.count("pymail_checked_messages_total")
-        metrics.count("pymail_check_milliseconds_total", round((time.monotonic() - started) * 1000))
+        metrics.count_all(
+            [
+                ("pymail_checked_messages_total", 1, {}),
+                ("pymail_check_milliseconds_total", round((time.monotonic() - started) * 1000), {}),
+            ]
+        )
         self.summary = verdict.summary
         info = self.session.info
         if verdict.reply is not None:
