@@ -134,6 +134,25 @@ def test_spf_pass_and_dmarc_pass_by_relaxed_alignment(make_mailsys, dns_zone):
     assert "spf=pass dkim=none dmarc=pass (queued)" in smtpd_log(system)
 
 
+def test_dns_answers_are_cached_for_their_ttl_within_a_process(make_mailsys, dns_zone):
+    """Three messages from one domain to one smtpd process: the SPF and DMARC records are
+    asked once (the zone's TTL is 60 s), and every message still gets its results."""
+    system = checked_system(make_mailsys, dns_zone.port, trusted="[]\nprocesses = 1")
+    port = system.start_smtpd()
+    for n in range(3):
+        assert send(port, "bounce@mail.pass.test", msg("news@pass.test", subject=f"n{n}"))[0] == 250
+    messages = []
+    deadline = time.time() + 5
+    while len(messages) < 3 and time.time() < deadline:
+        messages = queued(system)
+    assert len(messages) == 3
+    for message in messages:
+        assert "spf=pass smtp.mailfrom=mail.pass.test" in ar_field(message)
+        assert "dmarc=pass (p=reject sp=reject dis=none) header.from=pass.test" in ar_field(message)
+    assert dns_zone.queries.count(("mail.pass.test.", "TXT")) == 1, dns_zone.queries
+    assert dns_zone.queries.count(("_dmarc.pass.test.", "TXT")) == 1, dns_zone.queries
+
+
 def test_strict_spf_alignment_fails_dmarc(make_mailsys, dns_zone):
     dns_zone.zone["_dmarc.pass.test."] = {"TXT": ["v=DMARC1; p=reject; aspf=s"]}
     system = checked_system(make_mailsys, dns_zone.port)
