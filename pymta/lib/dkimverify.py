@@ -177,8 +177,8 @@ def _parsed_key(dkim, name: bytes, record):
 def _use_fast_rsa(dkim) -> None:
     """After FAST_RSA_AFTER RSA signatures, dkimpy checks RSA through ``_openssl_rsa_verify``."""
     global _rsa_verified, _pure_rsa_verify, _openssl
-    _rsa_verified += 1
-    if _rsa_verified != FAST_RSA_AFTER:
+    _rsa_verified += 1  # a count lost between threads only delays the switch, which is idempotent
+    if _rsa_verified < FAST_RSA_AFTER or _openssl is not None:
         return
     try:
         from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 lazy
@@ -188,7 +188,7 @@ def _use_fast_rsa(dkim) -> None:
     except ImportError:
         return
     _openssl = (InvalidSignature, hashes, padding, rsa, Prehashed)
-    _pure_rsa_verify = dkim.RSASSA_PKCS1_v1_5_verify
+    _pure_rsa_verify = dkim.crypto.RSASSA_PKCS1_v1_5_verify  # the original, whoever switches
     dkim.RSASSA_PKCS1_v1_5_verify = _openssl_rsa_verify  # verify_sig_process looks it up there
 
 

@@ -40,6 +40,7 @@ def pure_then_fast(monkeypatch):
     """dkimpy's own RSA, as a process starts; restored after the test."""
     monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_verify", dkim.crypto.RSASSA_PKCS1_v1_5_verify)
     monkeypatch.setattr(dkimverify, "_rsa_verified", 0)
+    monkeypatch.setattr(dkimverify, "_openssl", None)
     monkeypatch.setattr(dkimverify, "_KEYS", {})
 
 
