@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from pymta.lib.dkimverify import TempFail, has_field
+from pymta.lib.dkimverify import TempFail, has_field, printable
 
 # result: pass, fail, none, temperror; instance: the highest i= (0: none); sealer: the
 # d= of that instance's ARC-Seal; oldest_pass: the lowest instance whose
@@ -36,12 +36,6 @@ from pymta.lib.dkimverify import TempFail, has_field
 Result = namedtuple("Result", "result instance sealer oldest_pass reason")
 
 NONE = Result("none", 0, "", 0, "")
-
-
-def _text(value) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    return "".join(c for c in str(value) if c.isprintable())
 
 
 def verify(message: bytes, txt, min_key_bits: int = 1024) -> Result:
@@ -52,26 +46,26 @@ def verify(message: bytes, txt, min_key_bits: int = 1024) -> Result:
     import dkim  # noqa: PLC0415 lazy
 
     def dnsfunc(name, timeout=5):
-        return txt(_text(name), timeout)
+        return txt(printable(name), timeout)
 
     try:
         verifier = dkim.ARC(message, minkey=min_key_bits)
         cv, sets, reason = verifier.verify(dnsfunc=dnsfunc)
     except TempFail as exc:
-        return Result("temperror", 0, "", 0, f"key lookup failed: {_text(exc)}")
+        return Result("temperror", 0, "", 0, f"key lookup failed: {printable(exc)}")
     except dkim.DKIMException as exc:
-        return Result("fail", 0, "", 0, _text(exc))
+        return Result("fail", 0, "", 0, printable(exc))
     except Exception as exc:  # dkimpy on hostile input: a result, never a lost message
         return Result("fail", 0, "", 0, type(exc).__name__)
     instance = sets[0]["instance"] if sets else 0
-    sealer = _text(sets[0].get("as-domain", b"")).lower() if sets else ""
+    sealer = printable(sets[0].get("as-domain", b"")).lower() if sets else ""
     if cv == dkim.CV_Pass:
         valid = sorted(s["instance"] for s in sets if s.get("ams-valid"))
         oldest = 0 if len(valid) == len(sets) else (valid[0] if valid else instance)
         return Result("pass", instance, sealer, oldest, "")
     if cv == dkim.CV_None and not sets:
         return NONE
-    return Result("fail", instance, sealer, 0, _text(reason))
+    return Result("fail", instance, sealer, 0, printable(reason))
 
 
 def seal(message_lf: bytes, domain: str, selector: str, key_pem: bytes, authserv_id: str) -> bytes:

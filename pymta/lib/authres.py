@@ -9,19 +9,27 @@ Both work on LF-ended text.
 
 from __future__ import annotations
 
+import re
+
 NAME = b"authentication-results"
+_TOKEN = re.compile(r"[A-Za-z0-9\-._@+]+")  # ASCII: clean is
 
 
 def _comment(text: str) -> str:
     """A reason as a comment: printable ASCII, no parentheses or backslashes."""
-    clean = "".join(c for c in text if c.isascii() and c.isprintable() and c not in "()\\")
+    if text.isascii() and text.isprintable() and "(" not in text and ")" not in text and "\\" not in text:
+        clean = text  # the usual case, without a pass over each character
+    else:
+        clean = "".join(c for c in text if c.isascii() and c.isprintable() and c not in "()\\")
     return f" ({clean.strip()[:200]})" if clean.strip() else ""
 
 
 def _value(text: str) -> str:
     """A property value: a token or a domain as is, anything else quoted."""
-    clean = "".join(c for c in text if c.isascii() and c.isprintable())
-    if clean and all(c.isalnum() or c in "-._@+" for c in clean):  # token, or pvalue addr-spec/domain
+    clean = text
+    if not (text.isascii() and text.isprintable()):
+        clean = "".join(c for c in text if c.isascii() and c.isprintable())
+    if _TOKEN.fullmatch(clean):  # token, or pvalue addr-spec/domain
         return clean
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

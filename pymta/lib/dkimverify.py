@@ -50,10 +50,12 @@ _openssl: Any = None  # cryptography's names, once imported
 _OPENSSL_KEYS: dict = {}  # (modulus, exponent) -> cryptography's public key
 
 
-def _text(value) -> str:
+def printable(value) -> str:
+    """``value`` (bytes or anything) as text without unprintable characters, for results and logs."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    return "".join(c for c in str(value) if c.isprintable())
+    value = str(value)
+    return value if value.isprintable() else "".join(c for c in value if c.isprintable())
 
 
 def has_field(message: bytes, name: bytes) -> bool:
@@ -78,10 +80,13 @@ def verify_all(message: bytes, txt, max_signatures: int = 5, min_key_bits: int =
         return []
     import dkim  # noqa: PLC0415 lazy
 
+    from pymta.lib import dkimfast  # noqa: PLC0415 lazy (with dkim)
+
+    dkimfast.install(dkim)
     try:
         verifier = dkim.DKIM(message, minkey=min_key_bits)
     except dkim.DKIMException as exc:
-        return [Signature("permerror", "", "", "", "", f"message not parsed: {_text(exc)}", None)]
+        return [Signature("permerror", "", "", "", "", f"message not parsed: {printable(exc)}", None)]
     count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
     return [_verify_one(dkim, verifier, idx, txt) for idx in range(min(count, max_signatures))]
 
@@ -90,7 +95,7 @@ def _verify_one(dkim, verifier, idx: int, txt) -> Signature:
     found = []
 
     def dnsfunc(name, timeout=5):
-        key = txt(_text(name), timeout)
+        key = txt(printable(name), timeout)
         found.append(key is not None)
         return key
 
@@ -98,26 +103,26 @@ def _verify_one(dkim, verifier, idx: int, txt) -> Signature:
         prep = verifier.verify_headerprep(idx)
     except dkim.DKIMException as exc:
         fields = getattr(verifier, "signature_fields", {}) or {}
-        return _signature(fields, "neutral", f"bad signature: {_text(exc)}")
+        return _signature(fields, "neutral", f"bad signature: {printable(exc)}")
     sig, include_headers, sigheaders = prep
-    algorithm = _text(sig.get(b"a", b"")).lower()
+    algorithm = printable(sig.get(b"a", b"")).lower()
     verifier.pk = verifier.keysize = None  # set by the key lookup: None after it means an unusable key
     try:
         ok = _verify_sig(dkim, verifier, sig, include_headers, sigheaders[idx], dnsfunc)
     except TempFail as exc:
-        return _signature(sig, "temperror", f"key lookup failed: {_text(exc)}")
+        return _signature(sig, "temperror", f"key lookup failed: {printable(exc)}")
     except dkim.ValidationError as exc:
-        text = _text(exc)
+        text = printable(exc)
         if text.startswith("body hash mismatch"):
             return _signature(sig, "fail", "body hash mismatch")
         return _signature(sig, "permerror", text)
     except dkim.KeyFormatError as exc:
-        text = _text(exc)
+        text = printable(exc)
         if text.startswith("public key too small"):
             return _signature(sig, "policy", text)
         return _signature(sig, "permerror", f"bad key: {text}")
     except dkim.DKIMException as exc:
-        return _signature(sig, "permerror", _text(exc))
+        return _signature(sig, "permerror", printable(exc))
     except Exception as exc:  # dkimpy on hostile input: a result, never a lost message
         return _signature(sig, "permerror", f"{type(exc).__name__}")
     if found and not found[-1]:
@@ -139,10 +144,10 @@ def _signature(sig: dict, result: str, reason: str) -> Signature:
     length = sig.get(b"l")
     return Signature(
         result,
-        _text(sig.get(b"d", b"")).lower(),
-        _text(sig.get(b"s", b"")),
-        _text(sig.get(b"a", b"")).lower(),
-        _text(b"".join(sig.get(b"b", b"")[:40].split())[:8]),
+        printable(sig.get(b"d", b"")).lower(),
+        printable(sig.get(b"s", b"")),
+        printable(sig.get(b"a", b"")).lower(),
+        printable(b"".join(sig.get(b"b", b"")[:40].split())[:8]),
         reason,
         int(length) if length and length.isdigit() else None,
     )
