@@ -50,6 +50,7 @@ here knows IMAP.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from pymda import maildir as md
 
 INDEX_NAME = "pymail-index"
 LOCK_TIMEOUT = 30.0
+LOCK_POLL = 0.004  # seconds between looks at a lock another process holds (after a quick first few)
 MAGIC = "PYMAILIDX1"
 # Expunged-UID ranges kept for QRESYNC (a few KB of index); older ones are forgotten.
 MAX_VANISHED_RANGES = 2000
@@ -242,7 +244,18 @@ def _name_date(base: str) -> int | None:
     return int(head) if head.isdigit() and len(head) < 12 else None
 
 
-def _parse(data: bytes) -> Snapshot | None:
+_THREAD_LOCKS: dict[str, threading.Lock] = {}  # index lock path -> the lock its sessions in this process queue on
+_LINES: dict[str, tuple[str | None, dict[str, Entry]]] = {}  # folder -> (its K line, entry line -> Entry)
+
+
+def _parse(data: bytes, folder: str | None = None) -> Snapshot | None:
+    """The snapshot an index file holds (None when it is not one).
+
+    With ``folder``, the entries of the folder's last parse in this process
+    are reused for lines that did not change (and so has the keyword table):
+    an index rewritten by another process for a STORE of ten messages costs
+    ten parsed lines instead of every one.  Entries are never changed in
+    place, so sharing them is safe."""
     text = data.decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     head = lines[0].split()
@@ -258,11 +271,21 @@ def _parse(data: bytes) -> Snapshot | None:
     floor = hms  # an index without an E line knows of no expunge before now
     vanished = []
     empty = frozenset()
+    known_k, known = _LINES.get(folder, (None, {})) if folder is not None else (None, {})
+    k_line = None
+    memo: dict[str, Entry] = {}  # entries parsed under this file's keyword table (the K line comes first)
+    seen: dict[str, Entry] = {}
     for line in lines[1:]:
+        entry = memo.get(line)  # first: most lines are entries seen before
+        if entry is not None:
+            entries[entry.uid] = seen[line] = entry
+            continue
         if not line:
             continue
         if line.startswith("K"):
             table = line.split()[1:]
+            k_line = line
+            memo = known if k_line == known_k else {}
             continue
         if line.startswith("R "):
             value = line[2:].strip()
@@ -288,7 +311,7 @@ def _parse(data: bytes) -> Snapshot | None:
             uid = int(parts[0])
             kwf = parts[6]
             kw = empty if kwf == "-" else frozenset(table[int(i)] for i in kwf.split(","))
-            entries[uid] = Entry(
+            entries[uid] = seen[line] = Entry(
                 uid,
                 int(parts[1]),
                 int(parts[2]),
@@ -300,6 +323,13 @@ def _parse(data: bytes) -> Snapshot | None:
             )
         except (ValueError, IndexError):
             continue
+    if folder is not None:
+        if len(_LINES) >= _SHARED_MAX and folder not in _LINES:
+            try:
+                _LINES.pop(next(iter(_LINES)), None)
+            except (StopIteration, RuntimeError):  # another thread dropped it first
+                pass
+        _LINES[folder] = (k_line, seen)
     if entries and uidnext <= max(entries):
         uidnext = max(entries) + 1  # a damaged header must never hand out a UID that is in use
     if first_recent is not None and first_recent > uidnext:
@@ -495,7 +525,7 @@ class FolderIndex:
                 data = fh.read()
         except FileNotFoundError:
             return None
-        snap = _parse(data)
+        snap = _parse(data, self.dir)
         self._cache_key = (st.st_ino, st.st_mtime_ns, st.st_size)
         self._cache = snap
         if snap is not None:  # a corrupt file (None) is never shared: it is rebuilt under the lock
@@ -564,46 +594,70 @@ class FolderIndex:
         The same lock as ``filelock.FileLock`` takes on Unix (flock(2) on the
         same file), without importing filelock (and importlib.metadata) on
         every inetd connection.
+
+        The sessions of one listening process queue for it on a thread lock
+        first (woken the moment it is free), so only one of them at a time
+        waits for another process, by polling flock every few milliseconds.
         """
         import fcntl  # noqa: PLC0415 lazy
 
         path = str(self.file) + ".lock"
         owner = self
+        in_process = _THREAD_LOCKS.get(path) or _THREAD_LOCKS.setdefault(path, threading.Lock())
+
+        def locked_out() -> IndexUnavailable:
+            return IndexUnavailable(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s")
 
         class _Guard:
             fd = -1
 
             def __enter__(self_):
+                deadline = time.monotonic() + LOCK_TIMEOUT
+                if not in_process.acquire(blocking=False):
+                    from pymta.lib import jobslots  # noqa: PLC0415 lazy (only when contended)
+
+                    with jobslots.waiting():  # a daemon's other jobs go on meanwhile
+                        if not in_process.acquire(timeout=LOCK_TIMEOUT):
+                            raise locked_out()
                 try:
-                    self_.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    self_.fd = self_._flock(deadline)
+                except BaseException:
+                    in_process.release()
+                    raise
+                return self_
+
+            @staticmethod
+            def _flock(deadline: float) -> int:
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 except OSError as exc:
                     raise IndexUnavailable(f"{path}: {exc.strerror}", exc.errno) from None
                 try:
-                    fcntl.flock(self_.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return self_
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
                 except BlockingIOError:
                     pass
                 from pymta.lib import jobslots  # noqa: PLC0415 lazy (only when another process holds it)
 
-                deadline = time.monotonic() + LOCK_TIMEOUT
-                delay = 0.001
-                with jobslots.waiting():  # a daemon's other jobs go on meanwhile
+                delay = 0.0005
+                with jobslots.waiting():
                     while True:
                         time.sleep(delay)
-                        delay = min(delay * 2, 0.05)
+                        delay = min(delay * 2, LOCK_POLL)
                         try:
-                            fcntl.flock(self_.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                            return self_
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            return fd
                         except BlockingIOError:
                             if time.monotonic() > deadline:
-                                os.close(self_.fd)
-                                raise IndexUnavailable(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s") from None
+                                os.close(fd)
+                                raise locked_out() from None
 
             def __exit__(self_, *exc):
                 try:
                     fcntl.flock(self_.fd, fcntl.LOCK_UN)
                 finally:
                     os.close(self_.fd)
+                    in_process.release()
 
         return _Guard()
 

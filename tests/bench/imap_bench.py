@@ -141,6 +141,28 @@ def load(port: int, clients: int, seconds: float) -> str:
     return (r.stdout.strip().splitlines() or [r.stderr.strip()])[-1]
 
 
+def tree_cpu(root_pid: int) -> float:
+    """CPU seconds (user+sys) of a process and its descendants, living ones
+    and those already reaped (their parents' cutime/cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = text.rpartition(")")[2].split()
+            stats[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo.extend(child for child, (ppid, _) in stats.items() if ppid == pid)
+    return total / tick
+
+
 def side_by_side(a) -> None:
     """The yardstick against pymail (listening, the default processes) and
     Dovecot (its defaults), same tree, same {BLF-CRYPT} users file."""
@@ -166,16 +188,28 @@ def side_by_side(a) -> None:
         )
         for clients in (1, 8):
             rates: dict[str, list[float]] = {"pymail": [], "dovecot": []}
+            cpus: dict[str, list[float]] = {"pymail": [], "dovecot": []}
             for r in range(a.rounds):
-                for name, p in (("pymail", port), ("dovecot", dport)):
+                for name, p, pid in (("pymail", port, proc.pid), ("dovecot", dport, dovecot.pid)):
+                    before = tree_cpu(pid)
                     line = load(p, clients, a.seconds)
+                    used = tree_cpu(pid) - before
                     match = re.search(r"sessions_per_s=([0-9.]+)", line)
+                    done = re.search(r"sessions=([0-9]+)", line)
                     rates[name].append(float(match.group(1)) if match else 0.0)
-                    print(f"clients={clients} round {r + 1} {name:8} {line}", flush=True)
+                    sessions = int(done.group(1)) if done else 0
+                    cpus[name].append(used / sessions * 1000 if sessions else 0.0)
+                    print(
+                        f"clients={clients} round {r + 1} {name:8} {line} "
+                        f"server_cpu_ms_per_session={cpus[name][-1]:.2f}",
+                        flush=True,
+                    )
             ours, theirs = statistics.median(rates["pymail"]), statistics.median(rates["dovecot"])
             print(
                 f"clients={clients} median pymail {ours:.1f} dovecot {theirs:.1f} sessions/s, "
-                f"ratio {ours / theirs if theirs else float('nan'):.2f}",
+                f"ratio {ours / theirs if theirs else float('nan'):.2f}; server CPU per session "
+                f"pymail {statistics.median(cpus['pymail']):.2f} ms, "
+                f"dovecot {statistics.median(cpus['dovecot']):.2f} ms",
                 flush=True,
             )
     finally:

@@ -190,3 +190,45 @@ def test_index_lock_excludes_filelock_users(tmp_path):
         assert not done
     th.join(5)
     assert done and done[0][1].flags == "S"
+
+
+def test_a_reread_index_reuses_only_the_entries_of_unchanged_lines(tmp_path):
+    """An index rewritten by another process is parsed again line by line only
+    where lines changed; a changed keyword table parses every line afresh."""
+    from pymda import index
+
+    box = tmp_path / "box"
+    for _ in range(3):
+        put(box)
+    FolderIndex(box).sync()
+    data = (box / INDEX_NAME).read_bytes()
+    first = index._parse(data, str(box))
+    again = index._parse(data, str(box))  # what a re-read of the same file gives
+    assert all(again.entries[u] is first.entries[u] for u in (1, 2, 3))
+
+    FolderIndex(tmp_path / "box").set_flags({2: ("S", set())})  # another process, a new file
+    changed = index._parse((box / INDEX_NAME).read_bytes(), str(box))
+    assert changed.entries[1] is first.entries[1] and changed.entries[3] is first.entries[3]
+    assert changed.entries[2] is not first.entries[2] and changed.entries[2].flags == "S"
+    plain = index._parse((box / INDEX_NAME).read_bytes())  # without the memo: the same values
+    for uid in (1, 2, 3):
+        a, b = changed.entries[uid], plain.entries[uid]
+        assert (a.uid, a.modseq, a.idate, a.size, a.sub, a.flags, a.kw, a.base) == (
+            b.uid,
+            b.modseq,
+            b.idate,
+            b.size,
+            b.sub,
+            b.flags,
+            b.kw,
+            b.base,
+        )
+
+    # keyword numbers in a line mean other names under another table: no reuse
+    FolderIndex(box).set_flags({1: ("", {"zeta"})})
+    FolderIndex(box).set_flags({3: ("", {"alpha"})})
+    text = (box / INDEX_NAME).read_bytes()
+    assert b"K zeta alpha" in text
+    swapped = text.replace(b"K zeta alpha", b"K alpha zeta")
+    reparsed = index._parse(swapped, str(box))
+    assert reparsed.entries[1].kw == {"alpha"} and reparsed.entries[3].kw == {"zeta"}
