@@ -232,3 +232,48 @@ def test_a_reread_index_reuses_only_the_entries_of_unchanged_lines(tmp_path):
     swapped = text.replace(b"K zeta alpha", b"K alpha zeta")
     reparsed = index._parse(swapped, str(box))
     assert reparsed.entries[1].kw == {"alpha"} and reparsed.entries[3].kw == {"zeta"}
+
+
+def test_sessions_of_one_process_queue_for_the_lock_and_time_out(tmp_path, monkeypatch):
+    """Threads of one process wait on the in-process lock: the next one gets the
+    lock as soon as it is released, and one that waits too long gets
+    IndexUnavailable, as with another process's flock."""
+    import threading
+
+    from pymda import index
+
+    box = tmp_path / "box"
+    put(box)
+    idx = FolderIndex(box)
+    idx.sync()
+    got: list[float] = []
+    holder = idx._lock()
+    holder.__enter__()
+    waiter = threading.Thread(target=lambda: (idx.set_flags({1: ("S", set())}), got.append(time.monotonic())))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got
+    released = time.monotonic()
+    holder.__exit__(None, None, None)
+    waiter.join(5)
+    assert got and got[0] - released < 1.0
+    assert FolderIndex(box).sync().entries[1].flags == "S"
+
+    monkeypatch.setattr(index, "LOCK_TIMEOUT", 0.3)
+    holder = idx._lock()
+    holder.__enter__()
+    errors: list[Exception] = []
+
+    def wait_in_vain():
+        try:
+            idx.set_flags({1: ("", set())})
+        except index.IndexUnavailable as exc:
+            errors.append(exc)
+
+    try:
+        late = threading.Thread(target=wait_in_vain)
+        late.start()
+        late.join(5)
+        assert not late.is_alive() and errors and "locked for" in str(errors[0])
+    finally:
+        holder.__exit__(None, None, None)
