@@ -558,6 +558,13 @@ class FolderIndex:
             return snap
         if snap is not None and self._quiet_new(snap):
             return snap
+        sibling = _THREAD_LOCKS.get(str(self.file) + ".lock")
+        if snap is not None and sibling is not None and sibling.locked():
+            # Another session of this process is changing the folder under the
+            # lock and will write the index: the state it last wrote is a
+            # consistent answer (as if this command came just before that
+            # change), and waiting for it would leave a CPU idle.
+            return snap
         with self._lock():
             return self._sync_locked()
 

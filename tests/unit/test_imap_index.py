@@ -277,3 +277,51 @@ def test_sessions_of_one_process_queue_for_the_lock_and_time_out(tmp_path, monke
         assert not late.is_alive() and errors and "locked for" in str(errors[0])
     finally:
         holder.__exit__(None, None, None)
+
+
+def test_a_look_while_a_sibling_session_changes_the_folder_does_not_wait(tmp_path, monkeypatch):
+    """While another session of this process holds the folder's lock (mid-STORE),
+    a sync answers at once with the index as last written; while another
+    process holds it, the sync waits (it may be the only one to see new mail)."""
+    import threading
+
+    from pymda import index
+
+    box = tmp_path / "box"
+    put(box)
+    put(box)
+    idx = FolderIndex(box)
+    before = idx.sync()
+    holder = idx._lock()
+    holder.__enter__()  # a sibling session, mid-change
+    try:
+        os.utime(box / "cur", ns=(0, 0))  # the folder looks changed since the index was written
+        started = time.monotonic()
+        snap = FolderIndex(box).sync()
+        assert time.monotonic() - started < 1.0
+        assert list(snap.entries) == list(before.entries)
+    finally:
+        holder.__exit__(None, None, None)
+
+    monkeypatch.setattr(index, "LOCK_TIMEOUT", 0.3)
+    import fcntl
+
+    other = os.open(str(box / INDEX_NAME) + ".lock", os.O_RDWR)  # another process's open file description
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        os.utime(box / "cur", ns=(0, 0))
+        errors = []
+        t = threading.Thread(target=lambda: errors.append(_sync_error(FolderIndex(box))))
+        t.start()
+        t.join(5)
+        assert errors and isinstance(errors[0], index.IndexUnavailable)
+    finally:
+        os.close(other)
+
+
+def _sync_error(idx):
+    try:
+        idx.sync()
+    except Exception as exc:
+        return exc
+    return None
