@@ -22,17 +22,17 @@ lookups, through one dnspython resolver per process with a small cache.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import namedtuple
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from pymta.lib import arc, authres, dkimverify, dmarc, log, metrics, spf
+from pymta.lib.spool import Spool
 from pymta.senders import header_addresses
 from pymta.smtp_server import Refused, Reply
 
-SPOOL_MEMORY = 1 << 20  # message text kept in memory; the rest goes to an unlinked file
+CHUNK = 1 << 20  # the checked message goes on to the queue writer in chunks of this size
 QUARANTINE_HEADER = "X-Pymail-Quarantine"
 CHECK_THREADS = 16  # SPF and DMARC lookups in flight at once, per process
 
@@ -419,46 +419,19 @@ class CheckedSink:
         self.received = received
         self.tmp_dir = tmp_dir
         self.summary = ""
-        self._mem = bytearray()
-        self._fd = -1
-        self._spilled = 0
-        self._closing = threading.Lock()  # abort (event loop) and commit (worker) never both close _fd
+        self._spool = Spool(tmp_dir)
+        self._closing = threading.Lock()  # abort (event loop) and commit (worker) never both close the spool
 
     @property
     def size(self) -> int:
         return self.inner.size
 
     def write(self, data: bytes) -> None:
-        if self._fd < 0 and len(self._mem) + len(data) > SPOOL_MEMORY:
-            try:
-                self._fd = os.open(self.tmp_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            except (OSError, AttributeError):
-                self._fd = -2  # no unlinked files here: keep it all in memory
-        if self._fd >= 0:
-            data = bytes(self._mem) + data if self._mem else data
-            self._mem.clear()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            self._spilled += len(data)
-        else:
-            self._mem += data
-
-    def _message(self) -> bytes:
-        if self._fd < 0:
-            return bytes(self._mem)
-        chunks, offset = [], 0
-        while offset < self._spilled:
-            chunk = os.pread(self._fd, self._spilled - offset, offset)
-            if not chunk:
-                raise OSError("spool file cut short")
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
+        self._spool.write(data)
 
     def commit(self) -> str:
         started = time.monotonic()
-        message = self._message()
+        message = self._spool.getvalue()  # DKIM needs it whole
         self._close()
         verdict = self.checker.evaluate(self.pending, message, started + self.checker.budget)
         metrics.count_all(
@@ -488,16 +461,13 @@ class CheckedSink:
             top += f"{QUARANTINE_HEADER}: DMARC policy of {verdict.dmarc.domain}\n".encode()
         self.inner.write(top + self.received + stripped)
         body = memoryview(message)[len(block) :]
-        for start in range(0, len(body), SPOOL_MEMORY):
-            self.inner.write(bytes(body[start : start + SPOOL_MEMORY]))
+        for start in range(0, len(body), CHUNK):
+            self.inner.write(bytes(body[start : start + CHUNK]))
         return self.inner.commit()
 
     def _close(self) -> None:
         with self._closing:
-            fd, self._fd = self._fd, -1
-            self._mem = bytearray()
-            if fd >= 0:
-                os.close(fd)
+            self._spool.close()
 
     def abort(self) -> None:
         self._close()

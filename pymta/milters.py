@@ -22,16 +22,24 @@ protocol is ``milter.default_action``, logged once with the queue ID, and
 is not asked again in that session.
 
 ``MilterSink`` sits in front of the queue writer: it holds the message
-text, runs the end of message at commit, and writes the result into the
-entry -- envelope changes included (``QueueWriter.revise``), into
-``hold/`` for a quarantine -- before the 250, once.
+text (``pymta.lib.spool``: past 1 MB in an unlinked file, so a big message
+is streamed to the milters and into the entry in chunks, never held whole),
+runs the end of message at commit, and writes the result into the entry --
+envelope changes included (``QueueWriter.revise``), into ``hold/`` for a
+quarantine -- before the 250, once.  ESMTP parameters of a milter's
+ADDRCPT_PAR or CHGFROM are logged and left out, as Postfix does with those it
+does not support: pymail's SMTP server takes none a queue entry keeps (no DSN).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+
 from pymta.lib import log
 from pymta.lib import milter as m
 from pymta.lib.milterconn import MilterConnection, MilterFailure, Timeouts
+from pymta.lib.spool import Spool
 from pymta.smtp_server import Refused, Reply
 
 REJECT = Reply(550, "5.7.1", "Command rejected")
@@ -99,13 +107,13 @@ class _Milter:
 class Outcome:
     """The end of message through every milter."""
 
-    def __init__(self, sender: str, recipients: list[str], message: bytes) -> None:
+    def __init__(self, sender: str, recipients: list[str]) -> None:
         self.reply: Reply | None = None  # refuse the message with this
         self.discard = False
         self.hold: str | None = None  # quarantine reason: the entry goes on hold
         self.sender = sender
         self.recipients = recipients
-        self.message = message
+        self.message: _Message | None = None  # the changed message; None: as it came
         self.changes: list[str] = []  # for the log line: "header added X-Spam", ...
 
 
@@ -211,10 +219,10 @@ class Chain:
 
     # -- the end of the message --------------------------------------------------------
 
-    def end_of_message(self, message: bytes, sender: str, recipients: list[str]) -> Outcome:
+    def end_of_message(self, message: Spool, sender: str, recipients: list[str]) -> Outcome:
         """Headers, end of headers, body and end of message to each milter in
         turn, each seeing the message as the ones before it left it."""
-        out = Outcome(sender, list(recipients), message)
+        out = Outcome(sender, list(recipients))
         if self.refusal is not None:
             out.reply = self.refusal
             return out
@@ -264,7 +272,9 @@ class Chain:
             log.info(f"milter-discard: END-OF-MESSAGE from {self.client}: every recipient deleted", self.queue_id)
             out.discard = True
         if changed:
-            out.message = parsed.to_bytes()
+            out.message = parsed
+        else:
+            parsed.close()
         return out
 
     def _message_to(self, mt: _Milter, msg: _Message) -> m.Reply | m.EndOfMessage | None:
@@ -276,13 +286,18 @@ class Chain:
         r = self._send(mt, m.SMFIC_EOH, m.encode_eoh(), cmd_t)
         if isinstance(r, m.Reply) and r.kind != "continue":
             return r
-        for chunk in m.encode_body(msg.body.replace(b"\n", b"\r\n")):
-            r = self._send(mt, m.SMFIC_BODY, chunk, body_t)
-            if isinstance(r, m.Reply):
-                if r.kind == "skip":
-                    break
-                if r.kind != "continue":
-                    return r
+        skipped = False
+        for text in msg.body_chunks():
+            for chunk in m.encode_body(text.replace(b"\n", b"\r\n")):
+                r = self._send(mt, m.SMFIC_BODY, chunk, body_t)
+                if isinstance(r, m.Reply):
+                    if r.kind == "skip":
+                        skipped = True
+                        break
+                    if r.kind != "continue":
+                        return r
+            if skipped:
+                break
         r = self._send(mt, m.SMFIC_BODYEOB, m.encode_eom(), body_t)
         if not isinstance(r, m.EndOfMessage):
             raise MilterFailure("no end-of-message reply")
@@ -293,7 +308,8 @@ class Chain:
     def _apply(self, mt: _Milter, mods: list[m.Modification], msg: _Message, out: Outcome) -> bool:
         from pymta.lib.address import valid_envelope_address  # noqa: PLC0415 lazy
 
-        body: list[bytes] = []
+        body: Spool | None = None
+        carry = b""  # a CR that ended a REPLBODY packet: the LF may start the next
         for mod in mods:
             kind = mod.kind
             if kind == "addheader":
@@ -309,6 +325,12 @@ class Chain:
                         f"milter {mt.spec}: {kind} <{log.printable(address)}> ignored: bad address", self.queue_id
                     )
                     continue
+                if mod.args.strip():
+                    log.warning(
+                        f"milter {mt.spec}: {kind} <{log.printable(address)}>: ESMTP parameters "
+                        f"{log.printable(mod.args.strip())[:200]} ignored (none is supported)",
+                        self.queue_id,
+                    )
                 if kind == "addrcpt":
                     if address not in out.recipients:
                         out.recipients.append(address)
@@ -317,10 +339,15 @@ class Chain:
                 else:
                     out.sender = address
             elif kind == "replbody":
-                body.append(mod.body)
+                if body is None:
+                    body = Spool(msg.tmp_dir)
+                data = carry + mod.body
+                carry = b"\r" if data.endswith(b"\r") else b""
+                body.write(data[: len(data) - len(carry)].replace(b"\r\n", b"\n"))
             out.changes.append(f"{kind} {mod.name or mod.value}".strip() if kind != "replbody" else kind)
-        if body:
-            msg.body = b"".join(body).replace(b"\r\n", b"\n")
+        if body is not None:
+            body.write(carry)
+            msg.replace_body(body)
         return any(mod.kind in ("addheader", "insheader", "chgheader", "replbody") for mod in mods)
 
     # -- helpers -------------------------------------------------------------------------
@@ -451,31 +478,55 @@ def _field_value(value: str) -> str:
 
 
 class _Message:
-    """A message as header fields (name, raw value after the colon) and a body."""
+    """A message as header fields (name, raw value after the colon) and a body
+    read from a spool in chunks (the header block is read into memory)."""
 
-    def __init__(self, data: bytes) -> None:
-        text = data.decode("utf-8", "surrogateescape")
+    def __init__(self, spool: Spool) -> None:
+        self.tmp_dir = spool.tmp_dir
+        limit = 1 << 16
+        while True:  # enough of the text to hold the header block
+            head = spool.read(0, limit)
+            if head.startswith(b"\n") or b"\n\n" in head or len(head) == spool.size:
+                break
+            limit *= 4
         self.headers: list[tuple[str, str]] = []
         pos = 0
         self.separator = ""
-        while pos < len(text):
-            end = text.find("\n", pos)
-            line = text[pos:] if end < 0 else text[pos:end]
-            nxt = len(text) if end < 0 else end + 1
-            if line == "":
+        while pos < len(head):
+            end = head.find(b"\n", pos)
+            line = head[pos:] if end < 0 else head[pos:end]
+            nxt = len(head) if end < 0 else end + 1
+            if line == b"":
                 self.separator = "\n"
                 pos = nxt
                 break
-            if line[0] in " \t" and self.headers:
+            if line[:1] in (b" ", b"\t") and self.headers:
                 name, value = self.headers[-1]
-                self.headers[-1] = (name, value + "\n" + line)
+                self.headers[-1] = (name, value + "\n" + _text(line))
             else:
-                name, colon, value = line.partition(":")
-                if not colon or not name or any(c <= " " or c == "\x7f" for c in name):
+                name, colon, value = line.partition(b":")
+                if not colon or not name or any(c <= 32 or c == 127 for c in name):
                     break  # no field: the body starts here
-                self.headers.append((name, value))
+                self.headers.append((_text(name), _text(value)))
             pos = nxt
-        self.body = text[pos:].encode("utf-8", "surrogateescape")
+        self._body: tuple[Spool, int] = (spool, pos)  # the body: the spool's text from an offset
+        self._own: Spool | None = None  # a body a milter gave (REPLBODY), closed with the message
+
+    def body_chunks(self):
+        """The body (LF line ends), a chunk at a time."""
+        spool, start = self._body
+        return spool.chunks(start)
+
+    def replace_body(self, body: Spool) -> None:
+        if self._own is not None:
+            self._own.close()
+        self._own = body
+        self._body = (body, 0)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
     def change_header(self, name: str, index: int, value: str) -> None:
         """The index-th (from 1) field called ``name``: changed, or removed when
@@ -494,9 +545,13 @@ class _Message:
         if value:
             self.headers.append((name, _field_value(value)))
 
-    def to_bytes(self) -> bytes:
+    def header_bytes(self) -> bytes:
         head = "".join(f"{n}:{v}\n" for n, v in self.headers)
-        return (head + self.separator).encode("utf-8", "surrogateescape") + self.body
+        return (head + self.separator).encode("utf-8", "surrogateescape")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 class MilterSink:
@@ -504,7 +559,8 @@ class MilterSink:
     the end of message through ``chain`` and writes the outcome into the
     entry (or refuses it: ``Refused``; or drops it: discard)."""
 
-    def __init__(self, inner, chain: Chain, sender: str, recipients: list[str], meta: dict) -> None:
+    def __init__(self, inner, chain: Chain, sender: str, recipients: list[str], meta: dict, tmp_dir=None) -> None:
+        """``tmp_dir``: where a message past 1 MB waits, in an unlinked file (the queue's tmp/)."""
         self.inner = inner
         self.chain = chain
         self.queue_id = inner.queue_id
@@ -513,21 +569,34 @@ class MilterSink:
         self.meta = meta
         self.disposition = "queued"  # or "discarded", "held" after commit
         self.error = None  # made only over a sink that opened (smtpd's _Sink)
-        self._parts: list[bytes] = []
+        self._spool = Spool(tmp_dir)
         self._size = 0
+        self._closing = threading.Lock()  # abort (event loop) and commit (a Job) never both close the spool
 
     @property
     def size(self) -> int:
         return self._size
 
     def write(self, data: bytes) -> None:
-        self._parts.append(bytes(data))
+        self._spool.write(data)
         self._size += len(data)
 
     def commit(self) -> str:
-        message = b"".join(self._parts)
-        self._parts = []
-        out = self.chain.end_of_message(message, self.sender, self.recipients)
+        try:
+            return self._commit()
+        finally:
+            with self._closing:
+                self._spool.close()
+
+    def _commit(self) -> str:
+        out = self.chain.end_of_message(self._spool, self.sender, self.recipients)
+        try:
+            return self._deliver(out)
+        finally:
+            if out.message is not None:
+                out.message.close()
+
+    def _deliver(self, out: Outcome) -> str:
         if out.reply is not None:
             raise Refused(out.reply)
         who = f"from {self.chain.client}: " if self.chain.client else ""
@@ -546,8 +615,16 @@ class MilterSink:
             self.inner.revise(out.sender, out.recipients, meta, hold=out.hold is not None)
         if out.changes:
             log.info(f"milter: {', '.join(out.changes)[:500]}", self.queue_id)
-        self.inner.write(out.message)
-        self._size = len(out.message)
+        if out.message is None:
+            for chunk in self._spool.chunks():
+                self.inner.write(chunk)
+        else:
+            head = out.message.header_bytes()
+            self.inner.write(head)
+            self._size = len(head)
+            for chunk in out.message.body_chunks():
+                self.inner.write(chunk)
+                self._size += len(chunk)
         qid = self.inner.commit()
         if out.hold is not None:
             self.disposition = "held"
@@ -559,7 +636,8 @@ class MilterSink:
         return qid
 
     def abort(self) -> None:
-        self._parts = []
+        with self._closing:
+            self._spool.close()
         self.inner.abort()
 
 
@@ -587,7 +665,7 @@ def filter_local(cfg, writer, sender: str, recipients: list[str], message: bytes
         reply = chain.data()
         if reply is not None:
             raise Refused(reply)
-        sink = MilterSink(writer, chain, sender, kept, writer.envelope.meta)
+        sink = MilterSink(writer, chain, sender, kept, writer.envelope.meta, os.path.dirname(writer.tmp))
         sink.write(message)
         return sink.commit()
     finally:

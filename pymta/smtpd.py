@@ -445,7 +445,8 @@ class SMTPBackend(LoginBackend):
         if sink.error is None and self.milter_specs():
             from pymta.milters import MilterSink  # noqa: PLC0415 lazy
 
-            sink = MilterSink(sink, self._milter_chain(session), envelope.mail_from, rcpts, meta)
+            chain = self._milter_chain(session)
+            sink = MilterSink(sink, chain, envelope.mail_from, rcpts, meta, self.queue._tmp_dir)
         received = self.received_header(session, envelope, sink.queue_id)
         if envelope.checks is not None and sink.error is None:
             from pymta.authcheck import CheckedSink  # noqa: PLC0415 lazy

@@ -5,6 +5,7 @@ the sendmail/maildrop path (milter.non_smtpd_milters)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import smtplib
 import socket
@@ -33,10 +34,14 @@ class Milter:
     (raw bytes, a callable of the payload giving bytes, "close", "hang"),
     SMFIR_CONTINUE otherwise; ``events`` records what it was sent."""
 
-    def __init__(self, on: dict | None = None, actions: int = m.ALL_ACTIONS, protocol: int = 0) -> None:
+    def __init__(
+        self, on: dict | None = None, actions: int = m.ALL_ACTIONS, protocol: int = 0, keep_body: bool = True
+    ) -> None:
         self.on = on or {}
         self.actions = actions
         self.protocol = protocol
+        self.keep_body = keep_body  # False: body chunks are hashed and counted, not kept (big messages)
+        self.body_hash = hashlib.sha256()
         self.events: list[tuple[bytes, bytes]] = []
         self.connections = 0
         self.sock = socket.socket()
@@ -67,7 +72,9 @@ class Milter:
                 if not data:
                     return
                 for cmd, payload in reader.feed(data):
-                    self.events.append((cmd, payload))
+                    if cmd == m.SMFIC_BODY:
+                        self.body_hash.update(payload)
+                    self.events.append((cmd, payload if self.keep_body or cmd != m.SMFIC_BODY else b""))
                     if cmd == m.SMFIC_OPTNEG:
                         conn.sendall(pkt(m.SMFIC_OPTNEG, struct.pack(">III", 6, self.actions, self.protocol)))
                         continue
@@ -398,6 +405,66 @@ def test_every_modification_lands_in_the_queue_entry(make_mailsys, milters, mode
         b"From: Carol <carol@remote.example>\nSubject: [tagged] hello\nX-Added: at the end\n\nReplaced\nbody.\n"
     )
     assert b"\nTo:" not in message
+    # the ESMTP parameters of ADDRCPT_PAR are logged and left out, as Postfix does with those it does not support
+    assert "addrcpt <carol@example.test>: ESMTP parameters NOTIFY=NEVER ignored" in stop_and_log(mailsys)
+
+
+def test_a_big_message_is_streamed_to_the_milter_and_its_new_body_into_the_entry(make_mailsys, milters):
+    """A 3 MB message reaches the milter whole (CRLF), its header changed in the entry;
+    a REPLBODY whose CRLF is split between two packets is one line end in the entry."""
+    line = b"0123456789 abcdefghij klmnopqrst uvwxyz ABCDEFGHIJ KLMNOPQRST UVWXYZ !\r\n"
+    body = line * (3_000_000 // len(line))
+    message = b"From: Carol <carol@remote.example>\r\nSubject: big\r\n\r\n" + body
+    eom = pkt(m.SMFIR_ADDHEADER, z("X-Scanned", "yes")) + pkt(m.SMFIR_CONTINUE)
+    mt = milters(on={m.SMFIC_BODYEOB: eom}, keep_body=False)
+    mailsys = system(make_mailsys, [mt.spec])
+    port = start(mailsys, "inetd")
+    assert send(port, message=message)["data"][0] == 250
+    assert mt.body_hash.digest() == hashlib.sha256(body).digest()  # every chunk, in order
+    [(_env, queued_text)] = queued(mailsys)
+    assert queued_text.endswith(b"Subject: big\nX-Scanned: yes\n\n" + body.replace(b"\r\n", b"\n"))
+
+    split = pkt(m.SMFIR_REPLBODY, b"first line\r") + pkt(m.SMFIR_REPLBODY, b"\nsecond line\r\n")
+    mt.on[m.SMFIC_BODYEOB] = split + pkt(m.SMFIR_CONTINUE)
+    assert send(port, message=message)["data"][0] == 250
+    newest = max((mailsys.root / "queue" / "new").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.read_bytes().endswith(b"Subject: big\n\nfirst line\nsecond line\n")
+
+
+def test_a_big_message_through_a_milter_is_not_held_in_memory(make_mailsys, milters, tmp_path):
+    """The non-SMTP path (pymta.milters.filter_local) with an 8 MB message: the
+    text waits in an unlinked file in the queue's tmp/ and is streamed to the
+    milter and into the entry, so the stage allocates far less than the message."""
+    import tracemalloc
+
+    from pymta.lib import config
+    from pymta.milters import filter_local
+    from pymta.queue import Queue
+
+    mt = milters(on={m.SMFIC_BODYEOB: pkt(m.SMFIR_ADDHEADER, z("X-Scanned", "yes")) + pkt(m.SMFIR_CONTINUE)})
+    mt.keep_body = False
+    mailsys = make_mailsys(f'[milter]\nnon_smtpd_milters = ["{mt.spec}"]\nsmtpd_milters = []\n')
+    cfg = config.load(mailsys.config, write_cache=False)
+    queue = Queue(mailsys.root / "queue")
+    body = b"A line of a big local message, the same again and again.\n" * (8_000_000 // 58)
+    message = b"To: bob@example.test\nSubject: big\n\n" + body
+    tracemalloc.start()
+    try:
+        qid = filter_local(
+            cfg,
+            queue.writer("root@example.test", ["bob@example.test"]),
+            "root@example.test",
+            ["bob@example.test"],
+            message,
+        )
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3_000_000, f"{peak} bytes allocated for an {len(message)}-byte message"
+    [(env, queued_text)] = queued(mailsys)
+    assert env["id"] == qid
+    assert queued_text == b"To: bob@example.test\nSubject: big\nX-Scanned: yes\n\n" + body
+    assert mt.body_hash.digest() == hashlib.sha256(body.replace(b"\n", b"\r\n")).digest()
 
 
 # -- quarantine -------------------------------------------------------------------------------
