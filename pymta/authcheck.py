@@ -236,7 +236,9 @@ class Checker:
 
         names = _dmarc_names(from_domain)
         fetcher = self.submit(prefetch) if any(dns.cached(n, "TXT") is None for n in names) else None
-        crlf = message.replace(b"\n", b"\r\n")
+        # dkimpy wants CRLF: a copy of the whole message, made only when there is a signature or seal to check
+        signed = dkimverify.has_field(block, b"dkim-signature") or dkimverify.has_field(block, b"arc-seal")
+        crlf = message.replace(b"\n", b"\r\n") if signed else b""
         signatures = dkimverify.verify_all(
             crlf, dkim_key, self.cfg["checks.dkim_max_signatures"], self.cfg["checks.dkim_min_key_bits"]
         )
