@@ -421,6 +421,7 @@ class CheckedSink:
         self.received = received
         self.tmp_dir = tmp_dir
         self.summary = ""
+        self.counted_accepted = False
         self._spool = Spool(tmp_dir)
         self._closing = threading.Lock()  # abort (event loop) and commit (worker) never both close the spool
 
@@ -436,13 +437,17 @@ class CheckedSink:
         message = self._spool.getvalue()  # DKIM needs it whole
         self._close()
         verdict = self.checker.evaluate(self.pending, message, started + self.checker.budget)
-        metrics.count_all(
-            [
-                ("pymail_checked_messages_total", 1, {}),
-                ("pymail_check_milliseconds_total", round((time.monotonic() - started) * 1000), {}),
-            ]
-        )
+        events = [
+            ("pymail_checked_messages_total", 1, {}),
+            ("pymail_check_milliseconds_total", round((time.monotonic() - started) * 1000), {}),
+        ]
         self.summary = verdict.summary
+        try:
+            return self._pass_on(message, verdict, events)
+        finally:
+            metrics.count_all(events)  # with smtpd's accepted count when it added it (one write)
+
+    def _pass_on(self, message: bytes, verdict: Verdict, events: list) -> str:
         info = self.session.info
         if verdict.reply is not None:
             reply = verdict.reply
@@ -452,7 +457,7 @@ class CheckedSink:
                 self.queue_id,
             )
             reason = "check_temperror" if reply.code < 500 else "spf" if reply.enhanced.startswith("5.7.2") else "dmarc"
-            metrics.count("pymail_smtp_refused_total", service=info.service, reason=reason)
+            events.append(("pymail_smtp_refused_total", 1, {"service": info.service, "reason": reason}))
             raise Refused(reply)
         block = _header_block(message)
         stripped, removed = authres.strip(block, self.checker.authserv_id)
@@ -465,7 +470,10 @@ class CheckedSink:
         body = memoryview(message)[len(block) :]
         for start in range(0, len(body), CHUNK):
             self.inner.write(bytes(body[start : start + CHUNK]))
-        return self.inner.commit()
+        qid = self.inner.commit()
+        events.append(("pymail_smtp_accepted_total", 1, {"service": info.service}))
+        self.counted_accepted = True  # smtpd's _LoggingSink counts it otherwise
+        return qid
 
     def _close(self) -> None:
         with self._closing:

@@ -157,9 +157,14 @@ def test_strict_spf_alignment_fails_dmarc(make_mailsys, dns_zone):
     dns_zone.zone["_dmarc.pass.test."] = {"TXT": ["v=DMARC1; p=reject; aspf=s"]}
     system = checked_system(make_mailsys, dns_zone.port)
     port = system.start_smtpd()
+    before = _stats(system)
     code, text = send(port, "bounce@mail.pass.test", msg("news@pass.test"))
     assert (code, text) == (550, "5.7.1 Email rejected per DMARC policy for pass.test")
     assert queued(system) == []
+    after = _stats(system)
+    refused = 'pymail_smtp_refused_total{service="smtp",reason="dmarc"}'
+    assert after.get(refused, 0) == before.get(refused, 0) + 1
+    assert after["pymail_checked_messages_total"] == before.get("pymail_checked_messages_total", 0) + 1
     log = smtpd_log(system)
     assert "reject: END-OF-MESSAGE from [127.0.0.2]: 550 5.7.1" in log
     assert "spf=pass dkim=none dmarc=fail" in log
@@ -484,6 +489,8 @@ def test_check_and_dns_latency_metrics_move(make_mailsys, request, dns):
     assert send(port, "bounce@mail.pass.test", msg("news@pass.test"))[0] == 250
     after = _stats(system)
     assert after["pymail_checked_messages_total"] == before["pymail_checked_messages_total"] + 1
+    accepted = 'pymail_smtp_accepted_total{service="smtp"}'
+    assert after[accepted] == before.get(accepted, 0) + 1  # counted once, written with the checks' events
     assert after["pymail_check_milliseconds_total"] >= before["pymail_check_milliseconds_total"]
     result = "ok" if dns == "dns_zone" else "failed"
     key = f'pymail_dns_lookups_total{{result="{result}"}}'
