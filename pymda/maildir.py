@@ -64,7 +64,7 @@ def user_maildir(mail_root: Path, address: str) -> Path:
     for part in (local, domain):
         if not part or part.startswith(".") or "/" in part or "\x00" in part:
             raise MaildirError(f"unsafe mailbox name {address!r}", temporary=False)
-    return Path(mail_root) / domain.lower() / local.lower()
+    return Path(f"{os.fspath(mail_root)}/{domain.lower()}/{local.lower()}")  # one Path made, not three
 
 
 def _host() -> str:
@@ -358,16 +358,17 @@ def deliver(
     delivery and the tmp file goes.
     """
     maildir = Path(maildir)
+    box = os.fspath(maildir)  # plain strings below: this runs once per delivered copy
     if tag is None and (context := delivery_tag.get()) is not None:
         tag, once = context
-    folder_dir = os.path.join(dirs[1], "..") if dirs else maildir  # where the journal lives
+    folder_dir = os.path.join(dirs[1], "..") if dirs else box  # where the journal lives
     if tag and once and (earlier := _earlier_copy(maildir, folder_dir, tag, dirs)) is not None:
         return earlier
     if isinstance(chunks, (bytes, bytearray, memoryview)):
         chunks = (bytes(chunks),)
     for attempt in range(2):
         name = unique_name(tag)
-        tmp = (dirs[0] if dirs else maildir / "tmp") / name
+        tmp = f"{dirs[0] if dirs else box + '/tmp'}/{name}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             break
@@ -416,15 +417,16 @@ def deliver(
         _unlink_quietly(tmp)
         raise
     os.close(fd)
-    final = (dirs[1] if dirs else maildir / "new") / sized_name(name, size, wsize)
+    new_dir = os.fspath(dirs[1]) if dirs else box + "/new"
+    final = f"{new_dir}/{sized_name(name, size, wsize)}"
     try:
         os.rename(tmp, final)
         if fsync:
-            fsync_dir(final.parent)
+            fsync_dir(new_dir)
     except OSError as exc:
         _unlink_quietly(tmp)
         raise MaildirError(f"{final}: {exc.strerror}") from None
-    return final
+    return Path(final)
 
 
 def _earlier_copy(maildir: Path, folder_dir, tag: str, dirs) -> Path | None:

@@ -961,11 +961,18 @@ class Config:
 
     @property
     def root(self) -> Path:
-        return Path(self._values["root"])
+        cached = self.__dict__.get("_root")
+        if cached is None:  # made once: the queue runner asks for it per delivery
+            cached = self.__dict__["_root"] = Path(self._values["root"])
+        return cached
 
     def path_of(self, name: str) -> Path:
         """A ``paths.*`` parameter as an absolute path."""
-        return self.root / self._values[f"paths.{name}"]
+        paths = self.__dict__.setdefault("_paths", {})
+        found = paths.get(name)
+        if found is None:
+            found = paths[name] = self.root / self._values[f"paths.{name}"]
+        return found
 
     @property
     def queue_dir(self) -> Path:
