@@ -136,11 +136,20 @@ def _literal(data: bytes) -> bytes:
 class _Loader:
     """Reads a message file at most once per FETCH response."""
 
-    def __init__(self, path) -> None:
-        self.path = path
+    def __init__(self, folder: str, e) -> None:
+        self._where = (folder, e)
+        self._path: str | None = None
         self._full: bytes | None = None
         self._part: Part | None = None
         self._header: bytes | None = None
+
+    @property
+    def path(self) -> str:
+        """The message file, named when first needed (a FETCH of index items reads none)."""
+        if self._path is None:
+            folder, e = self._where
+            self._path = f"{folder}/{e.sub}/{e.name}"
+        return self._path
 
     def full(self) -> bytes:
         if self._full is None:
@@ -228,8 +237,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
 
     ``flags`` is the message's FLAGS list (``pyimap.formats.flags_text``),
     needed when ``items`` asks for FLAGS."""
-    path = f"{sel.index.dir}/{e.sub}/{e.name}"
-    loader = _Loader(path)
+    loader = _Loader(sel.index.dir, e)
     out: list = []
     buf = [b"* %d FETCH (" % seq]
     first = True
@@ -252,7 +260,7 @@ def render_message(sel, e, uid: int, seq: int, items, flags: str | None = None) 
         ):
             label = name.encode() if name != "BODY[]" else item[1]
             if name in ("RFC822", "BODY[]") and e.size > STREAM_ABOVE and loader._full is None:
-                fh = open(path, "rb")
+                fh = open(loader.path, "rb")
                 size = _count_crlf_size(fh)
                 buf.append(label + b" {%d}\r\n" % size)
                 out.append(b"".join(buf))

@@ -508,6 +508,8 @@ class SelectedCommands(CommandContext):
         if vanished and changed_since is not None:
             self._fetch_vanished(args[0], snap, changed_since)
         missing = False
+        items_flags = any(i[0] == "FLAGS" for i in items)
+        texts: dict[tuple, str] = {}  # (letters, keywords, recent) -> FLAGS list, made once per FETCH
         for u in uids:
             e = snap.entries.get(u)
             if e is None:
@@ -519,11 +521,18 @@ class SelectedCommands(CommandContext):
                 continue
             seq = sel.seq_of(u)
             want = items
-            if sets_seen and sel.known.get(u) == -1 and not any(i[0] == "FLAGS" for i in items):
+            wants_flags = items_flags
+            if sets_seen and not items_flags and sel.known.get(u) == -1:
                 want = items + [("FLAGS",)]
-            wants_flags = any(i[0] == "FLAGS" for i in want)
+                wants_flags = True
+            flags = None
+            if wants_flags:
+                key = (e.flags, e.kw, u in sel.recent)
+                flags = texts.get(key)
+                if flags is None:
+                    flags = texts[key] = flags_text(e, key[2])
             try:
-                pieces = render_message(sel, e, u, seq, want, flags_text(e, u in sel.recent) if wants_flags else None)
+                pieces = render_message(sel, e, u, seq, want, flags)
             except FetchFailed as exc:
                 # RFC 3516: NO [UNKNOWN-CTE] (or invalid encoded data), the FETCH ends
                 # here; what was given of this message closes its response, as Dovecot
