@@ -138,6 +138,9 @@ def test_accept_and_every_event_sent(milter: Callable[..., ToyMilter]) -> None:
     t = milter({})
     v = run_message(t.spec, message(), FAST)
     assert v.action == "accept" and not v.error
+    deadline = time.monotonic() + 5  # QUIT is sent last: the milter's thread may not have read it yet
+    while not b"".join(c for c, _ in t.seen).endswith(b"Q") and time.monotonic() < deadline:
+        time.sleep(0.01)
     cmds = b"".join(c for c, _ in t.seen)
     assert cmds == b"ODCHMRRTLLNBEQ"
     assert (b"C", b"client.example\x004\x11\xd7192.0.2.1\0") in t.seen
