@@ -34,6 +34,7 @@ from pymta.smtp_server import Refused, Reply
 
 CHUNK = 1 << 20  # the checked message goes on to the queue writer in chunks of this size
 QUARANTINE_HEADER = "X-Pymail-Quarantine"
+SPF_RESULTS = 4096  # SPF results kept per process (client, sender, HELO)
 CHECK_THREADS = 16  # SPF and DMARC lookups in flight at once, per process
 
 # spf: spf.Result; dkim: [dkimverify.Signature]; dmarc: dmarc.Result; arc: arc.Result;
@@ -75,6 +76,11 @@ class DNS:
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         return None
+
+    def unchanged(self, answers: list) -> bool:
+        """Whether every (name, type, answer) given is still the cached answer
+        (the same object: not expired, not asked again since)."""
+        return all(self.cached(name, rdtype) is answer for name, rdtype, answer in answers)
 
     def query(self, name: str, rdtype: str, timeout: float) -> list:
         import dns.exception  # noqa: PLC0415 lazy
@@ -166,6 +172,7 @@ class Checker:
         self.budget = cfg["checks.time_budget"]
         self.authserv_id = cfg["hostname"]
         self._dns: DNS | None = None
+        self._spf_results: dict[tuple[str, str, str], tuple[spf.Result, list]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -194,15 +201,33 @@ class Checker:
         return self._dns is not None and self._dns.cached(domain, "TXT") is not None
 
     def spf(self, ip: str, sender: str, helo: str, budget: float | None = None) -> spf.Result:
+        """The SPF result; kept for the same client, sender and HELO while
+        every DNS answer it came from is still the cached one (a sender who
+        mails from one address again and again costs pyspf once per TTL)."""
         dns = self.dns
+        key = (ip, sender, helo)
+        hit = self._spf_results.get(key)
+        if hit is not None and dns.unchanged(hit[1]):
+            return hit[0]
+        used: list = []
+        failed = False
 
         def lookup(name, rdtype, timeout):
+            nonlocal failed
             try:
-                return dns.query(name, rdtype, timeout)
+                answer = dns.query(name, rdtype, timeout)
             except _DNSDown as exc:
+                failed = True
                 raise spf.TempFail(str(exc)) from None
+            used.append((name, rdtype, answer))
+            return answer
 
-        return spf.check(ip, sender, helo, lookup, self.budget if budget is None else budget)
+        result = spf.check(ip, sender, helo, lookup, self.budget if budget is None else budget)
+        if used and not failed and result.result != "temperror" and dns.unchanged(used):
+            if len(self._spf_results) >= SPF_RESULTS:
+                self._spf_results.clear()  # plain dict operations: safe from the check threads
+            self._spf_results[key] = (result, used)
+        return result
 
     def evaluate(self, pending: Pending, message: bytes, deadline: float) -> Verdict:
         """Every check of one message (LF line ends), within ``deadline`` (monotonic)."""

@@ -153,6 +153,31 @@ def test_dns_answers_are_cached_for_their_ttl_within_a_process(make_mailsys, dns
     assert dns_zone.queries.count(("_dmarc.pass.test.", "TXT")) == 1, dns_zone.queries
 
 
+def test_an_spf_result_is_kept_while_its_dns_answers_are(make_mailsys, dns_zone):
+    """The same client, sender and HELO again: the result computed before, while
+    every answer it came from is the cached one; once one is asked again (its
+    TTL ran out), the result follows the new record.  Another sender (SPF
+    macros may use the local part) is computed afresh."""
+    from pymta.authcheck import Checker
+    from pymta.lib import config
+
+    system = checked_system(make_mailsys, dns_zone.port)
+    checker = Checker(config.load(system.config, write_cache=False))
+    first = checker.spf("127.0.0.2", "bounce@mail.pass.test", "client.example")
+    assert first.result == "pass"
+    assert checker.spf("127.0.0.2", "bounce@mail.pass.test", "client.example") is first
+    other = checker.spf("127.0.0.2", "news@mail.pass.test", "client.example")
+    assert other.result == "pass" and other is not first
+    assert dns_zone.queries.count(("mail.pass.test.", "TXT")) == 1
+
+    dns_zone.zone["mail.pass.test."] = {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]}
+    key = ("mail.pass.test", "TXT")
+    checker.dns._cache[key] = (0.0, checker.dns._cache[key][1])  # its TTL is over
+    again = checker.spf("127.0.0.2", "bounce@mail.pass.test", "client.example")
+    assert again.result == "fail"
+    assert dns_zone.queries.count(("mail.pass.test.", "TXT")) == 2
+
+
 def test_strict_spf_alignment_fails_dmarc(make_mailsys, dns_zone):
     dns_zone.zone["_dmarc.pass.test."] = {"TXT": ["v=DMARC1; p=reject; aspf=s"]}
     system = checked_system(make_mailsys, dns_zone.port)
