@@ -324,12 +324,7 @@ def _parse(data: bytes, folder: str | None = None) -> Snapshot | None:
         except (ValueError, IndexError):
             continue
     if folder is not None:
-        if len(_LINES) >= _SHARED_MAX and folder not in _LINES:
-            try:
-                _LINES.pop(next(iter(_LINES)), None)
-            except (StopIteration, RuntimeError):  # another thread dropped it first
-                pass
-        _LINES[folder] = (k_line, seen)
+        _bounded_put(_LINES, folder, (k_line, seen))
     if entries and uidnext <= max(entries):
         uidnext = max(entries) + 1  # a damaged header must never hand out a UID that is in use
     if first_recent is not None and first_recent > uidnext:
@@ -415,13 +410,18 @@ def _head_of(snap: Snapshot) -> bytes:
 
 
 def _remember(folder: str, key: tuple, snap: Snapshot) -> None:
-    # Sessions sync in job threads at once: another thread may drop the same oldest entry.
-    if len(_SHARED) >= _SHARED_MAX and folder not in _SHARED:
+    _bounded_put(_SHARED, folder, (key, snap))
+
+
+def _bounded_put(table: dict, folder: str, value) -> None:
+    """``table[folder] = value``, the oldest folder dropped past _SHARED_MAX.
+    Sessions sync in job threads at once: another thread may drop the same oldest entry."""
+    if len(table) >= _SHARED_MAX and folder not in table:
         try:
-            _SHARED.pop(next(iter(_SHARED)), None)
+            table.pop(next(iter(table)), None)
         except (StopIteration, RuntimeError):
             pass
-    _SHARED[folder] = (key, snap)
+    table[folder] = value
 
 
 class _Letters:
@@ -610,7 +610,9 @@ class FolderIndex:
 
         path = str(self.file) + ".lock"
         owner = self
-        in_process = _THREAD_LOCKS.get(path) or _THREAD_LOCKS.setdefault(path, threading.Lock())
+        in_process = _THREAD_LOCKS.get(path)
+        if in_process is None:  # setdefault: two threads making it at once still share one
+            in_process = _THREAD_LOCKS.setdefault(path, threading.Lock())
 
         def locked_out() -> IndexUnavailable:
             return IndexUnavailable(f"{owner.file}: locked for {LOCK_TIMEOUT:.0f} s")

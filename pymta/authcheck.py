@@ -446,9 +446,8 @@ class CheckedSink:
         self.received = received
         self.tmp_dir = tmp_dir
         self.summary = ""
-        self.counted_accepted = False
+        self.metric_events: list = []  # after a commit: smtpd counts them with its accepted count, in one write
         self._spool = Spool(tmp_dir)
-        self._closing = threading.Lock()  # abort (event loop) and commit (worker) never both close the spool
 
     @property
     def size(self) -> int:
@@ -460,7 +459,7 @@ class CheckedSink:
     def commit(self) -> str:
         started = time.monotonic()
         message = self._spool.getvalue()  # DKIM needs it whole
-        self._close()
+        self._spool.close()
         verdict = self.checker.evaluate(self.pending, message, started + self.checker.budget)
         events = [
             ("pymail_checked_messages_total", 1, {}),
@@ -468,9 +467,12 @@ class CheckedSink:
         ]
         self.summary = verdict.summary
         try:
-            return self._pass_on(message, verdict, events)
-        finally:
-            metrics.count_all(events)  # with smtpd's accepted count when it added it (one write)
+            qid = self._pass_on(message, verdict, events)
+        except BaseException:
+            metrics.count_all(events)
+            raise
+        self.metric_events = events
+        return qid
 
     def _pass_on(self, message: bytes, verdict: Verdict, events: list) -> str:
         info = self.session.info
@@ -495,15 +497,8 @@ class CheckedSink:
         body = memoryview(message)[len(block) :]
         for start in range(0, len(body), CHUNK):
             self.inner.write(bytes(body[start : start + CHUNK]))
-        qid = self.inner.commit()
-        events.append(("pymail_smtp_accepted_total", 1, {"service": info.service}))
-        self.counted_accepted = True  # smtpd's _LoggingSink counts it otherwise
-        return qid
-
-    def _close(self) -> None:
-        with self._closing:
-            self._spool.close()
+        return self.inner.commit()
 
     def abort(self) -> None:
-        self._close()
+        self._spool.close()
         self.inner.abort()

@@ -34,7 +34,6 @@ does not support: pymail's SMTP server takes none a queue entry keeps (no DSN).
 from __future__ import annotations
 
 import os
-import threading
 
 from pymta.lib import log
 from pymta.lib import milter as m
@@ -571,7 +570,6 @@ class MilterSink:
         self.error = None  # made only over a sink that opened (smtpd's _Sink)
         self._spool = Spool(tmp_dir)
         self._size = 0
-        self._closing = threading.Lock()  # abort (event loop) and commit (a Job) never both close the spool
 
     @property
     def size(self) -> int:
@@ -585,8 +583,7 @@ class MilterSink:
         try:
             return self._commit()
         finally:
-            with self._closing:
-                self._spool.close()
+            self._spool.close()
 
     def _commit(self) -> str:
         out = self.chain.end_of_message(self._spool, self.sender, self.recipients)
@@ -636,8 +633,7 @@ class MilterSink:
         return qid
 
     def abort(self) -> None:
-        with self._closing:
-            self._spool.close()
+        self._spool.close()
         self.inner.abort()
 
 

@@ -563,8 +563,8 @@ class _LoggingSink:
         except QueueError as exc:
             log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
             raise
-        if not getattr(self.sink, "counted_accepted", False):  # the checks count it with theirs, in one write
-            metrics.count("pymail_smtp_accepted_total", service=self.session.info.service)
+        accepted = ("pymail_smtp_accepted_total", 1, {"service": self.session.info.service})
+        metrics.count_all([accepted, *getattr(self.sink, "metric_events", ())])  # the checks' with it: one write
         auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
         checks = getattr(self.sink, "summary", "")  # spf=... dkim=... dmarc=... (pymta.authcheck)
         kept = getattr(self.sink, "disposition", "") or getattr(getattr(self.sink, "inner", None), "disposition", "")

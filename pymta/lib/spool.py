@@ -9,6 +9,7 @@ no unlinked files (or ``tmp_dir`` is None), everything stays in memory.
 from __future__ import annotations
 
 import os
+import threading
 
 MEMORY = 1 << 20  # text kept in memory before the rest goes to the file
 CHUNK = 1 << 16  # what ``chunks`` reads at a time
@@ -21,6 +22,7 @@ class Spool:
         self._mem = bytearray()
         self._fd = -1  # -1: not spilled yet; -2: no file to spill to
         self.size = 0
+        self._closing = threading.Lock()  # an abort (event loop) and a commit (a Job) may both close it
 
     def write(self, data: bytes) -> None:
         if self._fd == -1 and len(self._mem) + len(data) > self.memory:
@@ -72,8 +74,10 @@ class Spool:
         return self.read(0, self.size)
 
     def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        self._mem = bytearray()
-        self.size = 0
+        """Give the memory and the file back (safe to call from two threads)."""
+        with self._closing:
+            fd, self._fd = self._fd, -1
+            self._mem = bytearray()
+            self.size = 0
         if fd >= 0:
             os.close(fd)
