@@ -320,6 +320,12 @@ class IMAPCore(Protocol, CommandContext):
 
     def _flush(self) -> list:
         out, self.out = self.out, []
+        if not out:
+            return []
+        try:
+            return [b"".join(out)]  # the common case: only bytes (a FETCH of a big folder has one per message)
+        except TypeError:
+            pass  # a Job, Watch or Stream among them: merge the bytes around it
         merged: list = []
         buf = []
         for item in out:

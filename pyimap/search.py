@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 
+from pyimap.message import Headers, cached_headers, decoded_lower, read_crlf, read_header, search_texts
 from pyimap.parser import Atom, ParseError, is_number, parse_sequence_set, seq_contains
 
 MONTHS = {
@@ -237,8 +238,9 @@ class Compiler:
                 return False
             if not needle:
                 return True
-            if any(needle in v for v in values):
-                return True
+            for v in values:  # a loop, not any(): this runs once per message of the folder
+                if needle in v:
+                    return True
             # "FROM user@host" finds <user (comment)@ (comment) host> too (RFC 3501 6.4.4:
             # the string is looked for in the envelope's address field)
             return addresses and any(needle in v for v in headers.search_addresses(name))
@@ -253,7 +255,11 @@ def _and(preds):
 
 
 class Candidate:
-    """One message as SEARCH sees it; headers and text loaded on demand."""
+    """One message as SEARCH sees it; headers and text loaded on demand.
+
+    ``path``: the message file, or None to name it from ``entry`` (an index
+    entry) and ``key`` (folder, base name) only when a key reads the file:
+    most searches over a big folder look at flags alone."""
 
     __slots__ = (
         "seq",
@@ -270,25 +276,32 @@ class Candidate:
         "_body",
         "_htext",
         "_key",
+        "_entry",
     )
 
-    def __init__(self, seq, uid, flags, recent, size, idate, modseq, max_seq, max_uid, path, key=None):
+    def __init__(self, seq, uid, flags, recent, size, idate, modseq, max_seq, max_uid, path, key=None, entry=None):
         self._key = key
         self.seq, self.uid, self.flags, self.recent = seq, uid, flags, recent
         self.size, self.idate, self.modseq = size, idate, modseq
         self.max_seq, self.max_uid = max_seq, max_uid
         self._path = path
+        self._entry = entry
         self._headers = self._body = self._htext = None
+
+    @property
+    def path(self) -> str:
+        if self._path is None:
+            e = self._entry
+            self._path = f"{self._key[0]}/{e.sub}/{e.name}"
+        return self._path
 
     def headers(self):
         if self._headers is None:
-            from pyimap.message import Headers, cached_headers, read_header  # noqa: PLC0415 lazy
-
             try:
                 if self._key is not None:
-                    self._headers = cached_headers(self._key, self._path)
+                    self._headers = cached_headers(self._key, self.path)
                 else:
-                    self._headers = Headers(read_header(self._path))
+                    self._headers = Headers(read_header(self.path))
             except FileNotFoundError:
                 raise  # renamed meanwhile: the caller looks it up again
             except OSError:
@@ -298,10 +311,8 @@ class Candidate:
     def texts(self) -> tuple[str, str]:
         """(what BODY searches, what TEXT searches besides the header): ``message.search_texts``."""
         if self._body is None:
-            from pyimap.message import read_crlf, search_texts  # noqa: PLC0415 lazy
-
             try:
-                self._body = search_texts(read_crlf(self._path))
+                self._body = search_texts(read_crlf(self.path))
             except FileNotFoundError:
                 raise
             except OSError:
@@ -310,8 +321,6 @@ class Candidate:
 
     def header_text_lower(self) -> str:
         if self._htext is None:
-            from pyimap.message import decoded_lower  # noqa: PLC0415 lazy
-
             self._htext = "\n".join(decoded_lower(line) for _n, line in self.headers().lines)
         return self._htext
 

@@ -338,7 +338,9 @@ class SelectedCommands(CommandContext):
         if returns is not None:
             text = self._esearch_text(tag, uid, returns, matched, info)
         else:
-            text = "SEARCH" + "".join(f" {c.uid if uid else c.seq}" for c in matched)
+            text = " ".join(
+                ["SEARCH", *[str(c.uid) for c in matched]] if uid else ["SEARCH", *[str(c.seq) for c in matched]]
+            )
             if info.uses_modseq and matched:
                 text += f" (MODSEQ {max(c.modseq for c in matched)})"
         if info.uses_modseq:
@@ -408,32 +410,28 @@ class SelectedCommands(CommandContext):
         max_seq = len(sel.view)
         max_uid = sel.view[-1] if sel.view else 0
         matched = []
+        entries = snap.entries
+        recent = sel.recent
+        flag_sets: dict = {}  # (letters, keywords) -> the flag names: a few distinct sets per folder
         for seq, u in enumerate(sel.view, 1):
-            e = snap.entries.get(u)
+            e = entries.get(u)
             if e is None:
                 continue
-            flags = {LETTER_FLAG[c] for c in e.flags if c in LETTER_FLAG}
-            if e.kw:
-                flags |= e.kw
+            fkey = (e.flags, frozenset(e.kw)) if e.kw else e.flags
+            flags = flag_sets.get(fkey)
+            if flags is None:
+                flags = frozenset([LETTER_FLAG[c] for c in e.flags if c in LETTER_FLAG]).union(e.kw)
+                flag_sets[fkey] = flags
             cand = Candidate(
-                seq,
-                u,
-                flags,
-                u in sel.recent,
-                e.size,
-                e.idate,
-                e.modseq,
-                max_seq,
-                max_uid,
-                f"{folder}/{e.sub}/{e.name}",
-                (folder, e.base),
+                seq, u, flags, u in recent, e.size, e.idate, e.modseq, max_seq, max_uid, None, (folder, e.base), e
             )
             try:
                 ok = pred(cand)
             except FileNotFoundError:
                 # renamed by another process (flags) between our index read and the open
                 snap = sel.index.resync()
-                e = snap.entries.get(u)
+                entries = snap.entries
+                e = entries.get(u)
                 ok = False
                 if e is not None:
                     cand._path = f"{folder}/{e.sub}/{e.name}"
