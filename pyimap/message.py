@@ -69,6 +69,11 @@ def cached_headers(key, path) -> Headers:
     return h
 
 
+def known_headers(key) -> Headers | None:
+    """The headers ``cached_headers`` keeps for ``key``, or None: no file is named or read."""
+    return _HEADER_CACHE.get(key)
+
+
 def split_header(data: bytes) -> tuple[bytes, bytes]:
     """(header including the blank line, body)."""
     if data.startswith(b"\r\n"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 
-from pyimap.message import Headers, cached_headers, decoded_lower, read_crlf, read_header, search_texts
+from pyimap.message import Headers, cached_headers, decoded_lower, known_headers, read_crlf, read_header, search_texts
 from pyimap.parser import Atom, ParseError, is_number, parse_sequence_set, seq_contains
 
 MONTHS = {
@@ -299,7 +299,7 @@ class Candidate:
         if self._headers is None:
             try:
                 if self._key is not None:
-                    self._headers = cached_headers(self._key, self.path)
+                    self._headers = known_headers(self._key) or cached_headers(self._key, self.path)
                 else:
                     self._headers = Headers(read_header(self.path))
             except FileNotFoundError:

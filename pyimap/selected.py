@@ -508,6 +508,8 @@ class SelectedCommands(CommandContext):
         missing = False
         items_flags = any(i[0] == "FLAGS" for i in items)
         texts: dict[tuple, str] = {}  # (letters, keywords, recent) -> FLAGS list, made once per FETCH
+        view = sel.view
+        nxt = 0  # where the next UID of an ascending run sits in the view (no search then)
         for u in uids:
             e = snap.entries.get(u)
             if e is None:
@@ -517,7 +519,11 @@ class SelectedCommands(CommandContext):
                 continue
             if changed_since is not None and e.modseq <= changed_since:
                 continue
-            seq = sel.seq_of(u)
+            if nxt < len(view) and view[nxt] == u:
+                seq = nxt + 1
+            else:
+                seq = sel.seq_of(u)
+            nxt = seq
             want = items
             wants_flags = items_flags
             if sets_seen and not items_flags and sel.known.get(u) == -1:
