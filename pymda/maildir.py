@@ -396,7 +396,9 @@ def deliver(
                 written = os.write(fd, view)
                 view = view[written:]
             size += len(chunk)
-            wsize += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+            wsize += len(chunk) + chunk.count(b"\n")
+            if b"\r" in chunk:  # rare (the text has LF ends): the slower two-octet count only then
+                wsize -= chunk.count(b"\r\n")
             if last == b"\r" and chunk[:1] == b"\n":
                 wsize -= 1  # CRLF split across chunks
             last = chunk[-1:]

