@@ -214,6 +214,7 @@ def _has_long_line(body: bytes | bytearray, cap: int) -> bool:
         pos = nl + 1
     return False
 
+
 # Input modes.
 _COMMAND, _DATA, _AUTH_PLAIN, _AUTH_LOGIN_USER, _AUTH_LOGIN_PASS = range(5)
 # DATA sub-states, aiosmtpd's _DataState plus bare newlines (aiosmtpd#9,
