@@ -82,7 +82,7 @@ class EntryDelivery:
     def process(self, entry: Entry) -> None:
         env = entry.envelope
         qid = env.queue_id
-        state = self.queue.load_state(qid)
+        state, has_state = self.queue.find_state(qid)
         fresh = state is None
         if state is None:
             state = EntryState(expand(self.aliases, self.is_local, env.recipients, set()))
@@ -107,13 +107,14 @@ class EntryDelivery:
             # (the state file is written only when something is left to do).
             if not (fresh and self.queue.mark_attempt(entry)):
                 self.queue.save_state(qid, state, durable=False)
+                has_state = True
             remote = [r for r in todo if self.is_remote(r)]
             for rcpt in todo:
                 if not self.is_remote(rcpt):
                     self.deliver_one(entry, rcpt)
             if remote:
                 self.deliver_remote(entry, remote)
-        self.finish(entry, state)
+        self.finish(entry, state, has_state)
         for rcpt in todo:  # this attempt's outcome, one count per recipient (after finish: expiry bounces)
             result = "delivered" if rcpt.state == SENT else "bounced" if rcpt.state == BOUNCED else "deferred"
             metrics.count("pymail_deliveries_total", result=result)
@@ -166,7 +167,9 @@ class EntryDelivery:
             self._local = LocalDelivery(self.cfg, self.users)
         return self._local
 
-    def finish(self, entry: Entry, state: EntryState) -> None:
+    def finish(self, entry: Entry, state: EntryState, has_state: bool = True) -> None:
+        """Bounce, warn, defer or remove; ``has_state=False``: no state file was
+        found or written for this entry (one unlink fewer on removal)."""
         env = entry.envelope
         qid = env.queue_id
         deferred = [r for r in state.rcpts if r.state in (DEFERRED, PENDING)]
@@ -197,7 +200,7 @@ class EntryDelivery:
             self.queue.defer(entry, now + delay)
             log.info(f"deferred {len(deferred)} recipient(s), next attempt in {int(delay)}s", qid)
         else:
-            self.queue.remove(entry)
+            self.queue.remove(entry, state=has_state)
             log.info("removed", qid)
 
     def close(self) -> None:

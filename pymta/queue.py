@@ -157,6 +157,7 @@ class Queue:
         # hand-overs by every thread.
         self._tmp_dir = str(self.path / "tmp")
         self._new_dir = str(self.path / "new")
+        self._state_dir = str(self.path / "state")
 
     # -- setup ---------------------------------------------------------------
     def create(self) -> None:
@@ -414,28 +415,42 @@ class Queue:
         return self.path / "state" / queue_id
 
     def read_state(self, queue_id: str) -> dict | None:
+        return self._read_state(queue_id)[0]
+
+    def _read_state(self, queue_id: str) -> tuple[dict | None, bool]:
+        """(``state/ID`` as read, or None; whether the file is there at all)."""
+        # The runner asks for every entry, and most have no state file: a
+        # plain string path and os.open make that "no" cheap.
+        try:
+            fd = os.open(f"{self._state_dir}/{queue_id}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, False
+        except OSError:
+            return None, True
         import json  # noqa: PLC0415 lazy
 
         try:
-            with open(self.state_path(queue_id), "rb") as fh:
+            with open(fd, "rb") as fh:
                 state = json.load(fh)
-            return state if isinstance(state, dict) else None
-        except FileNotFoundError:
-            return None
+            return (state if isinstance(state, dict) else None), True
         except (ValueError, OSError):
-            return None  # a torn state cannot happen (rename); an unreadable one restarts from the envelope
+            return None, True  # a torn state cannot happen (rename); an unreadable one restarts from the envelope
 
     def load_state(self, queue_id: str) -> EntryState | None:
         """``state/ID`` as typed records (pymta.recipient), or None."""
+        return self.find_state(queue_id)[0]
+
+    def find_state(self, queue_id: str) -> tuple[EntryState | None, bool]:
+        """load_state, and whether a state file is there at all (even an unreadable one)."""
         from pymta.recipient import EntryState  # noqa: PLC0415 lazy
 
-        raw = self.read_state(queue_id)
+        raw, present = self._read_state(queue_id)
         if raw is None:
-            return None
+            return None, present
         try:
-            return EntryState.from_dict(raw)
+            return EntryState.from_dict(raw), True
         except (ValueError, KeyError, TypeError):
-            return None  # unreadable: restart from the envelope
+            return None, True  # unreadable: restart from the envelope
 
     def save_state(self, queue_id: str, state: EntryState, durable: bool = True) -> None:
         self.write_state(queue_id, state.to_dict(), durable)
@@ -483,16 +498,18 @@ class Queue:
         except (OSError, AttributeError):
             return False
 
-    def remove(self, entry: Entry) -> None:
-        """Delivery finished for every recipient: the entry goes away.
+    def remove(self, entry: Entry, state: bool = True) -> None:
+        """Delivery finished for every recipient: the entry goes away, and its
+        state file unless the caller knows there is none (``state=False``).
 
         No directory fsync: if a power cut undoes the unlink, the entry comes
         back and is delivered again -- a duplicate, never a loss."""
         os.unlink(entry.path)
-        try:
-            os.unlink(self.state_path(entry.envelope.queue_id))
-        except FileNotFoundError:
-            pass
+        if state:
+            try:
+                os.unlink(f"{self._state_dir}/{entry.envelope.queue_id}")
+            except FileNotFoundError:
+                pass
 
     def defer(self, entry: Entry, when: float) -> Path:
         target = self.path_for(entry.path.name, "deferred", when)

@@ -232,3 +232,19 @@ def test_queue_objects_hold_no_descriptor_after_a_commit(tmp_path):
         if q._wake is not None:  # the wake-up socket is the one thing a Queue keeps, closed with it
             q._wake.close()
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+def test_an_unreadable_state_file_goes_with_its_delivered_entry(mailsys):
+    """The runner skips the state file's unlink only when there was none:
+    one it could not read (restarting from the envelope) is removed with
+    the entry, and no state file is left for an entry that had none."""
+    q = Queue(mailsys.root / "queue")
+    torn = q.enqueue("carol@remote.example", ["alice@example.test"], message(1))
+    q.state_path(torn).write_bytes(b"{not json")
+    plain = q.enqueue("carol@remote.example", ["alice@example.test"], message(2))
+    run = mailsys.run("pymta.qrunner", "--once")
+    assert run.returncode == 0, run.stderr
+    assert sorted(delivered_subjects(mailsys)) == ["test 1", "test 2"]
+    assert not q.state_path(torn).exists()
+    assert not q.state_path(plain).exists()
+    assert not list((q.path / "state").iterdir())

@@ -4,7 +4,7 @@
 
     python3 tests/bench/smtp_bench.py [-n 5000] [-c 20] [--size 1024]
                                       [--modes listen,inetd,bare] [--inetd-n 500] [--keep]
-                                      [--repeat R] [--settle S]
+                                      [--repeat R] [--settle S] [--config-extra TOML]
 
 For each mode it builds a throwaway pymail tree, starts the daemons, loads
 them with Postfix's ``smtp-source`` (one connection per message: no ``-d``)
@@ -256,6 +256,7 @@ class Tree:
             f"{AS_ROOT}"
             f"\n[smtpd]\nmax_sessions = 1000\nprocesses = {int(os.environ.get('SMTPD_PROCESSES', '1'))}\n"
             f"{extra}"
+            f"{os.environ.get('BENCH_EXTRA_CONFIG', '')}"
         )
         Queue(root / "queue").create()
         (root / "mail").mkdir(exist_ok=True)
@@ -695,9 +696,16 @@ def main(argv: list[str] | None = None) -> int:
         help="before each run, sync and wait up to S seconds until creating a file is cheap "
         "again (under 60 us): see the 'file creation' figure each run prints (default 0)",
     )
+    parser.add_argument(
+        "--config-extra",
+        default="",
+        metavar="TOML",
+        help='text added at the end of pymail.toml in the pymail modes, e.g. "[qrunner]\nconcurrency = 2"',
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary trees and logs")
     args = parser.parse_args(argv)
     os.environ["SMTPD_PROCESSES"] = str(args.processes)  # read where the tree is made
+    os.environ["BENCH_EXTRA_CONFIG"] = "\n" + args.config_extra.replace("\\n", "\n") + "\n"
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         if mode not in (*LISTENING, "inetd", "bare", "postfix"):
