@@ -338,9 +338,8 @@ class SelectedCommands(CommandContext):
         if returns is not None:
             text = self._esearch_text(tag, uid, returns, matched, info)
         else:
-            text = " ".join(
-                ["SEARCH", *[str(c.uid) for c in matched]] if uid else ["SEARCH", *[str(c.seq) for c in matched]]
-            )
+            hits = [c.uid for c in matched] if uid else [c.seq for c in matched]
+            text = " ".join(["SEARCH", *map(str, hits)])
             if info.uses_modseq and matched:
                 text += f" (MODSEQ {max(c.modseq for c in matched)})"
         if info.uses_modseq:
