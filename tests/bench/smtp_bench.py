@@ -700,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
         "--config-extra",
         default="",
         metavar="TOML",
-        help='text added at the end of pymail.toml in the pymail modes, e.g. "[qrunner]\nconcurrency = 2"',
+        help="text added at the end of pymail.toml in the pymail modes; a typed \\n is a line break, "
+        "e.g. '[qrunner]\\nconcurrency = 2'",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary trees and logs")
     args = parser.parse_args(argv)

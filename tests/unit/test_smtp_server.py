@@ -516,6 +516,30 @@ def test_data_line_limit_includes_crlf():
     assert d.feed(b"123456789\r\n.\r\n") == ["500 5.5.2 Line too long"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"", b"a", b".", b"..x", b"y" * 20, b"z" * 37]), min_size=1, max_size=40),
+    st.sampled_from([b"\r\n", b"\n", b"\r\r\n", b"\r"]),
+)
+def test_data_checks_of_a_whole_block_match_the_line_by_line_rules(pieces, odd_end):
+    """The block checks (no bare CR or LF, no line over max_text_line with
+    its CRLF, dot-unstuffing) give, for text sent in one piece, what the
+    rules give line by line."""
+    lines = [b"".join(pieces[i : i + 3]) for i in range(0, len(pieces), 3)] + [b"end"]
+    stuffed = [b"." + line if line.startswith(b".") else line for line in lines]  # as a client sends them
+    ends = [odd_end if i == (len(lines) - 1) // 2 else b"\r\n" for i in range(len(lines))]  # never the last
+    d = ready(max_text_line=40)
+    d.feed(TRANSACTION)
+    reply = d.feed(b"".join(line + end for line, end in zip(stuffed, ends, strict=True)) + b".\r\n")
+    if odd_end != b"\r\n":
+        assert codes(reply) == [550]  # bare CR or LF
+    elif any(len(line) + 2 > 40 for line in stuffed):
+        assert reply == ["500 5.5.2 Line too long"]
+    else:
+        assert reply == ["250 2.0.0 Ok: queued as Q1"]
+        assert d.backend.sinks[0].data.endswith(b"".join(line + b"\n" for line in lines))
+
+
 # -- message size ----------------------------------------------------------------------
 
 
