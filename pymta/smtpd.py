@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 
 from pymta.lib import log, metrics
 from pymta.lib.address import qualify
@@ -563,20 +564,27 @@ class _LoggingSink:
         except QueueError as exc:
             log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
             raise
+        from pymta.lib.jobslots import after_reply  # noqa: PLC0415 lazy (the inetd path needs none of it)
+
+        # the client has its 250 first; the HELO name as it is now (a new EHLO may follow the 250)
+        after_reply(partial(self._account, qid, self.session.helo))
+        return qid
+
+    def _account(self, qid: str, helo: str | None) -> None:
+        """The counters and the log line of a queued message."""
         accepted = ("pymail_smtp_accepted_total", 1, {"service": self.session.info.service})
         metrics.count_all([accepted, *getattr(self.sink, "metric_events", ())])  # the checks' with it: one write
         auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
         checks = getattr(self.sink, "summary", "")  # spf=... dkim=... dmarc=... (pymta.authcheck)
         kept = getattr(self.sink, "disposition", "") or getattr(getattr(self.sink, "inner", None), "disposition", "")
         if kept == "discarded":  # a milter dropped it (logged there): nothing queued
-            return qid
+            return
         log.info(
-            f"client={log.printable(self.session.helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
+            f"client={log.printable(helo or 'unknown')}[{self.session.info.peer_ip}]{auth}, "
             f"from=<{self.envelope.mail_from}>, size={self.sink.size}, nrcpt={len(self.envelope.rcpt_to)}"
             f"{', ' + checks if checks else ''} ({'held' if kept == 'held' else 'queued'})",
             qid,
         )
-        return qid
 
     def abort(self) -> None:
         self.sink.abort()

