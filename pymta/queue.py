@@ -2,7 +2,8 @@
 
 Layout under the queue directory (see pymail(7))::
 
-    tmp/ID             being written; never read by anyone else
+    tmp/ID             being written; never read by anyone else (only where
+                       the file system has no O_TMPFILE, see QueueWriter)
     new/ID             committed, not yet tried  (the commit point)
     deferred/MIN/ID    waiting for a retry; MIN = retry time // 60
     hold/ID            held by the admin
@@ -31,10 +32,12 @@ and logs any delivery as a possible duplicate.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 from _thread import allocate_lock  # a lock without importing threading (inetd start-up)
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,28 +80,25 @@ def _clean_field(value: str, what: str) -> str:
     return value
 
 
-def compact_json(value) -> str:
-    """``json.dumps(value, ensure_ascii=True, separators=(",", ":"))`` for the
-    envelope's plain values, without importing json (1.2 ms of every inetd
-    session): strings go through the C escaper json itself uses."""
-    from _json import encode_basestring_ascii as quote  # noqa: PLC0415 lazy
+_encoder = None  # json's own C encoder, made at the first use
 
-    if isinstance(value, str):
-        return quote(value)
-    if value is None:
-        return "null"
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"not JSON: {value!r}")
-        return float.__repr__(value)
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{quote(str(k))}:{compact_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(compact_json(v) for v in value) + "]"
+
+def compact_json(value) -> str:
+    """``json.dumps(value, ensure_ascii=True, separators=(",", ":"))`` without
+    importing json (1.2 ms of every inetd session): the C encoder json.dumps
+    itself uses, from ``_json`` (2 us for an envelope, against 11 us for the
+    same in Python).  NaN and infinities are refused (ValueError), anything
+    that is not plain JSON too (TypeError)."""
+    global _encoder
+    if _encoder is None:
+        from _json import encode_basestring_ascii, make_encoder  # noqa: PLC0415 lazy
+
+        # markers None: no cycle check (our values are plain, and one shared dict would race between threads)
+        _encoder = make_encoder(None, _not_json, encode_basestring_ascii, None, ":", ",", False, False, False)
+    return "".join(_encoder(value, 0))
+
+
+def _not_json(value):
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
@@ -158,6 +158,24 @@ class Queue:
         self._tmp_dir = str(self.path / "tmp")
         self._new_dir = str(self.path / "new")
         self._state_dir = str(self.path / "state")
+        # Whether message files are written without a name (O_TMPFILE) and
+        # linked into new/ at the commit; None: not tried yet.
+        self._anonymous: bool | None = None if hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd") else False
+        self._new_fd = -1  # new/ open, for the commits' links and fsyncs (opened at the first)
+        self._new_fd_lock = allocate_lock()
+
+    def __del__(self) -> None:
+        if self._new_fd >= 0:
+            os.close(self._new_fd)
+
+    def _new_dir_fd(self) -> int:
+        """new/ as a descriptor, kept: a commit links into it and fsyncs it
+        without a path lookup (a fork's child shares it; same directory)."""
+        if self._new_fd < 0:
+            with self._new_fd_lock:
+                if self._new_fd < 0:
+                    self._new_fd = os.open(self._new_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._new_fd
 
     # -- setup ---------------------------------------------------------------
     def create(self) -> None:
@@ -191,8 +209,8 @@ class Queue:
             raise
 
     def sync_new(self) -> None:
-        """fsync new/: a rename into it is durable after this."""
-        fsync_dir(self._new_dir)
+        """fsync new/: a rename or link into it is durable after this."""
+        os.fsync(self._new_dir_fd())
 
     def wake(self, queue_id: str = "") -> bool:
         """Tell a running qrunner there is work (about ``queue_id``, or
@@ -583,10 +601,18 @@ class Entry:
 
 
 class QueueWriter:
-    """Streams one message into ``tmp/``; ``commit()`` makes it durable.
+    """Streams one message into a file; ``commit()`` makes it durable.
 
-    ``commit`` returns only after the file is fsynced, renamed into ``new/``
-    and ``new/`` itself is fsynced: that is the moment a 250 may be sent.
+    The file has no name while it is written (``O_TMPFILE`` in ``tmp/``);
+    ``commit`` fsyncs it, links it into ``new/`` (``linkat`` through
+    ``/proc/self/fd``, which fails rather than replace a file) and fsyncs
+    ``new/``, and only then may a 250 be sent.  A file that was never
+    linked vanishes with its descriptor, even in a crash: nothing is left to
+    clean up.  Readers see what a rename gives them, a whole file appearing
+    in ``new/``, at one directory update and one inode fewer per message
+    than ``tmp/ID`` plus ``rename`` (measured: about 20 us of CPU and 50 us
+    of wall time per commit).  Where the file system has no O_TMPFILE (and
+    without ``/proc``), the file is ``tmp/ID`` and is renamed into ``new/``.
     Any failure removes the partial file and raises QueueError.
 
     A listening smtpd runs ``commit`` in a worker thread, and a client that
@@ -608,7 +634,8 @@ class QueueWriter:
         self.queue = queue
         self.closed = False
         self.fd = -1
-        self._created = False  # tmp/ID exists: abort() must remove it (also after its fd is closed)
+        self._created = False  # the file exists (named or not): revise() is too late
+        self._named = False  # tmp/ID exists: abort() must remove it (also after its fd is closed)
         self._written = False  # a message byte came after the envelope: revise() is too late
         self.queue_id = queue_id or make_queue_id()
         self.tmp = f"{queue._tmp_dir}/{self.queue_id}"
@@ -626,14 +653,26 @@ class QueueWriter:
             raise QueueError(str(exc)) from None
 
     def _open(self) -> None:
+        queue = self.queue
         try:
+            if queue._anonymous is not False:
+                try:
+                    self.fd = os.open(queue._tmp_dir, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o640)
+                    queue._anonymous = True
+                    self._created = True
+                    return
+                except OSError as exc:
+                    # EOPNOTSUPP: this file system has none; EISDIR, EINVAL: nor has the kernel
+                    if queue._anonymous or exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                        raise
+                    queue._anonymous = False
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             # FileExistsError too: the ID is already promised to the client
             # (Received: header), so a clash is a temporary failure, not a rename.
             self.closed = True
             raise QueueError(f"cannot create queue file: {exc.strerror}", exc.errno) from None
-        self._created = True
+        self._created = self._named = True
 
     def write(self, data: bytes) -> None:
         self._written = True
@@ -679,9 +718,12 @@ class QueueWriter:
                 fd, self.fd = self.fd, -1
                 try:
                     os.fsync(fd)
+                    if not self._named:
+                        self._link(fd)
                 finally:
                     os.close(fd)
-                os.rename(self.tmp, self.final)
+                if self._named:
+                    os.rename(self.tmp, self.final)
                 if self.final.startswith(self.queue._new_dir + "/"):
                     self.queue.sync_new()
                 else:
@@ -692,8 +734,27 @@ class QueueWriter:
                 self._discard()
                 raise QueueError(f"cannot commit queue file: {exc.strerror}", exc.errno) from None
             self.closed = True
-        self.queue.wake(self.queue_id)
+        from pymta.lib.jobslots import after_reply  # noqa: PLC0415 lazy (the inetd path needs none of it)
+
+        after_reply(partial(self.queue.wake, self.queue_id))  # the runner hears of it after the 250 is on its way
         return self.queue_id
+
+    def _link(self, fd: int) -> None:
+        """Give the unnamed file its name in new/ (or hold/).  Never replaces
+        a file: EEXIST, an ID clash, is a temporary failure.  The source is
+        /proc/self/fd/N, read when called (a forked child links its own fd),
+        and a destination directory descriptor makes Python call linkat
+        with AT_SYMLINK_FOLLOW rather than link(), which would not follow."""
+        source = f"/proc/self/fd/{fd}"
+        directory, name = self.final.rsplit("/", 1)
+        if directory == self.queue._new_dir:
+            os.link(source, name, dst_dir_fd=self.queue._new_dir_fd(), follow_symlinks=True)
+            return
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(source, name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        finally:
+            os.close(dir_fd)
 
     def abort(self) -> None:
         """Throw the message away -- unless a commit is running in another thread."""
@@ -715,8 +776,8 @@ class QueueWriter:
             except OSError:
                 pass
             self.fd = -1
-        if self._created:  # a failed rename in commit() leaves it closed but present
-            self._created = False
+        if self._named:  # a failed rename in commit() leaves it closed but present
+            self._named = False
             try:
                 os.unlink(self.tmp)
             except OSError:
