@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import re
 import time
+from _thread import allocate_lock
 from collections import namedtuple
 
 from pymta.lib import metrics, sasl
@@ -264,7 +265,13 @@ class SMTPServer(LineReader, Protocol):
         self._errors = 0
         self._closed = False
         self._awaiting_tls = False
-        self._job: str | None = None  # what a pending Job is for: "commit" / "auth" / "policy" / "milter"
+        self._job: str | None = None  # what a pending Job is for: "commit" / "write" / "auth" / "policy" / "milter"
+        # A Job that writes to the sink ("write", "commit") owns it until it ends: an abort
+        # meanwhile (the client hung up) is left to that Job, so no two threads touch the
+        # sink's file at once (a close under a write could hit a descriptor number reused).
+        self._sink_busy = False
+        self._sink_abandoned = False
+        self._handoff = allocate_lock()
         self._then: Callable[[Reply | None], None] | None = None  # a milter Job's continuation
         self._out: list[bytes] = []  # replies of the current batch
         self._marker: Job | _Marker | None = None  # Job / STARTTLS / CLOSE ending the current batch
@@ -324,6 +331,9 @@ class SMTPServer(LineReader, Protocol):
                 self._send(454, "4.7.0", "Temporary authentication failure")
             else:
                 self._send(535, "5.7.8", "Authentication credentials invalid")
+        elif kind == "write":
+            if result is not None:
+                self._data_problem(result)
         elif kind == "policy":
             envelope, address, reply = result
             if reply is not None:
@@ -928,6 +938,8 @@ class SMTPServer(LineReader, Protocol):
         self._scanned = 0
         if end >= 0:
             self._data_end()
+        elif len(self._pending) >= WRITE_CHUNK and self._dstate == _NOMINAL:
+            self._sink_job("write", self._write_text)  # processing goes on at its job_done
         return True
 
     def _data_text(self, body: bytes | bytearray) -> None:
@@ -954,19 +966,39 @@ class SMTPServer(LineReader, Protocol):
         if self._size > self.settings.max_message_size:
             self._data_problem(_TOO_MUCH)
             return
-        pending = self._pending
-        pending += text
-        if len(pending) >= WRITE_CHUNK:
-            self._write(bytes(pending))
-            pending.clear()
+        self._pending += text
 
-    def _write(self, data: bytes) -> None:
+    def _sink_job(self, kind: str, fn) -> None:
+        """A Job that writes the text batched so far to the sink (and, for a
+        commit, commits it): the disk is never touched on the event loop."""
+        data = bytes(self._pending)
+        self._pending.clear()
+        self._sink_busy = True
+        self._job = kind
+        self._marker = Job(fn, self._sink, data)
+
+    def _write_text(self, sink, data: bytes):
+        """Runs as a Job; never raises: None, or the failure state (disk full
+        and friends: answered with 452/451 at the end of DATA)."""
         try:
-            assert self._sink is not None  # only between DATA and its end
-            self._sink.write(data)
-        except Exception as exc:  # disk full and friends: answer 452/451 at the end
+            sink.write(data)
+            return None
+        except Exception as exc:
             _log_failure("write", exc)
-            self._data_problem(_failure_state(exc))
+            return _failure_state(exc)
+        finally:
+            self._sink_job_over(sink)
+
+    def _sink_job_over(self, sink) -> None:
+        """In the Job's thread, at its end: the abort that came meanwhile, if one did."""
+        with self._handoff:
+            self._sink_busy = False
+            abandoned, self._sink_abandoned = self._sink_abandoned, False
+        if abandoned:
+            try:
+                sink.abort()
+            except Exception as exc:
+                _log_failure("abort", exc)
 
     def _data_problem(self, state: int) -> None:
         if self._dstate == _NOMINAL:  # the first problem decides the reply
@@ -979,9 +1011,6 @@ class SMTPServer(LineReader, Protocol):
         if self.settings.lmtp:
             self._lmtp_replies = len(self.envelope.rcpt_to)
         self._new_transaction()
-        if self._dstate == _NOMINAL and self._pending:
-            self._write(bytes(self._pending))
-            self._pending.clear()
         if self._dstate != _NOMINAL:
             if self._dstate == _TOO_MUCH:
                 metrics.count("pymail_smtp_refused_total", service=self.session.info.service, reason="too_big")
@@ -992,14 +1021,21 @@ class SMTPServer(LineReader, Protocol):
             else:
                 self._send(*_DATA_FAILURES[self._dstate])
             return
-        self._job = "commit"
-        self._marker = Job(self._commit, self._sink)
+        self._sink_job("commit", self._commit)
 
-    def _commit(self, sink):
-        """Runs as a Job (fsync is slow); never raises: the queue id, or the
-        failure state (_NO_SPACE, _LOCAL_ERROR) that picks the reply, or a
-        sink's Refused reply."""
+    def _commit(self, sink, rest: bytes):
+        """Runs as a Job (fsync is slow): writes the ``rest`` of the text, then
+        commits.  Never raises: the queue id, or the failure state (_NO_SPACE,
+        _LOCAL_ERROR) that picks the reply, or a sink's Refused reply."""
         try:
+            return self._write_and_commit(sink, rest)
+        finally:
+            self._sink_job_over(sink)
+
+    def _write_and_commit(self, sink, rest: bytes):
+        try:
+            if rest:
+                sink.write(rest)
             return sink.commit()
         except Refused as exc:
             try:
@@ -1018,11 +1054,16 @@ class SMTPServer(LineReader, Protocol):
     def _abort_sink(self) -> None:
         sink, self._sink = self._sink, None
         self._pending.clear()
-        if sink is not None:
-            try:
-                sink.abort()
-            except Exception as exc:
-                _log_failure("abort", exc)
+        if sink is None:
+            return
+        with self._handoff:
+            if self._sink_busy:  # a Job writes to it: that Job aborts it when it is done
+                self._sink_abandoned = True
+                return
+        try:
+            sink.abort()
+        except Exception as exc:
+            _log_failure("abort", exc)
 
 
 # One verb of the command table: its method; 503 before HELO/EHLO; 530 before

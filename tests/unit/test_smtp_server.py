@@ -1138,3 +1138,64 @@ def test_recipient_policy_failure_is_a_local_error_not_a_crash():
     backend.check_policy = lambda *a: 1 / 0
     d = ready(backend=backend, recipient_policy=True)
     assert d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<alice@example.org>\r\n")[-1].startswith("451 4.3.0")
+
+
+def _write_guard(sink):
+    """Make ``sink.write`` fail unless called inside a Job's run (as the driver runs them, in a thread)."""
+    state = {"in_job": False}
+    real = sink.write
+
+    def write(data):
+        assert state["in_job"], "sink written outside a Job: disk I/O on the event loop"
+        real(data)
+
+    sink.write = write
+    return state
+
+
+def test_the_message_text_reaches_the_sink_only_in_jobs():
+    d = ready()
+    assert codes(d.feed(TRANSACTION)) == [250, 250, 354]
+    state = _write_guard(d.backend.sinks[0])
+    text = b"".join(b"line %06d " % i + b"x" * 60 + b"\r\n" for i in range(4000))  # about 290 KB
+    data = text + b".\r\n"
+    out = bytearray()
+    jobs = 0
+    for i in range(0, len(data), 16384):  # as the network hands it over
+        actions = d.m.data_received(data[i : i + 16384])
+        while actions:
+            nxt = []
+            for action in actions:
+                if isinstance(action, Job):
+                    jobs += 1
+                    state["in_job"] = True
+                    try:
+                        result = action.run()
+                    finally:
+                        state["in_job"] = False
+                    nxt += d.m.job_done(result)
+                else:
+                    out += action
+            actions = nxt
+    assert jobs >= 4  # the text in pieces of 64 KiB, then the commit with the rest
+    assert codes(lines(out)) == [250]
+    sink = d.backend.sinks[0]
+    assert sink.committed and bytes(sink.data) == text.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("stage", ["write", "commit"])
+def test_an_abort_while_a_job_writes_the_sink_is_left_to_that_job(stage):
+    """A client that hangs up while a Job writes its message: the event loop
+    must not abort (close) the sink under the Job's feet; the Job does it at its end."""
+    d = ready()
+    d.feed(TRANSACTION)
+    sink = d.backend.sinks[0]
+    text = b"x" * 70 + b"\r\n"
+    body = text * 1000 if stage == "write" else text  # 72 KB: a write Job; one line: only the commit
+    actions = d.m.data_received(body + (b"" if stage == "write" else b".\r\n"))
+    [job] = [a for a in actions if isinstance(a, Job)]
+    assert stage in repr(job) or (stage == "write" and "_write_text" in repr(job))
+    d.m.connection_lost()  # the loop, while the Job is under way
+    assert not sink.aborted
+    job.run()
+    assert sink.aborted  # by the Job, once it was done with the sink
