@@ -165,8 +165,9 @@ class Queue:
         self._new_fd_lock = allocate_lock()
 
     def __del__(self) -> None:
-        if self._new_fd >= 0:
-            os.close(self._new_fd)
+        fd = getattr(self, "_new_fd", -1)  # absent if __init__ failed
+        if fd >= 0:
+            os.close(fd)
 
     def _new_dir_fd(self) -> int:
         """new/ as a descriptor, kept: a commit links into it and fsyncs it

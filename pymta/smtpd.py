@@ -566,15 +566,16 @@ class _LoggingSink:
             raise
         from pymta.lib.jobslots import after_reply  # noqa: PLC0415 lazy (the inetd path needs none of it)
 
-        # the client has its 250 first; the HELO name as it is now (a new EHLO may follow the 250)
-        after_reply(partial(self._account, qid, self.session.helo))
+        # the client has its 250 first; the HELO name and login as they are now (an EHLO
+        # or AUTH may follow the 250 before this runs)
+        after_reply(partial(self._account, qid, self.session.helo, self.session.auth_user))
         return qid
 
-    def _account(self, qid: str, helo: str | None) -> None:
+    def _account(self, qid: str, helo: str | None, auth_user: str | None) -> None:
         """The counters and the log line of a queued message."""
         accepted = ("pymail_smtp_accepted_total", 1, {"service": self.session.info.service})
         metrics.count_all([accepted, *getattr(self.sink, "metric_events", ())])  # the checks' with it: one write
-        auth = f", sasl_username={self.session.auth_user}" if self.session.auth_user else ""
+        auth = f", sasl_username={auth_user}" if auth_user else ""
         checks = getattr(self.sink, "summary", "")  # spf=... dkim=... dmarc=... (pymta.authcheck)
         kept = getattr(self.sink, "disposition", "") or getattr(getattr(self.sink, "inner", None), "disposition", "")
         if kept == "discarded":  # a milter dropped it (logged there): nothing queued
