@@ -138,7 +138,13 @@ def test_every_metric_moves_when_its_event_happens(make_mailsys, mode):
     assert value(before, "pymail_queue_messages", state="new") == 0
 
     cause_mail_events(smtp_port, imap_port, pop_port)
-    # without a runner the accepted message waits in new/
+    # without a runner the accepted message waits in new/; its counter is written just after the 250
+    wait_for(
+        lambda: (
+            value(stats(system), "pymail_smtp_accepted_total", service="smtp")
+            > value(before, "pymail_smtp_accepted_total", service="smtp")
+        )
+    )
     queued = stats(system)
     assert value(queued, "pymail_queue_messages", state="new") == 1
     assert value(queued, "pymail_queue_oldest_age_seconds", state="new") > 0
