@@ -130,6 +130,10 @@ def test_every_metric_moves_when_its_event_happens(make_mailsys, mode):
     imap_port = system.start_daemon("pyimap.imapd", mode)
     pop_port = system.start_daemon("pypop.pop3d", mode)
     http_port = start_listener(system)
+    # each start's port probe is a session, its counter written within a second
+    wait_for(
+        lambda: all(value(stats(system), "pymail_sessions_total", service=s) >= 1 for s in ("smtp", "imap", "pop3"))
+    )
 
     before = stats(system)
     assert value(scrape(http_port), "pymail_sessions_total", service="smtp") == value(
@@ -138,19 +142,23 @@ def test_every_metric_moves_when_its_event_happens(make_mailsys, mode):
     assert value(before, "pymail_queue_messages", state="new") == 0
 
     cause_mail_events(smtp_port, imap_port, pop_port)
-    # without a runner the accepted message waits in new/; its counter is written just after the 250
-    wait_for(
-        lambda: (
-            value(stats(system), "pymail_smtp_accepted_total", service="smtp")
-            > value(before, "pymail_smtp_accepted_total", service="smtp")
-        )
-    )
-    queued = stats(system)
-    assert value(queued, "pymail_queue_messages", state="new") == 1
-    assert value(queued, "pymail_queue_oldest_age_seconds", state="new") > 0
 
     def moved(after, name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
+
+    def all_written() -> bool:
+        # a session's counter is kept in memory by a listening daemon and written
+        # within a second; a queued message's just after its 250
+        now = stats(system)
+        return moved(now, "pymail_smtp_accepted_total", service="smtp") == 1 and all(
+            moved(now, "pymail_sessions_total", service=service) == 2 for service in ("smtp", "imap", "pop3")
+        )
+
+    wait_for(all_written)
+    # without a runner the accepted message waits in new/
+    queued = stats(system)
+    assert value(queued, "pymail_queue_messages", state="new") == 1
+    assert value(queued, "pymail_queue_oldest_age_seconds", state="new") > 0
 
     for after in (queued, scrape(http_port)):
         for service in ("smtp", "imap", "pop3"):
@@ -246,3 +254,23 @@ def test_pymail_run_starts_the_listener_when_listen_metrics_is_set(make_mailsys)
     finally:
         run.terminate()
         run.wait(timeout=20)
+
+
+def test_a_loop_side_counter_waits_for_the_next_write_or_a_flush(mailsys):
+    """count_later (a listening daemon's session counter, on its event loop) touches
+    no file: its line goes out with the process's next write, or with flush()."""
+    events.setup(mailsys.root)
+    log = mailsys.root / "run" / events.LOG
+    events.flush()  # nothing waits: nothing is written
+    before = log.read_bytes() if log.exists() else b""
+    events.count_later("pymail_sessions_total", service="smtp")
+    assert events.pending() and (log.read_bytes() if log.exists() else b"") == before
+    events.count("pymail_smtp_accepted_total", service="smtp")  # a job's counter carries it along
+    assert (
+        log.read_bytes()
+        == before + b'pymail_sessions_total{service="smtp"}\npymail_smtp_accepted_total{service="smtp"}\n'
+    )
+    assert not events.pending()
+    events.count_later("pymail_sessions_total", service="imap")
+    events.flush()
+    assert log.read_bytes().endswith(b'pymail_sessions_total{service="imap"}\n') and not events.pending()

@@ -111,12 +111,11 @@ class _Connection(asyncio.BufferedProtocol):
                     self.ticket = -1
                     transport.write(server.client_busy_reply)
                     self._close()
-                    metrics.count("pymail_sessions_total", service=self.info.service)
+                    server.count_session(self.info.service)
                     return
             self.protocol = server.factory()
             self._act(self.protocol.connection_made(self.info))
-            # counted once the greeting is on its way: the file append overlaps the client's turn
-            metrics.count("pymail_sessions_total", service=self.info.service)
+            server.count_session(self.info.service)
         except Exception as exc:
             self._crash(exc)
 
@@ -518,7 +517,25 @@ class AsyncServer:
         self.watcher_failed = False
         self.groups: dict[tuple, _Group] = {}  # Watch(look=...) subscriptions by (paths, names, shared)
         self.watch_timer = False
+        self.metrics_timer = False  # a flush of loop-side counters is due
         self.tls_log_budget: Budget | None = None  # made at the first failed handshake
+
+    # -- counters ----------------------------------------------------------------------
+    METRICS_DELAY = 1.0  # seconds a loop-side counter may wait for a write
+
+    def count_session(self, service: str) -> None:
+        """The session counter, kept in memory: no file is written on the event
+        loop.  It goes out with the next job's counters (a queued message's) or,
+        at the latest, with a flush job METRICS_DELAY seconds later."""
+        metrics.count_later("pymail_sessions_total", service=service)
+        if not self.metrics_timer:
+            self.metrics_timer = True
+            asyncio.get_running_loop().call_later(self.METRICS_DELAY, self._flush_metrics)
+
+    def _flush_metrics(self) -> None:
+        self.metrics_timer = False
+        if metrics.pending():
+            self.executor.submit(metrics.flush)
 
     # -- directory watches (IMAP IDLE) -------------------------------------------------
     WATCH_DELAY = 0.05  # seconds a burst of changes is gathered before the sessions look
@@ -680,6 +697,7 @@ class AsyncServer:
         for _ in range(3):  # connection_lost (a TLS transport's comes one round later): sessions log their end
             await asyncio.sleep(0)
         self.executor.shutdown(wait=False)
+        metrics.flush()  # the loop-side counters not yet written (the loop serves no one now)
 
     def handshake_failed(self, peer_ip: str, exc: BaseException) -> None:
         """One log line per failed handshake, within the process's budget (a scanner cannot flood the log)."""

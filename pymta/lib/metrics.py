@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from _thread import allocate_lock
 
 LOG = "metrics.log"
 BASE = "metrics.base"
@@ -34,6 +35,12 @@ COMPACT_SIZE = 256 * 1024  # a log longer than this is compacted by the next rea
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 _run_dir: str | None = None
 lost = 0  # events that could not be written, in this process
+# Events counted on an event loop, where no file is touched: they go out with
+# this process's next write (``count``, ``count_all``: a queued message's
+# counter carries its session's along) or with ``flush``, which a listening
+# daemon runs in a job within a second.  A crash loses at most those.
+_later: list[bytes] = []
+_later_lock = allocate_lock()
 
 
 def setup(root) -> None:
@@ -72,12 +79,46 @@ def count_all(events) -> None:
         _append(b"".join(_event(name, amount, labels) for name, amount, labels in events))
 
 
+def count_later(name: str, **labels: str) -> None:
+    """One event, written with the next write of this process (see ``_later``)."""
+    if _run_dir is not None:
+        line = _event(name, 1, labels)
+        with _later_lock:
+            _later.append(line)
+
+
+def pending() -> bool:
+    """Whether ``count_later`` events wait for a write."""
+    return bool(_later)
+
+
+def flush() -> None:
+    """Write the ``count_later`` events now (in a job, or at the end of a daemon).  Never raises."""
+    if _run_dir is not None and _later:
+        _append(b"")
+
+
+def _take_later() -> bytes:
+    with _later_lock:
+        data = b"".join(_later)
+        _later.clear()
+    return data
+
+
+if hasattr(os, "register_at_fork"):  # a forked worker must not write its parent's events again
+    os.register_at_fork(after_in_child=_later.clear)
+
+
 def _event(name: str, amount: int, labels: dict) -> bytes:
     return line(name, labels) + (b"\n" if amount == 1 else b" %d\n" % amount)
 
 
 def _append(data: bytes) -> None:
     global lost
+    if _later:
+        data = _take_later() + data
+        if not data:
+            return
     path = os.path.join(_run_dir, LOG)  # type: ignore[arg-type]  # callers checked it
     try:
         try:
