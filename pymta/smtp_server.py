@@ -592,7 +592,7 @@ class SMTPServer(LineReader, Protocol):
             self._send(501, "5.5.4", "SMTPUTF8 takes no value")
             return
         if size is not None and int(size) > self.settings.max_message_size:
-            metrics.count("pymail_smtp_refused_total", service=self.session.info.service, reason="too_big")
+            metrics.count_later("pymail_smtp_refused_total", service=self.session.info.service, reason="too_big")
             self._send(552, "5.3.4", "Message size exceeds fixed limit")
             return
         smtputf8 = "SMTPUTF8" in params
@@ -1013,7 +1013,7 @@ class SMTPServer(LineReader, Protocol):
         self._new_transaction()
         if self._dstate != _NOMINAL:
             if self._dstate == _TOO_MUCH:
-                metrics.count("pymail_smtp_refused_total", service=self.session.info.service, reason="too_big")
+                metrics.count_later("pymail_smtp_refused_total", service=self.session.info.service, reason="too_big")
             self._abort_sink()
             if self.settings.lmtp:  # the message failed for every recipient: each gets the reply
                 self._errors += 1

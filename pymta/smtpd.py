@@ -260,7 +260,7 @@ class SMTPBackend(LoginBackend):
     def _refuse(self, stage: str, session, envelope, address: str, reason: str, reply):
         """One log line per refusal, as Postfix's NOQUEUE: reject lines, and
         one count under ``reason`` (pymta/metrics.py REFUSAL_REASONS)."""
-        metrics.count("pymail_smtp_refused_total", service=self.service, reason=reason)
+        metrics.count_later("pymail_smtp_refused_total", service=self.service, reason=reason)  # often on the loop
         auth = f" sasl_username=<{log.printable(session.auth_user)}>" if session.auth_user else ""
         what = f"from=<{envelope.mail_from}>" + (f" to=<{address}>" if stage == "RCPT" else "")
         log.info(
@@ -362,7 +362,7 @@ class SMTPBackend(LoginBackend):
 
     def _reject(self, session, envelope, address: str, reason: str, reply):
         """Log a policy refusal the way Postfix does, one line, count it, and return it."""
-        metrics.count("pymail_smtp_refused_total", service=self.service, reason=reason)
+        metrics.count_later("pymail_smtp_refused_total", service=self.service, reason=reason)  # often on the loop
         info = session.info
         log.info(
             f"NOQUEUE: reject: RCPT from [{info.peer_ip}]: {reply.code} {reply.enhanced} {reply.text}; "

@@ -147,11 +147,16 @@ def test_every_metric_moves_when_its_event_happens(make_mailsys, mode):
         return value(after, name, **labels) - value(before, name, **labels)
 
     def all_written() -> bool:
-        # a session's counter is kept in memory by a listening daemon and written
-        # within a second; a queued message's just after its 250
+        # a listening daemon keeps its loop-side counters (sessions, refusals) in
+        # memory and writes them within a second; a queued message's just after its 250
         now = stats(system)
-        return moved(now, "pymail_smtp_accepted_total", service="smtp") == 1 and all(
-            moved(now, "pymail_sessions_total", service=service) == 2 for service in ("smtp", "imap", "pop3")
+        return (
+            moved(now, "pymail_smtp_accepted_total", service="smtp") == 1
+            and all(moved(now, "pymail_sessions_total", service=service) == 2 for service in ("smtp", "imap", "pop3"))
+            and all(
+                moved(now, "pymail_smtp_refused_total", service="smtp", reason=reason) == 1
+                for reason in ("unknown_user", "too_big")
+            )
         )
 
     wait_for(all_written)
@@ -257,20 +262,33 @@ def test_pymail_run_starts_the_listener_when_listen_metrics_is_set(make_mailsys)
 
 
 def test_a_loop_side_counter_waits_for_the_next_write_or_a_flush(mailsys):
-    """count_later (a listening daemon's session counter, on its event loop) touches
-    no file: its line goes out with the process's next write, or with flush()."""
+    """count_later (a listening daemon's session and refusal counters, on its
+    event loop) touches no file: its line goes out with the process's next
+    write, or with flush(); the daemon's hook hears of the first waiting line.
+    Without a hook (inetd, tools) it is written at once."""
     events.setup(mailsys.root)
     log = mailsys.root / "run" / events.LOG
     events.flush()  # nothing waits: nothing is written
     before = log.read_bytes() if log.exists() else b""
-    events.count_later("pymail_sessions_total", service="smtp")
-    assert events.pending() and (log.read_bytes() if log.exists() else b"") == before
-    events.count("pymail_smtp_accepted_total", service="smtp")  # a job's counter carries it along
-    assert (
-        log.read_bytes()
-        == before + b'pymail_sessions_total{service="smtp"}\npymail_smtp_accepted_total{service="smtp"}\n'
-    )
-    assert not events.pending()
-    events.count_later("pymail_sessions_total", service="imap")
-    events.flush()
-    assert log.read_bytes().endswith(b'pymail_sessions_total{service="imap"}\n') and not events.pending()
+    woken: list[int] = []
+    events.defer_with(lambda: woken.append(1))
+    try:
+        events.count_later("pymail_sessions_total", service="smtp")
+        events.count_later("pymail_smtp_refused_total", service="smtp", reason="too_big")
+        assert events.pending() and woken == [1]  # told once, at the first
+        assert (log.read_bytes() if log.exists() else b"") == before
+        events.count("pymail_smtp_accepted_total", service="smtp")  # a job's counter carries them along
+        assert log.read_bytes() == before + (
+            b'pymail_sessions_total{service="smtp"}\n'
+            b'pymail_smtp_refused_total{service="smtp",reason="too_big"}\n'
+            b'pymail_smtp_accepted_total{service="smtp"}\n'
+        )
+        assert not events.pending()
+        events.count_later("pymail_sessions_total", service="imap")
+        assert woken == [1, 1]
+        events.flush()
+        assert log.read_bytes().endswith(b'pymail_sessions_total{service="imap"}\n') and not events.pending()
+    finally:
+        events.defer_with(None)
+    events.count_later("pymail_sessions_total", service="pop3")  # no hook: at once
+    assert log.read_bytes().endswith(b'pymail_sessions_total{service="pop3"}\n') and not events.pending()

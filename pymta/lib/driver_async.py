@@ -524,10 +524,22 @@ class AsyncServer:
     METRICS_DELAY = 1.0  # seconds a loop-side counter may wait for a write
 
     def count_session(self, service: str) -> None:
-        """The session counter, kept in memory: no file is written on the event
-        loop.  It goes out with the next job's counters (a queued message's) or,
-        at the latest, with a flush job METRICS_DELAY seconds later."""
+        """The session counter, kept in memory (metrics.count_later): no file
+        is written on the event loop.  It goes out with the next job's counters
+        (a queued message's) or, at the latest, with a flush job
+        METRICS_DELAY seconds later; so do the protocols' own loop-side
+        counters (refusals)."""
         metrics.count_later("pymail_sessions_total", service=service)
+
+    def _metrics_wake(self, loop) -> None:
+        """metrics' hook, from any thread: have the loop plan a flush."""
+        try:
+            loop.call_soon_threadsafe(self._metrics_waiting)
+        except RuntimeError:  # the loop is closed: the end of serve() flushes
+            pass
+
+    def _metrics_waiting(self) -> None:
+        """On the loop: the first loop-side counter waits; flush it soon."""
         if not self.metrics_timer:
             self.metrics_timer = True
             asyncio.get_running_loop().call_later(self.METRICS_DELAY, self._flush_metrics)
@@ -664,6 +676,7 @@ class AsyncServer:
             # 100 drops a burst of connections, which then hang unanswered).
             # Implicit TLS: each connection makes its own handshake (_Connection._implicit_tls).
             servers.append(await loop.create_server(lambda: _Connection(self), sock=sock, backlog=socket.SOMAXCONN))
+        metrics.defer_with(partial(self._metrics_wake, loop))  # loop-side counters wait in memory
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -697,6 +710,7 @@ class AsyncServer:
         for _ in range(3):  # connection_lost (a TLS transport's comes one round later): sessions log their end
             await asyncio.sleep(0)
         self.executor.shutdown(wait=False)
+        metrics.defer_with(None)
         metrics.flush()  # the loop-side counters not yet written (the loop serves no one now)
 
     def handshake_failed(self, peer_ip: str, exc: BaseException) -> None:

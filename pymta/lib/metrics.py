@@ -41,6 +41,7 @@ lost = 0  # events that could not be written, in this process
 # daemon runs in a job within a second.  A crash loses at most those.
 _later: list[bytes] = []
 _later_lock = allocate_lock()
+_later_hook = None  # a listening daemon's "flush soon" (any thread); None: count_later writes at once
 
 
 def setup(root) -> None:
@@ -80,11 +81,28 @@ def count_all(events) -> None:
 
 
 def count_later(name: str, **labels: str) -> None:
-    """One event, written with the next write of this process (see ``_later``)."""
-    if _run_dir is not None:
-        line = _event(name, 1, labels)
-        with _later_lock:
-            _later.append(line)
+    """One event, counted where no file may be written (a listening daemon's
+    event loop): it goes out with the next write of this process or a flush
+    soon after (see ``_later``).  Outside a listening daemon it is written now."""
+    if _run_dir is None:
+        return
+    line = _event(name, 1, labels)
+    hook = _later_hook
+    if hook is None:
+        _append(line)
+        return
+    with _later_lock:
+        first = not _later
+        _later.append(line)
+    if first:
+        hook()
+
+
+def defer_with(hook) -> None:
+    """A listening daemon's start: ``count_later`` keeps events, and calls
+    ``hook()`` (from any thread) when the first one waits; None: back to writing at once."""
+    global _later_hook
+    _later_hook = hook
 
 
 def pending() -> bool:
