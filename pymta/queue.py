@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pymta.lib.fsutil import fsync_dir
+from pymta.lib.jobslots import after_reply
 
 if TYPE_CHECKING:
     from pymta.recipient import EntryState
@@ -735,8 +736,6 @@ class QueueWriter:
                 self._discard()
                 raise QueueError(f"cannot commit queue file: {exc.strerror}", exc.errno) from None
             self.closed = True
-        from pymta.lib.jobslots import after_reply  # noqa: PLC0415 lazy (the inetd path needs none of it)
-
         after_reply(partial(self.queue.wake, self.queue_id))  # the runner hears of it after the 250 is on its way
         return self.queue_id
 

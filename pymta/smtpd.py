@@ -18,6 +18,7 @@ from functools import partial
 from pymta.lib import log, metrics
 from pymta.lib.address import qualify
 from pymta.lib.authguard import LoginBackend
+from pymta.lib.jobslots import after_reply
 from pymta.queue import Queue, QueueError
 from pymta.smtp_server import Reply, SMTPServer, SMTPSettings
 
@@ -564,8 +565,6 @@ class _LoggingSink:
         except QueueError as exc:
             log.error(f"cannot queue message from <{self.envelope.mail_from}>: {exc}", self.queue_id)
             raise
-        from pymta.lib.jobslots import after_reply  # noqa: PLC0415 lazy (the inetd path needs none of it)
-
         # the client has its 250 first; the HELO name and login as they are now (an EHLO
         # or AUTH may follow the 250 before this runs)
         after_reply(partial(self._account, qid, self.session.helo, self.session.auth_user))

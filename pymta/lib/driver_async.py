@@ -111,11 +111,11 @@ class _Connection(asyncio.BufferedProtocol):
                     self.ticket = -1
                     transport.write(server.client_busy_reply)
                     self._close()
-                    server.count_session(self.info.service)
+                    metrics.count_later("pymail_sessions_total", service=self.info.service)
                     return
             self.protocol = server.factory()
             self._act(self.protocol.connection_made(self.info))
-            server.count_session(self.info.service)
+            metrics.count_later("pymail_sessions_total", service=self.info.service)
         except Exception as exc:
             self._crash(exc)
 
@@ -523,13 +523,9 @@ class AsyncServer:
     # -- counters ----------------------------------------------------------------------
     METRICS_DELAY = 1.0  # seconds a loop-side counter may wait for a write
 
-    def count_session(self, service: str) -> None:
-        """The session counter, kept in memory (metrics.count_later): no file
-        is written on the event loop.  It goes out with the next job's counters
-        (a queued message's) or, at the latest, with a flush job
-        METRICS_DELAY seconds later; so do the protocols' own loop-side
-        counters (refusals)."""
-        metrics.count_later("pymail_sessions_total", service=service)
+    # Counters counted on the loop (sessions, refusals: metrics.count_later) wait in
+    # memory: no file is written there.  They go out with the next job's counters
+    # (a queued message's) or, at the latest, with a flush job METRICS_DELAY later.
 
     def _metrics_wake(self, loop) -> None:
         """metrics' hook, from any thread: have the loop plan a flush."""

@@ -14,8 +14,9 @@ nothing is counted.
 A job may also leave work its client need not wait for (a log line, a
 counter, a wake-up for the queue runner): ``after_reply(fn)`` inside a job
 that the driver started with ``collect_after`` runs ``fn`` once the job's
-result is on its way to the event loop, so the answer goes out first; at
-one session, the 250 after a queue commit comes about 0.1 ms sooner.
+result is on its way to the event loop, so the answer goes out first
+(smtpd's log line, counters and runner wake-up after a queue commit: 4-9 %
+more messages a second at one session, in alternating A/B rounds).
 Anywhere else ``fn`` runs at once.
 """
 

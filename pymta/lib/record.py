@@ -81,11 +81,14 @@ def _compile_init(cls) -> Any:
     """The constructor ``Record.__init__`` would be for ``cls``, as straight-line
     code: same parameters (positional in field order, or by name), same
     defaults (list/dict/set ones copied), REQUIRED ones checked.  None when a
-    field name cannot be a parameter (the generic one then goes on)."""
+    field name cannot be a parameter, or could clash with ``self`` or the
+    code's own ``_`` names (the generic one then goes on)."""
     import keyword  # noqa: PLC0415 lazy (only in a process that makes many records)
 
     names = [name for name, _ in cls.FIELDS]
-    if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names) or len(set(names)) != len(names):
+    if len(set(names)) != len(names) or not all(
+        n.isidentifier() and not keyword.iskeyword(n) and n != "self" and not n.startswith("_") for n in names
+    ):
         return None
     env: dict[str, Any] = {"_set": object.__setattr__, "_M": _MISSING, "_E": TypeError}
     body = []

@@ -66,3 +66,13 @@ def test_the_compiled_constructor_copies_mutable_defaults_and_refuses_mistakes()
     with pytest.raises(TypeError):
         Plain(1, a=1)
     assert Plain(1).replace(b=9) == Plain(1, 9)
+
+
+def test_field_names_the_compiled_code_cannot_take_keep_the_generic_constructor():
+    class Odd(Record):
+        __slots__ = ("self", "_d0")
+        FIELDS = (("self", 1), ("_d0", 2))
+
+    for _ in range(record.COMPILE_AFTER + 1):
+        made = Odd(5)
+    assert Odd.__dict__["_fast_init"] is False and (made.self, made._d0) == (5, 2)
