@@ -58,6 +58,14 @@ SERVICES = ("pymta.smtpd", "pypop.pop3d", "pyimap.imapd")
 # -- helpers ---------------------------------------------------------------------------
 
 
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has data (or EOF) within ``timeout`` seconds; poll(),
+    not select(): run after other tests, descriptor numbers pass 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 class Wire:
     """A raw client socket; every read has a timeout."""
 
@@ -113,7 +121,7 @@ class Wire:
         return out
 
     def ready(self) -> bool:
-        return bool(select.select([self.sock], [], [], 0)[0])
+        return readable(self.sock, 0)
 
     def close(self) -> None:
         self.sock.close()
@@ -305,8 +313,7 @@ def slow_loris(port: int, results: dict, key) -> None:
                 w.send(b"x")
             except (BrokenPipeError, ConnectionResetError):
                 break
-            r, _, _ = select.select([w.sock], [], [], 1.0)
-            if r:
+            if readable(w.sock, 1.0):
                 try:
                     data = w.sock.recv(4096)
                 except ConnectionResetError:
@@ -479,9 +486,13 @@ def open_idle(port: int, count: int) -> list[socket.socket]:
         socks.append(sock)
     pending = set(socks)
     deadline = time.monotonic() + 30
-    while pending and time.monotonic() < deadline:
-        _, done, _ = select.select([], list(pending)[:1000], [], 1.0)
-        pending.difference_update(done)
+    with selectors.DefaultSelector() as sel:  # epoll: the numbers may pass select()'s FD_SETSIZE
+        for sock in socks:
+            sel.register(sock, selectors.EVENT_WRITE)
+        while pending and time.monotonic() < deadline:
+            for key, _ in sel.select(1.0):
+                pending.discard(key.fileobj)
+                sel.unregister(key.fileobj)
     assert not pending, f"{len(pending)} connections not established"
     for sock in socks:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
@@ -681,7 +692,7 @@ def send_slowly(w: Wire, data: bytes) -> tuple[bytes, float]:
             w.send(bytes([byte]))
         except (BrokenPipeError, ConnectionResetError):
             break
-        if select.select([w.sock], [], [], 1.0)[0]:
+        if readable(w.sock, 1.0):
             try:
                 chunk = w.sock.recv(4096)
             except ConnectionResetError:
