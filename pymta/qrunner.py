@@ -33,6 +33,7 @@ from pymta import maildrop
 from pymta.delivery import EntryDelivery
 from pymta.lib import config, log, metrics, sysexits
 from pymta.lib.cliargs import CONFIG_HELP, click_main
+from pymta.lib.cpusched import use_batch_policy
 from pymta.lib.daemon import preload
 from pymta.lib.pdeathsig import keep_across_uid_change
 from pymta.lib.privilege import PrivilegeError, become_account, daemon_account
@@ -324,6 +325,7 @@ def command(config_file: str | None, once: bool, queue_ids: tuple[str, ...]) -> 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    use_batch_policy(cfg)  # before the delivery threads: they inherit it
     try:
         runner.serve()
     except OSError as exc:

@@ -72,6 +72,15 @@ PARAMS: tuple[Param, ...] = (
         "(then it delivers into other uids' mailboxes through pymda-deliver, which becomes their owner). Started by a "
         "user other than root or this one, they refuse to run (exit 77).",
     ),
+    Param(
+        "batch_scheduling",
+        "bool",
+        True,
+        "Run the listening daemons and the queue runner under Linux's SCHED_BATCH policy: a thread woken by the "
+        "kernel does not preempt a running one (of the same process, most often, which holds the interpreter lock), "
+        "so fewer context switches are wasted under load. Same nice value and fairness towards other programs; "
+        "false keeps the default policy (pymail(7), HOW DAEMONS ARE STARTED).",
+    ),
     # -- listeners used by `pymail run` ---------------------------------------
     Param("listen.smtp", "listen", "127.0.0.1:2525", "SMTP (MX) listener for `pymail run`; empty to disable."),
     Param("listen.submission", "listen", "127.0.0.1:2587", "Submission listener (AUTH required before MAIL)."),

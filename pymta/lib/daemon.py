@@ -277,6 +277,9 @@ def run(
         where = ", ".join(_sockname(s) for s in sockets)
         processes = (cfg[processes_key] if processes_key else 1) or os.cpu_count() or 1
         log.info(f"listening on {where} ({service}{', implicit TLS' if args.tls else ''}, {processes} process(es))")
+        from pymta.lib.cpusched import use_batch_policy  # noqa: PLC0415 lazy
+
+        use_batch_policy(cfg)  # before the workers and their threads: they inherit it
         from pymta.lib import connlimit  # noqa: PLC0415 lazy
 
         # made before the fork: every worker, replacements included, shares the counts
