@@ -74,9 +74,12 @@ class Aliases:
         self._key = None
         self._table: dict[str, list[str]] = {}
 
-    def table(self) -> dict[str, list[str]]:
+    def table(self, look: bool = True) -> dict[str, list[str]]:
+        """The aliases; ``look=False``: as read last, without a look at the disk."""
         if self.path is None:
             return {}
+        if not look:
+            return self._table
         try:
             st = os.stat(self.path)
         except OSError:
@@ -89,10 +92,10 @@ class Aliases:
             self._key = key
         return self._table
 
-    def lookup(self, address: str) -> list[str] | None:
+    def lookup(self, address: str, look: bool = True) -> list[str] | None:
         """The targets for ``address`` (``local@domain``), or None."""
         local, _, domain = address.rpartition("@")
-        table = self.table()
+        table = self.table(look)
         local = local.lower()
         base = local.split("+", 1)[0]
         for key in (f"{local}@{domain.lower()}", local, f"{base}@{domain.lower()}", base):
@@ -100,7 +103,7 @@ class Aliases:
                 return table[key]
         return None
 
-    def expand(self, address: str, is_local) -> list[tuple[str, Target]]:
+    def expand(self, address: str, is_local, look: bool = True) -> list[tuple[str, Target]]:
         """Expand ``address`` recursively into (original, Target) pairs.
 
         ``is_local(addr)`` says whether an address is in a local domain
@@ -115,13 +118,13 @@ class Aliases:
             if key in seen:
                 return
             seen.add(key)
-            targets = self.lookup(addr) if is_local(addr) else None
+            targets = self.lookup(addr, look) if is_local(addr) else None
             if targets is None or depth >= MAX_DEPTH:
                 out.append((address, Target("address", addr)))
                 return
             domain = addr.rpartition("@")[2]
             for raw in targets:
-                for target in self._resolve(raw, domain, depth):
+                for target in self._resolve(raw, domain, depth, look):
                     if target.kind != "address":
                         out.append((address, target))
                     elif target.value.lower() == key:
@@ -136,13 +139,15 @@ class Aliases:
             out.append((address, Target("error", "5.4.6 alias loop: no deliverable target")))
         return out
 
-    def _resolve(self, raw: str, domain: str, depth: int) -> list[Target]:
+    def _resolve(self, raw: str, domain: str, depth: int, look: bool = True) -> list[Target]:
         kind, value = parse_target(unquote(raw))
         if kind in ("pipe", "file"):
             return [Target(kind, value)]
         if kind == "include":
             if depth >= MAX_DEPTH:
                 return []
+            if not look:  # a file to read: not without a look at the disk
+                return [Target("look", value)]
             path = value
             try:
                 with open(path, encoding="utf-8", errors="replace") as fh:
@@ -214,7 +219,7 @@ def check(text: str, source: str = "aliases", *, is_local=None, user_exists=None
     return problems
 
 
-def unknown_targets(aliases: Aliases, address: str, is_local, user_exists) -> list[str]:
+def unknown_targets(aliases: Aliases, address: str, is_local, user_exists, look: bool = True) -> list[str] | None:
     """The local addresses mail to ``address`` would end at that are no user.
 
     Checked at RCPT time, so pymail never accepts mail it would then bounce
@@ -223,9 +228,13 @@ def unknown_targets(aliases: Aliases, address: str, is_local, user_exists) -> li
     include file too (the runner retries it).  An alias loop with no way
     out is reported as the address itself.  ``user_exists`` may raise
     (users file unavailable): the caller answers that with a 4xx.
+    ``look=False``: the aliases as read last, without a look at the disk;
+    None when that cannot tell (an ``:include:`` file would have to be read).
     """
     unknown = []
-    for _orig, target in aliases.expand(address, is_local):
+    for _orig, target in aliases.expand(address, is_local, look):
+        if target.kind == "look":
+            return None
         if target.kind == "error":
             unknown.append(address)
         elif target.kind == "address" and is_local(target.value) and not user_exists(target.value):

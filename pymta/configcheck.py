@@ -119,7 +119,7 @@ def recipient_warnings(cfg: config.Config) -> list[str]:
             address = name if "@" in name else f"{name}@{first}"
             if not is_local(address):
                 continue
-            for target in unknown_targets(aliases, address, is_local, users.exists):
+            for target in unknown_targets(aliases, address, is_local, users.exists) or []:
                 where = "is an alias loop" if target == address else f"leads to {target}, which is no user"
                 out.append(f"{aliases.path}: alias {name} {where}: mail to {address} is refused")
                 break

@@ -31,6 +31,11 @@ from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job, Protocol
 
 Reply = namedtuple("Reply", "code enhanced text")  # e.g. Reply(550, "5.1.1", "User unknown")
 
+# A check's answer on the event loop that means "not from memory: ask me in a
+# Job" (check_sender/check_recipient -> recheck_*); compared by identity, and
+# a plain temporary failure should it ever reach a client.
+IN_JOB = Reply(451, "4.3.0", "Temporary lookup failure")
+
 
 class TempFailure(Exception):
     """A backend's "try again later": the client gets a 4xx reply."""
@@ -168,9 +173,18 @@ if TYPE_CHECKING:
         The checks return None to accept or a Reply to refuse; they and
         ``authenticate``/``open_message`` run in Jobs where they may block."""
 
-        def check_sender(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
+        def check_sender(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
+            """On the event loop, from memory; IN_JOB when the answer needs the
+            disk (a lookup, a rate file): recheck_sender then runs in a Job."""
 
-        def check_recipient(self, session: Session, envelope: Envelope, address: str) -> Reply | None: ...
+        def recheck_sender(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
+            """In a Job, after check_sender answered IN_JOB: the whole check."""
+
+        def check_recipient(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
+            """On the event loop, from memory; IN_JOB as for check_sender."""
+
+        def recheck_recipient(self, session: Session, envelope: Envelope, address: str) -> Reply | None:
+            """In a Job, after check_recipient answered IN_JOB: the whole check."""
 
         def wants_policy(self, session: Session, envelope: Envelope, address: str) -> bool:
             """On the event loop, after check_recipient accepted ``address``, when
@@ -265,7 +279,7 @@ class SMTPServer(LineReader, Protocol):
         self._errors = 0
         self._closed = False
         self._awaiting_tls = False
-        self._job: str | None = None  # what a pending Job is for: "commit" / "write" / "auth" / "policy" / "milter"
+        self._job: str | None = None  # what a pending Job is for: commit, write, auth, mail, policy, milter
         # A Job that writes to the sink ("write", "commit") owns it until it ends: an abort
         # meanwhile (the client hung up) is left to that Job, so no two threads touch the
         # sink's file at once (a close under a write could hit a descriptor number reused).
@@ -334,6 +348,8 @@ class SMTPServer(LineReader, Protocol):
         elif kind == "write":
             if result is not None:
                 self._data_problem(result)
+        elif kind == "mail":
+            self._mail_checked(*result)
         elif kind == "policy":
             envelope, address, reply = result
             if reply is not None:
@@ -601,11 +617,22 @@ class SMTPServer(LineReader, Protocol):
             return
         candidate = Envelope(address, [], int(size) if size is not None else None, body and body.upper(), smtputf8)
         reply = self._backend_check(self.backend.check_sender, candidate, address)
+        if reply is IN_JOB:  # a lookup or a rate file: answered in job_done
+            self._job = "mail"
+            self._marker = Job(self._recheck_sender, candidate, address, tuple(rest.split()))
+            return
+        self._mail_checked(reply, candidate, tuple(rest.split()))
+
+    def _recheck_sender(self, candidate: Envelope, address: str, milter_args: tuple):
+        """Runs as a Job; never raises."""
+        return self._backend_check(self.backend.recheck_sender, candidate, address), candidate, milter_args
+
+    def _mail_checked(self, reply: Reply | None, candidate: Envelope, milter_args: tuple) -> None:
         if reply is not None:
             self._send(*reply)
             return
         if self.settings.milters:
-            self._milter("mail", candidate, tuple(rest.split()), lambda reply: self._mail_done(reply, candidate))
+            self._milter("mail", candidate, milter_args, lambda reply: self._mail_done(reply, candidate))
             return
         self._mail_done(None, candidate)
 
@@ -643,6 +670,14 @@ class SMTPServer(LineReader, Protocol):
             self._send(452, "4.5.3", "Error: too many recipients")
             return
         reply = self._backend_check(self.backend.check_recipient, env, address)
+        if reply is IN_JOB:
+            if address in env.rcpt_to:  # checked already
+                self._accept_recipient(env, address)
+                return
+            # the lookup in a Job, then the policy and milters there as below
+            self._job = "policy"
+            self._marker = Job(self._check_policy, env, address, args, None)
+            return
         if reply is not None:
             self._send(*reply)
             return
@@ -667,10 +702,15 @@ class SMTPServer(LineReader, Protocol):
             _log_failure("wants_policy", exc)
             return True
 
-    def _check_policy(self, envelope: Envelope, address: str, args: tuple = (), ask: bool = True):
+    def _check_policy(self, envelope: Envelope, address: str, args: tuple = (), ask: bool | None = True):
         """Runs as a Job; never raises: (envelope, address, reply or None).
-        The milters hear of a recipient the policy (when ``ask``) let through."""
+        The milters hear of a recipient the policy (when ``ask``) let through.
+        ``ask=None``: check_recipient answered IN_JOB; its recheck comes first,
+        then whether to ask the policy."""
         reply = None
+        if ask is None:
+            reply = self._backend_check(self.backend.recheck_recipient, envelope, address)
+            ask = reply is None and self.settings.recipient_policy and self._wants_policy(envelope, address)
         if ask:
             reply = self._backend_check(self.backend.check_policy, envelope, address)
         if reply is None and self.settings.milters:

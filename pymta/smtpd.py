@@ -12,17 +12,19 @@ MAIL; smtps is implicit TLS).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from functools import partial
 
-from pymta.lib import log, metrics
+from pymta.lib import jobslots, log, metrics
 from pymta.lib.address import qualify
 from pymta.lib.authguard import LoginBackend
 from pymta.lib.jobslots import after_reply
 from pymta.queue import Queue, QueueError
-from pymta.smtp_server import Reply, SMTPServer, SMTPSettings
+from pymta.smtp_server import IN_JOB, Reply, SMTPServer, SMTPSettings
 
 SUBMISSION_SERVICES = ("submission", "smtps")
+_WATCH_LOCK = threading.Lock()
 
 
 class _Sink:
@@ -135,13 +137,20 @@ class SMTPBackend(LoginBackend):
 
     # -- the machine's backend interface ------------------------------------------
     def check_sender(self, session, envelope, address: str):
-        """An authenticated client: only its own addresses (Postfix's
-        reject_sender_login_mismatch), and only its hourly message budget."""
+        """On the event loop: a stranger's sender starts the SPF check (in its
+        threads); a login's is checked in a Job (recheck_sender)."""
+        if session.auth_user:
+            return IN_JOB  # the users and aliases files, the rate file and its lock
+        if self.checks_apply(session):
+            envelope.checks = self.checker.start(session.info.peer_ip, address, session.helo or "")
+        return None
+
+    def recheck_sender(self, session, envelope, address: str):
+        """In a Job: an authenticated client may use only its own addresses
+        (Postfix's reject_sender_login_mismatch), within its hourly message budget."""
         login = session.auth_user
         if not login:
-            if self.checks_apply(session):
-                envelope.checks = self.checker.start(session.info.peer_ip, address, session.helo or "")
-            return None
+            return self.check_sender(session, envelope, address)
         if self.cfg["submission.sender_login_match"]:
             from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
 
@@ -177,6 +186,19 @@ class SMTPBackend(LoginBackend):
         return None
 
     def check_recipient(self, session, envelope, address: str):
+        """On the event loop, from memory only: IN_JOB whenever the answer
+        needs the disk -- a login's rate file, users and aliases not read yet
+        or changed since, an unknown recipient (checked again from the disk),
+        an ``:include:`` list."""
+        if session.auth_user:
+            return IN_JOB
+        return self._check_recipient(session, envelope, address, False)
+
+    def recheck_recipient(self, session, envelope, address: str):
+        """In a Job: check_recipient with the users and aliases files looked at."""
+        return self._check_recipient(session, envelope, address, True)
+
+    def _check_recipient(self, session, envelope, address: str, look: bool):
         if not self.check_local_recipients:
             local, _, domain = address.rpartition("@")
             if local and domain and self.cfg.is_local_domain(domain):
@@ -188,7 +210,7 @@ class SMTPBackend(LoginBackend):
         if not local or not domain:
             return Reply(501, "5.1.3", "Bad recipient address syntax")
         if self.cfg.is_local_domain(domain):
-            reply = self._check_local(session, envelope, address)
+            reply = self._check_local(session, envelope, address, look)
             if reply is not None:
                 return reply
         elif not (session.auth_user or self.is_trusted(session.info.peer_ip)):
@@ -217,16 +239,27 @@ class SMTPBackend(LoginBackend):
             )
         return None
 
-    def _check_local(self, session, envelope, address: str):
+    def _check_local(self, session, envelope, address: str, look: bool = True):
         """Every local recipient, aliases expanded, ends at a user -- else it is
-        refused now, not bounced later to a sender who may be forged."""
+        refused now, not bounced later to a sender who may be forged.
+        ``look=False`` (the event loop): from the tables in memory, when no
+        change came since a Job read them, and only to accept; IN_JOB otherwise."""
         from pymta.aliases import unknown_targets  # noqa: PLC0415 lazy
         from pymta.lib.users import UsersUnavailable  # noqa: PLC0415 lazy
 
+        if not look:
+            changes = self._table_changes
+            if changes is None or changes.poll() != self._tables_generation:
+                return IN_JOB  # not read yet, or changed since
+            exists = partial(self.users.exists, look=False)
+            unknown = unknown_targets(self.aliases, address, self._is_local_address, exists, False)
+            return None if unknown == [] else IN_JOB  # None: an :include: list to read
+        generation = self._watch_tables()
         try:
             unknown = unknown_targets(self.aliases, address, self._is_local_address, self.users.exists)
         except UsersUnavailable:
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
+        self._tables_generation = generation  # what was read is what the loop may use
         if not unknown:
             return None
         if unknown != [address]:  # the admin's alias is broken: say where, in the log only
@@ -239,6 +272,33 @@ class SMTPBackend(LoginBackend):
             "unknown_user",
             Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown in local recipient table"),
         )
+
+    # The loop answers RCPT from the users and aliases in memory only while no
+    # change to either file came since a Job read them (FileChanges: inotify,
+    # read without blocking).  None: no watch (not made yet, or no inotify): Jobs.
+    _table_changes = None
+    _tables_generation = -2
+    _table_watch_failed = False
+
+    def _watch_tables(self) -> int:
+        """In a Job, before the files are read: the change generation to note.
+        Only a listening daemon watches (inetd: one session, no loop to spare)."""
+        if self._table_changes is None and not self._table_watch_failed and jobslots.threaded:
+            with _WATCH_LOCK:  # two sessions' first Jobs at once make one instance
+                if self._table_changes is None and not self._table_watch_failed:
+                    self._make_table_watch()
+        changes = self._table_changes
+        return -2 if changes is None else changes.generation
+
+    def _make_table_watch(self) -> None:
+        from pymta.lib.dirwatch import FileChanges  # noqa: PLC0415 lazy
+
+        paths = [self.users.path] + ([self.aliases.path] if self.aliases.path else [])
+        try:
+            self._table_changes = FileChanges(paths)
+        except OSError as exc:  # out of inotify instances: every local RCPT is a Job
+            self._table_watch_failed = True
+            log.warning(f"inotify for the users and aliases files: {exc.strerror}; each lookup is a job")
 
     def _is_local_address(self, address: str) -> bool:
         return self.cfg.is_local_domain(address.rpartition("@")[2])
@@ -329,7 +389,7 @@ class SMTPBackend(LoginBackend):
         from pymta.lib.users import UsersUnavailable, has_quota_rule  # noqa: PLC0415 lazy
 
         try:
-            record = self.users.lookup(address)
+            record = self.users.lookup(address, look=False)  # check_recipient just answered from it
         except UsersUnavailable:
             return False  # check_recipient answered for the file already
         return record is not None and has_quota_rule(record)

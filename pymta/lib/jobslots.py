@@ -26,6 +26,9 @@ import threading
 from contextlib import contextmanager
 
 _slots: threading.Semaphore | None = None
+# Whether jobs run in threads beside an event loop (the asyncio driver sets it):
+# under inetd they run inline, one session a process, with no loop to keep free.
+threaded = False
 _local = threading.local()
 
 

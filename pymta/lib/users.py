@@ -282,7 +282,11 @@ class UsersFile:
 
     # -- reading --
 
-    def _load(self) -> _Parsed:
+    def _load(self, look: bool = True) -> _Parsed:
+        """The parsed file; ``look=False``: what was read last, without a look
+        at the disk (an event loop's lookup)."""
+        if not look:
+            return self._parsed
         try:
             st = os.stat(self.path)
         except OSError as exc:
@@ -310,16 +314,16 @@ class UsersFile:
         """(line number, message) for every line that is skipped; raises OSError if unreadable."""
         return _parse(self.path.read_bytes()).problems
 
-    def lookup(self, address: str) -> UserRecord | None:
-        users = self._load().users
+    def lookup(self, address: str, look: bool = True) -> UserRecord | None:
+        users = self._load(look).users
         for key in _lookup_keys(address):
             record = users.get(key)
             if record is not None:
                 return record
         return None
 
-    def exists(self, address: str) -> bool:
-        return self.lookup(address) is not None
+    def exists(self, address: str, look: bool = True) -> bool:
+        return self.lookup(address, look) is not None
 
     def verify(self, address: str, password: str | bytes, *, allow_plain_scheme: bool = False) -> bool:
         record = self.lookup(address)

@@ -66,3 +66,36 @@ def test_out_of_watches_means_none_and_nothing_half_watched(tmp_path):
     assert token is None and w.out_of_watches  # the caller polls
     assert w.wds == {} and w.subs == {}
     w.close()
+
+
+def test_file_changes_counts_changes_to_its_files_only(tmp_path):
+    users, aliases, other = tmp_path / "users", tmp_path / "aliases", tmp_path / "other"
+    users.write_text("a\n")
+    changes = dirwatch.FileChanges([users, aliases])
+    try:
+        assert changes.poll() == 0
+        other.write_text("x")  # not one of its files
+        assert changes.poll() == 0
+        with open(users, "a") as fh:  # written in place
+            fh.write("b\n")
+        assert changes.poll() == 1
+        assert changes.poll() == 1  # nothing new
+        (tmp_path / "aliases.new").write_text("x: y\n")
+        (tmp_path / "aliases.new").rename(aliases)  # moved into place (a file that did not exist)
+        assert changes.poll() == 2
+        users.unlink()
+        assert changes.poll() == 3
+    finally:
+        changes.close()
+
+
+def test_file_changes_breaks_for_good_when_the_directory_goes(tmp_path):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    changes = dirwatch.FileChanges([folder / "users"])
+    try:
+        folder.rename(tmp_path / "elsewhere")
+        assert changes.poll() == -1
+        assert changes.poll() == -1
+    finally:
+        changes.close()

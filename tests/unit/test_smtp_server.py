@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymta.lib.sansio import CLOSE, STARTTLS, ConnectionInfo, Job
-from pymta.smtp_server import Reply, SMTPServer, SMTPSettings, TempFailure
+from pymta.smtp_server import IN_JOB, Reply, SMTPServer, SMTPSettings, TempFailure
 
 HOST = "mx.example.org"
 
@@ -1138,6 +1138,59 @@ def test_recipient_policy_failure_is_a_local_error_not_a_crash():
     backend.check_policy = lambda *a: 1 / 0
     d = ready(backend=backend, recipient_policy=True)
     assert d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<alice@example.org>\r\n")[-1].startswith("451 4.3.0")
+
+
+class LookupBackend(FakeBackend):
+    """Answers nothing from memory: every MAIL and RCPT check is IN_JOB."""
+
+    def __init__(self):
+        super().__init__()
+        self.rechecks = []
+
+    def check_sender(self, session, envelope, address):
+        return IN_JOB
+
+    def check_recipient(self, session, envelope, address):
+        return IN_JOB
+
+    def recheck_sender(self, session, envelope, address):
+        self.rechecks.append(("MAIL", address))
+        return FakeBackend.check_sender(self, session, envelope, address)
+
+    def recheck_recipient(self, session, envelope, address):
+        self.rechecks.append(("RCPT", address))
+        return FakeBackend.check_recipient(self, session, envelope, address)
+
+
+def test_in_job_sends_the_check_to_a_job_and_answers_from_it():
+    backend = LookupBackend()
+    d = ready(backend=backend)
+    replies = d.feed(
+        b"MAIL FROM:<spammer@example.net>\r\nMAIL FROM:<a@example.net>\r\n"
+        b"RCPT TO:<unknown@example.org>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n"
+    )
+    assert codes(replies) == [554, 250, 550, 250, 250, 354]
+    assert backend.rechecks == [
+        ("MAIL", "spammer@example.net"),
+        ("MAIL", "a@example.net"),
+        ("RCPT", "unknown@example.org"),
+        ("RCPT", "alice@example.org"),  # the repeated RCPT was checked already: no Job
+    ]
+    assert sum(isinstance(a, Job) and "_recheck_sender" in repr(a) for a in d.actions) == 2
+    assert sum(isinstance(a, Job) and "_check_policy" in repr(a) for a in d.actions) == 2
+    assert d.m.envelope.rcpt_to == ["alice@example.org"]
+
+
+def test_in_job_recipient_then_asks_the_policy_in_the_same_job():
+    class Both(LookupBackend, PolicyBackend):
+        pass
+
+    backend = Both()
+    d = ready(backend=backend, recipient_policy=True)
+    replies = d.feed(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<nopolicy@example.org>\r\n")
+    assert codes(replies) == [250, 450, 250]
+    assert backend.policy_calls == ["alice@example.org"]
+    assert sum(isinstance(a, Job) for a in d.actions) == 3
 
 
 def _write_guard(sink):
