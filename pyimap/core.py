@@ -11,6 +11,7 @@ use is named by ``storage``.
 from __future__ import annotations
 
 import errno
+import threading
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -18,6 +19,7 @@ from pyimap import mailbox_names as mn
 from pyimap.formats import ATOM_OK
 from pyimap.parser import CONTINUE, ERROR, FATAL, Atom, ParseError, Reader, quote, tokenize
 from pyimap.storage import Backend, MailStore, MessageSpool
+from pymta.lib import jobslots
 from pymta.lib.record import Record
 from pymta.lib.sansio import CLOSE, ConnectionInfo, Job, Protocol, disconnected
 
@@ -61,6 +63,9 @@ class SpoolBuffer:
         self.buf = bytearray()
         self.error: OSError | None = None
         self.aborted = False
+        # A flush (a Job) and the abort of a client gone meanwhile (a job thread,
+        # jobslots.off_loop) never touch the file at once, nor make it after the abort.
+        self._file_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -84,6 +89,10 @@ class SpoolBuffer:
 
     def flush(self) -> None:
         """Write what gathered to the spool file (in a Job)."""
+        with self._file_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         data, self.buf = bytes(self.buf), bytearray()
         if self.error is not None or self.aborted:
             return
@@ -97,17 +106,24 @@ class SpoolBuffer:
             self.spool.write(data)
 
     def finish(self, mtime: int | None = None) -> str:
-        self.flush()
-        if self.error is not None:
-            raise self.error
-        assert self.spool is not None  # made by flush()
-        return self.spool.finish(mtime)
+        with self._file_lock:
+            self._flush()
+            if self.error is not None:
+                raise self.error
+            assert self.spool is not None  # made by flush()
+            return self.spool.finish(mtime)
 
     def abort(self) -> None:
+        """Often noticed on the event loop (the client hung up mid-literal):
+        the file's close and unlink then go to a job thread."""
         self.aborted = True
         self.buf = bytearray()
-        if self.spool is not None:
-            self.spool.abort()
+        jobslots.off_loop(self._abort_file)
+
+    def _abort_file(self) -> None:
+        with self._file_lock:
+            if self.spool is not None:
+                self.spool.abort()
 
 
 class IMAPSettings(Record):

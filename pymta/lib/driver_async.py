@@ -674,6 +674,7 @@ class AsyncServer:
             # Implicit TLS: each connection makes its own handshake (_Connection._implicit_tls).
             servers.append(await loop.create_server(lambda: _Connection(self), sock=sock, backlog=socket.SOMAXCONN))
         metrics.defer_with(partial(self._metrics_wake, loop))  # loop-side counters wait in memory
+        jobslots.serve_jobs(self.executor.submit)  # jobslots.off_loop hands clean-up to the job threads
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

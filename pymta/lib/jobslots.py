@@ -29,6 +29,8 @@ _slots: threading.Semaphore | None = None
 # Whether jobs run in threads beside an event loop (the asyncio driver sets it):
 # under inetd they run inline, one session a process, with no loop to keep free.
 threaded = False
+_loop_thread: int | None = None  # the event loop's thread, and how to hand work
+_submit = None  # to the job threads (serve_jobs)
 _local = threading.local()
 
 
@@ -96,3 +98,25 @@ def run_after(after: list) -> None:
             from pymta.lib import log  # noqa: PLC0415 lazy (never, normally)
 
             log.error(f"after-reply work failed: {exc!r}")
+
+
+def serve_jobs(submit) -> None:
+    """Called by the asyncio driver on its event loop's thread: ``submit(fn)``
+    runs ``fn`` in one of its job threads (for ``off_loop``)."""
+    global _loop_thread, _submit
+    _loop_thread, _submit = threading.get_ident(), submit
+
+
+def off_loop(fn) -> None:
+    """``fn()`` in a job thread when called on a listening daemon's event loop
+    -- clean-up the loop must not wait for, such as closing and removing an
+    abandoned spool file --, and at once anywhere else (in a job, under inetd,
+    or once the pool has shut down)."""
+    submit = _submit
+    if submit is not None and threading.get_ident() == _loop_thread:
+        try:
+            submit(fn)
+            return
+        except RuntimeError:  # the pool is shut down: the daemon is stopping
+            pass
+    fn()

@@ -78,3 +78,26 @@ def test_after_reply_in_a_job_waits_for_run_after_and_a_failure_spares_the_rest(
     assert done == ["first", "third"]
     jobslots.after_reply(lambda: done.append("now"))  # the job is over: at once again
     assert done == ["first", "third", "now"]
+
+
+def test_off_loop_hands_work_to_the_job_threads_only_from_the_loop(monkeypatch):
+    done = []
+    jobslots.off_loop(lambda: done.append("inline"))  # no listening daemon: at once
+    assert done == ["inline"]
+    handed = []
+    monkeypatch.setattr(jobslots, "_submit", None)
+    monkeypatch.setattr(jobslots, "_loop_thread", None)
+    jobslots.serve_jobs(handed.append)  # this thread plays the event loop
+    jobslots.off_loop(lambda: done.append("loop"))
+    assert done == ["inline"] and len(handed) == 1  # went to the pool
+    other = threading.Thread(target=jobslots.off_loop, args=(lambda: done.append("job"),))
+    other.start()
+    other.join(10)
+    assert done == ["inline", "job"]  # a job thread does it itself
+
+    def shut(fn):
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    jobslots.serve_jobs(shut)
+    jobslots.off_loop(lambda: done.append("stopping"))
+    assert done[-1] == "stopping"
