@@ -180,7 +180,7 @@ class FileChanges:
         self.generation = 0
         self.broken = False
         for folder in {os.path.dirname(os.path.abspath(p)) for p in paths}:
-            if libc.inotify_add_watch(fd, os.fsencode(folder), self.MASK | self.SELF & ~IN_Q_OVERFLOW) < 0:
+            if libc.inotify_add_watch(fd, os.fsencode(folder), self.MASK | IN_DELETE_SELF | IN_MOVE_SELF) < 0:
                 err = ctypes.get_errno()
                 os.close(fd)
                 raise OSError(err, os.strerror(err))
@@ -195,6 +195,11 @@ class FileChanges:
                 break
             except InterruptedError:
                 continue
+            except OSError:  # the instance is unusable: trust nothing from now on
+                self.broken = True
+                break
+            if not data:
+                break
             pos = 0
             while pos + _HEADER.size <= len(data):
                 _wd, mask, _cookie, length = _HEADER.unpack_from(data, pos)

@@ -99,3 +99,9 @@ def test_file_changes_breaks_for_good_when_the_directory_goes(tmp_path):
         assert changes.poll() == -1
     finally:
         changes.close()
+
+
+def test_file_changes_broken_instance_trusts_nothing(tmp_path):
+    changes = dirwatch.FileChanges([tmp_path / "users"])
+    os.close(changes.fd)  # a read now fails (EBADF)
+    assert changes.poll() == -1
