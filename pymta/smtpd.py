@@ -283,7 +283,7 @@ class SMTPBackend(LoginBackend):
     def _watch_tables(self) -> int:
         """In a Job, before the files are read: the change generation to note.
         Only a listening daemon watches (inetd: one session, no loop to spare)."""
-        if self._table_changes is None and not self._table_watch_failed and jobslots.threaded:
+        if self._table_changes is None and not self._table_watch_failed and jobslots.threaded():
             with _WATCH_LOCK:  # two sessions' first Jobs at once make one instance
                 if self._table_changes is None and not self._table_watch_failed:
                     self._make_table_watch()

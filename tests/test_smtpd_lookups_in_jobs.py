@@ -31,7 +31,7 @@ class Loop:
         self.touched: list[str] = []
         self.jobs: list[str] = []
         self.replies: list[str] = []
-        monkeypatch.setattr(jobslots, "threaded", True)  # as under the asyncio driver
+        monkeypatch.setattr(jobslots, "_submit", lambda fn: fn())  # as under the asyncio driver
         self.m = smtpd.build(config.load(system.config), service)()  # as a daemon before its first client
         for module, name in ((os, "stat"), (os, "open"), (builtins, "open")):
             monkeypatch.setattr(module, name, self._guard(getattr(module, name)))
@@ -158,7 +158,7 @@ def test_without_a_watch_every_local_rcpt_is_a_job(mailsys, monkeypatch, capfd, 
     monkeypatch.setattr(dirwatch, "FileChanges", no_inotify)
     loop = Loop(mailsys, monkeypatch)
     if cause == "inetd":
-        monkeypatch.setattr(jobslots, "threaded", False)
+        monkeypatch.setattr(jobslots, "_submit", None)
     loop.say("HELO client.example.net")
     loop.say("MAIL FROM:<a@example.net>")
     for user in ("alice", "bob", "postmaster"):

@@ -50,17 +50,41 @@ def _libc():
     return libc
 
 
+def _instance(libc) -> int:
+    """A new non-blocking inotify descriptor; raises OSError."""
+    fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def _events(fd: int):
+    """(wd, mask, name) of every event waiting on ``fd``, read without blocking;
+    a failing read raises OSError."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        pos = 0
+        while pos + _HEADER.size <= len(data):
+            wd, mask, _cookie, length = _HEADER.unpack_from(data, pos)
+            yield wd, mask, data[pos + _HEADER.size : pos + _HEADER.size + length].rstrip(b"\0")
+            pos += _HEADER.size + length
+
+
 class Watcher:
     """The process's inotify instance.  ``fd`` becomes readable when events wait:
     the driver calls ``read()`` then, and ``fire()`` ``delay`` seconds later."""
 
     def __init__(self) -> None:
         self.libc = _libc()
-        fd = self.libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.fd = fd
+        self.fd = _instance(self.libc)
         self.wds: dict[str, int] = {}  # path -> watch descriptor
         self.names: dict[int, frozenset[str] | None] = {}  # wd -> names that count (None: any entry)
         self.subs: dict[int, set] = {}  # wd -> subscriber tokens
@@ -113,34 +137,21 @@ class Watcher:
 
     def read(self) -> bool:
         """Take the waiting events; True when some subscriber is to be told."""
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            except InterruptedError:
+        for wd, mask, name in _events(self.fd):
+            if mask & IN_Q_OVERFLOW:  # events were lost: everyone looks
+                for subs in self.subs.values():
+                    self.pending |= subs
                 continue
-            if not data:
-                break
-            pos = 0
-            while pos + _HEADER.size <= len(data):
-                wd, mask, _cookie, length = _HEADER.unpack_from(data, pos)
-                name = data[pos + _HEADER.size : pos + _HEADER.size + length].rstrip(b"\0")
-                pos += _HEADER.size + length
-                if mask & IN_Q_OVERFLOW:  # events were lost: everyone looks
-                    for subs in self.subs.values():
-                        self.pending |= subs
-                    continue
-                told = self.subs.get(wd)
-                if not told:
-                    continue
-                if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
-                    self.pending |= told
-                    continue
-                wanted = self.names.get(wd)
-                if wanted is not None and os.fsdecode(name) not in wanted:
-                    continue
+            told = self.subs.get(wd)
+            if not told:
+                continue
+            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
                 self.pending |= told
+                continue
+            wanted = self.names.get(wd)
+            if wanted is not None and os.fsdecode(name) not in wanted:
+                continue
+            self.pending |= told
         return bool(self.pending)
 
     def fire(self) -> None:
@@ -171,11 +182,7 @@ class FileChanges:
 
     def __init__(self, paths) -> None:
         libc = _libc()
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.fd = fd
+        self.fd = fd = _instance(libc)
         self.names = {os.fsencode(os.path.basename(p)) for p in paths}
         self.generation = 0
         self.broken = False
@@ -188,27 +195,14 @@ class FileChanges:
     def poll(self) -> int:
         """Read what waits (never blocks, never touches the disk); the generation."""
         changed = False
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError:  # the instance is unusable: trust nothing from now on
-                self.broken = True
-                break
-            if not data:
-                break
-            pos = 0
-            while pos + _HEADER.size <= len(data):
-                _wd, mask, _cookie, length = _HEADER.unpack_from(data, pos)
-                name = data[pos + _HEADER.size : pos + _HEADER.size + length].rstrip(b"\0")
-                pos += _HEADER.size + length
+        try:
+            for _wd, mask, name in _events(self.fd):
                 if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self.broken = True  # the directory went: nothing is watched any more
                 if mask & self.SELF or name in self.names:
                     changed = True
+        except OSError:  # the instance is unusable: trust nothing from now on
+            self.broken = True
         if changed:
             self.generation += 1
         return -1 if self.broken else self.generation

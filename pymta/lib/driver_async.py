@@ -499,7 +499,6 @@ class AsyncServer:
         job_slots: int = 0,
     ) -> None:
         jobslots.limit(job_slots)  # at most this many jobs run Python at once (0: no limit)
-        jobslots.threaded = True
         self.factory = factory
         self.service = service
         self.tls = tls  # function returning an SSLContext, or None

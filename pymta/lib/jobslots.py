@@ -26,11 +26,8 @@ import threading
 from contextlib import contextmanager
 
 _slots: threading.Semaphore | None = None
-# Whether jobs run in threads beside an event loop (the asyncio driver sets it):
-# under inetd they run inline, one session a process, with no loop to keep free.
-threaded = False
 _loop_thread: int | None = None  # the event loop's thread, and how to hand work
-_submit = None  # to the job threads (serve_jobs)
+_submit = None  # to the job threads (serve_jobs; None under inetd)
 _local = threading.local()
 
 
@@ -105,6 +102,12 @@ def serve_jobs(submit) -> None:
     runs ``fn`` in one of its job threads (for ``off_loop``)."""
     global _loop_thread, _submit
     _loop_thread, _submit = threading.get_ident(), submit
+
+
+def threaded() -> bool:
+    """Whether jobs run in threads beside an event loop (a listening daemon):
+    under inetd they run inline, one session a process, with no loop to keep free."""
+    return _submit is not None
 
 
 def off_loop(fn) -> None:
