@@ -49,6 +49,7 @@ class EntryDelivery:
         self.users = UsersFile(cfg.path_of("users"))
         self.aliases = Aliases(cfg.path_of("aliases"))
         self.remote = None  # RemoteDelivery, made for the first remote recipient
+        self.share = 1  # delivery processes sharing qrunner.destination_concurrency
         self._local = None
         self._remote_lock = threading.Lock()
 
@@ -158,7 +159,7 @@ class EntryDelivery:
         """Remote recipients: grouped per destination, one SMTP transaction each (pymta.remote)."""
         with self._remote_lock:
             if self.remote is None:
-                self.remote = RemoteDelivery(self.cfg)
+                self.remote = RemoteDelivery(self.cfg, self.share)
         self.remote.deliver(entry, rcpts)
 
     def local_delivery(self):

@@ -25,14 +25,16 @@ class RemoteDelivery:
 
     Each destination (MX domain or next hop) gets one transaction for all
     its recipients in the entry.  ``qrunner.destination_concurrency`` caps
-    the sessions to one destination (the pool size caps them all); idle
+    the sessions to one destination (the pool size caps them all), shared
+    out over the runner's ``share`` processes (rounded down, at least 1); idle
     sessions are kept ``relay.connection_cache_time`` seconds for the next
     message to the same server.  Results per recipient: 2xx sent, 4xx and
     connection trouble deferred (the next MX is tried first), 5xx bounced.
     """
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, share: int = 1) -> None:
         self.cfg = cfg
+        self.per_destination = max(1, cfg["qrunner.destination_concurrency"] // max(1, share))
         self.helo = cfg["relay.helo_name"] or cfg["hostname"]
         self._lock = threading.Lock()
         self._sems: dict[str, threading.BoundedSemaphore] = {}
@@ -43,7 +45,7 @@ class RemoteDelivery:
         with self._lock:
             sem = self._sems.get(key)
             if sem is None:
-                sem = self._sems[key] = threading.BoundedSemaphore(max(1, self.cfg["qrunner.destination_concurrency"]))
+                sem = self._sems[key] = threading.BoundedSemaphore(self.per_destination)
             return sem
 
     def _connect(self, route, host: str, ip: str, port: int, fresh: bool = False):

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +131,16 @@ def test_corrupt_queue_entry_is_quarantined(mailsys):
     assert delivered_subjects(mailsys) == ["test 2"]
 
 
+def kill_with_workers(pid: int) -> None:
+    """A crash of the whole runner: SIGKILL to its parent and its delivery
+    processes at once (the parent stopped first, so it forks no replacement)."""
+    os.kill(pid, signal.SIGSTOP)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        os.kill(int(child), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_qrunner_killed_during_delivery_loses_nothing(mailsys):
     """SIGKILL the runner mid-run: after a restart every message is delivered,
     and any message delivered twice was logged as a possible duplicate."""
@@ -141,7 +152,7 @@ def test_qrunner_killed_during_delivery_loses_nothing(mailsys):
     deadline = time.time() + 30
     while len(mailsys.messages()) < 20 and time.time() < deadline:
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
+    kill_with_workers(proc.pid)
     proc.wait()
     before = len(mailsys.messages())
     assert before < total, "runner finished before it could be killed; raise the load"

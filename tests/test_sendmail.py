@@ -416,6 +416,22 @@ def test_running_runner_picks_up_the_maildrop_promptly(public_sys):
     assert time.time() - start < 3.0
 
 
+def test_maildrop_is_picked_up_once_by_a_runner_of_several_processes(public_sys):
+    """A maildrop file has no lock: of the runner's delivery processes only
+    the first picks it up, so none is queued twice."""
+    system = public_sys
+    system.write_config("[qrunner]\nprocesses = 2\n")
+    total = 20
+    for n in range(total):
+        proc = sendmail(system, "bob@example.test", as_nobody=True, input=f"Subject: drop {n}\n\nx\n".encode())
+        assert proc.returncode == 0, proc.stderr
+    system.start_qrunner()
+    system.wait_messages(total, "bob", timeout=20)
+    time.sleep(1.0)  # a second copy would come now
+    subjects = sorted(re.search(rb"^Subject: (.*)$", p.read_bytes(), re.M).group(1) for p in system.messages("bob"))
+    assert subjects == sorted(f"drop {n}".encode() for n in range(total))
+
+
 def test_mailq_as_an_ordinary_user_through_the_runner(public_sys):
     # Postfix lets anyone list the queue (its showq service); nobody cannot read ours, the runner can
     system = public_sys

@@ -135,7 +135,7 @@ sys.path.insert(0, sys.argv[1])
 from pymta.lib import log, prefork
 log.set_program("pool")
 print("ready", flush=True)
-prefork.run_workers(2, lambda: None)  # each worker ends at once: a crash loop
+prefork.run_workers(2, lambda _slot: None)  # each worker ends at once: a crash loop
 print("stopped", flush=True)
 """
 

@@ -548,7 +548,14 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "qrunner.max_lifetime", "float", 5 * 86400.0, "Seconds a message may stay in the queue before it is bounced."
     ),
-    Param("qrunner.concurrency", "int", 8, "Deliveries the runner makes at once."),
+    Param("qrunner.concurrency", "int", 8, "Deliveries the runner makes at once, all its processes together."),
+    Param(
+        "qrunner.processes",
+        "int",
+        0,
+        "Processes the runner delivers in, each with its share of qrunner.concurrency (rounded down) and of "
+        "qrunner.destination_concurrency; 0: one per CPU. At most qrunner.concurrency.",
+    ),
     # -- local delivery -------------------------------------------------------------
     Param(
         "deliver.mode",
@@ -660,7 +667,11 @@ PARAMS: tuple[Param, ...] = (
         "Seconds an idle connection to a destination is kept for the next message (0: no reuse).",
     ),
     Param(
-        "qrunner.destination_concurrency", "int", 10, "Connections to one destination (MX domain or next hop) at once."
+        "qrunner.destination_concurrency",
+        "int",
+        10,
+        "Connections to one destination (MX domain or next hop) at once, all the runner's processes together "
+        "(each takes its share, rounded down, at least 1).",
     ),
     Param(
         "qrunner.delay_warning",

@@ -311,7 +311,7 @@ def run(
         if processes > 1:
             from pymta.lib.prefork import run_workers  # noqa: PLC0415 lazy
 
-            run_workers(processes, serve)
+            run_workers(processes, lambda _slot: serve())
         else:
             serve()
         log.info("stopped")

@@ -1,8 +1,9 @@
 """A listening daemon's parent: N forked workers serve, the parent watches them.
 
 Postfix's master(8) in small.  The parent opens the listening sockets (done
-before ``run_workers``), forks ``count`` workers that each run ``serve()``
-on them, and from then on only waits for signals: a worker that dies is
+before ``run_workers``), forks ``count`` workers that each run
+``serve(slot)`` on them (``slot``: the worker's place, 0 to count-1, kept
+by its replacement), and from then on only waits for signals: a worker that dies is
 replaced (at once after a healthy run, with a growing pause if workers die
 in a loop), SIGTERM or SIGINT is passed on to every worker for a clean
 stop, and SIGHUP (reload the TLS certificate) to every worker as it is.
@@ -98,10 +99,10 @@ class WorkerPool:
             log.error(f"cannot fork a worker: {exc.strerror}; trying again in {slot.due - time.monotonic():.1f} s")
             return
         if pid == 0:
-            self._worker()
+            self._worker(self.slots.index(slot))
         slot.pid, slot.started = pid, time.monotonic()
 
-    def _worker(self) -> None:
+    def _worker(self, index: int) -> None:
         code = 0
         try:
             if self.arm_child is not None:
@@ -109,7 +110,7 @@ class WorkerPool:
             assert self.unblocked is not None  # run() set it before the fork
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's own handler: a reload never kills
             signal.pthread_sigmask(signal.SIG_SETMASK, self.unblocked)
-            self.serve()
+            self.serve(index)
         except BaseException as exc:  # one log line, never a traceback
             log.error(f"worker failed: {exc!r}")
             code = 1
@@ -170,5 +171,5 @@ class WorkerPool:
 
 
 def run_workers(count: int, serve, **options) -> None:
-    """Fork ``count`` workers running ``serve()``, keep them running, stop them on SIGTERM/SIGINT."""
+    """Fork ``count`` workers running ``serve(slot)``, keep them running, stop them on SIGTERM/SIGINT."""
     WorkerPool(count, serve, **options).run()
