@@ -53,8 +53,11 @@ biff = no
 
 
 class PostfixSide:
-    def __init__(self, root: Path, port: int, users: tuple[str, ...] = ("alice",), transport: str = "") -> None:
+    def __init__(
+        self, root: Path, port: int, users: tuple[str, ...] = ("alice",), transport: str = "", main_cf: str = ""
+    ) -> None:
         self.root = root
+        self.extra_main_cf = main_cf  # lines added to main.cf
         self.transport = transport
         self.port = port
         self.users = users
@@ -94,6 +97,7 @@ class PostfixSide:
         main_cf = MAIN_CF.format(pfx=self.pfx, mail=mail_dir, uid=mail.pw_uid, gid=mail.pw_gid)
         if self.transport:
             main_cf += f"virtual_transport = {self.transport}\n"
+        main_cf += self.extra_main_cf
         (self.conf / "main.cf").write_text(main_cf)
         (self.conf / "vmailbox").write_text("".join(f"{u}@example.test example.test/{u}/\n" for u in self.users))
         if not self.transport:  # virtual(8) delivers as mail; an LMTP server as whoever it is
@@ -103,6 +107,14 @@ class PostfixSide:
         done = self._postfix("start")
         if done.returncode != 0:
             raise RuntimeError(f"postfix start failed: {done.stderr.strip()}\n{self.log_tail()}")
+
+    def set(self, name: str, value: str) -> None:
+        """Change one main.cf parameter and reload Postfix."""
+        change = ["postconf", "-c", str(self.conf), "-e", f"{name}={value}"]
+        for argv in (change, ["postfix", "-c", str(self.conf), "reload"]):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
     def stop(self) -> None:
         self._postfix("abort")
