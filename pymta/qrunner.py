@@ -205,7 +205,8 @@ class Runner:
                 self.delivery.share = processes
 
                 def worker(slot: int) -> None:
-                    self.serve_sockets(threads, sock, drop_sock if slot == 0 else None, mailq_sock)
+                    first = slot == 0
+                    self.serve_sockets(threads, sock, drop_sock if first else None, mailq_sock, pickup=first)
 
                 run_workers(processes, worker, stop_timeout=STOP_TIMEOUT)
             else:
@@ -223,9 +224,9 @@ class Runner:
         if self._stop_pipe is not None:
             os.write(self._stop_pipe[1], b"x")
 
-    def serve_sockets(self, workers: int, sock, drop_sock, mailq_sock) -> None:
+    def serve_sockets(self, workers: int, sock, drop_sock, mailq_sock, pickup: bool = True) -> None:
         """One delivery process: ``workers`` threads, until ``stop()``.
-        ``drop_sock`` None: another process picks up the maildrop."""
+        ``pickup`` False: another process picks up the maildrop."""
         self._stop_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # this process's own: a wake-up may go to another
         # The sockets every delivery process shares wake one of them
         # (EPOLLEXCLUSIVE), not all of them for one datagram each time.
@@ -250,7 +251,7 @@ class Runner:
             while not self.stopping:
                 now = time.time()
                 if full or now >= next_scan or (catch_up is not None and now >= catch_up):
-                    self.run_pass(pool, pickup=drop_sock is not None)
+                    self.run_pass(pool, pickup=pickup)
                     next_scan = now + interval
                     metrics.compact_if_big(self.cfg.root)  # the event log stays bounded without a scraper
                     catch_up = None
