@@ -12,14 +12,8 @@ from pathlib import Path
 
 from conftest import env_with_repo
 from pymta.queue import Queue
-from test_queue_runner import delivered_subjects, kill_with_workers, message
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
+from test_privileges import wait_for
+from test_queue_runner import children, delivered_subjects, kill_with_workers, message
 
 
 def start_runner(system, log: Path) -> subprocess.Popen:
@@ -29,16 +23,6 @@ def start_runner(system, log: Path) -> subprocess.Popen:
     )
     system.procs.append(proc)
     return proc
-
-
-def wait_for(what, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(message)
 
 
 def enqueue(system, count: int, start: int = 0) -> None:
